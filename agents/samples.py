@@ -1,0 +1,200 @@
+"""Sample batches: what a traffic agent streams to the coordinator.
+
+A batch is one msgpack map. Samples travel as packed little-endian records (one fixed
+layout per format version) and are decoded into a numpy structured array, whose fields
+are column views: the agent pays one ``struct.pack_into`` per request (measured ~0.2 us,
+against ~0.45 us for seven numpy item writes) and the coordinator gets columns for free.
+
+All times are int64 nanoseconds relative to the run's common start instant, read from the
+agent's monotonic clock.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+import numpy as np
+
+FORMAT_VERSION = 1
+
+# One record per request. Field order is the wire layout of FORMAT_VERSION 1.
+RECORD = struct.Struct("<HqqqHBI")
+SAMPLE_DTYPE = np.dtype(
+    [
+        ("endpoint", "<u2"),  # index into the scenario's request mix
+        ("intended_ns", "<i8"),  # when the schedule wanted it sent (open model) / user was ready (closed)
+        ("sent_ns", "<i8"),  # when it was handed to the engine
+        ("end_ns", "<i8"),  # when the response (or the error) was complete
+        ("status", "<u2"),  # HTTP status, 0 when there was no response
+        ("error", "u1"),  # ErrorClass
+        ("bytes", "<u4"),  # response body bytes
+    ]
+)
+assert SAMPLE_DTYPE.itemsize == RECORD.size
+
+
+class ErrorClass(IntEnum):
+    """Why a request failed; OK means it got an expected status."""
+
+    OK = 0
+    CONNECT = 1  # refused, unreachable, DNS
+    TIMEOUT = 2  # connect or read timeout
+    RESET = 3  # connection reset or closed mid-response
+    HTTP_4XX = 4  # unexpected 4xx status
+    HTTP_5XX = 5  # unexpected 5xx status
+    UNEXPECTED_STATUS = 6  # any other status not in the request's expect list
+    PROTOCOL = 7  # malformed response
+    TOO_LARGE = 8  # response over the size cap
+    OTHER = 9  # anything else the engine could not classify
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+ERROR_LABELS: tuple[str, ...] = tuple(e.label for e in ErrorClass)
+
+
+def classify_status(status: int, expect: frozenset[int]) -> int:
+    """Error class of a response that arrived; `expect` empty means any 2xx/3xx is fine."""
+    if expect:
+        if status in expect:
+            return ErrorClass.OK
+    elif 200 <= status < 400:
+        return ErrorClass.OK
+    if 500 <= status < 600:
+        return ErrorClass.HTTP_5XX
+    if 400 <= status < 500:
+        return ErrorClass.HTTP_4XX
+    return ErrorClass.UNEXPECTED_STATUS
+
+
+class SampleBuffer:
+    """Preallocated record buffer; grows by doubling when a flush interval outruns it."""
+
+    __slots__ = ("_buf", "_capacity", "count")
+
+    def __init__(self, capacity: int = 65536) -> None:
+        self._capacity = capacity
+        self._buf = bytearray(capacity * RECORD.size)
+        self.count = 0
+
+    def record(
+        self,
+        endpoint: int,
+        intended_ns: int,
+        sent_ns: int,
+        end_ns: int,
+        status: int,
+        error: int,
+        nbytes: int,
+    ) -> None:
+        i = self.count
+        if i == self._capacity:
+            self._buf.extend(bytes(len(self._buf)))
+            self._capacity *= 2
+        RECORD.pack_into(
+            self._buf, i * RECORD.size, endpoint, intended_ns, sent_ns, end_ns, status, error,
+            nbytes if nbytes < 0xFFFFFFFF else 0xFFFFFFFF,
+        )
+        self.count = i + 1
+
+    def take(self) -> bytes:
+        """The records so far, as bytes; the buffer is empty afterwards."""
+        out = bytes(memoryview(self._buf)[: self.count * RECORD.size])
+        self.count = 0
+        return out
+
+
+@dataclass(frozen=True)
+class GeneratorReadings:
+    """The agent's view of itself over one flush interval."""
+
+    cpu_s: float = 0.0  # process user+sys CPU seconds, cumulative since the agent started
+    rss_bytes: int = 0
+    loop_lag_max_ns: int = 0  # worst event-loop wake-up delay in the interval
+    loop_lag_mean_ns: int = 0
+    late_sends: int = 0  # sends more than LATE_SEND_NS after their intended time
+    send_lag_max_ns: int = 0
+    in_flight: int = 0
+    users: int = 0  # active virtual users (closed model)
+    level: float = 0.0  # the planned level for this agent at flush time
+    interrupted: int = 0  # requests still in flight when the agent gave up waiting (final batch)
+    unsent: int = 0  # planned sends never started because the run stopped first
+
+
+@dataclass(frozen=True)
+class Batch:
+    agent: int
+    incarnation: int
+    seq: int
+    watermark_ns: int  # every sample with end_ns <= watermark_ns from this agent is in this or an earlier batch
+    samples: np.ndarray  # SAMPLE_DTYPE
+    readings: GeneratorReadings = field(default_factory=GeneratorReadings)
+    final: bool = False
+    engine: str = ""
+
+
+_READING_KEYS = tuple(GeneratorReadings.__dataclass_fields__)
+
+
+def encode_batch(
+    *,
+    agent: int,
+    incarnation: int,
+    seq: int,
+    watermark_ns: int,
+    records: bytes,
+    readings: GeneratorReadings,
+    final: bool = False,
+    engine: str = "",
+) -> bytes:
+    return msgpack.packb(
+        {
+            "v": FORMAT_VERSION,
+            "agent": agent,
+            "inc": incarnation,
+            "seq": seq,
+            "wm": watermark_ns,
+            "final": final,
+            "engine": engine,
+            "rec": records,
+            "gen": [getattr(readings, k) for k in _READING_KEYS],
+        },
+        use_bin_type=True,
+    )
+
+
+class BatchFormatError(ValueError):
+    pass
+
+
+def decode_batch(payload: bytes) -> Batch:
+    try:
+        m: dict[str, Any] = msgpack.unpackb(payload, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise BatchFormatError(f"not a msgpack batch: {exc}") from exc
+    if not isinstance(m, dict) or m.get("v") != FORMAT_VERSION:
+        raise BatchFormatError(f"unsupported batch format version {m.get('v') if isinstance(m, dict) else None!r}")
+    rec = m["rec"]
+    if len(rec) % RECORD.size:
+        raise BatchFormatError(f"record bytes {len(rec)} not a multiple of {RECORD.size}")
+    gen = m["gen"]
+    readings = GeneratorReadings(**dict(zip(_READING_KEYS, gen)))
+    return Batch(
+        agent=m["agent"],
+        incarnation=m["inc"],
+        seq=m["seq"],
+        watermark_ns=m["wm"],
+        samples=np.frombuffer(rec, dtype=SAMPLE_DTYPE),
+        readings=readings,
+        final=m["final"],
+        engine=m.get("engine", ""),
+    )
+
+
+LATE_SEND_NS = 10_000_000  # a send more than 10 ms behind its intended time counts as late

@@ -1,0 +1,65 @@
+"""What one traffic agent is told to do: plain, picklable, frozen values.
+
+The coordinator's planner builds these (coordinator/plan.py); agents never import the
+coordinator, so the agent side of the contract lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RequestTemplate:
+    """One entry of the request mix, resolved to a full URL."""
+
+    name: str
+    method: str
+    url: str  # absolute, e.g. http://127.0.0.1:8080/api/records
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None  # pre-serialised (JSON bodies are encoded once, at plan time)
+    expect: frozenset[int] = frozenset()  # empty: any 2xx/3xx
+    engine: str = "aiohttp"  # the engine that serves this entry: "aiohttp" or "fast"
+
+
+@dataclass(frozen=True)
+class Stage:
+    duration_s: float
+    target: float  # level at the end of the stage (rate per second, or users)
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """One agent's slice of the run.
+
+    The split is exact (k6 execution segments, made simple): in the open model agent
+    `index` of `count` sends the global arrivals k with k % count == index (constant
+    arrivals) or an independent Poisson stream at 1/count of the rate (superposition keeps
+    it Poisson); in the closed model it runs the global users u with u % count == index.
+    A replacement agent gets the same index and a higher incarnation.
+    """
+
+    index: int
+    count: int
+    incarnation: int
+    model: str  # "open" | "closed"
+    arrivals: str  # "constant" | "poisson" (open model)
+    start_level: float
+    stages: tuple[Stage, ...]
+    requests: tuple[RequestTemplate, ...]
+    weights: tuple[float, ...]
+    think_time_s: tuple[float, float] = (0.0, 0.0)  # uniform [min, max] (closed model)
+    max_in_flight: int = 1000  # this agent's open-model concurrency cap
+    max_connections: int = 1000  # this agent's connection pool size
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
+    flush_interval_s: float = 1.0
+    graceful_stop_s: float = 5.0
+    seed: int = 0
+    engine: str = "aiohttp"  # default engine name, for the bundle
+    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def duration_s(self) -> float:
+        return sum(s.duration_s for s in self.stages)
