@@ -114,7 +114,7 @@ class SampleBuffer:
 class GeneratorReadings:
     """The agent's view of itself over one flush interval."""
 
-    cpu_s: float = 0.0  # process user+sys CPU seconds, cumulative since the agent started
+    cpu_s: float = 0.0  # process user+sys CPU seconds since the agent's run began (cumulative)
     rss_bytes: int = 0
     loop_lag_max_ns: int = 0  # worst event-loop wake-up delay in the interval
     loop_lag_mean_ns: int = 0

@@ -1,0 +1,64 @@
+"""Embedded Ray on this machine, or attach to an existing cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+
+from cluster.events import ClusterShape, NodeShape
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass
+class Connection:
+    shape: ClusterShape
+    owned: bool  # True when this process started Ray and must shut it down
+
+    def close(self) -> None:
+        if self.owned and ray.is_initialized():
+            ray.shutdown()
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> Connection:
+    """Reuse an initialised Ray, attach to `address`, or start an embedded single-node Ray."""
+    if ray.is_initialized():
+        return Connection(shape=cluster_shape("attached" if address else "embedded"), owned=False)
+    kwargs: dict = dict(
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        configure_logging=True,
+    )
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+            kind = "attached"
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+            kind = "embedded"
+    except Exception as exc:  # Ray raises many types for a bad address or a failed start
+        where = f"Ray cluster at {address}" if address else "an embedded Ray"
+        raise ClusterError(f"could not start or reach {where}: {exc}") from exc
+    return Connection(shape=cluster_shape(kind, address or ""), owned=True)
+
+
+def cluster_shape(kind: str, address: str = "") -> ClusterShape:
+    nodes = []
+    for n in ray.nodes():
+        res = n.get("Resources", {})
+        nodes.append(
+            NodeShape(
+                node=n["NodeID"],
+                host=n.get("NodeManagerHostname", n.get("NodeManagerAddress", "")),
+                cpus=float(res.get("CPU", 0.0)),
+                alive=bool(n.get("Alive", False)),
+                resources={k: float(v) for k, v in res.items() if not k.startswith("node:")},
+            )
+        )
+    return ClusterShape(kind=kind, address=address, nodes=tuple(nodes))

@@ -1,0 +1,41 @@
+"""In-process fleet: agents on threads of this process, no Ray (tests, and the Ray-cost baseline)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Sequence
+
+from agents.runner import AgentRunner
+from agents.spec import AgentSpec
+from cluster.events import AgentInfo, FleetEvent
+from cluster.fanin import FanIn
+
+
+class LocalFleet:
+    def __init__(self, *, silence_s: float = 3.0) -> None:
+        self._fanin = FanIn(silence_s)
+        self._runners: dict[int, tuple[int, AgentRunner]] = {}
+        self.agents: list[AgentInfo] = []
+
+    async def start(self, specs: Sequence[AgentSpec]) -> list[AgentInfo]:
+        for s in specs:
+            self._runners[s.index] = (s.incarnation, AgentRunner(s))
+            self.agents.append(AgentInfo(s.index, s.incarnation, os.getpid(), "local", socket.gethostname()))
+        return list(self.agents)
+
+    def begin(self, start_wall_ns: int, grace_s: float) -> None:
+        for index, (inc, runner) in self._runners.items():
+            self._fanin.add(index, inc, lambda r=runner: r.stream(start_wall_ns), grace_s=grace_s)
+
+    def events(self) -> AsyncIterator[FleetEvent]:
+        return self._fanin.events()
+
+    async def stop(self) -> None:
+        for _, r in self._runners.values():
+            r.stop()
+
+    async def close(self) -> None:
+        for _, r in self._runners.values():
+            r.stop()
+        await self._fanin.close()

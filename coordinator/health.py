@@ -1,0 +1,84 @@
+"""Did the generator itself keep up? A pure verdict from the agents' own readings.
+
+A load generator that ran out of CPU reports the target as slow when it is not; horde
+says so in the bundle instead of hiding it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CPU_SATURATED = 0.90  # an agent's event loop is one thread: 90% of a core is saturation
+LOOP_LAG_SATURATED_NS = 250_000_000
+LATE_FRACTION_SATURATED = 0.01
+
+
+@dataclass
+class AgentTotals:
+    """Running totals of one agent (all incarnations) from its batches."""
+
+    cpu_s: float = 0.0
+    peak_rss_bytes: int = 0
+    loop_lag_max_ns: int = 0
+    late_sends: int = 0
+    send_lag_max_ns: int = 0
+    interrupted: int = 0
+    unsent: int = 0
+    batches: int = 0
+    first_watermark_ns: int | None = None
+    last_watermark_ns: int = 0
+    engines: set[str] = field(default_factory=set)
+
+    def add(self, readings, watermark_ns: int, engine: str) -> None:
+        self.cpu_s = readings.cpu_s  # cumulative since the agent's run began
+        self.peak_rss_bytes = max(self.peak_rss_bytes, readings.rss_bytes)
+        self.loop_lag_max_ns = max(self.loop_lag_max_ns, readings.loop_lag_max_ns)
+        self.late_sends += readings.late_sends
+        self.send_lag_max_ns = max(self.send_lag_max_ns, readings.send_lag_max_ns)
+        self.interrupted += readings.interrupted
+        self.unsent += readings.unsent
+        self.batches += 1
+        if self.first_watermark_ns is None:
+            self.first_watermark_ns = watermark_ns
+        self.last_watermark_ns = max(self.last_watermark_ns, watermark_ns)
+        if engine:
+            self.engines.update(engine.split(","))
+
+
+def generator_verdict(agents: dict[int, AgentTotals], requests: int) -> dict:
+    reasons = []
+    per_agent = {}
+    total_cpu = 0.0
+    late = 0
+    for idx, a in sorted(agents.items()):
+        elapsed = a.last_watermark_ns / 1e9
+        frac = a.cpu_s / elapsed if elapsed > 0 else 0.0
+        total_cpu += a.cpu_s
+        late += a.late_sends
+        per_agent[str(idx)] = {
+            "cpu_s": round(a.cpu_s, 3),
+            "cpu_fraction": round(frac, 3),
+            "peak_rss_mb": round(a.peak_rss_bytes / 2**20, 1),
+            "loop_lag_max_ms": round(a.loop_lag_max_ns / 1e6, 3),
+            "late_sends": a.late_sends,
+            "send_lag_max_ms": round(a.send_lag_max_ns / 1e6, 3),
+            "interrupted": a.interrupted,
+            "unsent": a.unsent,
+            "engines": sorted(a.engines),
+        }
+        if frac > CPU_SATURATED:
+            reasons.append(f"agent {idx} used {frac:.0%} of a core")
+        if a.loop_lag_max_ns > LOOP_LAG_SATURATED_NS:
+            reasons.append(f"agent {idx} event loop lagged {a.loop_lag_max_ns / 1e6:.0f} ms")
+    if requests and late / requests > LATE_FRACTION_SATURATED:
+        reasons.append(f"{late} of {requests} sends ({late / requests:.1%}) left more than 10 ms late")
+    return {
+        "saturated": bool(reasons),
+        "reasons": reasons,
+        "agents": per_agent,
+        "cpu_s": round(total_cpu, 3),
+        "cpu_us_per_request": round(total_cpu / requests * 1e6, 2) if requests else None,
+        "late_sends": late,
+        "interrupted": sum(a.interrupted for a in agents.values()),
+        "unsent": sum(a.unsent for a in agents.values()),
+    }

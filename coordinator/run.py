@@ -1,0 +1,395 @@
+"""Orchestration: target -> cluster -> plan -> fleet streams -> aggregate -> limits -> bundle.
+
+`run_scenario` is the public entry point (the CLI and the performance suite call it). It
+owns the side effects of a run: starting the embedded automaton, connecting to Ray,
+signal handling, and the bundle on disk. The decisions it makes along the way are pure
+functions elsewhere (plan, aggregate, limits, health).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import platform
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from agents.samples import BatchFormatError, decode_batch
+from cluster.events import AgentEnded, AgentLost, BatchReceived, ClusterShape, NodeShape
+from coordinator.aggregate import Aggregator
+from coordinator.bundle import BundleWriter
+from coordinator.health import AgentTotals, generator_verdict
+from coordinator.limits import LiveEvaluator
+from coordinator.outcome import EXIT_CODES, Outcome
+from coordinator.plan import Plan, build_plan
+from coordinator.report import junit_xml
+from coordinator.scenario import LoadedScenario
+
+START_LEAD_S = 1.0  # the common start instant is this far after the agents are ready
+Progress = Callable[[str], None]
+
+
+class RunError(RuntimeError):
+    """A run that could not start (target, cluster, placement); the message says why."""
+
+
+@dataclass
+class RunOptions:
+    address: str | None = None  # Ray address; None = embedded
+    in_process: bool = False  # agents on threads of this process, no Ray
+    out_dir: str | None = None  # overrides scenario.output
+    progress: Progress | None = None
+    install_signal_handlers: bool = True
+    ready_timeout_s: float = 60.0
+
+
+@dataclass
+class RunResult:
+    outcome: Outcome
+    bundle: Path
+    summary: dict
+    exit_code: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.exit_code = EXIT_CODES[self.outcome]
+
+
+def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> RunResult:
+    """Run a loaded scenario to the end and write its bundle. Blocking."""
+    options = options or RunOptions()
+    scenario = loaded.scenario
+    target_proc = None
+    connection = None
+    try:
+        if scenario.target.is_embedded:
+            from automaton.launch import AutomatonError, start_automaton
+
+            stall = scenario.target.embedded.stall if scenario.target.embedded else None
+            try:
+                target_proc = start_automaton(
+                    stall_every_s=stall.every_s if stall else None,
+                    stall_for_s=stall.for_s if stall else None,
+                )
+            except AutomatonError as exc:
+                raise RunError(f"the embedded automaton did not start: {exc}") from exc
+            base_url = target_proc.url
+        else:
+            base_url = scenario.target.url
+
+        if options.in_process:
+            import os
+            import socket
+
+            from cluster.local import LocalFleet
+
+            shape = ClusterShape(
+                kind="in-process",
+                address="",
+                nodes=(NodeShape(node="local", host=socket.gethostname(), cpus=float(os.cpu_count() or 1)),),
+            )
+            fleet_factory = lambda plan: LocalFleet(silence_s=_silence_s(scenario))  # noqa: E731
+        else:
+            from cluster.connect import ClusterError, connect
+            from cluster.fleet import RayFleet
+
+            try:
+                connection = connect(options.address)
+            except ClusterError as exc:
+                raise RunError(str(exc)) from exc
+            shape = connection.shape
+            fleet_factory = lambda plan: RayFleet(  # noqa: E731
+                cpus_per_agent=plan.cpus_per_agent,
+                ready_timeout_s=options.ready_timeout_s,
+                silence_s=_silence_s(scenario),
+            )
+
+        plan = build_plan(scenario, base_url, shape.cpus, supports_fast=_fast_supports())
+        return asyncio.run(
+            _run(loaded, plan, shape, base_url, fleet_factory(plan), options, target_proc)
+        )
+    finally:
+        if target_proc is not None:
+            target_proc.stop()
+        if connection is not None:
+            connection.close()
+
+
+def _silence_s(scenario) -> float:
+    # An agent that sends nothing for three flush intervals (at least 3 s) is lost.
+    return max(3.0, 3 * scenario.flush_interval)
+
+
+def _fast_supports():
+    try:
+        from agents.fast_http import supports
+    except ImportError:
+        return None
+    return supports
+
+
+async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, options: RunOptions, target_proc) -> RunResult:
+    scenario = loaded.scenario
+    progress = options.progress or (lambda line: None)
+    started = datetime.now(timezone.utc)
+    writer = BundleWriter(options.out_dir or scenario.output, scenario.name, started)
+    manifest = _manifest(loaded, plan, shape, base_url, started, target_proc)
+    writer.write_manifest(manifest)
+
+    agg = Aggregator(plan.endpoints, plan.stage_ends_ns, plan.stage_names)
+    rules = [t.rule() for t in scenario.thresholds]
+    live = LiveEvaluator(rules)
+    totals: dict[int, AgentTotals] = {}
+    watermarks: dict[int, int] = {}  # live agents -> their latest watermark
+    lost: list[dict] = []
+    outcome = Outcome.PASSED
+    stop_reason = ""
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        nonlocal outcome, stop_reason
+        if stop_event.is_set():
+            return
+        outcome = Outcome.INTERRUPTED
+        stop_reason = signal.Signals(signum).name
+        progress(f"{stop_reason}: stopping agents, writing the bundle (incomplete)")
+        stop_event.set()
+
+    if options.install_signal_handlers:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, on_signal, sig)
+                installed.append(sig)
+
+    def stats_for(endpoint, stage, window_s):
+        if window_s:
+            return agg.recent(max(1, round(window_s)), endpoint=endpoint)
+        return agg.snapshot(endpoint=endpoint, stage=stage)
+
+    def handle_windows(windows) -> None:
+        nonlocal outcome, stop_reason
+        for w in windows:
+            wd = w.to_dict()
+            writer.append_window(wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}})
+            progress(_progress_line(w, plan, sum(t.get("in_flight", 0) for t in w.generator.values()) if w.generator else 0))
+            if outcome in (Outcome.PASSED,):
+                aborts = live.evaluate((w.index + 1) * agg_window_s, stats_for)
+                for a in aborts:
+                    alert = {"kind": "abort", "at_s": (w.index + 1) * agg_window_s, "rule": str(a)}
+                    writer.append_alert(alert)
+                    progress(f"ABORT: {a}")
+                if aborts and not stop_event.is_set():
+                    outcome = Outcome.ABORTED
+                    stop_reason = "abort rule"
+                    stop_event.set()
+
+    agg_window_s = 1.0
+    try:
+        try:
+            infos = await fleet.start(plan.agents)
+        except Exception as exc:
+            raise RunError(f"agents could not start: {exc}") from exc
+        manifest["agents"] = [i.__dict__ for i in infos]
+        writer.write_manifest(manifest)
+        start_wall_ns = time.time_ns() + int(START_LEAD_S * 1e9)
+        manifest["start_wall_ns"] = start_wall_ns
+        writer.write_manifest(manifest)
+        fleet.begin(start_wall_ns, grace_s=START_LEAD_S + 2.0)
+        for s in plan.agents:
+            watermarks[s.index] = 0
+            totals[s.index] = AgentTotals()
+        progress(
+            f"horde: {scenario.name} -> {base_url}  {plan.count} agent(s) on {shape.kind} Ray "
+            f"({shape.cpus:g} CPUs), {plan.duration_s:g}s planned; bundle {writer.path}"
+        )
+
+        async def stopper() -> None:
+            await stop_event.wait()
+            await fleet.stop()
+
+        stop_task = asyncio.create_task(stopper())
+        hard_deadline = time.monotonic() + START_LEAD_S + plan.duration_s + scenario.workload.graceful_stop + 30.0
+        events = fleet.events().__aiter__()
+        try:
+            while True:
+                budget = hard_deadline - time.monotonic()
+                if stop_event.is_set():
+                    # After a stop, agents get their graceful time, then we stop waiting.
+                    budget = min(budget, scenario.workload.graceful_stop + 5.0)
+                try:
+                    ev = await asyncio.wait_for(events.__anext__(), max(0.1, budget))
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    progress("agents did not finish in time; closing the fleet")
+                    if outcome is Outcome.PASSED:
+                        outcome = Outcome.ERROR
+                        stop_reason = "agents did not finish in time"
+                    break
+                if isinstance(ev, BatchReceived):
+                    try:
+                        b = decode_batch(ev.payload)
+                    except BatchFormatError as exc:
+                        writer.append_alert({"kind": "bad_batch", "agent": ev.index, "detail": str(exc)})
+                        continue
+                    agg.add(b)
+                    totals[b.agent].add(b.readings, b.watermark_ns, b.engine)
+                    if b.agent in watermarks:
+                        watermarks[b.agent] = max(watermarks[b.agent], b.watermark_ns)
+                    if b.final:
+                        watermarks.pop(b.agent, None)
+                elif isinstance(ev, AgentEnded):
+                    watermarks.pop(ev.index, None)
+                elif isinstance(ev, AgentLost):
+                    at_s = max(watermarks.get(ev.index, 0), 0) / 1e9
+                    watermarks.pop(ev.index, None)
+                    loss = {"kind": "agent_lost", "agent": ev.index, "incarnation": ev.incarnation,
+                            "reason": ev.reason, "detail": ev.detail, "at_s": at_s,
+                            "share": f"1/{plan.count}"}
+                    lost.append(loss)
+                    writer.append_alert(loss)
+                    progress(f"LOST agent {ev.index}: {ev.reason} {ev.detail}")
+                    if not watermarks and not stop_event.is_set() and outcome is Outcome.PASSED:
+                        outcome = Outcome.ERROR
+                        stop_reason = "every agent was lost"
+                if watermarks:
+                    handle_windows(agg.close_until(min(watermarks.values())))
+        finally:
+            stop_task.cancel()
+            await asyncio.gather(stop_task, return_exceptions=True)
+        handle_windows(agg.close_all())
+    finally:
+        await fleet.close()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    # -- final figures ---------------------------------------------------------------------
+    final = live.evaluate_final(stats_for)
+    th_results = [_threshold_dict(r) for r in final]
+    if outcome is Outcome.PASSED and any(not r["ok"] for r in th_results):
+        outcome = Outcome.THRESHOLDS_FAILED
+    summary = _summary(agg, plan, totals, lost, th_results, outcome, stop_reason)
+    ended = datetime.now(timezone.utc)
+    manifest.update(
+        outcome=outcome.value,
+        complete=outcome is not Outcome.INTERRUPTED,
+        stop_reason=stop_reason,
+        ended=ended.isoformat(),
+        duration_s=round((ended - started).total_seconds(), 3),
+    )
+    if target_proc is not None:
+        with contextlib.suppress(Exception):
+            manifest["target"]["served"] = target_proc.stats()
+    histograms = [
+        {"endpoint": e, "stage": st, "stats": agg.snapshot(endpoint=e, stage=st).to_sparse()}
+        for e in (None, *plan.endpoints)
+        for st in (None, *plan.stage_names)
+    ]
+    path = writer.finish(
+        manifest=manifest,
+        summary=summary,
+        histograms=histograms,
+        junit_xml=junit_xml(scenario.name, th_results, summary["duration_s"]),
+    )
+    return RunResult(outcome=outcome, bundle=path, summary=summary)
+
+
+def _threshold_dict(r) -> dict:
+    rule, verdict = r.rule, r.verdict
+    return {
+        "expr": rule.threshold.text,
+        "endpoint": rule.endpoint,
+        "stage": rule.stage,
+        "abort": rule.abort,
+        "ok": verdict.ok,
+        "observed": verdict.observed,
+        "observed_text": verdict.observed_text,
+    }
+
+
+def _summary(agg: Aggregator, plan: Plan, totals, lost, thresholds, outcome: Outcome, stop_reason: str) -> dict:
+    total = agg.snapshot()
+    return {
+        "outcome": outcome.value,
+        "stop_reason": stop_reason,
+        "duration_s": total.duration_s,
+        "total": total.to_dict(),
+        "endpoints": {e: agg.snapshot(endpoint=e).to_dict() for e in plan.endpoints},
+        "stages": {
+            s: {
+                "total": agg.snapshot(stage=s).to_dict(),
+                "endpoints": {e: agg.snapshot(endpoint=e, stage=s).to_dict() for e in plan.endpoints},
+            }
+            for s in plan.stage_names
+        },
+        "thresholds": thresholds,
+        "generator": generator_verdict(totals, total.requests),
+        "lost_agents": lost,
+        "late_samples": agg.late_samples,
+        "engines": plan.engines,
+    }
+
+
+def _progress_line(w, plan: Plan, in_flight: int) -> str:
+    t = w.total
+    lat = t.latency
+    p50 = lat.value_at_quantile(0.5)
+    p99 = lat.value_at_quantile(0.99)
+    t_end_s = (w.index + 1)
+    stage_i = min(sum(1 for e in plan.stage_ends_ns if e <= w.index * 1e9), len(plan.stage_names) - 1)
+    users = sum(g.get("users", 0) for g in w.generator.values()) if w.generator else 0
+    level = f"users {users}" if plan.agents[0].model == "closed" else f"in-flight {in_flight}"
+    return (
+        f"[{t_end_s:>5}s] {plan.stage_names[stage_i]:<12} rps {t.requests:>7}  "
+        f"p50 {_fmt_ms(p50)}  p99 {_fmt_ms(p99)}  errors {t.errors} ({100 * t.error_rate:.2f}%)  {level}"
+    )
+
+
+def _fmt_ms(ns) -> str:
+    if ns is None:
+        return "     -"
+    return f"{ns / 1e6:6.2f}ms"
+
+
+def _manifest(loaded: LoadedScenario, plan: Plan, shape: ClusterShape, base_url: str, started: datetime, target_proc) -> dict:
+    import aiohttp
+    import numpy
+    import ray
+
+    from coordinator import __version__
+
+    return {
+        "horde_version": __version__,
+        "bundle_format": 1,
+        "scenario": loaded.as_run,
+        "scenario_file": str(loaded.source),
+        "outcome": "running",
+        "complete": False,
+        "started": started.isoformat(),
+        "target": {"url": base_url, "embedded": target_proc is not None,
+                   "pid": getattr(target_proc, "pid", None)},
+        "cluster": shape.to_dict(),
+        "plan": {
+            "agents": plan.count,
+            "cpus_per_agent": plan.cpus_per_agent,
+            "duration_s": plan.duration_s,
+            "stages": [{"name": n, "end_s": e / 1e9} for n, e in zip(plan.stage_names, plan.stage_ends_ns)],
+            "engines": plan.engines,
+            "max_in_flight": [s.max_in_flight for s in plan.agents],
+            "max_connections": [s.max_connections for s in plan.agents],
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "ray": ray.__version__,
+            "aiohttp": aiohttp.__version__,
+            "numpy": numpy.__version__,
+            "platform": platform.platform(),
+        },
+        "argv": sys.argv,
+    }

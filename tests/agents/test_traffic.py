@@ -1,0 +1,205 @@
+"""A traffic agent against a local aiohttp server, with no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from agents.runner import AgentRunner
+from agents.samples import ErrorClass, decode_batch
+from agents.spec import AgentSpec, RequestTemplate, Stage
+
+
+async def _server(handler_delay_s: float = 0.0):
+    served = {"n": 0, "paths": {}}
+
+    async def ok(request: web.Request) -> web.Response:
+        served["n"] += 1
+        served["paths"][request.path] = served["paths"].get(request.path, 0) + 1
+        if handler_delay_s:
+            await asyncio.sleep(handler_delay_s)
+        return web.json_response({"ok": True})
+
+    async def teapot(request: web.Request) -> web.Response:
+        served["n"] += 1
+        return web.Response(status=503, text="busy")
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_post("/ok", ok)
+    app.router.add_get("/busy", teapot)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}", served
+
+
+def _spec(url: str, **kw) -> AgentSpec:
+    base = dict(
+        index=0,
+        count=1,
+        incarnation=0,
+        model="open",
+        arrivals="constant",
+        start_level=0.0,
+        stages=(Stage(1.0, 100.0, "hold"),),
+        requests=(RequestTemplate("ok", "GET", url + "/ok", expect=frozenset({200})),),
+        weights=(1.0,),
+        flush_interval_s=0.25,
+        graceful_stop_s=2.0,
+        max_in_flight=50,
+        max_connections=50,
+    )
+    base.update(kw)
+    return AgentSpec(**base)
+
+
+async def _collect(spec: AgentSpec, stop_after_s: float | None = None):
+    runner = AgentRunner(spec)
+    batches = []
+    start = time.time_ns() + 200_000_000
+
+    async def stopper():
+        await asyncio.sleep(0.2 + stop_after_s)
+        runner.stop()
+
+    t = asyncio.create_task(stopper()) if stop_after_s is not None else None
+    async for payload in runner.stream(start):
+        batches.append(decode_batch(payload))
+    if t:
+        t.cancel()
+    return batches
+
+
+def _samples(batches):
+    return np.concatenate([b.samples for b in batches]) if batches else np.zeros(0)
+
+
+@pytest.mark.timeout(30)
+def test_open_model_sends_the_planned_schedule_exactly():
+    async def main():
+        srv, url, served = await _server()
+        try:
+            # A ramp 0 -> 100/s over 1 s then a 1 s hold at 100/s: floor(50 + 100) = 150 sends.
+            spec = _spec(url, stages=(Stage(1.0, 100.0, "ramp"), Stage(1.0, 100.0, "hold")))
+            batches = await _collect(spec)
+        finally:
+            await srv.cleanup()
+        return batches, served
+
+    batches, served = asyncio.run(main())
+    s = _samples(batches)
+    assert len(s) == 150
+    assert served["n"] == 150
+    assert batches[-1].final and not any(b.final for b in batches[:-1])
+    assert [b.seq for b in batches] == list(range(len(batches)))
+    assert (s["error"] == ErrorClass.OK).all() and (s["status"] == 200).all()
+    # Watermarks only grow, and every sample ends before the batch that carries it.
+    wm = [b.watermark_ns for b in batches]
+    assert wm == sorted(wm)
+    for b in batches:
+        if len(b.samples):
+            assert b.samples["end_ns"].max() <= b.watermark_ns
+    # Intended times follow the schedule: the last of the ramp at 1.0 s (j=50: sqrt(2*50/100)).
+    intended = np.sort(s["intended_ns"]) / 1e9
+    assert intended[49] == pytest.approx(1.0, abs=1e-6)
+    assert (s["sent_ns"] >= s["intended_ns"]).all()
+    assert (s["end_ns"] >= s["sent_ns"]).all()
+
+
+@pytest.mark.timeout(30)
+def test_latency_includes_queueing_that_service_time_does_not():
+    """Coordinated omission: one in-flight slot, a 50 ms server, 40/s planned for 1 s.
+
+    The server can do 20/s, so sends queue behind each other: latency (from the intended
+    time) grows, service time (from the actual send) stays ~50 ms.
+    """
+
+    async def main():
+        srv, url, served = await _server(handler_delay_s=0.05)
+        try:
+            spec = _spec(url, stages=(Stage(0.0, 40.0), Stage(1.0, 40.0)), start_level=40.0,
+                         max_in_flight=1, max_connections=1)
+            return await _collect(spec)
+        finally:
+            await srv.cleanup()
+
+    s = _samples(asyncio.run(main()))
+    assert len(s) == 40
+    latency = (s["end_ns"] - s["intended_ns"]) / 1e6
+    service = (s["end_ns"] - s["sent_ns"]) / 1e6
+    assert np.median(service) < 120
+    assert latency.max() > 5 * np.median(service)  # the queue is visible in latency
+    assert latency.max() > 3 * service.max()
+
+
+@pytest.mark.timeout(30)
+def test_closed_model_runs_the_agents_share_of_users():
+    async def main():
+        srv, url, served = await _server(handler_delay_s=0.01)
+        try:
+            # 10 users over 3 agents: agent 1 runs users 1, 4, 7 -> 3 users.
+            spec = _spec(url, model="closed", index=1, count=3, start_level=10.0,
+                         stages=(Stage(1.0, 10.0),), think_time_s=(0.0, 0.0))
+            return await _collect(spec), served
+        finally:
+            await srv.cleanup()
+
+    batches, served = asyncio.run(main())
+    users = [b.readings.users for b in batches if not b.final]
+    assert max(users) == 3
+    s = _samples(batches)
+    assert len(s) == served["n"]
+    # 3 users, ~10 ms per request, 1 s: roughly 300 requests (generous band for a noisy box)
+    assert 60 < len(s) <= 320
+
+
+@pytest.mark.timeout(30)
+def test_errors_are_classified_not_raised():
+    async def main():
+        srv, url, served = await _server()
+        try:
+            spec = _spec(
+                url,
+                stages=(Stage(0.0, 20.0), Stage(0.5, 20.0)),
+                start_level=20.0,
+                requests=(
+                    RequestTemplate("busy", "GET", url + "/busy", expect=frozenset({200})),
+                    RequestTemplate("refused", "GET", "http://127.0.0.1:1/x"),
+                ),
+                weights=(1.0, 1.0),
+            )
+            return await _collect(spec)
+        finally:
+            await srv.cleanup()
+
+    s = _samples(asyncio.run(main()))
+    assert len(s) == 10
+    busy = s[s["endpoint"] == 0]
+    refused = s[s["endpoint"] == 1]
+    assert len(busy) and (busy["error"] == ErrorClass.HTTP_5XX).all() and (busy["status"] == 503).all()
+    assert len(refused) and (refused["error"] == ErrorClass.CONNECT).all() and (refused["status"] == 0).all()
+
+
+@pytest.mark.timeout(30)
+def test_stop_ends_the_stream_early_with_a_final_batch():
+    async def main():
+        srv, url, served = await _server()
+        try:
+            spec = _spec(url, stages=(Stage(0.0, 50.0), Stage(30.0, 50.0)), start_level=50.0)
+            t0 = time.monotonic()
+            batches = await _collect(spec, stop_after_s=0.5)
+            return batches, time.monotonic() - t0
+        finally:
+            await srv.cleanup()
+
+    batches, took = asyncio.run(main())
+    assert took < 5
+    assert batches[-1].final
+    assert 10 <= len(_samples(batches)) <= 40
