@@ -53,8 +53,9 @@ def text_summary(bundle: Bundle) -> str:
         f"  duration {s.get('duration_s', 0):.1f}s   requests {t['requests']}   rps {t['rps']:.1f}"
         f"   errors {t['errors']} ({100 * t['error_rate']:.2f}%)"
     )
-    if t.get("errors_by_class"):
-        lines.append("  errors by class: " + ", ".join(f"{k} {v}" for k, v in t["errors_by_class"].items()))
+    classes = {k: v for k, v in (t.get("errors_by_class") or {}).items() if k != "ok"}
+    if classes:
+        lines.append("  errors by class: " + ", ".join(f"{k} {v}" for k, v in classes.items()))
     g = s.get("generator", {})
     sat = "SATURATED: " + "; ".join(g.get("reasons", [])) if g.get("saturated") else "kept up"
     cpu = g.get("cpu_us_per_request")

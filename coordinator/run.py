@@ -167,10 +167,17 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
                 loop.add_signal_handler(sig, on_signal, sig)
                 installed.append(sig)
 
+    run_span_s: float | None = None  # set at the end: the planned duration of a run that completed
+
     def stats_for(endpoint, stage, window_s):
+        if stage is not None and stage not in plan.stage_names:
+            stage = plan.stage_names[scenario.stage_index(stage)]  # an index given as text
         if window_s:
             return agg.recent(max(1, round(window_s)), endpoint=endpoint)
-        return agg.snapshot(endpoint=endpoint, stage=stage)
+        s = agg.snapshot(endpoint=endpoint, stage=stage)
+        if stage is None and run_span_s is not None:
+            s.duration_s = run_span_s
+        return s
 
     def handle_windows(windows) -> None:
         nonlocal outcome, stop_reason
@@ -181,9 +188,10 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             if outcome in (Outcome.PASSED,):
                 aborts = live.evaluate((w.index + 1) * agg_window_s, stats_for)
                 for a in aborts:
-                    alert = {"kind": "abort", "at_s": (w.index + 1) * agg_window_s, "rule": str(a)}
+                    alert = {"kind": "abort", "at_s": a.elapsed_s, "rule": a.rule.text, "reason": a.reason,
+                             "observed": a.verdict.observed}
                     writer.append_alert(alert)
-                    progress(f"ABORT: {a}")
+                    progress(f"ABORT: {a.reason}")
                 if aborts and not stop_event.is_set():
                     outcome = Outcome.ABORTED
                     stop_reason = "abort rule"
@@ -270,11 +278,14 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             loop.remove_signal_handler(sig)
 
     # -- final figures ---------------------------------------------------------------------
+    if outcome in (Outcome.PASSED, Outcome.THRESHOLDS_FAILED):
+        # Rates over the planned duration: the last responses may complete a little after it.
+        run_span_s = plan.duration_s
     final = live.evaluate_final(stats_for)
     th_results = [_threshold_dict(r) for r in final]
     if outcome is Outcome.PASSED and any(not r["ok"] for r in th_results):
         outcome = Outcome.THRESHOLDS_FAILED
-    summary = _summary(agg, plan, totals, lost, th_results, outcome, stop_reason)
+    summary = _summary(stats_for, agg, plan, totals, lost, th_results, outcome, stop_reason)
     ended = datetime.now(timezone.utc)
     manifest.update(
         outcome=outcome.value,
@@ -313,18 +324,18 @@ def _threshold_dict(r) -> dict:
     }
 
 
-def _summary(agg: Aggregator, plan: Plan, totals, lost, thresholds, outcome: Outcome, stop_reason: str) -> dict:
-    total = agg.snapshot()
+def _summary(stats_for, agg: Aggregator, plan: Plan, totals, lost, thresholds, outcome: Outcome, stop_reason: str) -> dict:
+    total = stats_for(None, None, None)
     return {
         "outcome": outcome.value,
         "stop_reason": stop_reason,
         "duration_s": total.duration_s,
         "total": total.to_dict(),
-        "endpoints": {e: agg.snapshot(endpoint=e).to_dict() for e in plan.endpoints},
+        "endpoints": {e: stats_for(e, None, None).to_dict() for e in plan.endpoints},
         "stages": {
             s: {
-                "total": agg.snapshot(stage=s).to_dict(),
-                "endpoints": {e: agg.snapshot(endpoint=e, stage=s).to_dict() for e in plan.endpoints},
+                "total": stats_for(None, s, None).to_dict(),
+                "endpoints": {e: stats_for(e, s, None).to_dict() for e in plan.endpoints},
             }
             for s in plan.stage_names
         },

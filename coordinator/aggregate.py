@@ -1,0 +1,483 @@
+"""Sample batches -> per-window, per-endpoint and per-stage statistics.
+
+A sample's window is chosen by when it completed (``end_ns // window_ns``), its stage by
+when it was meant to be sent (the stage that planned it). Each batch is grouped with numpy
+by (window, endpoint, stage) and every group lands in two accumulators with one histogram
+merge each: the window's per-endpoint ``Stats`` and the cumulative (endpoint, stage)
+``Stats``. Closed windows are kept in sparse form, so memory grows with windows x
+endpoints, never with requests.
+
+Pure: no clock, no I/O. The caller decides when windows close (``close_until`` with the
+agents' low watermark, ``close_all`` at the end of the run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agents.samples import ERROR_LABELS, SAMPLE_DTYPE, Batch, ErrorClass, GeneratorReadings
+from coordinator.histogram import Histogram, histograms_by_group
+
+N_ERROR_CLASSES = len(ErrorClass)
+DEFAULT_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
+_OTHER = int(ErrorClass.OTHER)
+_CHUNK = 1 << 18  # samples per vectorised pass (keeps int64 group sums exact)
+
+
+def quantile_key(q: float) -> str:
+    """0.5 -> "p50", 0.999 -> "p99.9"."""
+    return f"p{round(q * 100, 6):g}"
+
+
+def _ms(ns: float | int | None) -> float | None:
+    return None if ns is None else round(ns / 1e6, 3)
+
+
+def _histogram_ms(h: Histogram, quantiles: Sequence[float]) -> dict[str, Any]:
+    values = h.quantiles(quantiles)
+    out: dict[str, Any] = {quantile_key(q): _ms(values[q]) for q in quantiles}
+    out["max"] = _ms(h.max_ns)
+    out["min"] = _ms(h.min_ns)
+    out["mean"] = _ms(h.mean_ns())
+    out["overflow"] = h.overflow  # values above the trackable range: counted, never dropped
+    return out
+
+
+class Stats:
+    """Counts and histograms of one scope (an endpoint, a stage, a window, or all).
+
+    ``merge`` combines scopes that cover the same span of time (endpoints of one window):
+    ``duration_s`` becomes the larger of the two. Whoever merges consecutive spans sets
+    ``duration_s`` for the result (``Aggregator.recent`` and ``snapshot`` do).
+    """
+
+    __slots__ = ("requests", "errors", "errors_by_class", "bytes", "latency", "service_time", "send_lag", "duration_s")
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, duration_s: float = 0.0) -> None:
+        self.requests = 0
+        self.errors = 0  # samples whose error class is not OK
+        self.errors_by_class = np.zeros(N_ERROR_CLASSES, dtype=np.int64)
+        self.bytes = 0
+        self.latency = Histogram()  # end - intended: coordinated-omission corrected
+        self.service_time = Histogram()  # end - sent
+        self.send_lag = Histogram()  # sent - intended: how late the generator sent
+        self.duration_s = float(duration_s)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def add_samples(self, samples: np.ndarray) -> None:
+        """Fold SAMPLE_DTYPE records in (vectorised)."""
+        if samples.dtype != SAMPLE_DTYPE:
+            raise TypeError(f"samples must have SAMPLE_DTYPE, got {samples.dtype}")
+        if len(samples) == 0:
+            return
+        end = samples["end_ns"]
+        intended = samples["intended_ns"]
+        sent = samples["sent_ns"]
+        self.latency.record_many(end - intended)
+        self.service_time.record_many(end - sent)
+        self.send_lag.record_many(sent - intended)
+        by_class = np.bincount(np.minimum(samples["error"], _OTHER), minlength=N_ERROR_CLASSES)
+        self.errors_by_class += by_class
+        self.requests += len(samples)
+        self.errors += len(samples) - int(by_class[ErrorClass.OK])
+        self.bytes += int(samples["bytes"].sum(dtype=np.uint64))
+
+    def merge(self, other: Stats) -> Stats:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.errors_by_class += other.errors_by_class
+        self.bytes += other.bytes
+        self.latency.merge(other.latency)
+        self.service_time.merge(other.service_time)
+        self.send_lag.merge(other.send_lag)
+        self.duration_s = max(self.duration_s, other.duration_s)
+        return self
+
+    def copy(self) -> Stats:
+        s = Stats(self.duration_s)
+        return s.merge(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Stats):
+            return NotImplemented
+        return (
+            self.requests == other.requests
+            and self.errors == other.errors
+            and bool(np.array_equal(self.errors_by_class, other.errors_by_class))
+            and self.bytes == other.bytes
+            and self.duration_s == other.duration_s
+            and self.latency == other.latency
+            and self.service_time == other.service_time
+            and self.send_lag == other.send_lag
+        )
+
+    def __repr__(self) -> str:
+        return f"Stats(requests={self.requests}, errors={self.errors}, duration_s={self.duration_s})"
+
+    def to_dict(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, Any]:
+        """JSON-ready snapshot; the keys thresholds and reports read. Times in ms (3
+        decimals), None where there is no sample."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "rps": round(self.rps, 3),
+            "duration_s": self.duration_s,
+            "bytes": self.bytes,
+            "errors_by_class": {ERROR_LABELS[i]: int(n) for i, n in enumerate(self.errors_by_class.tolist()) if n},
+            "latency_ms": _histogram_ms(self.latency, quantiles),
+            "service_time_ms": _histogram_ms(self.service_time, quantiles),
+            "send_lag_ms": _histogram_ms(self.send_lag, quantiles),
+        }
+
+    def to_sparse(self) -> dict[str, Any]:
+        """msgpack-friendly storage form; ``from_sparse`` restores it exactly."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "errors_by_class": self.errors_by_class.tolist(),
+            "bytes": self.bytes,
+            "duration_s": self.duration_s,
+            "latency": self.latency.to_sparse(),
+            "service_time": self.service_time.to_sparse(),
+            "send_lag": self.send_lag.to_sparse(),
+        }
+
+    @classmethod
+    def from_sparse(cls, d: dict[str, Any]) -> Stats:
+        s = cls(d["duration_s"])
+        by_class = list(d["errors_by_class"])
+        if len(by_class) > N_ERROR_CLASSES:
+            raise ValueError(f"{len(by_class)} error classes, this version knows {N_ERROR_CLASSES}")
+        s.errors_by_class[: len(by_class)] = by_class
+        s.requests = int(d["requests"])
+        s.errors = int(d["errors"])
+        s.bytes = int(d["bytes"])
+        s.latency = Histogram.from_sparse(d["latency"])
+        s.service_time = Histogram.from_sparse(d["service_time"])
+        s.send_lag = Histogram.from_sparse(d["send_lag"])
+        return s
+
+
+def _merged(parts: Iterable[Stats], duration_s: float) -> Stats:
+    out = Stats(duration_s)
+    for p in parts:
+        out.merge(p)
+    out.duration_s = duration_s
+    return out
+
+
+# Per-window generator readings: which fields combine how across the batches of a window.
+_READINGS_MAX = ("loop_lag_max_ns", "send_lag_max_ns")
+_READINGS_SUM = ("late_sends", "interrupted", "unsent")
+_READINGS_LAST = ("cpu_s", "rss_bytes", "loop_lag_mean_ns", "in_flight", "users", "level")
+
+
+def _fold_readings(old: dict[str, Any] | None, batch: Batch) -> dict[str, Any]:
+    r: GeneratorReadings = batch.readings
+    order = (batch.incarnation, batch.seq)
+    if old is None:
+        new = {k: getattr(r, k) for k in _READINGS_MAX + _READINGS_SUM + _READINGS_LAST}
+        new.update(batches=1, incarnation=batch.incarnation, seq=batch.seq)
+        return new
+    for k in _READINGS_MAX:
+        old[k] = max(old[k], getattr(r, k))
+    for k in _READINGS_SUM:
+        old[k] += getattr(r, k)
+    old["batches"] += 1
+    if order >= (old["incarnation"], old["seq"]):  # batches may arrive out of order
+        for k in _READINGS_LAST:
+            old[k] = getattr(r, k)
+        old["incarnation"], old["seq"] = order
+    return old
+
+
+@dataclass
+class Window:
+    index: int
+    start_ns: int
+    end_ns: int
+    by_endpoint: dict[str, Stats]  # endpoints with samples in this window
+    total: Stats
+    generator: dict[int, dict[str, Any]] = field(default_factory=dict)  # agent -> readings
+
+    def to_dict(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "start_s": self.start_ns / 1e9,
+            "end_s": self.end_ns / 1e9,
+            "total": self.total.to_dict(quantiles),
+            "endpoints": {name: s.to_dict(quantiles) for name, s in self.by_endpoint.items()},
+            "generator": {str(agent): dict(r) for agent, r in sorted(self.generator.items())},
+        }
+
+
+@dataclass
+class _ClosedWindow:
+    stats: dict[int, dict[str, Any]]  # endpoint index -> Stats.to_sparse()
+    generator: dict[int, dict[str, Any]]
+
+
+class Aggregator:
+    """Folds batches into windows (by completion time) and stages (by intended time).
+
+    ``keep_windows`` bounds how many closed windows stay stored (None: all of them);
+    a late sample for a window already dropped still counts in the cumulative stats.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        stage_ends_ns: Sequence[int],
+        stage_names: Sequence[str],
+        window_ns: int = 1_000_000_000,
+        keep_windows: int | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
+        if len(stage_ends_ns) != len(stage_names) or not stage_names:
+            raise ValueError("stage_ends_ns and stage_names must be non-empty and of equal length")
+        ends = np.asarray(stage_ends_ns, dtype=np.int64)
+        if np.any(np.diff(ends) < 0) or ends[0] < 0:
+            raise ValueError("stage_ends_ns must be cumulative (non-decreasing, from 0)")
+        if window_ns <= 0:
+            raise ValueError("window_ns must be positive")
+        if len(set(endpoints)) != len(endpoints) or len(set(stage_names)) != len(stage_names):
+            raise ValueError("endpoint and stage names must be unique")
+        self.endpoints: tuple[str, ...] = tuple(endpoints)
+        self.stage_names: tuple[str, ...] = tuple(stage_names)
+        self.window_ns = int(window_ns)
+        self.keep_windows = keep_windows
+        self._stage_ends = ends
+        self._n_endpoints = len(self.endpoints)
+        self._n_stages = len(self.stage_names)
+        self._window_s = self.window_ns / 1e9
+        # cumulative[e][s]
+        self._cumulative = [[Stats() for _ in self.stage_names] for _ in self.endpoints]
+        self._open: dict[int, dict[int, Stats]] = {}  # window index -> endpoint index -> Stats
+        self._open_readings: dict[int, dict[int, dict[str, Any]]] = {}  # window -> agent -> readings
+        self._closed: dict[int, _ClosedWindow] = {}
+        self._next_close = 0  # every window below this index has been closed
+        self._last_data_window = -1  # highest window index with a sample
+        self._watermarks: dict[int, int] = {}
+        self._final: set[int] = set()
+        self.late_samples = 0
+
+    # -- ingest ------------------------------------------------------------------------
+
+    def add(self, batch: Batch) -> None:
+        agent = batch.agent
+        samples = batch.samples
+        if samples.dtype != SAMPLE_DTYPE:
+            raise TypeError(f"agent {agent} batch {batch.seq}: samples dtype {samples.dtype} is not SAMPLE_DTYPE")
+        if len(samples) and int(samples["endpoint"].max()) >= self._n_endpoints:
+            bad = int(samples["endpoint"].max())
+            raise ValueError(f"agent {agent} batch {batch.seq}: endpoint index {bad} but only {self._n_endpoints} endpoints")
+        self._watermarks[agent] = max(self._watermarks.get(agent, batch.watermark_ns), batch.watermark_ns)
+        if batch.final:
+            self._final.add(agent)
+        self._add_readings(batch)
+        for start in range(0, len(samples), _CHUNK):
+            self._add_samples(samples[start : start + _CHUNK])
+
+    def _add_readings(self, batch: Batch) -> None:
+        # A watermark on a window boundary closes the window before it: the readings
+        # describe the interval that ends there.
+        index = max(0, (batch.watermark_ns - 1) // self.window_ns)
+        if index < self._next_close:
+            stored = self._closed.get(index)
+            if stored is not None:
+                stored.generator[batch.agent] = _fold_readings(stored.generator.get(batch.agent), batch)
+            return
+        per_agent = self._open_readings.setdefault(index, {})
+        per_agent[batch.agent] = _fold_readings(per_agent.get(batch.agent), batch)
+
+    def _add_samples(self, samples: np.ndarray) -> None:
+        if len(samples) == 0:
+            return
+        n_e, n_s = self._n_endpoints, self._n_stages
+        end = samples["end_ns"]
+        intended = samples["intended_ns"]
+        sent = samples["sent_ns"]
+        window = np.maximum(end // self.window_ns, 0)
+        stage = np.minimum(np.searchsorted(self._stage_ends, intended, side="right"), n_s - 1)
+        w_min = int(window.min())
+        n_windows = int(window.max()) - w_min + 1
+        key = ((window - w_min) * n_e + samples["endpoint"]) * n_s + stage
+        n_keys = n_windows * n_e * n_s
+        if n_keys <= 4 * len(samples) + 4096:
+            # Few possible keys (the usual batch spans a window or two): a counting pass
+            # and a lookup table group in O(n), no sort.
+            present = np.flatnonzero(np.bincount(key, minlength=n_keys))
+            lookup = np.empty(n_keys, dtype=np.int64)
+            lookup[present] = np.arange(len(present))
+            group = lookup[key]
+        else:
+            present, group = np.unique(key, return_inverse=True)
+            group = group.ravel()
+        n_groups = len(present)
+
+        latency = histograms_by_group(end - intended, group, n_groups)
+        service = histograms_by_group(end - sent, group, n_groups)
+        lag = histograms_by_group(sent - intended, group, n_groups)
+        error = np.minimum(samples["error"], _OTHER).astype(np.int64)
+        by_class = np.bincount(group * N_ERROR_CLASSES + error, minlength=n_groups * N_ERROR_CLASSES)
+        by_class = by_class.reshape(n_groups, N_ERROR_CLASSES)
+        nbytes = np.zeros(n_groups, dtype=np.int64)
+        np.add.at(nbytes, group, samples["bytes"].astype(np.int64))
+
+        for g, k in enumerate(present.tolist()):
+            s_idx = k % n_s
+            e_idx = (k // n_s) % n_e
+            w_idx = k // (n_s * n_e) + w_min
+            part = Stats(self._window_s)
+            part.requests = latency[g].count
+            part.errors_by_class = by_class[g].copy()
+            part.errors = part.requests - int(by_class[g, ErrorClass.OK])
+            part.bytes = int(nbytes[g])
+            part.latency, part.service_time, part.send_lag = latency[g], service[g], lag[g]
+            self._cumulative[e_idx][s_idx].merge(part)  # copies, never keeps, part's arrays
+            if w_idx > self._last_data_window:
+                self._last_data_window = w_idx
+            if w_idx >= self._next_close:
+                per_endpoint = self._open.setdefault(w_idx, {})
+                target = per_endpoint.get(e_idx)
+                if target is None:
+                    per_endpoint[e_idx] = part  # the first group of a window becomes its stats
+                else:
+                    target.merge(part)
+            else:
+                self.late_samples += part.requests
+                stored = self._closed.get(w_idx)
+                if stored is not None:
+                    old = stored.stats.get(e_idx)
+                    merged = Stats.from_sparse(old) if old is not None else Stats(self._window_s)
+                    stored.stats[e_idx] = merged.merge(part).to_sparse()
+
+    # -- windows -----------------------------------------------------------------------
+
+    def close_until(self, watermark_ns: int) -> list[Window]:
+        """Close, in index order, every window ending at or before ``watermark_ns`` that
+        is still open, empty windows included (from window 0 on)."""
+        upto = watermark_ns // self.window_ns  # windows [.., upto) end at or before it
+        closed: list[Window] = []
+        for index in range(self._next_close, upto):
+            per_endpoint = self._open.pop(index, {})
+            generator = self._open_readings.pop(index, {})
+            window = self._make_window(index, per_endpoint, generator)
+            self._closed[index] = _ClosedWindow(
+                stats={e: s.to_sparse() for e, s in per_endpoint.items()}, generator=generator
+            )
+            closed.append(window)
+        self._next_close = max(self._next_close, upto)
+        if self.keep_windows is not None:
+            for index in [i for i in self._closed if i < self._next_close - self.keep_windows]:
+                del self._closed[index]
+        return closed
+
+    def close_all(self) -> list[Window]:
+        """Close every window that holds samples or readings (end of run)."""
+        pending = list(self._open) + list(self._open_readings)
+        if not pending:
+            return []
+        return self.close_until((max(pending) + 1) * self.window_ns)
+
+    def _make_window(self, index: int, per_endpoint: dict[int, Stats], generator: dict[int, dict[str, Any]]) -> Window:
+        by_endpoint = {self.endpoints[e]: per_endpoint[e] for e in sorted(per_endpoint)}
+        return Window(
+            index=index,
+            start_ns=index * self.window_ns,
+            end_ns=(index + 1) * self.window_ns,
+            by_endpoint=by_endpoint,
+            total=_merged(by_endpoint.values(), self._window_s),
+            generator=generator,
+        )
+
+    def closed_window(self, index: int) -> Window | None:
+        """A stored closed window, rebuilt (late samples included); None if unknown."""
+        stored = self._closed.get(index)
+        if stored is None:
+            return None
+        per_endpoint = {e: Stats.from_sparse(d) for e, d in stored.stats.items()}
+        return self._make_window(index, per_endpoint, stored.generator)
+
+    @property
+    def closed_windows(self) -> int:
+        """How many windows have been closed (the next one to close has this index)."""
+        return self._next_close
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _endpoint_index(self, endpoint: str | None) -> list[int]:
+        if endpoint is None:
+            return list(range(self._n_endpoints))
+        try:
+            return [self.endpoints.index(endpoint)]
+        except ValueError:
+            raise KeyError(f"unknown endpoint {endpoint!r}") from None
+
+    def snapshot(self, endpoint: str | None = None, stage: str | None = None) -> Stats:
+        """Cumulative stats of a scope. duration_s: a stage's planned duration for a stage
+        scope, else 0 .. end of the last window with samples (at least one window)."""
+        endpoints = self._endpoint_index(endpoint)
+        if stage is None:
+            stages = list(range(self._n_stages))
+            windows = max(self._last_data_window + 1, 1)
+            duration_s = windows * self._window_s
+        else:
+            try:
+                s = self.stage_names.index(stage)
+            except ValueError:
+                raise KeyError(f"unknown stage {stage!r}") from None
+            stages = [s]
+            begin = int(self._stage_ends[s - 1]) if s else 0
+            duration_s = (int(self._stage_ends[s]) - begin) / 1e9
+        return _merged((self._cumulative[e][s] for e in endpoints for s in stages), duration_s)
+
+    def recent(self, n_windows: int, endpoint: str | None = None) -> Stats:
+        """Merged stats of the last ``n_windows`` closed windows (sliding evaluation);
+        duration_s covers those windows (fewer when fewer have closed)."""
+        if n_windows <= 0:
+            raise ValueError("n_windows must be positive")
+        first = max(0, self._next_close - n_windows)
+        endpoints = self._endpoint_index(endpoint)
+        parts = []
+        for index in range(first, self._next_close):
+            stored = self._closed.get(index)
+            if stored is None:
+                continue
+            parts.extend(Stats.from_sparse(stored.stats[e]) for e in endpoints if e in stored.stats)
+        return _merged(parts, (self._next_close - first) * self._window_s)
+
+    @property
+    def agents_seen(self) -> frozenset[int]:
+        return frozenset(self._watermarks)
+
+    @property
+    def final_agents(self) -> frozenset[int]:
+        return frozenset(self._final)
+
+    @property
+    def watermarks(self) -> dict[int, int]:
+        """Per agent, the highest batch watermark seen."""
+        return dict(self._watermarks)
+
+    def low_watermark_ns(self, expected_agents: Iterable[int] | None = None) -> int | None:
+        """The watermark every still-sending agent has passed: the minimum over agents
+        that have not sent their final batch (an expected agent not heard from yet counts
+        as 0). None when every agent is final (close_all then)."""
+        agents = self._watermarks.keys() if expected_agents is None else expected_agents
+        live = [self._watermarks.get(a, 0) for a in agents if a not in self._final]
+        return min(live) if live else None

@@ -1,0 +1,434 @@
+"""Log-linear mergeable latency histogram in HdrHistogram's exact bucket layout.
+
+Values are int nanoseconds. The layout is HdrHistogram's for lowest discernible value 1,
+2 significant figures and highest trackable value 2**44 ns (~4.9 h): values below 256 are
+counted exactly, and each further power of two [2**k, 2**(k+1)) is cut into 128 equal
+sub-buckets; 38 buckets, 4,992 counts. Index i covers the values
+``[value_from_index(i), highest_equivalent_value(i)]``; a value's bucket is at most 1/128
+of it wide, so a reported quantile is within 1/128 (< 1%) of the true one, and the counts
+array can be written out as an HdrHistogram log later without re-bucketing.
+
+Why not HdrHistogram_py: it records one value per Python call; here a batch of samples is
+recorded with a few numpy passes (``record_many``, ``histograms_by_group``), which is what
+lets the coordinator ingest millions of samples per second per core. Histograms with no
+in-range count share one read-only zero array until first written.
+
+Nothing is clipped silently: negative values are recorded as 0 and counted in
+``clamped``; values above ``HIGHEST_TRACKABLE_NS`` are counted in ``overflow`` (and in
+``count``), and a quantile that falls among them reports the exact ``max_ns``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+LOWEST_DISCERNIBLE_NS = 1
+HIGHEST_TRACKABLE_NS = 2**44  # ~4.9 hours
+SIGNIFICANT_FIGURES = 2
+
+# HdrHistogram's constructor arithmetic, spelled out for the layout above.
+UNIT_MAGNITUDE = LOWEST_DISCERNIBLE_NS.bit_length() - 1  # floor(log2(lowest)) = 0
+_SUB_BUCKET_COUNT_MAGNITUDE = (2 * 10**SIGNIFICANT_FIGURES - 1).bit_length()  # ceil(log2(200)) = 8
+SUB_BUCKET_HALF_COUNT_MAGNITUDE = _SUB_BUCKET_COUNT_MAGNITUDE - 1  # 7
+SUB_BUCKET_COUNT = 1 << _SUB_BUCKET_COUNT_MAGNITUDE  # 256
+SUB_BUCKET_HALF_COUNT = SUB_BUCKET_COUNT // 2  # 128
+SUB_BUCKET_MASK = (SUB_BUCKET_COUNT - 1) << UNIT_MAGNITUDE  # 255
+
+
+def _bucket_count(highest: int) -> int:
+    smallest_untrackable = SUB_BUCKET_COUNT << UNIT_MAGNITUDE
+    buckets = 1
+    while smallest_untrackable <= highest:
+        smallest_untrackable <<= 1
+        buckets += 1
+    return buckets
+
+
+BUCKET_COUNT = _bucket_count(HIGHEST_TRACKABLE_NS)  # 38
+COUNTS_LEN = (BUCKET_COUNT + 1) * SUB_BUCKET_HALF_COUNT  # 4992
+MAX_RELATIVE_ERROR = 1 / SUB_BUCKET_HALF_COUNT
+
+LAYOUT: dict[str, int] = {"lowest": LOWEST_DISCERNIBLE_NS, "highest": HIGHEST_TRACKABLE_NS, "sig": SIGNIFICANT_FIGURES}
+
+# Exact int64 sums need chunking: 2**18 values of at most 2**44 sum below 2**63.
+_SUM_CHUNK = 1 << 18
+# Below this many values np.add.at beats a bincount over the whole counts array.
+_ADD_AT_MAX = 512
+_I64_MAX = np.iinfo(np.int64).max
+# Shared by every histogram with no in-range count yet: an empty window or scope costs no
+# 40 KB array (fresh pages are what dominates when many histograms are alive at once).
+_NO_COUNTS = np.zeros(COUNTS_LEN, dtype=np.int64)
+_NO_COUNTS.flags.writeable = False
+
+
+def counts_index(values_ns: np.ndarray) -> np.ndarray:
+    """HdrHistogram counts index of each value (int64 array in, int64 array out).
+
+    Same integer formula as HdrHistogram: ``bucket = bitlen(v | sub_bucket_mask) - 8``,
+    ``sub = v >> bucket``, ``index = (bucket + 1) * 128 + sub - 128``. The bit length
+    comes from the float64 exponent, exact for 0 <= v < 2**53; indices of values above
+    ``HIGHEST_TRACKABLE_NS`` may lie beyond ``COUNTS_LEN``.
+    """
+    v = np.asarray(values_ns, dtype=np.int64)
+    # The biased float64 exponent of x >= 1 is floor(log2 x) + 1023, so bit length = it - 1022.
+    bit_length = ((v | SUB_BUCKET_MASK).astype(np.float64).view(np.int64) >> 52) - 1022
+    bucket = bit_length - (UNIT_MAGNITUDE + SUB_BUCKET_HALF_COUNT_MAGNITUDE + 1)
+    # (bucket + 1) * half_count + (sub - half_count) == bucket * half_count + sub
+    return (bucket << SUB_BUCKET_HALF_COUNT_MAGNITUDE) + (v >> (bucket + UNIT_MAGNITUDE))
+
+
+def _bucket_of_index(index: np.ndarray) -> np.ndarray:
+    return np.maximum((index >> SUB_BUCKET_HALF_COUNT_MAGNITUDE) - 1, 0)
+
+
+def value_from_index(index: np.ndarray | int) -> np.ndarray:
+    """Lowest value counted at each counts index (HdrHistogram's get_value_from_index)."""
+    i = np.asarray(index, dtype=np.int64)
+    bucket = (i >> SUB_BUCKET_HALF_COUNT_MAGNITUDE) - 1
+    sub = (i & (SUB_BUCKET_HALF_COUNT - 1)) + SUB_BUCKET_HALF_COUNT
+    first = bucket < 0
+    sub = np.where(first, sub - SUB_BUCKET_HALF_COUNT, sub)
+    bucket = np.where(first, 0, bucket)
+    return sub << (bucket + UNIT_MAGNITUDE)
+
+
+def highest_equivalent_value(index: np.ndarray | int) -> np.ndarray:
+    """Highest value counted at each counts index (inclusive)."""
+    i = np.asarray(index, dtype=np.int64)
+    return value_from_index(i) + (np.int64(1) << (_bucket_of_index(i) + UNIT_MAGNITUDE)) - 1
+
+
+def _index_of(value: int) -> int:
+    """counts_index for one Python int (the scalar path of ``record``)."""
+    bucket = (value | SUB_BUCKET_MASK).bit_length() - (UNIT_MAGNITUDE + SUB_BUCKET_HALF_COUNT_MAGNITUDE + 1)
+    return (bucket << SUB_BUCKET_HALF_COUNT_MAGNITUDE) + (value >> (bucket + UNIT_MAGNITUDE))
+
+
+def _exact_sum(values: np.ndarray) -> int:
+    """Exact sum of in-range int64 values (each <= HIGHEST_TRACKABLE_NS)."""
+    if len(values) <= _SUM_CHUNK:
+        return int(values.sum())
+    return sum(int(s) for s in np.add.reduceat(values, np.arange(0, len(values), _SUM_CHUNK)))
+
+
+def _as_int64(values_ns: Any) -> np.ndarray:
+    v = np.asarray(values_ns)
+    if v.dtype.kind == "u":
+        if v.dtype.itemsize == 8:
+            v = np.minimum(v, _I64_MAX)
+    elif v.dtype.kind != "i":
+        if v.size == 0:
+            return np.empty(0, np.int64)
+        raise TypeError(f"histogram values must be integer nanoseconds, got dtype {v.dtype}")
+    return v.astype(np.int64, copy=False).ravel()
+
+
+class Histogram:
+    """Counts of int-nanosecond values; merge by addition; exact count/min/max/sum.
+
+    ``stdev_ns`` is computed from bucket midpoints (HdrHistogram's median-equivalent
+    values) around the exact mean, with overflowed values taken at ``max_ns``.
+    """
+
+    __slots__ = ("_counts", "count", "overflow", "clamped", "min_ns", "max_ns", "sum_ns")
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
+
+    def __init__(self) -> None:
+        self._counts = _NO_COUNTS
+        self.count = 0
+        self.overflow = 0  # values above HIGHEST_TRACKABLE_NS (included in count)
+        self.clamped = 0  # negative values, recorded as 0
+        self.min_ns: int | None = None
+        self.max_ns: int | None = None
+        self.sum_ns = 0  # exact Python int
+
+    def _writable(self) -> np.ndarray:
+        if self._counts is _NO_COUNTS:
+            self._counts = np.zeros(COUNTS_LEN, dtype=np.int64)
+        return self._counts
+
+    # -- recording ---------------------------------------------------------------------
+
+    def record(self, value_ns: int) -> None:
+        v = int(value_ns)
+        if v < 0:
+            self.clamped += 1
+            v = 0
+        if v > HIGHEST_TRACKABLE_NS:
+            self.overflow += 1
+        else:
+            self._writable()[_index_of(v)] += 1
+        self.count += 1
+        self.sum_ns += v
+        self.min_ns = v if self.min_ns is None or v < self.min_ns else self.min_ns
+        self.max_ns = v if self.max_ns is None or v > self.max_ns else self.max_ns
+
+    def record_many(self, values_ns: np.ndarray) -> None:
+        """Record an array of int nanoseconds with a few vectorised passes."""
+        v = _as_int64(values_ns)
+        n = len(v)
+        if n == 0:
+            return
+        lo = int(v.min())
+        hi = int(v.max())
+        if lo < 0:
+            negative = v < 0
+            self.clamped += int(np.count_nonzero(negative))
+            v = np.where(negative, 0, v)
+            lo = 0
+            hi = max(hi, 0)
+        if hi > HIGHEST_TRACKABLE_NS:
+            over = v > HIGHEST_TRACKABLE_NS
+            self.overflow += int(np.count_nonzero(over))
+            self.sum_ns += sum(v[over].tolist())
+            v = v[~over]
+        if len(v):
+            idx = counts_index(v)
+            if len(idx) <= _ADD_AT_MAX:
+                np.add.at(self._writable(), idx, 1)
+            else:
+                self._writable()[:] += np.bincount(idx, minlength=COUNTS_LEN)
+        self.sum_ns += _exact_sum(v)
+        self.count += n
+        self.min_ns = lo if self.min_ns is None or lo < self.min_ns else self.min_ns
+        self.max_ns = hi if self.max_ns is None or hi > self.max_ns else self.max_ns
+
+    # -- combining ---------------------------------------------------------------------
+
+    def merge(self, other: Histogram) -> Histogram:
+        """Add ``other`` into this histogram (in place); returns self."""
+        if other.count == 0:
+            return self
+        if other._counts is not _NO_COUNTS:
+            if self._counts is _NO_COUNTS:
+                self._counts = other._counts.copy()
+            else:
+                self._counts += other._counts
+        self.count += other.count
+        self.overflow += other.overflow
+        self.clamped += other.clamped
+        self.sum_ns += other.sum_ns
+        if self.min_ns is None or (other.min_ns is not None and other.min_ns < self.min_ns):
+            self.min_ns = other.min_ns
+        if self.max_ns is None or (other.max_ns is not None and other.max_ns > self.max_ns):
+            self.max_ns = other.max_ns
+        return self
+
+    def __add__(self, other: Histogram) -> Histogram:
+        if not isinstance(other, Histogram):
+            return NotImplemented
+        return self.copy().merge(other)
+
+    def copy(self) -> Histogram:
+        h = Histogram.__new__(Histogram)
+        h._counts = _NO_COUNTS if self._counts is _NO_COUNTS else self._counts.copy()
+        h.count, h.overflow, h.clamped = self.count, self.overflow, self.clamped
+        h.min_ns, h.max_ns, h.sum_ns = self.min_ns, self.max_ns, self.sum_ns
+        return h
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Histogram):
+            return NotImplemented
+        return (
+            self.count == other.count
+            and self.overflow == other.overflow
+            and self.clamped == other.clamped
+            and self.min_ns == other.min_ns
+            and self.max_ns == other.max_ns
+            and self.sum_ns == other.sum_ns
+            and bool(np.array_equal(self._counts, other._counts))
+        )
+
+    def __repr__(self) -> str:
+        return f"Histogram(count={self.count}, min_ns={self.min_ns}, max_ns={self.max_ns}, overflow={self.overflow})"
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def counts(self) -> np.ndarray:
+        """The dense counts array (read-only view), HdrHistogram index order."""
+        view = self._counts.view()
+        view.flags.writeable = False
+        return view
+
+    def mean_ns(self) -> float | None:
+        return self.sum_ns / self.count if self.count else None
+
+    def stdev_ns(self) -> float | None:
+        """Population standard deviation from bucket midpoints (see class docstring)."""
+        if not self.count:
+            return None
+        mean = self.sum_ns / self.count
+        nz = np.flatnonzero(self._counts)
+        lo = value_from_index(nz)
+        mid = (lo + ((highest_equivalent_value(nz) - lo + 1) >> 1)).astype(np.float64)
+        sq = float(np.dot(self._counts[nz].astype(np.float64), (mid - mean) ** 2))
+        if self.overflow:
+            sq += self.overflow * (float(self.max_ns) - mean) ** 2  # type: ignore[arg-type]
+        return math.sqrt(sq / self.count)
+
+    def value_at_quantile(self, q: float) -> int | None:
+        """HdrHistogram's quantile: highest equivalent value of the bucket holding rank
+        ``max(1, ceil(q * count))``, clamped to [min_ns, max_ns]; None when empty."""
+        return self._quantiles_from((q,), None)[0]
+
+    def quantiles(self, qs: Iterable[float]) -> dict[float, int | None]:
+        qs = tuple(qs)
+        cumulative = np.cumsum(self._counts) if self.count else None
+        return dict(zip(qs, self._quantiles_from(qs, cumulative)))
+
+    def _quantiles_from(self, qs: Sequence[float], cumulative: np.ndarray | None) -> list[int | None]:
+        for q in qs:
+            if not 0.0 <= q <= 1.0:
+                raise ValueError(f"quantile {q!r} outside [0, 1]")
+        if not self.count:
+            return [None] * len(qs)
+        assert self.min_ns is not None and self.max_ns is not None
+        in_range = self.count - self.overflow
+        out: list[int | None] = []
+        for q in qs:
+            if q == 0.0:
+                out.append(self.min_ns)
+                continue
+            if q == 1.0:
+                out.append(self.max_ns)
+                continue
+            rank = max(1, math.ceil(q * self.count))
+            if rank > in_range:
+                out.append(self.max_ns)
+                continue
+            if cumulative is None:
+                cumulative = np.cumsum(self._counts)
+            i = int(np.searchsorted(cumulative, rank, side="left"))
+            value = int(highest_equivalent_value(i))
+            out.append(min(max(value, self.min_ns), self.max_ns))
+        return out
+
+    def buckets(self) -> Iterator[tuple[int, int, int]]:
+        """(value_lo, value_hi inclusive, count) per non-empty bucket, ascending; the
+        overflow, if any, comes last as (HIGHEST_TRACKABLE_NS + 1, max_ns, overflow)."""
+        nz = np.flatnonzero(self._counts)
+        yield from zip(
+            value_from_index(nz).tolist(), highest_equivalent_value(nz).tolist(), self._counts[nz].tolist()
+        )
+        if self.overflow:
+            assert self.max_ns is not None
+            yield (HIGHEST_TRACKABLE_NS + 1, self.max_ns, self.overflow)
+
+    # -- storage -----------------------------------------------------------------------
+
+    def to_sparse(self) -> dict[str, Any]:
+        """msgpack-friendly form: non-zero indices (uint32 LE) and counts (int64 LE)."""
+        nz = np.flatnonzero(self._counts)
+        return {
+            "layout": dict(LAYOUT),
+            "idx": nz.astype("<u4").tobytes(),
+            "cnt": self._counts[nz].astype("<i8").tobytes(),
+            "count": self.count,
+            "overflow": self.overflow,
+            "clamped": self.clamped,
+            "min": self.min_ns,
+            "max": self.max_ns,
+            # msgpack ints stop at 64 bits; a longer sum travels as its decimal string.
+            "sum": self.sum_ns if -(2**63) <= self.sum_ns < 2**63 else str(self.sum_ns),
+        }
+
+    @classmethod
+    def from_sparse(cls, d: dict[str, Any]) -> Histogram:
+        layout = d.get("layout")
+        if layout != LAYOUT:
+            raise ValueError(f"histogram layout {layout!r} is not {LAYOUT!r}")
+        idx = np.frombuffer(d["idx"], dtype="<u4")
+        cnt = np.frombuffer(d["cnt"], dtype="<i8")
+        if len(idx) != len(cnt) or (len(idx) and int(idx.max()) >= COUNTS_LEN):
+            raise ValueError("malformed sparse histogram counts")
+        h = cls()
+        if len(idx):
+            h._writable()[idx] = cnt
+        h.count = int(d["count"])
+        h.overflow = int(d["overflow"])
+        h.clamped = int(d["clamped"])
+        h.min_ns = None if d["min"] is None else int(d["min"])
+        h.max_ns = None if d["max"] is None else int(d["max"])
+        h.sum_ns = int(d["sum"])
+        if int(cnt.sum()) + h.overflow != h.count:
+            raise ValueError("sparse histogram counts do not add up to its count")
+        return h
+
+
+def histograms_by_group(values_ns: np.ndarray, group: np.ndarray, n_groups: int) -> list[Histogram]:
+    """One histogram per group id in [0, n_groups), built in one vectorised pass.
+
+    Equivalent to recording ``values_ns[group == g]`` into a fresh histogram for each g,
+    without a Python loop over values or a pass per group.
+    """
+    v = _as_int64(values_ns)
+    g = np.asarray(group, dtype=np.int64).ravel()
+    if len(g) != len(v):
+        raise ValueError("values and groups differ in length")
+    out = [Histogram() for _ in range(n_groups)]
+    for start in range(0, len(v), _SUM_CHUNK):
+        _record_grouped(out, v[start : start + _SUM_CHUNK], g[start : start + _SUM_CHUNK])
+    return out
+
+
+def _record_grouped(out: list[Histogram], v: np.ndarray, g: np.ndarray) -> None:
+    n_groups = len(out)
+    if len(v) == 0:
+        return
+    count = np.bincount(g, minlength=n_groups)
+    clamped = None
+    if int(v.min()) < 0:
+        negative = v < 0
+        clamped = np.bincount(g[negative], minlength=n_groups)
+        v = np.where(negative, 0, v)
+    mins = np.full(n_groups, _I64_MAX, dtype=np.int64)
+    maxs = np.full(n_groups, -1, dtype=np.int64)
+    np.minimum.at(mins, g, v)
+    np.maximum.at(maxs, g, v)
+    overflow = None
+    overflow_sums: dict[int, int] = {}
+    if int(v.max()) > HIGHEST_TRACKABLE_NS:
+        over = v > HIGHEST_TRACKABLE_NS
+        overflow = np.bincount(g[over], minlength=n_groups)
+        for gi, value in zip(g[over].tolist(), v[over].tolist()):
+            overflow_sums[gi] = overflow_sums.get(gi, 0) + value
+        keep = ~over
+        v, g = v[keep], g[keep]
+    sums = np.zeros(n_groups, dtype=np.int64)  # exact: a chunk of in-range values cannot overflow
+    np.add.at(sums, g, v)
+    key = g * COUNTS_LEN + counts_index(v)
+    if n_groups * COUNTS_LEN <= 32 * len(v) + (1 << 17):
+        # Few groups (the usual batch): one bincount over all the groups' counts arrays.
+        dense = np.bincount(key, minlength=n_groups * COUNTS_LEN).reshape(n_groups, COUNTS_LEN)
+        for i in np.flatnonzero(np.bincount(g, minlength=n_groups)).tolist():
+            h = out[i]
+            if h._counts is _NO_COUNTS:
+                h._counts = dense[i].copy()
+            else:
+                h._counts += dense[i]
+    else:
+        # Many sparse groups: a dense block would dwarf the data, so sort the keys instead.
+        keys, key_counts = np.unique(key, return_counts=True)
+        key_groups = keys // COUNTS_LEN
+        key_index = keys - key_groups * COUNTS_LEN
+        bounds = np.searchsorted(key_groups, np.arange(n_groups + 1)).tolist()
+        for i in range(n_groups):
+            a, b = bounds[i], bounds[i + 1]
+            if b > a:
+                out[i]._writable()[key_index[a:b]] += key_counts[a:b]
+    for i in np.flatnonzero(count).tolist():
+        h = out[i]
+        h.count += int(count[i])
+        if clamped is not None:
+            h.clamped += int(clamped[i])
+        if overflow is not None:
+            h.overflow += int(overflow[i])
+        h.sum_ns += int(sums[i]) + overflow_sums.get(i, 0)
+        lo, hi = int(mins[i]), int(maxs[i])
+        h.min_ns = lo if h.min_ns is None or lo < h.min_ns else h.min_ns
+        h.max_ns = hi if h.max_ns is None or hi > h.max_ns else h.max_ns

@@ -1,0 +1,453 @@
+"""Thresholds: a small grammar parsed when the scenario loads, evaluated on statistics later.
+
+Grammar (whitespace is free between tokens; names are lower case)::
+
+    threshold   := metric op value
+    metric      := aggregate "(" series ")"
+                 | "error_rate" [ "(" error_class ")" ]
+                 | "errors" [ "(" error_class ")" ]
+                 | "rps" | "requests"
+    aggregate   := "p" NUMBER            quantile in percent, p0 .. p100 (p99, p99.9, p50)
+                 | "avg" | "mean"        arithmetic mean
+                 | "median"              same as p50
+                 | "min" | "max"
+    series      := "latency"             from the intended send time (coordinated omission corrected)
+                 | "service_time"        from the actual send time
+                 | "send_lag"            actual minus intended send time (generator overload)
+    error_class := "connect" | "timeout" | "reset" | "http_4xx" | "http_5xx"
+                 | "unexpected_status" | "protocol" | "too_large" | "other"
+    op          := "<" | "<=" | ">" | ">=" | "==" | "!="
+    value       := NUMBER [ unit ]       NUMBER is decimal: 500, 1.5, .5 (no sign, no exponent)
+
+Units by metric:
+
+    series        "ns", "us" (or "µs"), "ms", "s", "m"; a bare number is milliseconds
+    error_rate    "%" (1% == 0.01); a bare number is a fraction and must be at most 1
+    rps           none (requests per second)
+    requests      none; a whole number
+    errors        none; a whole number
+
+Examples: ``p99(latency) < 500ms``, ``p99.9(service_time) <= 1s``, ``error_rate < 1%``,
+``error_rate(timeout) == 0``, ``rps > 1000``, ``requests >= 100``, ``errors == 0``.
+
+Normalised values: durations in nanoseconds, rates as fractions, counts and rps as is.
+
+No-data rule: a threshold whose statistic has no data (an empty histogram, a rate over zero
+requests, a missing rps) *fails* with observed text "no data", because a limit that saw
+nothing proved nothing. The exceptions are the counts, ``requests`` and ``errors``: zero
+is a real observation for them. During a run (``LiveEvaluator.evaluate``) "no data" never
+aborts: a window before traffic reaches a stage or endpoint is not a breach; the final
+verdict still fails it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from agents.samples import ErrorClass
+
+SERIES = ("latency", "service_time", "send_lag")
+OPERATORS = ("<", "<=", ">", ">=", "==", "!=")
+ERROR_CLASSES: dict[str, ErrorClass] = {e.label: e for e in ErrorClass if e is not ErrorClass.OK}
+
+# Metric kinds.
+SERIES_KIND = "series"
+ERROR_RATE = "error_rate"
+RPS = "rps"
+REQUESTS = "requests"
+ERRORS = "errors"
+KINDS = (SERIES_KIND, ERROR_RATE, RPS, REQUESTS, ERRORS)
+
+# Aggregates of a series after parsing ("avg" becomes "mean", "median" and "pNN" become "quantile").
+QUANTILE = "quantile"
+MEAN = "mean"
+MIN = "min"
+MAX = "max"
+
+_DURATION_UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+                      "m": 60_000_000_000}
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[0-9]+)?")
+_QUANTILE_NAME = re.compile(r"p([0-9]+(?:\.[0-9]+)?)")
+_OPERATOR = re.compile(r"<=|>=|==|!=|<|>")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+_UNIT = re.compile(r"[A-Za-zµ%]+")
+
+_METRIC_HELP = "p99(latency), avg(service_time), error_rate, rps, requests or errors"
+_SERIES_HELP = "latency, service_time or send_lag"
+
+
+class ThresholdSyntaxError(ValueError):
+    """What the parser expected, and the 1-based column where it did not find it."""
+
+    def __init__(self, message: str, column: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.column = column
+
+
+@dataclass(frozen=True)
+class Threshold:
+    text: str  # the expression as written (stripped)
+    kind: str  # one of KINDS
+    aggregate: str | None  # series only: QUANTILE, MEAN, MIN or MAX
+    quantile: float | None  # aggregate QUANTILE only, 0..1
+    series: str | None  # series only: one of SERIES
+    op: str  # one of OPERATORS
+    value: float  # ns for series, fraction for error_rate, plain for rps and counts
+    error_class: ErrorClass | None = None  # error_rate(...) / errors(...) only
+
+    def observe(self, stats: Any) -> float | None:
+        """The statistic this threshold limits, normalised like `value`; None when no data."""
+        if self.kind == SERIES_KIND:
+            return _observe_series(getattr(stats, self.series), self.aggregate, self.quantile)  # type: ignore[arg-type]
+        if self.kind == ERROR_RATE:
+            requests = stats.requests or 0
+            if requests <= 0:
+                return None
+            if self.error_class is None:
+                rate = stats.error_rate
+                return None if rate is None else float(rate)
+            return _class_count(stats, self.error_class) / requests
+        if self.kind == RPS:
+            rps = stats.rps
+            return None if rps is None else float(rps)
+        if self.kind == REQUESTS:
+            return float(stats.requests or 0)
+        if self.error_class is not None:
+            return float(_class_count(stats, self.error_class))
+        return float(stats.errors or 0)
+
+    def check(self, stats: Any) -> Verdict:
+        observed = self.observe(stats)
+        if observed is None:
+            return Verdict(ok=False, observed=None, observed_text="no data")
+        ok = _COMPARE[self.op](observed, self.value)
+        return Verdict(ok=ok, observed=observed, observed_text=self.format_value(observed))
+
+    def format_value(self, value: float) -> str:
+        """A value of this threshold's metric with its unit: "512.3ms", "1.25%", "980.5/s", "12"."""
+        if self.kind == SERIES_KIND:
+            return _trim(value / 1e6, 3) + "ms"
+        if self.kind == ERROR_RATE:
+            return _trim(value * 100, 3) + "%"
+        if self.kind == RPS:
+            return _trim(value, 1) + "/s"
+        return _trim(value, 0)
+
+    @property
+    def limit_text(self) -> str:
+        """The limit in the same form as observed values, e.g. "< 500ms"."""
+        return f"{self.op} {self.format_value(self.value)}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    observed: float | None
+    observed_text: str
+
+
+def _observe_series(hist: Any, aggregate: str, quantile: float | None) -> float | None:
+    if not hist.count:
+        return None
+    if aggregate == QUANTILE:
+        value = hist.value_at_quantile(quantile)
+    elif aggregate == MEAN:
+        value = hist.mean_ns()
+    elif aggregate == MIN:
+        value = hist.min_ns
+    else:
+        value = hist.max_ns
+    return None if value is None else float(value)
+
+
+def _class_count(stats: Any, error_class: ErrorClass) -> int:
+    by_class = stats.errors_by_class
+    if isinstance(by_class, Mapping):
+        return int(by_class.get(int(error_class), 0))
+    return int(by_class[int(error_class)]) if int(error_class) < len(by_class) else 0
+
+
+def _trim(x: float, decimals: int) -> str:
+    text = f"{x:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+# --- parser -------------------------------------------------------------------------------
+
+
+class _Cursor:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def skip_ws(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
+    @property
+    def column(self) -> int:
+        return self.pos + 1
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def found(self) -> str:
+        token = self.text[self.pos :].split(maxsplit=1)
+        return repr(token[0][:12]) if token else "end of text"
+
+    def match(self, pattern: re.Pattern[str]) -> str | None:
+        self.skip_ws()
+        m = pattern.match(self.text, self.pos)
+        if m is None:
+            return None
+        self.pos = m.end()
+        return m.group(0)
+
+    def literal(self, char: str) -> bool:
+        self.skip_ws()
+        if self.text.startswith(char, self.pos):
+            self.pos += len(char)
+            return True
+        return False
+
+    def fail(self, what: str, column: int | None = None, hint: str = "") -> ThresholdSyntaxError:
+        column = self.column if column is None else column
+        return ThresholdSyntaxError(f"{what} at column {column}" + (f"; {hint}" if hint else ""), column)
+
+    def expected(self, what: str) -> ThresholdSyntaxError:
+        self.skip_ws()
+        return self.fail(f"expected {what}", hint=f"found {self.found()}")
+
+
+def parse_threshold(text: str) -> Threshold:
+    """Parse one threshold expression; ThresholdSyntaxError says what was expected where."""
+    cur = _Cursor(text)
+    cur.skip_ws()
+    if cur.at_end():
+        raise ThresholdSyntaxError(f"empty threshold at column 1; expected a metric such as {_METRIC_HELP}", 1)
+
+    name_column = cur.column
+    name = cur.match(_WORD)
+    if name is None:
+        raise cur.expected(f"a metric such as {_METRIC_HELP}")
+
+    aggregate: str | None = None
+    quantile: float | None = None
+    series: str | None = None
+    error_class: ErrorClass | None = None
+    qm = _QUANTILE_NAME.fullmatch(name)
+    if qm or name in ("avg", "mean", "median", "min", "max"):
+        kind = SERIES_KIND
+        if qm:
+            percent = Decimal(qm.group(1))
+            if percent > 100:
+                raise cur.fail(f"quantile {name!r} is above p100", name_column)
+            aggregate, quantile = QUANTILE, float(percent / 100)
+        elif name == "median":
+            aggregate, quantile = QUANTILE, 0.5
+        else:
+            aggregate = MEAN if name in ("avg", "mean") else name
+        if not cur.literal("("):
+            raise cur.expected(f"'(' and a series after {name!r}")
+        cur.skip_ws()
+        series_column = cur.column
+        series = cur.match(_WORD)
+        if series is None:
+            raise cur.expected(f"a series: {_SERIES_HELP}")
+        if series not in SERIES:
+            raise cur.fail(f"unknown series {series!r}", series_column, f"expected {_SERIES_HELP}")
+        if not cur.literal(")"):
+            raise cur.expected(f"')' after {series!r}")
+    elif name in (ERROR_RATE, ERRORS):
+        kind = name
+        if cur.literal("("):
+            cur.skip_ws()
+            class_column = cur.column
+            label = cur.match(_WORD)
+            if label is None:
+                raise cur.expected(f"an error class: {', '.join(ERROR_CLASSES)}")
+            if label not in ERROR_CLASSES:
+                raise cur.fail(
+                    f"unknown error class {label!r}", class_column, f"expected {', '.join(ERROR_CLASSES)}"
+                )
+            error_class = ERROR_CLASSES[label]
+            if not cur.literal(")"):
+                raise cur.expected(f"')' after {label!r}")
+    elif name in (RPS, REQUESTS):
+        kind = name
+        cur.skip_ws()
+        if cur.text.startswith("(", cur.pos):
+            raise cur.fail(f"{name!r} takes no argument", hint="expected an operator")
+    elif name in SERIES:
+        raise cur.fail(
+            f"{name!r} is a series and needs an aggregate", name_column,
+            f"expected e.g. p99({name}) or avg({name})",
+        )
+    else:
+        raise cur.fail(f"unknown metric {name!r}", name_column, f"expected {_METRIC_HELP}")
+
+    cur.skip_ws()
+    op = cur.match(_OPERATOR)
+    if op is None:
+        raise cur.expected("an operator: <, <=, >, >=, == or !=")
+
+    cur.skip_ws()
+    number_column = cur.column
+    number = cur.match(_NUMBER)
+    if number is None:
+        raise cur.expected("a number")
+    cur.skip_ws()  # "500 ms" reads naturally too
+    unit_column = cur.column
+    unit = cur.match(_UNIT)
+    cur.skip_ws()
+    if not cur.at_end():
+        raise cur.fail(f"unexpected {cur.found()} after the value", hint="expected the end of the threshold")
+
+    value = _normalise(kind, name, float(number), unit, number_column, unit_column)
+    return Threshold(
+        text=text.strip(),
+        kind=kind,
+        aggregate=aggregate,
+        quantile=quantile,
+        series=series,
+        op=op,
+        value=value,
+        error_class=error_class,
+    )
+
+
+def _normalise(kind: str, name: str, number: float, unit: str | None, number_column: int,
+               unit_column: int) -> float:
+    if kind == SERIES_KIND:
+        if unit is None:
+            return number * _DURATION_UNITS_NS["ms"]
+        if unit not in _DURATION_UNITS_NS:
+            raise ThresholdSyntaxError(
+                f"unknown duration unit {unit!r} at column {unit_column}; expected us, ms, s or m",
+                unit_column,
+            )
+        return number * _DURATION_UNITS_NS[unit]
+    if kind == ERROR_RATE:
+        if unit == "%":
+            if number > 100:
+                raise ThresholdSyntaxError(
+                    f"error rate {number:g}% is above 100% at column {number_column}", number_column
+                )
+            return number / 100
+        if unit is not None:
+            raise ThresholdSyntaxError(
+                f"unknown unit {unit!r} at column {unit_column}; an error rate takes % or no unit",
+                unit_column,
+            )
+        if number > 1:
+            raise ThresholdSyntaxError(
+                f"error rate {number:g} is above 1 at column {number_column}; "
+                f"a bare number is a fraction, write {number:g}% for a percentage",
+                number_column,
+            )
+        return number
+    if unit is not None:
+        raise ThresholdSyntaxError(
+            f"unexpected unit {unit!r} at column {unit_column}; {name!r} takes a plain number",
+            unit_column,
+        )
+    if kind in (REQUESTS, ERRORS) and not number.is_integer():
+        raise ThresholdSyntaxError(
+            f"{name!r} is a count: expected a whole number at column {number_column}", number_column
+        )
+    return number
+
+
+# --- scoped rules and evaluation ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScopedThreshold:
+    """A threshold with what it applies to and what breaking it does.
+
+    endpoint: a request entry's name, None = all endpoints. stage: a stage's name or its
+    index as a string ("0"), None = the whole run. abort: stop the run when it fails live.
+    delay_s: no live abort before this much run time. window_s: live evaluation over the
+    last window_s seconds; None = cumulative since the start. The final verdict is always
+    cumulative over the run (within endpoint and stage): the window only shapes aborts.
+    """
+
+    threshold: Threshold
+    endpoint: str | None = None
+    stage: str | None = None
+    abort: bool = False
+    delay_s: float = 0.0
+    window_s: float | None = None
+
+    @property
+    def text(self) -> str:
+        scope = [f"endpoint={self.endpoint}"] * (self.endpoint is not None) + [
+            f"stage={self.stage}"
+        ] * (self.stage is not None)
+        return self.threshold.text + (f" [{', '.join(scope)}]" if scope else "")
+
+
+# get_stats(endpoint, stage, window_s) -> a statistics snapshot (see Threshold.observe).
+StatsGetter = Callable[[str | None, str | None, float | None], Any]
+
+
+@dataclass(frozen=True)
+class Abort:
+    rule: ScopedThreshold
+    verdict: Verdict
+    elapsed_s: float
+
+    @property
+    def reason(self) -> str:
+        return f"{self.rule.text} failed at {self.elapsed_s:g}s: observed {self.verdict.observed_text}"
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    rule: ScopedThreshold
+    verdict: Verdict
+
+
+class LiveEvaluator:
+    """Evaluates abort rules as windows arrive and every rule at the end; holds no clock."""
+
+    def __init__(self, rules: Sequence[ScopedThreshold]) -> None:
+        self.rules = tuple(rules)
+
+    def evaluate(self, elapsed_s: float, get_stats: StatsGetter) -> list[Abort]:
+        """Abort rules that fail now, once their delay has passed; "no data" never aborts."""
+        aborts = []
+        for rule in self.rules:
+            if not rule.abort or elapsed_s < rule.delay_s:
+                continue
+            verdict = rule.threshold.check(get_stats(rule.endpoint, rule.stage, rule.window_s))
+            if not verdict.ok and verdict.observed is not None:
+                aborts.append(Abort(rule, verdict, elapsed_s))
+        return aborts
+
+    def evaluate_final(self, get_stats: StatsGetter) -> list[ThresholdResult]:
+        """Every rule's verdict over the whole run, in rule order."""
+        return [
+            ThresholdResult(rule, rule.threshold.check(get_stats(rule.endpoint, rule.stage, None)))
+            for rule in self.rules
+        ]
+
+
+def all_passed(results: Sequence[ThresholdResult]) -> bool:
+    return all(r.verdict.ok for r in results)

@@ -1,0 +1,1000 @@
+"""Scenario files: YAML in, frozen and fully validated models out, or every problem at once.
+
+A scenario, with the forms each key accepts::
+
+    name: checkout-load                 # letters, digits, _ . - (at most 80)
+    description: ""
+    target: http://127.0.0.1:8080       # or "embedded", {url: ...}, {embedded: {stall: {every: 5s, for: 1s}}}
+    requests:                           # the request mix, at least one; names unique
+      - name: list
+        method: GET                     # GET POST PUT PATCH DELETE HEAD OPTIONS (any case)
+        path: /api/records
+        headers: {Authorization: "Bearer ${TOKEN}"}
+        json: {k: v}                    # or body: "raw text", not both
+        weight: 3                       # > 0, relative
+        expect: [200, 404]              # empty: any 2xx/3xx
+    workload:
+      model: open                       # open: rate per second; closed: virtual users
+      arrivals: constant                # or poisson (open model)
+      start: 0                          # level at t=0
+      stages:                           # piecewise-linear ramps to each target
+        - {duration: 30s, target: 100, name: ramp}
+      think_time: 0                     # closed model: a duration or {min: 1s, max: 3s}
+      max_in_flight: 1000               # open model concurrency cap for the whole run
+      max_connections: null
+      graceful_stop: 5s
+    agents: auto                        # or a whole number >= 1
+    flush_interval: 1s                  # 100ms .. 60s
+    timeout: 10s                        # per request
+    connect_timeout: 5s
+    thresholds:                         # grammar in coordinator/limits.py
+      - p99(latency) < 500ms
+      - {expr: "error_rate < 1%", endpoint: list, stage: ramp, abort: true, delay: 10s, window: 5s}
+    output: results
+    seed: 1
+    engine: aiohttp                     # aiohttp | fast | auto
+
+Durations are seconds as a number, or strings such as "250ms", "1m30s"; the models keep
+float seconds under the same key names (`timeout` is seconds, `Stall.every_s` too).
+
+Loading (`load_scenario`, or `parse_scenario` for text already in hand) goes:
+YAML -> `${NAME}` / `${NAME:-default}` interpolation in string values -> `--set KEY=VALUE`
+overrides -> pydantic validation and cross-field checks. Problems from every step are
+collected and raised together as `ScenarioError`, each with its key path
+(`workload.stages[1].duration`), `FILE:LINE:COL` for YAML syntax, or `--set TEXT`.
+
+Rules decided here:
+- `$${` writes a literal `${`. `${NAME:-default}` takes the default when NAME is unset or
+  empty (as a shell does). Every key path whose value contained a `${...}` reference is a
+  secret, wherever its value came from; a `--set` on that path (or above it) lifts that.
+- Secrets are redacted ("***") in `LoadedScenario.as_run`, along with sensitive header
+  values and a password inside the target URL; they are also left out of problem
+  messages. The validated `Scenario` keeps the real values: it is what runs.
+- Stage names may not be plain numbers, so a threshold's `stage: "1"` is always an index.
+- A closed-model workload's `start` and stage targets are user counts: whole numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from coordinator.durations import format_duration, parse_duration
+from coordinator.limits import ScopedThreshold, Threshold, ThresholdSyntaxError, parse_threshold
+
+Loc = tuple[str | int, ...]
+
+REDACTED = "***"
+SENSITIVE_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
+)
+_SENSITIVE_NAME = re.compile(r"token|secret|password|key", re.IGNORECASE)
+_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+_NAME_MESSAGE = "may contain only letters, digits, '_', '.' and '-'"
+
+# --- field types --------------------------------------------------------------------------
+
+_DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "description": "seconds"},
+        {"type": "string", "pattern": r"^\s*([0-9.]+(ns|us|µs|ms|s|m|h))+\s*$|^\s*[0-9.]+\s*$",
+         "examples": ["250ms", "30s", "1m30s"]},
+    ]
+}
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
+Name = Annotated[str, Field(pattern=_NAME_PATTERN)]
+
+
+def _problems(items: Sequence[tuple[Loc, str]]) -> PydanticCustomError:
+    """One validation error that stands for several, each with a path below the current one.
+
+    A validator can only fail at its own location; this carries sub-paths in the error's
+    context so the loader reports `requests[2].name` rather than `requests`.
+    """
+    text = "; ".join(f"{_format_loc(loc) or '.'}: {msg}" for loc, msg in items)
+    return PydanticCustomError("horde_problems", text, {"problems": tuple(items)})
+
+
+def _between(low_s: float, high_s: float):  # noqa: ANN202 - an AfterValidator
+    def check(seconds: float) -> float:
+        if not low_s <= seconds <= high_s:
+            raise ValueError(
+                f"must be between {format_duration(low_s)} and {format_duration(high_s)}, "
+                f"got {format_duration(seconds)}"
+            )
+        return seconds
+
+    return AfterValidator(check)
+
+
+def _think_time(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        unknown = sorted(set(map(str, value)) - {"min", "max"})
+        problems: list[tuple[Loc, str]] = [((k,), "unknown key; expected min and max") for k in unknown]
+        parsed = {}
+        for key in ("min", "max"):
+            if key not in value:
+                problems.append(((key,), "required key is missing"))
+                continue
+            try:
+                parsed[key] = parse_duration(value[key])
+            except ValueError as exc:
+                problems.append(((key,), str(exc)))
+        if not problems and parsed["min"] > parsed["max"]:
+            problems.append((("min",), "must not be more than max"))
+        if problems:
+            raise _problems(problems)
+        return (parsed["min"], parsed["max"])
+    if isinstance(value, (tuple, list)):
+        return value  # already (min_s, max_s), e.g. from model_copy or code
+    seconds = parse_duration(value)
+    return (seconds, seconds)
+
+
+ThinkTime = Annotated[
+    tuple[float, float],
+    BeforeValidator(_think_time),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _DURATION_SCHEMA,
+                {"type": "object", "properties": {"min": _DURATION_SCHEMA, "max": _DURATION_SCHEMA},
+                 "required": ["min", "max"], "additionalProperties": False},
+            ]
+        }
+    ),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
+
+
+# --- target -------------------------------------------------------------------------------
+
+
+class Stall(_Model):
+    """The embedded target stops answering for `for_s` seconds every `every_s` seconds."""
+
+    every_s: Duration = Field(alias="every", gt=0)
+    for_s: Duration = Field(alias="for", gt=0)
+
+    @model_validator(mode="after")
+    def _shorter_than_period(self) -> Stall:
+        if self.for_s >= self.every_s:
+            raise _problems([(("for",), "must be shorter than 'every'")])
+        return self
+
+
+class EmbeddedTarget(_Model):
+    stall: Stall | None = None
+
+
+class Target(_Model):
+    """Exactly one of `url` (an http or https service) and `embedded` (the reference automaton)."""
+
+    url: str | None = None
+    embedded: EmbeddedTarget | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"embedded": {}} if data.strip() == "embedded" else {"url": data}
+        if isinstance(data, Mapping) and "embedded" in data and data["embedded"] in (None, True):
+            return {**data, "embedded": {}}
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise ValueError(f"invalid URL: {exc}") from None
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL, or 'embedded'")
+        if not parts.hostname:
+            raise ValueError("URL has no host")
+        return url
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Target:
+        if (self.url is None) == (self.embedded is None):
+            raise ValueError("give exactly one of url and embedded")
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.embedded is not None
+
+
+# --- requests -----------------------------------------------------------------------------
+
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _header_value(value: Any) -> Any:
+    # `X-Count: 5` in YAML is a number; a header value is text either way.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and ("\r" in value or "\n" in value):
+        raise ValueError("header values must not contain line breaks")
+    return value
+
+
+class RequestEntry(_Model):
+    name: Name
+    method: Annotated[Method, BeforeValidator(_upper)] = "GET"
+    path: str
+    headers: dict[str, Annotated[str, BeforeValidator(_header_value)]] = {}
+    json_body: JsonValue | None = Field(None, alias="json")
+    body: str | None = None
+    weight: float = Field(1.0, gt=0)
+    expect: list[Annotated[int, Field(ge=100, le=599)]] = []
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError("must start with '/'")
+        return path
+
+    @property
+    def json(self) -> JsonValue | None:  # type: ignore[override]
+        """The JSON body (the field is `json_body`: a field named json would shadow BaseModel.json)."""
+        return self.json_body
+
+    @model_validator(mode="after")
+    def _one_body(self) -> RequestEntry:
+        if problems := _body_problems(self.json_body, self.body):
+            raise _problems(problems)
+        return self
+
+
+# Cross-field checks work on plain values (None: unknown) so that the loader can also run
+# them on the raw data when validation of the surrounding model failed for another reason.
+def _body_problems(json_body: Any, body: Any) -> list[tuple[Loc, str]]:
+    if json_body is not None and body is not None:
+        return [(("body",), "give either json or body, not both")]
+    return []
+
+
+def _unique_name_problems(names: Sequence[Any], listing: str) -> list[tuple[Loc, str]]:
+    seen: dict[str, int] = {}
+    problems: list[tuple[Loc, str]] = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            continue
+        if name in seen:
+            problems.append(((i, "name"), f"duplicate name {name!r} (also {listing}[{seen[name]}])"))
+        seen.setdefault(name, i)
+    return problems
+
+
+def _workload_problems(
+    model: Any, start: float | None, stages: Sequence[tuple[float | None, float | None, Any]]
+) -> list[tuple[Loc, str]]:
+    """stages: (duration_s, target, name) per stage."""
+    problems: list[tuple[Loc, str]] = []
+    durations = [duration for duration, _, _ in stages]
+    if stages and None not in durations and sum(durations) <= 0:  # type: ignore[arg-type]
+        problems.append((("stages",), "the stages' total duration must be more than 0"))
+    if model == "closed":
+        whole = "closed-model levels are user counts: expected a whole number, got {:g}"
+        if start is not None and not float(start).is_integer():
+            problems.append((("start",), whole.format(start)))
+        for i, (_, target, _) in enumerate(stages):
+            if target is not None and not float(target).is_integer():
+                problems.append((("stages", i, "target"), whole.format(target)))
+    for i, (_, _, name) in enumerate(stages):
+        if isinstance(name, str) and name.isdigit():
+            problems.append(
+                (("stages", i, "name"), "must not be a plain number (it would read as a stage index)")
+            )
+    problems.extend(
+        (("stages", *loc), msg) for loc, msg in _unique_name_problems([name for _, _, name in stages], "stages")
+    )
+    return problems
+
+
+# --- workload -----------------------------------------------------------------------------
+
+
+class StageEntry(_Model):
+    duration: Duration = Field(ge=0)
+    target: float = Field(ge=0)
+    name: str = ""
+
+
+class Workload(_Model):
+    model: Literal["open", "closed"]
+    arrivals: Literal["constant", "poisson"] = "constant"
+    start: float = Field(0.0, ge=0)
+    stages: list[StageEntry] = Field(min_length=1)
+    think_time: ThinkTime = (0.0, 0.0)
+    max_in_flight: int = Field(1000, ge=1)
+    max_connections: int | None = Field(None, ge=1)
+    graceful_stop: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Workload:
+        stages = [(s.duration, s.target, s.name) for s in self.stages]
+        if problems := _workload_problems(self.model, self.start, stages):
+            raise _problems(problems)
+        return self
+
+    @property
+    def total_duration_s(self) -> float:
+        return sum(stage.duration for stage in self.stages)
+
+
+# --- thresholds ---------------------------------------------------------------------------
+
+
+class ThresholdEntry(_Model):
+    expr: str
+    endpoint: str | None = None
+    stage: str | None = None  # a stage name, or its index as a string
+    abort: bool = False
+    delay: Duration = 0.0
+    window: Annotated[Duration, Field(gt=0)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        return {"expr": data} if isinstance(data, str) else data
+
+    @field_validator("stage", mode="before")
+    @classmethod
+    def _index_as_text(cls, stage: Any) -> Any:
+        return str(stage) if isinstance(stage, int) and not isinstance(stage, bool) else stage
+
+    @field_validator("expr")
+    @classmethod
+    def _parse(cls, expr: str) -> str:
+        try:
+            parse_threshold(expr)
+        except ThresholdSyntaxError as exc:
+            raise ValueError(exc.message) from None
+        return expr
+
+    # With the loader's context (names read from the raw file) a bad reference is reported
+    # even when other parts of the file are invalid; Scenario checks again without it.
+    @field_validator("endpoint")
+    @classmethod
+    def _known_endpoint(cls, endpoint: str | None, info: ValidationInfo) -> str | None:
+        names = (info.context or {}).get("request_names")
+        if endpoint is not None and names is not None and (problem := _endpoint_problem(endpoint, names)):
+            raise ValueError(problem)
+        return endpoint
+
+    @field_validator("stage")
+    @classmethod
+    def _known_stage(cls, stage: str | None, info: ValidationInfo) -> str | None:
+        stages = (info.context or {}).get("stage_names")
+        if stage is not None and stages is not None and (problem := _stage_problem(stage, stages)):
+            raise ValueError(problem)
+        return stage
+
+    @cached_property
+    def threshold(self) -> Threshold:
+        return parse_threshold(self.expr)
+
+    def rule(self) -> ScopedThreshold:
+        return ScopedThreshold(
+            threshold=self.threshold,
+            endpoint=self.endpoint,
+            stage=self.stage,
+            abort=self.abort,
+            delay_s=self.delay,
+            window_s=self.window,
+        )
+
+
+def _endpoint_problem(endpoint: str, request_names: Sequence[str]) -> str | None:
+    if endpoint in request_names:
+        return None
+    if not request_names:
+        return f"no request entry named {endpoint!r}: the scenario has no valid request entries"
+    return f"no request entry named {endpoint!r}; expected one of: {', '.join(dict.fromkeys(request_names))}"
+
+
+def _stage_problem(stage: str, stage_names: Sequence[str]) -> str | None:
+    if stage in stage_names and stage != "":
+        return None
+    if not stage_names:
+        return f"no stage {stage!r}: the workload has no stages"
+    if stage.isdigit():
+        if int(stage) < len(stage_names):
+            return None
+        return f"stage index {stage} is out of range: the workload has {len(stage_names)} stage(s)"
+    named = list(dict.fromkeys(n for n in stage_names if n))
+    choices = f"a stage name ({', '.join(named)}) or " if named else ""
+    return f"no stage named {stage!r}; expected {choices}an index 0..{len(stage_names) - 1}"
+
+
+# --- scenario -----------------------------------------------------------------------------
+
+
+def _agents(value: Any) -> Any:
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f"must be a whole number of at least 1 or 'auto', got {value!r}")
+
+
+class Scenario(_Model):
+    name: Name = Field(max_length=80)
+    description: str = ""
+    target: Target
+    requests: list[RequestEntry] = Field(min_length=1)
+    workload: Workload
+    agents: Annotated[
+        int | Literal["auto"],
+        BeforeValidator(_agents),
+        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]}),
+    ] = "auto"
+    flush_interval: Annotated[Duration, _between(0.1, 60.0)] = 1.0
+    timeout: Duration = Field(10.0, gt=0)
+    connect_timeout: Duration = Field(5.0, gt=0)
+    thresholds: list[ThresholdEntry] = []
+    output: str = "results"
+    seed: int = 1
+    engine: Literal["aiohttp", "fast", "auto"] = "aiohttp"
+
+    @field_validator("requests")
+    @classmethod
+    def _unique_request_names(cls, requests: list[RequestEntry]) -> list[RequestEntry]:
+        if problems := _unique_name_problems([entry.name for entry in requests], "requests"):
+            raise _problems(problems)
+        return requests
+
+    @model_validator(mode="after")
+    def _known_references(self) -> Scenario:
+        names = [r.name for r in self.requests]
+        stage_names = [s.name for s in self.workload.stages]
+        problems: list[tuple[Loc, str]] = []
+        for i, entry in enumerate(self.thresholds):
+            if entry.endpoint is not None and (p := _endpoint_problem(entry.endpoint, names)):
+                problems.append((("thresholds", i, "endpoint"), p))
+            if entry.stage is not None and (p := _stage_problem(entry.stage, stage_names)):
+                problems.append((("thresholds", i, "stage"), p))
+        if problems:
+            raise _problems(problems)
+        return self
+
+    def rules(self) -> tuple[ScopedThreshold, ...]:
+        return tuple(entry.rule() for entry in self.thresholds)
+
+    def stage_index(self, ref: str) -> int:
+        """The index of a stage given by name or by index text (as thresholds refer to it)."""
+        for i, stage in enumerate(self.workload.stages):
+            if stage.name and stage.name == ref:
+                return i
+        if ref.isdigit() and int(ref) < len(self.workload.stages):
+            return int(ref)
+        raise KeyError(ref)
+
+
+def scenario_json_schema() -> dict[str, Any]:
+    """JSON Schema of the scenario file, including the short forms the loader accepts."""
+    schema = Scenario.model_json_schema(by_alias=True)
+    props = schema["properties"]
+    props["target"] = {
+        "anyOf": [
+            {"type": "string", "description": "'embedded' or an http(s) URL"},
+            {"$ref": "#/$defs/Target"},
+        ]
+    }
+    props["thresholds"]["items"] = {
+        "anyOf": [
+            {"type": "string", "description": "a threshold expression"},
+            {"$ref": "#/$defs/ThresholdEntry"},
+        ]
+    }
+    return schema
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # key path (workload.stages[1].duration), FILE:LINE:COL, or "--set TEXT"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ScenarioError(Exception):
+    """Every problem found in a scenario, one per line in str()."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class LoadedScenario:
+    scenario: Scenario  # validated, with real values: what runs
+    source: str  # where it came from (the file path)
+    as_run: dict[str, Any]  # the data after interpolation and overrides, secrets redacted
+
+
+def load_scenario(
+    path: str | os.PathLike[str],
+    *,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> LoadedScenario:
+    """Read, interpolate (env defaults to os.environ), override and validate a scenario file."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ScenarioError([Problem(source, f"cannot read the scenario: {reason}")]) from None
+    return parse_scenario(text, source=source, overrides=overrides, env=os.environ if env is None else env)
+
+
+def parse_scenario(
+    text: str,
+    *,
+    source: str = "<scenario>",
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> LoadedScenario:
+    """Like load_scenario for text in hand; pure: env None means no variables are set."""
+    env = {} if env is None else env
+    problems: list[Problem] = []
+
+    parsed_overrides = []
+    for text_ in overrides:
+        try:
+            parsed_overrides.append((text_, *_parse_override(text_)))
+        except ValueError as exc:
+            problems.append(Problem(_override_label(text_), str(exc)))
+
+    data, yaml_problems = _read_yaml(text, source)
+    if data is None:
+        raise ScenarioError(yaml_problems + problems)
+    problems[:0] = yaml_problems
+
+    data, secrets, interpolation_problems = _interpolate(data, env)
+    problems.extend(Problem(_format_loc(loc), msg) for loc, msg in interpolation_problems)
+    unusable = {_format_loc(loc) for loc, _ in interpolation_problems}
+
+    for text_, loc, value in parsed_overrides:
+        try:
+            _set_path(data, loc, value)
+        except ValueError as exc:
+            problems.append(Problem(_override_label(text_), str(exc)))
+            continue
+        secrets = {s for s in secrets if s[: len(loc)] != loc}
+
+    scenario: Scenario | None = None
+    try:
+        scenario = Scenario.model_validate(copy.deepcopy(data), context=_reference_context(data))
+    except ValidationError as exc:
+        found = _validation_problems(exc, data, secrets)
+        found += [p for p in _raw_cross_problems(data) if p not in found]
+        for problem in found:
+            if not any(problem.path == p or problem.path.startswith((p + ".", p + "[")) for p in unusable):
+                problems.append(problem)
+
+    if problems or scenario is None:
+        raise ScenarioError(problems)
+    return LoadedScenario(scenario=scenario, source=source, as_run=redact(data, secrets))
+
+
+# YAML: safe, without timestamps (a date-like value stays the text it was), duplicate keys noted.
+class _Loader(yaml.SafeLoader):
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicate_keys: list[tuple[str, yaml.Mark]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    self.duplicate_keys.append((key_node.value, key_node.start_mark))
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml_value(text: str) -> Any:
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _read_yaml(text: str, source: str) -> tuple[dict[str, Any] | None, list[Problem]]:
+    loader = _Loader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        message = ", ".join(part for part in (exc.context, exc.problem) if part)
+        return None, [Problem(where, message or "invalid YAML")]
+    except yaml.YAMLError as exc:
+        return None, [Problem(source, f"invalid YAML: {exc}")]
+    finally:
+        loader.dispose()
+    problems = [
+        Problem(f"{source}:{mark.line + 1}:{mark.column + 1}", f"duplicate key {key!r}")
+        for key, mark in loader.duplicate_keys
+    ]
+    expected = "a mapping of keys (name, target, ...)"
+    if data is None:
+        return None, [*problems, Problem(source, f"the scenario is empty; expected {expected}")]
+    if not isinstance(data, dict):
+        return None, [*problems, Problem(source, f"expected {expected} at the top, got {_kind(data)}")]
+    return data, problems
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# Interpolation.
+_REFERENCE = re.compile(r"(\$?)\$\{([^}]*)(\}?)")
+_VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+
+
+def _interpolate(data: Any, env: Mapping[str, str]) -> tuple[Any, set[Loc], list[tuple[Loc, str]]]:
+    secrets: set[Loc] = set()
+    problems: list[tuple[Loc, str]] = []
+
+    def expand(text: str, loc: Loc) -> str:
+        used = False
+
+        def one(m: re.Match[str]) -> str:
+            nonlocal used
+            if m.group(1):
+                return m.group(0)[1:]  # $${ is a literal ${
+            if not m.group(3):
+                problems.append((loc, "unclosed '${': expected ${NAME} or ${NAME:-default}"))
+                return ""
+            var = _VARIABLE.fullmatch(m.group(2))
+            if var is None:
+                problems.append(
+                    (loc, f"invalid reference {m.group(0)!r}: expected ${{NAME}} or ${{NAME:-default}}")
+                )
+                return ""
+            used = True
+            name, default = var.group(1), var.group(2)
+            value = env.get(name)
+            if default is not None and not value:
+                return default
+            if value is None:
+                problems.append(
+                    (loc, f"environment variable {name} is not set (give a default with ${{{name}:-default}})")
+                )
+                return ""
+            return value
+
+        out = _REFERENCE.sub(one, text)
+        if used:
+            secrets.add(loc)
+        return out
+
+    def walk(node: Any, loc: Loc) -> Any:
+        if isinstance(node, str):
+            return expand(node, loc) if "${" in node else node
+        if isinstance(node, dict):
+            return {key: walk(value, (*loc, key)) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value, (*loc, i)) for i, value in enumerate(node)]
+        return node
+
+    return walk(data, ()), secrets, problems
+
+
+# Overrides.
+_OVERRIDE_KEY = re.compile(r"\.?([^.\[\]=\s]+)|\[(\d+)\]")
+
+
+def _override_label(text: str) -> str:
+    key, sep, _ = text.partition("=")
+    if sep and _sensitive_key_text(key):
+        return f"--set {key}={REDACTED}"
+    return f"--set {text}"
+
+
+def _sensitive_key_text(key: str) -> bool:
+    parts = [part for part in re.split(r"[.\[\]]", key.strip()) if part]
+    return bool(parts) and _sensitive_header(parts[-1])
+
+
+def _parse_override(text: str) -> tuple[Loc, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ValueError("expected KEY=VALUE, e.g. workload.stages[0].target=10")
+    key = key.strip()
+    loc: list[str | int] = []
+    pos = 0
+    while pos < len(key):
+        m = _OVERRIDE_KEY.match(key, pos)
+        if (
+            m is None
+            or (pos == 0 and (not m.group(1) or key.startswith(".")))
+            or (pos > 0 and m.group(1) and key[pos] != ".")
+        ):
+            raise ValueError(
+                f"invalid key {key!r} at character {pos + 1}: expected dotted names with [index], "
+                "e.g. workload.stages[0].target"
+            )
+        loc.append(m.group(1) if m.group(1) else int(m.group(2)))
+        pos = m.end()
+    if not loc:
+        raise ValueError("empty key: expected KEY=VALUE, e.g. workload.stages[0].target=10")
+    try:
+        value = _yaml_value(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ValueError(f"the value is not valid YAML: {problem}") from None
+    return tuple(loc), value
+
+
+def _set_path(data: dict[str, Any], loc: Loc, value: Any) -> None:
+    node: Any = data
+    for depth, part in enumerate(loc):
+        last = depth == len(loc) - 1
+        here = _format_loc(loc[:depth]) or "the top level"
+        if isinstance(part, int):
+            if not isinstance(node, list):
+                raise ValueError(f"{here} is {_kind(node)}, not a list: cannot use [{part}]")
+            if part > len(node):
+                raise ValueError(
+                    f"index [{part}] is out of range: {here} has {len(node)} entries "
+                    f"(use [{len(node)}] to append)"
+                )
+            if part == len(node):
+                node.append(None if last else ([] if isinstance(loc[depth + 1], int) else {}))
+        else:
+            if not isinstance(node, dict):
+                raise ValueError(f"{here} is {_kind(node)}, not a mapping: cannot set {part!r} in it")
+            if part not in node and not last:
+                node[part] = [] if isinstance(loc[depth + 1], int) else {}
+        if last:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+# Validation errors -> problems.
+def _reference_context(data: dict[str, Any]) -> dict[str, Any]:
+    requests = data.get("requests")
+    workload = data.get("workload")
+    stages = workload.get("stages") if isinstance(workload, dict) else None
+    def name(entry: Any) -> str:
+        value = entry.get("name") if isinstance(entry, dict) else None
+        return value if isinstance(value, str) else ""
+
+    return {
+        "request_names": [n for n in map(name, requests) if n] if isinstance(requests, list) else None,
+        "stage_names": [name(s) for s in stages] if isinstance(stages, list) else None,
+    }
+
+
+def _raw_cross_problems(data: dict[str, Any]) -> list[Problem]:
+    """The cross-field checks on raw data, for models whose own validators did not get to run."""
+
+    def seconds(value: Any) -> float | None:
+        try:
+            return parse_duration(value)
+        except ValueError:
+            return None
+
+    def number(value: Any) -> float | None:
+        if isinstance(value, bool):
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    found: list[tuple[Loc, str]] = []
+    requests = data.get("requests")
+    if isinstance(requests, list):
+        entries = [r if isinstance(r, dict) else {} for r in requests]
+        names = [r.get("name") for r in entries]
+        found += [(("requests", *loc), msg) for loc, msg in _unique_name_problems(names, "requests")]
+        for i, r in enumerate(entries):
+            found += [(("requests", i, *loc), msg) for loc, msg in _body_problems(r.get("json"), r.get("body"))]
+    workload = data.get("workload")
+    if isinstance(workload, dict) and isinstance(workload.get("stages"), list):
+        stages = [s if isinstance(s, dict) else {} for s in workload["stages"]]
+        plain = [(seconds(s.get("duration")), number(s.get("target")), s.get("name")) for s in stages]
+        found += [
+            (("workload", *loc), msg)
+            for loc, msg in _workload_problems(workload.get("model"), number(workload.get("start", 0)), plain)
+        ]
+    return [Problem(_format_loc(loc), msg) for loc, msg in found]
+
+
+def _validation_problems(exc: ValidationError, data: dict[str, Any], secrets: set[Loc]) -> list[Problem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc: Loc = tuple(error["loc"])
+        if error["type"] == "horde_problems":
+            problems.extend(Problem(_format_loc(loc + sub), msg) for sub, msg in error["ctx"]["problems"])
+            continue
+        if loc[:1] == ("target",) and isinstance(data.get("target"), str):
+            loc = ("target",)  # the short form has no sub-keys to point at
+        problems.append(Problem(_format_loc(loc), _message(error, loc, data, secrets)))
+    return problems
+
+
+def _message(error: Mapping[str, Any], loc: Loc, data: dict[str, Any], secrets: set[Loc]) -> str:
+    kind, msg = error["type"], error["msg"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return _unknown_key_message(loc)
+    if kind == "string_pattern_mismatch":
+        msg = _NAME_MESSAGE
+    elif kind == "too_short" and error.get("ctx", {}).get("min_length") == 1:
+        return "must have at least one entry"
+    elif kind in ("value_error", "assertion_error"):
+        return re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    msg = re.sub(r"^Input should be ", "must be ", msg)
+    value = error.get("input")
+    if isinstance(value, (str, int, float, bool)) and not _is_secret(loc, secrets):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        msg += f" (got {shown})"
+    return msg
+
+
+def _unknown_key_message(loc: Loc) -> str:
+    model = _model_at(loc[:-1])
+    known = [field.alias or name for name, field in model.model_fields.items()] if model else []
+    key = str(loc[-1]) if loc else ""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key; did you mean {close[0]!r}?"
+    if known:
+        return f"unknown key; expected one of: {', '.join(known)}"
+    return "unknown key"
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    annotation: Any = Scenario
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(part, int):
+            if typing.get_origin(annotation) is not list:
+                return None
+            annotation = typing.get_args(annotation)[0]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = next((f for n, f in annotation.model_fields.items() if (f.alias or n) == part), None)
+            if field is None:
+                return None
+            annotation = field.annotation
+        else:
+            return None
+    annotation = _unwrap(annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            inner = _unwrap(arg)
+            if typing.get_origin(inner) is list or (isinstance(inner, type) and issubclass(inner, BaseModel)):
+                return inner
+    return annotation
+
+
+def _format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# Redaction.
+def _sensitive_header(name: Any) -> bool:
+    return isinstance(name, str) and (name.lower() in SENSITIVE_HEADERS or bool(_SENSITIVE_NAME.search(name)))
+
+
+def _is_secret(loc: Loc, secrets: set[Loc]) -> bool:
+    if any(loc[: len(s)] == s for s in secrets):
+        return True
+    return len(loc) >= 4 and loc[0] == "requests" and loc[2] == "headers" and _sensitive_header(loc[3])
+
+
+def redact(data: Mapping[str, Any], secrets: set[Loc] | frozenset[Loc] = frozenset()) -> dict[str, Any]:
+    """A deep copy of scenario data with secrets replaced by "***".
+
+    Replaced: values at the `secrets` key paths, header values whose name is sensitive
+    (Authorization, Cookie, ... or containing token/secret/password/key), and a password
+    in the target URL.
+    """
+    out = copy.deepcopy(dict(data))
+    for loc in sorted(secrets, key=len):
+        node: Any = out
+        try:
+            for part in loc[:-1]:
+                node = node[part]
+            if loc:
+                node[loc[-1]] = REDACTED
+        except (KeyError, IndexError, TypeError):
+            continue  # an override replaced the structure around it
+    requests = out.get("requests")
+    for entry in requests if isinstance(requests, list) else ():
+        headers = entry.get("headers") if isinstance(entry, dict) else None
+        if isinstance(headers, dict):
+            for name in headers:
+                if _sensitive_header(name):
+                    headers[name] = REDACTED
+    target = out.get("target")
+    if isinstance(target, str):
+        out["target"] = _redact_url(target)
+    elif isinstance(target, dict) and isinstance(target.get("url"), str):
+        target["url"] = _redact_url(target["url"])
+    return out
+
+
+def _redact_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{REDACTED}@{host}"))
