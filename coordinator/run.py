@@ -66,20 +66,21 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
     target_proc = None
     connection = None
     try:
+        target_future = None
         if scenario.target.is_embedded:
-            from automaton.launch import AutomatonError, start_automaton
+            # Start the automaton while Ray starts: both take seconds, neither needs the other.
+            from concurrent.futures import ThreadPoolExecutor
+
+            from automaton.launch import start_automaton
 
             stall = scenario.target.embedded.stall if scenario.target.embedded else None
-            try:
-                target_proc = start_automaton(
-                    stall_every_s=stall.every_s if stall else None,
-                    stall_for_s=stall.for_s if stall else None,
-                )
-            except AutomatonError as exc:
-                raise RunError(f"the embedded automaton did not start: {exc}") from exc
-            base_url = target_proc.url
-        else:
-            base_url = scenario.target.url
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="horde-target")
+            target_future = pool.submit(
+                start_automaton,
+                stall_every_s=stall.every_s if stall else None,
+                stall_for_s=stall.for_s if stall else None,
+            )
+            pool.shutdown(wait=False)
 
         if options.in_process:
             import os
@@ -108,11 +109,25 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
                 silence_s=_silence_s(scenario),
             )
 
+        if target_future is not None:
+            from automaton.launch import AutomatonError
+
+            try:
+                target_proc = target_future.result()
+            except AutomatonError as exc:
+                raise RunError(f"the embedded automaton did not start: {exc}") from exc
+            base_url = target_proc.url
+        else:
+            base_url = scenario.target.url
+
         plan = build_plan(scenario, base_url, shape.cpus, supports_fast=_fast_supports())
         return asyncio.run(
             _run(loaded, plan, shape, base_url, fleet_factory(plan), options, target_proc)
         )
     finally:
+        if target_proc is None and target_future is not None:
+            with contextlib.suppress(Exception):  # started, but the run failed before taking it
+                target_proc = target_future.result(timeout=60)
         if target_proc is not None:
             target_proc.stop()
         if connection is not None:

@@ -1,0 +1,80 @@
+"""The automaton's own counters, exposed as Prometheus text (/metrics) and JSON (/stats).
+
+Each app gets its own CollectorRegistry so several automatons (or tests) in one
+process never share or clash over series.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
+
+# The classic text format, which generate_latest() writes and every scraper reads.
+EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class AutomatonMetrics:
+    def __init__(self, endpoints: Iterable[str]) -> None:
+        self.registry = CollectorRegistry()
+        # Standard process_* names (resident memory, CPU seconds, open fds), so the
+        # target's resources are read the same way as any Prometheus-scraped service.
+        ProcessCollector(registry=self.registry)
+        self._requests = Counter(
+            "automaton_requests",
+            "Requests served, by endpoint (route name).",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        # Plain ints beside the Prometheus objects: /stats reads them without touching
+        # prometheus_client internals, and the gauges read the same values at scrape time.
+        self.requests_by_endpoint: dict[str, int] = {}
+        self._request_children: dict[str, Counter] = {}
+        for endpoint in endpoints:
+            self._add_endpoint(endpoint)
+        self.in_flight = 0
+        self._connection_count: Callable[[], int] = lambda: 0
+        Gauge(
+            "automaton_in_flight_requests",
+            "Requests received and not yet answered (stalled ones included).",
+            registry=self.registry,
+        ).set_function(lambda: self.in_flight)
+        Gauge(
+            "automaton_open_connections",
+            "Client connections currently open (keep-alive idle ones included).",
+            registry=self.registry,
+        ).set_function(lambda: self._connection_count())
+
+    def _add_endpoint(self, endpoint: str) -> None:
+        # Creating every child up front exports each endpoint at 0 before its first request.
+        self._request_children[endpoint] = self._requests.labels(endpoint=endpoint)
+        self.requests_by_endpoint[endpoint] = 0
+
+    def count_connections_with(self, count: Callable[[], int]) -> None:
+        """Where the open-connection count comes from (the server, known only once it runs)."""
+        self._connection_count = count
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+
+    def request_finished(self, endpoint: str) -> None:
+        """Counted however the request ended (2xx, 4xx, 500): it was served."""
+        self.in_flight -= 1
+        if endpoint not in self._request_children:
+            self._add_endpoint(endpoint)
+        self._request_children[endpoint].inc()
+        self.requests_by_endpoint[endpoint] += 1
+
+    def open_connections(self) -> int:
+        return self._connection_count()
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "requests": dict(self.requests_by_endpoint),
+            "total": sum(self.requests_by_endpoint.values()),
+            "in_flight": self.in_flight,
+            "open_connections": self.open_connections(),
+        }
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,95 @@
+"""Time from `horde run` (process start) to the first request at the target.
+
+A local aiohttp target on a thread notes when its first request arrives; `horde run`
+starts as a subprocess (its own embedded Ray unless --address is given).
+
+    python bench/first_request.py [--repeat 3] [--address ADDR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+SCENARIO = """
+name: first-request
+target: http://127.0.0.1:1
+requests:
+  - {name: root, path: /, expect: [200]}
+workload:
+  model: open
+  start: 20
+  stages: [{duration: 2s, target: 20}]
+agents: 1
+"""
+
+
+class Target:
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if self.first is None:
+            self.first = time.monotonic()
+        return web.Response(text="ok")
+
+    def start(self) -> None:
+        threading.Thread(target=self._main, daemon=True).start()
+        self._ready.wait(10)
+
+    def _main(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_get("/", self._handle)
+        runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        self._loop.run_forever()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--address", default=None)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="horde-first-"))
+    scen = tmp / "s.yaml"
+    scen.write_text(textwrap.dedent(SCENARIO))
+    results = []
+    for i in range(args.repeat):
+        target = Target()
+        target.start()
+        cmd = [sys.executable, "-m", "coordinator.cli", "run", str(scen), "-q", "--out", str(tmp / "out"),
+               "--target", f"http://127.0.0.1:{target.port}"]
+        if args.address:
+            cmd += ["--address", args.address]
+        t0 = time.monotonic()
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if target.first is None:
+            print(f"run {i + 1}: no request arrived (exit {r.returncode})\n{r.stderr[-2000:]}")
+            continue
+        results.append(target.first - t0)
+        print(f"run {i + 1}: first request {target.first - t0:.2f} s after `horde run` started (exit {r.returncode})")
+    if results:
+        print(f"time to first request: median {statistics.median(results):.2f} s over {len(results)} runs"
+              f" ({'attached to ' + args.address if args.address else 'embedded Ray started by the run'})")
+
+
+if __name__ == "__main__":
+    main()
