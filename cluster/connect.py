@@ -35,6 +35,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Conne
         log_to_driver=True,
         configure_logging=True,
     )
+    # Inside a Ray job (or with RAY_ADDRESS exported) attach to that cluster.
+    address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         if address:
             ray.init(address=address, **kwargs)

@@ -66,6 +66,7 @@ class RayFleet:
         self._fanin = FanIn(silence_s, _name_error)
         self._actors: dict[int, tuple[int, ray.actor.ActorHandle]] = {}
         self.agents: list[AgentInfo] = []
+        self._start_wall_ns = 0
 
     async def start(self, specs: Sequence[AgentSpec]) -> list[AgentInfo]:
         actors = [
@@ -81,7 +82,7 @@ class RayFleet:
             infos = await asyncio.wait_for(asyncio.gather(*refs), self._ready_timeout_s)
         except (asyncio.TimeoutError, GetTimeoutError) as exc:
             for a in actors:
-                ray.kill(a)
+                _kill(a)
             raise PlacementError(
                 f"{len(specs)} agents of {self._cpus:g} CPU each could not be placed within "
                 f"{self._ready_timeout_s:.0f}s (cluster resources: {ray.available_resources()})"
@@ -92,13 +93,43 @@ class RayFleet:
         return list(self.agents)
 
     def begin(self, start_wall_ns: int, grace_s: float) -> None:
+        self._start_wall_ns = start_wall_ns
         for index, (inc, actor) in self._actors.items():
-            def factory(actor=actor) -> AsyncIterator[bytes]:
-                return _refs_to_payloads(
-                    actor.stream.options(_generator_backpressure_num_objects=16).remote(start_wall_ns)
-                )
+            self._consume(index, inc, actor, grace_s)
 
-            self._fanin.add(index, inc, factory, grace_s=grace_s)
+    def _consume(self, index: int, inc: int, actor, grace_s: float) -> None:
+        start = self._start_wall_ns
+
+        def factory() -> AsyncIterator[bytes]:
+            return _refs_to_payloads(actor.stream.options(_generator_backpressure_num_objects=16).remote(start))
+
+        self._fanin.add(index, inc, factory, grace_s=grace_s)
+
+    async def replace(self, spec: AgentSpec, grace_s: float) -> AgentInfo:
+        """Start `spec` (a higher incarnation) in place of a lost agent, on any live node."""
+        old = self._actors.pop(spec.index, None)
+        if old is not None:
+            _kill(old[1])  # a frozen or partitioned agent must not come back and send load
+        actor = TrafficAgentActor.options(num_cpus=self._cpus, scheduling_strategy="SPREAD").remote(spec)
+        try:
+            info = await asyncio.wait_for(actor.ready.remote(), self._ready_timeout_s)
+        except (asyncio.TimeoutError, GetTimeoutError, RayError) as exc:
+            _kill(actor)
+            raise PlacementError(
+                f"no live node could host a replacement for agent {spec.index} within "
+                f"{self._ready_timeout_s:.0f}s ({type(exc).__name__})"
+            ) from exc
+        self._actors[spec.index] = (spec.incarnation, actor)
+        agent = AgentInfo(spec.index, spec.incarnation, info["pid"], info["node"], info["host"])
+        self.agents.append(agent)
+        self._consume(spec.index, spec.incarnation, actor, grace_s)
+        return agent
+
+    def forget(self, index: int, incarnation: int) -> None:
+        """A lost agent: make sure its actor is gone (it may only be frozen)."""
+        cur = self._actors.get(index)
+        if cur is not None and cur[0] == incarnation:
+            _kill(cur[1])
 
     def events(self) -> AsyncIterator[FleetEvent]:
         return self._fanin.events()
@@ -110,11 +141,15 @@ class RayFleet:
     async def close(self) -> None:
         await self._fanin.close()
         for _, a in self._actors.values():
-            try:
-                ray.kill(a)
-            except Exception:  # already dead
-                pass
+            _kill(a)
         self._actors.clear()
+
+
+def _kill(actor) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # already dead, or its node is gone
+        pass
 
 
 async def _refs_to_payloads(gen) -> AsyncIterator[bytes]:

@@ -17,6 +17,7 @@ class LocalFleet:
         self._fanin = FanIn(silence_s)
         self._runners: dict[int, tuple[int, AgentRunner]] = {}
         self.agents: list[AgentInfo] = []
+        self._start_wall_ns = 0
 
     async def start(self, specs: Sequence[AgentSpec]) -> list[AgentInfo]:
         for s in specs:
@@ -25,8 +26,26 @@ class LocalFleet:
         return list(self.agents)
 
     def begin(self, start_wall_ns: int, grace_s: float) -> None:
+        self._start_wall_ns = start_wall_ns
         for index, (inc, runner) in self._runners.items():
             self._fanin.add(index, inc, lambda r=runner: r.stream(start_wall_ns), grace_s=grace_s)
+
+    async def replace(self, spec: AgentSpec, grace_s: float) -> AgentInfo:
+        old = self._runners.pop(spec.index, None)
+        if old is not None:
+            old[1].stop()
+        runner = AgentRunner(spec)
+        self._runners[spec.index] = (spec.incarnation, runner)
+        info = AgentInfo(spec.index, spec.incarnation, os.getpid(), "local", socket.gethostname())
+        self.agents.append(info)
+        start = self._start_wall_ns
+        self._fanin.add(spec.index, spec.incarnation, lambda: runner.stream(start), grace_s=grace_s)
+        return info
+
+    def forget(self, index: int, incarnation: int) -> None:
+        cur = self._runners.get(index)
+        if cur is not None and cur[0] == incarnation:
+            cur[1].stop()
 
     def events(self) -> AsyncIterator[FleetEvent]:
         return self._fanin.events()

@@ -28,6 +28,7 @@ class AgentTotals:
     first_watermark_ns: int | None = None
     last_watermark_ns: int = 0
     engines: set[str] = field(default_factory=set)
+    began_ns: int = 0  # when this incarnation began, relative to the run start (replacements start late)
 
     def add(self, readings, watermark_ns: int, engine: str) -> None:
         self.cpu_s = readings.cpu_s  # cumulative since the agent's run began
@@ -45,17 +46,18 @@ class AgentTotals:
             self.engines.update(engine.split(","))
 
 
-def generator_verdict(agents: dict[int, AgentTotals], requests: int) -> dict:
+def generator_verdict(agents: dict[str, AgentTotals], requests: int) -> dict:
+    """`agents` is keyed by agent label: "3" for agent 3, "3#1" for its first replacement."""
     reasons = []
     per_agent = {}
     total_cpu = 0.0
     late = 0
     for idx, a in sorted(agents.items()):
-        elapsed = a.last_watermark_ns / 1e9
+        elapsed = (a.last_watermark_ns - a.began_ns) / 1e9
         frac = a.cpu_s / elapsed if elapsed > 0 else 0.0
         total_cpu += a.cpu_s
         late += a.late_sends
-        per_agent[str(idx)] = {
+        per_agent[idx] = {
             "cpu_s": round(a.cpu_s, 3),
             "cpu_fraction": round(frac, 3),
             "peak_rss_mb": round(a.peak_rss_bytes / 2**20, 1),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import platform
 import signal
 import sys
@@ -135,8 +136,9 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
 
 
 def _silence_s(scenario) -> float:
-    # An agent that sends nothing for three flush intervals (at least 3 s) is lost.
-    return max(3.0, 3 * scenario.flush_interval)
+    # An agent that sends nothing for two flush intervals is lost (Ray raises nothing for a
+    # frozen or partitioned agent for about a minute).
+    return max(1.5, 2 * scenario.flush_interval)
 
 
 def _fast_supports():
@@ -158,7 +160,11 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     agg = Aggregator(plan.endpoints, plan.stage_ends_ns, plan.stage_names)
     rules = [t.rule() for t in scenario.thresholds]
     live = LiveEvaluator(rules)
-    totals: dict[int, AgentTotals] = {}
+    totals: dict[str, AgentTotals] = {}
+    incarnations: dict[int, int] = {}  # agent index -> its current incarnation
+    specs = {s.index: s for s in plan.agents}
+    closed_until_ns = 0  # every window ending at or before this is closed
+    restoring: dict[int, dict] = {}  # agent index -> its loss record, until the replacement's first batch
     watermarks: dict[int, int] = {}  # live agents -> their latest watermark
     lost: list[dict] = []
     outcome = Outcome.PASSED
@@ -195,8 +201,9 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
         return s
 
     def handle_windows(windows) -> None:
-        nonlocal outcome, stop_reason
+        nonlocal outcome, stop_reason, closed_until_ns
         for w in windows:
+            closed_until_ns = max(closed_until_ns, w.end_ns)
             wd = w.to_dict()
             writer.append_window(wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}})
             progress(_progress_line(w, plan, sum(t.get("in_flight", 0) for t in w.generator.values()) if w.generator else 0))
@@ -226,7 +233,9 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
         fleet.begin(start_wall_ns, grace_s=START_LEAD_S + 2.0)
         for s in plan.agents:
             watermarks[s.index] = 0
-            totals[s.index] = AgentTotals()
+            incarnations[s.index] = 0
+            totals[_label(s.index, 0)] = AgentTotals()
+        silence_s = _silence_s(scenario)
         progress(
             f"horde: {scenario.name} -> {base_url}  {plan.count} agent(s) on {shape.kind} Ray "
             f"({shape.cpus:g} CPUs), {plan.duration_s:g}s planned; bundle {writer.path}"
@@ -261,23 +270,62 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
                     except BatchFormatError as exc:
                         writer.append_alert({"kind": "bad_batch", "agent": ev.index, "detail": str(exc)})
                         continue
+                    if b.incarnation != incarnations.get(b.agent):
+                        continue  # a replaced agent's late batch: its share is someone else's now
                     agg.add(b)
-                    totals[b.agent].add(b.readings, b.watermark_ns, b.engine)
+                    totals[_label(b.agent, b.incarnation)].add(b.readings, b.watermark_ns, b.engine)
+                    if b.agent in restoring:
+                        loss = restoring.pop(b.agent)
+                        loss["restored_at_s"] = round(b.watermark_ns / 1e9, 3)
+                        loss["windows_affected"] = [int(loss["last_batch_s"]), int(b.watermark_ns // 1_000_000_000)]
+                        writer.append_alert({"kind": "agent_restored", "agent": b.agent,
+                                             "incarnation": b.incarnation, "at_s": loss["restored_at_s"]})
                     if b.agent in watermarks:
                         watermarks[b.agent] = max(watermarks[b.agent], b.watermark_ns)
                     if b.final:
                         watermarks.pop(b.agent, None)
                 elif isinstance(ev, AgentEnded):
-                    watermarks.pop(ev.index, None)
+                    if ev.incarnation == incarnations.get(ev.index):
+                        watermarks.pop(ev.index, None)
                 elif isinstance(ev, AgentLost):
-                    at_s = max(watermarks.get(ev.index, 0), 0) / 1e9
-                    watermarks.pop(ev.index, None)
+                    if ev.incarnation != incarnations.get(ev.index):
+                        continue
+                    now_s = (time.time_ns() - start_wall_ns) / 1e9
+                    last_s = max(watermarks.pop(ev.index, 0), 0) / 1e9
+                    fleet.forget(ev.index, ev.incarnation)
                     loss = {"kind": "agent_lost", "agent": ev.index, "incarnation": ev.incarnation,
-                            "reason": ev.reason, "detail": ev.detail, "at_s": at_s,
-                            "share": f"1/{plan.count}"}
+                            "reason": ev.reason, "detail": ev.detail, "at_s": round(now_s, 3),
+                            "last_batch_s": round(last_s, 3), "share": f"1/{plan.count}",
+                            "node": next((a.node for a in reversed(fleet.agents)
+                                          if a.index == ev.index and a.incarnation == ev.incarnation), None)}
                     lost.append(loss)
-                    writer.append_alert(loss)
-                    progress(f"LOST agent {ev.index}: {ev.reason} {ev.detail}")
+                    progress(f"LOST agent {ev.index}.{ev.incarnation} at {now_s:.1f}s: {ev.reason} {ev.detail}")
+                    if not stop_event.is_set() and now_s < plan.duration_s:
+                        new = dataclasses.replace(specs[ev.index], incarnation=ev.incarnation + 1)
+                        try:
+                            info = await fleet.replace(new, grace_s=silence_s)
+                        except Exception as exc:  # PlacementError, or the cluster is going away
+                            loss["replaced"] = False
+                            writer.append_alert(loss)
+                            progress(f"ABORT: agent {ev.index} cannot be replaced: {exc}")
+                            if outcome is Outcome.PASSED:
+                                outcome = Outcome.ABORTED
+                                stop_reason = f"lost agent {ev.index} could not be replaced: {exc}"
+                            stop_event.set()
+                        else:
+                            incarnations[ev.index] = new.incarnation
+                            watermarks[ev.index] = closed_until_ns
+                            t = AgentTotals(began_ns=time.time_ns() - start_wall_ns)
+                            totals[_label(ev.index, new.incarnation)] = t
+                            loss.update(replaced=True, replacement_incarnation=new.incarnation,
+                                        replaced_at_s=round((time.time_ns() - start_wall_ns) / 1e9, 3),
+                                        replacement_node=info.node)
+                            restoring[ev.index] = loss
+                            writer.append_alert(loss)
+                            progress(f"agent {ev.index} replaced (incarnation {new.incarnation}) on node {info.node[:12]}")
+                    else:
+                        loss["replaced"] = False
+                        writer.append_alert(loss)
                     if not watermarks and not stop_event.is_set() and outcome is Outcome.PASSED:
                         outcome = Outcome.ERROR
                         stop_reason = "every agent was lost"
@@ -324,6 +372,10 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
         junit_xml=junit_xml(scenario.name, th_results, summary["duration_s"]),
     )
     return RunResult(outcome=outcome, bundle=path, summary=summary)
+
+
+def _label(index: int, incarnation: int) -> str:
+    return str(index) if incarnation == 0 else f"{index}#{incarnation}"
 
 
 def _threshold_dict(r) -> dict:
