@@ -14,6 +14,11 @@ Grammar (whitespace is free between tokens; names are lower case)::
     series      := "latency"             from the intended send time (coordinated omission corrected)
                  | "service_time"        from the actual send time
                  | "send_lag"            actual minus intended send time (generator overload)
+                 | resource
+    resource    := "target_memory"       the target's resident memory, per window (peak)
+                 | "target_cpu"          the target's CPU, cores busy per window (1.0 = one core)
+                 | "target_connections"  open connections the target reports
+                 | "target_fds"          the target's open file descriptors
     error_class := "connect" | "timeout" | "reset" | "http_4xx" | "http_5xx"
                  | "unexpected_status" | "protocol" | "too_large" | "other"
     op          := "<" | "<=" | ">" | ">=" | "==" | "!="
@@ -22,10 +27,17 @@ Grammar (whitespace is free between tokens; names are lower case)::
 Units by metric:
 
     series        "ns", "us" (or "µs"), "ms", "s", "m"; a bare number is milliseconds
+    target_memory "B", "KB", "MB", "GB" (powers of 1000), "KiB", "MiB", "GiB"; bare = MB
+    target_cpu    "%" of one core (90% == 0.9); a bare number is cores
+    target_connections, target_fds   none
     error_rate    "%" (1% == 0.01); a bare number is a fraction and must be at most 1
     rps           none (requests per second)
     requests      none; a whole number
     errors        none; a whole number
+
+Resources are aggregated over the per-window readings of the scope (a window keeps its
+peak): ``max(target_memory) < 2000MB``, ``avg(target_cpu) < 90%``,
+``max(target_connections) >= 1000``.
 
 Examples: ``p99(latency) < 500ms``, ``p99.9(service_time) <= 1s``, ``error_rate < 1%``,
 ``error_rate(timeout) == 0``, ``rps > 1000``, ``requests >= 100``, ``errors == 0``.
@@ -51,6 +63,7 @@ from typing import Any
 from agents.samples import ErrorClass
 
 SERIES = ("latency", "service_time", "send_lag")
+RESOURCES = ("target_memory", "target_cpu", "target_connections", "target_fds")
 OPERATORS = ("<", "<=", ">", ">=", "==", "!=")
 ERROR_CLASSES: dict[str, ErrorClass] = {e.label: e for e in ErrorClass if e is not ErrorClass.OK}
 
@@ -60,7 +73,9 @@ ERROR_RATE = "error_rate"
 RPS = "rps"
 REQUESTS = "requests"
 ERRORS = "errors"
-KINDS = (SERIES_KIND, ERROR_RATE, RPS, REQUESTS, ERRORS)
+RESOURCE_KIND = "resource"
+KINDS = (SERIES_KIND, ERROR_RATE, RPS, REQUESTS, ERRORS, RESOURCE_KIND)
+_SIZE_UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
 # Aggregates of a series after parsing ("avg" becomes "mean", "median" and "pNN" become "quantile").
 QUANTILE = "quantile"
@@ -86,7 +101,7 @@ _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 _UNIT = re.compile(r"[A-Za-zµ%]+")
 
 _METRIC_HELP = "p99(latency), avg(service_time), error_rate, rps, requests or errors"
-_SERIES_HELP = "latency, service_time or send_lag"
+_SERIES_HELP = "latency, service_time, send_lag, target_memory, target_cpu, target_connections or target_fds"
 
 
 class ThresholdSyntaxError(ValueError):
@@ -113,6 +128,11 @@ class Threshold:
         """The statistic this threshold limits, normalised like `value`; None when no data."""
         if self.kind == SERIES_KIND:
             return _observe_series(getattr(stats, self.series), self.aggregate, self.quantile)  # type: ignore[arg-type]
+        if self.kind == RESOURCE_KIND:
+            values = getattr(stats, "resource_values", None)
+            if values is None:
+                return None
+            return _aggregate_values(values(self.series), self.aggregate, self.quantile)
         if self.kind == ERROR_RATE:
             requests = stats.requests or 0
             if requests <= 0:
@@ -141,6 +161,12 @@ class Threshold:
         """A value of this threshold's metric with its unit: "512.3ms", "1.25%", "980.5/s", "12"."""
         if self.kind == SERIES_KIND:
             return _trim(value / 1e6, 3) + "ms"
+        if self.kind == RESOURCE_KIND:
+            if self.series == "target_memory":
+                return _trim(value / 1e6, 1) + "MB"
+            if self.series == "target_cpu":
+                return _trim(value * 100, 1) + "%"
+            return _trim(value, 0)
         if self.kind == ERROR_RATE:
             return _trim(value * 100, 3) + "%"
         if self.kind == RPS:
@@ -158,6 +184,21 @@ class Verdict:
     ok: bool
     observed: float | None
     observed_text: str
+
+
+def _aggregate_values(values: Any, aggregate: str | None, quantile: float | None) -> float | None:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return None
+    if aggregate == QUANTILE:
+        return float(np.quantile(v, quantile, method="inverted_cdf"))
+    if aggregate == MEAN:
+        return float(v.mean())
+    if aggregate == MIN:
+        return float(v.min())
+    return float(v.max())
 
 
 def _observe_series(hist: Any, aggregate: str, quantile: float | None) -> float | None:
@@ -270,7 +311,9 @@ def parse_threshold(text: str) -> Threshold:
         series = cur.match(_WORD)
         if series is None:
             raise cur.expected(f"a series: {_SERIES_HELP}")
-        if series not in SERIES:
+        if series in RESOURCES:
+            kind = RESOURCE_KIND
+        elif series not in SERIES:
             raise cur.fail(f"unknown series {series!r}", series_column, f"expected {_SERIES_HELP}")
         if not cur.literal(")"):
             raise cur.expected(f"')' after {series!r}")
@@ -319,7 +362,7 @@ def parse_threshold(text: str) -> Threshold:
     if not cur.at_end():
         raise cur.fail(f"unexpected {cur.found()} after the value", hint="expected the end of the threshold")
 
-    value = _normalise(kind, name, float(number), unit, number_column, unit_column)
+    value = _normalise(kind, series if kind == RESOURCE_KIND else name, float(number), unit, number_column, unit_column)
     return Threshold(
         text=text.strip(),
         kind=kind,
@@ -334,6 +377,30 @@ def parse_threshold(text: str) -> Threshold:
 
 def _normalise(kind: str, name: str, number: float, unit: str | None, number_column: int,
                unit_column: int) -> float:
+    if kind == RESOURCE_KIND:
+        if name == "target_memory":
+            if unit is None:
+                return number * 1e6
+            if unit not in _SIZE_UNITS:
+                raise ThresholdSyntaxError(
+                    f"unknown size unit {unit!r} at column {unit_column}; expected B, KB, MB, GB, KiB, MiB or GiB",
+                    unit_column,
+                )
+            return number * _SIZE_UNITS[unit]
+        if name == "target_cpu":
+            if unit == "%":
+                return number / 100
+            if unit is not None:
+                raise ThresholdSyntaxError(
+                    f"unknown unit {unit!r} at column {unit_column}; target_cpu takes % or a number of cores",
+                    unit_column,
+                )
+            return number
+        if unit is not None:
+            raise ThresholdSyntaxError(
+                f"unexpected unit {unit!r} at column {unit_column}; {name!r} takes a plain number", unit_column
+            )
+        return number
     if kind == SERIES_KIND:
         if unit is None:
             return number * _DURATION_UNITS_NS["ms"]

@@ -29,6 +29,8 @@ from coordinator.limits import LiveEvaluator
 from coordinator.outcome import EXIT_CODES, Outcome
 from coordinator.plan import Plan, build_plan
 from coordinator.report import junit_xml
+from coordinator.resources import ResourceSeries
+from coordinator.target_probe import TargetProbe
 from coordinator.scenario import LoadedScenario
 
 START_LEAD_S = 1.0  # the common start instant is this far after the agents are ready
@@ -161,6 +163,9 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     rules = [t.rule() for t in scenario.thresholds]
     live = LiveEvaluator(rules)
     totals: dict[str, AgentTotals] = {}
+    resources = ResourceSeries()
+    sends = SendCounter()
+    probe_task: asyncio.Task | None = None
     incarnations: dict[int, int] = {}  # agent index -> its current incarnation
     specs = {s.index: s for s in plan.agents}
     closed_until_ns = 0  # every window ending at or before this is closed
@@ -194,17 +199,25 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
         if stage is not None and stage not in plan.stage_names:
             stage = plan.stage_names[scenario.stage_index(stage)]  # an index given as text
         if window_s:
-            return agg.recent(max(1, round(window_s)), endpoint=endpoint)
+            n = max(1, round(window_s))
+            last = closed_until_ns // 1_000_000_000 - 1
+            return _View(agg.recent(n, endpoint=endpoint), resources, last - n + 1, last)
         s = agg.snapshot(endpoint=endpoint, stage=stage)
         if stage is None and run_span_s is not None:
             s.duration_s = run_span_s
-        return s
+        first = last = None
+        if stage is not None:
+            i = plan.stage_names.index(stage)
+            first = (plan.stage_ends_ns[i - 1] if i else 0) // 1_000_000_000
+            last = max(first, -(-plan.stage_ends_ns[i] // 1_000_000_000) - 1)
+        return _View(s, resources, first, last)
 
     def handle_windows(windows) -> None:
         nonlocal outcome, stop_reason, closed_until_ns
         for w in windows:
             closed_until_ns = max(closed_until_ns, w.end_ns)
             wd = w.to_dict()
+            wd["target"] = resources.window(w.index)
             writer.append_window(wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}})
             progress(_progress_line(w, plan, sum(t.get("in_flight", 0) for t in w.generator.values()) if w.generator else 0))
             if outcome in (Outcome.PASSED,):
@@ -236,6 +249,15 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             incarnations[s.index] = 0
             totals[_label(s.index, 0)] = AgentTotals()
         silence_s = _silence_s(scenario)
+        metrics_url = getattr(scenario.target, "metrics", None) or (
+            base_url.rstrip("/") + "/metrics" if target_proc is not None else None
+        )
+        if metrics_url:
+            probe = TargetProbe(metrics_url=metrics_url)
+            manifest["target"]["metrics"] = metrics_url
+            probe_task = asyncio.create_task(
+                probe.run(start_wall_ns, resources.add, lambda why: resources.failed())
+            )
         progress(
             f"horde: {scenario.name} -> {base_url}  {plan.count} agent(s) on {shape.kind} Ray "
             f"({shape.cpus:g} CPUs), {plan.duration_s:g}s planned; bundle {writer.path}"
@@ -273,6 +295,7 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
                     if b.incarnation != incarnations.get(b.agent):
                         continue  # a replaced agent's late batch: its share is someone else's now
                     agg.add(b)
+                    sends.add(b.samples["sent_ns"])
                     totals[_label(b.agent, b.incarnation)].add(b.readings, b.watermark_ns, b.engine)
                     if b.agent in restoring:
                         loss = restoring.pop(b.agent)
@@ -336,6 +359,9 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             await asyncio.gather(stop_task, return_exceptions=True)
         handle_windows(agg.close_all())
     finally:
+        if probe_task is not None:
+            probe_task.cancel()
+            await asyncio.gather(probe_task, return_exceptions=True)
         await fleet.close()
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -348,7 +374,7 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     th_results = [_threshold_dict(r) for r in final]
     if outcome is Outcome.PASSED and any(not r["ok"] for r in th_results):
         outcome = Outcome.THRESHOLDS_FAILED
-    summary = _summary(stats_for, agg, plan, totals, lost, th_results, outcome, stop_reason)
+    summary = _summary(stats_for, agg, plan, totals, lost, th_results, outcome, stop_reason, resources, sends)
     ended = datetime.now(timezone.utc)
     manifest.update(
         outcome=outcome.value,
@@ -374,6 +400,46 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     return RunResult(outcome=outcome, bundle=path, summary=summary)
 
 
+class SendCounter:
+    """Actual sends per 100 ms (all endpoints): how fast the generator reached a planned level."""
+
+    BIN_NS = 100_000_000
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._np = np
+        self._counts = np.zeros(0, dtype=np.int64)
+
+    def add(self, sent_ns) -> None:
+        np = self._np
+        if len(sent_ns) == 0:
+            return
+        bins = np.maximum(sent_ns, 0) // self.BIN_NS
+        c = np.bincount(bins)
+        if len(c) > len(self._counts):
+            self._counts = np.concatenate([self._counts, np.zeros(len(c) - len(self._counts), np.int64)])
+        self._counts[: len(c)] += c
+
+    def counts(self) -> list[int]:
+        return self._counts.tolist()
+
+
+class _View:
+    """Stats of a scope plus the target-resource readings of the same windows (for thresholds)."""
+
+    def __init__(self, stats, resources: ResourceSeries, first: int | None, last: int | None) -> None:
+        self._stats = stats
+        self._resources = resources
+        self._first, self._last = first, last
+
+    def resource_values(self, series: str):
+        return self._resources.values(series, self._first, self._last)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stats, name)
+
+
 def _label(index: int, incarnation: int) -> str:
     return str(index) if incarnation == 0 else f"{index}#{incarnation}"
 
@@ -391,7 +457,8 @@ def _threshold_dict(r) -> dict:
     }
 
 
-def _summary(stats_for, agg: Aggregator, plan: Plan, totals, lost, thresholds, outcome: Outcome, stop_reason: str) -> dict:
+def _summary(stats_for, agg: Aggregator, plan: Plan, totals, lost, thresholds, outcome: Outcome, stop_reason: str,
+             resources: ResourceSeries, sends: "SendCounter") -> dict:
     total = stats_for(None, None, None)
     return {
         "outcome": outcome.value,
@@ -409,6 +476,8 @@ def _summary(stats_for, agg: Aggregator, plan: Plan, totals, lost, thresholds, o
         "thresholds": thresholds,
         "generator": generator_verdict(totals, total.requests),
         "lost_agents": lost,
+        "target_resources": resources.summary(),
+        "sends": {"bin_s": SendCounter.BIN_NS / 1e9, "counts": sends.counts()},
         "late_samples": agg.late_samples,
         "engines": plan.engines,
     }

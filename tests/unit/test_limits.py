@@ -117,7 +117,7 @@ def test_parse_good(text, kind, aggregate, quantile, series, op, value, error_cl
 
 BAD = [
     # (text, fragment of the message, column)
-    ("p99(latncy) < 500ms", "unknown series 'latncy' at column 5; expected latency, service_time or send_lag", 5),
+    ("p99(latncy) < 500ms", "unknown series 'latncy' at column 5; expected latency, service_time, send_lag, target_memory, target_cpu, target_connections or target_fds", 5),
     ("p99 latency < 5", "expected '(' and a series after 'p99' at column 5", 5),  # missing parenthesis
     ("p99(latency < 5", "expected ')' after 'latency' at column 13", 13),  # unclosed parenthesis
     ("latency < 5ms", "'latency' is a series and needs an aggregate at column 1", 1),
@@ -318,3 +318,53 @@ def test_evaluate_final_is_cumulative_for_every_rule_in_order():
 def test_scoped_rule_text_names_its_scope():
     assert rule("rps > 1", endpoint="list", stage="ramp").text == "rps > 1 [endpoint=list, stage=ramp]"
     assert rule("rps > 1").text == "rps > 1"
+
+
+# --- target resources ------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "text, series, aggregate, value",
+    [
+        ("max(target_memory) < 2000MB", "target_memory", "max", 2e9),  # MB are powers of 1000
+        ("max(target_memory) < 1GiB", "target_memory", "max", 1024**3),
+        ("max(target_memory) < 500", "target_memory", "max", 5e8),  # bare number: MB
+        ("avg(target_cpu) < 90%", "target_cpu", "mean", 0.9),  # % of one core
+        ("p95(target_cpu) < 1.5", "target_cpu", "quantile", 1.5),  # bare: cores
+        ("max(target_connections) >= 1000", "target_connections", "max", 1000),
+    ],
+)
+def test_resource_thresholds_parse(text, series, aggregate, value):
+    t = parse_threshold(text)
+    assert (t.kind, t.series, t.aggregate) == ("resource", series, aggregate)
+    assert t.value == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text, column", [
+    ("max(target_memory) < 2 parsecs", 24),  # unknown size unit
+    ("avg(target_cpu) < 90ms", 21),  # a duration is not a CPU unit
+    ("max(target_connections) > 10%", 29),  # a count takes no unit
+])
+def test_resource_thresholds_reject_wrong_units(text, column):
+    with pytest.raises(ThresholdSyntaxError) as e:
+        parse_threshold(text)
+    assert e.value.column == column
+
+
+class _Resources:
+    def __init__(self, by_series):
+        self._by = by_series
+
+    def resource_values(self, series):
+        return self._by.get(series, [])
+
+
+def test_resource_thresholds_check_per_window_values():
+    stats = _Resources({"target_memory": [1.0e9, 2.5e9, 1.2e9], "target_cpu": [0.5, 0.7, 0.9]})
+    peak = parse_threshold("max(target_memory) < 2000MB").check(stats)
+    assert not peak.ok and peak.observed == 2.5e9 and peak.observed_text == "2500MB"
+    assert parse_threshold("avg(target_cpu) < 80%").check(stats).ok  # mean 0.7
+    assert not parse_threshold("avg(target_cpu) < 60%").check(stats).ok
+    # no readings: no data, which fails
+    assert parse_threshold("max(target_connections) >= 1").check(stats).observed_text == "no data"
+    # a plain Stats object without resources: no data, never a crash
+    assert parse_threshold("max(target_memory) < 1GB").check(object()).ok is False
