@@ -19,14 +19,52 @@ class ProcessProbe:
             return t.user + t.system, self._proc.memory_info().rss
 
 
-def node_reading() -> dict[str, float]:
-    """Whole-node readings for the bundle's resources (CPU %, memory, connections)."""
-    vm = psutil.virtual_memory()
-    return {
-        "cpu_percent": psutil.cpu_percent(interval=None),
-        "mem_used_bytes": float(vm.used),
-        "mem_available_bytes": float(vm.available),
-    }
+class NodeProbe:
+    """Whole-node readings: CPU busy fraction, memory, network bytes per second, TCP connections.
+
+    CPU and network are rates since the previous read (the first read primes them).
+    """
+
+    def __init__(self) -> None:
+        psutil.cpu_percent(interval=None)
+        self._net = psutil.net_io_counters()
+        self._t = _monotonic()
+
+    def read(self) -> dict[str, float]:
+        vm = psutil.virtual_memory()
+        net = psutil.net_io_counters()
+        t = _monotonic()
+        dt = max(t - self._t, 1e-6)
+        out = {
+            "cpu_fraction": psutil.cpu_percent(interval=None) / 100.0,
+            "cpus": float(psutil.cpu_count() or 1),
+            "mem_used_bytes": float(vm.total - vm.available),
+            "mem_total_bytes": float(vm.total),
+            "net_sent_bytes_per_s": (net.bytes_sent - self._net.bytes_sent) / dt,
+            "net_recv_bytes_per_s": (net.bytes_recv - self._net.bytes_recv) / dt,
+            "tcp_connections": float(_tcp_connections()),
+        }
+        self._net, self._t = net, t
+        return out
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def _tcp_connections() -> int:
+    """Established TCP connections on the node, from /proc (psutil.net_connections is slow)."""
+    n = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                n += sum(1 for line in f if line.split(None, 4)[3] == "01")
+        except OSError:
+            continue
+    return n
 
 
 def raise_fd_limit() -> int:

@@ -42,7 +42,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Conne
             ray.init(address=address, **kwargs)
             kind = "attached"
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+            # address="local": always a new instance, never a `ray start` cluster found on this machine
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
             kind = "embedded"
     except Exception as exc:  # Ray raises many types for a bad address or a failed start
         where = f"Ray cluster at {address}" if address else "an embedded Ray"

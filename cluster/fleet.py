@@ -67,6 +67,7 @@ class RayFleet:
         self._actors: dict[int, tuple[int, ray.actor.ActorHandle]] = {}
         self.agents: list[AgentInfo] = []
         self._start_wall_ns = 0
+        self._monitors = None
 
     async def start(self, specs: Sequence[AgentSpec]) -> list[AgentInfo]:
         actors = [
@@ -131,6 +132,13 @@ class RayFleet:
         if cur is not None and cur[0] == incarnation:
             _kill(cur[1])
 
+    def monitor_nodes(self, on_reading) -> None:
+        """One resource monitor per node, streaming from the common start instant."""
+        from cluster.nodes import NodeMonitors
+
+        self._monitors = NodeMonitors(on_reading)
+        self._monitors.start(self._start_wall_ns)
+
     def events(self) -> AsyncIterator[FleetEvent]:
         return self._fanin.events()
 
@@ -139,6 +147,8 @@ class RayFleet:
         await asyncio.gather(*refs, return_exceptions=True)
 
     async def close(self) -> None:
+        if self._monitors is not None:
+            await self._monitors.close()
         await self._fanin.close()
         for _, a in self._actors.values():
             _kill(a)

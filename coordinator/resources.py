@@ -96,3 +96,51 @@ def aggregate(values: np.ndarray, how: str, quantile: float | None = None) -> fl
     if how == "quantile":
         return float(np.quantile(values, quantile, method="inverted_cdf"))
     raise ValueError(f"unknown aggregate {how!r}")
+
+
+NODE_CPU_SATURATED = 0.90
+
+
+@dataclass
+class NodeSeries:
+    """Per-node readings per window (one monitor per node)."""
+
+    window_s: float = 1.0
+    _by_window: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    hosts: dict[str, str] = field(default_factory=dict)
+
+    def add(self, node: str, reading: dict[str, float]) -> None:
+        t = reading.get("t_s", 0.0)
+        w = int(t // self.window_s) if t >= 0 else 0
+        self._by_window.setdefault(w, {})[node] = {k: v for k, v in reading.items() if k != "t_s"}
+
+    def window(self, index: int) -> dict[str, dict[str, float]]:
+        return {n[:12]: r for n, r in self._by_window.get(index, {}).items()}
+
+    def summary(self, agent_nodes: dict[str, list[str]]) -> dict:
+        """Per node: peaks and means; `saturated` names nodes whose CPU averaged over 90%."""
+        nodes: dict[str, dict] = {}
+        for by_node in self._by_window.values():
+            for node, r in by_node.items():
+                acc = nodes.setdefault(node, {"cpu": [], "mem": [], "tx": [], "rx": [], "tcp": []})
+                acc["cpu"].append(r.get("cpu_fraction", 0.0))
+                acc["mem"].append(r.get("mem_used_bytes", 0.0))
+                acc["tx"].append(r.get("net_sent_bytes_per_s", 0.0))
+                acc["rx"].append(r.get("net_recv_bytes_per_s", 0.0))
+                acc["tcp"].append(r.get("tcp_connections", 0.0))
+        out: dict = {"nodes": {}, "saturated": []}
+        for node, acc in nodes.items():
+            cpu = np.asarray(acc["cpu"])
+            out["nodes"][node] = {
+                "cpu_mean": round(float(cpu.mean()), 3),
+                "cpu_max": round(float(cpu.max()), 3),
+                "mem_peak_mb": round(max(acc["mem"]) / 1e6, 1),
+                "net_tx_peak_mb_s": round(max(acc["tx"]) / 1e6, 3),
+                "net_rx_peak_mb_s": round(max(acc["rx"]) / 1e6, 3),
+                "tcp_connections_max": int(max(acc["tcp"])),
+                "agents": agent_nodes.get(node, []),
+                "windows": int(len(cpu)),
+            }
+            if cpu.mean() > NODE_CPU_SATURATED:
+                out["saturated"].append(node)
+        return out

@@ -29,7 +29,7 @@ from coordinator.limits import LiveEvaluator
 from coordinator.outcome import EXIT_CODES, Outcome
 from coordinator.plan import Plan, build_plan
 from coordinator.report import junit_xml
-from coordinator.resources import ResourceSeries
+from coordinator.resources import NodeSeries, ResourceSeries
 from coordinator.target_probe import TargetProbe
 from coordinator.scenario import LoadedScenario
 
@@ -165,6 +165,7 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     totals: dict[str, AgentTotals] = {}
     resources = ResourceSeries()
     sends = SendCounter()
+    node_series = NodeSeries()
     probe_task: asyncio.Task | None = None
     incarnations: dict[int, int] = {}  # agent index -> its current incarnation
     specs = {s.index: s for s in plan.agents}
@@ -218,6 +219,7 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             closed_until_ns = max(closed_until_ns, w.end_ns)
             wd = w.to_dict()
             wd["target"] = resources.window(w.index)
+            wd["nodes"] = node_series.window(w.index)
             writer.append_window(wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}})
             progress(_progress_line(w, plan, sum(t.get("in_flight", 0) for t in w.generator.values()) if w.generator else 0))
             if outcome in (Outcome.PASSED,):
@@ -249,6 +251,8 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             incarnations[s.index] = 0
             totals[_label(s.index, 0)] = AgentTotals()
         silence_s = _silence_s(scenario)
+        if hasattr(fleet, "monitor_nodes"):
+            fleet.monitor_nodes(node_series.add)
         metrics_url = getattr(scenario.target, "metrics", None) or (
             base_url.rstrip("/") + "/metrics" if target_proc is not None else None
         )
@@ -374,7 +378,12 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     th_results = [_threshold_dict(r) for r in final]
     if outcome is Outcome.PASSED and any(not r["ok"] for r in th_results):
         outcome = Outcome.THRESHOLDS_FAILED
-    summary = _summary(stats_for, agg, plan, totals, lost, th_results, outcome, stop_reason, resources, sends)
+    agent_nodes: dict[str, list[str]] = {}
+    for a in getattr(fleet, "agents", []):
+        agent_nodes.setdefault(a.node, []).append(_label(a.index, a.incarnation))
+    nodes_summary = node_series.summary(agent_nodes)
+    summary = _summary(stats_for, agg, plan, totals, lost, th_results, outcome, stop_reason, resources, sends,
+                       nodes_summary)
     ended = datetime.now(timezone.utc)
     manifest.update(
         outcome=outcome.value,
@@ -458,8 +467,16 @@ def _threshold_dict(r) -> dict:
 
 
 def _summary(stats_for, agg: Aggregator, plan: Plan, totals, lost, thresholds, outcome: Outcome, stop_reason: str,
-             resources: ResourceSeries, sends: "SendCounter") -> dict:
+             resources: ResourceSeries, sends: "SendCounter", nodes_summary: dict) -> dict:
     total = stats_for(None, None, None)
+    generator = generator_verdict(totals, total.requests)
+    for node in nodes_summary.get("saturated", []):
+        info = nodes_summary["nodes"][node]
+        if info["agents"]:
+            generator["saturated"] = True
+            generator["reasons"].append(
+                f"node {node[:12]} (agents {', '.join(info['agents'])}) averaged {info['cpu_mean']:.0%} CPU"
+            )
     return {
         "outcome": outcome.value,
         "stop_reason": stop_reason,
@@ -474,9 +491,10 @@ def _summary(stats_for, agg: Aggregator, plan: Plan, totals, lost, thresholds, o
             for s in plan.stage_names
         },
         "thresholds": thresholds,
-        "generator": generator_verdict(totals, total.requests),
+        "generator": generator,
         "lost_agents": lost,
         "target_resources": resources.summary(),
+        "nodes": nodes_summary,
         "sends": {"bin_s": SendCounter.BIN_NS / 1e9, "counts": sends.counts()},
         "late_samples": agg.late_samples,
         "engines": plan.engines,

@@ -1,0 +1,206 @@
+"""Checks of the benchmark harness's own parts: `python -m pytest bench/tests -q`.
+
+Pure parsers and arithmetic with plain values; the meter and nginx with real processes
+(a second or two each, skipped where nginx is missing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench.cpu_per_request import Sample, format_table, steady_cpu_per_request, summarise
+from bench.nginx import Nginx, render_config
+from bench.peers.base import PeerFailed
+from bench.peers.external import parse_locust_json, parse_wrk
+from bench.peers.horde import summary_agent_cpu_s, summary_requests
+
+BENCH = Path(__file__).resolve().parent.parent
+
+WRK_OK = """\
+Running 5s test @ http://127.0.0.1:40001/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     0.96ms  368.91us   5.35ms   73.95%
+    Req/Sec    55.41k     5.49k   74.29k    85.00%
+  276123 requests in 5.00s, 39.50MB read
+Requests/sec:  55224.60
+"""
+WRK_ERRORS = """\
+  1500 requests in 1.00m, 1.00MB read
+  Socket errors: connect 0, read 3, write 0, timeout 2
+  Non-2xx or 3xx responses: 10
+"""
+
+
+# -- wrk ----------------------------------------------------------------------------------
+
+def test_wrk_count_and_duration() -> None:
+    c = parse_wrk(WRK_OK)
+    assert (c.requests, c.errors, c.run_s) == (276123, 0, 5.0)
+
+
+def test_wrk_errors_and_minutes() -> None:
+    c = parse_wrk(WRK_ERRORS)
+    assert (c.requests, c.errors, c.run_s) == (1500, 15, 60.0)
+
+
+def test_wrk_without_summary_fails() -> None:
+    with pytest.raises(PeerFailed):
+        parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+# -- locust -------------------------------------------------------------------------------
+
+def test_locust_sums_entries_failures_included() -> None:
+    entries = [{"name": "/", "num_requests": 100, "num_failures": 2},
+               {"name": "/b", "num_requests": 50, "num_failures": 0}]
+    c = parse_locust_json(entries, 5)
+    assert (c.requests, c.errors, c.run_s) == (150, 2, 5.0)
+
+
+# -- horde summary hooks ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("summary", "expected"), [
+    ({"total": {"requests": 10}}, None),                                  # no generator section
+    ({"generator": {"cpu_s": 3.61, "agents": {"0": {"cpu_s": 3.61}}}}, 3.61),  # as horde writes it
+    ({"generator": {"agents": {"0": {"cpu_s": 1.5}, "1": {"cpu_s": 0.5}}}}, 2.0),  # no total
+    ({"generator": {"agents": [{"cpu_s": 1.0}]}}, 1.0),                   # a list of agents
+    ({"generator": {"agents": [{"cpu_s": 1.0}, {"rss": 5}]}}, None),      # one agent lacks it
+    ({"generator": {"agents": {}}}, None),                                # no agents listed
+])
+def test_agent_cpu_hook(summary: dict, expected: float | None) -> None:
+    assert summary_agent_cpu_s(summary) == expected
+
+
+def test_summary_requests() -> None:
+    assert summary_requests({"total": {"requests": 7, "errors": 1}}) == (7, 1)
+    assert summary_requests({"total": {"requests": 7}}) == (7, 0)
+
+
+# -- steady window ------------------------------------------------------------------------
+
+def _samples(rows: list[tuple[float, float, int]]) -> list[Sample]:
+    return [Sample(t, cpu, n) for t, cpu, n in rows]
+
+
+def test_steady_window_skips_startup_and_polls() -> None:
+    # 2 s of start-up burning CPU with no requests, then 1000 req/s at 0.1 CPU-s per second
+    # (100 us per request); each sample's own status query adds one to nginx's count.
+    rows = [(0.0, 0.0, 1), (1.0, 1.0, 2), (2.0, 2.0, 3)]
+    for k in range(1, 9):
+        rows.append((2.0 + k, 2.0 + 0.1 * k, 3 + k * 1001))
+    rows.append((11.0, 2.9, rows[-1][2] + 1))  # load over
+    us, window_s = steady_cpu_per_request(_samples(rows))
+    assert us == pytest.approx(100.0)
+    # from 1 s after the first requests to 0.5 s before the last
+    assert window_s == pytest.approx(6.0)
+
+
+def test_steady_window_none_without_requests() -> None:
+    assert steady_cpu_per_request(_samples([(0, 0, 1), (1, 1, 2), (2, 2, 3)])) == (None, 0.0)
+
+
+def test_steady_window_none_when_too_short() -> None:
+    rows = [(0.0, 0.0, 1), (0.5, 0.1, 500), (1.0, 0.2, 1000), (1.5, 0.2, 1001)]
+    assert steady_cpu_per_request(_samples(rows)) == (None, 0.0)
+
+
+# -- table --------------------------------------------------------------------------------
+
+def test_table_with_skipped_peer_and_ratio() -> None:
+    from bench.cpu_per_request import PeerRun
+
+    runs = [PeerRun(peer="wrk", round=0, status="ok", requests=1000, run_s=1.0, wall_s=1.0,
+                    cpu_s=0.01),
+            PeerRun(peer="aiohttp", round=0, status="ok", requests=100, run_s=1.0, wall_s=1.0,
+                    cpu_s=0.01),
+            PeerRun(peer="locust", round=0, status="skipped", reason="locust not importable")]
+    rows = summarise(runs, ["wrk", "aiohttp", "locust"])
+    assert rows[1]["us_per_request_x_wrk"] == pytest.approx(10.0)
+    text = format_table(rows)
+    assert "locust: skipped: locust not importable" in text
+
+
+# -- meter --------------------------------------------------------------------------------
+
+def test_meter_counts_an_orphaned_grandchild(tmp_path: Path) -> None:
+    script = tmp_path / "tree.py"
+    script.write_text(textwrap.dedent("""\
+        import os, time
+        if os.fork() == 0:
+            if os.fork() == 0:   # orphaned at once; burns 0.4 s of CPU after its parent is gone
+                t = time.process_time()
+                while time.process_time() - t < 0.4:
+                    pass
+            os._exit(0)
+    """))
+    result = tmp_path / "r.json"
+    subprocess.run([sys.executable, str(BENCH / "meter.py"), "--result", str(result), "--",
+                    sys.executable, str(script)], check=True, timeout=30)
+    r = json.loads(result.read_text())
+    assert r["subreaper"] and r["exit_code"] == 0
+    assert r["cpu_s"] >= 0.4
+
+
+def test_meter_counts_a_process_its_parent_auto_reaps(tmp_path: Path) -> None:
+    # Ray's raylet ignores SIGCHLD: its workers vanish at exit without reaching any
+    # RUSAGE_CHILDREN. The meter must still count them, from its last reading.
+    script = tmp_path / "autoreap.py"
+    script.write_text(textwrap.dedent("""\
+        import os, signal, time
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        if os.fork() == 0:
+            t = time.process_time()
+            while time.process_time() - t < 0.8:
+                pass
+            time.sleep(0.5)   # idle at the end, as an agent is after its traffic
+            os._exit(0)
+        time.sleep(2.0)
+    """))
+    result = tmp_path / "r.json"
+    subprocess.run([sys.executable, str(BENCH / "meter.py"), "--result", str(result),
+                    "--sample-every", "0.1", "--", sys.executable, str(script)],
+                   check=True, timeout=30)
+    r = json.loads(result.read_text())
+    assert r["autoreaped_processes"] == 1
+    assert 0.75 <= r["autoreaped_cpu_s"] <= 0.9
+    assert r["cpu_s"] >= r["reaped_cpu_s"] + 0.75
+
+
+def test_meter_ends_the_tree_at_timeout(tmp_path: Path) -> None:
+    result = tmp_path / "r.json"
+    subprocess.run([sys.executable, str(BENCH / "meter.py"), "--result", str(result),
+                    "--timeout", "0.5", "--", "sh", "-c", "sleep 30 & sleep 30"], timeout=30)
+    r = json.loads(result.read_text())
+    assert r["killed_at_timeout"] and r["wall_s"] < 10
+
+
+# -- nginx --------------------------------------------------------------------------------
+
+def test_config_pins_the_worker() -> None:
+    assert "worker_cpu_affinity 1;" in render_config("/r", "127.0.0.1", 1, cpu=0)
+    assert "worker_cpu_affinity 10;" in render_config("/r", "127.0.0.1", 1, cpu=1)
+
+
+@pytest.mark.skipif(not os.access("/usr/sbin/nginx", os.X_OK), reason="nginx not installed")
+def test_nginx_serves_counts_and_stops() -> None:
+    target = Nginx(cpu=0).start()
+    try:
+        root, master = target.root, target.master_pid
+        assert root is not None and master is not None and target.worker_pids()
+        first = target.requests_served()
+        out = subprocess.run(["curl", "-s", target.url, target.static_url],
+                             capture_output=True, text=True, timeout=10).stdout
+        assert out.startswith("ok\n") and "horde static file" in out
+        assert target.requests_served() == first + 3  # two GETs and this query
+    finally:
+        target.stop()
+    assert not root.exists()
+    assert not Path(f"/proc/{master}").exists()
