@@ -1,20 +1,24 @@
 """Fan many agent streams into one event stream, with a watchdog for silent agents.
 
 Shared by the Ray fleet and the in-process fleet: each agent stream is an async iterator of
-encoded batches; a stream that raises is a lost agent; a stream that stays silent for
+encoded batches; a stream that raises is a lost agent. A stream that stays silent for
 `silence_s` (a frozen process, a partitioned node: Ray raises nothing for about a minute)
-is declared lost by the watchdog and its consumer is cancelled.
+is suspected: the watchdog pings the agent (`probe`) and declares it lost when the ping
+does not answer within `probe_timeout_s`. An agent that answers pings but still sends
+nothing for `hung_s` is lost too (hung). The ping keeps a slow but alive agent on a
+starved machine from being killed for a late batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from cluster.events import AgentEnded, AgentLost, BatchReceived, FleetEvent
 
 StreamFactory = Callable[[], AsyncIterator[bytes]]
+Probe = Callable[[], Awaitable[object]]
 ErrorNamer = Callable[[BaseException], tuple[str, str]]
 
 
@@ -23,8 +27,13 @@ def _default_namer(exc: BaseException) -> tuple[str, str]:
 
 
 class FanIn:
-    def __init__(self, silence_s: float, name_error: ErrorNamer = _default_namer) -> None:
+    def __init__(self, silence_s: float, name_error: ErrorNamer = _default_namer, *,
+                 probe_timeout_s: float | None = None, hung_factor: float = 5.0) -> None:
         self._silence_s = silence_s
+        self._probe_timeout_s = probe_timeout_s if probe_timeout_s is not None else silence_s / 3
+        self._hung_s = silence_s * hung_factor
+        self._probes: dict[tuple[int, int], Probe] = {}
+        self._probing: set[tuple[int, int]] = set()
         self._name_error = name_error
         self._queue: asyncio.Queue[FleetEvent] = asyncio.Queue()
         self._tasks: dict[tuple[int, int], asyncio.Task] = {}
@@ -33,9 +42,12 @@ class FanIn:
         self._watchdog: asyncio.Task | None = None
         self._closed = False
 
-    def add(self, index: int, incarnation: int, stream: StreamFactory, grace_s: float = 0.0) -> None:
+    def add(self, index: int, incarnation: int, stream: StreamFactory, grace_s: float = 0.0,
+            probe: Probe | None = None) -> None:
         """Consume one agent's stream; `grace_s` extends its first silence deadline (start lead)."""
         key = (index, incarnation)
+        if probe is not None:
+            self._probes[key] = probe
         self._last_seen[key] = time.monotonic() + grace_s
         self._open += 1
         self._tasks[key] = asyncio.create_task(self._consume(key, stream), name=f"fanin-{index}.{incarnation}")
@@ -62,18 +74,39 @@ class FanIn:
 
     async def _watch(self) -> None:
         while not self._closed:
-            await asyncio.sleep(min(0.25, self._silence_s / 4))
+            await asyncio.sleep(min(0.1, self._silence_s / 10))
             now = time.monotonic()
             for key, seen in list(self._last_seen.items()):
-                if now - seen > self._silence_s:
-                    task = self._tasks.get(key)
-                    self._last_seen.pop(key, None)
-                    if task is not None and not task.done():
-                        task.cancel()
-                        # The consumer's finally runs on cancel; report the loss here.
-                        self._queue.put_nowait(
-                            AgentLost(key[0], key[1], "silent", f"no batch for {now - seen:.1f}s")
-                        )
+                silent = now - seen
+                if silent <= self._silence_s or key in self._probing:
+                    continue
+                probe = self._probes.get(key)
+                if probe is None or silent > self._hung_s:
+                    why = "silent" if probe is None else "hung"
+                    self._declare_lost(key, why, f"no batch for {silent:.1f}s")
+                else:
+                    self._probing.add(key)
+                    asyncio.create_task(self._ping(key, probe, silent))
+
+    async def _ping(self, key: tuple[int, int], probe: Probe, silent: float) -> None:
+        try:
+            await asyncio.wait_for(probe(), self._probe_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            if key in self._last_seen and time.monotonic() - self._last_seen[key] > self._silence_s:
+                self._declare_lost(key, "silent", f"no batch for {silent:.1f}s and no answer to a ping "
+                                                  f"within {self._probe_timeout_s:.1f}s")
+        finally:
+            self._probing.discard(key)
+
+    def _declare_lost(self, key: tuple[int, int], reason: str, detail: str) -> None:
+        task = self._tasks.get(key)
+        self._last_seen.pop(key, None)
+        if task is not None and not task.done():
+            task.cancel()
+            # The consumer's finally runs on cancel; report the loss here.
+            self._queue.put_nowait(AgentLost(key[0], key[1], reason, detail))
 
     def touch_all(self) -> None:
         """Reset the silence clocks (e.g. while waiting for the common start instant)."""

@@ -60,10 +60,11 @@ class PlacementError(RuntimeError):
 class RayFleet:
     """Fleet on the connected Ray cluster, agents spread over nodes."""
 
-    def __init__(self, *, cpus_per_agent: float, ready_timeout_s: float = 60.0, silence_s: float = 3.0) -> None:
+    def __init__(self, *, cpus_per_agent: float, ready_timeout_s: float = 60.0, silence_s: float = 1.5,
+                 probe_timeout_s: float = 0.5) -> None:
         self._cpus = cpus_per_agent
         self._ready_timeout_s = ready_timeout_s
-        self._fanin = FanIn(silence_s, _name_error)
+        self._fanin = FanIn(silence_s, _name_error, probe_timeout_s=probe_timeout_s)
         self._actors: dict[int, tuple[int, ray.actor.ActorHandle]] = {}
         self.agents: list[AgentInfo] = []
         self._start_wall_ns = 0
@@ -104,7 +105,7 @@ class RayFleet:
         def factory() -> AsyncIterator[bytes]:
             return _refs_to_payloads(actor.stream.options(_generator_backpressure_num_objects=16).remote(start))
 
-        self._fanin.add(index, inc, factory, grace_s=grace_s)
+        self._fanin.add(index, inc, factory, grace_s=grace_s, probe=lambda: actor.ready.remote())
 
     async def replace(self, spec: AgentSpec, grace_s: float) -> AgentInfo:
         """Start `spec` (a higher incarnation) in place of a lost agent, on any live node."""

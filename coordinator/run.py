@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+
+import psutil
 import platform
 import signal
 import sys
@@ -109,7 +111,8 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
             fleet_factory = lambda plan: RayFleet(  # noqa: E731
                 cpus_per_agent=plan.cpus_per_agent,
                 ready_timeout_s=options.ready_timeout_s,
-                silence_s=_silence_s(scenario),
+                silence_s=1.5 * scenario.flush_interval,
+                probe_timeout_s=0.5 * scenario.flush_interval,
             )
 
         if target_future is not None:
@@ -138,9 +141,10 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
 
 
 def _silence_s(scenario) -> float:
-    # An agent that sends nothing for two flush intervals is lost (Ray raises nothing for a
-    # frozen or partitioned agent for about a minute).
-    return max(1.5, 2 * scenario.flush_interval)
+    # An agent silent for 1.5 flush intervals is pinged; no answer within half an interval
+    # more and it is lost: noticed within two flush intervals (Ray itself raises nothing for
+    # a frozen or partitioned agent for about a minute).
+    return 2 * scenario.flush_interval
 
 
 def _fast_supports():
@@ -166,6 +170,7 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     resources = ResourceSeries()
     sends = SendCounter()
     node_series = NodeSeries()
+    me = psutil.Process()
     probe_task: asyncio.Task | None = None
     incarnations: dict[int, int] = {}  # agent index -> its current incarnation
     specs = {s.index: s for s in plan.agents}
@@ -219,6 +224,7 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             closed_until_ns = max(closed_until_ns, w.end_ns)
             wd = w.to_dict()
             wd["target"] = resources.window(w.index)
+            wd["coordinator"] = {"rss_bytes": float(me.memory_info().rss)}
             wd["nodes"] = node_series.window(w.index)
             writer.append_window(wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}})
             progress(_progress_line(w, plan, sum(t.get("in_flight", 0) for t in w.generator.values()) if w.generator else 0))

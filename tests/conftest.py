@@ -24,3 +24,11 @@ def ray_cluster():
     conn = connect(None)
     yield ray.get_runtime_context().gcs_address
     conn.close()
+
+
+# Property tests check behaviour, not speed: on a loaded 2-core machine a single example
+# can take far longer than hypothesis' default 200 ms deadline.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("horde", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("horde")
