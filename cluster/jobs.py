@@ -42,9 +42,12 @@ else `~/.ray/auth_token` -- and sends it as `Authorization: Bearer <token>` on e
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -194,7 +197,7 @@ def submit(
         job_id = JOB_PREFIX + job_id
     if not _JOB_ID_RE.match(job_id):
         raise JobsError(f"job id {job_id!r}: use letters, digits, '-', '_' and '.' only")
-    if scenario.is_relative_to(wd):
+    if scenario.is_relative_to(wd) and _shipped_with(wd, scenario.relative_to(wd)):
         scenario_arg, scenario_text = scenario.relative_to(wd).as_posix(), None
     else:
         scenario_arg, scenario_text = f".horde-jobs/{job_id}/{scenario.name}", scenario.read_text()
@@ -208,6 +211,19 @@ def submit(
         return client.submit_job(
             entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env, metadata=metadata
         )
+
+
+def _shipped_with(working_dir: Path, relative: Path) -> bool:
+    """Whether Ray's upload of working_dir includes this file (not excluded, not git-ignored)."""
+    if relative.parts[0].rstrip("/") in {e.rstrip("/") for e in DEFAULT_EXCLUDES}:
+        return False
+    if (working_dir / ".git").exists() and shutil.which("git"):
+        ignored = subprocess.run(
+            ["git", "-C", str(working_dir), "check-ignore", "-q", relative.as_posix()],
+            capture_output=True, timeout=10,
+        )
+        return ignored.returncode != 0  # 0: ignored; 1: not ignored; 128: not a repository after all
+    return True
 
 
 def list_jobs(address: str, *, token: str | None = None, all_jobs: bool = False) -> list[JobInfo]:
@@ -235,13 +251,17 @@ def logs(address: str, job_id: str, *, token: str | None = None) -> str:
 
 async def follow_logs(address: str, job_id: str, *, token: str | None = None) -> AsyncIterator[str]:
     """The job's output as it comes (from the beginning); ends when the job has ended."""
+    import aiohttp
+
     client = _client(address, token)
     with _translated(address, job_id):
         client.get_job_info(job_id)
     try:
-        async for chunk in client.tail_job_logs(job_id):
-            yield chunk
-    except (OSError, RuntimeError) as exc:
+        with _quiet_sdk():
+            async with contextlib.aclosing(client.tail_job_logs(job_id)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+    except (OSError, RuntimeError, aiohttp.ClientError) as exc:
         raise JobsError(f"lost the log stream of job {job_id} on {_http_address(address)}: {exc}") from exc
 
 
@@ -495,9 +515,17 @@ def _probe(url: str) -> None:
         ) from exc
 
 
+def _auth_error_type() -> type[BaseException]:
+    import ray.exceptions
+
+    # Ray < 2.52 has no token auth and no such error: nothing will match it.
+    return getattr(ray.exceptions, "AuthenticationError", type("_NoAuthError", (Exception,), {}))
+
+
 def _client(address: str, token: str | None):
-    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
+
+    AuthenticationError = _auth_error_type()
 
     url = _http_address(address)
     _probe(url)
@@ -509,22 +537,45 @@ def _client(address: str, token: str | None):
         raise JobsError(f"{url} does not answer as a Ray job server: {exc}") from exc
 
 
+# The SDK logs every upload and ignored file at INFO on stderr; horde's commands say what matters.
+_NOISY_LOGGERS = (
+    "ray._private.runtime_env.packaging",
+    "ray._private.runtime_env.working_dir",
+    "ray.dashboard.modules.dashboard_sdk",
+    "ray.dashboard.modules.job.sdk",
+)
+
+
+@contextlib.contextmanager
+def _quiet_sdk():
+    loggers = [logging.getLogger(n) for n in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 class _translated:
-    """Turn the SDK's errors into JobsError with advice."""
+    """Turn the SDK's errors into JobsError with advice (and keep its INFO chatter quiet)."""
 
     def __init__(self, address: str, job_id: str | None) -> None:
         self._address, self._job_id = address, job_id
+        self._quiet = _quiet_sdk()
 
     def __enter__(self) -> None:
+        self._quiet.__enter__()
         return None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self._quiet.__exit__(None, None, None)
         if exc is None or isinstance(exc, JobsError):
             return False
-        from ray.exceptions import AuthenticationError
-
         url = _http_address(self._address)
-        if isinstance(exc, AuthenticationError):
+        if isinstance(exc, _auth_error_type()):
             raise JobsError(_auth_advice(url, 401 if "required" in str(exc).lower() else 403)) from exc
         text = str(exc)
         if self._job_id and ("404" in text or "does not exist" in text):
@@ -569,6 +620,8 @@ def _unpack(archive: Path, dest: Path, job_id: str) -> Path:
             if len(names) != 1:
                 raise JobsError(f"the archive of job {job_id} is not one bundle directory: {sorted(names)[:5]}")
             (name,) = names
+            if name in ("", ".", "..") or name.startswith(".horde-fetch-"):
+                raise JobsError(f"the archive of job {job_id} has no bundle directory at its top: {name!r}")
             final = dest / name
             if final.exists():
                 raise JobsError(f"{final} already exists: fetched before? remove it or fetch elsewhere")

@@ -70,7 +70,18 @@ def run(file, target, overrides, out_dir, address, in_process, quiet) -> None:
         _err(f"error: {type(exc).__name__}: {exc} (set HORDE_DEBUG=1 for the traceback)")
         sys.exit(EXIT_ERROR)
     click.echo(text_summary(read_bundle(result.bundle)))
+    _record_history(result.bundle)
     sys.exit(result.exit_code)
+
+
+def _record_history(bundle) -> None:
+    """Add the bundle to the results directory's run history; a failure is a warning only."""
+    try:
+        from coordinator.history import record_bundle
+
+        record_bundle(bundle)
+    except Exception as exc:  # the run itself succeeded; never fail it for the history
+        _err(f"warning: the run was not added to the history: {exc}")
 
 
 @cli.command()
@@ -100,6 +111,159 @@ def report(bundle) -> None:
         _err(f"error: {exc}")
         sys.exit(EXIT_ERROR)
     click.echo(text_summary(b))
+
+
+# -- Ray jobs -------------------------------------------------------------------------------
+
+_JOBS_ADDRESS = click.option("--address", envvar="HORDE_JOBS_ADDRESS", required=True, metavar="URL",
+                             help="The cluster's job server, e.g. http://HEAD:8265 (or HORDE_JOBS_ADDRESS).")
+
+
+def _jobs_call(fn, *args, **kw):
+    from cluster.jobs import JobsError
+
+    try:
+        return fn(*args, **kw)
+    except JobsError as exc:
+        _err(f"error: {exc}")
+        sys.exit(EXIT_ERROR)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@_JOBS_ADDRESS
+@click.option("--job-id", default=None, help="Choose the job id (default: horde-<scenario>-<time>).")
+@click.option("--out", "out_dir", default="results", show_default=True, help="Bundle directory on the cluster.")
+def submit(file, overrides, address, job_id, out_dir) -> None:
+    """Submit the scenario FILE to a Ray cluster as a job; print the job id."""
+    from cluster.jobs import submit as submit_job
+
+    _load(file, tuple(overrides))  # an invalid scenario fails here, before anything is sent
+    click.echo(_jobs_call(submit_job, file, address=address, overrides=tuple(overrides), out_dir=out_dir,
+                          job_id=job_id))
+
+
+@cli.group()
+def jobs() -> None:
+    """Manage horde runs submitted as Ray jobs."""
+
+
+@jobs.command("list")
+@_JOBS_ADDRESS
+@click.option("--all", "all_jobs", is_flag=True, help="Include jobs that were not submitted by horde.")
+def jobs_list(address, all_jobs) -> None:
+    from cluster.jobs import list_jobs
+
+    for j in _jobs_call(list_jobs, address, all_jobs=all_jobs):
+        click.echo(f"{j.job_id:<48} {j.status:<10} {j.message or ''}")
+
+
+@jobs.command("status")
+@click.argument("job_id")
+@_JOBS_ADDRESS
+def jobs_status(job_id, address) -> None:
+    from cluster.jobs import status
+
+    j = _jobs_call(status, address, job_id)
+    code = "" if j.driver_exit_code is None else f" (horde exit code {j.driver_exit_code})"
+    click.echo(f"{j.job_id}: {j.status}{code} {j.message or ''}".rstrip())
+
+
+@jobs.command("logs")
+@click.argument("job_id")
+@_JOBS_ADDRESS
+@click.option("--follow", "-f", is_flag=True, help="Stream the logs until the job ends.")
+def jobs_logs(job_id, address, follow) -> None:
+    import asyncio
+
+    from cluster.jobs import follow_logs, logs
+
+    if not follow:
+        click.echo(_jobs_call(logs, address, job_id), nl=False)
+        return
+
+    async def tail() -> None:
+        async for chunk in follow_logs(address, job_id):
+            click.echo(chunk, nl=False)
+
+    _jobs_call(asyncio.run, tail())
+
+
+@jobs.command("stop")
+@click.argument("job_id")
+@_JOBS_ADDRESS
+def jobs_stop(job_id, address) -> None:
+    from cluster.jobs import stop
+
+    j = _jobs_call(stop, address, job_id)
+    click.echo(f"{j.job_id}: {j.status}")
+
+
+@jobs.command("fetch")
+@click.argument("job_id")
+@_JOBS_ADDRESS
+@click.option("--dest", default="results", show_default=True, type=click.Path(file_okay=False))
+def jobs_fetch(job_id, address, dest) -> None:
+    """Bring the job's result bundle to this machine."""
+    from cluster.jobs import fetch
+
+    click.echo(str(_jobs_call(fetch, address, job_id, dest)))
+
+
+@cli.command()
+@click.argument("baseline", type=click.Path(file_okay=False))
+@click.argument("candidate", type=click.Path(file_okay=False))
+@click.option("--alpha", default=0.01, show_default=True, help="Significance level of each test.")
+@click.option("--min-effect", default=0.05, show_default=True, help="Smallest change that counts (0.05 = 5%).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(baseline, candidate, alpha, min_effect, as_json) -> None:
+    """Compare two bundles per endpoint and stage; exit 4 if anything regressed."""
+    import json
+
+    from coordinator.bundle import BundleError, read_bundle
+    from coordinator.compare import compare_bundles, text_comparison
+    from coordinator.outcome import EXIT_PASSED, EXIT_THRESHOLDS_FAILED
+
+    try:
+        a, b = read_bundle(baseline), read_bundle(candidate)
+    except BundleError as exc:
+        _err(f"error: {exc}")
+        sys.exit(EXIT_ERROR)
+    result = compare_bundles(a, b, alpha=alpha, min_effect=min_effect)
+    click.echo(json.dumps(result, indent=2) if as_json else text_comparison(result))
+    sys.exit(EXIT_THRESHOLDS_FAILED if result["regressed"] else EXIT_PASSED)
+
+
+@cli.command()
+@click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="The results directory whose history.sqlite3 to read.")
+@click.option("--scenario", default=None, help="Only this scenario.")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--metric", default="p99_latency_ms", show_default=True, help="The headline metric to track.")
+@click.option("--endpoint", default=None)
+def history(results_dir, scenario, limit, metric, endpoint) -> None:
+    """List past runs and track their headline figures across the history."""
+    from coordinator.history import History, default_history_path, text_history, text_track, track
+
+    path = default_history_path(results_dir)
+    if not os.path.exists(path):
+        _err(f"error: no run history at {path} (runs add themselves to it)")
+        sys.exit(EXIT_ERROR)
+    with History(path) as h:
+        click.echo(text_history(h.runs(scenario, limit=limit)))
+        for s in [scenario] if scenario else h.scenarios():
+            click.echo(text_track(track(h, s, metric, endpoint=endpoint)))
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of scenario files (for editors)."""
+    import json
+
+    from coordinator.scenario import scenario_json_schema
+
+    click.echo(json.dumps(scenario_json_schema(), indent=2))
 
 
 @cli.group()

@@ -1,0 +1,619 @@
+"""The run history: one SQLite file in the results directory (stdlib sqlite3, WAL mode).
+
+It holds, per finished bundle, the headline figures of the run and of each endpoint and the
+threshold verdicts (``add_run``, idempotent on the bundle path), the samples of continuous
+monitoring (``record_metrics``) and alerts (``record_alert``). ``track`` reads a headline
+metric across the runs of a scenario and says whether the last run regressed or improved
+against the runs before it, and where the metric trends.
+
+The store is small and bounded by what is put in it: a run is one row plus one per endpoint
+and per threshold, never its samples; monitoring samples can be trimmed (``trim_metrics``).
+Bundle paths inside the history's directory are stored relative to it, so a results
+directory can be moved or copied whole.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+DEFAULT_FILENAME = "history.sqlite3"
+
+# Headline figures: column name -> how to read it from a summary scope (Stats.to_dict()).
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "requests": ("requests",),
+    "errors": ("errors",),
+    "rps": ("rps",),
+    "error_rate": ("error_rate",),
+    "p50_latency_ms": ("latency_ms", "p50"),
+    "p95_latency_ms": ("latency_ms", "p95"),
+    "p99_latency_ms": ("latency_ms", "p99"),
+    "max_latency_ms": ("latency_ms", "max"),
+    "p50_service_ms": ("service_time_ms", "p50"),
+    "p99_service_ms": ("service_time_ms", "p99"),
+}
+RUN_METRICS = (*HEADLINE, "duration_s", "thresholds_failed", "target_memory_max_bytes")
+ENDPOINT_METRICS = tuple(HEADLINE)
+# Metrics where a larger value is better; every other one is better when smaller.
+HIGHER_IS_BETTER = frozenset({"requests", "rps"})
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    bundle_path TEXT NOT NULL UNIQUE,
+    scenario TEXT NOT NULL,
+    started TEXT,
+    ended TEXT,
+    outcome TEXT,
+    complete INTEGER NOT NULL,
+    duration_s REAL,
+    {", ".join(f"{c} REAL" for c in HEADLINE)},
+    thresholds_total INTEGER,
+    thresholds_failed INTEGER,
+    saturated INTEGER,
+    target_memory_max_bytes REAL,
+    horde_version TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_scenario ON runs (scenario, started);
+CREATE TABLE IF NOT EXISTS run_endpoints (
+    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    endpoint TEXT NOT NULL,
+    {", ".join(f"{c} REAL" for c in HEADLINE)},
+    PRIMARY KEY (run_id, endpoint)
+);
+CREATE TABLE IF NOT EXISTS run_thresholds (
+    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    expr TEXT NOT NULL,
+    endpoint TEXT,
+    stage TEXT,
+    ok INTEGER NOT NULL,
+    observed REAL,
+    observed_text TEXT,
+    PRIMARY KEY (run_id, position)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    source TEXT NOT NULL,
+    name TEXT NOT NULL,
+    t_wall_s REAL NOT NULL,
+    value REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_by_name ON metrics (source, name, t_wall_s);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    level TEXT NOT NULL,
+    start,
+    "end",
+    peak,
+    data TEXT NOT NULL,
+    UNIQUE (source, rule, level, start)
+);
+"""
+
+
+class HistoryError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    scenario: str
+    started: str | None
+    ended: str | None
+    outcome: str | None
+    complete: bool
+    bundle_path: str  # absolute
+    duration_s: float | None
+    requests: int | None
+    errors: int | None
+    rps: float | None
+    error_rate: float | None
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+    p99_latency_ms: float | None
+    max_latency_ms: float | None
+    p50_service_ms: float | None
+    p99_service_ms: float | None
+    thresholds_total: int | None
+    thresholds_failed: int | None
+    saturated: bool | None
+    target_memory_max_bytes: float | None
+    horde_version: str | None
+    endpoints: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    thresholds: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _dig(d: Any, path: Sequence[str]) -> Any:
+    for k in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def _headline(scope: dict[str, Any] | None) -> dict[str, float | None]:
+    return {col: _num(_dig(scope, path)) for col, path in HEADLINE.items()}
+
+
+def _summary_from_windows(bundle: Any) -> dict[str, Any] | None:
+    """Totals rebuilt from the per-window histograms of a bundle without summary.json
+    (its coordinator was killed): every figure can be recomputed from the bundle."""
+    from coordinator.compare import bundle_scopes  # deferred: scipy is only needed here
+
+    scopes = bundle_scopes(bundle)
+    if (None, None) not in scopes:
+        return None
+    return {
+        "duration_s": scopes[(None, None)].duration_s,
+        "total": scopes[(None, None)].to_dict(),
+        "endpoints": {e: s.to_dict() for (e, st), s in scopes.items() if e is not None and st is None},
+    }
+
+
+class History:
+    """The history store. Safe to share between threads of one process; several processes
+    may use one file (WAL, a busy timeout)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._tx():
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        self._db.execute(stmt)
+                row = self._db.execute("SELECT version FROM schema_version").fetchone()
+                if row is None:
+                    self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                elif row["version"] > SCHEMA_VERSION:
+                    raise HistoryError(
+                        f"{self.path}: history schema {row['version']} is newer than this horde's ({SCHEMA_VERSION})"
+                    )
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise HistoryError(f"{self.path}: not a usable history file: {exc}") from exc
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, h: History) -> None:
+            self.h = h
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.h._lock.acquire()
+            self.h._db.execute("BEGIN IMMEDIATE")
+            return self.h._db
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            try:
+                self.h._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            finally:
+                self.h._lock.release()
+
+    def _tx(self) -> History._Tx:
+        return History._Tx(self)
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def _stored_path(self, bundle_path: str | Path) -> str:
+        p = Path(bundle_path).resolve()
+        try:
+            return str(p.relative_to(self.path.parent.resolve()))
+        except ValueError:
+            return str(p)
+
+    def _absolute(self, stored: str) -> str:
+        p = Path(stored)
+        return str(p if p.is_absolute() else (self.path.parent / p).resolve())
+
+    def add_run(self, bundle: Any) -> int:
+        """Record a bundle's run; adding the same bundle path again updates it in place and
+        returns the same id."""
+        m = bundle.manifest or {}
+        summary = bundle.summary if bundle.summary is not None else _summary_from_windows(bundle)
+        s = summary or {}
+        scenario = _dig(m, ("scenario", "name")) or Path(bundle.path).name.rsplit("-", 1)[0]
+        thresholds = list(s.get("thresholds") or [])
+        run: dict[str, Any] = {
+            "bundle_path": self._stored_path(bundle.path),
+            "scenario": scenario,
+            "started": m.get("started"),
+            "ended": m.get("ended"),
+            "outcome": m.get("outcome"),
+            "complete": int(bool(getattr(bundle, "complete", m.get("complete")))),
+            "duration_s": _num(s.get("duration_s")),
+            **_headline(s.get("total")),
+            "thresholds_total": len(thresholds),
+            "thresholds_failed": sum(1 for t in thresholds if not t.get("ok")),
+            "saturated": None if not s.get("generator") else int(bool(s["generator"].get("saturated"))),
+            "target_memory_max_bytes": _num(_dig(s, ("target_resources", "target_memory", "max"))),
+            "horde_version": m.get("horde_version"),
+        }
+        cols = list(run)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "bundle_path")
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
+                f"ON CONFLICT (bundle_path) DO UPDATE SET {updates}",
+                [run[c] for c in cols],
+            )
+            run_id = int(db.execute("SELECT id FROM runs WHERE bundle_path = ?", (run["bundle_path"],)).fetchone()[0])
+            db.execute("DELETE FROM run_endpoints WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM run_thresholds WHERE run_id = ?", (run_id,))
+            for name, scope in (s.get("endpoints") or {}).items():
+                h = _headline(scope)
+                db.execute(
+                    f"INSERT INTO run_endpoints (run_id, endpoint, {', '.join(h)}) VALUES (?, ?, {', '.join('?' for _ in h)})",
+                    [run_id, name, *h.values()],
+                )
+            for i, t in enumerate(thresholds):
+                db.execute(
+                    "INSERT INTO run_thresholds (run_id, position, expr, endpoint, stage, ok, observed, observed_text)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, i, str(t.get("expr", "")), t.get("endpoint"), t.get("stage"), int(bool(t.get("ok"))),
+                     _num(t.get("observed")), t.get("observed_text")),
+                )
+        return run_id
+
+    def _rows(self, where: str, args: Sequence[Any], limit: int | None) -> list[RunRow]:
+        sql = f"SELECT * FROM runs {where} ORDER BY started DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows = self._query(sql, args)
+        if not rows:
+            return []
+        ids = [r["id"] for r in rows]
+        marks = ", ".join("?" for _ in ids)
+        endpoints: dict[int, dict[str, dict[str, float | None]]] = {i: {} for i in ids}
+        for e in self._query(f"SELECT * FROM run_endpoints WHERE run_id IN ({marks}) ORDER BY rowid", ids):
+            endpoints[e["run_id"]][e["endpoint"]] = {c: e[c] for c in HEADLINE}
+        thresholds: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+        for t in self._query(f"SELECT * FROM run_thresholds WHERE run_id IN ({marks}) ORDER BY run_id, position", ids):
+            thresholds[t["run_id"]].append(
+                {"expr": t["expr"], "endpoint": t["endpoint"], "stage": t["stage"], "ok": bool(t["ok"]),
+                 "observed": t["observed"], "observed_text": t["observed_text"]}
+            )
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["complete"] = bool(d["complete"])
+            d["saturated"] = None if d["saturated"] is None else bool(d["saturated"])
+            d["bundle_path"] = self._absolute(d["bundle_path"])
+            for c in ("requests", "errors"):
+                d[c] = None if d[c] is None else int(d[c])
+            out.append(RunRow(**d, endpoints=endpoints[r["id"]], thresholds=thresholds[r["id"]]))
+        return out
+
+    def runs(self, scenario: str | None = None, limit: int = 50) -> list[RunRow]:
+        """Runs, newest first (by start time), of one scenario or all."""
+        if scenario is None:
+            return self._rows("", (), limit)
+        return self._rows("WHERE scenario = ?", (scenario,), limit)
+
+    def run(self, run_id: int) -> RunRow:
+        rows = self._rows("WHERE id = ?", (int(run_id),), None)
+        if not rows:
+            raise KeyError(f"no run {run_id} in {self.path}")
+        return rows[0]
+
+    def scenarios(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT DISTINCT scenario FROM runs ORDER BY scenario")]
+
+    def series_rows(self, scenario: str, metric: str, endpoint: str | None = None, *,
+                    complete_only: bool = True) -> list[tuple[int, str, float]]:
+        """(run id, started, value) of a headline metric, oldest first; runs without it skipped."""
+        allowed = ENDPOINT_METRICS if endpoint is not None else RUN_METRICS
+        if metric not in allowed:
+            raise ValueError(f"unknown metric {metric!r}; one of {', '.join(allowed)}")
+        done = " AND r.complete = 1" if complete_only else ""
+        if endpoint is None:
+            sql = f"SELECT r.id, r.started, r.{metric} FROM runs r WHERE r.scenario = ?{done} AND r.{metric} IS NOT NULL"
+            args: tuple[Any, ...] = (scenario,)
+        else:
+            sql = (f"SELECT r.id, r.started, e.{metric} FROM runs r JOIN run_endpoints e ON e.run_id = r.id"
+                   f" WHERE r.scenario = ? AND e.endpoint = ?{done} AND e.{metric} IS NOT NULL")
+            args = (scenario, endpoint)
+        rows = self._query(sql + " ORDER BY r.started, r.id", args)
+        return [(int(r[0]), r[1], float(r[2])) for r in rows]
+
+    def series(self, scenario: str, metric: str, endpoint: str | None = None, *,
+               complete_only: bool = True) -> list[tuple[str, float]]:
+        """(started ISO time, value) of a headline metric across the runs, oldest first."""
+        return [(started, v) for _, started, v in self.series_rows(scenario, metric, endpoint, complete_only=complete_only)]
+
+    # -- continuous monitoring -----------------------------------------------------------
+
+    def record_metrics(self, source: str, t_wall_s: float, metrics: dict[str, float]) -> None:
+        """One sample of each named metric at wall time t_wall_s (None / NaN skipped)."""
+        rows = [(source, name, float(t_wall_s), float(v)) for name, v in metrics.items()
+                if _num(v) is not None]
+        if rows:
+            with self._tx() as db:
+                db.executemany("INSERT INTO metrics (source, name, t_wall_s, value) VALUES (?, ?, ?, ?)", rows)
+
+    def metrics(self, source: str, name: str, since_wall_s: float | None = None,
+                until_wall_s: float | None = None) -> list[tuple[float, float]]:
+        sql = "SELECT t_wall_s, value FROM metrics WHERE source = ? AND name = ?"
+        args: list[Any] = [source, name]
+        if since_wall_s is not None:
+            sql += " AND t_wall_s >= ?"
+            args.append(float(since_wall_s))
+        if until_wall_s is not None:
+            sql += " AND t_wall_s <= ?"
+            args.append(float(until_wall_s))
+        return [(r[0], r[1]) for r in self._query(sql + " ORDER BY t_wall_s, rowid", args)]
+
+    def metric_names(self, source: str | None = None) -> list[tuple[str, str]]:
+        """(source, name) pairs that have samples."""
+        if source is None:
+            rows = self._query("SELECT DISTINCT source, name FROM metrics ORDER BY source, name")
+        else:
+            rows = self._query("SELECT DISTINCT source, name FROM metrics WHERE source = ? ORDER BY name", (source,))
+        return [(r[0], r[1]) for r in rows]
+
+    def trim_metrics(self, before_wall_s: float, source: str | None = None) -> int:
+        """Delete monitoring samples older than before_wall_s; returns how many went."""
+        with self._tx() as db:
+            if source is None:
+                cur = db.execute("DELETE FROM metrics WHERE t_wall_s < ?", (float(before_wall_s),))
+            else:
+                cur = db.execute("DELETE FROM metrics WHERE source = ? AND t_wall_s < ?", (source, float(before_wall_s)))
+            return int(cur.rowcount)
+
+    # -- alerts --------------------------------------------------------------------------
+
+    def record_alert(self, alert: dict[str, Any]) -> None:
+        """Store an alert ({"rule", "level", "start", "end", "peak", "source", ...}). The same
+        (source, rule, level, start) recorded again (its end, a higher peak) updates it."""
+        for key in ("rule", "level"):
+            if not alert.get(key):
+                raise ValueError(f"an alert needs {key!r}")
+        data = json.dumps(alert, sort_keys=True, default=str)
+        source = str(alert.get("source") or "")
+        with self._tx() as db:
+            db.execute(
+                'INSERT INTO alerts (source, rule, level, start, "end", peak, data) VALUES (?, ?, ?, ?, ?, ?, ?) '
+                'ON CONFLICT (source, rule, level, start) DO UPDATE SET "end" = excluded."end", '
+                "peak = excluded.peak, data = excluded.data",
+                (source, str(alert["rule"]), str(alert["level"]), _plain(alert.get("start")),
+                 _plain(alert.get("end")), _plain(alert.get("peak")), data),
+            )
+
+    def alerts(self, source: str | None = None) -> list[dict[str, Any]]:
+        """Alerts as recorded, in the order they were first recorded."""
+        if source is None:
+            rows = self._query("SELECT data FROM alerts ORDER BY id")
+        else:
+            rows = self._query("SELECT data FROM alerts WHERE source = ? ORDER BY id", (source,))
+        return [json.loads(r[0]) for r in rows]
+
+
+def _plain(v: Any) -> Any:
+    if v is None or isinstance(v, (int, float, str)):
+        return v
+    return json.dumps(v, default=str)
+
+
+def default_history_path(results_dir: str | Path) -> Path:
+    return Path(results_dir) / DEFAULT_FILENAME
+
+
+def record_bundle(bundle_path: str | Path, history_path: str | Path | None = None) -> int:
+    """Add a finished bundle to the history next to it (``<results dir>/history.sqlite3``)
+    unless another history file is given; returns the run id."""
+    from coordinator.bundle import read_bundle
+
+    bundle = read_bundle(bundle_path)
+    path = Path(history_path) if history_path is not None else default_history_path(bundle.path.parent)
+    with History(path) as h:
+        return h.add_run(bundle)
+
+
+# -- tracking across the history -------------------------------------------------------
+
+_MAD_TO_SD = 1.4826  # MAD of a normal distribution x 1.4826 = its standard deviation
+DEFAULT_MIN_ABS_CHANGE = {"error_rate": 0.001}  # below 0.1 percentage point, no verdict
+
+
+def _median(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _judge(value: float, baseline: Sequence[float], *, higher_is_better: bool, z_threshold: float,
+           min_effect: float, min_abs_change: float) -> dict[str, Any]:
+    med = _median(baseline)
+    mad = _median([abs(x - med) for x in baseline])
+    scale = _MAD_TO_SD * mad
+    diff = value - med
+    if scale > 0:
+        z = diff / scale
+    else:
+        z = 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    change = diff / abs(med) if med else (0.0 if diff == 0 else math.copysign(math.inf, diff))
+    big = abs(change) >= min_effect and abs(diff) >= min_abs_change
+    if abs(z) > z_threshold and big:
+        worse = diff < 0 if higher_is_better else diff > 0
+        verdict = "regression" if worse else "improvement"
+    else:
+        verdict = "no change"
+    return {"verdict": verdict, "robust_z": z if math.isfinite(z) else None, "change": change if math.isfinite(change) else None,
+            "baseline_median": med, "baseline_mad": mad}
+
+
+def track(
+    history: History,
+    scenario: str,
+    metric: str = "p99_latency_ms",
+    *,
+    endpoint: str | None = None,
+    baseline_runs: int = 10,
+    min_baseline: int = 3,
+    trend_runs: int = 20,
+    min_trend_runs: int = 6,
+    z_threshold: float = 3.5,
+    min_effect: float = 0.05,
+    min_abs_change: float | None = None,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """A headline metric across a scenario's runs (complete runs, oldest first).
+
+    - The last run against a baseline of the ``baseline_runs`` runs before it: robust
+      z-score (value - median) / (1.4826 MAD); a regression or improvement needs |z| >
+      ``z_threshold`` (3.5, Iglewicz and Hoaglin's outlier rule) and a change of at least
+      ``min_effect`` (5%) of the baseline median (and ``min_abs_change``, 0.1 pp for error
+      rates).
+    - ``events``: the same judgement for every earlier run against the runs before it,
+      so a regression that came and went is still on record.
+    - ``trend``: Theil-Sen / Mann-Kendall over the last ``trend_runs`` runs, per run
+      (coordinator.trends.trend), read as worsening / improving / stable / inconclusive.
+    """
+    from coordinator.trends import trend as _trend  # deferred: scipy
+
+    higher_is_better = metric in HIGHER_IS_BETTER
+    floor = min_abs_change if min_abs_change is not None else DEFAULT_MIN_ABS_CHANGE.get(metric, 0.0)
+    rows = history.series_rows(scenario, metric, endpoint)
+    values = [v for _, _, v in rows]
+    out: dict[str, Any] = {
+        "scenario": scenario,
+        "metric": metric,
+        "endpoint": endpoint,
+        "better": "higher" if higher_is_better else "lower",
+        "runs": len(rows),
+        "last": None,
+        "baseline": None,
+        "robust_z": None,
+        "change": None,
+        "verdict": "insufficient history",
+        "events": [],
+        "trend": None,
+    }
+    judge = dict(higher_is_better=higher_is_better, z_threshold=z_threshold, min_effect=min_effect, min_abs_change=floor)
+    if rows:
+        run_id, started, value = rows[-1]
+        out["last"] = {"run_id": run_id, "started": started, "value": value}
+    if len(rows) >= min_baseline + 1:
+        base = values[max(0, len(values) - 1 - baseline_runs): -1]
+        j = _judge(values[-1], base, **judge)
+        out.update(verdict=j["verdict"], robust_z=j["robust_z"], change=j["change"],
+                   baseline={"runs": len(base), "median": j["baseline_median"], "mad": j["baseline_mad"]})
+    for i in range(min_baseline, len(rows)):
+        j = _judge(values[i], values[max(0, i - baseline_runs): i], **judge)
+        if j["verdict"] != "no change":
+            out["events"].append({"run_id": rows[i][0], "started": rows[i][1], "value": values[i],
+                                  "verdict": j["verdict"], "robust_z": j["robust_z"], "change": j["change"]})
+    recent = values[-trend_runs:]
+    tr = _trend(list(range(len(recent))), recent, unit=metric, per="run", alpha=alpha, min_points=min_trend_runs,
+                min_relative_change=min_effect)
+    reading = {"rising": "improving" if higher_is_better else "worsening",
+               "falling": "worsening" if higher_is_better else "improving",
+               "flat": "stable", "inconclusive": "inconclusive"}[tr.verdict]
+    out["trend"] = {**tr.to_dict(), "reading": reading}
+    return out
+
+
+# -- text ------------------------------------------------------------------------------
+
+
+def _f(v: float | None, fmt: str = "{:.3g}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1000:.2f}s" if v >= 1000 else f"{v:.3g}"
+
+
+def text_history(rows: Iterable[RunRow]) -> str:
+    """The table ``horde history`` prints (rows as given: newest first)."""
+    rows = list(rows)
+    if not rows:
+        return "no runs recorded"
+    lines = [
+        f"  {'id':>5} {'started (UTC)':<20} {'scenario':<16} {'outcome':<22} {'requests':>9} {'rps':>8}"
+        f" {'errors':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'svc p99':>7} {'thresholds':>10}"
+    ]
+    for r in rows:
+        started = (r.started or "-").replace("T", " ")[:19]
+        outcome = (r.outcome or "?") + ("" if r.complete else "*") + (" SAT" if r.saturated else "")
+        th = "-" if not r.thresholds_total else f"{r.thresholds_total - (r.thresholds_failed or 0)}/{r.thresholds_total} ok"
+        lines.append(
+            f"  {r.id:>5} {started:<20} {r.scenario[:16]:<16} {outcome[:22]:<22} {_f(r.requests, '{:d}'):>9}"
+            f" {_f(r.rps, '{:.1f}'):>8} {_f(None if r.error_rate is None else 100 * r.error_rate, '{:.2f}%'):>7}"
+            f" {_ms(r.p50_latency_ms):>7} {_ms(r.p95_latency_ms):>7} {_ms(r.p99_latency_ms):>7}"
+            f" {_ms(r.p99_service_ms):>7} {th:>10}"
+        )
+    lines.append("  latency in ms (from intended send); * incomplete run; SAT generator saturated")
+    return "\n".join(lines)
+
+
+def text_track(result: dict[str, Any]) -> str:
+    """A few lines for a ``track`` result."""
+    scope = f" [{result['endpoint']}]" if result.get("endpoint") else ""
+    lines = [f"  {result['scenario']}{scope} {result['metric']} over {result['runs']} run(s) ({result['better']} is better)"]
+    last = result.get("last")
+    if last is not None:
+        base = result.get("baseline")
+        if base:
+            z = result.get("robust_z")
+            change = result.get("change")
+            lines.append(
+                f"    last run {last['run_id']} ({last['started']}): {last['value']:.4g} against a median of"
+                f" {base['median']:.4g} over {base['runs']} run(s)"
+                f" ({'-' if change is None else f'{100 * change:+.1f}%'}, robust z {'-' if z is None else f'{z:+.1f}'}):"
+                f" {result['verdict'].upper() if result['verdict'] in ('regression', 'improvement') else result['verdict']}"
+            )
+        else:
+            lines.append(f"    last run {last['run_id']}: {last['value']:.4g}; {result['verdict']}")
+    tr = result.get("trend")
+    if tr:
+        slope = tr.get("slope")
+        lines.append(
+            f"    trend over the last {tr['n']} run(s): {tr['reading']}"
+            + ("" if slope is None else f" ({slope:+.4g} per run, p {tr['p_value']:.2g})")
+        )
+    for e in result.get("events", [])[-10:]:
+        lines.append(f"    {e['verdict']:<11} run {e['run_id']} ({e['started']}): {e['value']:.4g}")
+    return "\n".join(lines)
