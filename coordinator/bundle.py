@@ -142,7 +142,14 @@ class Bundle:
         p = self.path / "alerts.jsonl"
         if not p.exists():
             return []
-        return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+        out = []
+        for line in p.read_text().splitlines():
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a torn last line from a killed coordinator
+        return out
 
 
 def read_bundle(path: str | Path) -> Bundle:

@@ -98,19 +98,50 @@ def validate(file, overrides) -> None:
     )
 
 
-@cli.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
-def report(bundle) -> None:
-    """Print the text summary of a result BUNDLE (offline)."""
+def _read(bundle):
     from coordinator.bundle import BundleError, read_bundle
-    from coordinator.report import text_summary
 
     try:
-        b = read_bundle(bundle)
+        return read_bundle(bundle)
     except BundleError as exc:
         _err(f"error: {exc}")
         sys.exit(EXIT_ERROR)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--html", is_flag=True, help="Render report.html into the bundle again.")
+def report(bundle, html) -> None:
+    """Print the text summary of a result BUNDLE (offline)."""
+    from coordinator.report import text_summary
+
+    b = _read(bundle)
+    if html:
+        from coordinator.html_report import write_html
+
+        click.echo(str(write_html(b.path)))
+        return
     click.echo(text_summary(b))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--csv", "as_csv", is_flag=True, help="windows.csv: the per-second windows.")
+@click.option("--hdr", is_flag=True, help="An HdrHistogram interval log (.hlog) of the windows.")
+@click.option("--endpoint", default=None, help="With --hdr: one endpoint (default: all).")
+@click.option("--series", type=click.Choice(["latency", "service_time", "send_lag"]), default="latency",
+              show_default=True)
+def export(bundle, as_csv, hdr, endpoint, series) -> None:
+    """Write a bundle's data in other tools' formats (into the bundle); print the paths."""
+    from coordinator.export import write_csv, write_hdr_log
+
+    b = _read(bundle)
+    if not (as_csv or hdr):
+        as_csv = hdr = True
+    if as_csv:
+        click.echo(str(write_csv(b.path)))
+    if hdr:
+        click.echo(str(write_hdr_log(b.path, endpoint=endpoint, series=series)))
 
 
 # -- Ray jobs -------------------------------------------------------------------------------
@@ -217,7 +248,9 @@ def jobs_fetch(job_id, address, dest) -> None:
 @click.option("--alpha", default=0.01, show_default=True, help="Significance level of each test.")
 @click.option("--min-effect", default=0.05, show_default=True, help="Smallest change that counts (0.05 = 5%).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def compare(baseline, candidate, alpha, min_effect, as_json) -> None:
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write an HTML overlay of the two runs to this file.")
+def compare(baseline, candidate, alpha, min_effect, as_json, html_out) -> None:
     """Compare two bundles per endpoint and stage; exit 4 if anything regressed."""
     import json
 
@@ -232,6 +265,12 @@ def compare(baseline, candidate, alpha, min_effect, as_json) -> None:
         sys.exit(EXIT_ERROR)
     result = compare_bundles(a, b, alpha=alpha, min_effect=min_effect)
     click.echo(json.dumps(result, indent=2) if as_json else text_comparison(result))
+    if html_out:
+        from coordinator.html_report import render_compare_html
+
+        with open(html_out, "w") as f:
+            f.write(render_compare_html(a, b, comparison=result))
+        _err(f"wrote {html_out}")
     sys.exit(EXIT_THRESHOLDS_FAILED if result["regressed"] else EXIT_PASSED)
 
 
@@ -254,6 +293,42 @@ def history(results_dir, scenario, limit, metric, endpoint) -> None:
         click.echo(text_history(h.runs(scenario, limit=limit)))
         for s in [scenario] if scenario else h.scenarios():
             click.echo(text_track(track(h, s, metric, endpoint=endpoint)))
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--duration", type=float, default=None, help="Seconds to run (default: until Ctrl-C).")
+@click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between probe rounds.")
+@click.option("--history", "history_path", default=None, type=click.Path(dir_okay=False),
+              help="History file (default: <scenario output>/history.sqlite3).")
+@click.option("--webhook", default=None, metavar="URL", help="POST every alert event here as JSON.")
+@click.option("--prometheus-port", type=int, default=None, help="Serve live metrics on this port.")
+@click.option("--prometheus-host", default="127.0.0.1", show_default=True)
+@click.option("--snapshot", default=None, type=click.Path(dir_okay=False), help="JSON snapshot written each interval.")
+def monitor(targets, overrides, duration, interval, history_path, webhook, prometheus_port, prometheus_host,
+            snapshot) -> None:
+    """Monitor TARGETS (a scenario file, or URLs) with low-rate probes, alerts and a history."""
+    from coordinator.alerts import AlertRuleError
+    from coordinator.history import default_history_path
+    from coordinator.monitor import run_monitor, stop_on_signals
+
+    if len(targets) == 1 and not targets[0].startswith(("http://", "https://")):
+        subject = _load(targets[0], tuple(overrides))
+        default_dir = subject.scenario.output
+    else:
+        subject = list(targets)
+        default_dir = "results"
+    try:
+        with stop_on_signals() as stop:
+            result = run_monitor(subject, history_path=history_path or default_history_path(default_dir),
+                                 duration_s=duration, interval_s=interval, webhook_url=webhook,
+                                 prometheus_port=prometheus_port, prometheus_host=prometheus_host,
+                                 snapshot_path=snapshot, stop_event=stop, progress=click.echo)
+    except (AlertRuleError, ValueError) as exc:
+        _err(f"error: {exc}")
+        sys.exit(EXIT_INVALID_SCENARIO)
+    sys.exit(130 if result.stop_reason == "stopped" else 0)
 
 
 @cli.command()

@@ -31,11 +31,16 @@ from coordinator.limits import LiveEvaluator
 from coordinator.outcome import EXIT_CODES, Outcome
 from coordinator.plan import Plan, build_plan
 from coordinator.report import junit_xml
+from coordinator.alerts import AlertEngine, metrics_from_stats, parse_rules
 from coordinator.resources import NodeSeries, ResourceSeries
+from coordinator.soak import SoakSeries
+from coordinator.soak import analyse as analyse_soak
 from coordinator.target_probe import TargetProbe
 from coordinator.scenario import LoadedScenario
 
-START_LEAD_S = 1.0  # the common start instant is this far after the agents are ready
+START_LEAD_S = 1.0
+ALERT_WINDOWS = 10  # alert rules look at the last 10 s
+SOAK_MIN_WINDOWS = 30  # leak and trend verdicts need at least this many windows  # the common start instant is this far after the agents are ready
 Progress = Callable[[str], None]
 
 
@@ -171,6 +176,9 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     sends = SendCounter()
     node_series = NodeSeries()
     me = psutil.Process()
+    soak_series = SoakSeries()
+    alert_engine = AlertEngine(parse_rules(getattr(scenario, "alerts", None)), source=scenario.name)
+    alerts_log: list[dict] = []
     probe_task: asyncio.Task | None = None
     incarnations: dict[int, int] = {}  # agent index -> its current incarnation
     specs = {s.index: s for s in plan.agents}
@@ -218,6 +226,23 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             last = max(first, -(-plan.stage_ends_ns[i] // 1_000_000_000) - 1)
         return _View(s, resources, first, last)
 
+    def observe_alerts(w, wd) -> None:
+        # The same warning / critical rules as `horde monitor`, over the last 10 windows.
+        m = metrics_from_stats(agg.recent(ALERT_WINDOWS))
+        for e in plan.endpoints:
+            m.update(metrics_from_stats(agg.recent(ALERT_WINDOWS, endpoint=e), e))
+        m.update(wd["target"])
+        for ev in alert_engine.observe(float(w.index + 1), m):
+            record_alert_event(ev)
+
+    def record_alert_event(ev) -> None:
+        entry = {**ev.alert, "kind": "alert", "event": ev.kind, "event_t_s": ev.t_s}
+        writer.append_alert(entry)
+        if ev.kind in ("fired", "escalated"):
+            progress(f"ALERT {ev.kind} {ev.alert.get('level')}: {ev.alert.get('text', ev.alert.get('rule'))}")
+        if ev.kind == "resolved":
+            alerts_log.append(ev.alert)
+
     def handle_windows(windows) -> None:
         nonlocal outcome, stop_reason, closed_until_ns
         for w in windows:
@@ -225,6 +250,8 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             wd = w.to_dict()
             wd["target"] = resources.window(w.index)
             wd["coordinator"] = {"rss_bytes": float(me.memory_info().rss)}
+            soak_series.add(wd)
+            observe_alerts(w, wd)
             wd["nodes"] = node_series.window(w.index)
             writer.append_window(wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}})
             progress(_progress_line(w, plan, sum(t.get("in_flight", 0) for t in w.generator.values()) if w.generator else 0))
@@ -368,6 +395,8 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             stop_task.cancel()
             await asyncio.gather(stop_task, return_exceptions=True)
         handle_windows(agg.close_all())
+        for ev in alert_engine.finish(closed_until_ns / 1e9):
+            record_alert_event(ev)
     finally:
         if probe_task is not None:
             probe_task.cancel()
@@ -384,12 +413,16 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     th_results = [_threshold_dict(r) for r in final]
     if outcome is Outcome.PASSED and any(not r["ok"] for r in th_results):
         outcome = Outcome.THRESHOLDS_FAILED
+    summary_extra = {"alerts": alerts_log}
+    if len(soak_series.t_s.get("rps", [])) >= SOAK_MIN_WINDOWS:
+        summary_extra["soak"] = analyse_soak(soak_series, time_scale=getattr(scenario, "time_compression", 1.0))
     agent_nodes: dict[str, list[str]] = {}
     for a in getattr(fleet, "agents", []):
         agent_nodes.setdefault(a.node, []).append(_label(a.index, a.incarnation))
     nodes_summary = node_series.summary(agent_nodes)
     summary = _summary(stats_for, agg, plan, totals, lost, th_results, outcome, stop_reason, resources, sends,
                        nodes_summary)
+    summary.update(summary_extra)
     ended = datetime.now(timezone.utc)
     manifest.update(
         outcome=outcome.value,
@@ -412,6 +445,12 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
         histograms=histograms,
         junit_xml=junit_xml(scenario.name, th_results, summary["duration_s"]),
     )
+    try:
+        from coordinator.html_report import write_html
+
+        write_html(path)
+    except Exception as exc:  # the report is a view of the bundle: never fail the run for it
+        progress(f"warning: report.html was not written: {type(exc).__name__}: {exc}")
     return RunResult(outcome=outcome, bundle=path, summary=summary)
 
 

@@ -1,0 +1,86 @@
+"""Is something changing over the run? Leak and trend verdicts from per-window series. Pure.
+
+The series are compact (a few floats per window), so a long soak keeps them all without
+keeping its windows. Times are real seconds since the run start; `time_scale` (simulated
+seconds per real second, from the scenario's time compression) turns slopes into change
+per *simulated* hour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from coordinator.trends import leak_verdict, trend
+
+_TREND_SERIES = {
+    # name: (unit, where in a window dict)
+    "target_memory": ("bytes", ("target", "target_memory")),
+    "target_cpu": ("cores", ("target", "target_cpu")),
+    "target_connections": ("connections", ("target", "target_connections")),
+    "target_fds": ("fds", ("target", "target_fds")),
+    "error_rate": ("fraction", ("total", "error_rate")),
+    "latency_p99_ms": ("ms", ("total", "latency_ms", "p99")),
+    "latency_p50_ms": ("ms", ("total", "latency_ms", "p50")),
+    "rps": ("req/s", ("total", "requests")),
+}
+
+
+def _dig(d: dict, path: tuple[str, ...]):
+    for k in path:
+        d = d.get(k) if isinstance(d, dict) else None
+        if d is None:
+            return None
+    return d if isinstance(d, (int, float)) and not isinstance(d, bool) else None
+
+
+@dataclass
+class SoakSeries:
+    """Per-window scalars of a run: one accumulator, add() per closed window."""
+
+    t_s: dict[str, list[float]] = field(default_factory=dict)
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def _put(self, name: str, t: float, v: float | None) -> None:
+        if v is None:
+            return
+        self.t_s.setdefault(name, []).append(t)
+        self.values.setdefault(name, []).append(float(v))
+
+    def add(self, window: dict) -> None:
+        t = float(window.get("end_s", window.get("index", 0) + 1))
+        for name, (_, path) in _TREND_SERIES.items():
+            self._put(name, t, _dig(window, path))
+        self._put("coordinator_rss", t, _dig(window, ("coordinator", "rss_bytes")))
+        for agent, r in (window.get("generator") or {}).items():
+            label = agent if not r.get("incarnation") else f"{agent}#{r['incarnation']}"
+            self._put(f"agent_rss:{label}", t, r.get("rss_bytes") or None)
+
+
+def analyse(series: SoakSeries, *, time_scale: float = 1.0) -> dict:
+    """Leak verdicts (target, coordinator, each agent) and trends of every series."""
+    leaks: dict = {}
+    for name in ("target_memory", "coordinator_rss"):
+        if name in series.values:
+            leaks["target" if name == "target_memory" else "coordinator"] = leak_verdict(
+                series.t_s[name], series.values[name], time_scale=time_scale
+            ).to_dict()
+    agents = {
+        n.split(":", 1)[1]: leak_verdict(series.t_s[n], series.values[n], time_scale=time_scale).to_dict()
+        for n in series.values
+        if n.startswith("agent_rss:")
+    }
+    if agents:
+        leaks["agents"] = agents
+    trends = {
+        name: trend(series.t_s[name], series.values[name], unit=unit, time_scale=time_scale).to_dict()
+        for name, (unit, _) in _TREND_SERIES.items()
+        if name in series.values
+    }
+    verdicts = [leaks.get("target", {}).get("verdict"), leaks.get("coordinator", {}).get("verdict")]
+    verdicts += [v["verdict"] for v in agents.values()]
+    return {
+        "time_scale": time_scale,
+        "leak_found": "leak" in verdicts,
+        "leaks": leaks,
+        "trends": trends,
+    }
