@@ -1,19 +1,37 @@
 """The reference automaton: the system under test horde ships (aiohttp + SQLite).
 
 Its "agents" are simulated AI agents of the target, unrelated to horde's traffic agents.
+
+The names below are imported on first use, so that `automaton.catalog` or
+`automaton.faults` (pure, used by the scenario loader) do not pull in the server.
 """
 
-from automaton.app import bind_server, build_app
-from automaton.config import AutomatonConfig
-from automaton.faults import FaultConfig, stall_remaining
-from automaton.launch import AutomatonError, AutomatonProcess, start_automaton
-from automaton.server import serve, serve_async
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> the module that defines it
+_EXPORTS = {
+    "AutomatonConfig": "automaton.config",
+    "AutomatonError": "automaton.launch",
+    "AutomatonProcess": "automaton.launch",
+    "FaultConfig": "automaton.faults",
+    "FaultConfigError": "automaton.faults",
+    "bind_server": "automaton.app",
+    "build_app": "automaton.app",
+    "serve": "automaton.server",
+    "serve_async": "automaton.server",
+    "stall_remaining": "automaton.faults",
+    "start_automaton": "automaton.launch",
+}
 
 __all__ = [
     "AutomatonConfig",
     "AutomatonError",
     "AutomatonProcess",
     "FaultConfig",
+    "FaultConfigError",
     "bind_server",
     "build_app",
     "serve",
@@ -21,3 +39,23 @@ __all__ = [
     "stall_remaining",
     "start_automaton",
 ]
+
+if TYPE_CHECKING:
+    from automaton.app import bind_server, build_app
+    from automaton.config import AutomatonConfig
+    from automaton.faults import FaultConfig, FaultConfigError, stall_remaining
+    from automaton.launch import AutomatonError, AutomatonProcess, start_automaton
+    from automaton.server import serve, serve_async
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'automaton' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 
 import click
 
-from automaton.faults import FaultConfig
+from automaton.faults import FaultConfig, fault_config_from_dict
 from automaton.server import serve
+
+# The admin token travels in the environment rather than argv, where `ps` shows it.
+ADMIN_TOKEN_ENV = "AUTOMATON_ADMIN_TOKEN"
 
 
 @click.group()
@@ -20,6 +25,12 @@ def main() -> None:
 @click.option("--port", default=8080, show_default=True, type=int, help="0 picks a free port.")
 @click.option("--stall-every", "stall_every_s", type=float, default=None, help="Stall period, seconds.")
 @click.option("--stall-for", "stall_for_s", type=float, default=None, help="Stall length, seconds.")
+@click.option("--faults-json", default=None, metavar="JSON",
+              help="Faults as JSON (the wire form in automaton/faults.py); '@FILE' reads a file.")
+@click.option("--admin-port", default=0, show_default=True, type=int,
+              help="Port of the admin endpoint on 127.0.0.1 (0 picks a free port).")
+@click.option("--admin-token", default=None, envvar=ADMIN_TOKEN_ENV, show_envvar=True,
+              help="Bearer token for the admin endpoint (default: a random one, printed).")
 @click.option("--db", "db_path", default=None, help="SQLite file (default: a temporary one, deleted at exit).")
 @click.option("--async-workflows", is_flag=True, help="Workflow runs answer 202 and finish in the background.")
 def serve_command(
@@ -27,24 +38,66 @@ def serve_command(
     port: int,
     stall_every_s: float | None,
     stall_for_s: float | None,
+    faults_json: str | None,
+    admin_port: int,
+    admin_token: str | None,
     db_path: str | None,
     async_workflows: bool,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; prints `listening http://HOST:PORT` once ready."""
+    """Serve until SIGTERM/SIGINT.
+
+    Prints `listening http://HOST:PORT` once ready, then `admin http://127.0.0.1:PORT token=TOKEN`.
+    """
     try:
-        faults = FaultConfig(stall_every_s=stall_every_s, stall_for_s=stall_for_s)
+        faults = _faults(faults_json, stall_every_s, stall_for_s)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
     def announce(url: str) -> None:
-        # launch.start_automaton waits for exactly this line.
+        # launch.start_automaton waits for exactly this line, then the admin line.
         sys.stdout.write(f"listening {url}\n")
         sys.stdout.flush()
 
+    def announce_admin(url: str, token: str) -> None:
+        sys.stdout.write(f"admin {url} token={token}\n")
+        sys.stdout.flush()
+
     try:
-        serve(host, port, faults, db_path=db_path, ready_callback=announce, async_workflows=async_workflows)
+        serve(
+            host,
+            port,
+            faults,
+            db_path=db_path,
+            ready_callback=announce,
+            async_workflows=async_workflows,
+            admin_port=admin_port,
+            admin_token=admin_token or None,
+            admin_callback=announce_admin,
+        )
     except OSError as exc:  # port in use, address not available, unwritable --db
         raise click.ClickException(str(exc)) from None
+
+
+def _faults(faults_json: str | None, stall_every_s: float | None, stall_for_s: float | None) -> FaultConfig:
+    faults = FaultConfig()
+    if faults_json is not None:
+        text = faults_json
+        if text.startswith("@"):
+            try:
+                with open(text[1:], encoding="utf-8") as file:
+                    text = file.read()
+            except OSError as exc:
+                raise ValueError(f"--faults-json: {exc}") from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"--faults-json is not valid JSON: {exc}") from None
+        faults = fault_config_from_dict(data)
+    if stall_every_s is not None or stall_for_s is not None:
+        if faults.stall_every_s is not None or faults.stall_for_s is not None:
+            raise ValueError("give the stall once: --stall-every/--stall-for or stall_*_s in --faults-json")
+        faults = dataclasses.replace(faults, stall_every_s=stall_every_s, stall_for_s=stall_for_s)
+    return faults
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""The automaton's HTTP routes: `build_app(config)` gives an aiohttp Application."""
+"""The automaton's HTTP routes: `build_app(config)` gives an aiohttp Application.
+
+Faults apply to the routes that do the system's work (catalog.ROUTE_NAMES), in one
+place per request (`_with_faults`). /metrics and /stats observe the automaton: they are
+neither counted nor faulted, so a stalled or overloaded automaton can still be watched
+(the connection limit, decided before routing, is the exception).
+"""
 
 from __future__ import annotations
 
@@ -12,26 +18,20 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.web_server import Server
 
-from automaton.catalog import SIMULATED_AGENTS, TOOL_NAMES, WORKFLOWS, Workflow
+from automaton.catalog import ROUTE_NAMES, SIMULATED_AGENTS, TOOL_NAMES, WORKFLOWS, Workflow
 from automaton.config import AutomatonConfig
 from automaton.db import Database
-from automaton.faults import plan_request_faults
+from automaton.faults import FaultConfig, plan_request, stall_hold_s
+from automaton.injector import FaultInjector, burn_cpu_s
 from automaton.metrics import EXPOSITION_CONTENT_TYPE, AutomatonMetrics
 from automaton.simulation import ToolInputError, agent_respond, tool_invoke
 
 # Route names double as the `endpoint` label of automaton_requests_total.
-COUNTED_ROUTES: tuple[str, ...] = (
-    "health",
-    "agents_list",
-    "agent_respond",
-    "tool_invoke",
-    "workflow_run",
-    "workflow_get",
-    "records_list",
-    "records_create",
-)
+COUNTED_ROUTES: tuple[str, ...] = ROUTE_NAMES
 # Observation endpoints: reading them must not change what they report.
 UNCOUNTED_ROUTES: frozenset[str] = frozenset({"metrics", "stats"})
+# How often the scaling model looks at the queue: well inside any sensible scaling delay.
+SCALING_TICK_S = 0.05
 
 DEFAULT_RECORDS_LIMIT = 10
 MAX_RECORDS_LIMIT = 1000
@@ -43,6 +43,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class AutomatonState:
     config: AutomatonConfig
     metrics: AutomatonMetrics
+    # The faults in force: config.faults at start, replaceable through the admin endpoint.
+    injector: FaultInjector
     db: Database | None = None
     started_monotonic_s: float = field(default_factory=time.monotonic)
     # Asynchronous workflow runs still going; cancelled at shutdown before the DB closes.
@@ -64,7 +66,10 @@ STATE = web.AppKey("automaton_state", AutomatonState)
 def build_app(config: AutomatonConfig | None = None) -> web.Application:
     config = config or AutomatonConfig()
     app = web.Application(middlewares=[_observe_and_inject_faults])
-    app[STATE] = AutomatonState(config=config, metrics=AutomatonMetrics(COUNTED_ROUTES))
+    injector = FaultInjector(config.faults)
+    metrics = AutomatonMetrics(COUNTED_ROUTES)
+    metrics.count_faults_with(injector.queue_length, injector.capacity_workers, lambda: injector.leaked_bytes)
+    app[STATE] = AutomatonState(config=config, metrics=metrics, injector=injector)
     app.cleanup_ctx.append(_lifecycle)
     router = app.router
     router.add_get("/health", _health, name="health")
@@ -92,9 +97,13 @@ def bind_server(app: web.Application, server: Server) -> None:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     state.db = Database.open(state.config.db_path, state.config.db_threads)
+    state.injector.attach_database(state.db)
     # Stall windows are measured from here: the server is about to listen.
     state.started_monotonic_s = time.monotonic()
+    scaler = asyncio.create_task(_scale_periodically(state))
     yield
+    scaler.cancel()
+    await asyncio.gather(scaler, return_exceptions=True)
     for task in state.background:
         task.cancel()
     await asyncio.gather(*state.background, return_exceptions=True)
@@ -102,32 +111,71 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await asyncio.get_running_loop().run_in_executor(None, state.db.close)
 
 
+async def _scale_periodically(state: AutomatonState) -> None:
+    while True:
+        await asyncio.sleep(SCALING_TICK_S)
+        state.injector.tick(state.uptime_s())
+
+
 @web.middleware
 async def _observe_and_inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     endpoint = request.match_info.route.name
-    counted = endpoint is not None and endpoint not in UNCOUNTED_ROUTES
-    if counted:
-        state.metrics.request_started()
+    if endpoint is None or endpoint in UNCOUNTED_ROUTES:
+        # Unrouted paths (their 404) and the observation endpoints.
+        return await handler(request)
+    state.metrics.request_started()
     try:
+        return await _with_faults(state, endpoint, request, handler)
+    finally:
+        state.metrics.request_finished(endpoint)
+
+
+async def _with_faults(
+    state: AutomatonState, endpoint: str, request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """The one place a request's faults are applied, in this order.
+
+    Admission (concurrency limits: run, wait in the queue, or 503 at once); then, holding
+    a worker: CPU cost, added latency, the injected error or the handler, the stall hold
+    before the response goes out, the leak.
+    """
+    injector = state.injector
+    faults = injector.faults  # one configuration per request, even if replaced meanwhile
+    gates = await injector.admit(endpoint)
+    if gates is None:
+        state.metrics.rejected("queue_full")
+        return web.json_response({"error": "overloaded: the request queue is full"}, status=503)
+    try:
+        plan = plan_request(faults, endpoint, injector.rng)
+        if plan.cpu_s > 0:
+            burn_cpu_s(plan.cpu_s)
+        if plan.delay_s > 0:
+            await asyncio.sleep(plan.delay_s)
         try:
-            response = await handler(request)
-        except web.HTTPException:
-            await _apply_faults(state)
+            if plan.error_status is not None:
+                state.metrics.rejected("injected_error")
+                response: web.StreamResponse = web.json_response(
+                    {"error": "injected fault"}, status=plan.error_status
+                )
+            else:
+                response = await handler(request)
+        except web.HTTPException:  # a 4xx answer is a response too: held and leaked alike
+            await _hold_for_stall(state, faults, endpoint)
+            injector.leak(plan.leak_bytes)
             raise
-        await _apply_faults(state)
+        await _hold_for_stall(state, faults, endpoint)
+        injector.leak(plan.leak_bytes)
         return response
     finally:
-        if counted:
-            assert endpoint is not None
-            state.metrics.request_finished(endpoint)
+        for gate in gates:
+            gate.leave()
 
 
-async def _apply_faults(state: AutomatonState) -> None:
-    """The one place per-request fault effects are applied, just before responding."""
-    effect = plan_request_faults(state.config.faults, state.uptime_s())
-    if effect.delay_before_response_s > 0:
-        await asyncio.sleep(effect.delay_before_response_s)
+async def _hold_for_stall(state: AutomatonState, faults: FaultConfig, endpoint: str) -> None:
+    hold_s = stall_hold_s(faults, endpoint, state.uptime_s())
+    if hold_s > 0:
+        await asyncio.sleep(hold_s)
 
 
 def _client_error(exc_class: type[web.HTTPException], message: str) -> web.HTTPException:
@@ -151,7 +199,7 @@ async def _json_body(request: web.Request, *, require_object: bool) -> Any:
 async def _health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response(
-        {"status": "ok", "uptime_s": state.uptime_s(), "faults": state.config.faults.as_dict()}
+        {"status": "ok", "uptime_s": state.uptime_s(), "faults": state.injector.faults.as_dict()}
     )
 
 

@@ -59,3 +59,17 @@ SEARCH_CORPUS: tuple[str, ...] = (
     "Agents, tools and workflows",
     "Connection pools under overload",
 )
+
+# The routes that serve the system's work, by route name: the `endpoint` label of
+# automaton_requests_total and the keys of per-endpoint faults. (/metrics and /stats
+# observe the automaton and are neither counted nor faulted.)
+ROUTE_NAMES: tuple[str, ...] = (
+    "health",
+    "agents_list",
+    "agent_respond",
+    "tool_invoke",
+    "workflow_run",
+    "workflow_get",
+    "records_list",
+    "records_create",
+)

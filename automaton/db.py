@@ -51,6 +51,10 @@ class Database:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._closed = False
+        # The slow-database fault: every operation holds one lock this long, so they
+        # serialise at 1 / lock_hold_s per second (set by the FaultInjector).
+        self.lock_hold_s = 0.0
+        self._slow_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: str | None = None, threads: int = 4) -> Database:
@@ -91,7 +95,16 @@ class Database:
         if self._closed:
             raise RuntimeError("database is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(self._thread_connection()))
+        hold_s = self.lock_hold_s
+        if hold_s <= 0:
+            return await loop.run_in_executor(self._executor, lambda: fn(self._thread_connection()))
+
+        def slowly() -> T:
+            with self._slow_lock:
+                time.sleep(hold_s)
+                return fn(self._thread_connection())
+
+        return await loop.run_in_executor(self._executor, slowly)
 
     def close(self) -> None:
         """Wait for queued queries, close every connection, delete a temporary directory."""

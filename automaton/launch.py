@@ -10,12 +10,15 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from types import TracebackType
 from typing import IO, Any
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _READY_PREFIX = "listening "
+_ADMIN_PREFIX = "admin "
+_ADMIN_TOKEN_ENV = "AUTOMATON_ADMIN_TOKEN"  # __main__.ADMIN_TOKEN_ENV (not imported: that pulls in the server)
 _STDERR_TAIL_LINES = 40
 
 
@@ -24,11 +27,24 @@ class AutomatonError(RuntimeError):
 
 
 class AutomatonProcess:
-    """A running automaton subprocess. Stop it with `stop()` or use it as a context manager."""
+    """A running automaton subprocess. Stop it with `stop()` or use it as a context manager.
 
-    def __init__(self, process: subprocess.Popen[str], url: str, stderr_tail: collections.deque[str]) -> None:
+    `url` is the service; `admin_url` and `admin_token` reach its admin endpoint
+    (127.0.0.1 only), which `faults()` and `set_faults()` use.
+    """
+
+    def __init__(
+        self,
+        process: subprocess.Popen[str],
+        url: str,
+        stderr_tail: collections.deque[str],
+        admin_url: str | None = None,
+        admin_token: str | None = None,
+    ) -> None:
         self.process = process
         self.url = url
+        self.admin_url = admin_url
+        self.admin_token = admin_token
         self._stderr_tail = stderr_tail
         # No proxy, whatever the environment says: the automaton is always local.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -45,6 +61,41 @@ class AutomatonProcess:
         """GET /stats: {"requests": {route: count}, "total": n, "in_flight": n, ...}."""
         stats: dict[str, Any] = self.get_json("/stats", timeout_s)
         return stats
+
+    def faults(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """GET /admin/faults: the faults in force (wire form, defaults left out)."""
+        return self._admin("GET", None, timeout_s)
+
+    def set_faults(self, faults: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+        """PUT /admin/faults: replace every fault; returns the faults now in force.
+
+        Raises ValueError listing the server's problems when the configuration is invalid
+        (the old faults then stay in force).
+        """
+        return self._admin("PUT", faults, timeout_s)
+
+    def _admin(self, method: str, body: dict[str, Any] | None, timeout_s: float) -> dict[str, Any]:
+        if self.admin_url is None or self.admin_token is None:
+            raise AutomatonError("this automaton has no admin endpoint")
+        request = urllib.request.Request(
+            self.admin_url + "/admin/faults",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.admin_token}", "Content-Type": "application/json"},
+        )
+        try:
+            with self._opener.open(request, timeout=timeout_s) as response:
+                result: dict[str, Any] = json.loads(response.read())
+                return result
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            if exc.code == 400:
+                try:
+                    problems = json.loads(detail).get("problems") or [detail]
+                except ValueError:
+                    problems = [detail]
+                raise ValueError("invalid fault configuration: " + "; ".join(problems)) from None
+            raise AutomatonError(f"admin endpoint answered {exc.code}: {detail}") from None
 
     def stderr_tail(self) -> str:
         return "".join(self._stderr_tail)
@@ -81,9 +132,21 @@ def start_automaton(
     startup_timeout_s: float = 20,
     db_path: str | None = None,
     async_workflows: bool = False,
+    faults: dict[str, Any] | None = None,
+    admin_port: int = 0,
+    admin_token: str | None = None,
 ) -> AutomatonProcess:
-    """Start `python -m automaton serve` and return once it listens."""
+    """Start `python -m automaton serve` and return once it listens.
+
+    `faults` is the wire form of automaton.faults.FaultConfig (plain JSON); the stall can
+    be given there or by `stall_every_s`/`stall_for_s`, not both. The admin endpoint
+    listens on 127.0.0.1:`admin_port` (0: a free one) with `admin_token` (None: the
+    server makes one); the result knows both (`admin_url`, `admin_token`).
+    """
     args = [sys.executable, "-m", "automaton", "serve", "--host", host, "--port", str(port)]
+    args += ["--admin-port", str(admin_port)]
+    if faults is not None:
+        args += ["--faults-json", json.dumps(faults)]
     if stall_every_s is not None:
         args += ["--stall-every", repr(float(stall_every_s))]
     if stall_for_s is not None:
@@ -96,6 +159,9 @@ def start_automaton(
     # Importable from a source checkout as well as from an installed horde.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env.pop(_ADMIN_TOKEN_ENV, None)
+    if admin_token is not None:
+        env[_ADMIN_TOKEN_ENV] = admin_token
     process = subprocess.Popen(
         args,
         stdin=subprocess.DEVNULL,
@@ -127,7 +193,25 @@ def start_automaton(
     if not line.startswith(_READY_PREFIX):
         # "" is end of stream: the process exited before listening.
         raise fail(f"exited or printed {line!r} before listening")
-    return AutomatonProcess(process, line[len(_READY_PREFIX):].strip(), stderr_tail)
+    url = line[len(_READY_PREFIX):].strip()
+    try:
+        admin_line = stdout_lines.get(timeout=startup_timeout_s)
+    except queue.Empty:
+        raise fail(f"did not report its admin endpoint within {startup_timeout_s} s") from None
+    admin_url, admin_token_seen = _parse_admin_line(admin_line)
+    if admin_url is None:
+        raise fail(f"printed {admin_line!r} where its admin endpoint was expected")
+    return AutomatonProcess(process, url, stderr_tail, admin_url=admin_url, admin_token=admin_token_seen)
+
+
+def _parse_admin_line(line: str) -> tuple[str | None, str | None]:
+    """`admin http://127.0.0.1:PORT token=TOKEN` -> (url, token); (None, None) otherwise."""
+    if not line.startswith(_ADMIN_PREFIX):
+        return None, None
+    parts = line[len(_ADMIN_PREFIX):].split()
+    if len(parts) != 2 or not parts[1].startswith("token="):
+        return None, None
+    return parts[0], parts[1][len("token="):]
 
 
 def _drain(stream: IO[str], sink: Any, done: threading.Event | None) -> None:

@@ -9,9 +9,11 @@ from typing import Any, Callable, Coroutine
 
 from aiohttp import web
 
-from automaton.app import bind_server, build_app
+from automaton.admin import ADMIN_HOST, build_admin_app, new_admin_token
+from automaton.app import STATE, build_app
 from automaton.config import AutomatonConfig
 from automaton.faults import FaultConfig
+from automaton.injector import ConnectionLimiter
 
 # The kernel caps it at net.core.somaxconn; large so a burst of 1000+ connects is not refused.
 LISTEN_BACKLOG = 4096
@@ -21,6 +23,8 @@ SHUTDOWN_TIMEOUT_S = 5.0
 _MAX_OPEN_FILES = 1 << 20
 
 ReadyCallback = Callable[[str], None]
+# (admin URL, admin token), once the admin site listens.
+AdminCallback = Callable[[str, str], None]
 
 
 def raise_open_file_limit() -> int:
@@ -52,22 +56,53 @@ async def serve_async(
     port: int,
     stop: asyncio.Event,
     ready_callback: ReadyCallback | None = None,
+    *,
+    admin_port: int | None = 0,
+    admin_token: str | None = None,
+    admin_callback: AdminCallback | None = None,
 ) -> None:
-    """Listen on host:port until `stop` is set, then close the server and the database."""
+    """Listen on host:port until `stop` is set, then close the server and the database.
+
+    The admin endpoint (admin.py) listens on 127.0.0.1:`admin_port` (0: a free port;
+    None: no admin endpoint) with `admin_token`, or a fresh random one. `ready_callback`
+    gets the main URL once both listen, then `admin_callback` the admin URL and token.
+    """
     app = build_app(config)
+    state = app[STATE]
     # No access log: formatting a line per request would cost more than the handlers.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
+    listener: asyncio.AbstractServer | None = None
+    admin_runner: web.AppRunner | None = None
     try:
         assert runner.server is not None
-        bind_server(app, runner.server)
-        site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
-        await site.start()
-        bound_host, bound_port = runner.addresses[0][:2]
+        # A listener of our own rather than a TCPSite: the connection limit wraps
+        # aiohttp's protocol factory (its low-level Server), and counts connections.
+        limiter = ConnectionLimiter(
+            runner.server,
+            limit=lambda: state.injector.faults.max_connections,
+            on_refused=lambda: state.metrics.rejected("connection_limit"),
+        )
+        state.metrics.count_connections_with(lambda: limiter.open)
+        listener = await asyncio.get_running_loop().create_server(limiter, host, port, backlog=LISTEN_BACKLOG)
+        bound_host, bound_port = listener.sockets[0].getsockname()[:2]
+        admin: tuple[str, str] | None = None
+        if admin_port is not None:
+            token = admin_token or new_admin_token()
+            admin_runner = web.AppRunner(build_admin_app(app, token), access_log=None)
+            await admin_runner.setup()
+            await web.TCPSite(admin_runner, ADMIN_HOST, admin_port).start()
+            admin = (format_url(ADMIN_HOST, admin_runner.addresses[0][1]), token)
         if ready_callback is not None:
             ready_callback(format_url(bound_host, bound_port))
+        if admin is not None and admin_callback is not None:
+            admin_callback(*admin)
         await stop.wait()
     finally:
+        if listener is not None:
+            listener.close()  # stop accepting; runner.cleanup closes the connections
+        if admin_runner is not None:
+            await admin_runner.cleanup()
         await runner.cleanup()
 
 
@@ -79,18 +114,23 @@ def serve(
     ready_callback: ReadyCallback | None = None,
     *,
     async_workflows: bool = False,
+    admin_port: int | None = 0,
+    admin_token: str | None = None,
+    admin_callback: AdminCallback | None = None,
 ) -> None:
     """Serve the automaton until SIGTERM or SIGINT (blocking; uvloop when available).
 
-    `ready_callback(url)` is called once the socket listens, with the real port.
+    `ready_callback(url)` is called once the socket listens, with the real port, then
+    `admin_callback(admin_url, token)` (see serve_async).
     """
     config = AutomatonConfig(faults=faults, db_path=db_path, async_workflows=async_workflows)
     raise_open_file_limit()
-    _run_loop(_serve_until_signalled(config, host, port, ready_callback))
+    admin = {"admin_port": admin_port, "admin_token": admin_token, "admin_callback": admin_callback}
+    _run_loop(_serve_until_signalled(config, host, port, ready_callback, admin))
 
 
 async def _serve_until_signalled(
-    config: AutomatonConfig, host: str, port: int, ready_callback: ReadyCallback | None
+    config: AutomatonConfig, host: str, port: int, ready_callback: ReadyCallback | None, admin: dict[str, Any]
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,7 +142,7 @@ async def _serve_until_signalled(
         except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
             pass
     try:
-        await serve_async(config, host, port, stop, ready_callback)
+        await serve_async(config, host, port, stop, ready_callback, **admin)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)

@@ -332,6 +332,43 @@ def monitor(targets, overrides, duration, interval, history_path, webhook, prome
 
 
 @cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--history", "history_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory that keeps the nights' bundles and history.sqlite3.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--address", envvar="HORDE_RAY_ADDRESS", default=None, help="Run attached to this Ray cluster.")
+@click.option("--submit", "jobs_address", default=None, metavar="URL",
+              help="Submit as a Ray job to this job server instead, and fetch its bundle.")
+@click.option("--quiet", "-q", is_flag=True)
+def nightly(file, history_dir, overrides, address, jobs_address, quiet) -> None:
+    """Run a soak scenario, add it to the history, judge it against earlier nights.
+
+    Exit codes: 0 fine, 4 thresholds failed, 6 regression, 7 memory leak, 1 error.
+    """
+    from coordinator.nightly import run_nightly
+    from coordinator.report import text_summary
+    from coordinator.run import RunError
+
+    loaded = _load(file, tuple(overrides))
+    progress = None if quiet else (lambda line: click.echo(line, err=True))
+    try:
+        result = run_nightly(loaded, history_dir=history_dir, address=address, jobs_address=jobs_address,
+                             overrides=tuple(overrides), progress=progress)
+    except RunError as exc:
+        _err(f"error: {exc}")
+        sys.exit(EXIT_ERROR)
+    click.echo(text_summary(_read(result.bundle)))
+    click.echo("")
+    if result.findings:
+        click.echo("nightly: " + str(len(result.findings)) + " finding(s)")
+        for f in result.findings:
+            click.echo(f"  - {f}")
+    else:
+        click.echo("nightly: no regression, no leak, thresholds passed")
+    sys.exit(result.exit_code)
+
+
+@cli.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editors)."""
     import json

@@ -28,3 +28,7 @@ EXIT_CODES = {
     Outcome.INTERRUPTED: EXIT_INTERRUPTED,
     Outcome.ERROR: EXIT_ERROR,
 }
+
+# `horde nightly`: what the night found (the most severe wins).
+EXIT_REGRESSION = 6  # a statistically significant regression against earlier nights
+EXIT_LEAK = 7  # a memory leak (target, coordinator or agents)

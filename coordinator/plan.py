@@ -88,7 +88,9 @@ def build_plan(
     wl = scenario.workload
     n = agents if agents is not None else agent_count(scenario.agents, cluster_cpus)
     names = stage_names(wl.stages)
-    stages = tuple(Stage(duration_s=s.duration, target=float(s.target), name=nm) for s, nm in zip(wl.stages, names))
+    # Stage durations are simulated time; a compressed soak runs them `time_compression` faster.
+    k = float(getattr(scenario, "time_compression", 1.0) or 1.0)
+    stages = tuple(Stage(duration_s=s.duration / k, target=float(s.target), name=nm) for s, nm in zip(wl.stages, names))
     profile = Profile(float(wl.start), stages)
     templates = build_templates(scenario, base_url, supports_fast)
     peak = max([float(wl.start)] + [s.target for s in stages])

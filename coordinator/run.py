@@ -83,13 +83,12 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
 
             from automaton.launch import start_automaton
 
-            stall = scenario.target.embedded.stall if scenario.target.embedded else None
+            embedded = scenario.target.embedded
+            faults = embedded.faults_config() if embedded else None
+            if faults is not None:
+                faults.setdefault("seed", scenario.seed)  # the scenario's seed drives the faults too
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="horde-target")
-            target_future = pool.submit(
-                start_automaton,
-                stall_every_s=stall.every_s if stall else None,
-                stall_for_s=stall.for_s if stall else None,
-            )
+            target_future = pool.submit(start_automaton, faults=faults)
             pool.shutdown(wait=False)
 
         if options.in_process:
@@ -413,9 +412,12 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     th_results = [_threshold_dict(r) for r in final]
     if outcome is Outcome.PASSED and any(not r["ok"] for r in th_results):
         outcome = Outcome.THRESHOLDS_FAILED
-    summary_extra = {"alerts": alerts_log}
+    compression = float(getattr(scenario, "time_compression", 1.0) or 1.0)
+    summary_extra = {"alerts": alerts_log,
+                     "time": {"compression": compression, "real_duration_s": plan.duration_s,
+                              "simulated_duration_s": plan.duration_s * compression}}
     if len(soak_series.t_s.get("rps", [])) >= SOAK_MIN_WINDOWS:
-        summary_extra["soak"] = analyse_soak(soak_series, time_scale=getattr(scenario, "time_compression", 1.0))
+        summary_extra["soak"] = analyse_soak(soak_series, time_scale=compression)
     agent_nodes: dict[str, list[str]] = {}
     for a in getattr(fleet, "agents", []):
         agent_nodes.setdefault(a.node, []).append(_label(a.index, a.incarnation))
@@ -583,7 +585,9 @@ def _manifest(loaded: LoadedScenario, plan: Plan, shape: ClusterShape, base_url:
         "complete": False,
         "started": started.isoformat(),
         "target": {"url": base_url, "embedded": target_proc is not None,
-                   "pid": getattr(target_proc, "pid", None)},
+                   "pid": getattr(target_proc, "pid", None),
+                   "admin_url": getattr(target_proc, "admin_url", None),  # never the admin token
+                   "faults": target_proc.faults() if target_proc is not None else None},
         "cluster": shape.to_dict(),
         "plan": {
             "agents": plan.count,

@@ -83,9 +83,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from automaton.catalog import ROUTE_NAMES  # the endpoints faults can name (a pure module)
 from coordinator.durations import format_duration, parse_duration
+from coordinator.durations import parse_percent, parse_size  # embedded target faults
 from coordinator.limits import ScopedThreshold, Threshold, ThresholdSyntaxError, parse_threshold
 
 Loc = tuple[str | int, ...]
@@ -192,8 +194,261 @@ class Stall(_Model):
         return self
 
 
-class EmbeddedTarget(_Model):
+# --- embedded target faults (the wire form they become: automaton/faults.py) ----------------
+
+
+def _at_most_one(fraction: float) -> float:
+    if fraction > 1:
+        raise ValueError(f"must be at most 100%, got {fraction * 100:g}%")
+    return fraction
+
+
+Percent = Annotated[
+    float,
+    BeforeValidator(parse_percent),
+    AfterValidator(_at_most_one),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": 1, "description": "a fraction"},
+                              {"type": "string", "pattern": r"^\s*[0-9.]+\s*%?\s*$", "examples": ["5%", "0.5%"]}]}),
+]
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "description": "bytes"},
+                              {"type": "string", "examples": ["10KB", "64KiB", "1GiB"]}]}),
+]
+
+# Each latency distribution's parameters (YAML names).
+_LATENCY_PARAMS: dict[str, tuple[str, ...]] = {
+    "fixed": ("delay",),
+    "normal": ("mean", "stdev"),
+    "lognormal": ("median", "sigma"),
+    "bimodal": ("p", "fast", "slow"),
+}
+
+
+class LatencyFault(_Model):
+    """Added latency drawn per request: `50ms` (fixed) or {dist: ..., its parameters}.
+
+    fixed {delay}; normal {mean, stdev} (clipped at 0); lognormal {median, sigma}
+    (sigma of the log, unitless); bimodal {p, fast, slow}: `slow` with probability p.
+    """
+
+    dist: Literal["fixed", "normal", "lognormal", "bimodal"]
+    delay: Duration | None = None
+    mean: Duration | None = None
+    stdev: Duration | None = None
+    median: Duration | None = None
+    sigma: Annotated[float, Field(ge=0)] | None = None
+    p: Percent | None = None
+    fast: Duration | None = None
+    slow: Duration | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        if isinstance(data, (str, int, float)) and not isinstance(data, bool):
+            return {"dist": "fixed", "delay": data}
+        return data
+
+    @model_validator(mode="after")
+    def _parameters_of_its_dist(self) -> LatencyFault:
+        wanted = _LATENCY_PARAMS[self.dist]
+        problems: list[tuple[Loc, str]] = [
+            ((name,), f"required for dist {self.dist}") for name in wanted if getattr(self, name) is None
+        ]
+        problems += [
+            ((name,), f"not a parameter of dist {self.dist} (it takes {', '.join(wanted)})")
+            for names in _LATENCY_PARAMS.values()
+            for name in names
+            if name not in wanted and getattr(self, name) is not None
+        ]
+        if problems:
+            raise _problems(problems)
+        return self
+
+    def automaton_config(self) -> dict[str, Any]:
+        """automaton/latency.py's wire form: seconds under `_s` keys."""
+        if self.dist == "fixed":
+            return {"dist": "fixed", "delay_s": self.delay}
+        if self.dist == "normal":
+            return {"dist": "normal", "mean_s": self.mean, "stdev_s": self.stdev}
+        if self.dist == "lognormal":
+            return {"dist": "lognormal", "median_s": self.median, "sigma": self.sigma}
+        return {"dist": "bimodal", "p_slow": self.p, "fast_s": self.fast, "slow_s": self.slow}
+
+
+class ConcurrencyFault(_Model):
+    """At most `limit` requests processed at once, `queue` more waiting; past that, 503."""
+
+    limit: int = Field(ge=1)
+    queue: int = Field(0, ge=0)
+
+
+class ScalingFault(_Model):
+    """Worker capacity (the global concurrency limit) that follows the queue.
+
+    Up by `step` once the queue has stayed longer than `queue_above` for `scale_up_delay`;
+    down by `step` after `cool_down` of low load; always between min and max workers.
+    """
+
+    min_workers: int = Field(ge=1)
+    max_workers: int = Field(ge=1)
+    step: int = Field(1, ge=1)
+    queue_above: int = Field(0, ge=0)
+    scale_up_delay: Duration
+    cool_down: Duration
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScalingFault:
+        if self.max_workers < self.min_workers:
+            raise _problems([(("max_workers",), "must not be less than min_workers")])
+        return self
+
+    def automaton_config(self) -> dict[str, Any]:
+        return {
+            "min_workers": self.min_workers,
+            "max_workers": self.max_workers,
+            "step": self.step,
+            "queue_above": self.queue_above,
+            "scale_up_delay_s": self.scale_up_delay,
+            "cool_down_s": self.cool_down,
+        }
+
+
+class EndpointFaults(_Model):
+    """Faults for one endpoint of the automaton (or, in TargetFaults, for every request)."""
+
+    latency: LatencyFault | None = None
+    error_rate: Percent = 0.0
+    error_status: int = Field(500, ge=400, le=599)
     stall: Stall | None = None
+    leak_per_request: Size = 0
+    cpu_per_request: Duration = 0.0
+    concurrency: ConcurrencyFault | None = None
+
+    def automaton_config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.latency is not None:
+            out["latency"] = self.latency.automaton_config()
+        if self.error_rate:
+            out["error_rate"] = self.error_rate
+            out["error_status"] = self.error_status
+        if self.stall is not None:
+            out["stall_every_s"] = self.stall.every_s
+            out["stall_for_s"] = self.stall.for_s
+        if self.leak_per_request:
+            out["leak_bytes_per_request"] = self.leak_per_request
+        if self.cpu_per_request:
+            out["cpu_per_request_s"] = self.cpu_per_request
+        if self.concurrency is not None:
+            out["concurrency"] = {"limit": self.concurrency.limit, "queue": self.concurrency.queue}
+        return out
+
+
+class TargetFaults(EndpointFaults):
+    """The embedded automaton's faults: for every request, per endpoint, and global ones.
+
+        faults:
+          latency: {dist: lognormal, median: 20ms, sigma: 0.5}   # or just 20ms (fixed)
+          error_rate: 1%
+          error_status: 503
+          stall: {every: 10s, for: 1s}
+          leak_per_request: 10KB
+          leak_cap: 1GiB                  # the leak stops growing here
+          cpu_per_request: 200us
+          concurrency: {limit: 8, queue: 100}
+          max_connections: 500
+          db_lock: 5ms                    # held around every database operation
+          scaling: {min_workers: 2, max_workers: 16, step: 2, queue_above: 10,
+                    scale_up_delay: 5s, cool_down: 30s}
+          seed: 7
+          endpoints:                      # route names: /stats lists them; on top of the above
+            health: {error_rate: 5%, error_status: 500}
+    """
+
+    endpoints: dict[str, EndpointFaults] = {}
+    leak_cap: Size = 1 << 30
+    max_connections: int | None = Field(None, ge=1)
+    db_lock: Duration = 0.0
+    scaling: ScalingFault | None = None
+    seed: int | None = None
+
+    @field_validator("endpoints", mode="wrap")
+    @classmethod
+    def _known_endpoints(cls, endpoints: Any, handler: Any) -> dict[str, EndpointFaults]:
+        if not isinstance(endpoints, Mapping) or all(name in ROUTE_NAMES for name in endpoints):
+            return handler(endpoints)  # type: ignore[no-any-return]
+        # Unknown names and the known endpoints' own problems, reported together.
+        known = ", ".join(ROUTE_NAMES)
+        line_errors: list[InitErrorDetails] = [
+            InitErrorDetails(
+                type=_problems([((), f"not an endpoint of the automaton; expected one of: {known}")]),
+                loc=(name,),
+                input=endpoints[name],
+            )
+            for name in endpoints
+            if name not in ROUTE_NAMES
+        ]
+        try:
+            handler({name: value for name, value in endpoints.items() if name in ROUTE_NAMES})
+        except ValidationError as exc:
+            line_errors += [
+                InitErrorDetails(
+                    type=PydanticCustomError(error["type"], error["msg"], error.get("ctx")),
+                    loc=tuple(error["loc"]),
+                    input=error["input"],
+                )
+                for error in exc.errors(include_url=False)
+            ]
+        raise ValidationError.from_exception_data(cls.__name__, line_errors)
+
+    @model_validator(mode="after")
+    def _scaling_has_a_pool(self) -> TargetFaults:
+        if self.scaling is None:
+            return self
+        if self.concurrency is None:
+            raise _problems([(("scaling",), "needs concurrency: the worker pool it resizes and the queue it watches")])
+        if not self.scaling.min_workers <= self.concurrency.limit <= self.scaling.max_workers:
+            raise _problems([(("concurrency", "limit"), "is the starting capacity: must be between "
+                              "scaling.min_workers and scaling.max_workers")])
+        return self
+
+    def automaton_config(self) -> dict[str, Any]:
+        out = super().automaton_config()
+        if self.endpoints:
+            out["endpoints"] = {name: scope.automaton_config() for name, scope in self.endpoints.items()}
+        if self.leak_cap != 1 << 30:
+            out["leak_cap_bytes"] = self.leak_cap
+        if self.max_connections is not None:
+            out["max_connections"] = self.max_connections
+        if self.db_lock:
+            out["db_lock_s"] = self.db_lock
+        if self.scaling is not None:
+            out["scaling"] = self.scaling.automaton_config()
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+
+class EmbeddedTarget(_Model):
+    """The reference automaton, with faults. `stall:` is short for `faults: {stall: ...}`."""
+
+    stall: Stall | None = None
+    faults: TargetFaults | None = None
+
+    @model_validator(mode="after")
+    def _stall_once(self) -> EmbeddedTarget:
+        if self.stall is not None and self.faults is not None and self.faults.stall is not None:
+            raise _problems([(("stall",), "given twice: also as faults.stall; keep one")])
+        return self
+
+    def faults_config(self) -> dict[str, Any]:
+        """The faults as plain JSON for `start_automaton(faults=...)` (automaton/faults.py's wire form)."""
+        config = self.faults.automaton_config() if self.faults is not None else {}
+        if self.stall is not None:
+            config["stall_every_s"] = self.stall.every_s
+            config["stall_for_s"] = self.stall.for_s
+        return config
 
 
 class Target(_Model):
@@ -201,6 +456,9 @@ class Target(_Model):
 
     url: str | None = None
     embedded: EmbeddedTarget | None = None
+    # A Prometheus /metrics URL of the target (standard process metrics): sampled during the
+    # run for resource series and thresholds. The embedded automaton's is used automatically.
+    metrics: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -211,7 +469,7 @@ class Target(_Model):
             return {**data, "embedded": {}}
         return data
 
-    @field_validator("url")
+    @field_validator("url", "metrics")
     @classmethod
     def _check_url(cls, url: str | None) -> str | None:
         if url is None:
@@ -477,7 +735,24 @@ class Scenario(_Model):
     thresholds: list[ThresholdEntry] = []
     output: str = "results"
     seed: int = 1
-    engine: Literal["aiohttp", "fast", "auto"] = "aiohttp"
+    # auto: the lean HTTP/1.1 engine for every request it supports, aiohttp for the rest
+    engine: Literal["aiohttp", "fast", "auto"] = "auto"
+    # Soak time compression: simulated seconds per real second. Stage durations are
+    # simulated time; with 60, `duration: 1h` runs for one real minute.
+    time_compression: float = Field(1.0, ge=1.0, le=86400.0)
+    # Warning / critical alert rules (coordinator/alerts.py); None = the defaults, [] = none.
+    alerts: list[Any] | None = None
+
+    @field_validator("alerts")
+    @classmethod
+    def _valid_alerts(cls, alerts: list[Any] | None) -> list[Any] | None:
+        if alerts is None:
+            return alerts
+        from coordinator.alerts import rule_problems
+
+        if problems := rule_problems(alerts):
+            raise _problems(problems)  # locations relative to the field, which pydantic prefixes
+        return alerts
 
     @field_validator("requests")
     @classmethod

@@ -1,4 +1,4 @@
-"""stall_remaining, FaultConfig validation and plan_request_faults: pure, plain values."""
+"""faults.py: stall windows, configuration (validation, wire form), per-request plans. Pure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from automaton.faults import NO_FAULT, FaultConfig, plan_request_faults, stall_remaining
+import random
+from collections import Counter
+
+from automaton.faults import (
+    NO_FAULT,
+    Concurrency,
+    FaultConfig,
+    FaultConfigError,
+    RequestPlan,
+    ScalingPolicy,
+    ScopeFaults,
+    fault_config_from_dict,
+    plan_request,
+    stall_hold_s,
+    stall_remaining,
+)
+from automaton.latency import Bimodal, Fixed, LogNormal, Normal
 
 
 @pytest.mark.parametrize(
@@ -57,7 +73,9 @@ def test_stall_remaining_ends_exactly_at_a_period_boundary(
 def test_fault_config_defaults_to_no_faults() -> None:
     faults = FaultConfig()
     assert not faults.stall_enabled
-    assert plan_request_faults(faults, 123.4) == NO_FAULT
+    assert faults.as_dict() == {}
+    assert plan_request(faults, "health", random.Random(1)) is NO_FAULT
+    assert stall_hold_s(faults, "health", 123.4) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -71,11 +89,39 @@ def test_fault_config_defaults_to_no_faults() -> None:
         ({"stall_every_s": 5.0, "stall_for_s": -1.0}, "stall_for_s must be"),
         ({"stall_every_s": math.inf, "stall_for_s": 1.0}, "stall_every_s must be"),
         ({"stall_every_s": math.nan, "stall_for_s": 1.0}, "stall_every_s must be"),
+        ({"error_rate": 1.5}, "error_rate must be between 0 and 1"),
+        ({"error_rate": -0.1}, "error_rate must be between 0 and 1"),
+        ({"error_rate": True}, "error_rate must be between 0 and 1"),  # a bool is not 100%
+        ({"error_status": 200}, "error_status must be an HTTP error status"),
+        ({"error_status": 600}, "error_status must be an HTTP error status"),
+        ({"leak_bytes_per_request": -1}, "leak_bytes_per_request must be an integer >= 0"),
+        ({"leak_bytes_per_request": 1.5}, "leak_bytes_per_request must be an integer"),
+        ({"cpu_per_request_s": -0.001}, "cpu_per_request_s must be a finite number >= 0"),
+        ({"latency": Normal(mean_s=-1.0, stdev_s=0.1)}, "latency.mean_s must be"),
+        ({"latency": Bimodal(p_slow=2.0, fast_s=0.0, slow_s=1.0)}, "latency.p_slow must be between 0 and 1"),
+        ({"max_connections": 0}, "max_connections must be an integer >= 1"),
+        ({"db_lock_s": -1.0}, "db_lock_s must be a finite number >= 0"),
+        ({"leak_cap_bytes": -5}, "leak_cap_bytes must be an integer >= 0"),
+        ({"endpoints": {"nope": ScopeFaults()}}, "endpoints.nope is not an endpoint of the automaton"),
+        ({"scaling": ScalingPolicy(min_workers=1, max_workers=2, scale_up_delay_s=1, cool_down_s=1)},
+         "scaling needs concurrency"),
+        ({"concurrency": Concurrency(limit=5, queue=1),
+          "scaling": ScalingPolicy(min_workers=1, max_workers=2, scale_up_delay_s=1, cool_down_s=1)},
+         r"concurrency.limit \(5\) is the starting capacity"),
     ],
 )
-def test_fault_config_rejects_invalid(kwargs: dict[str, float], message: str) -> None:
+def test_fault_config_rejects_invalid(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        FaultConfig(**kwargs)
+        FaultConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_nested_values_validate_on_their_own() -> None:
+    with pytest.raises(FaultConfigError, match="limit must be an integer >= 1"):
+        Concurrency(limit=0)
+    with pytest.raises(FaultConfigError, match=r"max_workers \(1\) must not be less than min_workers \(2\)"):
+        ScalingPolicy(min_workers=2, max_workers=1, scale_up_delay_s=1, cool_down_s=1)
+    with pytest.raises(FaultConfigError, match="error_rate"):
+        ScopeFaults(error_rate=2)
 
 
 def test_fault_config_lists_every_problem() -> None:
@@ -85,8 +131,165 @@ def test_fault_config_lists_every_problem() -> None:
     assert "stall_for_s must be" in str(info.value)
 
 
-def test_plan_request_faults_delays_only_inside_a_window() -> None:
-    faults = FaultConfig(stall_every_s=5.0, stall_for_s=1.0)
-    assert plan_request_faults(faults, 3.0) == NO_FAULT
-    assert plan_request_faults(faults, 4.25).delay_before_response_s == pytest.approx(0.75)
-    assert plan_request_faults(faults, 5.0) == NO_FAULT
+# --- the wire form ----------------------------------------------------------------------------
+
+FULL_WIRE = {
+    "seed": 7,
+    "latency": {"dist": "lognormal", "median_s": 0.02, "sigma": 0.5},
+    "error_rate": 0.05,
+    "error_status": 503,
+    "stall_every_s": 10.0,
+    "stall_for_s": 1.0,
+    "leak_bytes_per_request": 10240,
+    "leak_cap_bytes": 1 << 20,
+    "cpu_per_request_s": 0.0005,
+    "concurrency": {"limit": 4, "queue": 100},
+    "max_connections": 500,
+    "db_lock_s": 0.005,
+    "scaling": {"min_workers": 2, "max_workers": 16, "scale_up_delay_s": 5.0, "cool_down_s": 30.0,
+                "step": 2, "queue_above": 10},
+    "endpoints": {
+        "health": {"error_rate": 0.01, "error_status": 502},
+        "records_create": {"latency": {"dist": "bimodal", "p_slow": 0.1, "fast_s": 0.001, "slow_s": 0.2},
+                           "concurrency": {"limit": 1, "queue": 0}},
+        "agents_list": {"latency": {"dist": "normal", "mean_s": 0.01, "stdev_s": 0.002},
+                        "stall_every_s": 5.0, "stall_for_s": 0.5},
+        "tool_invoke": {"latency": {"dist": "fixed", "delay_s": 0.05}, "cpu_per_request_s": 0.001,
+                        "leak_bytes_per_request": 1},
+    },
+}
+
+
+def test_wire_form_round_trips() -> None:
+    faults = fault_config_from_dict(FULL_WIRE)
+    assert faults.latency == LogNormal(median_s=0.02, sigma=0.5)
+    assert faults.concurrency == Concurrency(limit=4, queue=100)
+    assert faults.scaling == ScalingPolicy(min_workers=2, max_workers=16, scale_up_delay_s=5.0,
+                                           cool_down_s=30.0, step=2, queue_above=10)
+    assert faults.endpoints["tool_invoke"].latency == Fixed(delay_s=0.05)
+    assert faults.as_dict() == FULL_WIRE
+    assert FaultConfig.from_dict(faults.as_dict()) == faults
+    assert fault_config_from_dict(None) == fault_config_from_dict({}) == FaultConfig()
+    # Integral floats from a JSON writer are integers.
+    assert fault_config_from_dict({"max_connections": 5.0}).max_connections == 5
+
+
+def test_wire_form_lists_every_problem_with_its_path() -> None:
+    bad = {
+        "error_rate": "5%",  # the wire form is plain numbers; units belong to the scenario
+        "latency": {"dist": "weibull"},
+        "concurrency": {"queue": 3},
+        "scaling": {"min_workers": 1, "max_workers": 2, "scale_up_delay_s": 1, "cool_down_s": 1},
+        "endpoints": {
+            "health": {"error_rate": 3, "stall_every_s": 1},
+            "helth": {},
+            "records_list": {"latency": {"dist": "normal", "mean_s": 0.1}, "colour": "red"},
+        },
+        "mystery": 1,
+    }
+    with pytest.raises(FaultConfigError) as info:
+        fault_config_from_dict(bad)
+    problems = info.value.problems
+    expected_prefixes = [
+        "error_rate must be a finite number",
+        "latency.dist must be one of fixed, normal, lognormal, bimodal",
+        "concurrency.limit is required",
+        "endpoints.health.error_rate must be between 0 and 1",
+        "endpoints.health.stall_every_s and stall_for_s must be given together",
+        "endpoints.helth is not an endpoint of the automaton",
+        "endpoints.records_list.colour is not a known key",
+        "endpoints.records_list.latency.stdev_s is required",
+        "mystery is not a known fault key",
+    ]
+    for prefix in expected_prefixes:
+        assert any(p.startswith(prefix) for p in problems), (prefix, problems)
+    # concurrency failed to parse: scaling is not also told that it is missing.
+    assert not any(p.startswith("scaling needs") for p in problems)
+    assert len(problems) == len(expected_prefixes), problems
+
+
+@pytest.mark.parametrize("data", [[], "x", 3])
+def test_wire_form_must_be_an_object(data: object) -> None:
+    with pytest.raises(FaultConfigError, match="must be a JSON object"):
+        fault_config_from_dict(data)
+
+
+# --- per-request plans ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "draws"),
+    [
+        (0.05, 20_000),
+        (0.5, 10_000),
+        (0.999, 10_000),
+    ],
+)
+def test_error_rate_sampling_matches_the_rate(rate: float, draws: int) -> None:
+    faults = FaultConfig(error_rate=rate, error_status=503)
+    rng = random.Random(42)
+    statuses = Counter(plan_request(faults, "health", rng).error_status for _ in range(draws))
+    assert set(statuses) <= {None, 503}
+    observed = statuses[503] / draws
+    # Four binomial standard deviations: a wrong rate (or a rate applied twice) fails.
+    assert abs(observed - rate) <= 4 * math.sqrt(rate * (1 - rate) / draws) + 1e-9
+
+
+def test_error_rate_zero_and_one_are_exact() -> None:
+    rng = random.Random(3)
+    never = FaultConfig(error_rate=0.0)
+    always = FaultConfig(error_rate=1.0, error_status=429)
+    assert all(plan_request(never, "health", rng).error_status is None for _ in range(1000))
+    assert all(plan_request(always, "health", rng).error_status == 429 for _ in range(1000))
+
+
+def test_same_seed_same_plans() -> None:
+    faults = fault_config_from_dict(FULL_WIRE)
+    first = [plan_request(faults, "records_create", random.Random(faults.seed)) for _ in range(3)]
+    rng_a, rng_b = random.Random(9), random.Random(9)
+    a = [plan_request(faults, "records_create", rng_a) for _ in range(200)]
+    b = [plan_request(faults, "records_create", rng_b) for _ in range(200)]
+    assert a == b
+    assert len({p.delay_s for p in a}) > 10  # and they do vary from request to request
+    assert first[0] == first[1] == first[2]
+
+
+def test_endpoint_faults_apply_to_that_endpoint_only_and_add_to_global() -> None:
+    faults = FaultConfig(
+        latency=Fixed(0.1),
+        leak_bytes_per_request=100,
+        cpu_per_request_s=0.001,
+        endpoints={
+            "health": ScopeFaults(latency=Fixed(0.02), leak_bytes_per_request=5, cpu_per_request_s=0.002,
+                                  error_rate=1.0, error_status=502),
+        },
+    )
+    rng = random.Random(0)
+    assert plan_request(faults, "health", rng) == RequestPlan(
+        delay_s=pytest.approx(0.12), error_status=502, leak_bytes=105, cpu_s=pytest.approx(0.003)
+    )
+    assert plan_request(faults, "agents_list", rng) == RequestPlan(
+        delay_s=0.1, error_status=None, leak_bytes=100, cpu_s=0.001
+    )
+
+
+def test_global_error_is_drawn_before_the_endpoints() -> None:
+    faults = FaultConfig(
+        error_rate=1.0, error_status=500, endpoints={"health": ScopeFaults(error_rate=1.0, error_status=503)}
+    )
+    assert plan_request(faults, "health", random.Random(0)).error_status == 500
+
+
+def test_stall_hold_takes_the_longest_window_in_scope() -> None:
+    faults = FaultConfig(
+        stall_every_s=10.0,
+        stall_for_s=1.0,
+        endpoints={"health": ScopeFaults(stall_every_s=4.0, stall_for_s=2.0)},
+    )
+    # t=9.5: global window [9, 10) has 0.5 s left; health's [6, 8) is over, [10, 12) to come.
+    assert stall_hold_s(faults, "health", 9.5) == pytest.approx(0.5)
+    # t=10.5: only health's window [10, 12) is open.
+    assert stall_hold_s(faults, "health", 10.5) == pytest.approx(1.5)
+    assert stall_hold_s(faults, "agents_list", 10.5) == 0.0
+    # t=3.5: health's [2, 4) has 0.5 left, the global one is closed.
+    assert stall_hold_s(faults, "health", 3.5) == pytest.approx(0.5)

@@ -103,3 +103,13 @@ def test_sigint_also_exits_cleanly() -> None:
     assert automaton.process.wait(timeout=10) == 0, automaton.stderr_tail()
     assert not os.path.exists(db_dir)
     assert "Traceback" not in automaton.stderr_tail()
+
+
+def test_package_exports_resolve_lazily() -> None:
+    import automaton
+
+    assert sorted(automaton.__all__) == sorted(automaton._EXPORTS)
+    for name in automaton.__all__:
+        assert getattr(automaton, name) is not None
+    with pytest.raises(AttributeError):
+        automaton.no_such_name  # noqa: B018

@@ -134,7 +134,8 @@ def test_defaults_and_short_forms():
     }
     s = parse(minimal, env={}).scenario
     assert s.target.is_embedded and s.target.embedded.stall is None
-    assert (s.agents, s.flush_interval, s.timeout, s.connect_timeout, s.engine, s.seed) == ("auto", 1.0, 10.0, 5.0, "aiohttp", 1)
+    assert (s.agents, s.flush_interval, s.timeout, s.connect_timeout, s.engine, s.seed) == ("auto", 1.0, 10.0, 5.0, "auto", 1)
+    assert s.time_compression == 1.0 and s.alerts is None and s.target.metrics is None
     assert s.requests[0].method == "GET" and s.requests[0].weight == 1.0 and s.requests[0].expect == []
     assert s.workload.think_time == (1.0, 1.0) and s.workload.graceful_stop == 5.0
     assert s.thresholds == [] and s.output == "results"
@@ -618,3 +619,33 @@ def test_json_schema_describes_the_file_format():
     stall = schema["$defs"]["Stall"]["properties"]
     assert set(stall) == {"every", "for"}  # YAML names, not python names
     assert "json" in schema["$defs"]["RequestEntry"]["properties"]
+
+
+def test_soak_alerts_and_metrics_keys():
+    data = {
+        "name": "soak",
+        "target": {"url": "http://127.0.0.1:9000", "metrics": "http://127.0.0.1:9000/metrics"},
+        "requests": [{"name": "health", "path": "/health"}],
+        "workload": {"model": "open", "stages": [{"duration": "1h", "target": 5}]},
+        "time_compression": 60,
+        "alerts": [{"name": "slow", "metric": "p95(latency)", "warning": "1s", "critical": "5s"}],
+    }
+    s = parse(data, env={}).scenario
+    assert s.time_compression == 60 and s.target.metrics.endswith("/metrics") and len(s.alerts) == 1
+
+
+@pytest.mark.parametrize("key, value, path", [
+    ("time_compression", 0.5, "time_compression"),  # compression below 1 would stretch time
+    ("alerts", [{"name": "x", "metric": "p95(latency)", "warning": "fast"}], "alerts[0]"),  # bad level
+])
+def test_soak_and_alert_problems_name_their_path(key, value, path):
+    data = {
+        "name": "soak",
+        "target": "embedded",
+        "requests": [{"name": "health", "path": "/health"}],
+        "workload": {"model": "open", "stages": [{"duration": "10s", "target": 5}]},
+        key: value,
+    }
+    with pytest.raises(ScenarioError) as e:
+        parse(data, env={})
+    assert any(p.path.startswith(path) for p in e.value.problems), e.value.problems
