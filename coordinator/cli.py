@@ -46,29 +46,38 @@ def cli() -> None:
 @click.option("--address", envvar="HORDE_RAY_ADDRESS", metavar="ADDR",
               help="Attach to this Ray cluster instead of starting an embedded one.")
 @click.option("--in-process", is_flag=True, help="Run agents in this process without Ray (debugging, baselines).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines; only the summary.")
-def run(file, target, overrides, out_dir, address, in_process, quiet) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No live view or progress lines; only the summary.")
+@click.option("--prometheus-port", type=int, default=None, metavar="PORT",
+              help="Serve live run metrics in Prometheus format on 127.0.0.1:PORT (0: any free port).")
+def run(file, target, overrides, out_dir, address, in_process, quiet, prometheus_port) -> None:
     """Run the scenario FILE and write a result bundle."""
     from coordinator.bundle import read_bundle
+    from coordinator.live import choose_view
     from coordinator.report import text_summary
     from coordinator.run import RunError, RunOptions, run_scenario
 
     overrides = tuple(overrides) + ((f"target={target}",) if target else ())
     loaded = _load(file, overrides)
-    progress = None if quiet else (lambda line: click.echo(line, err=True))
+    view = choose_view(loaded.scenario.name, quiet=quiet)
     try:
-        result = run_scenario(loaded, RunOptions(address=address, in_process=in_process, out_dir=out_dir, progress=progress))
+        result = run_scenario(loaded, RunOptions(address=address, in_process=in_process, out_dir=out_dir,
+                                                 progress=view.message, on_window=view.window,
+                                                 prometheus_port=prometheus_port))
     except RunError as exc:
+        view.close()
         _err(f"error: {exc}")
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
+        view.close()
         _err("interrupted before the run started")
         sys.exit(130)
     except Exception as exc:  # an unexpected failure: one line, the traceback only on request
+        view.close()
         if os.environ.get("HORDE_DEBUG"):
             raise
         _err(f"error: {type(exc).__name__}: {exc} (set HORDE_DEBUG=1 for the traceback)")
         sys.exit(EXIT_ERROR)
+    view.close()
     click.echo(text_summary(read_bundle(result.bundle)))
     _record_history(result.bundle)
     sys.exit(result.exit_code)

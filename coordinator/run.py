@@ -31,7 +31,10 @@ from coordinator.limits import LiveEvaluator
 from coordinator.outcome import EXIT_CODES, Outcome
 from coordinator.plan import Plan, build_plan
 from coordinator.report import junit_xml
+from agents.stages import Profile
 from coordinator.alerts import AlertEngine, metrics_from_stats, parse_rules
+from coordinator.live import format_line
+from coordinator.run_metrics import RunMetrics
 from coordinator.resources import NodeSeries, ResourceSeries
 from coordinator.soak import SoakSeries
 from coordinator.soak import analyse as analyse_soak
@@ -56,6 +59,9 @@ class RunOptions:
     progress: Progress | None = None
     install_signal_handlers: bool = True
     ready_timeout_s: float = 60.0
+    on_window: Callable[[dict], None] | None = None  # a live view; None: progress() gets a line per window
+    prometheus_port: int | None = None  # serve live run metrics on 127.0.0.1:PORT (0 = any free port)
+    prometheus_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -176,6 +182,13 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     node_series = NodeSeries()
     me = psutil.Process()
     soak_series = SoakSeries()
+    profile = Profile(plan.agents[0].start_level, plan.agents[0].stages)
+    cumulative = {"requests": 0, "errors": 0}
+    agent_cpu: dict[str, tuple[float, int]] = {}  # agent label -> (cpu_s, window) last seen
+    run_metrics = None
+    if options.prometheus_port is not None:
+        run_metrics = RunMetrics(host=options.prometheus_host, port=options.prometheus_port)
+        progress(f"live metrics at {run_metrics.start()}")
     alert_engine = AlertEngine(parse_rules(getattr(scenario, "alerts", None)), source=scenario.name)
     alerts_log: list[dict] = []
     probe_task: asyncio.Task | None = None
@@ -253,7 +266,13 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             observe_alerts(w, wd)
             wd["nodes"] = node_series.window(w.index)
             writer.append_window(wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}})
-            progress(_progress_line(w, plan, sum(t.get("in_flight", 0) for t in w.generator.values()) if w.generator else 0))
+            info = _window_info(w, plan, profile, cumulative, agent_cpu, alert_engine, len(lost))
+            if run_metrics is not None:
+                run_metrics.update(info)
+            if options.on_window is not None:
+                options.on_window(info)
+            else:
+                progress(format_line(info))
             if outcome in (Outcome.PASSED,):
                 aborts = live.evaluate((w.index + 1) * agg_window_s, stats_for)
                 for a in aborts:
@@ -397,6 +416,8 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
         for ev in alert_engine.finish(closed_until_ns / 1e9):
             record_alert_event(ev)
     finally:
+        if run_metrics is not None:
+            run_metrics.close()
         if probe_task is not None:
             probe_task.cancel()
             await asyncio.gather(probe_task, return_exceptions=True)
@@ -548,19 +569,51 @@ def _summary(stats_for, agg: Aggregator, plan: Plan, totals, lost, thresholds, o
     }
 
 
-def _progress_line(w, plan: Plan, in_flight: int) -> str:
+def _window_info(w, plan: Plan, profile: Profile, cumulative: dict, agent_cpu: dict, alert_engine, lost: int) -> dict:
+    """One closed window as the live view and the live metrics show it."""
     t = w.total
     lat = t.latency
-    p50 = lat.value_at_quantile(0.5)
-    p99 = lat.value_at_quantile(0.99)
-    t_end_s = (w.index + 1)
+    cumulative["requests"] += t.requests
+    cumulative["errors"] += t.errors
     stage_i = min(sum(1 for e in plan.stage_ends_ns if e <= w.index * 1e9), len(plan.stage_names) - 1)
-    users = sum(g.get("users", 0) for g in w.generator.values()) if w.generator else 0
-    level = f"users {users}" if plan.agents[0].model == "closed" else f"in-flight {in_flight}"
-    return (
-        f"[{t_end_s:>5}s] {plan.stage_names[stage_i]:<12} rps {t.requests:>7}  "
-        f"p50 {_fmt_ms(p50)}  p99 {_fmt_ms(p99)}  errors {t.errors} ({100 * t.error_rate:.2f}%)  {level}"
-    )
+    agents = {}
+    for index, g in (w.generator or {}).items():
+        label = _label(int(index), int(g.get("incarnation", 0)))
+        prev = agent_cpu.get(label)
+        cpu = None
+        if prev is not None and w.index > prev[1]:
+            cpu = max(0.0, (g.get("cpu_s", 0.0) - prev[0]) / (w.index - prev[1]))
+        agent_cpu[label] = (g.get("cpu_s", 0.0), w.index)
+        agents[label] = {"users": g.get("users", 0), "in_flight": g.get("in_flight", 0), "cpu_fraction": cpu,
+                         "loop_lag_max_ms": g.get("loop_lag_max_ns", 0) / 1e6, "rss_mb": g.get("rss_bytes", 0) / 1e6}
+
+    def ms(q):
+        v = lat.value_at_quantile(q)
+        return None if v is None else v / 1e6
+
+    return {
+        "t_s": w.index + 1,
+        "duration_s": plan.duration_s,
+        "stage": plan.stage_names[stage_i],
+        "stage_index": stage_i,
+        "stages": len(plan.stage_names),
+        "model": plan.agents[0].model,
+        "planned": round(float(profile.level(w.index + 0.5)), 3),
+        "rps": t.requests,
+        "errors": t.errors,
+        "error_rate": t.error_rate,
+        "p50_ms": ms(0.5),
+        "p90_ms": ms(0.9),
+        "p99_ms": ms(0.99),
+        "max_ms": None if not lat.count else lat.max_ns / 1e6,
+        "users": sum(a["users"] for a in agents.values()),
+        "in_flight": sum(a["in_flight"] for a in agents.values()),
+        "agents": agents,
+        "alerts": [f"{a.get('level')}: {a.get('text', a.get('rule'))}" for a in alert_engine.active()],
+        "lost": lost,
+        "total_requests": cumulative["requests"],
+        "total_errors": cumulative["errors"],
+    }
 
 
 def _fmt_ms(ns) -> str:
