@@ -14,4 +14,4 @@ __all__ = ["Count", "Load", "Peer", "PeerFailed", "peers"]
 
 
 def peers(horde_executable: str = "horde") -> list[Peer]:
-    return [Wrk(), AiohttpLoop(), Locust(), Horde(horde_executable)]
+    return [Wrk(), AiohttpLoop(), Locust(), Horde(horde_executable), Horde(horde_executable, engine="aiohttp")]

@@ -78,8 +78,11 @@ class Horde:
     name = "horde"
     startup_slack_s = 180.0  # Ray's start-up and shutdown
 
-    def __init__(self, executable: str = "horde") -> None:
+    def __init__(self, executable: str = "horde", engine: str | None = None) -> None:
         self.executable = executable
+        self.engine = engine  # None: the scenario's default (auto: the lean engine for plain GETs)
+        if engine is not None:
+            self.name = f"horde-{engine}"
 
     def unavailable(self) -> str | None:
         if shutil.which(self.executable) is None:
@@ -89,7 +92,8 @@ class Horde:
     def command(self, load: Load) -> list[str]:
         scenario = write_scenario(load)
         return [shutil.which(self.executable) or self.executable, "run", str(scenario),
-                "--target", load.url.rstrip("/"),
+                "--target", load.url.rstrip("/"), "-q",
+                *(["--set", f"engine={self.engine}"] if self.engine else []),
                 "--out", str(load.workdir / "bundle")]
 
     def count(self, load: Load, stdout: str, exit_code: int) -> Count:
