@@ -140,14 +140,10 @@ class TrafficAgent:
 
     # -- sending --------------------------------------------------------------------------
 
-    async def _one(self, ep: int, intended: int) -> None:
-        sent = self._now()
-        self._in_flight += 1
-        try:
-            status, nbytes, err = await self._send[ep](ep)
-        finally:
-            self._in_flight -= 1
-        end = self._now()
+    def _record(self, ep: int, intended: int, sent: int, status: int, nbytes: int, err: int) -> None:
+        """Record one finished request. Synchronous: the send loops await the engine directly,
+        so no coroutine is created per request for the bookkeeping (measured: ~1.5 us less)."""
+        end = time.monotonic_ns() - self._mono_start
         if not err:
             err = classify_status(status, self._expect[ep])
         lag = sent - intended
@@ -207,6 +203,8 @@ class TrafficAgent:
             pos += 1
             return t
 
+        send, record, mono = self._send, self._record, time.monotonic_ns
+
         async def worker() -> None:
             while not self._stopping:
                 intended = claim()
@@ -216,7 +214,14 @@ class TrafficAgent:
                     if intended <= self._now():
                         self._unsent += 1  # due, but the stop came first
                     return
-                await self._one(self._next_choice(), intended)
+                ep = self._next_choice()
+                sent = mono() - self._mono_start
+                self._in_flight += 1
+                try:
+                    status, nbytes, err = await send[ep](ep)
+                finally:
+                    self._in_flight -= 1
+                record(ep, intended, sent, status, nbytes, err)
 
         workers = [asyncio.create_task(worker()) for _ in range(spec.max_in_flight)]
         await self._finish(workers)
@@ -229,6 +234,8 @@ class TrafficAgent:
         allowed = 0
         end_ns = int(self._profile.duration_s * 1e9)
 
+        send, record, mono = self._send, self._record, time.monotonic_ns
+
         async def user(j: int) -> None:
             self._users += 1
             try:
@@ -236,13 +243,19 @@ class TrafficAgent:
                 while not self._stopping and j < allowed:
                     ep = self._next_choice()
                     think = self._thinks[self._ci]
-                    await self._one(ep, intended)
+                    sent = mono() - self._mono_start
+                    self._in_flight += 1
+                    try:
+                        status, nbytes, err = await send[ep](ep)
+                    finally:
+                        self._in_flight -= 1
+                    record(ep, intended, sent, status, nbytes, err)
                     if think > 0:
                         intended = self._now() + int(think * 1e9)
                         if not await self._sleep_until(intended):
                             return
                     else:
-                        intended = self._now()
+                        intended = mono() - self._mono_start
             finally:
                 self._users -= 1
 
