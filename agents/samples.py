@@ -118,13 +118,14 @@ class GeneratorReadings:
     rss_bytes: int = 0
     loop_lag_max_ns: int = 0  # worst event-loop wake-up delay in the interval
     loop_lag_mean_ns: int = 0
-    late_sends: int = 0  # sends more than LATE_SEND_NS after their intended time
+    late_sends: int = 0  # sends more than LATE_SEND_NS late although a sender was free (generator lag)
     send_lag_max_ns: int = 0
     in_flight: int = 0
     users: int = 0  # active virtual users (closed model)
     level: float = 0.0  # the planned level for this agent at flush time
     interrupted: int = 0  # requests still in flight when the agent gave up waiting (final batch)
     unsent: int = 0  # planned sends never started because the run stopped first
+    queued_sends: int = 0  # sends more than LATE_SEND_NS late because every sender was busy (target-bound)
 
 
 @dataclass(frozen=True)

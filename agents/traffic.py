@@ -62,6 +62,7 @@ class TrafficAgent:
         self._in_flight = 0
         self._users = 0
         self._late = 0
+        self._queued = 0
         self._send_lag_max = 0
         self._lag_max = 0
         self._lag_sum = 0
@@ -70,6 +71,7 @@ class TrafficAgent:
         self._unsent = 0
         self._sleepers: set[asyncio.Task] = set()
         self._cpu0 = 0.0
+        self._queued = 0
 
         rng = np.random.default_rng([spec.seed, spec.index, 7])
         w = np.asarray(spec.weights, dtype=float)
@@ -140,7 +142,8 @@ class TrafficAgent:
 
     # -- sending --------------------------------------------------------------------------
 
-    def _record(self, ep: int, intended: int, sent: int, status: int, nbytes: int, err: int) -> None:
+    def _record(self, ep: int, intended: int, sent: int, status: int, nbytes: int, err: int,
+                queued: bool = False) -> None:
         """Record one finished request. Synchronous: the send loops await the engine directly,
         so no coroutine is created per request for the bookkeeping (measured: ~1.5 us less)."""
         end = time.monotonic_ns() - self._mono_start
@@ -148,7 +151,12 @@ class TrafficAgent:
             err = classify_status(status, self._expect[ep])
         lag = sent - intended
         if lag > LATE_SEND_NS:
-            self._late += 1
+            # Late because every sender was busy (the target holds them) is not the
+            # generator's fault; late after sleeping to the intended time is.
+            if queued:
+                self._queued += 1
+            else:
+                self._late += 1
         if lag > self._send_lag_max:
             self._send_lag_max = lag
         self._buf.record(ep, intended, sent, end, status, err, nbytes)
@@ -210,6 +218,7 @@ class TrafficAgent:
                 intended = claim()
                 if intended < 0:
                     return
+                queued = intended < mono() - self._mono_start  # it was due before a sender was free
                 if not await self._sleep_until(intended):
                     if intended <= self._now():
                         self._unsent += 1  # due, but the stop came first
@@ -221,7 +230,7 @@ class TrafficAgent:
                     status, nbytes, err = await send[ep](ep)
                 finally:
                     self._in_flight -= 1
-                record(ep, intended, sent, status, nbytes, err)
+                record(ep, intended, sent, status, nbytes, err, queued)
 
         workers = [asyncio.create_task(worker()) for _ in range(spec.max_in_flight)]
         await self._finish(workers)
@@ -338,6 +347,7 @@ class TrafficAgent:
             loop_lag_max_ns=self._lag_max,
             loop_lag_mean_ns=self._lag_sum // self._lag_n if self._lag_n else 0,
             late_sends=self._late,
+            queued_sends=self._queued,
             send_lag_max_ns=self._send_lag_max,
             in_flight=self._in_flight,
             users=self._users,
@@ -347,6 +357,7 @@ class TrafficAgent:
         )
         self._lag_max = self._lag_sum = self._lag_n = 0
         self._late = 0
+        self._queued = 0
         self._send_lag_max = 0
         payload = encode_batch(
             agent=self.spec.index,

@@ -181,7 +181,7 @@ def _merged(parts: Iterable[Stats], duration_s: float) -> Stats:
 
 # Per-window generator readings: which fields combine how across the batches of a window.
 _READINGS_MAX = ("loop_lag_max_ns", "send_lag_max_ns")
-_READINGS_SUM = ("late_sends", "interrupted", "unsent")
+_READINGS_SUM = ("late_sends", "interrupted", "unsent", "queued_sends")
 _READINGS_LAST = ("cpu_s", "rss_bytes", "loop_lag_mean_ns", "in_flight", "users", "level")
 
 

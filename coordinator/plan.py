@@ -46,7 +46,19 @@ def agent_count(requested: int | str, cluster_cpus: float) -> int:
 
 
 def stage_names(stages) -> tuple[str, ...]:
-    return tuple(s.name or f"stage-{i + 1}" for i, s in enumerate(stages))
+    """Given names, and `stage-N` for unnamed stages (never clashing with a given name)."""
+    given = {s.name for s in stages if s.name}
+    out = []
+    for i, s in enumerate(stages):
+        name = s.name
+        if not name:
+            name, k = f"stage-{i + 1}", 1
+            while name in given:
+                k += 1
+                name = f"stage-{i + 1}.{k}"
+            given.add(name)
+        out.append(name)
+    return tuple(out)
 
 
 def build_templates(scenario, base_url: str, supports_fast: Callable[[RequestTemplate], bool] | None) -> tuple[RequestTemplate, ...]:

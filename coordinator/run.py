@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 
 import psutil
 import platform
@@ -622,6 +623,23 @@ def _fmt_ms(ns) -> str:
     return f"{ns / 1e6:6.2f}ms"
 
 
+_SECRET_KEY = re.compile(r"token|secret|password|passwd|key|authorization|cookie", re.I)
+
+
+def _redacted_argv(argv: list[str]) -> list[str]:
+    """The command line with the values of secret-looking --set keys (and URL passwords) hidden."""
+    out = []
+    for i, a in enumerate(argv):
+        prev = argv[i - 1] if i else ""
+        if prev == "--set" or a.startswith("--set="):
+            body = a[len("--set="):] if a.startswith("--set=") else a
+            key, eq, _ = body.partition("=")
+            if eq and (_SECRET_KEY.search(key) or "${" in body):
+                a = ("--set=" if a.startswith("--set=") else "") + f"{key}=***"
+        out.append(re.sub(r"(://[^/:@\s]+:)[^@/\s]+@", r"\1***@", a))
+    return out
+
+
 def _manifest(loaded: LoadedScenario, plan: Plan, shape: ClusterShape, base_url: str, started: datetime, target_proc) -> dict:
     import aiohttp
     import numpy
@@ -658,5 +676,5 @@ def _manifest(loaded: LoadedScenario, plan: Plan, shape: ClusterShape, base_url:
             "numpy": numpy.__version__,
             "platform": platform.platform(),
         },
-        "argv": sys.argv,
+        "argv": _redacted_argv(sys.argv),
     }

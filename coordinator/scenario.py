@@ -32,7 +32,7 @@ A scenario, with the forms each key accepts::
       - {expr: "error_rate < 1%", endpoint: list, stage: ramp, abort: true, delay: 10s, window: 5s}
     output: results
     seed: 1
-    engine: aiohttp                     # aiohttp | fast | auto
+    engine: auto                        # auto | fast | aiohttp
 
 Durations are seconds as a number, or strings such as "250ms", "1m30s"; the models keep
 float seconds under the same key names (`timeout` is seconds, `Stall.every_s` too).
@@ -371,7 +371,7 @@ class TargetFaults(EndpointFaults):
     max_connections: int | None = Field(None, ge=1)
     db_lock: Duration = 0.0
     scaling: ScalingFault | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0)
 
     @field_validator("endpoints", mode="wrap")
     @classmethod
@@ -734,7 +734,7 @@ class Scenario(_Model):
     connect_timeout: Duration = Field(5.0, gt=0)
     thresholds: list[ThresholdEntry] = []
     output: str = "results"
-    seed: int = 1
+    seed: int = Field(1, ge=0)  # numpy seeds are non-negative
     # auto: the lean HTTP/1.1 engine for every request it supports, aiohttp for the rest
     engine: Literal["aiohttp", "fast", "auto"] = "auto"
     # Soak time compression: simulated seconds per real second. Stage durations are
@@ -743,16 +743,16 @@ class Scenario(_Model):
     # Warning / critical alert rules (coordinator/alerts.py); None = the defaults, [] = none.
     alerts: list[Any] | None = None
 
-    @field_validator("alerts")
-    @classmethod
-    def _valid_alerts(cls, alerts: list[Any] | None) -> list[Any] | None:
-        if alerts is None:
-            return alerts
+    @model_validator(mode="after")
+    def _valid_alerts(self) -> Scenario:
+        if self.alerts is None:
+            return self
         from coordinator.alerts import rule_problems
 
-        if problems := rule_problems(alerts):
-            raise _problems(problems)  # locations relative to the field, which pydantic prefixes
-        return alerts
+        endpoints = [r.name for r in self.requests]
+        if problems := rule_problems(self.alerts, endpoints=endpoints):
+            raise _problems([(("alerts", *(loc if isinstance(loc, tuple) else (loc,))), msg) for loc, msg in problems])
+        return self
 
     @field_validator("requests")
     @classmethod
@@ -1259,8 +1259,10 @@ def redact(data: Mapping[str, Any], secrets: set[Loc] | frozenset[Loc] = frozens
     target = out.get("target")
     if isinstance(target, str):
         out["target"] = _redact_url(target)
-    elif isinstance(target, dict) and isinstance(target.get("url"), str):
-        target["url"] = _redact_url(target["url"])
+    elif isinstance(target, dict):
+        for key in ("url", "metrics"):
+            if isinstance(target.get(key), str):
+                target[key] = _redact_url(target[key])
     return out
 
 
