@@ -345,11 +345,11 @@ def monitor(targets, overrides, duration, interval, history_path, webhook, prome
 @click.option("--history", "history_dir", required=True, type=click.Path(file_okay=False),
               help="Directory that keeps the nights' bundles and history.sqlite3.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
-@click.option("--address", envvar="HORDE_RAY_ADDRESS", default=None, help="Run attached to this Ray cluster.")
-@click.option("--submit", "jobs_address", default=None, metavar="URL",
-              help="Submit as a Ray job to this job server instead, and fetch its bundle.")
+@click.option("--address", envvar="HORDE_RAY_ADDRESS", default=None,
+              help="A Ray address (HEAD:6379, auto) to run attached, or a job server URL "
+                   "(http://HEAD:8265) to submit the night as a Ray job and fetch its bundle.")
 @click.option("--quiet", "-q", is_flag=True)
-def nightly(file, history_dir, overrides, address, jobs_address, quiet) -> None:
+def nightly(file, history_dir, overrides, address, quiet) -> None:
     """Run a soak scenario, add it to the history, judge it against earlier nights.
 
     Exit codes: 0 fine, 4 thresholds failed, 6 regression, 7 memory leak, 1 error.
@@ -360,6 +360,9 @@ def nightly(file, history_dir, overrides, address, jobs_address, quiet) -> None:
 
     loaded = _load(file, tuple(overrides))
     progress = None if quiet else (lambda line: click.echo(line, err=True))
+    jobs_address = None
+    if address and address.startswith(("http://", "https://")):
+        jobs_address, address = address, None
     try:
         result = run_nightly(loaded, history_dir=history_dir, address=address, jobs_address=jobs_address,
                              overrides=tuple(overrides), progress=progress)
