@@ -381,6 +381,51 @@ def nightly(file, history_dir, overrides, address, quiet) -> None:
 
 
 @cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--start", type=float, default=None, help="First level (default: the scenario's staircase).")
+@click.option("--step", type=float, default=None, help="Level increase per step.")
+@click.option("--max", "max_level", type=float, default=None, help="Highest level to try.")
+@click.option("--hold", "hold_s", type=float, default=None, help="Seconds at each level.")
+@click.option("--break", "break_rules", multiple=True, metavar="EXPR",
+              help='A breaking rule, e.g. "error_rate > 5%" (repeatable; default: the abort thresholds).')
+@click.option("--no-recovery", is_flag=True, help="Skip the recovery-from-overload run.")
+@click.option("--recovery-level", type=float, default=None)
+@click.option("--recovery-seconds", "recovery_s", type=float, default=None)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
+@click.option("--address", envvar="HORDE_RAY_ADDRESS", default=None)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--quiet", "-q", is_flag=True)
+def stress(file, overrides, start, step, max_level, hold_s, break_rules, no_recovery, recovery_level, recovery_s,
+           json_out, address, out_dir, quiet) -> None:
+    """Find the breaking point (a staircase of levels), then time the recovery from overload.
+
+    Exit codes: 0 the search finished (a breaking level found, or the maximum held),
+    4 inconclusive (the generator ran out of capacity first), 1 error.
+    """
+    import json
+
+    from coordinator.outcome import EXIT_PASSED, EXIT_THRESHOLDS_FAILED
+    from coordinator.run import RunError, RunOptions
+    from coordinator.stress import StressPlan, format_report, run_stress
+
+    loaded = _load(file, tuple(overrides))
+    plan = StressPlan(start=start, step=step, max_level=max_level, hold_s=hold_s, break_rules=tuple(break_rules),
+                      recovery=not no_recovery, recovery_level=recovery_level, recovery_s=recovery_s)
+    progress = None if quiet else (lambda line: click.echo(line, err=True))
+    try:
+        report = run_stress(loaded, plan, RunOptions(address=address, out_dir=out_dir, progress=progress))
+    except (RunError, ValueError) as exc:
+        _err(f"error: {exc}")
+        sys.exit(EXIT_ERROR)
+    click.echo(format_report(report))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(report.to_dict(), f, indent=2, default=str)
+    sys.exit(EXIT_THRESHOLDS_FAILED if report.search.limited_by == "generator" else EXIT_PASSED)
+
+
+@cli.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editors)."""
     import json

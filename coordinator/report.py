@@ -75,6 +75,15 @@ def text_summary(bundle: Bundle) -> str:
         lines.append("  by stage")
         for name, st in s["stages"].items():
             lines.append(_row(name, st["total"]))
+    for i, sp in enumerate(s.get("spikes") or [], 1):
+        d = sp.get("during") or {}
+        rec = sp.get("recovery_s")
+        t90 = sp.get("time_to_90_s")
+        lines.append(
+            f"  spike {i}: x{sp.get('factor', 0):.0f} at {sp.get('start_s', 0):.1f}s, reached 90% in "
+            f"{'-' if t90 is None else f'{t90:.1f}s'}, p99 {_ms(d.get('latency_p99_ms'))} ms, errors "
+            f"{100 * (d.get('error_rate') or 0):.2f}%, recovered {'never' if rec is None else f'in {rec:.1f}s'}"
+        )
     if s.get("thresholds"):
         lines.append("")
         lines.append("  thresholds")

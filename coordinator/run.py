@@ -38,6 +38,7 @@ from coordinator.live import format_line
 from coordinator.run_metrics import RunMetrics
 from coordinator.resources import NodeSeries, ResourceSeries
 from coordinator.soak import SoakSeries
+from coordinator.spike import find_spikes, spikes_for_run
 from coordinator.soak import analyse as analyse_soak
 from coordinator.target_probe import TargetProbe
 from coordinator.scenario import LoadedScenario
@@ -184,6 +185,8 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     me = psutil.Process()
     soak_series = SoakSeries()
     profile = Profile(plan.agents[0].start_level, plan.agents[0].stages)
+    spike_windows: list[dict] | None = [] if find_spikes(profile) else None  # kept only when the plan has spikes
+    spike_totals: dict[int, object] = {}
     cumulative = {"requests": 0, "errors": 0}
     agent_cpu: dict[str, tuple[float, int]] = {}  # agent label -> (cpu_s, window) last seen
     run_metrics = None
@@ -264,6 +267,9 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
             wd["target"] = resources.window(w.index)
             wd["coordinator"] = {"rss_bytes": float(me.memory_info().rss)}
             soak_series.add(wd)
+            if spike_windows is not None:
+                spike_windows.append(wd)
+                spike_totals[w.index] = w.total
             observe_alerts(w, wd)
             wd["nodes"] = node_series.window(w.index)
             writer.append_window(wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}})
@@ -447,6 +453,12 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     summary = _summary(stats_for, agg, plan, totals, lost, th_results, outcome, stop_reason, resources, sends,
                        nodes_summary)
     summary.update(summary_extra)
+    if spike_windows is not None:
+        try:
+            summary["spikes"] = spikes_for_run(profile, spike_windows, summary["sends"], model=plan.agents[0].model,
+                                               histograms=spike_totals)
+        except Exception as exc:  # an analysis, never a reason to lose the bundle
+            progress(f"warning: spike analysis failed: {type(exc).__name__}: {exc}")
     ended = datetime.now(timezone.utc)
     manifest.update(
         outcome=outcome.value,
