@@ -17,9 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.nginx import Nginx
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: bench/ is not an installed package
+
+from bench.nginx import Nginx  # noqa: E402
 
 
 def run(url: str, seconds: int, engine: str, in_process: bool, out: Path) -> dict:
