@@ -50,6 +50,7 @@ class ErrorClass(IntEnum):
     PROTOCOL = 7  # malformed response
     TOO_LARGE = 8  # response over the size cap
     OTHER = 9  # anything else the engine could not classify
+    POLL_EXHAUSTED = 10  # a flow's polled step never met its condition within its bound
 
     @property
     def label(self) -> str:

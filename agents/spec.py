@@ -23,6 +23,30 @@ class RequestTemplate:
 
 
 @dataclass(frozen=True)
+class FlowStepTemplate:
+    """One step of a flow; `${var}` in url, header values and body is filled at run time."""
+
+    name: str
+    method: str
+    url: str
+    endpoint: int  # this step's endpoint index in the samples
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    expect: frozenset[int] = frozenset()
+    capture: tuple[tuple[str, str], ...] = ()  # (variable, dot path into the JSON response)
+    until: tuple[str, object] | None = None  # (dot path, value): poll until it is equal
+    every_s: float = 0.1
+    max_polls: int = 50
+
+
+@dataclass(frozen=True)
+class FlowTemplate:
+    name: str
+    endpoint: int  # the whole flow's endpoint index (its total time and success)
+    steps: tuple[FlowStepTemplate, ...]
+
+
+@dataclass(frozen=True)
 class Stage:
     duration_s: float
     target: float  # level at the end of the stage (rate per second, or users)
@@ -59,6 +83,8 @@ class AgentSpec:
     seed: int = 0
     engine: str = "aiohttp"  # default engine name, for the bundle
     labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    # Aligned with `requests`: the flow of a mix entry that is a flow, None for a plain request.
+    flows: tuple[FlowTemplate | None, ...] = ()
 
     @property
     def duration_s(self) -> float:

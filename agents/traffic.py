@@ -33,7 +33,8 @@ from agents.samples import (
     classify_status,
     encode_batch,
 )
-from agents.spec import AgentSpec
+from agents.flows import FlowRunner
+from agents.spec import AgentSpec, FlowTemplate
 from agents.stages import Profile, level_to_users, users_for_agent
 
 Emit = Callable[[bytes], None]
@@ -89,6 +90,12 @@ class TrafficAgent:
         self._engines = {n: engine_factory(n, spec.requests, **kw) for n in names}
         self._send = [self._engines[t.engine].request for t in spec.requests]
         self._expect = [t.expect for t in spec.requests]
+        self._flows: list[FlowTemplate | None] = list(spec.flows) or [None] * len(spec.requests)
+        self._flow_runner = (
+            FlowRunner(max_connections=spec.max_connections, timeout_s=spec.timeout_s,
+                       connect_timeout_s=spec.connect_timeout_s, clock_ns=self._now)
+            if any(f is not None for f in self._flows) else None
+        )
 
     # -- clock ---------------------------------------------------------------------------
 
@@ -117,6 +124,8 @@ class TrafficAgent:
         self._cpu0 = self._probe.read()[0]
         for e in self._engines.values():
             await e.open()
+        if self._flow_runner is not None:
+            await self._flow_runner.open()
         try:
             wait_s = -self._now() / 1e9
             if wait_s > 0 and not self._stopping:
@@ -139,6 +148,8 @@ class TrafficAgent:
         finally:
             for e in self._engines.values():
                 await e.close()
+            if self._flow_runner is not None:
+                await self._flow_runner.close()
 
     # -- sending --------------------------------------------------------------------------
 
@@ -160,6 +171,18 @@ class TrafficAgent:
         if lag > self._send_lag_max:
             self._send_lag_max = lag
         self._buf.record(ep, intended, sent, end, status, err, nbytes)
+
+    def _record_done(self, ep: int, intended: int, sent: int, status: int, nbytes: int, err: int) -> None:
+        """Record a request whose error class is already decided (flow steps and flows)."""
+        end = time.monotonic_ns() - self._mono_start
+        self._buf.record(ep, intended, sent, end, status, err, nbytes)
+
+    async def _run_flow(self, flow: FlowTemplate, intended: int) -> None:
+        self._in_flight += 1
+        try:
+            await self._flow_runner.run(flow, intended, self._record_done, self._sleep_until)  # type: ignore[union-attr]
+        finally:
+            self._in_flight -= 1
 
     def _next_choice(self) -> int:
         i = self._ci
@@ -211,7 +234,7 @@ class TrafficAgent:
             pos += 1
             return t
 
-        send, record, mono = self._send, self._record, time.monotonic_ns
+        send, record, mono, flows = self._send, self._record, time.monotonic_ns, self._flows
 
         async def worker() -> None:
             while not self._stopping:
@@ -224,6 +247,9 @@ class TrafficAgent:
                         self._unsent += 1  # due, but the stop came first
                     return
                 ep = self._next_choice()
+                if flows[ep] is not None:
+                    await self._run_flow(flows[ep], intended)
+                    continue
                 sent = mono() - self._mono_start
                 self._in_flight += 1
                 try:
@@ -243,7 +269,7 @@ class TrafficAgent:
         allowed = 0
         end_ns = int(self._profile.duration_s * 1e9)
 
-        send, record, mono = self._send, self._record, time.monotonic_ns
+        send, record, mono, flows = self._send, self._record, time.monotonic_ns, self._flows
 
         async def user(j: int) -> None:
             self._users += 1
@@ -252,13 +278,16 @@ class TrafficAgent:
                 while not self._stopping and j < allowed:
                     ep = self._next_choice()
                     think = self._thinks[self._ci]
-                    sent = mono() - self._mono_start
-                    self._in_flight += 1
-                    try:
-                        status, nbytes, err = await send[ep](ep)
-                    finally:
-                        self._in_flight -= 1
-                    record(ep, intended, sent, status, nbytes, err)
+                    if flows[ep] is not None:
+                        await self._run_flow(flows[ep], intended)
+                    else:
+                        sent = mono() - self._mono_start
+                        self._in_flight += 1
+                        try:
+                            status, nbytes, err = await send[ep](ep)
+                        finally:
+                            self._in_flight -= 1
+                        record(ep, intended, sent, status, nbytes, err)
                     if think > 0:
                         intended = self._now() + int(think * 1e9)
                         if not await self._sleep_until(intended):

@@ -244,7 +244,10 @@ class Aggregator:
         stage_names: Sequence[str],
         window_ns: int = 1_000_000_000,
         keep_windows: int | None = None,
+        not_in_total: Sequence[str] = (),
     ) -> None:
+        """`not_in_total`: endpoints that are not HTTP requests of their own (a flow's whole-flow
+        entry, whose steps are counted already): kept per endpoint, left out of totals."""
         if not endpoints:
             raise ValueError("at least one endpoint is needed")
         if len(stage_ends_ns) != len(stage_names) or not stage_names:
@@ -257,6 +260,8 @@ class Aggregator:
         if len(set(endpoints)) != len(endpoints) or len(set(stage_names)) != len(stage_names):
             raise ValueError("endpoint and stage names must be unique")
         self.endpoints: tuple[str, ...] = tuple(endpoints)
+        self._in_total = [i for i, e in enumerate(self.endpoints) if e not in set(not_in_total)]
+        self._in_total_set = set(self._in_total)
         self.stage_names: tuple[str, ...] = tuple(stage_names)
         self.window_ns = int(window_ns)
         self.keep_windows = keep_windows
@@ -401,7 +406,7 @@ class Aggregator:
             start_ns=index * self.window_ns,
             end_ns=(index + 1) * self.window_ns,
             by_endpoint=by_endpoint,
-            total=_merged(by_endpoint.values(), self._window_s),
+            total=_merged((st for e, st in per_endpoint.items() if e in self._in_total_set), self._window_s),
             generator=generator,
         )
 
@@ -422,7 +427,7 @@ class Aggregator:
 
     def _endpoint_index(self, endpoint: str | None) -> list[int]:
         if endpoint is None:
-            return list(range(self._n_endpoints))
+            return list(self._in_total)
         try:
             return [self.endpoints.index(endpoint)]
         except ValueError:

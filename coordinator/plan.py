@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agents.spec import AgentSpec, RequestTemplate, Stage
+from agents.spec import AgentSpec, FlowStepTemplate, FlowTemplate, RequestTemplate, Stage
 from agents.stages import Profile, level_to_users, users_for_agent
 
 COORDINATOR_CPUS = 1.0  # what `agents: auto` leaves for the coordinator (and an embedded target)
@@ -61,18 +61,24 @@ def stage_names(stages) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _encode_body(json_body, body: str | None, headers: dict[str, str]) -> bytes | None:
+    if json_body is not None:
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+        return json.dumps(json_body, separators=(",", ":")).encode()
+    return body.encode() if body is not None else None
+
+
 def build_templates(scenario, base_url: str, supports_fast: Callable[[RequestTemplate], bool] | None) -> tuple[RequestTemplate, ...]:
+    """One template per mix entry (a flow entry gets a placeholder: its steps run as a flow)."""
     base = base_url.rstrip("/")
     out = []
     for r in scenario.requests:
+        if getattr(r, "flow", None):
+            out.append(RequestTemplate(name=r.name, method="GET", url=base + "/", engine="aiohttp"))
+            continue
         headers = dict(r.headers)
-        body: bytes | None = None
-        if r.json is not None:
-            body = json.dumps(r.json, separators=(",", ":")).encode()
-            if not any(k.lower() == "content-type" for k in headers):
-                headers["Content-Type"] = "application/json"
-        elif r.body is not None:
-            body = r.body.encode()
+        body = _encode_body(r.json, r.body, headers)
         t = RequestTemplate(
             name=r.name,
             method=r.method,
@@ -87,6 +93,33 @@ def build_templates(scenario, base_url: str, supports_fast: Callable[[RequestTem
             t = RequestTemplate(**{**t.__dict__, "engine": "fast"})
         out.append(t)
     return tuple(out)
+
+
+def build_flows(scenario, base_url: str) -> tuple[tuple[FlowTemplate | None, ...], tuple[str, ...]]:
+    """Flow templates aligned with the mix entries, and the step endpoint names they add
+    (`flow/step`, numbered after the mix entries)."""
+    base = base_url.rstrip("/")
+    flows: list[FlowTemplate | None] = []
+    step_names: list[str] = []
+    n = len(scenario.requests)
+    for i, r in enumerate(scenario.requests):
+        if not getattr(r, "flow", None):
+            flows.append(None)
+            continue
+        steps = []
+        for st in r.flow:
+            headers = dict(st.headers)
+            body = _encode_body(st.json, st.body, headers)
+            steps.append(FlowStepTemplate(
+                name=st.name, method=st.method, url=base + st.path, endpoint=n + len(step_names),
+                headers=tuple(headers.items()), body=body, expect=frozenset(st.expect),
+                capture=tuple(st.capture.items()),
+                until=(st.until.path, st.until.equals) if st.until is not None else None,
+                every_s=st.every, max_polls=st.max_polls,
+            ))
+            step_names.append(f"{r.name}/{st.name}")
+        flows.append(FlowTemplate(name=r.name, endpoint=i, steps=tuple(steps)))
+    return tuple(flows), tuple(step_names)
 
 
 def build_plan(
@@ -105,6 +138,7 @@ def build_plan(
     stages = tuple(Stage(duration_s=s.duration / k, target=float(s.target), name=nm) for s, nm in zip(wl.stages, names))
     profile = Profile(float(wl.start), stages)
     templates = build_templates(scenario, base_url, supports_fast)
+    flows, step_names = build_flows(scenario, base_url)
     peak = max([float(wl.start)] + [s.target for s in stages])
 
     if wl.model == "closed":
@@ -137,6 +171,7 @@ def build_plan(
             graceful_stop_s=wl.graceful_stop,
             seed=scenario.seed,
             engine=scenario.engine,
+            flows=flows,
         )
         for i in range(n)
     )
@@ -150,9 +185,9 @@ def build_plan(
     return Plan(
         agents=specs,
         cpus_per_agent=round(cpus_per_agent, 4),
-        endpoints=tuple(r.name for r in scenario.requests),
+        endpoints=tuple(r.name for r in scenario.requests) + step_names,
         stage_names=names,
         stage_ends_ns=tuple(ends),
         duration_s=profile.duration_s,
-        engines={t.name: t.engine for t in templates},
+        engines={t.name: ("flow" if f is not None else t.engine) for t, f in zip(templates, flows)},
     )

@@ -175,7 +175,8 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     manifest = _manifest(loaded, plan, shape, base_url, started, target_proc)
     writer.write_manifest(manifest)
 
-    agg = Aggregator(plan.endpoints, plan.stage_ends_ns, plan.stage_names)
+    agg = Aggregator(plan.endpoints, plan.stage_ends_ns, plan.stage_names,
+                     not_in_total=[name for name, engine in plan.engines.items() if engine == "flow"])
     rules = [t.rule() for t in scenario.thresholds]
     live = LiveEvaluator(rules)
     totals: dict[str, AgentTotals] = {}

@@ -59,6 +59,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import json
 import re
 import types
 import typing
@@ -514,15 +515,28 @@ def _header_value(value: Any) -> Any:
     return value
 
 
-class RequestEntry(_Model):
+class PollUntil(_Model):
+    """Poll a step until a field of its JSON response equals a value."""
+
+    path: str  # dot path into the JSON response, e.g. status or result.items[0].state
+    equals: JsonValue
+
+
+class FlowStep(_Model):
+    """One request of a flow. `${var}` in its path, headers and body takes a value captured
+    by an earlier step."""
+
     name: Name
     method: Annotated[Method, BeforeValidator(_upper)] = "GET"
     path: str
     headers: dict[str, Annotated[str, BeforeValidator(_header_value)]] = {}
     json_body: JsonValue | None = Field(None, alias="json")
     body: str | None = None
-    weight: float = Field(1.0, gt=0)
     expect: list[Annotated[int, Field(ge=100, le=599)]] = []
+    capture: dict[str, str] = {}  # variable -> dot path into the JSON response
+    until: PollUntil | None = None  # repeat this step until the condition holds
+    every: Duration = Field(0.1, gt=0)  # time between polls
+    max_polls: int = Field(50, ge=1)  # the bound: after this many, the flow fails (poll_exhausted)
 
     @field_validator("path")
     @classmethod
@@ -533,12 +547,60 @@ class RequestEntry(_Model):
 
     @property
     def json(self) -> JsonValue | None:  # type: ignore[override]
+        return self.json_body
+
+    @model_validator(mode="after")
+    def _one_body(self) -> FlowStep:
+        if problems := _body_problems(self.json_body, self.body):
+            raise _problems(problems)
+        return self
+
+
+_FLOW_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class RequestEntry(_Model):
+    """A plain request (method, path, ...) or a flow (`flow:` a list of steps)."""
+
+    name: Name
+    method: Annotated[Method, BeforeValidator(_upper)] = "GET"
+    path: str | None = None
+    flow: list[FlowStep] | None = Field(None, min_length=1)
+    headers: dict[str, Annotated[str, BeforeValidator(_header_value)]] = {}
+    json_body: JsonValue | None = Field(None, alias="json")
+    body: str | None = None
+    weight: float = Field(1.0, gt=0)
+    expect: list[Annotated[int, Field(ge=100, le=599)]] = []
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, path: str | None) -> str | None:
+        if path is not None and not path.startswith("/"):
+            raise ValueError("must start with '/'")
+        return path
+
+    @property
+    def json(self) -> JsonValue | None:  # type: ignore[override]
         """The JSON body (the field is `json_body`: a field named json would shadow BaseModel.json)."""
         return self.json_body
 
     @model_validator(mode="after")
     def _one_body(self) -> RequestEntry:
-        if problems := _body_problems(self.json_body, self.body):
+        problems = _body_problems(self.json_body, self.body)
+        if (self.path is None) == (self.flow is None):
+            problems.append((("path",), "give either path (a request) or flow (a list of steps), not both"
+                             if self.path is not None else "a request needs a path (or a flow)"))
+        if self.flow is not None:
+            problems.extend((("flow", *loc), m) for loc, m in _unique_name_problems([st.name for st in self.flow], "flow"))
+            captured: set[str] = set()
+            for i, step in enumerate(self.flow):
+                text = " ".join([step.path, *step.headers.values(), step.body or "",
+                                 json.dumps(step.json_body) if step.json_body is not None else ""])
+                for var in _FLOW_VAR.findall(text):
+                    if var not in captured:
+                        problems.append((("flow", i), f"${{{var}}} is not captured by an earlier step"))
+                captured.update(step.capture)
+        if problems:
             raise _problems(problems)
         return self
 
@@ -966,9 +1028,22 @@ _REFERENCE = re.compile(r"(\$?)\$\{([^}]*)(\}?)")
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
+def _flow_captures(data: Any) -> dict[int, set[str]]:
+    """Per request index, the variables its flow captures (left to the flow, not the env)."""
+    out: dict[int, set[str]] = {}
+    requests = data.get("requests") if isinstance(data, dict) else None
+    if isinstance(requests, list):
+        for i, r in enumerate(requests):
+            if isinstance(r, dict) and isinstance(r.get("flow"), list):
+                out[i] = {k for st in r["flow"] if isinstance(st, dict) and isinstance(st.get("capture"), dict)
+                          for k in st["capture"]}
+    return out
+
+
 def _interpolate(data: Any, env: Mapping[str, str]) -> tuple[Any, set[Loc], list[tuple[Loc, str]]]:
     secrets: set[Loc] = set()
     problems: list[tuple[Loc, str]] = []
+    captures = _flow_captures(data)
 
     def expand(text: str, loc: Loc) -> str:
         used = False
@@ -986,8 +1061,11 @@ def _interpolate(data: Any, env: Mapping[str, str]) -> tuple[Any, set[Loc], list
                     (loc, f"invalid reference {m.group(0)!r}: expected ${{NAME}} or ${{NAME:-default}}")
                 )
                 return ""
-            used = True
             name, default = var.group(1), var.group(2)
+            if (default is None and len(loc) > 2 and loc[0] == "requests" and loc[2] == "flow"
+                    and name in captures.get(loc[1], ())):  # type: ignore[arg-type]
+                return m.group(0)  # a flow variable, filled at run time
+            used = True
             value = env.get(name)
             if default is not None and not value:
                 return default

@@ -1,0 +1,126 @@
+"""Flows: a mix entry made of steps, with captured variables and bounded polling.
+
+A flow runs its steps in order on one aiohttp session (URLs and bodies change per run, so
+the lean engine's pre-encoded requests do not apply). Each step attempt is a sample of
+its own endpoint (`flow/step`); the whole flow is one more sample of the flow's endpoint:
+intended at the flow's intended time, ended with its last step, failed if any step failed
+or a poll ran out of tries (poll_exhausted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from agents.http import classify_exception
+from agents.samples import ErrorClass, classify_status
+from agents.spec import FlowStepTemplate, FlowTemplate
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+Record = Callable[[int, int, int, int, int, int], None]  # (endpoint, intended, sent, status, nbytes, err)
+
+
+def dig(doc: Any, path: str) -> Any:
+    """The value at a dot path (`a.b[0].c`) of a JSON document; None when absent."""
+    for name, index in _PATH_TOKEN.findall(path):
+        if name:
+            doc = doc.get(name) if isinstance(doc, dict) else None
+        else:
+            doc = doc[int(index)] if isinstance(doc, list) and int(index) < len(doc) else None
+        if doc is None:
+            return None
+    return doc
+
+
+def fill(text: str, variables: dict[str, str]) -> str:
+    return _VAR.sub(lambda m: variables.get(m.group(1), m.group(0)), text)
+
+
+class FlowRunner:
+    def __init__(self, *, max_connections: int, timeout_s: float, connect_timeout_s: float,
+                 clock_ns: Callable[[], int]) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._now = clock_ns  # ns since the run's start instant
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
+            timeout=self._timeout, auto_decompress=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _send(self, step: FlowStepTemplate, variables: dict[str, str]) -> tuple[int, int, int, Any]:
+        assert self._session is not None, "flow runner not opened"
+        url = fill(step.url, variables)
+        headers = {k: fill(v, variables) for k, v in step.headers} or None
+        body = fill(step.body.decode(), variables).encode() if step.body is not None else None
+        try:
+            async with self._session.request(step.method, url, headers=headers, data=body,
+                                             allow_redirects=False) as resp:
+                data = await resp.read()
+                status = resp.status
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # every failure is a sample
+            return 0, 0, classify_exception(exc), None
+        err = classify_status(status, step.expect)
+        doc = None
+        if not err and (step.capture or step.until):
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                err = ErrorClass.PROTOCOL  # a step that must be read as JSON was not JSON
+        return status, len(data), err, doc
+
+    async def run(self, flow: FlowTemplate, intended: int, record: Record,
+                  sleep_until: Callable[[int], Any]) -> None:
+        variables: dict[str, str] = {}
+        first_sent = None
+        status = nbytes = 0
+        err = ErrorClass.OK
+        step_intended = intended
+        for step in flow.steps:
+            polls = 0
+            while True:
+                sent = self._now()
+                if first_sent is None:
+                    first_sent = sent
+                status, nbytes, err, doc = await self._send(step, variables)
+                record(step.endpoint, step_intended, sent, status, nbytes, err)
+                polls += 1
+                if err:
+                    break
+                if step.until is None or dig(doc, step.until[0]) == step.until[1]:
+                    break
+                if polls >= step.max_polls:
+                    err = ErrorClass.POLL_EXHAUSTED
+                    break
+                step_intended = self._now() + int(step.every_s * 1e9)
+                if not await sleep_until(step_intended):
+                    return  # the agent is stopping: an unfinished flow is not recorded
+            if err:
+                break
+            for var, path in step.capture:
+                value = dig(doc, path)
+                if value is None:
+                    err = ErrorClass.PROTOCOL  # nothing to capture: later steps cannot run
+                    break
+                variables[var] = value if isinstance(value, str) else json.dumps(value)
+            if err:
+                break
+            step_intended = self._now()
+        record(flow.endpoint, intended, first_sent if first_sent is not None else intended, status, nbytes, err)
