@@ -8,7 +8,9 @@ alerts and the bundle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from array import array
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,23 +33,53 @@ class Reading:
     open_fds: float | None = None
 
 
-@dataclass
+class _Columns:
+    """Per-window float columns (NaN = no reading): 8 bytes a window a series, so a long run's
+    series stay small (a dict per window grew the coordinator by tens of MB an hour)."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, array] = {}
+
+    def put_max(self, name: str, w: int, v: float) -> None:
+        col = self.cols.setdefault(name, array("d"))
+        if len(col) <= w:
+            col.extend([math.nan] * (w + 1 - len(col)))
+        old = col[w]
+        col[w] = v if math.isnan(old) else max(old, v)
+
+    def get(self, name: str, w: int) -> float | None:
+        col = self.cols.get(name)
+        if col is None or w >= len(col) or math.isnan(col[w]):
+            return None
+        return col[w]
+
+    def values(self, name: str, first: int | None, last: int | None) -> np.ndarray:
+        col = self.cols.get(name)
+        if col is None:
+            return np.zeros(0)
+        v = np.frombuffer(col, dtype=float) if len(col) else np.zeros(0)
+        lo = 0 if first is None else max(0, first)
+        hi = len(v) if last is None else min(len(v), last + 1)
+        v = v[lo:hi]
+        return v[~np.isnan(v)].copy()
+
+
 class ResourceSeries:
     """Per-window target resources. A window keeps its peak gauges and its CPU rate."""
 
-    window_s: float = 1.0
-    _by_window: dict[int, dict[str, float]] = field(default_factory=dict)
-    _last: Reading | None = None
-    scrapes: int = 0
-    failures: int = 0
+    def __init__(self, window_s: float = 1.0) -> None:
+        self.window_s = window_s
+        self._cols = _Columns()
+        self._last: Reading | None = None
+        self.scrapes = 0
+        self.failures = 0
 
     def add(self, r: Reading) -> None:
         self.scrapes += 1
         w = int(r.t_s // self.window_s) if r.t_s >= 0 else 0
-        slot = self._by_window.setdefault(w, {})
         for name, v in ((TARGET_MEMORY, r.rss_bytes), (TARGET_CONNECTIONS, r.open_connections), (TARGET_FDS, r.open_fds)):
             if v is not None:
-                slot[name] = max(slot.get(name, v), v)
+                self._cols.put_max(name, w, float(v))
         last = self._last
         if (
             last is not None
@@ -56,23 +88,23 @@ class ResourceSeries:
             and r.t_s > last.t_s
         ):
             rate = max(0.0, (r.cpu_seconds_total - last.cpu_seconds_total) / (r.t_s - last.t_s))
-            slot[TARGET_CPU] = max(slot.get(TARGET_CPU, rate), rate)
+            self._cols.put_max(TARGET_CPU, w, rate)
         self._last = r
 
     def failed(self) -> None:
         self.failures += 1
 
     def window(self, index: int) -> dict[str, float]:
-        return dict(self._by_window.get(index, {}))
+        out = {}
+        for name in RESOURCE_SERIES:
+            v = self._cols.get(name, index)
+            if v is not None:
+                out[name] = v
+        return out
 
     def values(self, series: str, first: int | None = None, last: int | None = None) -> np.ndarray:
         """The series' per-window values for windows first..last inclusive (None: open end)."""
-        out = [
-            v[series]
-            for w, v in sorted(self._by_window.items())
-            if series in v and (first is None or w >= first) and (last is None or w <= last)
-        ]
-        return np.asarray(out, dtype=float)
+        return self._cols.values(series, first, last)
 
     def summary(self) -> dict:
         out: dict = {"scrapes": self.scrapes, "failures": self.failures}
@@ -101,43 +133,52 @@ def aggregate(values: np.ndarray, how: str, quantile: float | None = None) -> fl
 NODE_CPU_SATURATED = 0.90
 
 
-@dataclass
-class NodeSeries:
-    """Per-node readings per window (one monitor per node)."""
+_NODE_KEYS = ("cpu_fraction", "cpus", "mem_used_bytes", "mem_total_bytes", "net_sent_bytes_per_s",
+              "net_recv_bytes_per_s", "tcp_connections")
 
-    window_s: float = 1.0
-    _by_window: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
-    hosts: dict[str, str] = field(default_factory=dict)
+
+class NodeSeries:
+    """Per-node readings per window (one monitor per node), stored as compact columns."""
+
+    def __init__(self, window_s: float = 1.0) -> None:
+        self.window_s = window_s
+        self._nodes: dict[str, _Columns] = {}
 
     def add(self, node: str, reading: dict[str, float]) -> None:
         t = reading.get("t_s", 0.0)
         w = int(t // self.window_s) if t >= 0 else 0
-        self._by_window.setdefault(w, {})[node] = {k: v for k, v in reading.items() if k != "t_s"}
+        cols = self._nodes.setdefault(node, _Columns())
+        for k in _NODE_KEYS:
+            if k in reading:
+                cols.put_max(k, w, float(reading[k]))
 
     def window(self, index: int) -> dict[str, dict[str, float]]:
-        return {n[:12]: r for n, r in self._by_window.get(index, {}).items()}
+        out = {}
+        for node, cols in self._nodes.items():
+            r = {k: v for k in _NODE_KEYS if (v := cols.get(k, index)) is not None}
+            if r:
+                out[node[:12]] = r
+        return out
 
     def summary(self, agent_nodes: dict[str, list[str]]) -> dict:
         """Per node: peaks and means; `saturated` names nodes whose CPU averaged over 90%."""
-        nodes: dict[str, dict] = {}
-        for by_node in self._by_window.values():
-            for node, r in by_node.items():
-                acc = nodes.setdefault(node, {"cpu": [], "mem": [], "tx": [], "rx": [], "tcp": []})
-                acc["cpu"].append(r.get("cpu_fraction", 0.0))
-                acc["mem"].append(r.get("mem_used_bytes", 0.0))
-                acc["tx"].append(r.get("net_sent_bytes_per_s", 0.0))
-                acc["rx"].append(r.get("net_recv_bytes_per_s", 0.0))
-                acc["tcp"].append(r.get("tcp_connections", 0.0))
         out: dict = {"nodes": {}, "saturated": []}
-        for node, acc in nodes.items():
-            cpu = np.asarray(acc["cpu"])
+        for node, cols in self._nodes.items():
+            cpu = cols.values("cpu_fraction", None, None)
+            if not len(cpu):
+                continue
+
+            def peak(k: str) -> float:
+                v = cols.values(k, None, None)
+                return float(v.max()) if len(v) else 0.0
+
             out["nodes"][node] = {
                 "cpu_mean": round(float(cpu.mean()), 3),
                 "cpu_max": round(float(cpu.max()), 3),
-                "mem_peak_mb": round(max(acc["mem"]) / 1e6, 1),
-                "net_tx_peak_mb_s": round(max(acc["tx"]) / 1e6, 3),
-                "net_rx_peak_mb_s": round(max(acc["rx"]) / 1e6, 3),
-                "tcp_connections_max": int(max(acc["tcp"])),
+                "mem_peak_mb": round(peak("mem_used_bytes") / 1e6, 1),
+                "net_tx_peak_mb_s": round(peak("net_sent_bytes_per_s") / 1e6, 3),
+                "net_rx_peak_mb_s": round(peak("net_recv_bytes_per_s") / 1e6, 3),
+                "tcp_connections_max": int(peak("tcp_connections")),
                 "agents": agent_nodes.get(node, []),
                 "windows": int(len(cpu)),
             }

@@ -175,8 +175,12 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
     manifest = _manifest(loaded, plan, shape, base_url, started, target_proc)
     writer.write_manifest(manifest)
 
+    # Closed windows are on disk (windows.jsonl / windows.msgpack); memory keeps only what
+    # sliding thresholds and alert rules look back over, so a long run stays flat.
+    longest_window_s = max([t.window or 0 for t in scenario.thresholds] + [ALERT_WINDOWS])
     agg = Aggregator(plan.endpoints, plan.stage_ends_ns, plan.stage_names,
-                     not_in_total=[name for name, engine in plan.engines.items() if engine == "flow"])
+                     not_in_total=[name for name, engine in plan.engines.items() if engine == "flow"],
+                     keep_windows=int(longest_window_s) + 60)
     rules = [t.rule() for t in scenario.thresholds]
     live = LiveEvaluator(rules)
     totals: dict[str, AgentTotals] = {}

@@ -8,6 +8,7 @@ per *simulated* hour.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 from coordinator.trends import leak_verdict, trend
@@ -35,16 +36,17 @@ def _dig(d: dict, path: tuple[str, ...]):
 
 @dataclass
 class SoakSeries:
-    """Per-window scalars of a run: one accumulator, add() per closed window."""
+    """Per-window scalars of a run: one accumulator, add() per closed window. Stored as
+    array('d') (8 bytes a value): a long soak must not grow the coordinator it measures."""
 
-    t_s: dict[str, list[float]] = field(default_factory=dict)
-    values: dict[str, list[float]] = field(default_factory=dict)
+    t_s: dict[str, array] = field(default_factory=dict)
+    values: dict[str, array] = field(default_factory=dict)
 
     def _put(self, name: str, t: float, v: float | None) -> None:
         if v is None:
             return
-        self.t_s.setdefault(name, []).append(t)
-        self.values.setdefault(name, []).append(float(v))
+        self.t_s.setdefault(name, array("d")).append(t)
+        self.values.setdefault(name, array("d")).append(float(v))
 
     def add(self, window: dict) -> None:
         t = float(window.get("end_s", window.get("index", 0) + 1))
@@ -62,17 +64,17 @@ def analyse(series: SoakSeries, *, time_scale: float = 1.0) -> dict:
     for name in ("target_memory", "coordinator_rss"):
         if name in series.values:
             leaks["target" if name == "target_memory" else "coordinator"] = leak_verdict(
-                series.t_s[name], series.values[name], time_scale=time_scale
+                list(series.t_s[name]), list(series.values[name]), time_scale=time_scale
             ).to_dict()
     agents = {
-        n.split(":", 1)[1]: leak_verdict(series.t_s[n], series.values[n], time_scale=time_scale).to_dict()
+        n.split(":", 1)[1]: leak_verdict(list(series.t_s[n]), list(series.values[n]), time_scale=time_scale).to_dict()
         for n in series.values
         if n.startswith("agent_rss:")
     }
     if agents:
         leaks["agents"] = agents
     trends = {
-        name: trend(series.t_s[name], series.values[name], unit=unit, time_scale=time_scale).to_dict()
+        name: trend(list(series.t_s[name]), list(series.values[name]), unit=unit, time_scale=time_scale).to_dict()
         for name, (unit, _) in _TREND_SERIES.items()
         if name in series.values
     }
