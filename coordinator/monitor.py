@@ -209,11 +209,8 @@ def run_monitor(
         if target.embedded is not None:
             from automaton.launch import start_automaton
 
-            stall = target.embedded.stall
-            automaton = start_automaton(
-                stall_every_s=stall.every_s if stall else None,
-                stall_for_s=stall.for_s if stall else None,
-            )
+            # The scenario's faults, stall included, as `horde run` passes them.
+            automaton = start_automaton(faults=target.embedded.faults_config())
             base_url = automaton.url
         templates = target.templates(base_url)
         metrics_url = _origin(base_url or templates[0].url) + "/metrics"
