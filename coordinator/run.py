@@ -657,11 +657,18 @@ def _redacted_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _manifest(loaded: LoadedScenario, plan: Plan, shape: ClusterShape, base_url: str, started: datetime, target_proc) -> dict:
     import aiohttp
     import numpy
-    import ray
-
     from coordinator import __version__
 
     return {
@@ -688,7 +695,7 @@ def _manifest(loaded: LoadedScenario, plan: Plan, shape: ClusterShape, base_url:
         },
         "versions": {
             "python": platform.python_version(),
-            "ray": ray.__version__,
+            "ray": _version("ray"),  # from package metadata: only cluster/ imports Ray
             "aiohttp": aiohttp.__version__,
             "numpy": numpy.__version__,
             "platform": platform.platform(),
