@@ -28,12 +28,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.meter import tree_cpu_s  # noqa: E402
+from bench.meter import EXITED, tree_cpu_by, tree_cpu_s  # noqa: E402
 from bench.nginx import Nginx  # noqa: E402
 from bench.peers import Load, Peer, PeerFailed, peers  # noqa: E402
 
@@ -70,6 +70,8 @@ class PeerRun:
     nginx_requests: int = 0  # requests nginx served during the run (stub_status, polls excluded)
     steady_us_per_request: float | None = None  # tree CPU / nginx requests, in the steady window
     steady_window_s: float = 0.0
+    # the same figure split by process (horde: agent, driver, other actors, ray, exited)
+    steady_parts_us_per_request: dict[str, float] | None = None
 
     @property
     def rps(self) -> float:
@@ -130,38 +132,73 @@ class Sample:
     t_s: float
     tree_cpu_s: float
     nginx_requests: int  # stub_status's count, this sample's own query included
+    # tree_cpu_s split by process, read at the same instant (meter.tree_cpu_by); {} if not
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+def steady_window(samples: list[Sample], warmup_s: float = WARMUP_S,
+                  tail_s: float = TAIL_S) -> tuple[Sample, Sample, int] | None:
+    """(first sample, last sample, requests nginx served between them) of the steady part.
+
+    The window starts `warmup_s` after nginx first saw requests and ends `tail_s` before it
+    saw the last, so start-up and shutdown of the generator (Python imports, Ray, Locust's
+    spawning) are outside it. Each sample's own status query is subtracted. None when the
+    run has no steady part of at least a second.
+    """
+    active = [i for i in range(1, len(samples))
+              if samples[i].nginx_requests - samples[i - 1].nginx_requests > 1]
+    if not active:
+        return None
+    first_t = samples[active[0] - 1].t_s
+    last_t = samples[active[-1]].t_s
+    inside = [s for s in samples if first_t + warmup_s <= s.t_s <= last_t - tail_s]
+    if len(inside) < 2 or inside[-1].t_s - inside[0].t_s < 1.0:
+        return None
+    a, b = inside[0], inside[-1]
+    polls = samples.index(b) - samples.index(a)
+    requests = b.nginx_requests - a.nginx_requests - polls
+    return (a, b, requests) if requests > 0 else None
 
 
 def steady_cpu_per_request(samples: list[Sample], warmup_s: float = WARMUP_S,
                           tail_s: float = TAIL_S) -> tuple[float | None, float]:
     """(tree CPU per request in us, window length in s) over the steady part of a run.
 
-    The window starts `warmup_s` after nginx first saw requests and ends `tail_s` before it
-    saw the last, so start-up and shutdown of the generator (Python imports, Ray, Locust's
-    spawning) are outside it. Both counts come from outside the generator: its tree's CPU
-    from /proc, the requests from nginx. Each sample's own status query is subtracted.
+    Both counts come from outside the generator: its tree's CPU from /proc, the requests
+    from nginx. See steady_window for the window.
     """
-    active = [i for i in range(1, len(samples))
-              if samples[i].nginx_requests - samples[i - 1].nginx_requests > 1]
-    if not active:
+    window = steady_window(samples, warmup_s, tail_s)
+    if window is None:
         return None, 0.0
-    first_t = samples[active[0] - 1].t_s
-    last_t = samples[active[-1]].t_s
-    inside = [s for s in samples if first_t + warmup_s <= s.t_s <= last_t - tail_s]
-    if len(inside) < 2 or inside[-1].t_s - inside[0].t_s < 1.0:
-        return None, 0.0
-    a, b = inside[0], inside[-1]
-    polls = samples.index(b) - samples.index(a)
-    requests = b.nginx_requests - a.nginx_requests - polls
-    if requests <= 0:
-        return None, 0.0
+    a, b, requests = window
     return 1e6 * (b.tree_cpu_s - a.tree_cpu_s) / requests, b.t_s - a.t_s
 
 
+def steady_parts_per_request(samples: list[Sample], warmup_s: float = WARMUP_S,
+                             tail_s: float = TAIL_S) -> dict[str, float] | None:
+    """steady_cpu_per_request's figure split by process part (us per request each).
+
+    Over the same window; the parts add up to the whole. A part absent at one end of the
+    window counts 0 there (a process that started or ended inside it). None without parts.
+    """
+    window = steady_window(samples, warmup_s, tail_s)
+    if window is None:
+        return None
+    a, b, requests = window
+    if not a.parts or not b.parts:
+        return None
+    return {part: 1e6 * (b.parts.get(part, 0.0) - a.parts.get(part, 0.0)) / requests
+            for part in sorted(set(a.parts) | set(b.parts), key=lambda p: (p == EXITED, p))}
+
+
+Label = Callable[[int, bool], str]  # (pid, is the meter's direct child) -> part name
+
+
 def run_metered(argv: list[str], cpu: int, timeout_s: float, workdir: Path,
-                target: Nginx) -> tuple[dict[str, Any], list[Sample]]:
+                target: Nginx, label: Label | None = None) -> tuple[dict[str, Any], list[Sample]]:
     """Run argv under bench/meter.py, sampling its tree's CPU and nginx's count meanwhile.
 
+    With `label`, each sample also has the tree's CPU by part (meter.tree_cpu_by).
     The meter's JSON result and the samples. stdout/stderr go to workdir.
     """
     result_path = workdir / "meter.json"
@@ -178,8 +215,10 @@ def run_metered(argv: list[str], cpu: int, timeout_s: float, workdir: Path,
                     _stop_meter(proc)  # it ends its tree and still writes its result
                     break
                 try:
-                    cpu_s = tree_cpu_s(proc.pid)
-                    samples.append(Sample(time.monotonic(), cpu_s, target.requests_served()))
+                    parts = tree_cpu_by(proc.pid, label) if label is not None else {}
+                    cpu_s = sum(parts.values()) if parts else tree_cpu_s(proc.pid)
+                    samples.append(Sample(time.monotonic(), cpu_s, target.requests_served(),
+                                          parts))
                 except OSError:
                     pass  # the meter exited between poll() and the read
                 time.sleep(SAMPLE_EVERY_S)
@@ -226,12 +265,14 @@ def run_peer(peer: Peer, rnd: int, target: Nginx, args: argparse.Namespace,
         served_before = target.requests_served()
         busy_before, span_t0 = cpu_busy_s(args.generator_cpu), time.monotonic()
         meter, samples = run_metered(run.command, args.generator_cpu,
-                                     args.seconds + peer.startup_slack_s, workdir, target)
+                                     args.seconds + peer.startup_slack_s, workdir, target,
+                                     getattr(peer, "process_part", None))
         run.generator_cpu_busy_s = cpu_busy_s(args.generator_cpu) - busy_before
         run.generator_cpu_span_s = time.monotonic() - span_t0
         run.nginx_cpu_s = target.cpu_seconds() - nginx_before
         run.nginx_requests = target.requests_served() - served_before - len(samples) - 1
         run.steady_us_per_request, run.steady_window_s = steady_cpu_per_request(samples)
+        run.steady_parts_us_per_request = steady_parts_per_request(samples)
         run.exit_code = meter["exit_code"]
         run.wall_s, run.cpu_s = meter["wall_s"], meter["cpu_s"]
         run.user_s, run.sys_s = meter["user_s"], meter["sys_s"]
@@ -262,8 +303,48 @@ def median_or_none(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def steady_parts_median(runs: list[PeerRun]) -> dict[str, float]:
+    """Per part, the median over runs of its steady us/request (parts of runs that have them)."""
+    per_part: dict[str, list[float]] = {}
+    for r in runs:
+        for part, us in (r.steady_parts_us_per_request or {}).items():
+            per_part.setdefault(part, []).append(us)
+    return {part: statistics.median(v) for part, v in per_part.items()}
+
+
+def _both_parts(r: PeerRun, *parts: str) -> float | None:
+    have = r.steady_parts_us_per_request or {}
+    return sum(have[p] for p in parts) if all(p in have for p in parts) else None
+
+
+def agent_rows(name: str, row: dict[str, Any], ok: list[PeerRun]) -> list[dict[str, Any]]:
+    """horde's extra rows: the agent alone, and agent + coordinator (the driver).
+
+    `(agent only)`: us/req from the bundle's agent CPU (from the agents' start of traffic),
+    steady us/req from the agent processes' /proc CPU over the steady window.
+    `(agent + coordinator)`: steady us/req of the agent processes plus the `horde run`
+    process, over the same window; no whole-run figure (the driver's includes Ray's start).
+    """
+    rows: list[dict[str, Any]] = []
+    blank = {"reason": "", "us_per_request_min": None, "us_per_request_max": None,
+             "generator_util": None, "other_util": None}
+    agent_us = median_or_none([r.agent_us_per_request for r in ok])
+    agent_steady = median_or_none([_both_parts(r, "agent") for r in ok])
+    if agent_us is not None or agent_steady is not None:
+        rows.append({**row, **blank, "peer": f"{name} (agent only)", "us_per_request": agent_us,
+                     "cpu_s": median_or_none([r.agent_cpu_s for r in ok]),
+                     "steady_us_per_request": agent_steady})
+    both = median_or_none([_both_parts(r, "agent", "driver") for r in ok])
+    if both is not None:
+        rows.append({**row, **blank, "peer": f"{name} (agent + coordinator)",
+                     "us_per_request": None, "cpu_s": None, "steady_us_per_request": both})
+    for r in rows:
+        r.pop("steady_parts_us_per_request", None)
+    return rows
+
+
 def summarise(runs: list[PeerRun], names: list[str]) -> list[dict[str, Any]]:
-    """One row per peer (and one for horde's agent alone when known): medians over rounds."""
+    """One row per peer (and horde's agent rows, see agent_rows): medians over rounds."""
     rows: list[dict[str, Any]] = []
     for name in names:
         mine = [r for r in runs if r.peer == name]
@@ -291,15 +372,11 @@ def summarise(runs: list[PeerRun], names: list[str]) -> list[dict[str, Any]]:
             "other_util": statistics.median(r.other_util for r in ok),
             "reason": "; ".join(sorted({r.reason for r in mine if r.reason})),
         }
+        parts = steady_parts_median(ok)
+        if parts:
+            row["steady_parts_us_per_request"] = parts
         rows.append(row)
-        agent_us = median_or_none([r.agent_us_per_request for r in ok])
-        if agent_us is not None:
-            rows.append({**row, "peer": f"{name} (agent only)", "us_per_request": agent_us,
-                         "reason": "",
-                         "cpu_s": median_or_none([r.agent_cpu_s for r in ok]),
-                         "us_per_request_min": None, "us_per_request_max": None,
-                         "steady_us_per_request": None,
-                         "generator_util": None, "other_util": None})
+        rows.extend(agent_rows(name, row, ok))
     wrk = next((r for r in rows if r["peer"] == "wrk" and r["status"] == "ok"), {})
     for key in ("us_per_request", "steady_us_per_request"):
         base = wrk.get(key)
@@ -339,6 +416,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ))
         if r["reason"]:
             notes.append(f"{r['peer']}: {r['reason']}")
+        if r.get("steady_parts_us_per_request"):
+            notes.append(f"{r['peer']}: steady us/req by process: "
+                         + ", ".join(f"{part} {us:.1f}" for part, us
+                                     in r["steady_parts_us_per_request"].items()))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = []
     for i, line in enumerate(lines):

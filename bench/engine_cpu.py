@@ -1,90 +1,56 @@
-"""CPU time per request of HTTP clients against nginx: wrk, the fast engine, aiohttp.
+"""CPU time per request of HTTP clients against nginx: wrk, a minimal floor, the engines.
 
     python bench/engine_cpu.py [--requests 100000] [--connections 64]
 
-nginx runs one worker pinned to CPU 0 and serves a small static file; each client runs
-in its own process pinned to CPU 1 with `connections` keep-alive connections and is
-charged its process user+sys CPU time (wrk: its children rusage over a `-d5s` run).
-Prints a table; asserts nothing. Needs /usr/sbin/nginx, wrk and taskset.
+nginx (bench/nginx.py) runs one worker pinned to CPU 0 and serves a small static file;
+each client runs in its own process pinned to CPU 1 with `connections` keep-alive
+connections and is charged its process user and sys CPU time over exactly the measured
+phase (wrk: its children rusage over a `-d5s` run). The clients: wrk; the floor
+(bench/floor.py: an asyncio Protocol per connection on uvloop, pre-built requests,
+httptools parsing, the next request written from on_message_complete); horde's lean and
+aiohttp engines; a bare aiohttp.ClientSession. Prints a table; asserts nothing.
+Needs /usr/sbin/nginx, wrk and taskset.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NGINX = "/usr/sbin/nginx"
+if str(ROOT) not in sys.path:  # run as a script: make `bench` and `agents` importable
+    sys.path.insert(0, str(ROOT))
+
+from bench.nginx import NGINX_BIN, Nginx  # noqa: E402
+
 BODY = b"x" * 612  # the size of nginx's default index.html
-
-NGINX_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port};
-        root {d}/www;
-        location = /204 {{ return 204; }}
-    }}
-}}
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_listening(port: int, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nginx did not listen on {port}")
+BODY_PATH = "/static/index.html"
 
 
 # --------------------------------------------------------------------------- clients
 # Each runs inside its own pinned process (`--client NAME`) and prints
-# "<requests> <errors> <cpu_s> <wall_s>".
+# "<requests> <errors> <user_s> <sys_s> <wall_s>".
 
 
-Measured = tuple[int, float, float]  # errors, cpu_s, wall_s
+Measured = tuple[int, float, float, float]  # errors, user_s, sys_s, wall_s
 
 
-async def _measured(one_request, requests: int, connections: int) -> Measured:
-    """Run the fixed request count, charging this process's CPU for exactly that phase."""
+async def _measured_phase(phase, *args) -> Measured:
+    """Await phase(*args), charging this process's CPU for exactly that phase.
+
+    phase returns its error count.
+    """
     t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    errors = await _workers(one_request, requests, connections)
+    errors = await phase(*args)
     r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    return errors, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), t1 - t0
+    return errors, r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime, t1 - t0
 
 
 async def _workers(one_request, requests: int, connections: int) -> int:
@@ -104,7 +70,6 @@ async def _workers(one_request, requests: int, connections: int) -> int:
 
 
 async def _run_engine(name: str, url: str, requests: int, connections: int) -> Measured:
-    sys.path.insert(0, str(ROOT))
     from agents.http import make_engine
     from agents.spec import RequestTemplate
 
@@ -112,17 +77,76 @@ async def _run_engine(name: str, url: str, requests: int, connections: int) -> M
         name, [RequestTemplate("static", "GET", url)], max_connections=connections, timeout_s=10.0, connect_timeout_s=5.0
     )
     await engine.open()
-    request = engine.request
-
-    async def one() -> bool:
-        status, _, error = await request(0)
-        return error == 0 and status == 200
-
-    await _workers(one, connections, connections)  # warm: open every connection
     try:
-        return await _measured(one, requests, connections)
+        if hasattr(engine, "submit"):  # the lean engine, driven by callbacks as the agent drives it
+            await _submitted(engine, connections, connections)  # warm: open every connection
+            return await _measured_phase(_submitted, engine, requests, connections)
+        request = engine.request
+
+        async def one() -> bool:
+            status, _, error = await request(0)
+            return error == 0 and status == 200
+
+        await _workers(one, connections, connections)  # warm: open every connection
+        return await _measured_phase(_workers, one, requests, connections)
     finally:
         await engine.close()
+
+
+async def _submitted(engine, requests: int, connections: int) -> int:
+    """`connections` requests in flight through engine.submit(), the next one sent from
+    each completion callback, until `requests` are done; returns errors."""
+    finished = asyncio.get_running_loop().create_future()
+    left, done_n, errors = requests, 0, 0
+
+    def done(_token: int, status: int, _nbytes: int, error: int) -> None:
+        nonlocal left, done_n, errors
+        done_n += 1
+        if error or status != 200:
+            errors += 1
+        if left > 0:
+            left -= 1
+            engine.submit(0, 0, done)
+        elif done_n == requests and not finished.done():
+            finished.set_result(None)
+
+    for _ in range(min(connections, requests)):
+        left -= 1
+        engine.submit(0, 0, done)
+    await finished
+    return errors
+
+
+async def _run_agent(url: str, requests: int, connections: int) -> Measured:
+    """horde's traffic agent itself (no Ray): a closed model of `connections` users with
+    no think time, for about as long as `requests` take at 30k/s; records, batches and
+    all. Charged over its whole run (connecting included); requests = samples recorded."""
+    from agents.samples import decode_batch
+    from agents.spec import AgentSpec, RequestTemplate, Stage
+    from agents.traffic import TrafficAgent
+
+    seconds = max(2.0, requests / 30_000)
+    spec = AgentSpec(
+        index=0, count=1, incarnation=0, model="closed", arrivals="constant",
+        start_level=float(connections), stages=(Stage(seconds, float(connections), "hold"),),
+        requests=(RequestTemplate("static", "GET", url, engine="fast", expect=frozenset({200})),),
+        weights=(1.0,), flush_interval_s=1.0, graceful_stop_s=2.0,
+        max_in_flight=connections, max_connections=connections,
+    )
+    agent = TrafficAgent(spec)
+    batches: list[bytes] = []
+    measured = await _measured_phase(_agent_phase, agent, batches)
+    global _agent_samples
+    _agent_samples = sum(len(decode_batch(b).samples) for b in batches)
+    return measured
+
+
+_agent_samples = 0
+
+
+async def _agent_phase(agent, batches: list[bytes]) -> int:
+    await agent.run(time.time_ns() + 50_000_000, batches.append)
+    return 0
 
 
 async def _run_session(url: str, requests: int, connections: int) -> Measured:
@@ -137,7 +161,22 @@ async def _run_session(url: str, requests: int, connections: int) -> Measured:
                 return resp.status == 200
 
         await _workers(one, connections, connections)
-        return await _measured(one, requests, connections)
+        return await _measured_phase(_workers, one, requests, connections)
+
+
+async def _run_floor(url: str, requests: int, connections: int) -> Measured:
+    from bench.floor import Floor
+
+    floor = await Floor.open(url, connections)
+    try:
+        await floor.phase(connections)  # warm: one request on every connection
+        measured = await _measured_phase(floor.phase, requests)
+    finally:
+        floor.close()
+    if floor.body_bytes != requests * len(BODY):
+        raise SystemExit(f"floor: {floor.body_bytes} body bytes for {requests} responses "
+                         f"of {len(BODY)}")
+    return measured
 
 
 def client_main(name: str, url: str, requests: int, connections: int) -> None:
@@ -145,25 +184,36 @@ def client_main(name: str, url: str, requests: int, connections: int) -> None:
 
     if name == "session":
         run = _run_session(url, requests, connections)
+    elif name == "floor":
+        run = _run_floor(url, requests, connections)
+    elif name == "agent":
+        run = _run_agent(url, requests, connections)
     else:
         run = _run_engine(name, url, requests, connections)
-    errors, cpu_s, wall_s = uvloop.run(run)
-    print(requests, errors, f"{cpu_s:.6f}", f"{wall_s:.6f}")
+    errors, user_s, sys_s, wall_s = uvloop.run(run)
+    if name == "agent":
+        requests = _agent_samples
+    print(requests, errors, f"{user_s:.6f}", f"{sys_s:.6f}", f"{wall_s:.6f}")
 
 
 # --------------------------------------------------------------------------- driver
 
+Row = tuple[int, int, float, float, float]  # requests, errors, user_s, sys_s, wall_s
 
-def run_client(name: str, url: str, requests: int, connections: int) -> tuple[int, int, float, float]:
-    out = subprocess.run(
+
+def run_client(name: str, url: str, requests: int, connections: int) -> Row:
+    proc = subprocess.run(
         ["taskset", "-c", "1", sys.executable, __file__, "--client", name, "--url", url,
          "--requests", str(requests), "--connections", str(connections)],
-        check=True, capture_output=True, text=True,
-    ).stdout.split()
-    return int(out[0]), int(out[1]), float(out[2]), float(out[3])
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        sys.exit(f"client {name} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    out = proc.stdout.split()
+    return int(out[0]), int(out[1]), float(out[2]), float(out[3]), float(out[4])
 
 
-def run_wrk(url: str, connections: int, duration_s: int) -> tuple[int, int, float, float]:
+def run_wrk(url: str, connections: int, duration_s: int) -> Row:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(
@@ -175,8 +225,28 @@ def run_wrk(url: str, connections: int, duration_s: int) -> tuple[int, int, floa
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = int(m.group(1)) if m else 0
-    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return requests, errors, cpu_s, wall_s
+    return (requests, errors, after.ru_utime - before.ru_utime,
+            after.ru_stime - before.ru_stime, wall_s)
+
+
+CLIENTS = (  # (label, --client name), in table order after wrk
+    ("minimal Protocol + httptools (uvloop)", "floor"),
+    ("fast engine (uvloop)", "fast"),
+    ("horde agent, fast engine (no Ray)", "agent"),
+    ("aiohttp engine (uvloop)", "aiohttp"),
+    ("aiohttp.ClientSession (uvloop)", "session"),
+)
+
+
+def format_rows(rows: list[tuple[str, Row]]) -> str:
+    lines = [f"{'client':38} {'requests':>9} {'errors':>7} {'cpu s':>7} {'req/s':>9} "
+             f"{'cpu us/req':>11} {'user us/req':>12} {'sys us/req':>11}"]
+    for label, (requests, errors, user_s, sys_s, wall_s) in rows:
+        us = 1e6 / requests
+        lines.append(f"{label:38} {requests:9d} {errors:7d} {user_s + sys_s:7.2f} "
+                     f"{requests / wall_s:9.0f} {us * (user_s + sys_s):11.1f} "
+                     f"{us * user_s:12.1f} {us * sys_s:11.1f}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -191,38 +261,18 @@ def main() -> None:
         client_main(args.client, args.url, args.requests, args.connections)
         return
 
-    for tool in (NGINX, "wrk", "taskset"):
+    for tool in (NGINX_BIN, "wrk", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"needs {tool}")
-    with tempfile.TemporaryDirectory(prefix="horde-bench-") as d:
-        port = _free_port()
-        (Path(d) / "www").mkdir()
-        (Path(d) / "www" / "index.html").write_bytes(BODY)
-        (Path(d) / "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port))
-        nginx = subprocess.Popen(["taskset", "-c", "0", NGINX, "-p", d, "-c", f"{d}/nginx.conf"])
-        try:
-            _wait_listening(port)
-            url = f"http://127.0.0.1:{port}/index.html"
-            rows = [("wrk -t1", run_wrk(url, args.connections, args.wrk_seconds))]
-            for label, name in (
-                ("fast engine (uvloop)", "fast"),
-                ("aiohttp engine (uvloop)", "aiohttp"),
-                ("aiohttp.ClientSession (uvloop)", "session"),
-            ):
-                rows.append((label, run_client(name, url, args.requests, args.connections)))
-        finally:
-            os.kill(nginx.pid, signal.SIGQUIT)  # graceful stop of this nginx only
-            try:
-                nginx.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                nginx.kill()
-                nginx.wait()
+    with Nginx(cpu=0, files={BODY_PATH.rsplit("/", 1)[1]: BODY}) as target:
+        url = target.url_of(BODY_PATH)
+        rows = [("wrk -t1", run_wrk(url, args.connections, args.wrk_seconds))]
+        for label, name in CLIENTS:
+            rows.append((label, run_client(name, url, args.requests, args.connections)))
 
     print(f"nginx 1 worker on CPU 0, client on CPU 1, {args.connections} keep-alive connections, "
           f"GET of a {len(BODY)}-byte static file\n")
-    print(f"{'client':32} {'requests':>9} {'errors':>7} {'cpu s':>7} {'req/s':>9} {'cpu us/req':>11}")
-    for label, (requests, errors, cpu_s, wall_s) in rows:
-        print(f"{label:32} {requests:9d} {errors:7d} {cpu_s:7.2f} {requests / wall_s:9.0f} {1e6 * cpu_s / requests:11.1f}")
+    print(format_rows(rows))
 
 
 if __name__ == "__main__":

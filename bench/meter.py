@@ -39,6 +39,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -111,6 +112,36 @@ def tree_cpu_s(meter_pid: int) -> float:
             continue
         total += s.own_ticks + s.reaped_ticks
     return total / os.sysconf("SC_CLK_TCK")
+
+
+EXITED = "exited"  # tree_cpu_by's part for CPU of processes already reaped by one in the tree
+
+
+def tree_cpu_by(meter_pid: int, label: Callable[[int, bool], str]) -> dict[str, float]:
+    """tree_cpu_s split into parts: CPU seconds by label, read at one instant.
+
+    Each live descendant's own utime+stime goes to `label(pid, top)` (`top`: a direct
+    child of the meter, i.e. the command itself); what processes have reaped (the meter's
+    and every descendant's cutime+cstime: processes that already exited) goes to EXITED.
+    The parts add up to what tree_cpu_s reads.
+    """
+    ticks: dict[str, int] = {EXITED: read_stat(meter_pid).reaped_ticks}
+    for pid in descendants(meter_pid):
+        try:
+            s = read_stat(pid)
+            part = label(pid, s.ppid == meter_pid)
+        except (OSError, IndexError, ValueError):
+            continue
+        ticks[part] = ticks.get(part, 0) + s.own_ticks
+        ticks[EXITED] += s.reaped_ticks
+    hz = os.sysconf("SC_CLK_TCK")
+    return {part: t / hz for part, t in ticks.items()}
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line as `ps` shows it (a title set with setproctitle included)."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
 
 
 @dataclass

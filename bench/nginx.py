@@ -4,6 +4,9 @@
         print(target.url)            # http://127.0.0.1:PORT/
         print(target.static_url)     # a small static file
 
+    # more files under /static/, exact-path `return` locations, nginx closing connections
+    Nginx(cpu=0, files={"big.bin": b"x" * 10240}, returns={"/204": "204"}, keepalive_requests=40)
+
 nginx runs in the foreground (`daemon off`) as a child of this process, so it is stopped by
 its PID (SIGQUIT, then SIGKILL), never by name. Its config, pid file, error log and temp
 paths live in a private temp dir that is removed on stop; access logging is off so the
@@ -22,6 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 NGINX_BIN = "/usr/sbin/nginx"
@@ -46,7 +50,7 @@ http {{
     access_log off;
     # Benchmarks want every connection kept alive for the whole run; nginx's default
     # (1000 requests per connection) would make fast clients reconnect many times a second.
-    keepalive_requests 100000000;
+    keepalive_requests {keepalive_requests};
     keepalive_timeout 75s;
     client_body_temp_path {root}/tmp/body;
     proxy_temp_path {root}/tmp/proxy;
@@ -66,7 +70,7 @@ http {{
         location = {status_path} {{
             stub_status;
         }}
-    }}
+{extra_locations}    }}
 }}
 """
 
@@ -78,10 +82,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def render_config(root: str, host: str, port: int, cpu: int) -> str:
-    """nginx.conf for one worker pinned to `cpu` (worker_cpu_affinity is a bit mask)."""
+KEEPALIVE_REQUESTS = 100_000_000  # effectively unlimited: no reconnects during a benchmark
+
+
+def render_config(root: str, host: str, port: int, cpu: int, *,
+                  keepalive_requests: int = KEEPALIVE_REQUESTS,
+                  returns: Mapping[str, str] | None = None) -> str:
+    """nginx.conf for one worker pinned to `cpu` (worker_cpu_affinity is a bit mask).
+
+    `returns` adds exact-path locations answering with a `return` directive, e.g.
+    {"/204": "204", "/moved": "301 /static/a.bin"}.
+    """
+    extra = "".join(f"        location = {path} {{\n            return {value};\n        }}\n"
+                    for path, value in (returns or {}).items())
     return _CONF.format(root=root, host=host, port=port, affinity_mask=format(1 << cpu, "b"),
-                        status_path=STATUS_PATH)
+                        status_path=STATUS_PATH, keepalive_requests=keepalive_requests,
+                        extra_locations=extra)
 
 
 class NginxError(RuntimeError):
@@ -89,11 +105,24 @@ class NginxError(RuntimeError):
 
 
 class Nginx:
-    """Start/stop one pinned nginx. Also a context manager."""
+    """Start/stop one pinned nginx. Also a context manager.
+
+    `files` ({name: content}) are served under /static/ beside STATIC_PATH's file;
+    `returns` and `keepalive_requests` go to render_config.
+    """
 
     def __init__(self, cpu: int = 0, host: str = "127.0.0.1", port: int | None = None,
-                 binary: str = NGINX_BIN, startup_timeout_s: float = 10.0) -> None:
+                 binary: str = NGINX_BIN, startup_timeout_s: float = 10.0, *,
+                 files: Mapping[str, bytes] | None = None,
+                 returns: Mapping[str, str] | None = None,
+                 keepalive_requests: int = KEEPALIVE_REQUESTS) -> None:
         self.cpu = cpu
+        self.files = dict(files or {})
+        bad = [name for name in self.files if "/" in name or name in ("", ".", "..")]
+        if bad:
+            raise NginxError(f"files go directly under /static/: {bad}")
+        self.returns = dict(returns or {})
+        self.keepalive_requests = keepalive_requests
         self.host = host
         self.port = port
         self.binary = binary
@@ -110,6 +139,10 @@ class Nginx:
     @property
     def static_url(self) -> str:
         return f"http://{self.host}:{self.port}{STATIC_PATH}"
+
+    def url_of(self, path: str) -> str:
+        """http://host:port + path, e.g. url_of("/static/big.bin")."""
+        return f"http://{self.host}:{self.port}{path}"
 
     @property
     def master_pid(self) -> int | None:
@@ -173,14 +206,18 @@ class Nginx:
         (self.root / "tmp").mkdir()
         static = self.root / "www" / STATIC_PATH.lstrip("/")
         static.parent.mkdir(parents=True)
-        static.write_bytes(STATIC_BODY)
         for p in (static.parent, static.parent.parent):
             p.chmod(0o755)
-        static.chmod(0o644)
+        for path, body in ((static, STATIC_BODY),
+                           *((static.parent / name, body) for name, body in self.files.items())):
+            path.write_bytes(body)
+            path.chmod(0o644)
         if self.port is None:
             self.port = free_port(self.host)
         conf = self.root / "nginx.conf"
-        conf.write_text(render_config(str(self.root), self.host, self.port, self.cpu))
+        conf.write_text(render_config(str(self.root), self.host, self.port, self.cpu,
+                                      keepalive_requests=self.keepalive_requests,
+                                      returns=self.returns))
         with open(self.root / "stderr.log", "wb") as stderr:  # the child keeps its own fd
             self._proc = subprocess.Popen(
                 ["taskset", "-c", str(self.cpu), self.binary,

@@ -7,11 +7,11 @@ against a URL and how to read its own request count back.
 from __future__ import annotations
 
 from bench.peers.base import Count, Load, Peer, PeerFailed
-from bench.peers.external import AiohttpLoop, Locust, Wrk
+from bench.peers.external import AiohttpLoop, FloorLoop, Locust, Wrk
 from bench.peers.horde import Horde
 
 __all__ = ["Count", "Load", "Peer", "PeerFailed", "peers"]
 
 
 def peers(horde_executable: str = "horde") -> list[Peer]:
-    return [Wrk(), AiohttpLoop(), Locust(), Horde(horde_executable), Horde(horde_executable, engine="aiohttp")]
+    return [Wrk(), FloorLoop(), AiohttpLoop(), Locust(), Horde(horde_executable), Horde(horde_executable, engine="aiohttp")]

@@ -32,6 +32,10 @@ class PeerFailed(RuntimeError):
 
 
 class Peer(Protocol):
+    """A generator the runner can launch. Optionally also `process_part(pid, top) -> str`:
+    the name of the part of the run a process of its tree is (`top`: the command itself),
+    for the runner's steady-state breakdown by process (bench/peers/horde.py has one)."""
+
     name: str
     startup_slack_s: float  # time allowed beyond `seconds` for start-up and shutdown
 

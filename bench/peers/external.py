@@ -55,27 +55,39 @@ class Wrk:
 
 
 class AiohttpLoop:
+    """A Python script of peers/ that prints {"requests", "errors", "run_s"} as its last line."""
+
     name = "aiohttp"
+    script = "aiohttp_loop.py"
+    modules: tuple[str, ...] = ("aiohttp", "uvloop")
     startup_slack_s = 60.0
 
     def unavailable(self) -> str | None:
-        missing = [m for m in ("aiohttp", "uvloop") if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
         return f"not importable: {', '.join(missing)}" if missing else None
 
     def command(self, load: Load) -> list[str]:
-        return [sys.executable, str(HERE / "aiohttp_loop.py"), "--url", load.url,
+        return [sys.executable, str(HERE / self.script), "--url", load.url,
                 "--users", str(load.users), "--seconds", str(load.seconds)]
 
     def count(self, load: Load, stdout: str, exit_code: int) -> Count:
         if exit_code != 0:
-            raise PeerFailed(f"aiohttp_loop.py exited with {exit_code}")
+            raise PeerFailed(f"{self.script} exited with {exit_code}")
         lines = stdout.strip().splitlines()
         try:
             result = json.loads(lines[-1])
         except (IndexError, ValueError) as e:
-            raise PeerFailed(f"aiohttp_loop.py printed no JSON result: {e}") from e
+            raise PeerFailed(f"{self.script} printed no JSON result: {e}") from e
         return Count(requests=int(result["requests"]), errors=int(result["errors"]),
                      run_s=float(result["run_s"]))
+
+
+class FloorLoop(AiohttpLoop):
+    """The client floor (bench/floor.py): a bare asyncio Protocol + httptools on uvloop."""
+
+    name = "floor"
+    script = "floor_loop.py"
+    modules = ("httptools", "uvloop")
 
 
 def parse_locust_json(entries: list[dict[str, object]], seconds: float) -> Count:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from bench.meter import cmdline
 from bench.peers.base import Count, Load, PeerFailed
 
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "nginx_closed.yaml"
@@ -56,6 +57,26 @@ def summary_agent_cpu_s(summary: dict[str, Any]) -> float | None:
     return None
 
 
+AGENT_TITLE = "ray::TrafficAgent"  # Ray's title of a traffic-agent actor process (TrafficAgentActor)
+RAY_OWN_WORKERS = ("ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def process_part(top: bool, title: str) -> str:
+    """Which part of a horde run a process is, for the steady-state breakdown.
+
+    `top`: the meter's direct child, i.e. the `horde run` process (the driver: coordinator,
+    fan-in, aggregation, bundle). `title`: its command line, as Ray retitles its workers
+    ("ray::TrafficAgentActor.stream", "ray::NodeMonitor.stream", "ray::IDLE").
+    """
+    if top:
+        return "driver"
+    if title.startswith(AGENT_TITLE):
+        return "agent"
+    if title.startswith("ray::") and not title.startswith(RAY_OWN_WORKERS):
+        return "other actors"  # horde's other actors: the node resource monitor
+    return "ray"  # gcs_server, raylet, dashboard, log monitor, Ray's own worker processes
+
+
 def write_scenario(load: Load, template: Path = SCENARIO) -> Path:
     """The template with this run's duration and users, in the peer's workdir."""
     scenario = yaml.safe_load(template.read_text())
@@ -83,6 +104,11 @@ class Horde:
         self.engine = engine  # None: the scenario's default (auto: the lean engine for plain GETs)
         if engine is not None:
             self.name = f"horde-{engine}"
+
+    @staticmethod
+    def process_part(pid: int, top: bool) -> str:
+        """The runner's steady-state breakdown of the tree (see process_part above)."""
+        return process_part(top, "" if top else cmdline(pid))
 
     def unavailable(self) -> str | None:
         if shutil.which(self.executable) is None:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.cpu_per_request import Sample, format_table, steady_cpu_per_request, summarise
+from bench.cpu_per_request import (Sample, format_table, steady_cpu_per_request,
+                                   steady_parts_per_request, summarise)
 from bench.nginx import Nginx, render_config
 from bench.peers.base import PeerFailed
 from bench.peers.external import parse_locust_json, parse_wrk
@@ -204,3 +205,139 @@ def test_nginx_serves_counts_and_stops() -> None:
         target.stop()
     assert not root.exists()
     assert not Path(f"/proc/{master}").exists()
+
+
+def test_config_extra_locations_and_keepalive() -> None:
+    conf = render_config("/r", "127.0.0.1", 1, cpu=0, keepalive_requests=40,
+                         returns={"/204": "204", "/moved": "301 /static/a.bin"})
+    assert "keepalive_requests 40;" in conf
+    assert "location = /204 {\n            return 204;\n        }" in conf
+    assert "return 301 /static/a.bin;" in conf
+    assert "keepalive_requests 100000000;" in render_config("/r", "127.0.0.1", 1, cpu=0)
+
+
+def test_nginx_rejects_file_names_outside_static() -> None:
+    from bench.nginx import NginxError
+
+    with pytest.raises(NginxError):
+        Nginx(files={"../escape": b"x"})
+
+
+@pytest.mark.skipif(not os.access("/usr/sbin/nginx", os.X_OK), reason="nginx not installed")
+def test_nginx_serves_extra_files_and_returns() -> None:
+    import urllib.request
+
+    def get(url: str) -> tuple[int, bytes]:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read()
+
+    with Nginx(cpu=0, files={"a.bin": b"abc"}, returns={"/204": "204"}) as target:
+        assert get(target.url_of("/static/a.bin")) == (200, b"abc")
+        assert get(target.url_of("/204")) == (204, b"")
+        assert get(target.static_url)[0] == 200
+
+
+# -- the floor client (bench/floor.py) ------------------------------------------------------
+
+def test_floor_encodes_a_plain_get() -> None:
+    from bench.floor import encode_get
+
+    assert encode_get("http://127.0.0.1:8080/static/a.bin?x=1") == (
+        "127.0.0.1", 8080, b"GET /static/a.bin?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
+
+
+@pytest.mark.skipif(not os.access("/usr/sbin/nginx", os.X_OK), reason="nginx not installed")
+def test_floor_sends_exactly_the_requests() -> None:
+    import asyncio
+
+    from bench.floor import Floor
+
+    async def go(url: str) -> tuple[int, int, int]:
+        floor = await Floor.open(url, 4)
+        try:
+            errors = await asyncio.wait_for(floor.phase(203), 10)
+            return errors, floor.body_bytes, floor.left
+        finally:
+            floor.close()
+
+    with Nginx(cpu=0, files={"a.bin": b"x" * 100}) as target:
+        served = target.requests_served()
+        assert asyncio.run(go(target.url_of("/static/a.bin"))) == (0, 20300, 0)
+        assert target.requests_served() - served == 203 + 1
+
+
+@pytest.mark.skipif(not os.access("/usr/sbin/nginx", os.X_OK), reason="nginx not installed")
+def test_floor_ends_when_nginx_closes_its_connections() -> None:
+    import asyncio
+
+    from bench.floor import Floor
+
+    async def go(url: str) -> int:
+        floor = await Floor.open(url, 2)
+        try:
+            return await asyncio.wait_for(floor.phase(100), 10)
+        finally:
+            floor.close()
+
+    with Nginx(cpu=0, keepalive_requests=10) as target:  # no reconnects: the floor runs dry
+        assert asyncio.run(go(target.url)) > 0
+
+
+# -- steady breakdown by process ------------------------------------------------------------
+
+def test_steady_parts_add_up_to_the_whole() -> None:
+    rows = []
+    for k in range(12):  # 1000 req/s from t=1; agent 60, driver 30, ray 10 us/request
+        n = 1 + k + (k - 1) * 1000 if k >= 1 else 1
+        t = max(k - 1, 0)  # seconds of load
+        parts = {"agent": 0.06 * t, "driver": 1.0 + 0.03 * t, "ray": 2.0 + 0.01 * t}
+        rows.append(Sample(float(k), sum(parts.values()), n, parts))
+    whole, _ = steady_cpu_per_request(rows)
+    parts = steady_parts_per_request(rows)
+    assert whole == pytest.approx(100.0)
+    assert parts == pytest.approx({"agent": 60.0, "driver": 30.0, "ray": 10.0})
+    assert steady_parts_per_request([Sample(s.t_s, s.tree_cpu_s, s.nginx_requests)
+                                     for s in rows]) is None
+
+
+def test_horde_rows_agent_and_coordinator() -> None:
+    from bench.cpu_per_request import PeerRun
+
+    run = PeerRun(peer="horde", round=0, status="ok", requests=1000, run_s=1.0, wall_s=5.0,
+                  cpu_s=0.5, agent_cpu_s=0.05, steady_us_per_request=100.0,
+                  steady_parts_us_per_request={"agent": 60.0, "driver": 30.0, "ray": 10.0})
+    rows = {r["peer"]: r for r in summarise([run], ["horde"])}
+    assert rows["horde (agent only)"]["us_per_request"] == pytest.approx(50.0)
+    assert rows["horde (agent only)"]["steady_us_per_request"] == pytest.approx(60.0)
+    both = rows["horde (agent + coordinator)"]
+    assert both["steady_us_per_request"] == pytest.approx(90.0) and both["us_per_request"] is None
+    text = format_table(list(rows.values()))
+    assert "horde: steady us/req by process: agent 60.0, driver 30.0, ray 10.0" in text
+
+
+@pytest.mark.parametrize(("top", "title", "part"), [
+    (True, "", "driver"),
+    (False, "ray::TrafficAgentActor.stream", "agent"),
+    (False, "ray::TrafficAgentActor", "agent"),
+    (False, "ray::NodeMonitor.stream", "other actors"),
+    (False, "ray::IDLE", "ray"),
+    (False, "ray::DashboardAgent", "ray"),
+    (False, "/usr/lib/python3/site-packages/ray/core/src/ray/raylet/raylet --x", "ray"),
+])
+def test_horde_process_parts(top: bool, title: str, part: str) -> None:
+    from bench.peers.horde import process_part
+
+    assert process_part(top, title) == part
+
+
+def test_tree_cpu_by_adds_up_to_tree_cpu(tmp_path: Path) -> None:
+    from bench.meter import EXITED, tree_cpu_by, tree_cpu_s
+
+    child = subprocess.Popen(["sleep", "5"])  # an idle child: nothing changes between reads
+    try:
+        parts = tree_cpu_by(os.getpid(), lambda pid, top: "top" if top else "below")
+        assert set(parts) <= {"top", "below", EXITED} and "top" in parts
+        assert sum(parts.values()) == pytest.approx(tree_cpu_s(os.getpid()), abs=0.011)
+    finally:
+        child.kill()
+        child.wait()

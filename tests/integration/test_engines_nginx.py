@@ -1,21 +1,21 @@
 """Both request engines against a real nginx give the same answers.
 
-nginx (Debian nginx-light) runs as a child process with its own config, pid file and logs
-in a temporary directory, listening on 127.0.0.1 only. `keepalive_requests` is small so
-nginx also closes connections under both engines during the run.
+nginx (Debian nginx-light) is bench/nginx.py's throwaway target: a child process with its
+own config, pid file and logs in a temporary directory, listening on 127.0.0.1 only,
+stopped by its PID. `keepalive_requests` is small so nginx also closes connections under
+both engines during the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
-import signal
-import socket
-import subprocess
-import time
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import uvloop
@@ -25,87 +25,46 @@ from agents.http import AiohttpEngine
 from agents.samples import ErrorClass
 from agents.spec import RequestTemplate
 
-NGINX = "/usr/sbin/nginx"
-
-CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    keepalive_requests 40;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port};
-        root {d}/www;
-        location = /204 {{ return 204; }}
-        location = /moved {{ return 301 /static.bin; }}
-    }}
-}}
-"""
-
 STATIC = bytes(range(256)) * 40  # 10240 bytes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _bench_nginx() -> ModuleType:
+    """bench/nginx.py by path (bench/ is not an installed package; the module is stdlib only)."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "nginx.py"
+    spec = importlib.util.spec_from_file_location("horde_bench_nginx", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
-def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not os.path.exists(NGINX):
-        pytest.skip(f"{NGINX} not installed (Debian package nginx-light)")
-    d = tmp_path_factory.mktemp("nginx")
-    (d / "www").mkdir()
-    (d / "www" / "static.bin").write_bytes(STATIC)
-    (d / "www" / "empty.txt").write_bytes(b"")
-    port = _free_port()
-    (d / "nginx.conf").write_text(CONF.format(d=d, port=port))
-    proc = subprocess.Popen([NGINX, "-p", str(d), "-c", str(d / "nginx.conf")], stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode() if proc.stderr else ""  # type: ignore[union-attr]
-                    pytest.fail(f"nginx did not start: {err} {(d / 'error.log').read_text() if (d / 'error.log').exists() else ''}")
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGQUIT)  # graceful shutdown, this nginx only
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+def nginx() -> Iterator[str]:
+    bench_nginx = _bench_nginx()
+    if not os.access(bench_nginx.NGINX_BIN, os.X_OK):
+        pytest.skip(f"{bench_nginx.NGINX_BIN} not installed (Debian package nginx-light)")
+    if shutil.which("taskset") is None:
+        pytest.skip("taskset not installed (util-linux): bench/nginx.py pins nginx with it")
+    target = bench_nginx.Nginx(
+        cpu=min(os.sched_getaffinity(0)),
+        files={"static.bin": STATIC, "empty.txt": b""},
+        returns={"/204": "204", "/moved": "301 /static/static.bin"},
+        keepalive_requests=40,
+    )
+    with target:
+        yield target.url.rstrip("/")  # the templates add their paths
 
 
 def _templates(base: str) -> list[RequestTemplate]:
     return [
-        RequestTemplate("static", "GET", f"{base}/static.bin"),
-        RequestTemplate("empty", "GET", f"{base}/empty.txt"),
-        RequestTemplate("head", "HEAD", f"{base}/static.bin"),
+        RequestTemplate("static", "GET", f"{base}/static/static.bin"),
+        RequestTemplate("empty", "GET", f"{base}/static/empty.txt"),
+        RequestTemplate("head", "HEAD", f"{base}/static/static.bin"),
         RequestTemplate("no-content", "GET", f"{base}/204"),
         RequestTemplate("moved", "GET", f"{base}/moved"),  # not followed by either engine
-        RequestTemplate("missing", "GET", f"{base}/missing"),
+        RequestTemplate("missing", "GET", f"{base}/static/missing"),
         RequestTemplate("post", "POST", f"{base}/204", body=b"payload" * 100),
-        RequestTemplate("range", "GET", f"{base}/static.bin", headers=(("Range", "bytes=0-99"),)),
+        RequestTemplate("range", "GET", f"{base}/static/static.bin", headers=(("Range", "bytes=0-99"),)),
     ]
 
 
