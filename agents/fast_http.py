@@ -1,10 +1,14 @@
 """The lean HTTP/1.1 keep-alive engine: pre-encoded requests, llhttp responses, a small pool.
 
-Same contract as the aiohttp engine (agents/http.py): ``request(index)`` sends template
-`index` and returns ``(status, body bytes, ErrorClass)``; it never raises for a failed
-request. It serves the plain requests that make up most load (any method, a fixed body or
-none, http or https) at a fraction of aiohttp's CPU per request; `supports()` says which
-templates qualify.
+Two ways in. ``submit(index, token, done)`` sends template `index` and later calls
+``done(token, status, body bytes, ErrorClass)`` from the event loop (never from inside
+submit), which is how the traffic agent drives it: the response's parser callback
+records the sample and sends the next request, with no future, task or coroutine per
+request. ``request(index)`` is the same as a coroutine returning ``(status, body bytes,
+ErrorClass)``, the contract of the aiohttp engine (agents/http.py). Neither raises for a
+failed request. It serves the plain requests that make up most load (any method, a fixed
+body or none, http or https) at a fraction of aiohttp's CPU per request; `supports()`
+says which templates qualify.
 
 How it stays cheap:
 - Each template is encoded to its wire bytes once, at construction. A request is one
@@ -38,12 +42,12 @@ import asyncio
 import math
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from agents.samples import ErrorClass
+from agents.samples import MAX_BYTES, ErrorClass
 from agents.spec import RequestTemplate
 
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -68,7 +72,8 @@ _OTHER = int(ErrorClass.OTHER)
 _EARLY_CLOSE = -1  # internal: the connection closed before any byte of the response
 _HEAD_DONE = -2  # internal: the head of a HEAD response is complete (see on_headers_complete)
 
-_UNSUPPORTED_RESULT = (0, 0, _OTHER)
+# A request's completion callback: done(token, status, body bytes, error class).
+Done = Callable[[int, int, int, int], None]
 
 # Framing is the engine's job; a template that sets these goes to the aiohttp engine.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "expect", "upgrade"})
@@ -175,28 +180,29 @@ class _Prepared:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection and the state of its one in-flight response.
 
-    `waiter` is the future of the request in flight (None when idle); it resolves to an
-    error-class int once, with `status` and `body_bytes` set when it is OK.
+    `done` is the completion callback of the request in flight (None when idle); the
+    engine calls it once, through `FastEngine._completed` or `FastEngine._failed`.
     """
 
     __slots__ = (
-        "engine", "origin", "loop", "transport", "parser", "waiter", "sent_tick",
-        "is_head", "status", "body_bytes", "headers_done", "head_data",
+        "engine", "origin", "transport", "parser", "done", "token", "prepared", "sent_tick",
+        "status", "body_bytes", "headers_done", "complete", "head_data",
         "error", "keep_alive", "reused", "idle", "closed", "max_body", "max_head",
     )
 
     def __init__(self, engine: FastEngine, origin: _Origin) -> None:
         self.engine = engine
         self.origin = origin
-        self.loop = engine._loop
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
-        self.waiter: asyncio.Future[int] | None = None
+        self.done: Done | None = None
+        self.token = 0
+        self.prepared: _Prepared | None = None
         self.sent_tick = 0  # the engine's sweep tick when the request went out (timeouts)
-        self.is_head = False
         self.status = 0
         self.body_bytes = 0
         self.headers_done = False
+        self.complete = False  # the response is in; data_received hands it over after the parser returns
         self.head_data: bytes | None = None  # the response head so far (size cap, rare EOF check)
         self.error = 0  # set by a parser callback just before it stops the parser
         self.keep_alive = False
@@ -208,37 +214,23 @@ class _Connection(asyncio.Protocol):
 
     # -- driving one request
 
-    def send(self, wire: bytes, is_head: bool, tick: int) -> asyncio.Future[int]:
-        fut = self.loop.create_future()
-        self.waiter = fut
+    def start(self, prepared: _Prepared, token: int, done: Done, tick: int) -> bool:
+        """Send `prepared`; False when the connection turned out to be closed (nothing sent)."""
+        self.done = done
+        self.token = token
+        self.prepared = prepared
         self.sent_tick = tick
-        self.is_head = is_head
         self.body_bytes = 0
         self.headers_done = False
+        self.complete = False
         self.head_data = None
         if not self.closed:
             try:
-                self.transport.write(wire)  # type: ignore[union-attr]
-                return fut
+                self.transport.write(prepared.wire)  # type: ignore[union-attr]
+                return True
             except (OSError, RuntimeError):  # uvloop refuses writes on a transport it closed
                 self.abort()
-        # Lost while being handed from one request to the next: request() resends it.
-        self.waiter = None
-        fut.set_result(_EARLY_CLOSE)
-        return fut
-
-    def _finish(self, code: int) -> None:
-        fut = self.waiter
-        if fut is None:  # already answered; whatever came after makes the connection unusable
-            self.keep_alive = False
-            return
-        self.waiter = None
-        if not fut.done():  # done: the request was cancelled (the requester discards us)
-            fut.set_result(code)
-
-    def timed_out(self) -> None:
-        self._finish(_TIMEOUT)
-        self.abort()
+        return False
 
     def abort(self) -> None:
         self.keep_alive = False
@@ -246,47 +238,69 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.transport.abort()  # type: ignore[union-attr]
 
-    def drop_request(self) -> None:
-        """The requester gave up (cancelled): forget the response and close."""
-        self.waiter = None
-        self.abort()
-
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None:
+        done = self.done
+        if done is None:
             # Bytes nobody asked for (e.g. a 408 before an idle close): the connection is
             # out of step, so it cannot carry another request.
             if self.idle:
                 self.engine._idle_lost(self)
             self.abort()
             return
-        if not self.headers_done:
-            head = self.head_data
-            self.head_data = data if head is None else head + data
+        headers_done = self.headers_done
         try:
             self.parser.feed_data(data)
         except HttpParserCallbackError:
-            error = self.error
-            self.error = 0
-            if error == _HEAD_DONE:
-                # The parser stopped after the head of a HEAD response (there is no way to
-                # tell httptools the body is absent); a fresh parser reads the next one.
-                self.parser = HttpResponseParser(self)
-                self._finish(_OK)
-            else:
-                self._finish(error or _PROTOCOL)
-                self.abort()
+            self._stopped()
+            return
         except (HttpParserError, HttpParserUpgrade):
-            self._finish(_PROTOCOL)
-            self.abort()
+            if self.complete:  # garbage after a complete response
+                self.keep_alive = False
+                self.engine._completed(self)
+            else:
+                self.engine._failed(self, _PROTOCOL)
+            return
+        if self.complete:
+            # FastEngine._completed, inline: this is the path of every response.
+            self.done = None
+            if self.keep_alive and not self.prepared.close:  # type: ignore[union-attr]
+                self.reused = True
+                if self.engine._waiters:
+                    self.engine._release(self)
+                else:
+                    self.idle = True
+                    self.origin.idle.append(self)
+            else:
+                self.engine._discard(self)
+            done(self.token, self.status, self.body_bytes, _OK)
+        elif not headers_done:
+            # The head (or part of it) came in this piece: keep it, for the size cap and
+            # for connection_lost (is a close the end of an EOF-delimited body?). Only a
+            # response that does not complete in its first piece gets here.
+            head = self.head_data
+            self.head_data = head = data if head is None else head + data
+            if not self.headers_done and len(head) > self.max_head:
+                self.engine._failed(self, _PROTOCOL)
+
+    def _stopped(self) -> None:
+        """A parser callback stopped llhttp (see `error`)."""
+        error = self.error
+        self.error = 0
+        if self.complete:  # a second response after ours: ours stands, the connection is spent
+            self.keep_alive = False
+            self.engine._completed(self)
+        elif error == _HEAD_DONE:
+            # The parser stopped after the head of a HEAD response (there is no way to
+            # tell httptools the body is absent); a fresh parser reads the next one.
+            self.parser = HttpResponseParser(self)
+            self.engine._completed(self)
         else:
-            if not self.headers_done and len(self.head_data) > self.max_head:  # type: ignore[arg-type]
-                self._finish(_PROTOCOL)
-                self.abort()
+            self.engine._failed(self, error or _PROTOCOL)
 
     def eof_received(self) -> bool:
         return False  # close; connection_lost decides what the EOF meant
@@ -294,29 +308,29 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.keep_alive = False
-        if self.waiter is not None:
+        if self.done is not None:
             if self.headers_done:
                 if exc is None and self._body_runs_to_eof():
                     self.status = self.parser.get_status_code()
-                    self._finish(_OK)
+                    self.engine._completed(self)
                 else:
-                    self._finish(_RESET)
+                    self.engine._failed(self, _RESET)
             elif self.head_data is None:
-                self._finish(_EARLY_CLOSE)
+                self.engine._failed(self, _EARLY_CLOSE)
             else:
-                self._finish(_RESET)
+                self.engine._failed(self, _RESET)
         elif self.idle:
             self.engine._idle_lost(self)
 
     # -- httptools callbacks
 
     def on_headers_complete(self) -> None:
-        if self.waiter is None:
+        if self.complete:
             # A second response after the one we asked for: stop before it overwrites
             # the first one's status and size (the connection is then closed).
             raise _Stop
         self.headers_done = True
-        if self.is_head:
+        if self.prepared.is_head:  # type: ignore[union-attr]
             status = self.parser.get_status_code()
             if status >= 200:
                 # llhttp would wait for the body that Content-Length announces; a HEAD
@@ -335,17 +349,15 @@ class _Connection(asyncio.Protocol):
             raise _Stop
 
     def on_message_complete(self) -> None:
-        status = self.parser.get_status_code()
+        parser = self.parser
+        status = parser.get_status_code()
         if status < 200:  # 1xx interim response (100 Continue, 103 Early Hints): the real one follows
             self.headers_done = False
             self.body_bytes = 0
             return
         self.status = status
-        self.keep_alive = self.parser.should_keep_alive()
-        fut = self.waiter  # never None here: on_headers_complete stops unasked-for responses
-        self.waiter = None
-        if not fut.done():  # type: ignore[union-attr]
-            fut.set_result(_OK)  # type: ignore[union-attr]
+        self.keep_alive = parser.should_keep_alive()
+        self.complete = True
 
     def _body_runs_to_eof(self) -> bool:
         """Is the response in flight delimited by the close (no length, not chunked)?"""
@@ -430,13 +442,17 @@ class FastEngine:
         self._timeout_ticks = math.ceil(timeout_s / self._tick_s)
         self._tick = 0
         self._sweeper: asyncio.TimerHandle | None = None
-        self._max_response_bytes = max_response_bytes
+        # Samples record body sizes in 32 bits (agents/samples.py), so a cap above that
+        # would need a clamp on every request; it is clamped once here instead.
+        self._max_response_bytes = min(max_response_bytes, MAX_BYTES)
         self._max_header_bytes = max_header_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._n_conns = 0  # open or opening connections: the pool's slots in use
         self._conns: set[_Connection] = set()
         self._waiters: deque[tuple[_Origin, asyncio.Future]] = deque()
+        self._tasks: set[asyncio.Task] = set()  # slow paths in progress (connect, wait, retry)
+        self._task_done: dict[asyncio.Task, Done] = {}  # those still waiting, by their callback
         self._origins: dict[tuple[str, str, int], _Origin] = {}
         self._ssl_context = ssl_context  # None: a default (verifying) context when needed
         # One entry per template; None for one this engine cannot serve (it is served by
@@ -475,9 +491,10 @@ class FastEngine:
     def _sweep(self) -> None:
         self._tick = tick = self._tick + 1
         limit = self._timeout_ticks
-        expired = [c for c in self._conns if c.waiter is not None and tick - c.sent_tick > limit]
+        expired = [c for c in self._conns if c.done is not None and tick - c.sent_tick > limit]
         for conn in expired:
-            conn.timed_out()
+            if conn.done is not None:  # an earlier expiry's callback may have sent on it anew
+                self._failed(conn, _TIMEOUT)
         self._sweeper = self._loop.call_later(self._tick_s, self._sweep)  # type: ignore[union-attr]
 
     async def close(self) -> None:
@@ -501,69 +518,144 @@ class FastEngine:
         self._n_conns = 0
         await asyncio.sleep(0)  # let the transports deliver connection_lost
 
+    def in_flight(self) -> int:
+        """Requests submitted and not yet called back (sent, connecting or waiting for a slot)."""
+        return sum(1 for c in self._conns if c.done is not None) + len(self._task_done)
+
     # -- the hot path
 
-    async def request(self, index: int) -> tuple[int, int, int]:
+    def submit(self, index: int, token: int, done: Done) -> None:
+        """Send template `index`; later call ``done(token, status, body bytes, error class)``.
+
+        `done` is called exactly once, from an event-loop callback, never from inside
+        submit() (so a caller may submit again from `done` without recursing). A caller
+        that keeps one `done` for many requests tells them apart by `token`.
+        """
         prepared = self._prepared[index]
-        if prepared is None:
-            return _UNSUPPORTED_RESULT
+        if prepared is None or self._closed:
+            self._defer(done, token, _OTHER)
+            return
         idle = prepared.origin.idle
         if idle:
             conn = idle.pop()
             conn.idle = False
-        else:
-            got = await self._acquire(prepared.origin)
-            if got.__class__ is int:
-                return (0, 0, got)
-            conn = got
-        fut = conn.send(prepared.wire, prepared.is_head, self._tick)
-        try:
-            code = await fut
-        except asyncio.CancelledError:
-            conn.drop_request()
+            # _Connection.start, inline: this is the path of every request.
+            conn.done = done
+            conn.token = token
+            conn.prepared = prepared
+            conn.sent_tick = self._tick
+            conn.body_bytes = 0
+            conn.headers_done = False
+            conn.complete = False
+            conn.head_data = None
+            if not conn.closed:
+                try:
+                    conn.transport.write(prepared.wire)  # type: ignore[union-attr]
+                    return
+                except (OSError, RuntimeError):  # uvloop refuses writes on a transport it closed
+                    conn.abort()
+            # Closed while idle, found only now: retried on a fresh connection (_failed).
+            if not self._closed:
+                self._failed(conn, _EARLY_CLOSE)
+                return
+            conn.done = None
             self._discard(conn)
-            raise
-        if code == _OK:
-            status = conn.status
-            nbytes = conn.body_bytes
-            if conn.keep_alive and not prepared.close:
-                conn.reused = True
-                if self._waiters:
-                    self._release(conn)
-                else:  # _release's common case, inline
-                    conn.idle = True
-                    idle.append(conn)
-            else:
-                self._discard(conn)
-            return (status, nbytes, _OK)
-        return await self._failed(prepared, conn, code)
+            self._defer(done, token, _OTHER)
+            return
+        self._spawn(self._acquire_and_start(prepared, token, done))
 
-    async def _failed(self, prepared: _Prepared, conn: _Connection, code: int) -> tuple[int, int, int]:
+    async def request(self, index: int) -> tuple[int, int, int]:
+        """submit() as a coroutine: ``(status, body bytes, error class)``. Cancelling it
+        closes the connection the request was on."""
+        fut = asyncio.get_running_loop().create_future()
+
+        def done(_token: int, status: int, nbytes: int, error: int) -> None:
+            if not fut.done():
+                fut.set_result((status, nbytes, error))
+
+        self.submit(index, 0, done)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._abandon(done)
+            raise
+
+    def _completed(self, conn: _Connection) -> None:
+        """The response on `conn` is in: pool the connection, then call back."""
+        done = conn.done
+        conn.done = None
+        status = conn.status
+        nbytes = conn.body_bytes
+        if conn.keep_alive and not conn.prepared.close:  # type: ignore[union-attr]
+            conn.reused = True
+            if self._waiters:
+                self._release(conn)
+            else:  # _release's common case, inline
+                conn.idle = True
+                conn.origin.idle.append(conn)
+        else:
+            self._discard(conn)
+        done(conn.token, status, nbytes, _OK)  # type: ignore[misc]
+
+    def _failed(self, conn: _Connection, code: int) -> None:
+        """The request on `conn` failed with `code`: close it, retry or call back."""
+        done = conn.done
+        if done is None:  # already answered; whatever came after makes the connection unusable
+            conn.abort()
+            return
+        conn.done = None
         if code == _EARLY_CLOSE and conn.reused and not self._closed:
             # The server closed a kept-alive connection as we wrote to it: nothing of
             # ours was answered, so send it once more on a new connection in the same slot.
             self._discard(conn, keep_slot=True)
-            got = await self._connect(prepared.origin, self._connect_timeout_s)
-            if got.__class__ is int:
-                return (0, 0, got)
-            conn = got  # type: ignore[assignment]
-            fut = conn.send(prepared.wire, prepared.is_head, self._tick)
-            try:
-                code = await fut
-            except asyncio.CancelledError:
-                conn.drop_request()
-                self._discard(conn)
-                raise
-            if code == _OK:
-                status, nbytes = conn.status, conn.body_bytes
-                if conn.keep_alive and not prepared.close:
-                    conn.reused = True
-                    self._release(conn)
-                else:
-                    self._discard(conn)
-                return (status, nbytes, _OK)
+            self._spawn(self._retry(conn.prepared, conn.token, done))  # type: ignore[arg-type]
+            return
         self._discard(conn)
-        return (0, 0, _RESET if code == _EARLY_CLOSE else code)
+        done(conn.token, 0, 0, _RESET if code == _EARLY_CLOSE else code)
+
+    def _defer(self, done: Done, token: int, code: int) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        loop.call_soon(done, token, 0, 0, code)
+
+    def _spawn(self, coro) -> None:
+        """Run one request's slow path (connect, wait for a slot, retry) as a task."""
+        task = self._loop.create_task(coro)  # type: ignore[union-attr]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _acquire_and_start(self, prepared: _Prepared, token: int, done: Done) -> None:
+        self._task_done[asyncio.current_task()] = done  # type: ignore[index]
+        try:
+            got = await self._acquire(prepared.origin)
+        finally:
+            self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+        if got.__class__ is int:
+            done(token, 0, 0, got)  # type: ignore[arg-type]
+        elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]
+            self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]
+
+    async def _retry(self, prepared: _Prepared, token: int, done: Done) -> None:
+        self._task_done[asyncio.current_task()] = done  # type: ignore[index]
+        try:
+            got = await self._connect(prepared.origin, self._connect_timeout_s)
+        finally:
+            self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+        if got.__class__ is int:
+            done(token, 0, 0, got)  # type: ignore[arg-type]
+        elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]
+            self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]  # fresh: ends as RESET
+
+    def _abandon(self, done: Done) -> None:
+        """The requester behind `done` gave up (cancelled): close its connection, stop its wait."""
+        for conn in self._conns:
+            if conn.done is done:
+                conn.done = None
+                self._discard(conn)
+                return
+        for task, task_done in list(self._task_done.items()):
+            if task_done is done:
+                task.cancel()
+                return
 
     # -- the pool
 

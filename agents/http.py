@@ -25,6 +25,11 @@ Result = tuple[int, int, int]  # (status or 0, response body bytes, ErrorClass)
 
 
 class Engine(Protocol):
+    """What the agent needs of an engine. An engine may also offer, as the lean one does,
+    ``submit(index, token, done)`` (send, then call ``done(token, status, bytes, error)``
+    from the loop) and ``in_flight()``; the agent then drives it by callbacks instead of a
+    task per request (agents/traffic.py)."""
+
     name: str
 
     async def open(self) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import numpy as np
@@ -40,6 +41,18 @@ async def _server(handler_delay_s: float = 0.0):
     return runner, f"http://127.0.0.1:{port}", served
 
 
+_ENGINE = {"name": "aiohttp"}
+
+
+@pytest.fixture(autouse=True, params=["aiohttp", "fast"])
+def engine(request: pytest.FixtureRequest):
+    """Every agent test runs on both engines: the lean one drives plain requests by
+    callbacks, the aiohttp one by a task per request (two code paths in the agent)."""
+    _ENGINE["name"] = request.param
+    yield request.param
+    _ENGINE["name"] = "aiohttp"
+
+
 def _spec(url: str, **kw) -> AgentSpec:
     base = dict(
         index=0,
@@ -57,6 +70,7 @@ def _spec(url: str, **kw) -> AgentSpec:
         max_connections=50,
     )
     base.update(kw)
+    base["requests"] = tuple(dataclasses.replace(t, engine=_ENGINE["name"]) for t in base["requests"])
     return AgentSpec(**base)
 
 
@@ -203,3 +217,62 @@ def test_stop_ends_the_stream_early_with_a_final_batch():
     assert took < 5
     assert batches[-1].final
     assert 10 <= len(_samples(batches)) <= 40
+
+
+@pytest.mark.timeout(30)
+def test_stop_between_arrivals_does_not_wait_for_the_graceful_stop():
+    """Nothing in flight when the stop comes: the agent ends at once, not after graceful_stop."""
+
+    async def main():
+        srv, url, served = await _server()
+        try:
+            spec = _spec(url, stages=(Stage(0.0, 2.0), Stage(30.0, 2.0)), start_level=2.0, graceful_stop_s=10.0)
+            t0 = time.monotonic()
+            batches = await _collect(spec, stop_after_s=1.2)
+            return batches, time.monotonic() - t0
+        finally:
+            await srv.cleanup()
+
+    batches, took = asyncio.run(main())
+    assert took < 4  # 0.2 s lead + 1.2 s + flushing; graceful_stop would make it >= 11
+    assert batches[-1].final
+    assert batches[-1].readings.unsent == 0  # the stop came between arrivals
+    assert 2 <= len(_samples(batches)) <= 3  # arrivals at 0.5 s and 1.0 s (and maybe 1.5 s on a slow box)
+
+
+@pytest.mark.timeout(30)
+def test_readings_count_requests_in_flight():
+    async def main():
+        srv, url, served = await _server(handler_delay_s=0.3)
+        try:
+            spec = _spec(url, model="closed", start_level=4.0, stages=(Stage(1.5, 4.0),),
+                         think_time_s=(0.0, 0.0), flush_interval_s=0.1)
+            return await _collect(spec)
+        finally:
+            await srv.cleanup()
+
+    batches = asyncio.run(main())
+    in_flight = [b.readings.in_flight for b in batches if not b.final]
+    assert max(in_flight) == 4  # four users, each waiting 0.3 s for its answer
+    assert batches[-1].readings.in_flight == 0
+
+
+@pytest.mark.timeout(30)
+def test_sends_held_back_by_busy_senders_are_queued_not_late():
+    """The target holds the only sender: late sends are the target's doing (queued), not
+    the generator's (late)."""
+
+    async def main():
+        srv, url, served = await _server(handler_delay_s=0.05)
+        try:
+            spec = _spec(url, stages=(Stage(0.0, 40.0), Stage(1.0, 40.0)), start_level=40.0,
+                         max_in_flight=1, max_connections=1)
+            return await _collect(spec)
+        finally:
+            await srv.cleanup()
+
+    batches = asyncio.run(main())
+    queued = sum(b.readings.queued_sends for b in batches)
+    late = sum(b.readings.late_sends for b in batches)
+    assert queued >= 10  # 40 planned, ~20 possible: most wait for the sender
+    assert late <= 2

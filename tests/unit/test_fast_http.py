@@ -913,3 +913,105 @@ def test_unsupported_templates() -> None:
     assert asyncio.run(engine.request(0)) == (0, 0, OTHER)
     with pytest.raises(ValueError, match="cannot use engine 'fast'"):
         FastEngine([RequestTemplate("f", "GET", "ftp://h/", engine="fast")], max_connections=1, timeout_s=1, connect_timeout_s=1)
+
+
+# --------------------------------------------------------------------------- submit (callbacks)
+
+
+def test_submit_calls_back_once_later_with_the_token(run) -> None:
+    """done(token, ...) comes from a loop callback, never from inside submit(): a caller
+    may submit again from done without recursing, even when the answer is immediate."""
+
+    async def main():
+        async with RawServer() as server:
+            unsupported = RequestTemplate("bad", "GET", "ftp://127.0.0.1/x")
+            engine = _engine(server.base, ["/ok", unsupported])
+            await engine.open()
+            calls: list[tuple[int, int, int, int]] = []
+            finished = asyncio.get_running_loop().create_future()
+
+            def done(token: int, status: int, nbytes: int, error: int) -> None:
+                calls.append((token, status, nbytes, error))
+                if len(calls) == 2:
+                    finished.set_result(None)
+
+            engine.submit(0, 7, done)
+            engine.submit(1, 9, done)
+            inside = list(calls)  # what was called back before submit() returned
+            await asyncio.wait_for(finished, 5)
+            await asyncio.sleep(0.05)  # nothing more comes
+            await engine.close()
+            return inside, calls
+
+    inside, calls = run(main())
+    assert inside == []
+    assert sorted(calls) == [(7, 200, 2, OK), (9, 0, 0, OTHER)]
+
+
+def test_submit_from_the_callback_reuses_the_connection(run) -> None:
+    """The agent's closed-model loop: each completion submits the next request."""
+
+    async def main():
+        async with RawServer() as server:
+            engine = _engine(server.base, ["/ok"], max_connections=1)
+            await engine.open()
+            results: list[tuple[int, int, int]] = []
+            finished = asyncio.get_running_loop().create_future()
+
+            def done(token: int, status: int, nbytes: int, error: int) -> None:
+                results.append((status, nbytes, error))
+                if token < 49:
+                    engine.submit(0, token + 1, done)
+                else:
+                    finished.set_result(None)
+
+            engine.submit(0, 0, done)
+            await asyncio.wait_for(finished, 10)
+            in_flight = engine.in_flight()
+            await engine.close()
+            return results, server.connections, in_flight
+
+    results, connections, in_flight = run(main())
+    assert results == [(200, 2, OK)] * 50
+    assert connections == 1
+    assert in_flight == 0
+
+
+def test_in_flight_counts_sent_and_waiting_requests(run) -> None:
+    async def main():
+        async with RawServer() as server:
+            engine = _engine(server.base, ["/never"], max_connections=1)
+            await engine.open()
+            got: list[int] = []
+
+            def done(_token: int, _status: int, _nbytes: int, error: int) -> None:
+                got.append(error)
+
+            engine.submit(0, 0, done)  # connects, then waits for an answer that never comes
+            engine.submit(0, 1, done)  # waits for the one connection
+            await asyncio.sleep(0.1)
+            during = engine.in_flight()
+            await engine.close()
+            await asyncio.sleep(0.05)
+            return during, got, engine.in_flight()
+
+    during, got, after = run(main())
+    assert during == 2
+    assert sorted(got) == [RESET, OTHER]  # the sent one is reset by close, the waiting one never went out
+    assert after == 0
+
+
+def test_submit_after_close_answers_other(run) -> None:
+    async def main():
+        async with RawServer() as server:
+            engine = _engine(server.base, ["/ok"])
+            await engine.open()
+            await engine.close()
+            got: list[int] = []
+            engine.submit(0, 0, lambda _t, _s, _n, e: got.append(e))
+            before = list(got)
+            await asyncio.sleep(0.01)
+            return before, got
+
+    before, got = run(main())
+    assert before == [] and got == [OTHER]
