@@ -60,6 +60,17 @@ _LOOP_LAG_PERIOD_S = 0.05
 _USER_CONTROL_PERIOD_S = 0.05
 
 
+def _timer_delay_s(delay_ns: int) -> float:
+    """A loop-timer delay for something due in `delay_ns` (> 0): whole milliseconds,
+    rounded up. Loop timers count whole milliseconds, and uvloop runs a delay under half
+    a millisecond as call_soon: waiting for something 200 us away would spin the loop
+    (a core at 100%) until it is due. Rounded up, a timer fires at most ~1 ms after its
+    time (wrk2's timers have the same resolution) and the latency, measured from the
+    intended time, includes that. A busy agent sends sooner: a completion sends whatever
+    is due at once."""
+    return -(-delay_ns // 1_000_000) / 1000
+
+
 class TrafficAgent:
     def __init__(
         self,
@@ -273,7 +284,7 @@ class TrafficAgent:
                 # Loop timers have millisecond resolution and may fire a little early;
                 # a request must never leave before its intended time.
                 while delay > 0:
-                    await asyncio.sleep(delay / 1e9)
+                    await asyncio.sleep(_timer_delay_s(delay))
                     delay = t_ns - self._now()
             except asyncio.CancelledError:
                 if self._stopping:
@@ -399,7 +410,7 @@ class TrafficAgent:
                 return
             self._timer.cancel()
         self._timer_at = t
-        self._timer = asyncio.get_running_loop().call_later((t - now) / 1e9, self._on_timer)
+        self._timer = asyncio.get_running_loop().call_later(_timer_delay_s(t - now), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -542,7 +553,7 @@ class TrafficAgent:
             self._user_leave(j)
             return
         delay = intended - self._now()
-        self._thinking[j] = asyncio.get_running_loop().call_later(delay / 1e9, self._user_wake, j, intended)
+        self._thinking[j] = asyncio.get_running_loop().call_later(_timer_delay_s(delay), self._user_wake, j, intended)
 
     def _user_wake(self, j: int, intended: int) -> None:
         if self._now() < intended:  # loop timers may fire a little early
