@@ -341,3 +341,79 @@ def test_tree_cpu_by_adds_up_to_tree_cpu(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+# -- open_rate.py -----------------------------------------------------------------------------
+
+OPEN_SUMMARY = {  # the parts of a summary.json open_rate.py reads, as horde writes them
+    "duration_s": 8.0,
+    "total": {"requests": 160000, "errors": 2, "rps": 20000.0, "duration_s": 8.0,
+              "latency_ms": {"p50": 0.412, "p90": 0.9, "p99": 3.25, "max": 20.1}},
+    "generator": {"saturated": True, "reasons": ["agent 0 used 95% of a core"],
+                  "agents": {"0": {"cpu_s": 4.0, "late_sends": 120, "queued_sends": 7}},
+                  "cpu_s": 4.0, "cpu_us_per_request": 25.0, "late_sends": 120,
+                  "queued_sends": 7, "interrupted": 0, "unsent": 3},
+}
+
+
+def test_open_scenario_has_the_rate_and_validates(tmp_path: Path) -> None:
+    import yaml
+
+    from bench.open_rate import write_open_scenario
+    from coordinator.scenario import load_scenario
+
+    path = write_open_scenario("http://127.0.0.1:9/", 20000, 8, tmp_path)
+    assert path.parent == tmp_path
+    data = yaml.safe_load(path.read_text())
+    assert data["target"] == "http://127.0.0.1:9"
+    assert (data["engine"], data["agents"]) == ("fast", 1)
+    workload = data["workload"]
+    assert (workload["model"], workload["arrivals"]) == ("open", "constant")
+    assert workload["start"] == 20000  # flat from t = 0: no ramp from 0
+    assert workload["stages"] == [{"duration": "8s", "target": 20000}]
+    assert (workload["max_in_flight"], workload["max_connections"]) == (64, 64)
+    scenario = load_scenario(path, env={}).scenario  # what `horde run` would accept
+    assert scenario.workload.total_duration_s == 8.0
+    assert scenario.workload.stages[0].target == 20000.0
+
+
+def test_open_rate_reads_the_summary() -> None:
+    from bench.open_rate import read_summary
+
+    got = read_summary(OPEN_SUMMARY, seconds=10)
+    assert (got["requests"], got["errors"], got["run_s"]) == (160000, 2, 8.0)
+    assert got["rps"] == pytest.approx(20000.0)
+    assert got["agent_cpu_s"] == 4.0 and got["agent_us_per_request"] == pytest.approx(25.0)
+    assert (got["late_sends"], got["queued_sends"], got["unsent"]) == (120, 7, 3)
+    assert (got["latency_p50_ms"], got["latency_p99_ms"]) == (0.412, 3.25)
+    assert got["saturated"] and got["saturation_reasons"] == ["agent 0 used 95% of a core"]
+
+
+def test_open_rate_summary_without_optional_parts() -> None:
+    from bench.open_rate import read_summary
+
+    # an older layout: no queued_sends, no latency, no generator CPU, no duration
+    got = read_summary({"total": {"requests": 50}, "generator": {"late_sends": 1}}, seconds=5)
+    assert (got["requests"], got["errors"], got["run_s"], got["rps"]) == (50, 0, 5.0, 10.0)
+    assert got["agent_cpu_s"] is None and got["agent_us_per_request"] is None
+    assert (got["late_sends"], got["queued_sends"]) == (1, None)
+    assert (got["latency_p50_ms"], got["latency_p99_ms"]) == (None, None)
+    assert not got["saturated"]
+
+
+def test_open_rate_table_and_rates() -> None:
+    from bench.open_rate import RateRun, format_table, parse_rates
+
+    assert parse_rates("5000, 20000,") == [5000, 20000]
+    with pytest.raises(ValueError):
+        parse_rates("0")
+    ok = RateRun(rate=5000, status="ok", requests=50000, rps=5000.0, agent_us_per_request=30.0,
+                 late_sends=0, queued_sends=2, latency_p50_ms=0.3, latency_p99_ms=1.5,
+                 steady_parts_us_per_request={"agent": 28.0, "driver": 5.0})
+    assert ok.steady_agent_us_per_request == 28.0
+    text = format_table([ok, RateRun(rate=25000, reason="killed after 190s")])
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("5000"))
+    assert row.split() == ["5000", "50000", "0", "5000", "-", "30.0", "28.0", "0", "2",
+                           "0.30", "1.50", "-"]
+    assert "25000/s: failed: killed after 190s" in text
+    assert "5000/s: steady us/req by process: agent 28.0, driver 5.0" in text
