@@ -113,11 +113,13 @@ def test_local_dashboard_listens_on_loopback_only():
 
 
 @pytest.mark.parametrize("path", [AWS, LOCAL], ids=["aws", "local"])
-def test_token_auth_on_every_node_and_the_repo_installed(path):
+def test_token_auth_and_no_ray_metrics_on_every_node_and_the_repo_installed(path):
     config = _load(path)
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = [c for c in config[key] if "ray start" in c]
         assert start and all("RAY_AUTH_MODE=token" in c for c in start), key
+        # Ray's own metrics stall traffic agents' loops (cluster/connect.py): off on load nodes.
+        assert all("RAY_enable_metrics_collection=0" in c for c in start), key
     mounts = config["file_mounts"]
     assert any(remote.endswith("/.ray/auth_token") for remote in mounts)
     assert "." in mounts.values(), "the repository is shipped to every node"
