@@ -250,22 +250,28 @@ class TrafficAgent:
         task.add_done_callback(self._slow.discard)
 
     async def _slow_request(self, slot: int, ep: int, intended: int, queued: bool) -> None:
-        """One flow, or one request on an engine without submit(); then the slot goes on."""
-        try:
-            flow = self._flows[ep]
-            if flow is not None:
-                await self._run_flow(flow, intended)
-            else:
-                sent = time.monotonic_ns() - self._mono_start
-                self._in_flight += 1
-                try:
-                    status, nbytes, err = await self._send[ep](ep)
-                finally:
-                    self._in_flight -= 1
-                self._record(ep, intended, sent, status, nbytes, err, queued)
-        finally:
-            if not self._finished:
-                self._after[0](slot)
+        """A flow, or a request on an engine without submit(); then the slot goes on. When
+        the slot's next request is a slow one too (a closed-model user on aiohttp), this
+        task carries on with it: a task per request cost aiohttp users ~50 us each."""
+        while True:
+            try:
+                flow = self._flows[ep]
+                if flow is not None:
+                    await self._run_flow(flow, intended)
+                else:
+                    sent = time.monotonic_ns() - self._mono_start
+                    self._in_flight += 1
+                    try:
+                        status, nbytes, err = await self._send[ep](ep)
+                    finally:
+                        self._in_flight -= 1
+                    self._record(ep, intended, sent, status, nbytes, err, queued)
+            finally:
+                nxt = None if self._finished else self._after[0](slot)
+            if nxt is None:
+                return
+            ep, intended = nxt
+            queued = False
 
     async def _run_flow(self, flow: FlowTemplate, intended: int) -> None:
         self._in_flight += 1
@@ -434,7 +440,7 @@ class TrafficAgent:
         buf.count = i + 1
         self._open_release(slot)
 
-    def _open_release(self, slot: int) -> None:
+    def _open_release(self, slot: int) -> None:  # returns None: the pump sends the next one
         free = self._free
         free.append(slot)
         if self._stopping or self._exhausted:
@@ -488,11 +494,13 @@ class TrafficAgent:
             self._set_drained()
         await self._wait_drained()
 
-    def _user_send(self, j: int, intended: int) -> None:
-        """User j's next request, intended at `intended` (now, or when its think time ended)."""
+    def _user_send(self, j: int, intended: int, in_task: bool = False) -> tuple[int, int] | None:
+        """User j's next request, intended at `intended` (now, or when its think time ended).
+        A slow one is returned as (endpoint, intended) when called from a user's task
+        (`in_task`: it carries on there), else it gets a task of its own."""
         if self._stopping or j >= self._allowed:
             self._user_leave(j)
-            return
+            return None
         ep = self._next_choice()
         if self._plain[ep]:
             self._slot_ep[j] = ep
@@ -501,11 +509,14 @@ class TrafficAgent:
             lag = sent - intended  # a think-time timer that fired late
             if lag > self._send_lag_max:
                 self._send_lag_max = lag
-                if lag > LATE_SEND_NS:
-                    self._late += 1
+            if lag > LATE_SEND_NS:
+                self._late += 1
             self._submit[ep](ep, j, self._closed_cb)
+        elif in_task:
+            return ep, intended
         else:
             self._spawn(self._slow_request(j, ep, intended, False))
+        return None
 
     def _closed_done(self, j: int, status: int, nbytes: int, err: int) -> None:
         """The engine's callback for a closed-model request: record, then the user goes on.
@@ -541,12 +552,12 @@ class TrafficAgent:
             else:
                 self._spawn(self._slow_request(j, ep, end, False))
 
-    def _user_after_slow(self, j: int) -> None:
+    def _user_after_slow(self, j: int) -> tuple[int, int] | None:
         now = self._now()
         if self._thinks:
             self._user_think(j, now + int(self._next_think_s() * 1e9))
-        else:
-            self._user_send(j, now)
+            return None
+        return self._user_send(j, now, in_task=True)
 
     def _user_think(self, j: int, intended: int) -> None:
         if self._stopping or j >= self._allowed:

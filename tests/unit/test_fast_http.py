@@ -641,7 +641,9 @@ def test_tls_handshake_that_never_completes_is_a_connect_timeout(run) -> None:
 def test_waiting_for_a_connection_times_out(run) -> None:
     async def main():
         async with RawServer() as server:
-            engine = _engine(server.base, ["/never", "/ok"], max_connections=1, timeout_s=0.5, connect_timeout_s=0.2)
+            # The stuck request's own connect must beat connect_timeout_s even on a busy
+            # machine, and its read timeout must come well after the waiter's deadline.
+            engine = _engine(server.base, ["/never", "/ok"], max_connections=1, timeout_s=1.5, connect_timeout_s=0.5)
             await engine.open()
             stuck = asyncio.ensure_future(engine.request(0))
             await asyncio.sleep(0.05)
