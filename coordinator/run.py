@@ -161,7 +161,7 @@ def _silence_s(scenario) -> float:
 
 def _fast_supports():
     try:
-        from agents.fast_http import supports
+        from agents.wire import supports
     except ImportError:
         return None
     return supports
