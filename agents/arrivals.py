@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from agents.stages import Profile, users_for_agent
+from horde.agents.stages import Profile, users_for_agent
 
 # Domain tag mixed into the Poisson seed, so another module that seeds its own generator
 # from (seed, index) does not draw the very same numbers.

@@ -18,9 +18,9 @@ from typing import Any
 
 import aiohttp
 
-from agents.http import classify_exception
-from agents.samples import ErrorClass, classify_status
-from agents.spec import FlowStepTemplate, FlowTemplate
+from horde.agents.http import classify_exception
+from horde.agents.samples import ErrorClass, classify_status
+from horde.agents.spec import FlowStepTemplate, FlowTemplate
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")

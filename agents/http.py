@@ -18,8 +18,8 @@ from typing import Protocol
 import aiohttp
 from yarl import URL
 
-from agents.samples import ErrorClass
-from agents.spec import RequestTemplate
+from horde.agents.samples import ErrorClass
+from horde.agents.spec import RequestTemplate
 
 Result = tuple[int, int, int]  # (status or 0, response body bytes, ErrorClass)
 
@@ -122,7 +122,7 @@ def make_engine(
     if name == "aiohttp":
         return AiohttpEngine(templates, **kwargs)
     if name == "fast":
-        from agents.fast_http import FastEngine  # the lean engine; imported only when chosen
+        from horde.agents.fast_http import FastEngine  # the lean engine; imported only when chosen
 
         return FastEngine(templates, **kwargs)
     raise ValueError(f"unknown engine {name!r} (expected 'aiohttp' or 'fast')")

@@ -12,8 +12,8 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 
-from agents.spec import AgentSpec
-from agents.traffic import TrafficAgent
+from horde.agents.spec import AgentSpec
+from horde.agents.traffic import TrafficAgent
 
 _DONE = object()
 

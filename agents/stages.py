@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.spec import Stage
+from horde.agents.spec import Stage
 
 # Levels computed in floats (a rate times a fraction) land a hair below a whole number.
 _USERS_EPSILON = 1e-9

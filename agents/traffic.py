@@ -32,10 +32,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from agents.arrivals import ConstantArrivals, PoissonArrivals
-from agents.http import Engine, make_engine
-from agents.probe import ProcessProbe
-from agents.samples import (
+from horde.agents.arrivals import ConstantArrivals, PoissonArrivals
+from horde.agents.http import Engine, make_engine
+from horde.agents.probe import ProcessProbe
+from horde.agents.samples import (
     LATE_SEND_NS,
     MAX_BYTES,
     RECORD,
@@ -44,9 +44,9 @@ from agents.samples import (
     classify_status,
     encode_batch,
 )
-from agents.flows import FlowRunner
-from agents.spec import AgentSpec, FlowTemplate
-from agents.stages import Profile, level_to_users, users_for_agent
+from horde.agents.flows import FlowRunner
+from horde.agents.spec import AgentSpec, FlowTemplate
+from horde.agents.stages import Profile, level_to_users, users_for_agent
 
 Emit = Callable[[bytes], None]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from agents.spec import RequestTemplate
+from horde.agents.spec import RequestTemplate
 
 # Sent unless the template sets them; the same as the aiohttp engine sends (less "br",
 # which aiohttp adds only when a brotli package is installed).

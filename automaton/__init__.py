@@ -2,8 +2,8 @@
 
 Its "agents" are simulated AI agents of the target, unrelated to horde's traffic agents.
 
-The names below are imported on first use, so that `automaton.catalog` or
-`automaton.faults` (pure, used by the scenario loader) do not pull in the server.
+The names below are imported on first use, so that `horde.automaton.catalog` or
+`horde.automaton.faults` (pure, used by the scenario loader) do not pull in the server.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 # name -> the module that defines it
 _EXPORTS = {
-    "AutomatonConfig": "automaton.config",
-    "AutomatonError": "automaton.launch",
-    "AutomatonProcess": "automaton.launch",
-    "FaultConfig": "automaton.faults",
-    "FaultConfigError": "automaton.faults",
-    "bind_server": "automaton.app",
-    "build_app": "automaton.app",
-    "serve": "automaton.server",
-    "serve_async": "automaton.server",
-    "stall_remaining": "automaton.faults",
-    "start_automaton": "automaton.launch",
+    "AutomatonConfig": "horde.automaton.config",
+    "AutomatonError": "horde.automaton.launch",
+    "AutomatonProcess": "horde.automaton.launch",
+    "FaultConfig": "horde.automaton.faults",
+    "FaultConfigError": "horde.automaton.faults",
+    "bind_server": "horde.automaton.app",
+    "build_app": "horde.automaton.app",
+    "serve": "horde.automaton.server",
+    "serve_async": "horde.automaton.server",
+    "stall_remaining": "horde.automaton.faults",
+    "start_automaton": "horde.automaton.launch",
 }
 
 __all__ = [
@@ -41,11 +41,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from automaton.app import bind_server, build_app
-    from automaton.config import AutomatonConfig
-    from automaton.faults import FaultConfig, FaultConfigError, stall_remaining
-    from automaton.launch import AutomatonError, AutomatonProcess, start_automaton
-    from automaton.server import serve, serve_async
+    from horde.automaton.app import bind_server, build_app
+    from horde.automaton.config import AutomatonConfig
+    from horde.automaton.faults import FaultConfig, FaultConfigError, stall_remaining
+    from horde.automaton.launch import AutomatonError, AutomatonProcess, start_automaton
+    from horde.automaton.server import serve, serve_async
 
 
 def __getattr__(name: str) -> Any:

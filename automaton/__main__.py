@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from automaton.faults import FaultConfig, fault_config_from_dict
-from automaton.server import serve
+from horde.automaton.faults import FaultConfig, fault_config_from_dict
+from horde.automaton.server import serve
 
 # The admin token travels in the environment rather than argv, where `ps` shows it.
 ADMIN_TOKEN_ENV = "AUTOMATON_ADMIN_TOKEN"

@@ -20,8 +20,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from automaton.app import STATE, AutomatonState
-from automaton.faults import FaultConfigError, fault_config_from_dict
+from horde.automaton.app import STATE, AutomatonState
+from horde.automaton.faults import FaultConfigError, fault_config_from_dict
 
 # Loopback only, whatever host the main site listens on.
 ADMIN_HOST = "127.0.0.1"

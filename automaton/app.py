@@ -18,13 +18,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.web_server import Server
 
-from automaton.catalog import ROUTE_NAMES, SIMULATED_AGENTS, TOOL_NAMES, WORKFLOWS, Workflow
-from automaton.config import AutomatonConfig
-from automaton.db import Database
-from automaton.faults import FaultConfig, plan_request, stall_hold_s
-from automaton.injector import FaultInjector, burn_cpu_s
-from automaton.metrics import EXPOSITION_CONTENT_TYPE, AutomatonMetrics
-from automaton.simulation import ToolInputError, agent_respond, tool_invoke
+from horde.automaton.catalog import ROUTE_NAMES, SIMULATED_AGENTS, TOOL_NAMES, WORKFLOWS, Workflow
+from horde.automaton.config import AutomatonConfig
+from horde.automaton.db import Database
+from horde.automaton.faults import FaultConfig, plan_request, stall_hold_s
+from horde.automaton.injector import FaultInjector, burn_cpu_s
+from horde.automaton.metrics import EXPOSITION_CONTENT_TYPE, AutomatonMetrics
+from horde.automaton.simulation import ToolInputError, agent_respond, tool_invoke
 
 # Route names double as the `endpoint` label of automaton_requests_total.
 COUNTED_ROUTES: tuple[str, ...] = ROUTE_NAMES

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from automaton.faults import ScalingPolicy
+from horde.automaton.faults import ScalingPolicy
 
 
 class Admission(enum.Enum):

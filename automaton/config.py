@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from automaton.faults import FaultConfig
+from horde.automaton.faults import FaultConfig
 
 # ~0.2 ms of sha256 chaining on a 2020s core: enough CPU that a saturated automaton
 # shows up in process_cpu_seconds_total, little enough to stay I/O-bound by default.

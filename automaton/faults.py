@@ -41,8 +41,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable
 
-from automaton.catalog import ROUTE_NAMES
-from automaton.latency import DISTRIBUTIONS, LatencyDistribution
+from horde.automaton.catalog import ROUTE_NAMES
+from horde.automaton.latency import DISTRIBUTIONS, LatencyDistribution
 
 DEFAULT_ERROR_STATUS = 500
 # Leaked memory stops growing here, so a forgotten leak cannot take the machine down.

@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Any, Callable, Protocol
 
-from automaton.capacity import Admission, AdmissionAccount, ScalingState, initial_scaling_state, next_scaling_state
-from automaton.faults import FaultConfig
+from horde.automaton.capacity import Admission, AdmissionAccount, ScalingState, initial_scaling_state, next_scaling_state
+from horde.automaton.faults import FaultConfig
 
 # A gate whose scope lost its limit: lets everyone through (and wakes its waiters).
 _UNLIMITED = sys.maxsize

@@ -138,12 +138,12 @@ def start_automaton(
 ) -> AutomatonProcess:
     """Start `python -m automaton serve` and return once it listens.
 
-    `faults` is the wire form of automaton.faults.FaultConfig (plain JSON); the stall can
+    `faults` is the wire form of horde.automaton.faults.FaultConfig (plain JSON); the stall can
     be given there or by `stall_every_s`/`stall_for_s`, not both. The admin endpoint
     listens on 127.0.0.1:`admin_port` (0: a free one) with `admin_token` (None: the
     server makes one); the result knows both (`admin_url`, `admin_token`).
     """
-    args = [sys.executable, "-m", "automaton", "serve", "--host", host, "--port", str(port)]
+    args = [sys.executable, "-m", "horde.automaton", "serve", "--host", host, "--port", str(port)]
     args += ["--admin-port", str(admin_port)]
     if faults is not None:
         args += ["--faults-json", json.dumps(faults)]

@@ -9,11 +9,11 @@ from typing import Any, Callable, Coroutine
 
 from aiohttp import web
 
-from automaton.admin import ADMIN_HOST, build_admin_app, new_admin_token
-from automaton.app import STATE, build_app
-from automaton.config import AutomatonConfig
-from automaton.faults import FaultConfig
-from automaton.injector import ConnectionLimiter
+from horde.automaton.admin import ADMIN_HOST, build_admin_app, new_admin_token
+from horde.automaton.app import STATE, build_app
+from horde.automaton.config import AutomatonConfig
+from horde.automaton.faults import FaultConfig
+from horde.automaton.injector import ConnectionLimiter
 
 # The kernel caps it at net.core.somaxconn; large so a burst of 1000+ connects is not refused.
 LISTEN_BACKLOG = 4096

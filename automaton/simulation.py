@@ -10,8 +10,8 @@ import asyncio
 import hashlib
 from typing import Any
 
-from automaton.catalog import SEARCH_CORPUS, SimulatedAgent
-from automaton.config import AutomatonConfig
+from horde.automaton.catalog import SEARCH_CORPUS, SimulatedAgent
+from horde.automaton.config import AutomatonConfig
 
 _MAX_ECHO_CHARS = 80
 

@@ -24,7 +24,7 @@ from bench.nginx import Nginx  # noqa: E402
 
 
 def run(url: str, seconds: int, engine: str, in_process: bool, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "coordinator.cli", "run", str(REPO / "bench" / "scenarios" / "nginx_closed.yaml"),
+    cmd = [sys.executable, "-m", "horde.coordinator.cli", "run", str(REPO / "bench" / "scenarios" / "nginx_closed.yaml"),
            "--target", url, "-q", "--out", str(out), "--set", f"engine={engine}",
            "--set", f"workload.stages[0].duration={seconds}s"]
     if in_process:

@@ -70,8 +70,8 @@ async def _workers(one_request, requests: int, connections: int) -> int:
 
 
 async def _run_engine(name: str, url: str, requests: int, connections: int) -> Measured:
-    from agents.http import make_engine
-    from agents.spec import RequestTemplate
+    from horde.agents.http import make_engine
+    from horde.agents.spec import RequestTemplate
 
     engine = make_engine(
         name, [RequestTemplate("static", "GET", url)], max_connections=connections, timeout_s=10.0, connect_timeout_s=5.0
@@ -121,9 +121,9 @@ async def _run_agent(url: str, requests: int, connections: int) -> Measured:
     """horde's traffic agent itself (no Ray): a closed model of `connections` users with
     no think time, for about as long as `requests` take at 30k/s; records, batches and
     all. Charged over its whole run (connecting included); requests = samples recorded."""
-    from agents.samples import decode_batch
-    from agents.spec import AgentSpec, RequestTemplate, Stage
-    from agents.traffic import TrafficAgent
+    from horde.agents.samples import decode_batch
+    from horde.agents.spec import AgentSpec, RequestTemplate, Stage
+    from horde.agents.traffic import TrafficAgent
 
     seconds = max(2.0, requests / 30_000)
     spec = AgentSpec(

@@ -75,7 +75,7 @@ def main() -> None:
     for i in range(args.repeat):
         target = Target()
         target.start()
-        cmd = [sys.executable, "-m", "coordinator.cli", "run", str(scen), "-q", "--out", str(tmp / "out"),
+        cmd = [sys.executable, "-m", "horde.coordinator.cli", "run", str(scen), "-q", "--out", str(tmp / "out"),
                "--target", f"http://127.0.0.1:{target.port}"]
         if args.address:
             cmd += ["--address", args.address]

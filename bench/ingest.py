@@ -2,7 +2,7 @@
 
 Synthetic batches as agents send them (msgpack, 10k samples, 5 endpoints, lognormal
 latencies, 1% errors), fed through decode_batch + Aggregator.add + close_until exactly as
-coordinator/run.py does. CPU time (process_time) rather than wall time: the machine is
+coordinator/run/session.py does. CPU time (process_time) rather than wall time: the machine is
 shared and noisy.
 
     python bench/ingest.py [--batches 300] [--batch 10000]
@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from agents.samples import RECORD, SAMPLE_DTYPE, GeneratorReadings, decode_batch, encode_batch
-from coordinator.aggregate import Aggregator
+from horde.agents.samples import RECORD, SAMPLE_DTYPE, GeneratorReadings, decode_batch, encode_batch
+from horde.coordinator.measure.aggregate import Aggregator
 
 
 def make_payloads(n_batches: int, batch: int, agents: int = 2, endpoints: int = 5) -> list[bytes]:

@@ -21,9 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from coordinator.bundle import read_bundle
-from coordinator.run import RunOptions, run_scenario
-from coordinator.scenario import load_scenario
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.run.session import RunOptions, run_scenario
+from horde.coordinator.scenario.load import load_scenario
 
 SCENARIO = """
 name: loss-bench

@@ -1,11 +1,11 @@
 """horde's own memory in a long run: coordinator and agents at minute 2 and at the end.
 
 A real-time (uncompressed) run at a steady rate against the embedded automaton, on the
-embedded Ray, through the public API (coordinator.run.run_scenario). Every one-second
+embedded Ray, through the public API (horde.coordinator.run.session.run_scenario). Every one-second
 window of the bundle carries the coordinator's resident memory and each traffic agent's
 (`windows.jsonl`: coordinator.rss_bytes, generator.<agent>.rss_bytes); this script reads
 them back and prints, for each process, the memory at minute `--mark` and at the end, the
-growth in between per minute, and the leak verdict (coordinator.trends.leak_verdict) of
+growth in between per minute, and the leak verdict (horde.coordinator.analysis.trends.leak_verdict) of
 the whole series.
 
     python bench/soak_memory.py [--minutes 10] [--mark 2] [--rate 200] [--json out.json]
@@ -64,8 +64,8 @@ def _at(ts: list[float], vs: list[float], t: float) -> float | None:
 
 
 def run_load(minutes: float, rate: float, out: str, progress: bool) -> Path:
-    from coordinator.run import RunOptions, run_scenario
-    from coordinator.scenario import parse_scenario
+    from horde.coordinator.run.session import RunOptions, run_scenario
+    from horde.coordinator.scenario.load import parse_scenario
 
     text = SCENARIO.format(rate=rate, hold_s=max(1.0, minutes * 60 - 10), out=out)
     loaded = parse_scenario(text, source="bench/soak_memory.py")
@@ -86,7 +86,7 @@ def run_load(minutes: float, rate: float, out: str, progress: bool) -> Path:
 def memory_figures(bundle: Path, mark_s: float, end_s: float | None = None) -> dict[str, Any]:
     """Per process: readings at mark_s and at end_s (default: the last window), growth
     after the mark, and the leak verdict of the series up to end_s."""
-    from coordinator.trends import generator_rss_series, leak_verdict, theil_sen, window_series
+    from horde.coordinator.analysis.trends import generator_rss_series, leak_verdict, theil_sen, window_series
 
     with open(bundle / "windows.jsonl") as f:
         windows = [json.loads(line) for line in f if line.strip()]
@@ -127,8 +127,8 @@ def aggregator_state(minutes: float, rate: float, keep_windows: int | None) -> d
     """Bytes the Aggregator retains after `minutes` of one-second windows (tracemalloc)."""
     import numpy as np
 
-    from agents.samples import SAMPLE_DTYPE, GeneratorReadings, decode_batch, encode_batch
-    from coordinator.aggregate import Aggregator
+    from horde.agents.samples import SAMPLE_DTYPE, GeneratorReadings, decode_batch, encode_batch
+    from horde.coordinator.measure.aggregate import Aggregator
 
     rng = np.random.default_rng(0)
     n_windows = int(minutes * 60)

@@ -2,7 +2,7 @@
 
 Each case is one horde run (embedded Ray, the automaton started once and shared, GET
 /health, constant arrivals): a base rate for a few seconds, an instant step to the peak,
-a hold, and back. The figure is coordinator/spike.py's time to 90%: from the step to the
+a hold, and back. The figure is coordinator/analysis/spike.py's time to 90%: from the step to the
 end of the first of two consecutive 100 ms bins in which the actual sends reach 90% of the
 planned ones (resolution: one bin, 0.1 s).
 
@@ -55,12 +55,12 @@ def main() -> None:
     args = ap.parse_args()
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from automaton.launch import start_automaton
-    from cluster.connect import connect
-    from coordinator.bundle import read_bundle
-    from coordinator.run import RunOptions, run_scenario
-    from coordinator.scenario import parse_scenario
-    from coordinator.spike import spikes_for_run
+    from horde.automaton.launch import start_automaton
+    from horde.cluster.connect import connect
+    from horde.coordinator.bundle.store import read_bundle
+    from horde.coordinator.run.session import RunOptions, run_scenario
+    from horde.coordinator.scenario.load import parse_scenario
+    from horde.coordinator.analysis.spike import spikes_for_run
 
     out = Path(tempfile.mkdtemp(prefix="horde-spike-reach-"))
     conn = connect(args.address)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import ray
 
-from cluster.events import ClusterShape, NodeShape
+from horde.cluster.events import ClusterShape, NodeShape
+from horde.cluster.shipping import JOB_ID_ENV, horde_py_module
 
 
 # Ray's own metrics (the Prometheus/Grafana export of every Ray process) stall a traffic
@@ -47,8 +48,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Conne
     # Inside a Ray job (or with RAY_ADDRESS exported) attach to that cluster.
     address = address or os.environ.get("RAY_ADDRESS") or None
     try:
-        if address:
-            ray.init(address=address, **kwargs)
+        if address and os.environ.get(JOB_ID_ENV):
+            ray.init(address=address, **kwargs)  # a horde job: its runtime_env already ships horde
+            kind = "attached"
+        elif address:
+            with horde_py_module() as horde_dir:  # nodes need not have horde installed
+                ray.init(address=address, runtime_env={"py_modules": [horde_dir]}, **kwargs)
             kind = "attached"
         else:
             # address="local": always a new instance, never a `ray start` cluster found on this machine

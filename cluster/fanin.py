@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from cluster.events import AgentEnded, AgentLost, BatchReceived, FleetEvent
+from horde.cluster.events import AgentEnded, AgentLost, BatchReceived, FleetEvent
 
 StreamFactory = Callable[[], AsyncIterator[bytes]]
 Probe = Callable[[], Awaitable[object]]

@@ -14,18 +14,18 @@ from collections.abc import AsyncIterator, Sequence
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from agents.spec import AgentSpec
-from cluster.events import AgentInfo, FleetEvent
-from cluster.fanin import FanIn
+from horde.agents.spec import AgentSpec
+from horde.cluster.events import AgentInfo, FleetEvent
+from horde.cluster.fanin import FanIn
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
 class TrafficAgentActor:
-    """Thin actor: hands the work to agents.runner.AgentRunner (plain Python, tested without Ray)."""
+    """Thin actor: hands the work to horde.agents.runner.AgentRunner (plain Python, tested without Ray)."""
 
     def __init__(self, spec: AgentSpec) -> None:
-        from agents.probe import raise_fd_limit
-        from agents.runner import AgentRunner
+        from horde.agents.probe import raise_fd_limit
+        from horde.agents.runner import AgentRunner
 
         raise_fd_limit()
         self._runner = AgentRunner(spec)
@@ -135,7 +135,7 @@ class RayFleet:
 
     def monitor_nodes(self, on_reading) -> None:
         """One resource monitor per node, streaming from the common start instant."""
-        from cluster.nodes import NodeMonitors
+        from horde.cluster.nodes import NodeMonitors
 
         self._monitors = NodeMonitors(on_reading)
         self._monitors.start(self._start_wall_ns)

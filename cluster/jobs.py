@@ -5,8 +5,8 @@ Two sides:
 - *Client* (this machine): every function here talks to the cluster's job server, the
   dashboard's HTTP port (8265), through `ray.job_submission.JobSubmissionClient`. Keep that
   port private (ray-config.yaml; reach it with `ray dashboard ray-config.yaml`).
-- *Job* (on the cluster): a submitted job's entrypoint is `python -m cluster.jobs exec ...`,
-  which runs `python -m coordinator.cli run ...` as a child process (plain `python -m`, so no
+- *Job* (on the cluster): a submitted job's entrypoint is `python -m horde.cluster.jobs exec ...`,
+  which runs `python -m horde.coordinator.cli run ...` as a child process (plain `python -m`, so no
   console script is needed on the cluster; the job's working_dir is the repository and is
   the driver's current directory) and, once the child has ended -- passed, failed, or
   stopped by `horde jobs stop` -- exports the bundle for `fetch`.
@@ -63,12 +63,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from horde.cluster.shipping import JOB_ID_ENV, horde_py_module
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # a checkout's root (editable install)
 
 JOB_PREFIX = "horde-"
 BUNDLES_SUBDIR = "horde-bundles"  # under the Ray session's log directory of the driver's node
 SCENARIO_ENV = "HORDE_SCENARIO_YAML"  # a scenario from outside working_dir travels here
-JOB_ID_ENV = "HORDE_JOB_ID"  # set in every horde job (driver, and by inheritance its actors)
 STOP_GRACE_S = 20  # after `stop`, SIGKILL comes this much later: time to write the incomplete bundle
 PROBE_TIMEOUT_S = 5.0
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -132,13 +133,13 @@ def job_entrypoint(
     out_dir: str = "results",
     scenario_from_env: bool = False,
 ) -> str:
-    """The job's shell command: this module's `exec` wrapping `python -m coordinator.cli run`."""
+    """The job's shell command: this module's `exec` wrapping `python -m horde.coordinator.cli run`."""
     job_out = f"{out_dir.rstrip('/')}/{job_id}"
-    run = ["python", "-m", "coordinator.cli", "run", scenario_arg]
+    run = ["python", "-m", "horde.coordinator.cli", "run", scenario_arg]
     for o in overrides:
         run += ["--set", o]
     run += ["--out", job_out, "--address", "auto"]
-    wrapper = ["python", "-m", "cluster.jobs", "exec", "--job-id", job_id, "--bundles", job_out]
+    wrapper = ["python", "-m", "horde.cluster.jobs", "exec", "--job-id", job_id, "--bundles", job_out]
     if scenario_from_env:
         wrapper += ["--scenario-from-env", scenario_arg]
     return shlex.join(wrapper + ["--"] + run)
@@ -179,13 +180,14 @@ def submit(
 ) -> str:
     """Submit `horde run SCENARIO --set ... --out OUT_DIR/<job id>` as a Ray job; return its id.
 
-    `working_dir` (default: this repository) is shipped as the job's working_dir; horde and its
+    `working_dir` (default: this checkout, or the current directory for a wheel install) is
+    shipped as the job's working_dir and the `horde` package as a py_module; horde's
     dependencies must already be installed on the cluster's nodes (ray-config.yaml does it).
     `out_dir` is relative to the job's working directory on the driver's node, or absolute.
     The scenario is not validated here: run `horde validate` first; a job with an invalid
     scenario fails with exit code 3 and says why in its logs.
     """
-    wd = Path(working_dir or REPO_ROOT).resolve()
+    wd = Path(working_dir or _default_working_dir()).resolve()
     if not wd.is_dir():
         raise JobsError(f"working_dir {wd} is not a directory")
     scenario = Path(scenario_path).resolve()
@@ -207,10 +209,17 @@ def submit(
     runtime_env = build_runtime_env(wd, job_id, scenario_text=scenario_text, extra=runtime_env_extra)
     client = _client(address, token)
     metadata = {"horde.scenario": scenario.name, "horde.out": f"{out_dir.rstrip('/')}/{job_id}"}
-    with _translated(address, job_id):
+    with _translated(address, job_id), horde_py_module() as horde_dir:
+        # horde travels as a py_module, so nodes need only Ray and horde's dependencies
+        runtime_env["py_modules"] = [horde_dir, *runtime_env.get("py_modules", [])]
         return client.submit_job(
             entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env, metadata=metadata
         )
+
+
+def _default_working_dir() -> Path:
+    """The checkout horde runs from, or (installed from a wheel) the current directory."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
 
 
 def _shipped_with(working_dir: Path, relative: Path) -> bool:
@@ -406,10 +415,10 @@ def find_bundle(out_dir: str | os.PathLike[str]) -> Path | None:
 
 
 def _exec_main(argv: Sequence[str]) -> int:
-    """`python -m cluster.jobs exec --job-id ID --bundles DIR [--scenario-from-env PATH] -- CMD...`"""
+    """`python -m horde.cluster.jobs exec --job-id ID --bundles DIR [--scenario-from-env PATH] -- CMD...`"""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m cluster.jobs exec")
+    parser = argparse.ArgumentParser(prog="python -m horde.cluster.jobs exec")
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--bundles", required=True, help="directory the run writes its bundle into")
     parser.add_argument("--scenario-from-env", metavar="PATH", help=f"write ${SCENARIO_ENV} to PATH first")
@@ -660,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["exec"]:
         return _exec_main(argv[1:])
-    print("usage: python -m cluster.jobs exec --job-id ID --bundles DIR [--scenario-from-env PATH] -- CMD ...",
+    print("usage: python -m horde.cluster.jobs exec --job-id ID --bundles DIR [--scenario-from-env PATH] -- CMD ...",
           file=sys.stderr)
     return 2
 

@@ -6,10 +6,10 @@ import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 
-from agents.runner import AgentRunner
-from agents.spec import AgentSpec
-from cluster.events import AgentInfo, FleetEvent
-from cluster.fanin import FanIn
+from horde.agents.runner import AgentRunner
+from horde.agents.spec import AgentSpec
+from horde.cluster.events import AgentInfo, FleetEvent
+from horde.cluster.fanin import FanIn
 
 
 class LocalFleet:

@@ -13,7 +13,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 @ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)
 class NodeMonitor:
     async def stream(self, start_wall_ns: int, interval_s: float):
-        from agents.probe import NodeProbe
+        from horde.agents.probe import NodeProbe
 
         probe = NodeProbe()
         k = 1

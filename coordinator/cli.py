@@ -1,5 +1,5 @@
 """The horde command line. Each command parses, calls one library function, maps the outcome
-to an exit code (coordinator/outcome.py)."""
+to an exit code (coordinator/bundle/outcome.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from coordinator.outcome import EXIT_ERROR, EXIT_INVALID_SCENARIO
+from horde.coordinator.bundle.outcome import EXIT_ERROR, EXIT_INVALID_SCENARIO
 
 
 def _err(msg: str) -> None:
@@ -16,7 +16,7 @@ def _err(msg: str) -> None:
 
 
 def _load(file: str, overrides: tuple[str, ...]):
-    from coordinator.scenario import ScenarioError, load_scenario
+    from horde.coordinator.scenario.load import ScenarioError, load_scenario
 
     try:
         return load_scenario(file, overrides=overrides)
@@ -51,10 +51,10 @@ def cli() -> None:
               help="Serve live run metrics in Prometheus format on 127.0.0.1:PORT (0: any free port).")
 def run(file, target, overrides, out_dir, address, in_process, quiet, prometheus_port) -> None:
     """Run the scenario FILE and write a result bundle."""
-    from coordinator.bundle import read_bundle
-    from coordinator.live import choose_view
-    from coordinator.report import text_summary
-    from coordinator.run import RunError, RunOptions, run_scenario
+    from horde.coordinator.bundle.store import read_bundle
+    from horde.coordinator.run.live import choose_view
+    from horde.coordinator.report.text import text_summary
+    from horde.coordinator.run.session import RunError, RunOptions, run_scenario
 
     overrides = tuple(overrides) + ((f"target={target}",) if target else ())
     loaded = _load(file, overrides)
@@ -86,7 +86,7 @@ def run(file, target, overrides, out_dir, address, in_process, quiet, prometheus
 def _record_history(bundle) -> None:
     """Add the bundle to the results directory's run history; a failure is a warning only."""
     try:
-        from coordinator.history import record_bundle
+        from horde.coordinator.workflows.history import record_bundle
 
         record_bundle(bundle)
     except Exception as exc:  # the run itself succeeded; never fail it for the history
@@ -108,7 +108,7 @@ def validate(file, overrides) -> None:
 
 
 def _read(bundle):
-    from coordinator.bundle import BundleError, read_bundle
+    from horde.coordinator.bundle.store import BundleError, read_bundle
 
     try:
         return read_bundle(bundle)
@@ -122,11 +122,11 @@ def _read(bundle):
 @click.option("--html", is_flag=True, help="Render report.html into the bundle again.")
 def report(bundle, html) -> None:
     """Print the text summary of a result BUNDLE (offline)."""
-    from coordinator.report import text_summary
+    from horde.coordinator.report.text import text_summary
 
     b = _read(bundle)
     if html:
-        from coordinator.html_report import write_html
+        from horde.coordinator.report.html import write_html
 
         click.echo(str(write_html(b.path)))
         return
@@ -142,7 +142,7 @@ def report(bundle, html) -> None:
               show_default=True)
 def export(bundle, as_csv, hdr, endpoint, series) -> None:
     """Write a bundle's data in other tools' formats (into the bundle); print the paths."""
-    from coordinator.export import write_csv, write_hdr_log
+    from horde.coordinator.bundle.export import write_csv, write_hdr_log
 
     b = _read(bundle)
     if not (as_csv or hdr):
@@ -160,7 +160,7 @@ _JOBS_ADDRESS = click.option("--address", envvar="HORDE_JOBS_ADDRESS", required=
 
 
 def _jobs_call(fn, *args, **kw):
-    from cluster.jobs import JobsError
+    from horde.cluster.jobs import JobsError
 
     try:
         return fn(*args, **kw)
@@ -177,7 +177,7 @@ def _jobs_call(fn, *args, **kw):
 @click.option("--out", "out_dir", default="results", show_default=True, help="Bundle directory on the cluster.")
 def submit(file, overrides, address, job_id, out_dir) -> None:
     """Submit the scenario FILE to a Ray cluster as a job; print the job id."""
-    from cluster.jobs import submit as submit_job
+    from horde.cluster.jobs import submit as submit_job
 
     _load(file, tuple(overrides))  # an invalid scenario fails here, before anything is sent
     click.echo(_jobs_call(submit_job, file, address=address, overrides=tuple(overrides), out_dir=out_dir,
@@ -193,7 +193,7 @@ def jobs() -> None:
 @_JOBS_ADDRESS
 @click.option("--all", "all_jobs", is_flag=True, help="Include jobs that were not submitted by horde.")
 def jobs_list(address, all_jobs) -> None:
-    from cluster.jobs import list_jobs
+    from horde.cluster.jobs import list_jobs
 
     for j in _jobs_call(list_jobs, address, all_jobs=all_jobs):
         click.echo(f"{j.job_id:<48} {j.status:<10} {j.message or ''}")
@@ -203,7 +203,7 @@ def jobs_list(address, all_jobs) -> None:
 @click.argument("job_id")
 @_JOBS_ADDRESS
 def jobs_status(job_id, address) -> None:
-    from cluster.jobs import status
+    from horde.cluster.jobs import status
 
     j = _jobs_call(status, address, job_id)
     code = "" if j.driver_exit_code is None else f" (horde exit code {j.driver_exit_code})"
@@ -217,7 +217,7 @@ def jobs_status(job_id, address) -> None:
 def jobs_logs(job_id, address, follow) -> None:
     import asyncio
 
-    from cluster.jobs import follow_logs, logs
+    from horde.cluster.jobs import follow_logs, logs
 
     if not follow:
         click.echo(_jobs_call(logs, address, job_id), nl=False)
@@ -234,7 +234,7 @@ def jobs_logs(job_id, address, follow) -> None:
 @click.argument("job_id")
 @_JOBS_ADDRESS
 def jobs_stop(job_id, address) -> None:
-    from cluster.jobs import stop
+    from horde.cluster.jobs import stop
 
     j = _jobs_call(stop, address, job_id)
     click.echo(f"{j.job_id}: {j.status}")
@@ -246,7 +246,7 @@ def jobs_stop(job_id, address) -> None:
 @click.option("--dest", default="results", show_default=True, type=click.Path(file_okay=False))
 def jobs_fetch(job_id, address, dest) -> None:
     """Bring the job's result bundle to this machine."""
-    from cluster.jobs import fetch
+    from horde.cluster.jobs import fetch
 
     click.echo(str(_jobs_call(fetch, address, job_id, dest)))
 
@@ -263,9 +263,9 @@ def compare(baseline, candidate, alpha, min_effect, as_json, html_out) -> None:
     """Compare two bundles per endpoint and stage; exit 4 if anything regressed."""
     import json
 
-    from coordinator.bundle import BundleError, read_bundle
-    from coordinator.compare import compare_bundles, text_comparison
-    from coordinator.outcome import EXIT_PASSED, EXIT_THRESHOLDS_FAILED
+    from horde.coordinator.bundle.store import BundleError, read_bundle
+    from horde.coordinator.analysis.compare import compare_bundles, text_comparison
+    from horde.coordinator.bundle.outcome import EXIT_PASSED, EXIT_THRESHOLDS_FAILED
 
     try:
         a, b = read_bundle(baseline), read_bundle(candidate)
@@ -275,7 +275,7 @@ def compare(baseline, candidate, alpha, min_effect, as_json, html_out) -> None:
     result = compare_bundles(a, b, alpha=alpha, min_effect=min_effect)
     click.echo(json.dumps(result, indent=2) if as_json else text_comparison(result))
     if html_out:
-        from coordinator.html_report import render_compare_html
+        from horde.coordinator.report.html import render_compare_html
 
         with open(html_out, "w") as f:
             f.write(render_compare_html(a, b, comparison=result))
@@ -292,7 +292,7 @@ def compare(baseline, candidate, alpha, min_effect, as_json, html_out) -> None:
 @click.option("--endpoint", default=None)
 def history(results_dir, scenario, limit, metric, endpoint) -> None:
     """List past runs and track their headline figures across the history."""
-    from coordinator.history import History, default_history_path, text_history, text_track, track
+    from horde.coordinator.workflows.history import History, default_history_path, text_history, text_track, track
 
     path = default_history_path(results_dir)
     if not os.path.exists(path):
@@ -318,9 +318,9 @@ def history(results_dir, scenario, limit, metric, endpoint) -> None:
 def monitor(targets, overrides, duration, interval, history_path, webhook, prometheus_port, prometheus_host,
             snapshot) -> None:
     """Monitor TARGETS (a scenario file, or URLs) with low-rate probes, alerts and a history."""
-    from coordinator.alerts import AlertRuleError
-    from coordinator.history import default_history_path
-    from coordinator.monitor import run_monitor, stop_on_signals
+    from horde.coordinator.judge.alerts import AlertRuleError
+    from horde.coordinator.workflows.history import default_history_path
+    from horde.coordinator.workflows.monitor import run_monitor, stop_on_signals
 
     if len(targets) == 1 and not targets[0].startswith(("http://", "https://")):
         subject = _load(targets[0], tuple(overrides))
@@ -354,9 +354,9 @@ def nightly(file, history_dir, overrides, address, quiet) -> None:
 
     Exit codes: 0 fine, 4 thresholds failed, 6 regression, 7 memory leak, 1 error.
     """
-    from coordinator.nightly import run_nightly
-    from coordinator.report import text_summary
-    from coordinator.run import RunError
+    from horde.coordinator.workflows.nightly import run_nightly
+    from horde.coordinator.report.text import text_summary
+    from horde.coordinator.run.session import RunError
 
     loaded = _load(file, tuple(overrides))
     progress = None if quiet else (lambda line: click.echo(line, err=True))
@@ -405,9 +405,9 @@ def stress(file, overrides, start, step, max_level, hold_s, break_rules, no_reco
     """
     import json
 
-    from coordinator.outcome import EXIT_PASSED, EXIT_THRESHOLDS_FAILED
-    from coordinator.run import RunError, RunOptions
-    from coordinator.stress import StressPlan, format_report, run_stress
+    from horde.coordinator.bundle.outcome import EXIT_PASSED, EXIT_THRESHOLDS_FAILED
+    from horde.coordinator.run.session import RunError, RunOptions
+    from horde.coordinator.workflows.stress import StressPlan, format_report, run_stress
 
     loaded = _load(file, tuple(overrides))
     plan = StressPlan(start=start, step=step, max_level=max_level, hold_s=hold_s, break_rules=tuple(break_rules),
@@ -430,7 +430,7 @@ def schema() -> None:
     """Print the JSON Schema of scenario files (for editors)."""
     import json
 
-    from coordinator.scenario import scenario_json_schema
+    from horde.coordinator.scenario.models import scenario_json_schema
 
     click.echo(json.dumps(scenario_json_schema(), indent=2))
 
@@ -449,7 +449,7 @@ def target() -> None:
               help="Faults in the automaton's JSON form (see docs/scenarios.md), inline or @file.")
 def target_serve(host, port, stall_every, stall_for, faults_json) -> None:
     """Serve the automaton until Ctrl-C. Faults can be changed while it runs via its admin URL."""
-    from automaton.__main__ import main as automaton_main
+    from horde.automaton.__main__ import main as automaton_main
 
     args = ["serve", "--host", host, "--port", str(port)]
     if faults_json is not None:

@@ -12,8 +12,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agents.spec import AgentSpec, FlowStepTemplate, FlowTemplate, RequestTemplate, Stage
-from agents.stages import Profile, level_to_users, users_for_agent
+from horde.agents.spec import AgentSpec, FlowStepTemplate, FlowTemplate, RequestTemplate, Stage
+from horde.agents.stages import Profile, level_to_users, users_for_agent
 
 COORDINATOR_CPUS = 1.0  # what `agents: auto` leaves for the coordinator (and an embedded target)
 

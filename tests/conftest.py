@@ -19,7 +19,7 @@ def ray_cluster():
     """One embedded Ray for the whole session (ray.init costs seconds and ~1 GiB)."""
     import ray
 
-    from cluster.connect import connect
+    from horde.cluster.connect import connect
 
     conn = connect(None)
     yield ray.get_runtime_context().gcs_address

@@ -360,7 +360,7 @@ def test_open_scenario_has_the_rate_and_validates(tmp_path: Path) -> None:
     import yaml
 
     from bench.open_rate import write_open_scenario
-    from coordinator.scenario import load_scenario
+    from horde.coordinator.scenario.load import load_scenario
 
     path = write_open_scenario("http://127.0.0.1:9/", 20000, 8, tmp_path)
     assert path.parent == tmp_path

@@ -10,13 +10,13 @@ import time
 import pytest
 from aiohttp import web
 
-from agents.flows import FlowRunner, dig, fill
-from agents.samples import ErrorClass
-from agents.spec import FlowStepTemplate, FlowTemplate
-from automaton.launch import start_automaton
-from coordinator.bundle import read_bundle
-from coordinator.run import RunOptions, run_scenario
-from coordinator.scenario import ScenarioError, load_scenario, parse_scenario
+from horde.agents.flows import FlowRunner, dig, fill
+from horde.agents.samples import ErrorClass
+from horde.agents.spec import FlowStepTemplate, FlowTemplate
+from horde.automaton.launch import start_automaton
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.run.session import RunOptions, run_scenario
+from horde.coordinator.scenario.load import ScenarioError, load_scenario, parse_scenario
 
 
 @pytest.mark.parametrize("doc, path, value", [

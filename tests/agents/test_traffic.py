@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from agents.runner import AgentRunner
-from agents.samples import ErrorClass, decode_batch
-from agents.spec import AgentSpec, RequestTemplate, Stage
+from horde.agents.runner import AgentRunner
+from horde.agents.samples import ErrorClass, decode_batch
+from horde.agents.spec import AgentSpec, RequestTemplate, Stage
 
 
 async def _server(handler_delay_s: float = 0.0):

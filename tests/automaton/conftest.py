@@ -9,8 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from automaton.app import bind_server, build_app
-from automaton.config import AutomatonConfig
+from horde.automaton.app import bind_server, build_app
+from horde.automaton.config import AutomatonConfig
 
 InProcess = Callable[..., contextlib.AbstractAsyncContextManager[tuple[TestClient, web.Application]]]
 

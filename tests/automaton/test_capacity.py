@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from automaton.capacity import (
+from horde.automaton.capacity import (
     Admission,
     AdmissionAccount,
     ScalingState,
     initial_scaling_state,
     next_scaling_state,
 )
-from automaton.faults import ScalingPolicy
+from horde.automaton.faults import ScalingPolicy
 
 RUN, WAIT, REJECT = Admission.RUN, Admission.WAIT, Admission.REJECT
 

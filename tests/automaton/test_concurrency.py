@@ -7,8 +7,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from automaton.launch import start_automaton
-from automaton.server import raise_open_file_limit
+from horde.automaton.launch import start_automaton
+from horde.automaton.server import raise_open_file_limit
 
 CONNECTIONS = 1000
 

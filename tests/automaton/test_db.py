@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from automaton.db import Database
+from horde.automaton.db import Database
 
 
 def test_temporary_database_is_deleted_on_close() -> None:

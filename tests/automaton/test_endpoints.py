@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from automaton.app import STATE
-from automaton.catalog import SIMULATED_AGENTS, TOOL_NAMES, WORKFLOWS
-from automaton.config import AutomatonConfig
+from horde.automaton.app import STATE
+from horde.automaton.catalog import SIMULATED_AGENTS, TOOL_NAMES, WORKFLOWS
+from horde.automaton.config import AutomatonConfig
 
 # Fast handlers: these tests check shapes, not timing.
 FAST = AutomatonConfig(think_delay_s=0.0, tool_delay_s=0.0)

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from automaton.launch import AutomatonError, AutomatonProcess, start_automaton
+from horde.automaton.launch import AutomatonError, AutomatonProcess, start_automaton
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

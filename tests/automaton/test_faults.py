@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import random
 from collections import Counter
 
-from automaton.faults import (
+from horde.automaton.faults import (
     NO_FAULT,
     Concurrency,
     FaultConfig,
@@ -24,7 +24,7 @@ from automaton.faults import (
     stall_hold_s,
     stall_remaining,
 )
-from automaton.latency import Bimodal, Fixed, LogNormal, Normal
+from horde.automaton.latency import Bimodal, Fixed, LogNormal, Normal
 
 
 @pytest.mark.parametrize(

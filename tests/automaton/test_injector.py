@@ -8,12 +8,12 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from automaton.admin import build_admin_app
-from automaton.app import STATE
-from automaton.config import AutomatonConfig
-from automaton.faults import Concurrency, FaultConfig, ScalingPolicy, ScopeFaults
-from automaton.injector import ConnectionLimiter, FaultInjector, Gate, burn_cpu_s
-from automaton.latency import Fixed
+from horde.automaton.admin import build_admin_app
+from horde.automaton.app import STATE
+from horde.automaton.config import AutomatonConfig
+from horde.automaton.faults import Concurrency, FaultConfig, ScalingPolicy, ScopeFaults
+from horde.automaton.injector import ConnectionLimiter, FaultInjector, Gate, burn_cpu_s
+from horde.automaton.latency import Fixed
 
 
 def test_gate_runs_two_queues_two_and_rejects_the_rest_in_order() -> None:

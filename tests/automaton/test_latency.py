@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from automaton.latency import Bimodal, Fixed, LogNormal, Normal
+from horde.automaton.latency import Bimodal, Fixed, LogNormal, Normal
 
 DRAWS = 10_000
 

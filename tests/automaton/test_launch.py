@@ -12,7 +12,7 @@ import urllib.request
 import psutil
 import pytest
 
-from automaton.launch import AutomatonError, start_automaton
+from horde.automaton.launch import AutomatonError, start_automaton
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -86,7 +86,7 @@ def test_startup_timeout_kills_the_process(monkeypatch: pytest.MonkeyPatch) -> N
         started.append(process)
         return process
 
-    monkeypatch.setattr("automaton.launch.subprocess.Popen", recording_popen)
+    monkeypatch.setattr("horde.automaton.launch.subprocess.Popen", recording_popen)
     # Far too short for any interpreter to start and listen.
     with pytest.raises(AutomatonError, match="did not report listening"):
         start_automaton(startup_timeout_s=0.001)
@@ -106,7 +106,7 @@ def test_sigint_also_exits_cleanly() -> None:
 
 
 def test_package_exports_resolve_lazily() -> None:
-    import automaton
+    from horde import automaton
 
     assert sorted(automaton.__all__) == sorted(automaton._EXPORTS)
     for name in automaton.__all__:

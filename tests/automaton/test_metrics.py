@@ -6,8 +6,8 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from automaton.app import COUNTED_ROUTES
-from automaton.config import AutomatonConfig
+from horde.automaton.app import COUNTED_ROUTES
+from horde.automaton.config import AutomatonConfig
 
 FAST = AutomatonConfig(think_delay_s=0.0, tool_delay_s=0.0)
 

@@ -12,9 +12,9 @@ import time
 
 from aiohttp import web
 
-from automaton.app import STATE
-from automaton.config import AutomatonConfig
-from automaton.faults import FaultConfig
+from horde.automaton.app import STATE
+from horde.automaton.config import AutomatonConfig
+from horde.automaton.faults import FaultConfig
 
 EVERY_S = 2.0
 FOR_S = 1.0

@@ -26,9 +26,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster import jobs
-from cluster.jobs import JobsError
-from coordinator.bundle import read_bundle
+from horde.cluster import jobs
+from horde.cluster.jobs import JobsError
+from horde.coordinator.bundle.store import read_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,10 +50,10 @@ def test_entrypoint_runs_horde_through_the_exec_wrapper():
     argv = shlex.split(cmd)
     sep = argv.index("--")
     wrapper, run = argv[:sep], argv[sep + 1:]
-    assert wrapper[:4] == ["python", "-m", "cluster.jobs", "exec"]
+    assert wrapper[:4] == ["python", "-m", "horde.cluster.jobs", "exec"]
     assert wrapper[wrapper.index("--bundles") + 1] == "results/horde-x-1"
     assert wrapper[wrapper.index("--scenario-from-env") + 1] == ".horde-jobs/horde-x-1/my scenario.yaml"
-    assert run[:5] == ["python", "-m", "coordinator.cli", "run", ".horde-jobs/horde-x-1/my scenario.yaml"]
+    assert run[:5] == ["python", "-m", "horde.coordinator.cli", "run", ".horde-jobs/horde-x-1/my scenario.yaml"]
     assert run[run.index("--out") + 1] == "results/horde-x-1"
     assert run[run.index("--address") + 1] == "auto"  # the job's driver attaches to its own cluster
     assert [run[i + 1] for i, a in enumerate(run) if a == "--set"] == ["target=http://h:1", "workload.stages[0].target=5"]
@@ -84,7 +84,7 @@ def test_submit_passes_a_shipped_scenario_by_path_and_carries_any_other(monkeypa
     monkeypatch.setattr(jobs, "_client", lambda address, token: FakeClient())
     job_id = jobs.submit(REPO / "scenarios" / "smoke.yaml", address="http://head:8265", job_id="nightly-1")
     assert job_id == "horde-nightly-1"
-    assert "coordinator.cli run scenarios/smoke.yaml" in calls[-1]["entrypoint"]
+    assert "horde.coordinator.cli run scenarios/smoke.yaml" in calls[-1]["entrypoint"]
     assert "HORDE_SCENARIO_YAML" not in calls[-1]["runtime_env"]["env_vars"]
     assert calls[-1]["runtime_env"]["working_dir"] == str(REPO)
 
@@ -181,7 +181,7 @@ def test_exec_wrapper_writes_the_scenario_runs_the_command_and_exports_its_bundl
     """)
     env = dict(os.environ, HORDE_RAY_LOGS_DIR=str(tmp_path / "logs"), HORDE_SCENARIO_YAML="name: s\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "cluster.jobs", "exec", "--job-id", "horde-t", "--bundles", str(out),
+        [sys.executable, "-m", "horde.cluster.jobs", "exec", "--job-id", "horde-t", "--bundles", str(out),
          "--scenario-from-env", "scen/s.yaml", "--", sys.executable, "-c", script],
         cwd=tmp_path, env=env | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
     )
@@ -305,7 +305,7 @@ def ray_head():
 @pytest.fixture(scope="module")
 def automaton_url():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "automaton", "serve", "--port", "0"],
+        [sys.executable, "-m", "horde.automaton", "serve", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
     )
     try:

@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from coordinator.bundle import read_bundle
-from coordinator.outcome import Outcome
-from coordinator.run import RunOptions, run_scenario
-from coordinator.scenario import load_scenario
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.run.session import RunOptions, run_scenario
+from horde.coordinator.scenario.load import load_scenario
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.bundle import read_bundle
+from horde.coordinator.bundle.store import read_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def horde(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "horde.coordinator.cli", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=kw.pop("timeout", 240), **kw)
 
 
@@ -97,7 +97,7 @@ def test_ctrl_c_leaves_an_incomplete_bundle_with_every_window(ray_cluster, tmp_p
     """))
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.cli", "run", str(scen), "--out", str(out), "--address", ray_cluster],
+        [sys.executable, "-m", "horde.coordinator.cli", "run", str(scen), "--out", str(out), "--address", ray_cluster],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

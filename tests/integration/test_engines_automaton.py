@@ -8,12 +8,12 @@ import textwrap
 
 import pytest
 
-from agents.http import make_engine
-from agents.spec import RequestTemplate
-from automaton.launch import start_automaton
-from coordinator.bundle import read_bundle
-from coordinator.run import RunOptions, run_scenario
-from coordinator.scenario import load_scenario
+from horde.agents.http import make_engine
+from horde.agents.spec import RequestTemplate
+from horde.automaton.launch import start_automaton
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.run.session import RunOptions, run_scenario
+from horde.coordinator.scenario.load import load_scenario
 
 JSON = (("Content-Type", "application/json"),)
 # Deterministic responses only (no clocks or ids in the body), so sizes must match exactly.

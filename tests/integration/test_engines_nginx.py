@@ -20,10 +20,10 @@ from types import ModuleType
 import pytest
 import uvloop
 
-from agents.fast_http import FastEngine
-from agents.http import AiohttpEngine
-from agents.samples import ErrorClass
-from agents.spec import RequestTemplate
+from horde.agents.fast_http import FastEngine
+from horde.agents.http import AiohttpEngine
+from horde.agents.samples import ErrorClass
+from horde.agents.spec import RequestTemplate
 
 STATIC = bytes(range(256)) * 40  # 10240 bytes
 

@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from automaton.launch import start_automaton
-from coordinator.alerts import DEFAULT_RULES, AlertRule, metric_key
-from coordinator.history import History
-from coordinator.monitor import MonitorResult, run_monitor
-from coordinator.scenario import parse_scenario
+from horde.automaton.launch import start_automaton
+from horde.coordinator.judge.alerts import DEFAULT_RULES, AlertRule, metric_key
+from horde.coordinator.workflows.history import History
+from horde.coordinator.workflows.monitor import MonitorResult, run_monitor
+from horde.coordinator.scenario.load import parse_scenario
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -220,7 +220,7 @@ def test_monitor_records_alerts_and_serves_dashboard_data(automaton, tmp_path):
     assert set(rolling["latency_s"]) >= {"p50", "p90", "p95", "p99", "mean", "stdev", "min", "max"}
     assert snap["rolling"]["target"]["target_memory"]["n"] >= 8
     assert snap["current"]["endpoints"]["missing"]["error"] == "http_4xx"
-    if "trends" in snap:  # coordinator/trends.py present
+    if "trends" in snap:  # coordinator/analysis/trends.py present
         assert snap["trends"]["target_memory"]["verdict"] in ("rising", "falling", "flat", "inconclusive")
     assert any(line.startswith("ALERT fired") for line in lines)
 
@@ -279,7 +279,7 @@ def test_bare_urls_and_signal_stop(automaton, tmp_path):
     import os
     import signal
 
-    from coordinator.monitor import stop_on_signals
+    from horde.coordinator.workflows.monitor import stop_on_signals
 
     history_path = tmp_path / "history.sqlite"
     url = automaton.url + "/health"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.bundle import read_bundle
+from horde.coordinator.bundle.store import read_bundle
 
 pytestmark = [pytest.mark.slow]
 
@@ -27,8 +27,8 @@ DRIVER = textwrap.dedent('''
     from pathlib import Path
     import ray
     from ray.cluster_utils import Cluster
-    from coordinator.run import RunOptions, run_scenario
-    from coordinator.scenario import load_scenario
+    from horde.coordinator.run.session import RunOptions, run_scenario
+    from horde.coordinator.scenario.load import load_scenario
 
     scenario, out = sys.argv[1], Path(sys.argv[2])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.history import History, default_history_path
+from horde.coordinator.workflows.history import History, default_history_path
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -31,7 +31,7 @@ thresholds:
 
 
 def _nightly(scen: Path, history: Path, address: str, *sets: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "coordinator.cli", "nightly", str(scen), "--history", str(history),
+    args = [sys.executable, "-m", "horde.coordinator.cli", "nightly", str(scen), "--history", str(history),
             "--address", address, "-q"]
     for s in sets:
         args += ["--set", s]

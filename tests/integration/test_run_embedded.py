@@ -9,11 +9,11 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from coordinator.aggregate import Stats
-from coordinator.bundle import read_bundle
-from coordinator.outcome import Outcome
-from coordinator.run import RunOptions, run_scenario
-from coordinator.scenario import load_scenario
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.run.session import RunOptions, run_scenario
+from horde.coordinator.scenario.load import load_scenario
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.run import RunOptions, RunResult, run_scenario
-from coordinator.scenario import LoadedScenario, load_scenario
+from horde.coordinator.run.session import RunOptions, RunResult, run_scenario
+from horde.coordinator.scenario.load import LoadedScenario, load_scenario
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "scenarios"

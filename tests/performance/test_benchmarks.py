@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from coordinator.bundle import read_bundle
-from coordinator.cli import cli
-from coordinator.compare import compare_bundles
-from coordinator.history import History, default_history_path, record_bundle, track
-from coordinator.microbench import automaton_operations, compare_results, run_microbench, text_microbench
-from coordinator.outcome import Outcome
-from coordinator.run import RunOptions, run_scenario
-from coordinator.scenario import load_scenario
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.cli import cli
+from horde.coordinator.analysis.compare import compare_bundles
+from horde.coordinator.workflows.history import History, default_history_path, record_bundle, track
+from horde.coordinator.workflows.microbench import automaton_operations, compare_results, run_microbench, text_microbench
+from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.run.session import RunOptions, run_scenario
+from horde.coordinator.scenario.load import load_scenario
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ TOOL_ENDPOINTS = ("tool-search", "tool-calculator")
 
 @pytest.fixture(scope="module")
 def automaton():
-    from automaton.launch import start_automaton
+    from horde.automaton.launch import start_automaton
 
     proc = start_automaton()
     yield proc

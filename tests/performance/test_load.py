@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.outcome import Outcome
-from coordinator.stress import StressTarget
+from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.workflows.stress import StressTarget
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

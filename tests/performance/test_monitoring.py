@@ -1,4 +1,4 @@
-"""Continuous monitoring: `horde monitor` (coordinator.monitor.run_monitor) against the
+"""Continuous monitoring: `horde monitor` (horde.coordinator.workflows.monitor.run_monitor) against the
 automaton, with faults switched on and off at runtime through its admin endpoint.
 
 - the default alert rules stay quiet on a healthy target, while every metric is recorded;
@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from coordinator.alerts import DEFAULT_RULES, metric_key
-from coordinator.history import History
-from coordinator.monitor import MonitorResult, run_monitor
-from coordinator.scenario import load_scenario
-from coordinator.trends import trend
+from horde.coordinator.judge.alerts import DEFAULT_RULES, metric_key
+from horde.coordinator.workflows.history import History
+from horde.coordinator.workflows.monitor import MonitorResult, run_monitor
+from horde.coordinator.scenario.load import load_scenario
+from horde.coordinator.analysis.trends import trend
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -37,7 +37,7 @@ WINDOW_S = 2.0
 
 @pytest.fixture(scope="module")
 def automaton():
-    from automaton.launch import start_automaton
+    from horde.automaton.launch import start_automaton
 
     proc = start_automaton()
     yield proc

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from coordinator.outcome import Outcome
-from coordinator.run import RunOptions, RunResult, run_scenario
-from coordinator.scenario import load_scenario
-from coordinator.trends import generator_rss_series, leak_verdict, trend, window_series
+from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.run.session import RunOptions, RunResult, run_scenario
+from horde.coordinator.scenario.load import load_scenario
+from horde.coordinator.analysis.trends import generator_rss_series, leak_verdict, trend, window_series
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -88,7 +88,7 @@ async def _warm(url: str, requests: list[tuple[str, str, Any]], n: int, concurre
 @pytest.fixture(scope="module")
 def warm_automaton():
     """A healthy automaton that has served WARMUP_REQUESTS of soak-short's mix."""
-    from automaton.launch import start_automaton
+    from horde.automaton.launch import start_automaton
 
     mix = [(r.method, r.path, r.json) for r in scenario("soak-short", []).scenario.requests]
     proc = start_automaton()

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.aggregate import Stats
-from coordinator.bundle import read_bundle
-from coordinator.outcome import Outcome
-from coordinator.spike import spikes_for_run
-from coordinator.stress import StressTarget
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.analysis.spike import spikes_for_run
+from horde.coordinator.workflows.stress import StressTarget
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def spike_analysis(loaded, result):
-    """The bundle's spikes, analysed (coordinator/spike.py)."""
+    """The bundle's spikes, analysed (coordinator/analysis/spike.py)."""
     b = read_bundle(result.bundle)
     hists = {}
     for h in b.window_histograms():

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.bundle import read_bundle
-from coordinator.outcome import Outcome
-from coordinator.stress import (
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.workflows.stress import (
     StressPlan,
     StressReport,
     StressTarget,

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents.samples import SAMPLE_DTYPE, Batch, ErrorClass, GeneratorReadings
-from coordinator.aggregate import Aggregator
-from coordinator.bundle import BundleWriter
-from coordinator.health import AgentTotals, generator_verdict
-from coordinator.report import junit_xml
+from horde.agents.samples import SAMPLE_DTYPE, Batch, ErrorClass, GeneratorReadings
+from horde.coordinator.measure.aggregate import Aggregator
+from horde.coordinator.bundle.store import BundleWriter
+from horde.coordinator.measure.health import AgentTotals, generator_verdict
+from horde.coordinator.report.text import junit_xml
 
 S = 1_000_000_000
 MS = 1_000_000

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.bundle import read_bundle
-from coordinator.charts import Axis, Series, line_chart
-from coordinator.html_report import render_compare_html, write_html
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.report.charts import Axis, Series, line_chart
+from horde.coordinator.report.html import render_compare_html, write_html
 
 BROKEN_CHARTS = {
     "empty path": '<path class="data" d="" stroke="#000"/>',

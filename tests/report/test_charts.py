@@ -1,4 +1,4 @@
-"""coordinator.charts: round ticks, and SVG that draws what it is given (or says why not)."""
+"""horde.coordinator.report.charts: round ticks, and SVG that draws what it is given (or says why not)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from coordinator import charts
-from coordinator.charts import Axis, HLine, Layer, Marker, Series
+from horde.coordinator.report import charts
+from horde.coordinator.report.charts import Axis, HLine, Layer, Marker, Series
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -1,4 +1,4 @@
-"""coordinator.export: the windows as CSV, and HdrHistogram interval logs that
+"""horde.coordinator.bundle.export: the windows as CSV, and HdrHistogram interval logs that
 HdrHistogram's own decoder reads back bucket for bucket."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import zlib
 import numpy as np
 import pytest
 
-from coordinator.bundle import read_bundle
-from coordinator.export import (
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.bundle.export import (
     CSV_COLUMNS,
     encode_counts,
     encode_histogram,
@@ -24,7 +24,7 @@ from coordinator.export import (
     write_csv,
     write_hdr_log,
 )
-from coordinator.histogram import COUNTS_LEN, Histogram, highest_equivalent_value
+from horde.coordinator.measure.histogram import COUNTS_LEN, Histogram, highest_equivalent_value
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""coordinator.html_report: one offline page per bundle, whatever state the bundle is in."""
+"""horde.coordinator.report.html: one offline page per bundle, whatever state the bundle is in."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from coordinator import html_report
-from coordinator.aggregate import Stats
-from coordinator.bundle import read_bundle
-from coordinator.html_report import TOTAL, build_timeline, render_compare_html, render_html, write_html
+from horde.coordinator.report import html as html_report
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.report.html import TOTAL, build_timeline, render_compare_html, render_html, write_html
 
 SVG_RE = re.compile(r"<svg\b.*?</svg>", re.S)
 NS = "{http://www.w3.org/2000/svg}"

@@ -1,4 +1,4 @@
-"""coordinator.aggregate: windows by end time, stages by intended time, exact folding."""
+"""horde.coordinator.measure.aggregate: windows by end time, stages by intended time, exact folding."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from agents.samples import SAMPLE_DTYPE, Batch, ErrorClass, GeneratorReadings
-from coordinator.aggregate import Aggregator, Stats, Window, quantile_key
-from coordinator.histogram import Histogram
+from horde.agents.samples import SAMPLE_DTYPE, Batch, ErrorClass, GeneratorReadings
+from horde.coordinator.measure.aggregate import Aggregator, Stats, Window, quantile_key
+from horde.coordinator.measure.histogram import Histogram
 
 MS, S = 1_000_000, 1_000_000_000
 ENDPOINTS = ("health", "workflow", "api")

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from agents.samples import ErrorClass
-from coordinator.aggregate import Stats
-from coordinator.alerts import (
+from horde.agents.samples import ErrorClass
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.judge.alerts import (
     CRITICAL,
     DEFAULT_RULES,
     ESCALATED,

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.arrivals import ConstantArrivals, PoissonArrivals
-from agents.spec import Stage
-from agents.stages import Profile
+from horde.agents.arrivals import ConstantArrivals, PoissonArrivals
+from horde.agents.spec import Stage
+from horde.agents.stages import Profile
 
 
 def drain(schedule, chunk: int = 997) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""coordinator.compare: baseline vs candidate verdicts from histograms and counts."""
+"""horde.coordinator.analysis.compare: baseline vs candidate verdicts from histograms and counts."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from agents.samples import SAMPLE_DTYPE, ErrorClass
-from coordinator.aggregate import Stats
-from coordinator.compare import (
+from horde.agents.samples import SAMPLE_DTYPE, ErrorClass
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.analysis.compare import (
     IMPROVEMENT,
     INSUFFICIENT,
     NO_CHANGE,
@@ -23,7 +23,7 @@ from coordinator.compare import (
     rate_test,
     text_comparison,
 )
-from coordinator.histogram import Histogram
+from horde.coordinator.measure.histogram import Histogram
 
 MS = 1_000_000
 MEDIAN_NS = 20 * MS

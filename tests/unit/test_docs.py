@@ -9,7 +9,7 @@
 - the threshold examples of docs/thresholds.md parse (or fail with the message shown), and
   its table of default alert rules is `DEFAULT_RULES`;
 - docs/cli.md has a section for every command of the click group, naming each option (with
-  its default) and argument, and its exit-code table lists exactly coordinator.outcome's codes;
+  its default) and argument, and its exit-code table lists exactly horde.coordinator.bundle.outcome's codes;
 - relative links between the docs point at files and headings that exist.
 """
 
@@ -28,11 +28,12 @@ import pytest
 import yaml
 from pydantic import BaseModel, TypeAdapter
 
-from coordinator import outcome
-from coordinator.alerts import DEFAULT_RULES, parse_rules
-from coordinator.cli import cli
-from coordinator.limits import ThresholdSyntaxError, parse_threshold
-from coordinator.scenario import Scenario, ScenarioError, parse_scenario
+from horde.coordinator.bundle import outcome
+from horde.coordinator.judge.alerts import DEFAULT_RULES, parse_rules
+from horde.coordinator.cli import cli
+from horde.coordinator.judge.thresholds import ThresholdSyntaxError, parse_threshold
+from horde.coordinator.scenario.load import ScenarioError, parse_scenario
+from horde.coordinator.scenario.models import Scenario
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CHECKED_DOCS = ("quickstart.md", "scenarios.md", "thresholds.md", "cli.md", "measurement.md")

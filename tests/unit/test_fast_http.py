@@ -21,10 +21,10 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from agents.fast_http import FastEngine, encode_request, supports, unsupported_reason
-from agents.http import AiohttpEngine
-from agents.samples import ErrorClass
-from agents.spec import RequestTemplate
+from horde.agents.fast_http import FastEngine, encode_request, supports, unsupported_reason
+from horde.agents.http import AiohttpEngine
+from horde.agents.samples import ErrorClass
+from horde.agents.spec import RequestTemplate
 
 OK, CONNECT, TIMEOUT, RESET = ErrorClass.OK, ErrorClass.CONNECT, ErrorClass.TIMEOUT, ErrorClass.RESET
 PROTOCOL, TOO_LARGE, OTHER = ErrorClass.PROTOCOL, ErrorClass.TOO_LARGE, ErrorClass.OTHER

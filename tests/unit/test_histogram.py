@@ -1,4 +1,4 @@
-"""coordinator.histogram: layout, accuracy against exact percentiles, merging, storage."""
+"""horde.coordinator.measure.histogram: layout, accuracy against exact percentiles, merging, storage."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.histogram import (
+from horde.coordinator.measure.histogram import (
     BUCKET_COUNT,
     COUNTS_LEN,
     HIGHEST_TRACKABLE_NS,

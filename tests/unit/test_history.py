@@ -1,4 +1,4 @@
-"""coordinator.history: the SQLite run history, monitoring samples, alerts and tracking."""
+"""horde.coordinator.workflows.history: the SQLite run history, monitoring samples, alerts and tracking."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.samples import SAMPLE_DTYPE, Batch, ErrorClass
-from coordinator.aggregate import Aggregator
-from coordinator.bundle import BundleWriter, read_bundle
-from coordinator.history import (
+from horde.agents.samples import SAMPLE_DTYPE, Batch, ErrorClass
+from horde.coordinator.measure.aggregate import Aggregator
+from horde.coordinator.bundle.store import BundleWriter, read_bundle
+from horde.coordinator.workflows.history import (
     DEFAULT_FILENAME,
     History,
     HistoryError,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.samples import ErrorClass
-from coordinator.limits import (
+from horde.agents.samples import ErrorClass
+from horde.coordinator.judge.thresholds import (
     OPERATORS,
     LiveEvaluator,
     ScopedThreshold,

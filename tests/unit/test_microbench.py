@@ -1,4 +1,4 @@
-"""coordinator.microbench, the pure parts: intervals, per-operation statistics, comparisons.
+"""horde.coordinator.workflows.microbench, the pure parts: intervals, per-operation statistics, comparisons.
 
 The running part (closed loop against the automaton) is in tests/performance/test_benchmarks.py.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from coordinator.microbench import (
+from horde.coordinator.workflows.microbench import (
     GROUPS,
     Interval,
     MicrobenchResult,

@@ -11,16 +11,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.durations import format_duration, format_size, parse_duration, parse_percent, parse_size
-from coordinator.scenario import (
-    REDACTED,
-    Problem,
-    Scenario,
-    ScenarioError,
-    load_scenario,
-    parse_scenario,
-    scenario_json_schema,
-)
+from horde.coordinator.units import format_duration, format_size, parse_duration, parse_percent, parse_size
+from horde.coordinator.scenario.load import Problem, ScenarioError, load_scenario, parse_scenario
+from horde.coordinator.scenario.models import REDACTED, Scenario, scenario_json_schema
 
 FULL = textwrap.dedent(
     """\

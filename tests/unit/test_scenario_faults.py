@@ -8,8 +8,9 @@ import textwrap
 import pytest
 import yaml
 
-from automaton.faults import fault_config_from_dict
-from coordinator.scenario import EmbeddedTarget, Problem, ScenarioError, parse_scenario, scenario_json_schema
+from horde.automaton.faults import fault_config_from_dict
+from horde.coordinator.scenario.load import Problem, ScenarioError, parse_scenario
+from horde.coordinator.scenario.models import EmbeddedTarget, scenario_json_schema
 
 SCENARIO = textwrap.dedent(
     """\

@@ -1,14 +1,14 @@
-"""coordinator/spike.py: spikes found in profiles, and their analysis over synthetic windows."""
+"""coordinator/analysis/spike.py: spikes found in profiles, and their analysis over synthetic windows."""
 
 from __future__ import annotations
 
 import pytest
 
-from agents.spec import Stage
-from agents.stages import Profile
-from coordinator.aggregate import Stats
-from coordinator.scenario import parse_scenario
-from coordinator.spike import SpikeSpec, analyse_spikes, find_spikes, in_band, spikes_for_run, time_to_reach
+from horde.agents.spec import Stage
+from horde.agents.stages import Profile
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.scenario.load import parse_scenario
+from horde.coordinator.analysis.spike import SpikeSpec, analyse_spikes, find_spikes, in_band, spikes_for_run, time_to_reach
 
 
 def P(start, *stages):

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.spec import Stage
-from agents.stages import Profile, level_to_users, users_for_agent
+from horde.agents.spec import Stage
+from horde.agents.stages import Profile, level_to_users, users_for_agent
 
 RAMP_UP = Profile(0.0, [Stage(2.0, 10.0, "ramp")])  # 0 -> 10 over 2 s
 HOLD = Profile(10.0, [Stage(3.0, 10.0, "hold")])  # 10 for 3 s

@@ -1,14 +1,14 @@
-"""coordinator/stress.py, the pure parts: staircases, per-step verdicts, whose limit, recovery."""
+"""coordinator/workflows/stress.py, the pure parts: staircases, per-step verdicts, whose limit, recovery."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agents.samples import ErrorClass
-from coordinator.aggregate import Stats
-from coordinator.scenario import parse_scenario
-from coordinator.stress import (
+from horde.agents.samples import ErrorClass
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.scenario.load import parse_scenario
+from horde.coordinator.workflows.stress import (
     StressPlan,
     abort_thresholds,
     analyse_steps,

@@ -1,4 +1,4 @@
-"""coordinator.trends: Theil-Sen / Mann-Kendall trends and the memory-leak verdict."""
+"""horde.coordinator.analysis.trends: Theil-Sen / Mann-Kendall trends and the memory-leak verdict."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.trends import (
+from horde.coordinator.analysis.trends import (
     MB,
     generator_rss_series,
     leak_verdict,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr
 
-from coordinator.bundle import Bundle
+from horde.coordinator.bundle.store import Bundle
 
 
 def _ms(v) -> str:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.samples import ERROR_LABELS, SAMPLE_DTYPE, Batch, ErrorClass, GeneratorReadings
-from coordinator.histogram import Histogram, histograms_by_group
+from horde.agents.samples import ERROR_LABELS, SAMPLE_DTYPE, Batch, ErrorClass, GeneratorReadings
+from horde.coordinator.measure.histogram import Histogram, histograms_by_group
 
 N_ERROR_CLASSES = len(ErrorClass)
 DEFAULT_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)

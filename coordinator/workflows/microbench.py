@@ -17,13 +17,13 @@ database (records). For each operation, in turn:
    - median with the distribution-free order-statistic interval: the number of samples
      below the true median is Binomial(n, 1/2), so [x_(l), x_(u)] covers it with a
      probability known exactly (``quantile_ci_ranks``; no assumption about the shape);
-   - p95 and p99 from ``coordinator.histogram.Histogram`` (within 1%), with the same
+   - p95 and p99 from ``horde.coordinator.measure.histogram.Histogram`` (within 1%), with the same
      order-statistic interval when there are enough samples for it (59 for a two-sided 95%
      interval of p95, 299 for p99 with these ranks);
    - standard deviation, min, max, and operations per second (answers / measuring time).
 
 ``compare_results`` sets two benchmarks side by side per operation with the statistics of
-``coordinator/compare.py`` (Mann-Whitney U on the binned distributions with the ratio of
+``coordinator/analysis/compare.py`` (Mann-Whitney U on the binned distributions with the ratio of
 medians, exact-bootstrap quantile ratios, the error-rate test) plus Welch's t test on the
 means; the verdicts mean what they mean there: significant at ``alpha`` *and* at least
 ``min_effect`` (5%). Closed-loop throughput is not compared: with one worker it is the
@@ -32,7 +32,7 @@ inverse of latency, not an independent count.
 Raw timings are kept per operation (the order-statistic intervals need them); a
 benchmark's memory is bounded by ``max_iterations`` (8 bytes a sample), never by time.
 
-The operations are sent with the agents' request engine (``agents.http.make_engine``), the
+The operations are sent with the agents' request engine (``horde.agents.http.make_engine``), the
 same code path a load run uses. Latency is measured around ``engine.request`` on the
 monotonic clock (``perf_counter_ns``): with one request in flight per worker there is no
 intended send time to correct for.
@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.histogram import Histogram
+from horde.coordinator.measure.histogram import Histogram
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_ITERATIONS = 200
@@ -247,10 +247,10 @@ def welch_mean_ratio(base: Sequence[float] | np.ndarray, cand: Sequence[float] |
 def compare_operation(base_ns: Sequence[int] | np.ndarray, cand_ns: Sequence[int] | np.ndarray, *,
                       base_errors: int = 0, cand_errors: int = 0, alpha: float | None = None,
                       min_effect: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """One operation, baseline against candidate: coordinator.compare's latency, tail and
+    """One operation, baseline against candidate: horde.coordinator.analysis.compare's latency, tail and
     error-rate metrics on the two histograms, plus ``mean`` (Welch). JSON-ready."""
-    from coordinator.aggregate import Stats
-    from coordinator.compare import (
+    from horde.coordinator.measure.aggregate import Stats
+    from horde.coordinator.analysis.compare import (
         DEFAULT_ALPHA,
         DEFAULT_MIN_EFFECT,
         IMPROVEMENT,
@@ -281,7 +281,7 @@ def compare_operation(base_ns: Sequence[int] | np.ndarray, cand_ns: Sequence[int
         ratio = w["ratio"]
         if ratio is None:
             verdict = INSUFFICIENT
-        elif w["p_value"] < alpha and abs(ratio - 1) >= min_effect:  # the rule of coordinator/compare.py
+        elif w["p_value"] < alpha and abs(ratio - 1) >= min_effect:  # the rule of coordinator/analysis/compare.py
             verdict = REGRESSION if ratio > 1 else IMPROVEMENT
         else:
             verdict = NO_CHANGE
@@ -309,7 +309,7 @@ class Operation:
     expect: tuple[int, ...] = (200,)
 
     def template(self, base_url: str) -> Any:
-        from agents.spec import RequestTemplate
+        from horde.agents.spec import RequestTemplate
 
         body = None if self.json_body is None else json.dumps(self.json_body, separators=(",", ":")).encode()
         headers = (("Content-Type", "application/json"),) if body is not None else ()
@@ -328,7 +328,7 @@ def automaton_operations(groups: Iterable[str] | None = None) -> tuple[Operation
     """The reference automaton's operations, by group: health, agents (list, and each
     simulated agent's respond), tools (each), workflows (each, run to completion), database
     (insert a record, list records)."""
-    from automaton.catalog import SIMULATED_AGENTS, TOOL_NAMES, WORKFLOWS
+    from horde.automaton.catalog import SIMULATED_AGENTS, TOOL_NAMES, WORKFLOWS
 
     wanted = set(GROUPS if groups is None else groups)
     unknown = wanted - set(GROUPS)
@@ -408,7 +408,7 @@ async def bench_operation(engine: Any, index: int, operation: Operation, *, iter
                           duration_s: float | None = None, warmup: int = DEFAULT_WARMUP, warmup_s: float | None = None,
                           concurrency: int = 1, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> OperationResult:
     """Warm up, then time ``operation`` (template ``index`` of ``engine``) in a closed loop."""
-    from agents.samples import ERROR_LABELS, ErrorClass, classify_status
+    from horde.agents.samples import ERROR_LABELS, ErrorClass, classify_status
 
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -474,7 +474,7 @@ async def run_microbench_async(base_url: str, operations: Sequence[Operation] | 
                                max_iterations: int = DEFAULT_MAX_ITERATIONS) -> MicrobenchResult:
     """Benchmark each operation in turn against ``base_url`` (one engine, ``concurrency``
     connections). ``duration_s`` is per operation."""
-    from agents.http import make_engine
+    from horde.agents.http import make_engine
 
     ops = tuple(operations) if operations is not None else automaton_operations()
     if not ops:

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 
-from agents.samples import ERROR_LABELS
-from coordinator import charts
-from coordinator.aggregate import Stats
-from coordinator.bundle import INCOMPLETE_SUFFIX, Bundle, read_bundle
-from coordinator.charts import Axis, HLine, Layer, Marker, Series
-from coordinator.histogram import Histogram
+from horde.agents.samples import ERROR_LABELS
+from horde.coordinator.report import charts
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.bundle.store import INCOMPLETE_SUFFIX, Bundle, read_bundle
+from horde.coordinator.report.charts import Axis, HLine, Layer, Marker, Series
+from horde.coordinator.measure.histogram import Histogram
 
 MAX_POINTS = 2000  # time-series points per chart; more windows are merged in groups
 REPORT_FILE = "report.html"
@@ -46,7 +46,7 @@ ERROR_COLORS = {
     "http_5xx": "#e15759", "unexpected_status": "#ff9da7", "protocol": "#76b7b2",
     "too_large": "#4e79a7", "other": "#bab0ac",
 }
-CPU_SATURATED_PCT = 90  # coordinator.health.CPU_SATURATED, as the chart draws it
+CPU_SATURATED_PCT = 90  # horde.coordinator.measure.health.CPU_SATURATED, as the chart draws it
 TABLE_QUANTILES = ("p50", "p90", "p95", "p99", "p99.9", "max")
 
 
@@ -1296,7 +1296,7 @@ def _effect(m: dict) -> str:
 
 
 def verdict_section(comparison: dict) -> str:
-    """The statistical comparison (coordinator.compare.compare_bundles output), if given."""
+    """The statistical comparison (horde.coordinator.analysis.compare.compare_bundles output), if given."""
     parts = []
     for key, cls, title in (("regressions", "fail", "Regressions"), ("improvements", "pass", "Improvements")):
         items = comparison.get(key) or []
@@ -1334,7 +1334,7 @@ def verdict_section(comparison: dict) -> str:
 
 def render_compare_html(a: Bundle, b: Bundle, comparison: dict | None = None) -> str:
     """Two runs overlaid: A (blue, the baseline) against B (orange). ``comparison``, the
-    output of ``coordinator.compare.compare_bundles(a, b)``, adds its verdicts."""
+    output of ``horde.coordinator.analysis.compare.compare_bundles(a, b)``, adds its verdicts."""
     tla, tlb = build_timeline(a), build_timeline(b)
     ca, cb = cumulative_stats(a), cumulative_stats(b)
     ta, ea, sa = _summary_parts(a, ca)

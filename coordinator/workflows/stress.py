@@ -37,7 +37,7 @@ Breaking-point search (``find_breaking_point``)
 Recovery from overload (``measure_recovery``)
     A second run: (optionally a baseline at the recovery level,) the overload level for
     ``overload_s``, then the recovery level for ``recovery_s``. The recovery time is
-    measured like a spike's (coordinator/spike.py): from the drop to the recovery level
+    measured like a spike's (coordinator/analysis/spike.py): from the drop to the recovery level
     to the start of the first of 3 consecutive windows inside the band, where the band is
     p99 latency <= max(baseline window p99) x 1.5 + 1 ms and error rate <= baseline
     error rate + 1 percentage point. The baseline comes from the search's low steps
@@ -45,7 +45,7 @@ Recovery from overload (``measure_recovery``)
 
 One target across runs
     The search and the recovery must hit the same automaton: ``StressTarget`` starts it
-    once (``automaton.launch.start_automaton(faults=...)``), each run is pointed at its
+    once (``horde.automaton.launch.start_automaton(faults=...)``), each run is pointed at its
     URL, its faults are re-applied before each run (which restarts the scaling model and
     reseeds it), and it is stopped at the end. ``run_stress`` does all of it for a
     scenario file (``horde stress FILE``).
@@ -60,11 +60,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.aggregate import Stats
-from coordinator.bundle import read_bundle
-from coordinator.limits import RESOURCE_KIND, parse_threshold
-from coordinator.scenario import LoadedScenario, Scenario
-from coordinator.spike import band_from_windows, in_band, recovered_at
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.judge.thresholds import RESOURCE_KIND, parse_threshold
+from horde.coordinator.scenario.load import LoadedScenario
+from horde.coordinator.scenario.models import Scenario
+from horde.coordinator.analysis.spike import band_from_windows, in_band, recovered_at
 
 WARMUP_WINDOWS = 1  # windows dropped at the start of each step
 LATE_FRACTION_LIMIT = 0.01  # late sends above this share of a step's sends: the generator fell behind ...
@@ -159,7 +160,7 @@ def rebuild(
 
 
 def _target_fields() -> set[str]:
-    from coordinator.scenario import Target
+    from horde.coordinator.scenario.models import Target
 
     return {f.alias or n for n, f in Target.model_fields.items()} | set(Target.model_fields)
 
@@ -199,7 +200,7 @@ class StressTarget:
         return cls(embedded_faults(loaded), **start_kwargs)
 
     def start(self) -> StressTarget:
-        from automaton.launch import start_automaton
+        from horde.automaton.launch import start_automaton
 
         self.process = start_automaton(faults=self.faults or None, **self._start_kwargs)
         return self
@@ -530,7 +531,7 @@ def find_breaking_point(
     target: a StressTarget (reset before the run), an automaton process or a URL; None
     runs the scenario's own target (an embedded one is started for this run only).
     """
-    from coordinator.run import RunOptions, run_scenario
+    from horde.coordinator.run.session import RunOptions, run_scenario
 
     if not break_rules:
         raise ValueError("at least one break rule is needed")
@@ -626,7 +627,7 @@ def measure_recovery(
     baseline_band: from ``BreakingPointResult.baseline_band()`` (or spike.band_from_windows);
     None measures it in this run over ``baseline_s`` at the recovery level first.
     """
-    from coordinator.run import RunOptions, run_scenario
+    from horde.coordinator.run.session import RunOptions, run_scenario
 
     if baseline_band is None and baseline_s <= 0:
         raise ValueError("give baseline_band, or baseline_s > 0 to measure one first")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass, field
 
-from coordinator.trends import leak_verdict, trend
+from horde.coordinator.analysis.trends import leak_verdict, trend
 
 _TREND_SERIES = {
     # name: (unit, where in a window dict)

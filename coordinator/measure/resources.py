@@ -1,6 +1,6 @@
 """Target (and node) resource readings over a run: per-window values, pure.
 
-Readings come from a sampler (coordinator/target_probe.py) as cumulative counters and
+Readings come from a sampler (coordinator/run/target_probe.py) as cumulative counters and
 gauges; this module turns them into per-window series (memory in bytes, CPU as a fraction
 of one core, open connections, file descriptors) and their statistics for thresholds,
 alerts and the bundle.

@@ -1,6 +1,6 @@
 """Spikes: where a load profile jumps, and what a run's windows say about each jump.
 
-Pure: no clock, no I/O. The input is the planned profile (agents.stages.Profile, or the
+Pure: no clock, no I/O. The input is the planned profile (horde.agents.stages.Profile, or the
 workload it is built from), the run's one-second windows as the bundle stores them
 (``windows.jsonl`` dicts) and the actual sends per bin (``summary["sends"]``).
 
@@ -51,8 +51,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from agents.spec import Stage
-from agents.stages import Profile
+from horde.agents.spec import Stage
+from horde.agents.stages import Profile
 
 MIN_FACTOR = 5.0  # a spike multiplies the level by at least this much ...
 MAX_RISE_S = 1.0  # ... within at most this long
@@ -83,10 +83,10 @@ class SpikeSpec:
 
 def as_profile(source: Any, start_level: float | None = None) -> Profile:
     """A Profile from a Profile, a scenario Workload (``start`` + ``stages`` of
-    duration/target), or a sequence of agents.spec.Stage (with ``start_level``)."""
+    duration/target), or a sequence of horde.agents.spec.Stage (with ``start_level``)."""
     if isinstance(source, Profile):
         return source
-    if hasattr(source, "stages") and hasattr(source, "start"):  # coordinator.scenario.Workload
+    if hasattr(source, "stages") and hasattr(source, "start"):  # horde.coordinator.scenario.models.Workload
         stages = [Stage(float(s.duration), float(s.target), s.name) for s in source.stages]
         return Profile(float(source.start), stages)
     stages = [
@@ -360,7 +360,7 @@ def _during(
         "error_rate": errors / requests if requests else None,
     }
     if histograms is not None and ws and all(int(w["index"]) in histograms for w in ws):
-        from coordinator.aggregate import Stats
+        from horde.coordinator.measure.aggregate import Stats
 
         merged = Stats()
         for w in ws:

@@ -158,7 +158,7 @@ def _headline(scope: dict[str, Any] | None) -> dict[str, float | None]:
 def _summary_from_windows(bundle: Any) -> dict[str, Any] | None:
     """Totals rebuilt from the per-window histograms of a bundle without summary.json
     (its coordinator was killed): every figure can be recomputed from the bundle."""
-    from coordinator.compare import bundle_scopes  # deferred: scipy is only needed here
+    from horde.coordinator.analysis.compare import bundle_scopes  # deferred: scipy is only needed here
 
     scopes = bundle_scopes(bundle)
     if (None, None) not in scopes:
@@ -441,7 +441,7 @@ def default_history_path(results_dir: str | Path) -> Path:
 def record_bundle(bundle_path: str | Path, history_path: str | Path | None = None) -> int:
     """Add a finished bundle to the history next to it (``<results dir>/history.sqlite3``)
     unless another history file is given; returns the run id."""
-    from coordinator.bundle import read_bundle
+    from horde.coordinator.bundle.store import read_bundle
 
     bundle = read_bundle(bundle_path)
     path = Path(history_path) if history_path is not None else default_history_path(bundle.path.parent)
@@ -507,9 +507,9 @@ def track(
     - ``events``: the same judgement for every earlier run against the runs before it,
       so a regression that came and went is still on record.
     - ``trend``: Theil-Sen / Mann-Kendall over the last ``trend_runs`` runs, per run
-      (coordinator.trends.trend), read as worsening / improving / stable / inconclusive.
+      (horde.coordinator.analysis.trends.trend), read as worsening / improving / stable / inconclusive.
     """
-    from coordinator.trends import trend as _trend  # deferred: scipy
+    from horde.coordinator.analysis.trends import trend as _trend  # deferred: scipy
 
     higher_is_better = metric in HIGHER_IS_BETTER
     floor = min_abs_change if min_abs_change is not None else DEFAULT_MIN_ABS_CHANGE.get(metric, 0.0)

@@ -4,7 +4,7 @@ HistogramLogProcessor, HdrHistogram_py's ``HistogramLogReader``).
 
 The interval log holds one histogram per window in HdrHistogram's V2 compressed encoding.
 horde's histograms have HdrHistogram's exact layout (lowest 1, highest 2**44, 2
-significant figures; see coordinator/histogram.py), so the counts array is written as it
+significant figures; see coordinator/measure/histogram.py), so the counts array is written as it
 is, without re-bucketing. Values stay in nanoseconds; ``Interval_Max`` is in milliseconds
 (max value divisor 1e6, as HdrHistogram's log writer does by default).
 
@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.samples import ERROR_LABELS
-from coordinator.aggregate import Stats
-from coordinator.bundle import Bundle, read_bundle
-from coordinator.histogram import HIGHEST_TRACKABLE_NS, LOWEST_DISCERNIBLE_NS, SIGNIFICANT_FIGURES, Histogram
+from horde.agents.samples import ERROR_LABELS
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.bundle.store import Bundle, read_bundle
+from horde.coordinator.measure.histogram import HIGHEST_TRACKABLE_NS, LOWEST_DISCERNIBLE_NS, SIGNIFICANT_FIGURES, Histogram
 
 CSV_FILE = "windows.csv"
 SERIES = ("latency", "service_time", "send_lag")

@@ -11,7 +11,7 @@ import aiohttp
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.resources import Reading
+from horde.coordinator.measure.resources import Reading
 
 # Standard process-collector names, plus the automaton's connection gauge.
 _RSS = "process_resident_memory_bytes"

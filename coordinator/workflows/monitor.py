@@ -7,13 +7,13 @@ interval:
 
 1. per-endpoint interval figures (``probe_latency_s``, ``probe_status``, ``probe_requests``,
    ``probe_errors``) and rolling-window statistics over the last ``window_s`` (latency
-   quantiles from coordinator.histogram, mean, stdev, min, max, error rate, probe rate:
-   ``coordinator.alerts.metrics_from_stats`` over merged ``aggregate.Stats``), per endpoint
+   quantiles from horde.coordinator.measure.histogram, mean, stdev, min, max, error rate, probe rate:
+   ``horde.coordinator.judge.alerts.metrics_from_stats`` over merged ``aggregate.Stats``), per endpoint
    and over all endpoints; the target's gauges and its CPU rate;
 2. all of these recorded to the History (source = the scenario's name, or the URL);
-3. the alert rules evaluated on them (coordinator/alerts.py), each event recorded in the
+3. the alert rules evaluated on them (coordinator/judge/alerts.py), each event recorded in the
    history, logged to ``progress`` and POSTed as JSON to the webhook;
-4. the dashboard data refreshed: the Prometheus exposition (coordinator/exposition.py) and
+4. the dashboard data refreshed: the Prometheus exposition (coordinator/run/exposition.py) and
    the JSON snapshot file (rewritten atomically).
 
 It stops at ``duration_s`` or when ``stop_event`` is set (the CLI sets it from SIGINT /
@@ -48,11 +48,11 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
-from agents.http import make_engine
-from agents.samples import ERROR_LABELS, ErrorClass, classify_status
-from agents.spec import RequestTemplate
-from coordinator.aggregate import Stats
-from coordinator.alerts import (
+from horde.agents.http import make_engine
+from horde.agents.samples import ERROR_LABELS, ErrorClass, classify_status
+from horde.agents.spec import RequestTemplate
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.judge.alerts import (
     CRITICAL,
     DEFAULT_RULES,
     ESCALATED,
@@ -65,7 +65,7 @@ from coordinator.alerts import (
     metrics_from_stats,
     parse_rules,
 )
-from coordinator.exposition import LOOPBACK, Exposition, json_safe, write_json_atomic
+from horde.coordinator.run.exposition import LOOPBACK, Exposition, json_safe, write_json_atomic
 
 log = logging.getLogger("horde.monitor")
 Progress = Callable[[str], None]
@@ -207,7 +207,7 @@ def run_monitor(
     try:
         base_url = target.base_url
         if target.embedded is not None:
-            from automaton.launch import start_automaton
+            from horde.automaton.launch import start_automaton
 
             # The scenario's faults, stall included, as `horde run` passes them.
             automaton = start_automaton(faults=target.embedded.faults_config())
@@ -237,7 +237,7 @@ class _Target:
 
     def templates(self, base_url: str | None) -> tuple[RequestTemplate, ...]:
         if self.scenario is not None:
-            from coordinator.plan import build_templates
+            from horde.coordinator.plan import build_templates
 
             assert base_url is not None
             return build_templates(self.scenario, base_url, None)
@@ -250,7 +250,8 @@ def _is_url(x: Any) -> bool:
 
 
 def _resolve_target(x: Any, target_url: str | None) -> _Target:
-    from coordinator.scenario import LoadedScenario, Scenario, load_scenario
+    from horde.coordinator.scenario.load import LoadedScenario, load_scenario
+    from horde.coordinator.scenario.models import Scenario
 
     scenario = None
     if isinstance(x, LoadedScenario):
@@ -395,7 +396,7 @@ class _Monitor:
         self.trends: dict[str, Any] | None = None
         self.trends_at = math.inf  # set at the start: the first trend comes TREND_EVERY_S in
         self.trend_task: asyncio.Task[None] | None = None
-        self.trends_available = importlib.util.find_spec("coordinator.trends") is not None
+        self.trends_available = importlib.util.find_spec("horde.coordinator.analysis.trends") is not None
         self.started_wall_s = 0.0
         self.interval_started_wall_s = 0.0
         self.exposition: Exposition | None = None
@@ -407,7 +408,7 @@ class _Monitor:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> MonitorResult:
-        from coordinator.history import History
+        from horde.coordinator.workflows.history import History
 
         cfg = self.cfg
         stop_reason = "duration"
@@ -792,9 +793,9 @@ class _Monitor:
 
 def _trend_verdicts(series: dict[str, list[tuple[float, float]]]) -> dict[str, Any] | None:
     """Trend verdicts per metric (and the leak verdict of target memory), when
-    coordinator.trends exists."""
+    horde.coordinator.analysis.trends exists."""
     try:
-        from coordinator import trends as trends_module
+        from horde.coordinator.analysis import trends as trends_module
     except ImportError:
         return None
     out: dict[str, Any] = {}
@@ -835,7 +836,7 @@ class _Interval:
 
 
 def _window_stats(intervals: Iterable[_Interval], duration_s: float | None = None) -> Stats:
-    """aggregate.Stats of a rolling window (latency histogram from coordinator.histogram)."""
+    """aggregate.Stats of a rolling window (latency histogram from horde.coordinator.measure.histogram)."""
     intervals = list(intervals)
     s = Stats(duration_s if duration_s is not None else sum(iv.duration_s for iv in intervals))
     latencies = [v for iv in intervals for v in iv.latencies_ns]

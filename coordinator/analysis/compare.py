@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from coordinator.aggregate import Stats, quantile_key
-from coordinator.histogram import HIGHEST_TRACKABLE_NS, COUNTS_LEN, Histogram, highest_equivalent_value
+from horde.coordinator.measure.aggregate import Stats, quantile_key
+from horde.coordinator.measure.histogram import HIGHEST_TRACKABLE_NS, COUNTS_LEN, Histogram, highest_equivalent_value
 
 REGRESSION = "regression"
 IMPROVEMENT = "improvement"

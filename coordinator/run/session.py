@@ -23,25 +23,25 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from agents.samples import BatchFormatError, decode_batch
-from cluster.events import AgentEnded, AgentLost, BatchReceived, ClusterShape, NodeShape
-from coordinator.aggregate import Aggregator
-from coordinator.bundle import BundleWriter
-from coordinator.health import AgentTotals, generator_verdict
-from coordinator.limits import LiveEvaluator
-from coordinator.outcome import EXIT_CODES, Outcome
-from coordinator.plan import Plan, build_plan
-from coordinator.report import junit_xml
-from agents.stages import Profile
-from coordinator.alerts import AlertEngine, metrics_from_stats, parse_rules
-from coordinator.live import format_line
-from coordinator.run_metrics import RunMetrics
-from coordinator.resources import NodeSeries, ResourceSeries
-from coordinator.soak import SoakSeries
-from coordinator.spike import find_spikes, spikes_for_run
-from coordinator.soak import analyse as analyse_soak
-from coordinator.target_probe import TargetProbe
-from coordinator.scenario import LoadedScenario
+from horde.agents.samples import BatchFormatError, decode_batch
+from horde.cluster.events import AgentEnded, AgentLost, BatchReceived, ClusterShape, NodeShape
+from horde.coordinator.measure.aggregate import Aggregator
+from horde.coordinator.bundle.store import BundleWriter
+from horde.coordinator.measure.health import AgentTotals, generator_verdict
+from horde.coordinator.judge.thresholds import LiveEvaluator
+from horde.coordinator.bundle.outcome import EXIT_CODES, Outcome
+from horde.coordinator.plan import Plan, build_plan
+from horde.coordinator.report.text import junit_xml
+from horde.agents.stages import Profile
+from horde.coordinator.judge.alerts import AlertEngine, metrics_from_stats, parse_rules
+from horde.coordinator.run.live import format_line
+from horde.coordinator.run.prometheus import RunMetrics
+from horde.coordinator.measure.resources import NodeSeries, ResourceSeries
+from horde.coordinator.analysis.soak import SoakSeries
+from horde.coordinator.analysis.spike import find_spikes, spikes_for_run
+from horde.coordinator.analysis.soak import analyse as analyse_soak
+from horde.coordinator.run.target_probe import TargetProbe
+from horde.coordinator.scenario.load import LoadedScenario
 
 START_LEAD_S = 1.0
 ALERT_WINDOWS = 10  # alert rules look at the last 10 s
@@ -89,7 +89,7 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
             # Start the automaton while Ray starts: both take seconds, neither needs the other.
             from concurrent.futures import ThreadPoolExecutor
 
-            from automaton.launch import start_automaton
+            from horde.automaton.launch import start_automaton
 
             embedded = scenario.target.embedded
             faults = embedded.faults_config() if embedded else None
@@ -103,7 +103,7 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
             import os
             import socket
 
-            from cluster.local import LocalFleet
+            from horde.cluster.local import LocalFleet
 
             shape = ClusterShape(
                 kind="in-process",
@@ -112,8 +112,8 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
             )
             fleet_factory = lambda plan: LocalFleet(silence_s=_silence_s(scenario))  # noqa: E731
         else:
-            from cluster.connect import ClusterError, connect
-            from cluster.fleet import RayFleet
+            from horde.cluster.connect import ClusterError, connect
+            from horde.cluster.fleet import RayFleet
 
             try:
                 connection = connect(options.address)
@@ -128,7 +128,7 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
             )
 
         if target_future is not None:
-            from automaton.launch import AutomatonError
+            from horde.automaton.launch import AutomatonError
 
             try:
                 target_proc = target_future.result()
@@ -161,7 +161,7 @@ def _silence_s(scenario) -> float:
 
 def _fast_supports():
     try:
-        from agents.wire import supports
+        from horde.agents.wire import supports
     except ImportError:
         return None
     return supports
@@ -487,7 +487,7 @@ async def _run(loaded, plan: Plan, shape: ClusterShape, base_url: str, fleet, op
         junit_xml=junit_xml(scenario.name, th_results, summary["duration_s"]),
     )
     try:
-        from coordinator.html_report import write_html
+        from horde.coordinator.report.html import write_html
 
         write_html(path)
     except Exception as exc:  # the report is a view of the bundle: never fail the run for it
@@ -669,7 +669,7 @@ def _version(dist: str) -> str:
 def _manifest(loaded: LoadedScenario, plan: Plan, shape: ClusterShape, base_url: str, started: datetime, target_proc) -> dict:
     import aiohttp
     import numpy
-    from coordinator import __version__
+    from horde.coordinator import __version__
 
     return {
         "horde_version": __version__,

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from agents.samples import ErrorClass
+from horde.agents.samples import ErrorClass
 
 SERIES = ("latency", "service_time", "send_lag")
 RESOURCES = ("target_memory", "target_cpu", "target_connections", "target_fds")

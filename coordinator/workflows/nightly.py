@@ -6,17 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.bundle import read_bundle
-from coordinator.compare import compare_bundles
-from coordinator.history import History, default_history_path, track
-from coordinator.outcome import (
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.analysis.compare import compare_bundles
+from horde.coordinator.workflows.history import History, default_history_path, track
+from horde.coordinator.bundle.outcome import (
     EXIT_ERROR,
     EXIT_LEAK,
     EXIT_PASSED,
     EXIT_REGRESSION,
     EXIT_THRESHOLDS_FAILED,
 )
-from coordinator.scenario import LoadedScenario
+from horde.coordinator.scenario.load import LoadedScenario
 
 
 @dataclass
@@ -38,7 +38,7 @@ def run_nightly(loaded: LoadedScenario, *, history_dir: str | Path, address: str
     if jobs_address:
         bundle_path = _via_job(loaded, jobs_address, history_dir, overrides, progress)
     else:
-        from coordinator.run import RunOptions, run_scenario
+        from horde.coordinator.run.session import RunOptions, run_scenario
 
         bundle_path = run_scenario(loaded, RunOptions(address=address, out_dir=str(history_dir),
                                                       progress=progress)).bundle
@@ -101,7 +101,7 @@ def judge(bundle_path: str | Path, *, history_path: str | Path, metrics=("p99_la
 def _via_job(loaded: LoadedScenario, jobs_address: str, history_dir: Path, overrides, progress) -> Path:
     import time
 
-    from cluster import jobs
+    from horde.cluster import jobs
 
     job_id = jobs.submit(loaded.source, address=jobs_address, overrides=tuple(overrides))
     if progress:

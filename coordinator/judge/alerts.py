@@ -17,7 +17,7 @@ A rule, as written in a scenario's ``alerts:`` section (or in code, ``AlertRule`
 
 ``for`` and ``clear`` default to 0 in a written rule (DEFAULT_RULES use clear 10 s).
 
-Metric grammar (a small cousin of the threshold grammar in coordinator/limits.py)::
+Metric grammar (a small cousin of the threshold grammar in coordinator/judge/thresholds.py)::
 
     metric     := aggregate "(" series ")" | "error_rate" | "rps" | resource | KEY
     aggregate  := "p50" | "p75" | "p90" | "p95" | "p99" | "p99.9" | "median"
@@ -38,7 +38,7 @@ Each metric reads one key of the metrics dict, in base units:
 
 An endpoint's value lives under ``KEY{endpoint=NAME}`` (``metric_key``); the key without
 braces is the figure over all endpoints. ``metrics_from_stats`` builds these keys from
-coordinator.aggregate ``Stats``, so ``horde run`` and ``horde monitor`` feed rules alike.
+horde.coordinator.measure.aggregate ``Stats``, so ``horde run`` and ``horde monitor`` feed rules alike.
 
 Semantics of ``AlertEngine.observe(t_s, metrics)``, per rule and endpoint:
 
@@ -69,7 +69,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.durations import (
+from horde.coordinator.units import (
     format_duration,
     format_size,
     parse_duration,
@@ -459,7 +459,7 @@ _STAT_QUANTILES = tuple(QUANTILES.items())
 
 
 def metrics_from_stats(stats: Any, endpoint: str | None = None, *, series: Iterable[str] = SERIES) -> dict[str, float]:
-    """The keys rules read, from a coordinator.aggregate.Stats (or anything shaped like it:
+    """The keys rules read, from a horde.coordinator.measure.aggregate.Stats (or anything shaped like it:
     histograms of nanoseconds under `latency` / `service_time`, `requests`, `errors`, `rps`).
 
     A series without samples gives no keys (no data); error_rate needs at least one request.

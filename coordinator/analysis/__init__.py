@@ -1,0 +1,1 @@
+"""Analyses of a run or several: trends, soak, spike, comparison, stress steps. Pure."""

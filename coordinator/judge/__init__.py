@@ -1,0 +1,1 @@
+"""Judging: thresholds and alert rules over statistics snapshots. Pure."""

@@ -1,0 +1,1 @@
+"""Measurement: histograms, per-window aggregation, resource and generator-health readings. Pure."""

@@ -1,0 +1,1 @@
+"""Rendering a bundle for people: text summary, HTML report, SVG charts."""

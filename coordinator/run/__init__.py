@@ -1,0 +1,1 @@
+"""One run: the run session, summary and manifest, live view, Prometheus, target probe."""

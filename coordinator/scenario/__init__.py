@@ -1,0 +1,1 @@
+"""Scenario files: YAML in, frozen and validated models out, every problem with its key path. Pure models."""

@@ -1,0 +1,457 @@
+"""Loading a scenario: YAML text, `${ENV}` interpolation and `--set` overrides -> a validated
+Scenario, or every problem with its key path."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from horde.coordinator.scenario.models import (
+    _NAME_MESSAGE,
+    REDACTED,
+    Loc,
+    Scenario,
+    _body_problems,
+    _format_loc,
+    _unique_name_problems,
+    _workload_problems,
+)
+from horde.coordinator.scenario.redact import _is_secret, _sensitive_header, redact
+from horde.coordinator.units import parse_duration
+from pydantic import (
+    BaseModel,
+    ValidationError,
+)
+
+# --- loading ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # key path (workload.stages[1].duration), FILE:LINE:COL, or "--set TEXT"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ScenarioError(Exception):
+    """Every problem found in a scenario, one per line in str()."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class LoadedScenario:
+    scenario: Scenario  # validated, with real values: what runs
+    source: str  # where it came from (the file path)
+    as_run: dict[str, Any]  # the data after interpolation and overrides, secrets redacted
+
+
+def load_scenario(
+    path: str | os.PathLike[str],
+    *,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> LoadedScenario:
+    """Read, interpolate (env defaults to os.environ), override and validate a scenario file."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ScenarioError([Problem(source, f"cannot read the scenario: {reason}")]) from None
+    return parse_scenario(text, source=source, overrides=overrides, env=os.environ if env is None else env)
+
+
+def parse_scenario(
+    text: str,
+    *,
+    source: str = "<scenario>",
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> LoadedScenario:
+    """Like load_scenario for text in hand; pure: env None means no variables are set."""
+    env = {} if env is None else env
+    problems: list[Problem] = []
+
+    parsed_overrides = []
+    for text_ in overrides:
+        try:
+            parsed_overrides.append((text_, *_parse_override(text_)))
+        except ValueError as exc:
+            problems.append(Problem(_override_label(text_), str(exc)))
+
+    data, yaml_problems = _read_yaml(text, source)
+    if data is None:
+        raise ScenarioError(yaml_problems + problems)
+    problems[:0] = yaml_problems
+
+    data, secrets, interpolation_problems = _interpolate(data, env)
+    problems.extend(Problem(_format_loc(loc), msg) for loc, msg in interpolation_problems)
+    unusable = {_format_loc(loc) for loc, _ in interpolation_problems}
+
+    for text_, loc, value in parsed_overrides:
+        try:
+            _set_path(data, loc, value)
+        except ValueError as exc:
+            problems.append(Problem(_override_label(text_), str(exc)))
+            continue
+        secrets = {s for s in secrets if s[: len(loc)] != loc}
+
+    scenario: Scenario | None = None
+    try:
+        scenario = Scenario.model_validate(copy.deepcopy(data), context=_reference_context(data))
+    except ValidationError as exc:
+        found = _validation_problems(exc, data, secrets)
+        found += [p for p in _raw_cross_problems(data) if p not in found]
+        for problem in found:
+            if not any(problem.path == p or problem.path.startswith((p + ".", p + "[")) for p in unusable):
+                problems.append(problem)
+
+    if problems or scenario is None:
+        raise ScenarioError(problems)
+    return LoadedScenario(scenario=scenario, source=source, as_run=redact(data, secrets))
+
+
+# YAML: safe, without timestamps (a date-like value stays the text it was), duplicate keys noted.
+class _Loader(yaml.SafeLoader):
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicate_keys: list[tuple[str, yaml.Mark]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    self.duplicate_keys.append((key_node.value, key_node.start_mark))
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml_value(text: str) -> Any:
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _read_yaml(text: str, source: str) -> tuple[dict[str, Any] | None, list[Problem]]:
+    loader = _Loader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        message = ", ".join(part for part in (exc.context, exc.problem) if part)
+        return None, [Problem(where, message or "invalid YAML")]
+    except yaml.YAMLError as exc:
+        return None, [Problem(source, f"invalid YAML: {exc}")]
+    finally:
+        loader.dispose()
+    problems = [
+        Problem(f"{source}:{mark.line + 1}:{mark.column + 1}", f"duplicate key {key!r}")
+        for key, mark in loader.duplicate_keys
+    ]
+    expected = "a mapping of keys (name, target, ...)"
+    if data is None:
+        return None, [*problems, Problem(source, f"the scenario is empty; expected {expected}")]
+    if not isinstance(data, dict):
+        return None, [*problems, Problem(source, f"expected {expected} at the top, got {_kind(data)}")]
+    return data, problems
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# Interpolation.
+_REFERENCE = re.compile(r"(\$?)\$\{([^}]*)(\}?)")
+_VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+
+
+def _flow_captures(data: Any) -> dict[int, set[str]]:
+    """Per request index, the variables its flow captures (left to the flow, not the env)."""
+    out: dict[int, set[str]] = {}
+    requests = data.get("requests") if isinstance(data, dict) else None
+    if isinstance(requests, list):
+        for i, r in enumerate(requests):
+            if isinstance(r, dict) and isinstance(r.get("flow"), list):
+                out[i] = {k for st in r["flow"] if isinstance(st, dict) and isinstance(st.get("capture"), dict)
+                          for k in st["capture"]}
+    return out
+
+
+def _interpolate(data: Any, env: Mapping[str, str]) -> tuple[Any, set[Loc], list[tuple[Loc, str]]]:
+    secrets: set[Loc] = set()
+    problems: list[tuple[Loc, str]] = []
+    captures = _flow_captures(data)
+
+    def expand(text: str, loc: Loc) -> str:
+        used = False
+
+        def one(m: re.Match[str]) -> str:
+            nonlocal used
+            if m.group(1):
+                return m.group(0)[1:]  # $${ is a literal ${
+            if not m.group(3):
+                problems.append((loc, "unclosed '${': expected ${NAME} or ${NAME:-default}"))
+                return ""
+            var = _VARIABLE.fullmatch(m.group(2))
+            if var is None:
+                problems.append(
+                    (loc, f"invalid reference {m.group(0)!r}: expected ${{NAME}} or ${{NAME:-default}}")
+                )
+                return ""
+            name, default = var.group(1), var.group(2)
+            if (default is None and len(loc) > 2 and loc[0] == "requests" and loc[2] == "flow"
+                    and name in captures.get(loc[1], ())):  # type: ignore[arg-type]
+                return m.group(0)  # a flow variable, filled at run time
+            used = True
+            value = env.get(name)
+            if default is not None and not value:
+                return default
+            if value is None:
+                problems.append(
+                    (loc, f"environment variable {name} is not set (give a default with ${{{name}:-default}})")
+                )
+                return ""
+            return value
+
+        out = _REFERENCE.sub(one, text)
+        if used:
+            secrets.add(loc)
+        return out
+
+    def walk(node: Any, loc: Loc) -> Any:
+        if isinstance(node, str):
+            return expand(node, loc) if "${" in node else node
+        if isinstance(node, dict):
+            return {key: walk(value, (*loc, key)) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value, (*loc, i)) for i, value in enumerate(node)]
+        return node
+
+    return walk(data, ()), secrets, problems
+
+
+# Overrides.
+_OVERRIDE_KEY = re.compile(r"\.?([^.\[\]=\s]+)|\[(\d+)\]")
+
+
+def _override_label(text: str) -> str:
+    key, sep, _ = text.partition("=")
+    if sep and _sensitive_key_text(key):
+        return f"--set {key}={REDACTED}"
+    return f"--set {text}"
+
+
+def _sensitive_key_text(key: str) -> bool:
+    parts = [part for part in re.split(r"[.\[\]]", key.strip()) if part]
+    return bool(parts) and _sensitive_header(parts[-1])
+
+
+def _parse_override(text: str) -> tuple[Loc, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ValueError("expected KEY=VALUE, e.g. workload.stages[0].target=10")
+    key = key.strip()
+    loc: list[str | int] = []
+    pos = 0
+    while pos < len(key):
+        m = _OVERRIDE_KEY.match(key, pos)
+        if (
+            m is None
+            or (pos == 0 and (not m.group(1) or key.startswith(".")))
+            or (pos > 0 and m.group(1) and key[pos] != ".")
+        ):
+            raise ValueError(
+                f"invalid key {key!r} at character {pos + 1}: expected dotted names with [index], "
+                "e.g. workload.stages[0].target"
+            )
+        loc.append(m.group(1) if m.group(1) else int(m.group(2)))
+        pos = m.end()
+    if not loc:
+        raise ValueError("empty key: expected KEY=VALUE, e.g. workload.stages[0].target=10")
+    try:
+        value = _yaml_value(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ValueError(f"the value is not valid YAML: {problem}") from None
+    return tuple(loc), value
+
+
+def _set_path(data: dict[str, Any], loc: Loc, value: Any) -> None:
+    node: Any = data
+    for depth, part in enumerate(loc):
+        last = depth == len(loc) - 1
+        here = _format_loc(loc[:depth]) or "the top level"
+        if isinstance(part, int):
+            if not isinstance(node, list):
+                raise ValueError(f"{here} is {_kind(node)}, not a list: cannot use [{part}]")
+            if part > len(node):
+                raise ValueError(
+                    f"index [{part}] is out of range: {here} has {len(node)} entries "
+                    f"(use [{len(node)}] to append)"
+                )
+            if part == len(node):
+                node.append(None if last else ([] if isinstance(loc[depth + 1], int) else {}))
+        else:
+            if not isinstance(node, dict):
+                raise ValueError(f"{here} is {_kind(node)}, not a mapping: cannot set {part!r} in it")
+            if part not in node and not last:
+                node[part] = [] if isinstance(loc[depth + 1], int) else {}
+        if last:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+# Validation errors -> problems.
+def _reference_context(data: dict[str, Any]) -> dict[str, Any]:
+    requests = data.get("requests")
+    workload = data.get("workload")
+    stages = workload.get("stages") if isinstance(workload, dict) else None
+    def name(entry: Any) -> str:
+        value = entry.get("name") if isinstance(entry, dict) else None
+        return value if isinstance(value, str) else ""
+
+    return {
+        "request_names": [n for n in map(name, requests) if n] if isinstance(requests, list) else None,
+        "stage_names": [name(s) for s in stages] if isinstance(stages, list) else None,
+    }
+
+
+def _raw_cross_problems(data: dict[str, Any]) -> list[Problem]:
+    """The cross-field checks on raw data, for models whose own validators did not get to run."""
+
+    def seconds(value: Any) -> float | None:
+        try:
+            return parse_duration(value)
+        except ValueError:
+            return None
+
+    def number(value: Any) -> float | None:
+        if isinstance(value, bool):
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    found: list[tuple[Loc, str]] = []
+    requests = data.get("requests")
+    if isinstance(requests, list):
+        entries = [r if isinstance(r, dict) else {} for r in requests]
+        names = [r.get("name") for r in entries]
+        found += [(("requests", *loc), msg) for loc, msg in _unique_name_problems(names, "requests")]
+        for i, r in enumerate(entries):
+            found += [(("requests", i, *loc), msg) for loc, msg in _body_problems(r.get("json"), r.get("body"))]
+    workload = data.get("workload")
+    if isinstance(workload, dict) and isinstance(workload.get("stages"), list):
+        stages = [s if isinstance(s, dict) else {} for s in workload["stages"]]
+        plain = [(seconds(s.get("duration")), number(s.get("target")), s.get("name")) for s in stages]
+        found += [
+            (("workload", *loc), msg)
+            for loc, msg in _workload_problems(workload.get("model"), number(workload.get("start", 0)), plain)
+        ]
+    return [Problem(_format_loc(loc), msg) for loc, msg in found]
+
+
+def _validation_problems(exc: ValidationError, data: dict[str, Any], secrets: set[Loc]) -> list[Problem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc: Loc = tuple(error["loc"])
+        if error["type"] == "horde_problems":
+            problems.extend(Problem(_format_loc(loc + sub), msg) for sub, msg in error["ctx"]["problems"])
+            continue
+        if loc[:1] == ("target",) and isinstance(data.get("target"), str):
+            loc = ("target",)  # the short form has no sub-keys to point at
+        problems.append(Problem(_format_loc(loc), _message(error, loc, data, secrets)))
+    return problems
+
+
+def _message(error: Mapping[str, Any], loc: Loc, data: dict[str, Any], secrets: set[Loc]) -> str:
+    kind, msg = error["type"], error["msg"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return _unknown_key_message(loc)
+    if kind == "string_pattern_mismatch":
+        msg = _NAME_MESSAGE
+    elif kind == "too_short" and error.get("ctx", {}).get("min_length") == 1:
+        return "must have at least one entry"
+    elif kind in ("value_error", "assertion_error"):
+        return re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    msg = re.sub(r"^Input should be ", "must be ", msg)
+    value = error.get("input")
+    if isinstance(value, (str, int, float, bool)) and not _is_secret(loc, secrets):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        msg += f" (got {shown})"
+    return msg
+
+
+def _unknown_key_message(loc: Loc) -> str:
+    model = _model_at(loc[:-1])
+    known = [field.alias or name for name, field in model.model_fields.items()] if model else []
+    key = str(loc[-1]) if loc else ""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key; did you mean {close[0]!r}?"
+    if known:
+        return f"unknown key; expected one of: {', '.join(known)}"
+    return "unknown key"
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    annotation: Any = Scenario
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(part, int):
+            if typing.get_origin(annotation) is not list:
+                return None
+            annotation = typing.get_args(annotation)[0]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = next((f for n, f in annotation.model_fields.items() if (f.alias or n) == part), None)
+            if field is None:
+                return None
+            annotation = field.annotation
+        else:
+            return None
+    annotation = _unwrap(annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            inner = _unwrap(arg)
+            if typing.get_origin(inner) is list or (isinstance(inner, type) and issubclass(inner, BaseModel)):
+                return inner
+    return annotation
+
+

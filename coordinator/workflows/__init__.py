@@ -1,0 +1,1 @@
+"""Long workflows built on runs: stress, nightly, monitor, microbench, history."""
