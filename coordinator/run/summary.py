@@ -1,0 +1,214 @@
+"""What a run writes about itself: the summary, one window's live-view figures, sends per bin,
+the histogram records and the alerts.jsonl records of losses and aborts.
+
+Pure: no clock, no I/O. `RunSession` (run/session.py) feeds these from the aggregator and
+the fleet's batches; what they return goes into the bundle and the live view unchanged.
+"""
+
+from __future__ import annotations
+
+from horde.agents.stages import Profile
+from horde.cluster.events import AgentLost
+from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.judge.thresholds import Abort
+from horde.coordinator.measure.aggregate import Aggregator
+from horde.coordinator.measure.health import generator_verdict
+from horde.coordinator.measure.resources import ResourceSeries
+from horde.coordinator.plan import Plan
+
+
+class SendCounter:
+    """Actual sends per 100 ms (all endpoints): how fast the generator reached a planned level."""
+
+    BIN_NS = 100_000_000
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._np = np
+        self._counts = np.zeros(0, dtype=np.int64)
+
+    def add(self, sent_ns) -> None:
+        np = self._np
+        if len(sent_ns) == 0:
+            return
+        bins = np.maximum(sent_ns, 0) // self.BIN_NS
+        c = np.bincount(bins)
+        if len(c) > len(self._counts):
+            self._counts = np.concatenate([self._counts, np.zeros(len(c) - len(self._counts), np.int64)])
+        self._counts[: len(c)] += c
+
+    def counts(self) -> list[int]:
+        return self._counts.tolist()
+
+
+class ScopeView:
+    """Stats of a scope plus the target-resource readings of the same windows (for thresholds)."""
+
+    def __init__(self, stats, resources: ResourceSeries, first: int | None, last: int | None) -> None:
+        self._stats = stats
+        self._resources = resources
+        self._first, self._last = first, last
+
+    def resource_values(self, series: str):
+        return self._resources.values(series, self._first, self._last)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stats, name)
+
+
+def agent_label(index: int, incarnation: int) -> str:
+    return str(index) if incarnation == 0 else f"{index}#{incarnation}"
+
+
+def threshold_dict(r) -> dict:
+    rule, verdict = r.rule, r.verdict
+    return {
+        "expr": rule.threshold.text,
+        "endpoint": rule.endpoint,
+        "stage": rule.stage,
+        "abort": rule.abort,
+        "ok": verdict.ok,
+        "observed": verdict.observed,
+        "observed_text": verdict.observed_text,
+    }
+
+
+def build_summary(
+    stats_for,
+    agg: Aggregator,
+    plan: Plan,
+    totals,
+    lost,
+    thresholds,
+    outcome: Outcome,
+    stop_reason: str,
+    resources: ResourceSeries,
+    sends: SendCounter,
+    nodes_summary: dict,
+) -> dict:
+    total = stats_for(None, None, None)
+    generator = generator_verdict(totals, total.requests)
+    for node in nodes_summary.get("saturated", []):
+        info = nodes_summary["nodes"][node]
+        if info["agents"]:
+            generator["saturated"] = True
+            generator["reasons"].append(
+                f"node {node[:12]} (agents {', '.join(info['agents'])}) averaged {info['cpu_mean']:.0%} CPU"
+            )
+    return {
+        "outcome": outcome.value,
+        "stop_reason": stop_reason,
+        "duration_s": total.duration_s,
+        "total": total.to_dict(),
+        "endpoints": {e: stats_for(e, None, None).to_dict() for e in plan.endpoints},
+        "stages": {
+            s: {
+                "total": stats_for(None, s, None).to_dict(),
+                "endpoints": {e: stats_for(e, s, None).to_dict() for e in plan.endpoints},
+            }
+            for s in plan.stage_names
+        },
+        "thresholds": thresholds,
+        "generator": generator,
+        "lost_agents": lost,
+        "target_resources": resources.summary(),
+        "nodes": nodes_summary,
+        "sends": {"bin_s": SendCounter.BIN_NS / 1e9, "counts": sends.counts()},
+        "late_samples": agg.late_samples,
+        "engines": plan.engines,
+    }
+
+
+def window_info(w, plan: Plan, profile: Profile, cumulative: dict, agent_cpu: dict, alert_engine, lost: int) -> dict:
+    """One closed window as the live view and the live metrics show it."""
+    t = w.total
+    lat = t.latency
+    cumulative["requests"] += t.requests
+    cumulative["errors"] += t.errors
+    stage_i = min(sum(1 for e in plan.stage_ends_ns if e <= w.index * 1e9), len(plan.stage_names) - 1)
+    agents = {}
+    for index, g in (w.generator or {}).items():
+        label = agent_label(int(index), int(g.get("incarnation", 0)))
+        prev = agent_cpu.get(label)
+        cpu = None
+        if prev is not None and w.index > prev[1]:
+            cpu = max(0.0, (g.get("cpu_s", 0.0) - prev[0]) / (w.index - prev[1]))
+        agent_cpu[label] = (g.get("cpu_s", 0.0), w.index)
+        agents[label] = {
+            "users": g.get("users", 0),
+            "in_flight": g.get("in_flight", 0),
+            "cpu_fraction": cpu,
+            "loop_lag_max_ms": g.get("loop_lag_max_ns", 0) / 1e6,
+            "rss_mb": g.get("rss_bytes", 0) / 1e6,
+        }
+
+    def ms(q):
+        v = lat.value_at_quantile(q)
+        return None if v is None else v / 1e6
+
+    return {
+        "t_s": w.index + 1,
+        "duration_s": plan.duration_s,
+        "stage": plan.stage_names[stage_i],
+        "stage_index": stage_i,
+        "stages": len(plan.stage_names),
+        "model": plan.agents[0].model,
+        "planned": round(float(profile.level(w.index + 0.5)), 3),
+        "rps": t.requests,
+        "errors": t.errors,
+        "error_rate": t.error_rate,
+        "p50_ms": ms(0.5),
+        "p90_ms": ms(0.9),
+        "p99_ms": ms(0.99),
+        "max_ms": None if not lat.count else lat.max_ns / 1e6,
+        "users": sum(a["users"] for a in agents.values()),
+        "in_flight": sum(a["in_flight"] for a in agents.values()),
+        "agents": agents,
+        "alerts": [f"{a.get('level')}: {a.get('text', a.get('rule'))}" for a in alert_engine.active()],
+        "lost": lost,
+        "total_requests": cumulative["requests"],
+        "total_errors": cumulative["errors"],
+    }
+
+
+def histogram_records(agg: Aggregator, plan: Plan) -> list[dict]:
+    """histograms.msgpack: every endpoint (None: all) by every stage (None: the whole run)."""
+    return [
+        {"endpoint": e, "stage": st, "stats": agg.snapshot(endpoint=e, stage=st).to_sparse()}
+        for e in (None, *plan.endpoints)
+        for st in (None, *plan.stage_names)
+    ]
+
+
+# -- alerts.jsonl records --------------------------------------------------------------------
+
+
+def loss_record(ev: AgentLost, now_s: float, last_s: float, agents: int, node: str | None) -> dict:
+    """An agent lost at `now_s` (run time) whose last batch reached `last_s`; the run adds how it was replaced."""
+    return {
+        "kind": "agent_lost",
+        "agent": ev.index,
+        "incarnation": ev.incarnation,
+        "reason": ev.reason,
+        "detail": ev.detail,
+        "at_s": round(now_s, 3),
+        "last_batch_s": round(last_s, 3),
+        "share": f"1/{agents}",
+        "node": node,
+    }
+
+
+def restored_record(agent: int, incarnation: int, at_s: float) -> dict:
+    return {"kind": "agent_restored", "agent": agent, "incarnation": incarnation, "at_s": at_s}
+
+
+def abort_record(a: Abort) -> dict:
+    """An abort rule that fired."""
+    return {
+        "kind": "abort",
+        "at_s": a.elapsed_s,
+        "rule": a.rule.text,
+        "reason": a.reason,
+        "observed": a.verdict.observed,
+    }
