@@ -23,13 +23,7 @@ A metric is a ``regression`` (or an ``improvement``) only when it is significant
 shift is significant and still no change worth a verdict. ``insufficient data`` when a
 side has no samples, or too few beyond a quantile to compare it (``min_tail_samples``).
 
-Quantile bootstrap without resampling: resampling a histogram's counts with a multinomial
-and reading quantile q gives bucket j or below exactly when the resampled cumulative count
-at j reaches the rank r = ceil(q n), and that count is Binomial(n, F_j). So the bootstrap
-distribution of a quantile is known exactly, P(Q* <= v_j) = P(Binomial(n, F_j) >= r), and
-the ratio of two independent histograms' quantiles is drawn from those two distributions:
-the multinomial bootstrap's answer, with no Monte-Carlo error in either marginal and no
-cost that grows with the counts.
+The tests themselves (on binned histograms, proportions and rates) are in significance.py.
 """
 
 from __future__ import annotations
@@ -39,28 +33,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from scipy import stats as sps
-
+from horde.coordinator.analysis.significance import (
+    DEFAULT_ALPHA,
+    DEFAULT_BOOTSTRAP,
+    error_rate_test,
+    mann_whitney_binned,
+    quantile_ratio,
+    rate_test,
+)
+from horde.coordinator.bundle.schema import as_manifest, as_summary
 from horde.coordinator.measure.aggregate import Stats, quantile_key
-from horde.coordinator.measure.histogram import HIGHEST_TRACKABLE_NS, COUNTS_LEN, Histogram, highest_equivalent_value
 
 REGRESSION = "regression"
 IMPROVEMENT = "improvement"
 NO_CHANGE = "no change"
 INSUFFICIENT = "insufficient data"
 
-DEFAULT_ALPHA = 0.01
 DEFAULT_MIN_EFFECT = 0.05
 DEFAULT_MIN_ERROR_RATE_DIFF = 0.001  # 0.1 percentage point: below it an error-rate change is noise to anyone
 DEFAULT_TAIL_QUANTILES = (0.95, 0.99)
-DEFAULT_BOOTSTRAP = 10_000
 # A quantile q is compared only when both sides hold at least this many samples beyond it,
 # n min(q, 1 - q) >= 5 (p99: 500 samples, the median: 10): below that the bootstrap of a
 # quantile is badly overconfident (with 2 samples every resampled p99 is at most the max).
 DEFAULT_MIN_TAIL_SAMPLES = 5
-
-_UPPER = highest_equivalent_value(np.arange(COUNTS_LEN)).astype(np.float64)  # a bucket's reported value
 
 
 @dataclass(frozen=True)
@@ -70,7 +65,7 @@ class MetricComparison:
     candidate: float | None
     effect: float | None  # ratio candidate / base, or a difference (effect_kind)
     effect_kind: str  # "ratio" | "difference"
-    ci: tuple[float, float] | None  # (1 - alpha) interval of the effect
+    ci: tuple[float | None, float | None] | None  # (1 - alpha) interval of the effect; None: an unbounded side
     p_value: float | None
     verdict: str
     test: str
@@ -114,145 +109,6 @@ class Comparison:
         return {"verdict": self.verdict, "metrics": {k: m.to_dict() for k, m in self.metrics.items()}}
 
 
-# -- binned distributions --------------------------------------------------------------
-
-
-def _dense(h: Histogram) -> np.ndarray:
-    """Counts with the overflow as one more bucket at the end (float64: products get large)."""
-    return np.append(h.counts.astype(np.float64), float(h.overflow))
-
-
-def mann_whitney_binned(base: Histogram, cand: Histogram) -> dict[str, float]:
-    """Mann-Whitney U of cand against base from bucket counts, values in one bucket tied.
-
-    Returns u (candidate's U: pairs where the candidate is larger, ties counting one half),
-    common_language (u / (n1 n2) = P(cand > base) + P(tie) / 2), cliffs_delta
-    (2 CL - 1, > 0 when the candidate is slower), z and a two-sided p_value (normal
-    approximation with the tie-corrected variance and a continuity correction).
-    """
-    a, c = _dense(base), _dense(cand)
-    n1, n2 = float(a.sum()), float(c.sum())
-    if n1 == 0 or n2 == 0:
-        raise ValueError("both histograms need samples")
-    below = np.cumsum(a) - a
-    u = float(np.dot(c, below + 0.5 * a))
-    mean = n1 * n2 / 2.0
-    n = n1 + n2
-    t = a + c
-    t = t[t > 1]
-    tie = float(np.sum(t**3 - t)) / (n * (n - 1)) if n > 1 else 0.0
-    var = n1 * n2 / 12.0 * ((n + 1) - tie)
-    cl = u / (n1 * n2)
-    if var <= 0:
-        z, p = 0.0, 1.0
-    else:
-        d = u - mean
-        d = math.copysign(max(abs(d) - 0.5, 0.0), d)
-        z = d / math.sqrt(var)
-        p = float(2 * sps.norm.sf(abs(z)))
-    return {"u": u, "common_language": cl, "cliffs_delta": 2 * cl - 1, "z": z, "p_value": min(1.0, p),
-            "n_base": int(n1), "n_candidate": int(n2)}
-
-
-def _quantile_bootstrap_cdf(h: Histogram, q: float) -> tuple[np.ndarray, np.ndarray]:
-    """(values, cdf) of the exact multinomial-bootstrap distribution of quantile q.
-
-    Values are the buckets' reported values (HdrHistogram's highest equivalent, the
-    overflow at max_ns), clamped to [min, max] as ``value_at_quantile`` does.
-    """
-    counts = _dense(h)
-    n = int(h.count)
-    nz = np.flatnonzero(counts)
-    upper = np.append(_UPPER, float(h.max_ns or HIGHEST_TRACKABLE_NS))[nz]
-    values = np.clip(upper, float(h.min_ns), float(h.max_ns))
-    cum = np.cumsum(counts[nz]) / n
-    rank = max(1, math.ceil(q * n))
-    cdf = sps.binom.sf(rank - 1, n, np.minimum(cum, 1.0))
-    cdf[-1] = 1.0
-    return values, np.maximum.accumulate(cdf)
-
-
-def _draw(values: np.ndarray, cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
-    return values[np.minimum(np.searchsorted(cdf, u, side="left"), len(values) - 1)]
-
-
-def quantile_ratio(base: Histogram, cand: Histogram, q: float, *, alpha: float = DEFAULT_ALPHA,
-                   n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict[str, float]:
-    """Ratio cand / base of quantile q: point estimate, (1 - alpha) percentile interval
-    and a two-sided bootstrap p-value for "ratio = 1" (floored at 1 / (n_boot + 1))."""
-    b_q, c_q = base.value_at_quantile(q), cand.value_at_quantile(q)
-    if not base.count or not cand.count or not b_q:
-        raise ValueError("both histograms need samples and a positive base quantile")
-    rng = np.random.default_rng(seed)
-    bv, bc = _quantile_bootstrap_cdf(base, q)
-    cv, cc = _quantile_bootstrap_cdf(cand, q)
-    rb = _draw(bv, bc, rng.random(n_boot))
-    rc = _draw(cv, cc, rng.random(n_boot))
-    ratio = rc / np.maximum(rb, 1.0)
-    lo, hi = np.quantile(ratio, [alpha / 2, 1 - alpha / 2])
-    below = int(np.count_nonzero(ratio <= 1.0))
-    above = int(np.count_nonzero(ratio >= 1.0))
-    p = min(1.0, 2 * (min(below, above) + 1) / (n_boot + 1))
-    return {"base_ns": float(b_q), "candidate_ns": float(c_q), "ratio": float(c_q) / float(b_q),
-            "ci": (float(lo), float(hi)), "p_value": p}
-
-
-# -- proportions and rates -------------------------------------------------------------
-
-
-def _wilson(x: int, n: int, z: float) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = x / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def error_rate_test(e1: int, n1: int, e2: int, n2: int, *, alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
-    """Difference p2 - p1 of two error rates: Newcombe hybrid-score interval (1 - alpha),
-    Fisher's exact p when an expected cell is under 5, the pooled z-test otherwise."""
-    p1, p2 = e1 / n1, e2 / n2
-    z = float(sps.norm.isf(alpha / 2))
-    l1, u1 = _wilson(e1, n1, z)
-    l2, u2 = _wilson(e2, n2, z)
-    d = p2 - p1
-    lo = d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2)
-    hi = d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
-    pooled = (e1 + e2) / (n1 + n2)
-    expected = min(n1 * pooled, n1 * (1 - pooled), n2 * pooled, n2 * (1 - pooled))
-    if e1 + e2 == 0 or e1 + e2 == n1 + n2:
-        test, p = "no errors on either side" if e1 + e2 == 0 else "all errors on both sides", 1.0
-    elif expected < 5:
-        test = "fisher exact"
-        p = float(sps.fisher_exact([[e1, n1 - e1], [e2, n2 - e2]]).pvalue)
-    else:
-        test = "two-proportion z"
-        se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-        p = float(2 * sps.norm.sf(abs(d) / se)) if se > 0 else 1.0
-    return {"base": p1, "candidate": p2, "difference": d, "ci": (lo, hi), "p_value": min(1.0, p), "test": test}
-
-
-def rate_test(k1: int, t1: float, k2: int, t2: float, *, alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
-    """Ratio (k2 / t2) / (k1 / t1) of two Poisson rates: conditional binomial test
-    (k2 | k1 + k2 ~ Binomial(k1 + k2, t2 / (t1 + t2)) under equal rates) and the exact
-    (Clopper-Pearson) interval of that proportion mapped to a rate ratio."""
-    r1, r2 = k1 / t1, k2 / t2
-    n = k1 + k2
-    if n == 0:
-        return {"base": r1, "candidate": r2, "ratio": None, "ci": None, "p_value": 1.0}
-    res = sps.binomtest(k2, n, t2 / (t1 + t2))
-    ci = res.proportion_ci(confidence_level=1 - alpha, method="exact")
-
-    def to_ratio(pi: float) -> float:
-        return math.inf if pi >= 1 else pi / (1 - pi) * t1 / t2
-
-    ratio = r2 / r1 if r1 > 0 else (math.inf if r2 > 0 else 1.0)
-    return {"base": r1, "candidate": r2, "ratio": ratio, "ci": (to_ratio(ci.low), to_ratio(ci.high)),
-            "p_value": float(res.pvalue)}
-
-
 # -- the comparison of two scopes ------------------------------------------------------
 
 
@@ -270,8 +126,9 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else x
 
 
-def _insufficient(metric: str, test: str, base: float | None, cand: float | None, kind: str,
-                  reason: str = "no samples on a side") -> MetricComparison:
+def _insufficient(
+    metric: str, test: str, base: float | None, cand: float | None, kind: str, reason: str = "no samples on a side"
+) -> MetricComparison:
     return MetricComparison(metric, base, cand, None, kind, None, None, INSUFFICIENT, test, {"reason": reason})
 
 
@@ -301,16 +158,33 @@ def compare_stats(
         med = quantile_ratio(bl, cl, 0.5, alpha=alpha, n_boot=n_boot, seed=seed)
         worse = med["ratio"] > 1
         out["latency"] = MetricComparison(
-            "latency", _ms(med["base_ns"]), _ms(med["candidate_ns"]), med["ratio"], "ratio", med["ci"],
+            "latency",
+            _ms(med["base_ns"]),
+            _ms(med["candidate_ns"]),
+            med["ratio"],
+            "ratio",
+            med["ci"],
             mw["p_value"],
             _verdict(mw["p_value"] < alpha, abs(med["ratio"] - 1) >= min_effect, worse),
             test,
-            {"statistic": "median", "common_language": mw["common_language"], "cliffs_delta": mw["cliffs_delta"],
-             "z": mw["z"], "n_base": mw["n_base"], "n_candidate": mw["n_candidate"]},
+            {
+                "statistic": "median",
+                "common_language": mw["common_language"],
+                "cliffs_delta": mw["cliffs_delta"],
+                "z": mw["z"],
+                "n_base": mw["n_base"],
+                "n_candidate": mw["n_candidate"],
+            },
         )
     else:
-        out["latency"] = _insufficient("latency", test, _ms(bl.value_at_quantile(0.5)), _ms(cl.value_at_quantile(0.5)),
-                                       "ratio", f"fewer than {2 * min_tail_samples:g} samples on a side")
+        out["latency"] = _insufficient(
+            "latency",
+            test,
+            _ms(bl.value_at_quantile(0.5)),
+            _ms(cl.value_at_quantile(0.5)),
+            "ratio",
+            f"fewer than {2 * min_tail_samples:g} samples on a side",
+        )
 
     # tail quantiles: exact-bootstrap ratio
     for q in tail_quantiles:
@@ -319,38 +193,72 @@ def compare_stats(
         if enough(q):
             r = quantile_ratio(bl, cl, q, alpha=alpha, n_boot=n_boot, seed=seed + 1)
             out[name] = MetricComparison(
-                name, _ms(r["base_ns"]), _ms(r["candidate_ns"]), r["ratio"], "ratio", r["ci"], r["p_value"],
-                _verdict(r["p_value"] < alpha, abs(r["ratio"] - 1) >= min_effect, r["ratio"] > 1), test,
+                name,
+                _ms(r["base_ns"]),
+                _ms(r["candidate_ns"]),
+                r["ratio"],
+                "ratio",
+                r["ci"],
+                r["p_value"],
+                _verdict(r["p_value"] < alpha, abs(r["ratio"] - 1) >= min_effect, r["ratio"] > 1),
+                test,
                 {"n_base": bl.count, "n_candidate": cl.count},
             )
         else:
             need = math.ceil(min_tail_samples / min(q, 1 - q))
-            out[name] = _insufficient(name, test, _ms(bl.value_at_quantile(q)), _ms(cl.value_at_quantile(q)), "ratio",
-                                      f"fewer than {need} samples on a side for {quantile_key(q)}")
+            out[name] = _insufficient(
+                name,
+                test,
+                _ms(bl.value_at_quantile(q)),
+                _ms(cl.value_at_quantile(q)),
+                "ratio",
+                f"fewer than {need} samples on a side for {quantile_key(q)}",
+            )
 
     # error rate: difference of proportions
     if base.requests and cand.requests:
         e = error_rate_test(base.errors, base.requests, cand.errors, cand.requests, alpha=alpha)
         practical = abs(e["difference"]) >= max(min_error_rate_diff, min_effect * e["base"])
         out["error_rate"] = MetricComparison(
-            "error_rate", e["base"], e["candidate"], e["difference"], "difference", e["ci"], e["p_value"],
-            _verdict(e["p_value"] < alpha, practical, e["difference"] > 0), e["test"],
-            {"errors_base": base.errors, "errors_candidate": cand.errors,
-             "requests_base": base.requests, "requests_candidate": cand.requests},
+            "error_rate",
+            e["base"],
+            e["candidate"],
+            e["difference"],
+            "difference",
+            e["ci"],
+            e["p_value"],
+            _verdict(e["p_value"] < alpha, practical, e["difference"] > 0),
+            e["test"],
+            {
+                "errors_base": base.errors,
+                "errors_candidate": cand.errors,
+                "requests_base": base.requests,
+                "requests_candidate": cand.requests,
+            },
         )
     else:
-        out["error_rate"] = _insufficient("error_rate", "two proportions", base.error_rate if base.requests else None,
-                                          cand.error_rate if cand.requests else None, "difference")
+        out["error_rate"] = _insufficient(
+            "error_rate",
+            "two proportions",
+            base.error_rate if base.requests else None,
+            cand.error_rate if cand.requests else None,
+            "difference",
+        )
 
     # throughput: ratio of Poisson rates (fewer requests per second is worse)
     test = "poisson rate ratio (conditional binomial)"
     if base.duration_s > 0 and cand.duration_s > 0 and base.requests and cand.requests:
         r = rate_test(base.requests, base.duration_s, cand.requests, cand.duration_s, alpha=alpha)
         out["throughput"] = MetricComparison(
-            "throughput", r["base"], r["candidate"], r["ratio"], "ratio",
-            tuple(_finite(x) for x in r["ci"]) if r["ci"] else None,  # type: ignore[arg-type]
+            "throughput",
+            r["base"],
+            r["candidate"],
+            r["ratio"],
+            "ratio",
+            (_finite(r["ci"][0]), _finite(r["ci"][1])) if r["ci"] else None,
             r["p_value"],
-            _verdict(r["p_value"] < alpha, abs(r["ratio"] - 1) >= min_effect, r["ratio"] < 1), test,
+            _verdict(r["p_value"] < alpha, abs(r["ratio"] - 1) >= min_effect, r["ratio"] < 1),
+            test,
             {"duration_base_s": base.duration_s, "duration_candidate_s": cand.duration_s},
         )
     else:
@@ -387,8 +295,8 @@ def bundle_scopes(bundle: Any) -> dict[tuple[str | None, str | None], Stats]:
                     scopes.setdefault(key, Stats()).merge(s)
         for s in scopes.values():
             s.duration_s = float(windows)
-    summary = bundle.summary or {}
-    duration = summary.get("duration_s")
+    summary = as_summary(bundle.summary)
+    duration = summary.duration_s if summary is not None else None
     if duration:  # the rates the summary reports (the planned span of a finished run)
         for (_, stage), s in scopes.items():
             if stage is None:
@@ -397,13 +305,13 @@ def bundle_scopes(bundle: Any) -> dict[tuple[str | None, str | None], Stats]:
 
 
 def _describe(bundle: Any) -> dict[str, Any]:
-    m = bundle.manifest or {}
+    m = as_manifest(bundle.manifest)
     return {
         "path": str(bundle.path),
-        "scenario": (m.get("scenario") or {}).get("name"),
-        "started": m.get("started"),
-        "outcome": m.get("outcome"),
-        "complete": bool(getattr(bundle, "complete", m.get("complete"))),
+        "scenario": m.scenario_name,
+        "started": m.started,
+        "outcome": m.outcome,
+        "complete": bool(bundle.complete),
     }
 
 
@@ -434,8 +342,8 @@ def compare_bundles(a: Any, b: Any, **kw: Any) -> dict[str, Any]:
     for side, bundle, d in (("base", a, da), ("candidate", b, db)):
         if not d["complete"]:
             warnings.append(f"{side} bundle is incomplete ({d['outcome']})")
-        gen = (bundle.summary or {}).get("generator") or {}
-        if gen.get("saturated"):
+        summary = as_summary(bundle.summary)
+        if summary is not None and summary.generator.saturated:
             warnings.append(f"{side} run's generator saturated: its latency includes the generator's own delay")
     settings = {
         "alpha": kw.get("alpha", DEFAULT_ALPHA),
@@ -508,7 +416,10 @@ def text_comparison(result: dict[str, Any]) -> str:
     s = result["settings"]
     b, c = result["base"], result["candidate"]
     lines = [
-        f"horde compare: {b.get('scenario')} {b.get('started') or ''}  ->  {c.get('scenario')} {c.get('started') or ''}",
+        (
+            f"horde compare: {b.get('scenario')} {b.get('started') or ''}"
+            f"  ->  {c.get('scenario')} {c.get('started') or ''}"
+        ),
         f"  base       {b['path']}",
         f"  candidate  {c['path']}",
         f"  alpha {s['alpha']:g}, minimum effect {100 * s['min_effect']:g}%: "

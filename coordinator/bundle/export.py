@@ -36,9 +36,16 @@ from pathlib import Path
 import numpy as np
 
 from horde.agents.samples import ERROR_LABELS
-from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.bundle.schema import Stats as ScopeStats
+from horde.coordinator.bundle.schema import Window
 from horde.coordinator.bundle.store import Bundle, read_bundle
-from horde.coordinator.measure.histogram import HIGHEST_TRACKABLE_NS, LOWEST_DISCERNIBLE_NS, SIGNIFICANT_FIGURES, Histogram
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.measure.histogram import (
+    HIGHEST_TRACKABLE_NS,
+    LOWEST_DISCERNIBLE_NS,
+    SIGNIFICANT_FIGURES,
+    Histogram,
+)
 
 CSV_FILE = "windows.csv"
 SERIES = ("latency", "service_time", "send_lag")
@@ -55,41 +62,61 @@ MAX_VALUE_DIVISOR = 1e6  # Interval_Max in ms for values in ns
 
 _ERROR_COLUMNS = [f"errors_{label}" for label in ERROR_LABELS if label != "ok"]
 CSV_COLUMNS = [
-    "window", "t_start_s", "t_end_s", "scope", "endpoint", "requests", "errors", "rps", "error_rate",
+    "window",
+    "t_start_s",
+    "t_end_s",
+    "scope",
+    "endpoint",
+    "requests",
+    "errors",
+    "rps",
+    "error_rate",
     *_ERROR_COLUMNS,
-    "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_max_ms",
-    "service_p50_ms", "service_p99_ms",
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "latency_p99_ms",
+    "latency_max_ms",
+    "service_p50_ms",
+    "service_p99_ms",
 ]
 
 
 def _endpoints(bundle: Bundle) -> list[str]:
-    if bundle.summary and isinstance(bundle.summary.get("endpoints"), dict):
-        return [str(e) for e in bundle.summary["endpoints"]]
-    engines = (bundle.manifest.get("plan") or {}).get("engines")
-    if isinstance(engines, dict):
-        return [str(e) for e in engines]
-    reqs = (bundle.manifest.get("scenario") or {}).get("requests") or []
+    if bundle.summary is not None and "endpoints" in bundle.summary.model_fields_set:
+        return list(bundle.summary.endpoints)
+    if bundle.manifest.plan is not None:
+        return list(bundle.manifest.plan.engines)
+    reqs = bundle.manifest.scenario.get("requests") or []  # the scenario as run: open, a dict
     return [str(r["name"]) for r in reqs if isinstance(r, dict) and r.get("name")]
 
 
-def _csv_row(w: dict, scope: str, endpoint: str, d: dict | None) -> list:
-    d = d or {}
-    lat = d.get("latency_ms") or {}
-    svc = d.get("service_time_ms") or {}
-    start, end = w.get("start_s"), w.get("end_s")
-    requests = int(d.get("requests") or 0)
-    span = (end - start) if isinstance(start, (int, float)) and isinstance(end, (int, float)) else 0
-    by_class = d.get("errors_by_class") or {}
+def _csv_row(w: Window, scope: str, endpoint: str, d: ScopeStats | None) -> list:
+    d = d or ScopeStats()  # an endpoint without samples in the window: zeros, empty quantiles
+    lat, svc = d.latency_ms, d.service_time_ms
+    start, end = w.start_s, w.end_s
+    span = end - start
+    by_class = d.errors_by_class
 
     def opt(v):
         return "" if v is None else v
 
     return [
-        w.get("index"), start, end, scope, endpoint, requests, int(d.get("errors") or 0),
-        round(requests / span, 3) if span > 0 else "", round(float(d.get("error_rate") or 0.0), 6),
-        *[int(by_class.get(c[len("errors_"):], 0)) for c in _ERROR_COLUMNS],
-        opt(lat.get("p50")), opt(lat.get("p90")), opt(lat.get("p99")), opt(lat.get("max")),
-        opt(svc.get("p50")), opt(svc.get("p99")),
+        w.index,
+        start,
+        end,
+        scope,
+        endpoint,
+        d.requests,
+        d.errors,
+        round(d.requests / span, 3) if span > 0 else "",
+        round(d.error_rate, 6),
+        *[int(by_class.get(c[len("errors_") :], 0)) for c in _ERROR_COLUMNS],
+        opt(lat.p50),
+        opt(lat.p90),
+        opt(lat.p99),
+        opt(lat.max),
+        opt(svc.p50),
+        opt(svc.p99),
     ]
 
 
@@ -98,11 +125,11 @@ def iter_csv_rows(bundle: Bundle) -> Iterator[list]:
     and one ``scope=total`` row. Times in ms; rps over the window's span."""
     known = _endpoints(bundle)
     for w in bundle.windows():
-        eps = w.get("endpoints") or {}
+        eps = w.endpoints
         names = known + [e for e in eps if e not in known]
         for e in names:
             yield _csv_row(w, "endpoint", e, eps.get(e))
-        yield _csv_row(w, "total", "", w.get("total"))
+        yield _csv_row(w, "total", "", w.total)
 
 
 def windows_csv(bundle: Bundle) -> str:
@@ -163,8 +190,13 @@ def encode_histogram(h: Histogram) -> str:
     Values above the trackable range (``h.overflow``) cannot be encoded and are left out."""
     payload = encode_counts(h.counts)
     header = _HEADER.pack(
-        V2_ENCODING_COOKIE, len(payload), 0, SIGNIFICANT_FIGURES,
-        LOWEST_DISCERNIBLE_NS, HIGHEST_TRACKABLE_NS, 1.0,
+        V2_ENCODING_COOKIE,
+        len(payload),
+        0,
+        SIGNIFICANT_FIGURES,
+        LOWEST_DISCERNIBLE_NS,
+        HIGHEST_TRACKABLE_NS,
+        1.0,
     )
     deflated = zlib.compress(header + payload)
     return base64.b64encode(_WRAPPER.pack(V2_COMPRESSED_ENCODING_COOKIE, len(deflated)) + deflated).decode("ascii")
@@ -175,26 +207,21 @@ def encode_histogram(h: Histogram) -> str:
 
 def _base_time_s(bundle: Bundle) -> float:
     m = bundle.manifest
-    wall = m.get("start_wall_ns")
-    if isinstance(wall, (int, float)) and wall > 0:
-        return wall / 1e9
+    if m.start_wall_ns:
+        return m.start_wall_ns / 1e9
     try:
-        return datetime.fromisoformat(str(m.get("started"))).timestamp()
+        return datetime.fromisoformat(str(m.started)).timestamp()
     except (TypeError, ValueError):
         return 0.0
 
 
 def _window_spans(bundle: Bundle) -> dict[int, tuple[float, float]]:
-    spans = {}
-    for w in bundle.windows():
-        try:
-            spans[int(w["index"])] = (float(w["start_s"]), float(w["end_s"]))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return spans
+    return {w.index: (w.start_s, w.end_s) for w in bundle.windows()}
 
 
-def window_series(bundle: Bundle, endpoint: str | None = None, series: str = "latency") -> Iterator[tuple[int, Histogram]]:
+def window_series(
+    bundle: Bundle, endpoint: str | None = None, series: str = "latency"
+) -> Iterator[tuple[int, Histogram]]:
     """(window index, histogram) per window: one endpoint's, or all endpoints merged."""
     if series not in SERIES:
         raise ValueError(f"series must be one of {', '.join(SERIES)}, not {series!r}")
@@ -219,7 +246,7 @@ def hdr_interval_log(bundle: Bundle, endpoint: str | None = None, series: str = 
         overflow += h.overflow
         max_ms = (h.max_ns or 0) / MAX_VALUE_DIVISOR
         lines.append(f"{start:.3f},{end - start:.3f},{max_ms:.3f},{encode_histogram(h)}")
-    name = (bundle.manifest.get("scenario") or {}).get("name", "?")
+    name = bundle.manifest.scenario_name or "?"
     scope = f"endpoint {endpoint}" if endpoint is not None else "all endpoints"
     started = datetime.fromtimestamp(base, timezone.utc).isoformat() if base else "unknown"
     head = [

@@ -21,6 +21,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 
+from horde.coordinator.report.chart_data import (  # noqa: F401  (the input types and tick helpers are charts' API too)
+    _CHAR_W,
+    Axis,
+    HLine,
+    Layer,
+    Marker,
+    Series,
+    _finite,
+    _make_scale,
+    _num,
+    _percentile_label,
+    _Scale,
+    _text_w,
+    fmt_number,
+    linear_ticks,
+    log_ticks,
+    nice_step,
+    percentile_x,
+    time_unit,
+)
+
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 TEXT = "#1f2937"
 MUTED = "#6b7280"
@@ -29,236 +50,27 @@ AXIS = "#9ca3af"
 
 # Tableau 10: distinct, print-safe, readable on white.
 PALETTE = (
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
-    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
 )
-MARKER_COLORS = {"stage": "#9ca3af", "warning": "#d97706", "critical": "#dc2626", "lost": "#7c3aed", "restored": "#15803d"}
+MARKER_COLORS = {
+    "stage": "#9ca3af",
+    "warning": "#d97706",
+    "critical": "#dc2626",
+    "lost": "#7c3aed",
+    "restored": "#15803d",
+}
 
-_CHAR_W = 6.1  # mean glyph advance of an 11 px sans-serif label, for layout estimates
 _LEGEND_ROW_H = 16
 _BAND_ROW_H = 13
-
-
-@dataclass(frozen=True)
-class Series:
-    """One line. ``None`` or NaN in ``y`` breaks the line; an isolated point is a dot."""
-
-    name: str
-    x: Sequence[float]
-    y: Sequence[float | None]
-    color: str
-    dash: bool = False
-    width: float = 1.6
-    z: int = 0  # drawing order (higher on top); the legend keeps the given order
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One band of a stacked step chart: ``values[i]`` spans ``[x[i], x[i] + dx[i])``."""
-
-    name: str
-    values: Sequence[float]
-    color: str
-
-
-@dataclass(frozen=True)
-class Marker:
-    """A vertical line on the x axis with a label in the band above the plot.
-    kind: stage | warning | critical | lost | restored (colour and dash)."""
-
-    x: float
-    label: str
-    kind: str = "stage"
-    detail: str = ""  # hover text
-
-
-@dataclass(frozen=True)
-class HLine:
-    """A horizontal reference line (a threshold, a saturation level)."""
-
-    y: float
-    label: str
-    color: str = "#dc2626"
-
-
-@dataclass(frozen=True)
-class Axis:
-    label: str = ""
-    log: bool = False
-    time: bool = False  # values are seconds; ticks in s, min or h
-    lo: float | None = None  # domain bounds; None = from the data (linear y starts at 0)
-    hi: float | None = None
-    ticks: Sequence[tuple[float, str]] | None = None  # explicit (value, label) ticks
-    zero: bool = True  # a linear axis without ``lo`` includes 0
-    integer: bool = False  # counts: ticks no finer than 1
-    headroom: float = 0.05  # a linear axis without ``hi`` reaches this far above the data
-
-
-@dataclass
-class _Scale:
-    lo: float
-    hi: float
-    p0: float  # pixel of lo
-    p1: float  # pixel of hi
-    log: bool
-    ticks: list[tuple[float, str]] = field(default_factory=list)
-    label: str = ""
-
-    def __call__(self, v: float) -> float:
-        if self.log:
-            v = math.log10(max(v, self.lo))
-            lo, hi = math.log10(self.lo), math.log10(self.hi)
-        else:
-            lo, hi = self.lo, self.hi
-        frac = (v - lo) / (hi - lo) if hi > lo else 0.5
-        return self.p0 + frac * (self.p1 - self.p0)
-
-
-# -- ticks -------------------------------------------------------------------------------
-
-
-def nice_step(raw: float, allowed: Sequence[float] = (1, 2, 2.5, 5)) -> float:
-    """The smallest allowed x 10^k step at least ``raw`` (raw > 0)."""
-    if not raw > 0 or not math.isfinite(raw):
-        return 1.0
-    mag = 10 ** math.floor(math.log10(raw))
-    for m in (*allowed, 10):
-        if m * mag >= raw * (1 - 1e-9):
-            return m * mag
-    return 10 * mag
-
-
-def linear_ticks(lo: float, hi: float, target: int = 5, allowed: Sequence[float] = (1, 2, 2.5, 5)) -> tuple[list[float], float, float]:
-    """Round ticks covering [lo, hi]; returns (ticks, domain_lo, domain_hi) snapped to ticks."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        lo, hi = 0.0, 1.0
-    if hi <= lo:
-        hi = lo + (abs(lo) if lo else 1.0)
-    step = nice_step((hi - lo) / max(target, 1), allowed)
-    start = math.floor(lo / step + 1e-9) * step
-    stop = math.ceil(hi / step - 1e-9) * step
-    n = int(round((stop - start) / step))
-    ticks = [_clean(start + i * step, step) for i in range(n + 1)]
-    return ticks, ticks[0], ticks[-1]
-
-
-def log_ticks(lo: float, hi: float, max_ticks: int = 12) -> tuple[list[float], float, float]:
-    """Decade ticks, with 2 and 5 between them when that makes at most ``max_ticks``."""
-    lo = max(lo, 1e-12)
-    hi = max(hi, lo * 1.0001)
-    d0 = math.floor(math.log10(lo) + 1e-9)
-    d1 = math.ceil(math.log10(hi) - 1e-9)
-    if d1 <= d0:
-        d1 = d0 + 1
-    mults = (1, 2, 5) if 3 * (d1 - d0) + 1 <= max_ticks else (1,)
-    ticks = []
-    for d in range(d0, d1 + 1):
-        for m in mults:
-            v = m * 10.0**d
-            if v <= 10.0**d1 * (1 + 1e-9):
-                ticks.append(_clean(v, 10.0 ** min(d, 0)))
-    # Tighten the domain to the nearest 1-2-5 values around the data.
-    dom_lo = max(t for t in ticks if t <= lo * (1 + 1e-9)) if any(t <= lo * (1 + 1e-9) for t in ticks) else ticks[0]
-    dom_hi = min(t for t in ticks if t >= hi * (1 - 1e-9)) if any(t >= hi * (1 - 1e-9) for t in ticks) else ticks[-1]
-    ticks = [t for t in ticks if dom_lo <= t <= dom_hi]
-    return ticks, dom_lo, dom_hi
-
-
-def _clean(v: float, step: float) -> float:
-    decimals = max(0, -math.floor(math.log10(step)) + 1) if step > 0 else 0
-    return round(v, decimals) + 0.0
-
-
-def fmt_number(v: float) -> str:
-    """Compact tick label: 0.25, 5, 1,500 -> 1.5k, 2,000,000 -> 2M."""
-    if v == 0:
-        return "0"
-    a = abs(v)
-    if a >= 1e9:
-        return _trim(v / 1e9) + "G"
-    if a >= 1e6:
-        return _trim(v / 1e6) + "M"
-    if a >= 1e4:
-        return _trim(v / 1e3) + "k"
-    return _trim(v)
-
-
-def _trim(v: float) -> str:
-    s = f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
-    if "e" in s:
-        s = f"{v:.6f}".rstrip("0").rstrip(".")
-    return s
-
-
-def time_unit(span_s: float) -> tuple[float, str]:
-    """(seconds per unit, unit) that gives readable elapsed-time ticks for a span."""
-    if span_s <= 300:
-        return 1.0, "s"
-    if span_s <= 5 * 3600:
-        return 60.0, "min"
-    return 3600.0, "h"
-
-
-# -- frame -------------------------------------------------------------------------------
-
-
-def _finite(v: float | None) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _num(v: float) -> str:
-    s = f"{v:.1f}"
-    return s[:-2] if s.endswith(".0") else s
-
-
-def _text_w(s: str, size: float = 11) -> float:
-    return len(s) * _CHAR_W * size / 11
-
-
-def _make_scale(axis: Axis, values: list[float], p0: float, p1: float) -> _Scale:
-    if axis.log:
-        pos = [v for v in values if v > 0]
-        lo = axis.lo if axis.lo is not None else (min(pos) if pos else 1.0)
-        hi = axis.hi if axis.hi is not None else (max(pos) if pos else 10.0)
-        ticks, dlo, dhi = log_ticks(lo, hi, max_ticks=max(2, int(abs(p1 - p0) // 22)))
-        if axis.lo is not None:
-            dlo = axis.lo
-        if axis.hi is not None:
-            dhi = axis.hi
-        if axis.ticks is not None:
-            tick_labels = [(v, t) for v, t in axis.ticks if dlo * (1 - 1e-9) <= v <= dhi * (1 + 1e-9)]
-        else:
-            tick_labels = [(t, fmt_number(t)) for t in ticks]
-        return _Scale(dlo, dhi, p0, p1, True, tick_labels, axis.label)
-    lo = min(values) if values else 0.0
-    hi = max(values) if values else 1.0
-    if axis.zero and axis.lo is None:
-        lo = min(lo, 0.0)
-        hi = max(hi, 0.0)
-    if axis.lo is not None:
-        lo = axis.lo
-    if axis.hi is not None:
-        hi = axis.hi
-    label = axis.label
-    if axis.time:
-        per_unit, unit = time_unit(hi - lo)
-        ticks, tlo, thi = linear_ticks(lo / per_unit, hi / per_unit, target=8, allowed=(1, 2, 5))
-        label = f"{axis.label} ({unit})" if axis.label else unit
-        tick_labels = [(t * per_unit, fmt_number(t)) for t in ticks if lo / per_unit - 1e-9 <= t <= hi / per_unit + 1e-9]
-        return _Scale(lo, hi if hi > lo else lo + 1, p0, p1, False, tick_labels, label)
-    if axis.ticks is not None:
-        return _Scale(lo, hi if hi > lo else lo + 1, p0, p1, False, list(axis.ticks), label)
-    if axis.hi is None and hi > lo:
-        hi += (hi - lo) * axis.headroom
-    if axis.integer:
-        hi = max(hi, lo + 4)
-    ticks, tlo, thi = linear_ticks(lo, hi, allowed=(1, 2, 5) if axis.integer else (1, 2, 2.5, 5))
-    if axis.lo is not None:
-        tlo = lo
-    if axis.hi is not None:
-        thi = hi
-    tick_labels = [(t, fmt_number(t)) for t in ticks if tlo - 1e-9 <= t <= thi + 1e-9]
-    return _Scale(tlo, thi, p0, p1, False, tick_labels, label)
 
 
 @dataclass
@@ -290,15 +102,23 @@ def _legend_rows(items: Sequence[tuple[str, str, str]], width: float) -> list[li
 
 def _swatch(x: float, y: float, color: str, style: str) -> str:
     if style == "area":
-        return f'<rect x="{_num(x)}" y="{_num(y - 5)}" width="14" height="10" rx="2" fill="{color}" fill-opacity="0.85"/>'
+        return (
+            f'<rect x="{_num(x)}" y="{_num(y - 5)}" width="14" height="10" rx="2" fill="{color}" fill-opacity="0.85"/>'
+        )
     dash = ' stroke-dasharray="4 3"' if style == "dash" else ""
-    return f'<line x1="{_num(x)}" y1="{_num(y)}" x2="{_num(x + 16)}" y2="{_num(y)}" stroke="{color}" stroke-width="2.2"{dash}/>'
+    return (
+        f'<line x1="{_num(x)}" y1="{_num(y)}" x2="{_num(x + 16)}" '
+        f'y2="{_num(y)}" stroke="{color}" stroke-width="2.2"{dash}/>'
+    )
 
 
 def _open_svg(width: int, height: int, title: str, extra: str = "") -> list[str]:
     return [
-        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" font-family="{escape(FONT)}" font-size="11" fill="{TEXT}"{extra}>',
+        (
+            f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+            f'width="{width}" height="{height}" role="img" '
+            f'font-family="{escape(FONT)}" font-size="11" fill="{TEXT}"{extra}>'
+        ),
         f"<title>{escape(title)}</title>",
     ]
 
@@ -356,27 +176,54 @@ def _frame(
 
 
 def _axes(f: _Frame) -> list[str]:
-    out = [f'<rect x="{_num(f.left)}" y="{_num(f.top)}" width="{_num(f.right - f.left)}" height="{_num(f.bottom - f.top)}" fill="#ffffff" stroke="none"/>']
+    out = [
+        (
+            f'<rect x="{_num(f.left)}" y="{_num(f.top)}" width="{_num(f.right - f.left)}" '
+            f'height="{_num(f.bottom - f.top)}" fill="#ffffff" stroke="none"/>'
+        )
+    ]
     for v, label in f.y.ticks:
         py = f.y(v)
         if py < f.top - 0.5 or py > f.bottom + 0.5:
             continue
-        out.append(f'<line x1="{_num(f.left)}" y1="{_num(py)}" x2="{_num(f.right)}" y2="{_num(py)}" stroke="{GRID}" stroke-width="1"/>')
-        out.append(f'<text x="{_num(f.left - 6)}" y="{_num(py + 3.5)}" text-anchor="end" fill="{MUTED}">{escape(label)}</text>')
+        out.append(
+            f'<line x1="{_num(f.left)}" y1="{_num(py)}" x2="{_num(f.right)}" '
+            f'y2="{_num(py)}" stroke="{GRID}" stroke-width="1"/>'
+        )
+        out.append(
+            f'<text x="{_num(f.left - 6)}" y="{_num(py + 3.5)}" text-anchor="end" fill="{MUTED}">{escape(label)}</text>'
+        )
     for v, label in f.x.ticks:
         px = f.x(v)
         if px < f.left - 0.5 or px > f.right + 0.5:
             continue
-        out.append(f'<line x1="{_num(px)}" y1="{_num(f.top)}" x2="{_num(px)}" y2="{_num(f.bottom)}" stroke="{GRID}" stroke-width="1" stroke-opacity="0.6"/>')
-        out.append(f'<line x1="{_num(px)}" y1="{_num(f.bottom)}" x2="{_num(px)}" y2="{_num(f.bottom + 4)}" stroke="{AXIS}"/>')
-        out.append(f'<text x="{_num(px)}" y="{_num(f.bottom + 16)}" text-anchor="middle" fill="{MUTED}">{escape(label)}</text>')
-    out.append(f'<line x1="{_num(f.left)}" y1="{_num(f.bottom)}" x2="{_num(f.right)}" y2="{_num(f.bottom)}" stroke="{AXIS}"/>')
-    out.append(f'<line x1="{_num(f.left)}" y1="{_num(f.top)}" x2="{_num(f.left)}" y2="{_num(f.bottom)}" stroke="{AXIS}"/>')
+        out.append(
+            f'<line x1="{_num(px)}" y1="{_num(f.top)}" x2="{_num(px)}" '
+            f'y2="{_num(f.bottom)}" stroke="{GRID}" stroke-width="1" stroke-opacity="0.6"/>'
+        )
+        out.append(
+            f'<line x1="{_num(px)}" y1="{_num(f.bottom)}" x2="{_num(px)}" y2="{_num(f.bottom + 4)}" stroke="{AXIS}"/>'
+        )
+        out.append(
+            f'<text x="{_num(px)}" y="{_num(f.bottom + 16)}" text-anchor="middle" fill="{MUTED}">{escape(label)}</text>'
+        )
+    out.append(
+        f'<line x1="{_num(f.left)}" y1="{_num(f.bottom)}" x2="{_num(f.right)}" y2="{_num(f.bottom)}" stroke="{AXIS}"/>'
+    )
+    out.append(
+        f'<line x1="{_num(f.left)}" y1="{_num(f.top)}" x2="{_num(f.left)}" y2="{_num(f.bottom)}" stroke="{AXIS}"/>'
+    )
     if f.x.label:
-        out.append(f'<text x="{_num((f.left + f.right) / 2)}" y="{_num(f.height - 6)}" text-anchor="middle" fill="{MUTED}">{escape(f.x.label)}</text>')
+        out.append(
+            f'<text x="{_num((f.left + f.right) / 2)}" y="{_num(f.height - 6)}" '
+            f'text-anchor="middle" fill="{MUTED}">{escape(f.x.label)}</text>'
+        )
     if f.y.label:
         cy = (f.top + f.bottom) / 2
-        out.append(f'<text transform="translate(14 {_num(cy)}) rotate(-90)" text-anchor="middle" fill="{MUTED}">{escape(f.y.label)}</text>')
+        out.append(
+            f'<text transform="translate(14 {_num(cy)}) rotate(-90)" '
+            f'text-anchor="middle" fill="{MUTED}">{escape(f.y.label)}</text>'
+        )
     return out
 
 
@@ -395,7 +242,8 @@ def _markers(f: _Frame, placed: list[tuple[Marker, float, int]], band_top: float
             ty = band_top + row * _BAND_ROW_H + 10
             weight = "" if m.kind == "stage" else ' font-weight="600"'
             out.append(
-                f'<text x="{_num(px + 3)}" y="{_num(ty)}" font-size="10" fill="{color if m.kind != "stage" else MUTED}"{weight}>'
+                f'<text x="{_num(px + 3)}" y="{_num(ty)}" font-size="10" '
+                f'fill="{color if m.kind != "stage" else MUTED}"{weight}>'
                 f"{escape(m.label)}<title>{hover}</title></text>"
             )
     return out
@@ -409,8 +257,14 @@ def _hlines(f: _Frame, hlines: Sequence[HLine]) -> list[str]:
         py = f.y(h.y)
         if py < f.top - 0.5 or py > f.bottom + 0.5:
             continue
-        out.append(f'<line x1="{_num(f.left)}" y1="{_num(py)}" x2="{_num(f.right)}" y2="{_num(py)}" stroke="{h.color}" stroke-width="1" stroke-dasharray="6 3"/>')
-        out.append(f'<text x="{_num(f.right - 4)}" y="{_num(py - 4)}" text-anchor="end" font-size="10" fill="{h.color}">{escape(h.label)}</text>')
+        out.append(
+            f'<line x1="{_num(f.left)}" y1="{_num(py)}" x2="{_num(f.right)}" '
+            f'y2="{_num(py)}" stroke="{h.color}" stroke-width="1" stroke-dasharray="6 3"/>'
+        )
+        out.append(
+            f'<text x="{_num(f.right - 4)}" y="{_num(py - 4)}" text-anchor="end" '
+            f'font-size="10" fill="{h.color}">{escape(h.label)}</text>'
+        )
     return out
 
 
@@ -439,8 +293,13 @@ def _polyline_segments(s: Series, f: _Frame) -> tuple[list[str], list[tuple[floa
 def no_data(title: str, message: str = "no data", *, width: int = 640, height: int = 120) -> str:
     """A placeholder chart that says why there is nothing to draw."""
     parts = _open_svg(width, height, title, ' data-nodata="1"')
-    parts.append(f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" rx="6" fill="#f9fafb" stroke="{GRID}"/>')
-    parts.append(f'<text x="{width / 2:g}" y="{height / 2 + 4:g}" text-anchor="middle" fill="{MUTED}" font-size="13">{escape(message)}</text>')
+    parts.append(
+        f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" rx="6" fill="#f9fafb" stroke="{GRID}"/>'
+    )
+    parts.append(
+        f'<text x="{width / 2:g}" y="{height / 2 + 4:g}" text-anchor="middle" '
+        f'fill="{MUTED}" font-size="13">{escape(message)}</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -488,8 +347,9 @@ def line_chart(
     if x_axis.hi is not None:
         xs.append(x_axis.hi)
     legend = [(s.name, s.color, "dash" if s.dash else "line") for s in series if s.name]
-    f, parts, placed, band_top = _frame(width=width, height=height, x_axis=x_axis, y_axis=y_axis,
-                                        xs=xs, ys=ys_dom, legend=legend, markers=markers)
+    f, parts, placed, band_top = _frame(
+        width=width, height=height, x_axis=x_axis, y_axis=y_axis, xs=xs, ys=ys_dom, legend=legend, markers=markers
+    )
     body = _open_svg(width, height, title) + parts + _axes(f)
     uid = _CLIP_ID
     body.append(f"<defs>{_clip(uid, f)}</defs>")
@@ -500,9 +360,15 @@ def line_chart(
         dash = ' stroke-dasharray="5 3"' if s.dash else ""
         name = escape(s.name)
         for d in segments:
-            body.append(f'<path class="data" d="{d}" stroke="{s.color}" stroke-width="{s.width:g}"{dash}><title>{name}</title></path>')
+            body.append(
+                f'<path class="data" d="{d}" stroke="{s.color}" '
+                f'stroke-width="{s.width:g}"{dash}><title>{name}</title></path>'
+            )
         for px, py in dots:
-            body.append(f'<circle class="data" cx="{_num(px)}" cy="{_num(py)}" r="2.2" fill="{s.color}" stroke="none"><title>{name}</title></circle>')
+            body.append(
+                f'<circle class="data" cx="{_num(px)}" cy="{_num(py)}" r="2.2" '
+                f'fill="{s.color}" stroke="none"><title>{name}</title></circle>'
+            )
     body.append("</g>")
     body += _markers(f, placed, band_top)
     body.append("</svg>")
@@ -540,11 +406,19 @@ def stacked_chart(
     if x_axis.lo is not None:
         xs.append(x_axis.lo)
     legend = [(layer.name, layer.color, "area") for layer in shown]
-    f, parts, placed, band_top = _frame(width=width, height=height, x_axis=x_axis, y_axis=y_axis,
-                                        xs=xs, ys=totals + [0.0], legend=legend, markers=markers)
+    f, parts, placed, band_top = _frame(
+        width=width,
+        height=height,
+        x_axis=x_axis,
+        y_axis=y_axis,
+        xs=xs,
+        ys=totals + [0.0],
+        legend=legend,
+        markers=markers,
+    )
     body = _open_svg(width, height, title) + parts + _axes(f)
     uid = _CLIP_ID
-    body.append(f"<defs>{_clip(uid, f)}</defs><g clip-path=\"url(#{uid})\">")
+    body.append(f'<defs>{_clip(uid, f)}</defs><g clip-path="url(#{uid})">')
     base = [0.0] * n
     for layer in shown:
         top = [b + (float(v) if _finite(v) else 0.0) for b, v in zip(base, layer.values)]
@@ -556,12 +430,21 @@ def stacked_chart(
             lower += [(x0, f.y(base[k])), (x1, f.y(base[k]))]
         pts = upper + lower[::-1]
         d = "M" + "L".join(f"{_num(px)},{_num(py)}" for px, py in pts) + "Z"
-        body.append(f'<path class="data" d="{d}" fill="{layer.color}" fill-opacity="0.85" stroke="{layer.color}" stroke-width="0.6"><title>{escape(layer.name)}</title></path>')
+        body.append(
+            f'<path class="data" d="{d}" fill="{layer.color}" fill-opacity="0.85" '
+            f'stroke="{layer.color}" stroke-width="0.6"><title>{escape(layer.name)}</title></path>'
+        )
         base = top
     if not shown:
         y0 = f.y(0.0)
-        body.append(f'<path class="data" d="M{_num(f.x(float(x[0])))},{_num(y0)}L{_num(f.x(ends[-1]))},{_num(y0)}" stroke="#59a14f" stroke-width="2" fill="none"/>')
-        body.append(f'<text x="{_num((f.left + f.right) / 2)}" y="{_num((f.top + f.bottom) / 2)}" text-anchor="middle" fill="{MUTED}" font-size="13">{escape(zero_message)}</text>')
+        body.append(
+            f'<path class="data" d="M{_num(f.x(float(x[0])))},{_num(y0)}L{_num(f.x(ends[-1]))},{_num(y0)}" '
+            f'stroke="#59a14f" stroke-width="2" fill="none"/>'
+        )
+        body.append(
+            f'<text x="{_num((f.left + f.right) / 2)}" y="{_num((f.top + f.bottom) / 2)}" '
+            f'text-anchor="middle" fill="{MUTED}" font-size="13">{escape(zero_message)}</text>'
+        )
     body.append("</g>")
     body += _markers(f, placed, band_top)
     body.append("</svg>")
@@ -569,18 +452,6 @@ def stacked_chart(
 
 
 # -- percentile curve ----------------------------------------------------------------------
-
-
-def percentile_x(q: float) -> float:
-    """HdrHistogram plot position of quantile q: 1 / (1 - q) (log axis)."""
-    return 1.0 / (1.0 - q) if q < 1 else math.inf
-
-
-def _percentile_label(x: float) -> str:
-    if x <= 1:
-        return "0%"
-    q = 100 * (1 - 1 / x)
-    return f"{q:.10f}".rstrip("0").rstrip(".") + "%"
 
 
 def percentile_chart(
@@ -594,9 +465,7 @@ def percentile_chart(
 ) -> str:
     """Latency by percentile, HdrHistogram style: each curve's ``x`` holds quantiles in
     [0, 1) (plotted at 1 / (1 - q), log scale), ``y`` the value at that quantile."""
-    mapped = [
-        Series(c.name, [percentile_x(q) for q in c.x], list(c.y), c.color, c.dash, c.width, c.z) for c in curves
-    ]
+    mapped = [Series(c.name, [percentile_x(q) for q in c.x], list(c.y), c.color, c.dash, c.width, c.z) for c in curves]
     xs = [v for c in mapped for v in c.x if _finite(v)]
     if not xs:
         return no_data(title, empty_message, width=width)
@@ -606,5 +475,6 @@ def percentile_chart(
     # End at the next decade unless the data stops well short of it.
     hi = min(10.0**decades, top * 1.6)
     x_axis = Axis(label="percentile", log=True, lo=1.0, hi=hi, ticks=ticks)
-    return line_chart(mapped, title=title, x_axis=x_axis, y_axis=y_axis, width=width, height=height,
-                      empty_message=empty_message)
+    return line_chart(
+        mapped, title=title, x_axis=x_axis, y_axis=y_axis, width=width, height=height, empty_message=empty_message
+    )

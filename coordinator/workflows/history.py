@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from horde.coordinator.bundle.schema import Stats, Summary, as_manifest, as_summary
+
 SCHEMA_VERSION = 1
 DEFAULT_FILENAME = "history.sqlite3"
 
@@ -137,25 +139,23 @@ class RunRow:
         return dict(self.__dict__)
 
 
-def _dig(d: Any, path: Sequence[str]) -> Any:
-    for k in path:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
 def _num(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     return float(v) if math.isfinite(v) else None
 
 
-def _headline(scope: dict[str, Any] | None) -> dict[str, float | None]:
-    return {col: _num(_dig(scope, path)) for col, path in HEADLINE.items()}
+def _headline(scope: Stats | None) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for col, path in HEADLINE.items():
+        v: Any = scope
+        for attr in path:  # JSON keys and attribute names agree on the headline paths
+            v = None if v is None else getattr(v, attr)
+        out[col] = _num(v)
+    return out
 
 
-def _summary_from_windows(bundle: Any) -> dict[str, Any] | None:
+def _summary_from_windows(bundle: Any) -> Summary | None:
     """Totals rebuilt from the per-window histograms of a bundle without summary.json
     (its coordinator was killed): every figure can be recomputed from the bundle."""
     from horde.coordinator.analysis.compare import bundle_scopes  # deferred: scipy is only needed here
@@ -163,11 +163,13 @@ def _summary_from_windows(bundle: Any) -> dict[str, Any] | None:
     scopes = bundle_scopes(bundle)
     if (None, None) not in scopes:
         return None
-    return {
-        "duration_s": scopes[(None, None)].duration_s,
-        "total": scopes[(None, None)].to_dict(),
-        "endpoints": {e: s.to_dict() for (e, st), s in scopes.items() if e is not None and st is None},
-    }
+    return Summary.model_validate(
+        {
+            "duration_s": scopes[(None, None)].duration_s,
+            "total": scopes[(None, None)].to_dict(),
+            "endpoints": {e: s.to_dict() for (e, st), s in scopes.items() if e is not None and st is None},
+        }
+    )
 
 
 class History:
@@ -249,25 +251,27 @@ class History:
     def add_run(self, bundle: Any) -> int:
         """Record a bundle's run; adding the same bundle path again updates it in place and
         returns the same id."""
-        m = bundle.manifest or {}
-        summary = bundle.summary if bundle.summary is not None else _summary_from_windows(bundle)
-        s = summary or {}
-        scenario = _dig(m, ("scenario", "name")) or Path(bundle.path).name.rsplit("-", 1)[0]
-        thresholds = list(s.get("thresholds") or [])
+        m = as_manifest(bundle.manifest)
+        s = as_summary(bundle.summary) if bundle.summary is not None else _summary_from_windows(bundle)
+        scenario = m.scenario_name or Path(bundle.path).name.rsplit("-", 1)[0]
+        thresholds = list(s.thresholds) if s is not None else []
+        resources = s.target_resources if s is not None else None
+        memory = resources.target_memory if resources is not None else None
         run: dict[str, Any] = {
             "bundle_path": self._stored_path(bundle.path),
             "scenario": scenario,
-            "started": m.get("started"),
-            "ended": m.get("ended"),
-            "outcome": m.get("outcome"),
-            "complete": int(bool(getattr(bundle, "complete", m.get("complete")))),
-            "duration_s": _num(s.get("duration_s")),
-            **_headline(s.get("total")),
+            "started": m.started,
+            "ended": m.ended,
+            "outcome": m.outcome,
+            "complete": int(bool(bundle.complete)),
+            "duration_s": _num(s.duration_s) if s is not None else None,
+            **_headline(s.total if s is not None else None),
             "thresholds_total": len(thresholds),
-            "thresholds_failed": sum(1 for t in thresholds if not t.get("ok")),
-            "saturated": None if not s.get("generator") else int(bool(s["generator"].get("saturated"))),
-            "target_memory_max_bytes": _num(_dig(s, ("target_resources", "target_memory", "max"))),
-            "horde_version": m.get("horde_version"),
+            "thresholds_failed": sum(1 for t in thresholds if not t.ok),
+            # unknown (None) for a summary rebuilt from windows: no generator readings in it
+            "saturated": int(s.generator.saturated) if s is not None and "generator" in s.model_fields_set else None,
+            "target_memory_max_bytes": _num(memory.max) if memory is not None else None,
+            "horde_version": m.horde_version,
         }
         cols = list(run)
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "bundle_path")
@@ -280,18 +284,18 @@ class History:
             run_id = int(db.execute("SELECT id FROM runs WHERE bundle_path = ?", (run["bundle_path"],)).fetchone()[0])
             db.execute("DELETE FROM run_endpoints WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM run_thresholds WHERE run_id = ?", (run_id,))
-            for name, scope in (s.get("endpoints") or {}).items():
+            for name, scope in (s.endpoints if s is not None else {}).items():
                 h = _headline(scope)
+                marks = ", ".join("?" for _ in h)
                 db.execute(
-                    f"INSERT INTO run_endpoints (run_id, endpoint, {', '.join(h)}) VALUES (?, ?, {', '.join('?' for _ in h)})",
+                    f"INSERT INTO run_endpoints (run_id, endpoint, {', '.join(h)}) VALUES (?, ?, {marks})",
                     [run_id, name, *h.values()],
                 )
             for i, t in enumerate(thresholds):
                 db.execute(
                     "INSERT INTO run_thresholds (run_id, position, expr, endpoint, stage, ok, observed, observed_text)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, i, str(t.get("expr", "")), t.get("endpoint"), t.get("stage"), int(bool(t.get("ok"))),
-                     _num(t.get("observed")), t.get("observed_text")),
+                    (run_id, i, t.expr, t.endpoint, t.stage, int(t.ok), _num(t.observed), t.observed_text),
                 )
         return run_id
 
@@ -310,8 +314,14 @@ class History:
         thresholds: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
         for t in self._query(f"SELECT * FROM run_thresholds WHERE run_id IN ({marks}) ORDER BY run_id, position", ids):
             thresholds[t["run_id"]].append(
-                {"expr": t["expr"], "endpoint": t["endpoint"], "stage": t["stage"], "ok": bool(t["ok"]),
-                 "observed": t["observed"], "observed_text": t["observed_text"]}
+                {
+                    "expr": t["expr"],
+                    "endpoint": t["endpoint"],
+                    "stage": t["stage"],
+                    "ok": bool(t["ok"]),
+                    "observed": t["observed"],
+                    "observed_text": t["observed_text"],
+                }
             )
         out = []
         for r in rows:
@@ -339,40 +349,48 @@ class History:
     def scenarios(self) -> list[str]:
         return [r[0] for r in self._query("SELECT DISTINCT scenario FROM runs ORDER BY scenario")]
 
-    def series_rows(self, scenario: str, metric: str, endpoint: str | None = None, *,
-                    complete_only: bool = True) -> list[tuple[int, str, float]]:
+    def series_rows(
+        self, scenario: str, metric: str, endpoint: str | None = None, *, complete_only: bool = True
+    ) -> list[tuple[int, str, float]]:
         """(run id, started, value) of a headline metric, oldest first; runs without it skipped."""
         allowed = ENDPOINT_METRICS if endpoint is not None else RUN_METRICS
         if metric not in allowed:
             raise ValueError(f"unknown metric {metric!r}; one of {', '.join(allowed)}")
         done = " AND r.complete = 1" if complete_only else ""
         if endpoint is None:
-            sql = f"SELECT r.id, r.started, r.{metric} FROM runs r WHERE r.scenario = ?{done} AND r.{metric} IS NOT NULL"
+            sql = (
+                f"SELECT r.id, r.started, r.{metric} FROM runs r WHERE r.scenario = ?{done} AND r.{metric} IS NOT NULL"
+            )
             args: tuple[Any, ...] = (scenario,)
         else:
-            sql = (f"SELECT r.id, r.started, e.{metric} FROM runs r JOIN run_endpoints e ON e.run_id = r.id"
-                   f" WHERE r.scenario = ? AND e.endpoint = ?{done} AND e.{metric} IS NOT NULL")
+            sql = (
+                f"SELECT r.id, r.started, e.{metric} FROM runs r JOIN run_endpoints e ON e.run_id = r.id"
+                f" WHERE r.scenario = ? AND e.endpoint = ?{done} AND e.{metric} IS NOT NULL"
+            )
             args = (scenario, endpoint)
         rows = self._query(sql + " ORDER BY r.started, r.id", args)
         return [(int(r[0]), r[1], float(r[2])) for r in rows]
 
-    def series(self, scenario: str, metric: str, endpoint: str | None = None, *,
-               complete_only: bool = True) -> list[tuple[str, float]]:
+    def series(
+        self, scenario: str, metric: str, endpoint: str | None = None, *, complete_only: bool = True
+    ) -> list[tuple[str, float]]:
         """(started ISO time, value) of a headline metric across the runs, oldest first."""
-        return [(started, v) for _, started, v in self.series_rows(scenario, metric, endpoint, complete_only=complete_only)]
+        return [
+            (started, v) for _, started, v in self.series_rows(scenario, metric, endpoint, complete_only=complete_only)
+        ]
 
     # -- continuous monitoring -----------------------------------------------------------
 
     def record_metrics(self, source: str, t_wall_s: float, metrics: dict[str, float]) -> None:
         """One sample of each named metric at wall time t_wall_s (None / NaN skipped)."""
-        rows = [(source, name, float(t_wall_s), float(v)) for name, v in metrics.items()
-                if _num(v) is not None]
+        rows = [(source, name, float(t_wall_s), float(v)) for name, v in metrics.items() if _num(v) is not None]
         if rows:
             with self._tx() as db:
                 db.executemany("INSERT INTO metrics (source, name, t_wall_s, value) VALUES (?, ?, ?, ?)", rows)
 
-    def metrics(self, source: str, name: str, since_wall_s: float | None = None,
-                until_wall_s: float | None = None) -> list[tuple[float, float]]:
+    def metrics(
+        self, source: str, name: str, since_wall_s: float | None = None, until_wall_s: float | None = None
+    ) -> list[tuple[float, float]]:
         sql = "SELECT t_wall_s, value FROM metrics WHERE source = ? AND name = ?"
         args: list[Any] = [source, name]
         if since_wall_s is not None:
@@ -397,7 +415,9 @@ class History:
             if source is None:
                 cur = db.execute("DELETE FROM metrics WHERE t_wall_s < ?", (float(before_wall_s),))
             else:
-                cur = db.execute("DELETE FROM metrics WHERE source = ? AND t_wall_s < ?", (source, float(before_wall_s)))
+                cur = db.execute(
+                    "DELETE FROM metrics WHERE source = ? AND t_wall_s < ?", (source, float(before_wall_s))
+                )
             return int(cur.rowcount)
 
     # -- alerts --------------------------------------------------------------------------
@@ -415,8 +435,15 @@ class History:
                 'INSERT INTO alerts (source, rule, level, start, "end", peak, data) VALUES (?, ?, ?, ?, ?, ?, ?) '
                 'ON CONFLICT (source, rule, level, start) DO UPDATE SET "end" = excluded."end", '
                 "peak = excluded.peak, data = excluded.data",
-                (source, str(alert["rule"]), str(alert["level"]), _plain(alert.get("start")),
-                 _plain(alert.get("end")), _plain(alert.get("peak")), data),
+                (
+                    source,
+                    str(alert["rule"]),
+                    str(alert["level"]),
+                    _plain(alert.get("start")),
+                    _plain(alert.get("end")),
+                    _plain(alert.get("peak")),
+                    data,
+                ),
             )
 
     def alerts(self, source: str | None = None) -> list[dict[str, Any]]:
@@ -461,8 +488,15 @@ def _median(xs: Sequence[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def _judge(value: float, baseline: Sequence[float], *, higher_is_better: bool, z_threshold: float,
-           min_effect: float, min_abs_change: float) -> dict[str, Any]:
+def _judge(
+    value: float,
+    baseline: Sequence[float],
+    *,
+    higher_is_better: bool,
+    z_threshold: float,
+    min_effect: float,
+    min_abs_change: float,
+) -> dict[str, Any]:
     med = _median(baseline)
     mad = _median([abs(x - med) for x in baseline])
     scale = _MAD_TO_SD * mad
@@ -478,8 +512,13 @@ def _judge(value: float, baseline: Sequence[float], *, higher_is_better: bool, z
         verdict = "regression" if worse else "improvement"
     else:
         verdict = "no change"
-    return {"verdict": verdict, "robust_z": z if math.isfinite(z) else None, "change": change if math.isfinite(change) else None,
-            "baseline_median": med, "baseline_mad": mad}
+    return {
+        "verdict": verdict,
+        "robust_z": z if math.isfinite(z) else None,
+        "change": change if math.isfinite(change) else None,
+        "baseline_median": med,
+        "baseline_mad": mad,
+    }
 
 
 def track(
@@ -529,26 +568,50 @@ def track(
         "events": [],
         "trend": None,
     }
-    judge = dict(higher_is_better=higher_is_better, z_threshold=z_threshold, min_effect=min_effect, min_abs_change=floor)
+    judge: dict[str, Any] = dict(
+        higher_is_better=higher_is_better, z_threshold=z_threshold, min_effect=min_effect, min_abs_change=floor
+    )
     if rows:
         run_id, started, value = rows[-1]
         out["last"] = {"run_id": run_id, "started": started, "value": value}
     if len(rows) >= min_baseline + 1:
-        base = values[max(0, len(values) - 1 - baseline_runs): -1]
+        base = values[max(0, len(values) - 1 - baseline_runs) : -1]
         j = _judge(values[-1], base, **judge)
-        out.update(verdict=j["verdict"], robust_z=j["robust_z"], change=j["change"],
-                   baseline={"runs": len(base), "median": j["baseline_median"], "mad": j["baseline_mad"]})
+        out.update(
+            verdict=j["verdict"],
+            robust_z=j["robust_z"],
+            change=j["change"],
+            baseline={"runs": len(base), "median": j["baseline_median"], "mad": j["baseline_mad"]},
+        )
     for i in range(min_baseline, len(rows)):
-        j = _judge(values[i], values[max(0, i - baseline_runs): i], **judge)
+        j = _judge(values[i], values[max(0, i - baseline_runs) : i], **judge)
         if j["verdict"] != "no change":
-            out["events"].append({"run_id": rows[i][0], "started": rows[i][1], "value": values[i],
-                                  "verdict": j["verdict"], "robust_z": j["robust_z"], "change": j["change"]})
+            out["events"].append(
+                {
+                    "run_id": rows[i][0],
+                    "started": rows[i][1],
+                    "value": values[i],
+                    "verdict": j["verdict"],
+                    "robust_z": j["robust_z"],
+                    "change": j["change"],
+                }
+            )
     recent = values[-trend_runs:]
-    tr = _trend(list(range(len(recent))), recent, unit=metric, per="run", alpha=alpha, min_points=min_trend_runs,
-                min_relative_change=min_effect)
-    reading = {"rising": "improving" if higher_is_better else "worsening",
-               "falling": "worsening" if higher_is_better else "improving",
-               "flat": "stable", "inconclusive": "inconclusive"}[tr.verdict]
+    tr = _trend(
+        list(range(len(recent))),
+        recent,
+        unit=metric,
+        per="run",
+        alpha=alpha,
+        min_points=min_trend_runs,
+        min_relative_change=min_effect,
+    )
+    reading = {
+        "rising": "improving" if higher_is_better else "worsening",
+        "falling": "worsening" if higher_is_better else "improving",
+        "flat": "stable",
+        "inconclusive": "inconclusive",
+    }[tr.verdict]
     out["trend"] = {**tr.to_dict(), "reading": reading}
     return out
 
@@ -572,13 +635,19 @@ def text_history(rows: Iterable[RunRow]) -> str:
     if not rows:
         return "no runs recorded"
     lines = [
-        f"  {'id':>5} {'started (UTC)':<20} {'scenario':<16} {'outcome':<22} {'requests':>9} {'rps':>8}"
-        f" {'errors':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'svc p99':>7} {'thresholds':>10}"
+        (
+            f"  {'id':>5} {'started (UTC)':<20} {'scenario':<16} {'outcome':<22} {'requests':>9} {'rps':>8}"
+            f" {'errors':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'svc p99':>7} {'thresholds':>10}"
+        )
     ]
     for r in rows:
         started = (r.started or "-").replace("T", " ")[:19]
         outcome = (r.outcome or "?") + ("" if r.complete else "*") + (" SAT" if r.saturated else "")
-        th = "-" if not r.thresholds_total else f"{r.thresholds_total - (r.thresholds_failed or 0)}/{r.thresholds_total} ok"
+        th = (
+            "-"
+            if not r.thresholds_total
+            else f"{r.thresholds_total - (r.thresholds_failed or 0)}/{r.thresholds_total} ok"
+        )
         lines.append(
             f"  {r.id:>5} {started:<20} {r.scenario[:16]:<16} {outcome[:22]:<22} {_f(r.requests, '{:d}'):>9}"
             f" {_f(r.rps, '{:.1f}'):>8} {_f(None if r.error_rate is None else 100 * r.error_rate, '{:.2f}%'):>7}"
@@ -592,18 +661,22 @@ def text_history(rows: Iterable[RunRow]) -> str:
 def text_track(result: dict[str, Any]) -> str:
     """A few lines for a ``track`` result."""
     scope = f" [{result['endpoint']}]" if result.get("endpoint") else ""
-    lines = [f"  {result['scenario']}{scope} {result['metric']} over {result['runs']} run(s) ({result['better']} is better)"]
+    lines = [
+        f"  {result['scenario']}{scope} {result['metric']} over {result['runs']} run(s) ({result['better']} is better)"
+    ]
     last = result.get("last")
     if last is not None:
         base = result.get("baseline")
         if base:
             z = result.get("robust_z")
             change = result.get("change")
+            verdict = result["verdict"]
+            shown = verdict.upper() if verdict in ("regression", "improvement") else verdict
+            change_text = "-" if change is None else f"{100 * change:+.1f}%"
+            z_text = "-" if z is None else f"{z:+.1f}"
             lines.append(
                 f"    last run {last['run_id']} ({last['started']}): {last['value']:.4g} against a median of"
-                f" {base['median']:.4g} over {base['runs']} run(s)"
-                f" ({'-' if change is None else f'{100 * change:+.1f}%'}, robust z {'-' if z is None else f'{z:+.1f}'}):"
-                f" {result['verdict'].upper() if result['verdict'] in ('regression', 'improvement') else result['verdict']}"
+                f" {base['median']:.4g} over {base['runs']} run(s) ({change_text}, robust z {z_text}): {shown}"
             )
         else:
             lines.append(f"    last run {last['run_id']}: {last['value']:.4g}; {result['verdict']}")

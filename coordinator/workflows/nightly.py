@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from horde.coordinator.bundle.store import read_bundle
 from horde.coordinator.analysis.compare import compare_bundles
-from horde.coordinator.workflows.history import History, default_history_path, track
 from horde.coordinator.bundle.outcome import (
     EXIT_ERROR,
     EXIT_LEAK,
@@ -16,7 +14,9 @@ from horde.coordinator.bundle.outcome import (
     EXIT_REGRESSION,
     EXIT_THRESHOLDS_FAILED,
 )
+from horde.coordinator.bundle.store import read_bundle
 from horde.coordinator.scenario.load import LoadedScenario
+from horde.coordinator.workflows.history import History, default_history_path, track
 
 
 @dataclass
@@ -29,9 +29,16 @@ class NightlyResult:
     tracks: dict = field(default_factory=dict)
 
 
-def run_nightly(loaded: LoadedScenario, *, history_dir: str | Path, address: str | None = None,
-                jobs_address: str | None = None, overrides: tuple[str, ...] = (), progress=None,
-                metrics=("p99_latency_ms", "error_rate")) -> NightlyResult:
+def run_nightly(
+    loaded: LoadedScenario,
+    *,
+    history_dir: str | Path,
+    address: str | None = None,
+    jobs_address: str | None = None,
+    overrides: tuple[str, ...] = (),
+    progress=None,
+    metrics=("p99_latency_ms", "error_rate"),
+) -> NightlyResult:
     """Run tonight's soak, record it in `history_dir`, and compare it with earlier nights."""
     history_dir = Path(history_dir)
     history_dir.mkdir(parents=True, exist_ok=True)
@@ -40,31 +47,34 @@ def run_nightly(loaded: LoadedScenario, *, history_dir: str | Path, address: str
     else:
         from horde.coordinator.run.session import RunOptions, run_scenario
 
-        bundle_path = run_scenario(loaded, RunOptions(address=address, out_dir=str(history_dir),
-                                                      progress=progress)).bundle
+        bundle_path = run_scenario(
+            loaded, RunOptions(address=address, out_dir=str(history_dir), progress=progress)
+        ).bundle
     return judge(bundle_path, history_path=default_history_path(history_dir), metrics=metrics)
 
 
-def judge(bundle_path: str | Path, *, history_path: str | Path, metrics=("p99_latency_ms", "error_rate")) -> NightlyResult:
+def judge(
+    bundle_path: str | Path, *, history_path: str | Path, metrics=("p99_latency_ms", "error_rate")
+) -> NightlyResult:
     """Add a finished bundle to the history and list what is wrong with tonight."""
     bundle = read_bundle(bundle_path)
-    scenario = bundle.manifest.get("scenario", {}).get("name", "?")
+    scenario = bundle.manifest.scenario_name or "?"
     codes: list[int] = []
     findings: list[str] = []
     with History(history_path) as h:
         run_id = h.add_run(bundle)
         earlier = [r for r in h.runs(scenario, limit=50) if r.id != run_id and r.complete]
         tracks = {m: track(h, scenario, m) for m in metrics}
-    s = bundle.summary or {}
-    outcome = bundle.manifest.get("outcome")
+    s = bundle.summary
+    outcome = bundle.manifest.outcome
     if outcome in ("thresholds_failed", "aborted"):
-        failed = [t["expr"] for t in s.get("thresholds", []) if not t.get("ok")]
+        failed = [t.expr for t in (s.thresholds if s is not None else []) if not t.ok]
         findings.append(f"thresholds failed: {', '.join(failed) or outcome}")
         codes.append(EXIT_THRESHOLDS_FAILED)
     elif outcome not in ("passed",):
-        findings.append(f"the run did not finish: {outcome} ({bundle.manifest.get('stop_reason', '')})")
+        findings.append(f"the run did not finish: {outcome} ({bundle.manifest.stop_reason})")
         codes.append(EXIT_ERROR)
-    soak = s.get("soak") or {}
+    soak = (s.soak if s is not None else None) or {}  # analysis/soak.py's own record (open)
     for who, v in (soak.get("leaks") or {}).items():
         items = v.items() if who == "agents" else [(who, v)]
         for name, verdict in items:
@@ -94,8 +104,9 @@ def judge(bundle_path: str | Path, *, history_path: str | Path, metrics=("p99_la
             codes.append(EXIT_REGRESSION)
     severity = [EXIT_LEAK, EXIT_REGRESSION, EXIT_THRESHOLDS_FAILED, EXIT_ERROR]
     exit_code = next((c for c in severity if c in codes), EXIT_PASSED)
-    return NightlyResult(bundle=bundle.path, run_id=run_id, findings=findings, exit_code=exit_code,
-                         comparison=comparison, tracks=tracks)
+    return NightlyResult(
+        bundle=bundle.path, run_id=run_id, findings=findings, exit_code=exit_code, comparison=comparison, tracks=tracks
+    )
 
 
 def _via_job(loaded: LoadedScenario, jobs_address: str, history_dir: Path, overrides, progress) -> Path:

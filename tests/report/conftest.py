@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from horde.agents.samples import SAMPLE_DTYPE, Batch, ErrorClass, GeneratorReadings
-from horde.coordinator.measure.aggregate import Aggregator
 from horde.coordinator.bundle.store import BundleWriter
+from horde.coordinator.measure.aggregate import Aggregator
 from horde.coordinator.measure.health import AgentTotals, generator_verdict
 from horde.coordinator.report.text import junit_xml
 
@@ -128,8 +128,11 @@ def build_bundle(out_dir: str | Path, spec: SynthSpec | None = None) -> Path:
             "description": "synthetic <b>bundle</b> for report tests",
             "target": "http://127.0.0.1:9/",
             "requests": [{"name": e, "method": "GET", "path": "/" + str(i)} for i, e in enumerate(endpoints)],
-            "workload": {"model": "closed" if spec.closed else "open", "arrivals": "constant",
-                         "stages": [{"name": n, "duration": f"{d}s", "target": spec.rate_per_s} for n, d in spec.stages]},
+            "workload": {
+                "model": "closed" if spec.closed else "open",
+                "arrivals": "constant",
+                "stages": [{"name": n, "duration": f"{d}s", "target": spec.rate_per_s} for n, d in spec.stages],
+            },
             "thresholds": ["p99(latency) < 250ms", "error_rate < 1%"],
         },
         "scenario_file": "scenarios/synthetic.yaml",
@@ -137,17 +140,32 @@ def build_bundle(out_dir: str | Path, spec: SynthSpec | None = None) -> Path:
         "complete": False,
         "started": started.isoformat(),
         "target": {"url": "http://127.0.0.1:9/?a=<x>&b=1", "embedded": False, "pid": None},
-        "cluster": {"kind": "embedded", "address": "", "cpus": 4.0,
-                    "nodes": [{"node": "n0", "host": "box-1", "cpus": 4.0, "alive": True}]},
-        "plan": {
-            "agents": spec.agents, "cpus_per_agent": 1.0, "duration_s": float(duration_s),
-            "stages": [{"name": n, "end_s": e / S} for n, e in zip(names, ends)],
-            "engines": {e: "fast" for e in endpoints},
-            "max_in_flight": [1000] * spec.agents, "max_connections": [1000] * spec.agents,
+        "cluster": {
+            "kind": "embedded",
+            "address": "",
+            "cpus": 4.0,
+            "nodes": [{"node": "n0", "host": "box-1", "cpus": 4.0, "alive": True}],
         },
-        "versions": {"python": "3.11.7", "ray": "2.60.0", "aiohttp": "3.14.5", "numpy": "2.4.6", "platform": "Linux-test"},
+        "plan": {
+            "agents": spec.agents,
+            "cpus_per_agent": 1.0,
+            "duration_s": float(duration_s),
+            "stages": [{"name": n, "end_s": e / S} for n, e in zip(names, ends)],
+            "engines": dict.fromkeys(endpoints, "fast"),
+            "max_in_flight": [1000] * spec.agents,
+            "max_connections": [1000] * spec.agents,
+        },
+        "versions": {
+            "python": "3.11.7",
+            "ray": "2.60.0",
+            "aiohttp": "3.14.5",
+            "numpy": "2.4.6",
+            "platform": "Linux-test",
+        },
         "argv": ["horde", "run", "scenarios/synthetic.yaml"],
-        "agents": [{"index": a, "incarnation": 0, "pid": 1000 + a, "node": "n0", "host": "box-1"} for a in range(spec.agents)],
+        "agents": [
+            {"index": a, "incarnation": 0, "pid": 1000 + a, "node": "n0", "host": "box-1"} for a in range(spec.agents)
+        ],
         "start_wall_ns": 1_795_750_000_000_000_000,
     }
     writer.write_manifest(manifest)
@@ -163,20 +181,41 @@ def build_bundle(out_dir: str | Path, spec: SynthSpec | None = None) -> Path:
             wd = w.to_dict()
             if spec.resources:
                 busy = min(1.0, w.total.requests / 400)
-                wd["target"] = {"target_memory": float((60 + w.index * 1.5) * 2**20), "target_cpu": 0.05 + busy,
-                                "target_connections": float(4 + w.index % 3), "target_fds": float(20 + w.index % 5)}
+                wd["target"] = {
+                    "target_memory": float((60 + w.index * 1.5) * 2**20),
+                    "target_cpu": 0.05 + busy,
+                    "target_connections": float(4 + w.index % 3),
+                    "target_fds": float(20 + w.index % 5),
+                }
                 wd["coordinator"] = {"rss_bytes": float(140 * 2**20)}
-                wd["nodes"] = {"node0aaaaaaa": {"cpu_fraction": 0.2 + busy / 2, "cpus": 4.0, "mem_used_bytes": 1.3e9,
-                                                "mem_total_bytes": 8e9, "net_sent_bytes_per_s": 4e4,
-                                                "net_recv_bytes_per_s": 4e4, "tcp_connections": 50.0}}
-            writer.append_window(wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}})
+                wd["nodes"] = {
+                    "node0aaaaaaa": {
+                        "cpu_fraction": 0.2 + busy / 2,
+                        "cpus": 4.0,
+                        "mem_used_bytes": 1.3e9,
+                        "mem_total_bytes": 8e9,
+                        "net_sent_bytes_per_s": 4e4,
+                        "net_recv_bytes_per_s": 4e4,
+                        "tcp_connections": 50.0,
+                    }
+                }
+            writer.append_window(
+                wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}}
+            )
 
     for sec in range(duration_s + 1):
         for agent in sorted(live):
             if spec.lose_agent_at_s is not None and agent == 1 and sec >= spec.lose_agent_at_s:
                 live.discard(agent)
-                loss = {"kind": "agent_lost", "agent": agent, "incarnation": 0, "reason": "silent",
-                        "detail": "no batch for 3 s <watchdog>", "at_s": float(sec), "share": f"1/{spec.agents}"}
+                loss = {
+                    "kind": "agent_lost",
+                    "agent": agent,
+                    "incarnation": 0,
+                    "reason": "silent",
+                    "detail": "no batch for 3 s <watchdog>",
+                    "at_s": float(sec),
+                    "share": f"1/{spec.agents}",
+                }
                 lost.append(loss)
                 if spec.alerts:
                     writer.append_alert(loss)
@@ -185,21 +224,38 @@ def build_bundle(out_dir: str | Path, spec: SynthSpec | None = None) -> Path:
             cpu[agent] += 0.05 + len(rows) * 40e-6
             final = sec == duration_s
             readings = GeneratorReadings(
-                cpu_s=cpu[agent], rss_bytes=int((110 + sec * 0.8 + agent * 6) * 2**20),
-                loop_lag_max_ns=int((1 + (sec % 5)) * MS), loop_lag_mean_ns=300_000,
-                late_sends=int(len(rows) * 0.01), send_lag_max_ns=2 * MS,
+                cpu_s=cpu[agent],
+                rss_bytes=int((110 + sec * 0.8 + agent * 6) * 2**20),
+                loop_lag_max_ns=int((1 + (sec % 5)) * MS),
+                loop_lag_mean_ns=300_000,
+                late_sends=int(len(rows) * 0.01),
+                send_lag_max_ns=2 * MS,
                 in_flight=int(len(rows) * 0.02) + (30 if sec == 13 else 0),
                 users=int(_level(spec, sec) / spec.agents) if spec.closed else 0,
                 level=_level(spec, sec + 1) / spec.agents,
             )
-            b = Batch(agent=agent, incarnation=0, seq=seq[agent], watermark_ns=(sec + 1) * S, samples=rows,
-                      readings=readings, final=final)
+            b = Batch(
+                agent=agent,
+                incarnation=0,
+                seq=seq[agent],
+                watermark_ns=(sec + 1) * S,
+                samples=rows,
+                readings=readings,
+                final=final,
+            )
             seq[agent] += 1
             agg.add(b)
             totals[str(agent)].add(readings, b.watermark_ns, "fast")
         if spec.alerts and sec == 9:
-            writer.append_alert({"kind": "alert", "level": "warning", "at_s": 9.0, "rule": "p99(latency) < 50ms",
-                                 "reason": "p99 over 10s was 61ms & rising"})
+            writer.append_alert(
+                {
+                    "kind": "alert",
+                    "level": "warning",
+                    "at_s": 9.0,
+                    "rule": "p99(latency) < 50ms",
+                    "reason": "p99 over 10s was 61ms & rising",
+                }
+            )
         for a in spec.extra_alerts:
             if a.get("at_s") == sec:
                 writer.append_alert(a)
@@ -218,45 +274,107 @@ def build_bundle(out_dir: str | Path, spec: SynthSpec | None = None) -> Path:
 
     total = stats_for(None, None)
     thresholds = [
-        {"expr": "p99(latency) < 250ms", "endpoint": None, "stage": None, "abort": False,
-         "ok": (total.latency.value_at_quantile(0.99) or 0) < 250 * MS, "observed": 0.0, "observed_text": "x"},
-        {"expr": "error_rate < 1%", "endpoint": None, "stage": None, "abort": True,
-         "ok": total.error_rate < 0.01, "observed": total.error_rate, "observed_text": f"{100 * total.error_rate:.2f}%"},
-        {"expr": "p95(latency) < 5ms", "endpoint": "health", "stage": "hold", "abort": False,
-         "ok": True, "observed": 3.2e6, "observed_text": "3.2ms <ok>"},
+        {
+            "expr": "p99(latency) < 250ms",
+            "endpoint": None,
+            "stage": None,
+            "abort": False,
+            "ok": (total.latency.value_at_quantile(0.99) or 0) < 250 * MS,
+            "observed": 0.0,
+            "observed_text": "x",
+        },
+        {
+            "expr": "error_rate < 1%",
+            "endpoint": None,
+            "stage": None,
+            "abort": True,
+            "ok": total.error_rate < 0.01,
+            "observed": total.error_rate,
+            "observed_text": f"{100 * total.error_rate:.2f}%",
+        },
+        {
+            "expr": "p95(latency) < 5ms",
+            "endpoint": "health",
+            "stage": "hold",
+            "abort": False,
+            "ok": True,
+            "observed": 3.2e6,
+            "observed_text": "3.2ms <ok>",
+        },
     ]
     outcome = "passed" if all(t["ok"] for t in thresholds) else "thresholds_failed"
     summary = {
-        "outcome": outcome, "stop_reason": "", "duration_s": float(duration_s),
+        "outcome": outcome,
+        "stop_reason": "",
+        "duration_s": float(duration_s),
         "total": total.to_dict(),
         "endpoints": {e: stats_for(e, None).to_dict() for e in endpoints},
-        "stages": {s: {"total": stats_for(None, s).to_dict(), "endpoints": {e: stats_for(e, s).to_dict() for e in endpoints}}
-                   for s in names},
+        "stages": {
+            s: {"total": stats_for(None, s).to_dict(), "endpoints": {e: stats_for(e, s).to_dict() for e in endpoints}}
+            for s in names
+        },
         "thresholds": thresholds,
         "generator": generator_verdict(totals, total.requests),
-        "lost_agents": lost, "late_samples": agg.late_samples, "engines": {e: "fast" for e in endpoints},
+        "lost_agents": lost,
+        "late_samples": agg.late_samples,
+        "engines": dict.fromkeys(endpoints, "fast"),
     }
     if spec.resources:
         summary["target_resources"] = {
-            "scrapes": duration_s, "failures": 0,
+            "scrapes": duration_s,
+            "failures": 0,
             "target_memory": {"max": 9e7, "mean": 8e7, "min": 6.3e7, "last": 9e7, "windows": duration_s},
             "target_cpu": {"max": 0.6, "mean": 0.2, "min": 0.05, "last": 0.1, "windows": duration_s},
         }
-        summary["nodes"] = {"nodes": {"node0aaaaaaa": {
-            "cpu_mean": 0.35, "cpu_max": 0.6, "mem_peak_mb": 1300.0, "net_tx_peak_mb_s": 0.04, "net_rx_peak_mb_s": 0.04,
-            "tcp_connections_max": 50, "agents": [str(a) for a in range(spec.agents)], "windows": duration_s}},
-            "saturated": []}
-    manifest.update(outcome=outcome, complete=True, stop_reason="", ended=started.isoformat(), duration_s=float(duration_s) + 1.5)
-    histograms = [{"endpoint": e, "stage": st, "stats": agg.snapshot(endpoint=e, stage=st).to_sparse()}
-                  for e in (None, *endpoints) for st in (None, *names)]
-    return writer.finish(manifest=manifest, summary=summary, histograms=histograms,
-                         junit_xml=junit_xml(spec.name, thresholds, float(duration_s)))
+        summary["nodes"] = {
+            "nodes": {
+                "node0aaaaaaa": {
+                    "cpu_mean": 0.35,
+                    "cpu_max": 0.6,
+                    "mem_peak_mb": 1300.0,
+                    "net_tx_peak_mb_s": 0.04,
+                    "net_rx_peak_mb_s": 0.04,
+                    "tcp_connections_max": 50,
+                    "agents": [str(a) for a in range(spec.agents)],
+                    "windows": duration_s,
+                }
+            },
+            "saturated": [],
+        }
+    manifest.update(
+        outcome=outcome, complete=True, stop_reason="", ended=started.isoformat(), duration_s=float(duration_s) + 1.5
+    )
+    histograms = [
+        {"endpoint": e, "stage": st, "stats": agg.snapshot(endpoint=e, stage=st).to_sparse()}
+        for e in (None, *endpoints)
+        for st in (None, *names)
+    ]
+    return writer.finish(
+        manifest=manifest,
+        summary=summary,
+        histograms=histograms,
+        junit_xml=junit_xml(spec.name, thresholds, float(duration_s)),
+    )
 
 
 @pytest.fixture(scope="session")
 def shared_bundle(tmp_path_factory) -> Path:
     """One default synthetic bundle for the tests that only read it (built once)."""
     return build_bundle(tmp_path_factory.mktemp("shared"), SynthSpec())
+
+
+@pytest.fixture(scope="session")
+def smoke_bundle(tmp_path_factory) -> Path:
+    """A bundle written by a real run: scenarios/smoke.yaml cut to 3 s, agents on threads of
+    this process (no Ray), against the embedded automaton on 127.0.0.1. Built once."""
+    from horde.coordinator.run.session import RunOptions, run_scenario
+    from horde.coordinator.scenario.load import load_scenario
+
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "smoke.yaml"
+    loaded = load_scenario(scenario, overrides=["workload.stages[0].duration=1s", "workload.stages[1].duration=2s"])
+    out = tmp_path_factory.mktemp("smoke")
+    result = run_scenario(loaded, RunOptions(in_process=True, out_dir=str(out), install_signal_handlers=False))
+    return result.bundle
 
 
 @pytest.fixture
@@ -348,7 +466,9 @@ class _CDP:
                 self.events.append(data)
                 self.changed.set()
 
-    async def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 20.0) -> dict:
+    async def send(
+        self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 20.0
+    ) -> dict:
         self.next_id += 1
         msg: dict[str, Any] = {"id": self.next_id, "method": method, "params": params or {}}
         if session:
@@ -381,11 +501,26 @@ class Browser:
     def __init__(self, tmp: Path) -> None:
         self.profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=tmp))
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", "--hide-scrollbars",
-             f"--user-data-dir={self.profile}", "--remote-debugging-port=0", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                f"--user-data-dir={self.profile}",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.stderr: list[str] = []
         found = threading.Event()
@@ -412,52 +547,67 @@ class Browser:
         import aiohttp
 
         url = html_file.resolve().as_uri()
-        async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(self.ws_url, max_msg_size=0) as ws:
-                cdp = _CDP(ws)
-                try:
-                    target = await cdp.send("Target.createTarget", {"url": "about:blank"})
-                    attached = await cdp.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
-                    sid = attached["sessionId"]
-                    for domain in ("Page", "Runtime", "Log", "Network"):
-                        await cdp.send(f"{domain}.enable", session=sid)
-                    await cdp.send("Emulation.setDeviceMetricsOverride",
-                                   {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session=sid)
-                    cdp.events.clear()
-                    await cdp.send("Page.navigate", {"url": url}, session=sid)
-                    await cdp.wait_for_event("Page.loadEventFired")
-                    result = await cdp.send("Runtime.evaluate", {"expression": CHECK_CHARTS_JS, "returnByValue": True}, session=sid)
-                    if "exceptionDetails" in result:
-                        raise RuntimeError(f"chart check script failed: {result['exceptionDetails']}")
-                    chart_results = result["result"]["value"]
-                    shot = None
-                    if screenshot is not None:
-                        metrics = await cdp.send("Page.getLayoutMetrics", session=sid)
-                        height = int(math_ceil(metrics.get("cssContentSize", metrics.get("contentSize"))["height"]))
-                        await cdp.send("Emulation.setDeviceMetricsOverride",
-                                       {"width": width, "height": min(height, 16000), "deviceScaleFactor": 1, "mobile": False},
-                                       session=sid)
-                        png = await cdp.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
-                                             session=sid, timeout=60)
-                        import base64
+        async with aiohttp.ClientSession() as http, http.ws_connect(self.ws_url, max_msg_size=0) as ws:
+            cdp = _CDP(ws)
+            try:
+                target = await cdp.send("Target.createTarget", {"url": "about:blank"})
+                attached = await cdp.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
+                sid = attached["sessionId"]
+                for domain in ("Page", "Runtime", "Log", "Network"):
+                    await cdp.send(f"{domain}.enable", session=sid)
+                await cdp.send(
+                    "Emulation.setDeviceMetricsOverride",
+                    {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+                    session=sid,
+                )
+                cdp.events.clear()
+                await cdp.send("Page.navigate", {"url": url}, session=sid)
+                await cdp.wait_for_event("Page.loadEventFired")
+                result = await cdp.send(
+                    "Runtime.evaluate", {"expression": CHECK_CHARTS_JS, "returnByValue": True}, session=sid
+                )
+                if "exceptionDetails" in result:
+                    raise RuntimeError(f"chart check script failed: {result['exceptionDetails']}")
+                chart_results = result["result"]["value"]
+                shot = None
+                if screenshot is not None:
+                    metrics = await cdp.send("Page.getLayoutMetrics", session=sid)
+                    height = int(math_ceil(metrics.get("cssContentSize", metrics.get("contentSize"))["height"]))
+                    await cdp.send(
+                        "Emulation.setDeviceMetricsOverride",
+                        {"width": width, "height": min(height, 16000), "deviceScaleFactor": 1, "mobile": False},
+                        session=sid,
+                    )
+                    png = await cdp.send(
+                        "Page.captureScreenshot",
+                        {"format": "png", "captureBeyondViewport": True},
+                        session=sid,
+                        timeout=60,
+                    )
+                    import base64
 
-                        screenshot.write_bytes(base64.b64decode(png["data"]))
-                        shot = screenshot
-                    await asyncio.sleep(0.1)  # late console messages
-                    errors, requests = [], []
-                    for ev in cdp.events:
-                        method, p = ev.get("method"), ev.get("params", {})
-                        if method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert", "warning"):
-                            errors.append(f"console.{p.get('type')}: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", [])))
-                        elif method == "Runtime.exceptionThrown":
-                            errors.append("exception: " + json.dumps(p.get("exceptionDetails", {}))[:500])
-                        elif method == "Log.entryAdded" and p.get("entry", {}).get("level") in ("error", "warning"):
-                            errors.append(f"log {p['entry'].get('level')}: {p['entry'].get('text')} {p['entry'].get('url', '')}")
-                        elif method == "Network.requestWillBeSent":
-                            requests.append(p.get("request", {}).get("url", ""))
-                    await cdp.send("Target.closeTarget", {"targetId": target["targetId"]})
-                finally:
-                    cdp.reader.cancel()
+                    screenshot.write_bytes(base64.b64decode(png["data"]))
+                    shot = screenshot
+                await asyncio.sleep(0.1)  # late console messages
+                errors, requests = [], []
+                for ev in cdp.events:
+                    method, p = ev.get("method"), ev.get("params", {})
+                    if method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert", "warning"):
+                        errors.append(
+                            f"console.{p.get('type')}: "
+                            + " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
+                        )
+                    elif method == "Runtime.exceptionThrown":
+                        errors.append("exception: " + json.dumps(p.get("exceptionDetails", {}))[:500])
+                    elif method == "Log.entryAdded" and p.get("entry", {}).get("level") in ("error", "warning"):
+                        errors.append(
+                            f"log {p['entry'].get('level')}: {p['entry'].get('text')} {p['entry'].get('url', '')}"
+                        )
+                    elif method == "Network.requestWillBeSent":
+                        requests.append(p.get("request", {}).get("url", ""))
+                await cdp.send("Target.closeTarget", {"targetId": target["targetId"]})
+            finally:
+                cdp.reader.cancel()
         return PageCheck(chart_results, errors, requests, shot)
 
     def close(self) -> None:

@@ -19,8 +19,10 @@ BROKEN_CHARTS = {
 
 
 def _broken_svg(title: str, inner: str) -> str:
-    return (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 400 200" width="400" height="200">'
-            f"<title>{title}</title>{inner}</svg>")
+    return (
+        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 400 200" width="400" height="200">'
+        f"<title>{title}</title>{inner}</svg>"
+    )
 
 
 def assert_clean(check, page: Path) -> None:
@@ -60,8 +62,10 @@ def test_checker_flags_broken_charts(browser, tmp_path) -> None:
     body = good + "".join(_broken_svg(name, inner) for name, inner in BROKEN_CHARTS.items())
     body += _broken_svg("no-data without a message", "").replace('class="chart"', 'class="chart" data-nodata="1"')
     page = tmp_path / "broken.html"
-    page.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>{body}"
-                    "<script>console.error('boom')</script></body></html>")
+    page.write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>{body}"
+        "<script>console.error('boom')</script></body></html>"
+    )
     check = browser.check(page)
     flagged = {c["title"]: c["problems"] for c in check.charts}
     assert flagged.pop("good") == []

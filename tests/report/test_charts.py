@@ -58,7 +58,16 @@ def test_log_ticks(lo, hi, max_ticks, expected) -> None:
 
 @pytest.mark.parametrize(
     "v, text",
-    [(0, "0"), (0.25, "0.25"), (5, "5"), (2.5, "2.5"), (1500, "1500"), (15000, "15k"), (2_000_000, "2M"), (0.0005, "0.0005")],
+    [
+        (0, "0"),
+        (0.25, "0.25"),
+        (5, "5"),
+        (2.5, "2.5"),
+        (1500, "1500"),
+        (15000, "15k"),
+        (2_000_000, "2M"),
+        (0.0005, "0.0005"),
+    ],
 )
 def test_tick_labels(v, text) -> None:
     assert charts.fmt_number(v) == text
@@ -70,8 +79,12 @@ def test_time_unit_by_span(span_s, unit) -> None:
 
 
 def test_time_axis_ticks_are_whole_minutes_for_a_long_run() -> None:
-    svg = charts.line_chart([Series("a", [0, 1800], [1, 2], "#000")], title="t",
-                            x_axis=Axis("elapsed", time=True, lo=0, hi=1800), y_axis=Axis("y"))
+    svg = charts.line_chart(
+        [Series("a", [0, 1800], [1, 2], "#000")],
+        title="t",
+        x_axis=Axis("elapsed", time=True, lo=0, hi=1800),
+        y_axis=Axis("y"),
+    )
     root = parse(svg)
     labels = [t.text for t in root.iter(f"{SVG}text")]
     assert "elapsed (min)" in labels
@@ -80,9 +93,15 @@ def test_time_axis_ticks_are_whole_minutes_for_a_long_run() -> None:
 
 def test_line_chart_draws_each_series_inside_the_plot() -> None:
     svg = charts.line_chart(
-        [Series("p50", [0, 1, 2, 3], [1, 2, 3, 2], "#111"), Series("p99 <b>", [0, 1, 2, 3], [5, 6, 9, 7], "#222", dash=True)],
-        title="Latency & more", x_axis=Axis("elapsed", time=True), y_axis=Axis("latency (ms)"),
-        markers=[Marker(0, "ramp"), Marker(2, "abort: <rule>", "critical")], hlines=[HLine(8, "limit")],
+        [
+            Series("p50", [0, 1, 2, 3], [1, 2, 3, 2], "#111"),
+            Series("p99 <b>", [0, 1, 2, 3], [5, 6, 9, 7], "#222", dash=True),
+        ],
+        title="Latency & more",
+        x_axis=Axis("elapsed", time=True),
+        y_axis=Axis("latency (ms)"),
+        markers=[Marker(0, "ramp"), Marker(2, "abort: <rule>", "critical")],
+        hlines=[HLine(8, "limit")],
     )
     root = parse(svg)  # well-formed XML: every label was escaped
     assert root.get("class") == "chart"
@@ -105,8 +124,11 @@ def test_missing_values_break_the_line_and_a_lone_point_is_a_dot() -> None:
 
 
 def test_log_axis_leaves_out_non_positive_values() -> None:
-    root = parse(charts.line_chart([Series("a", [0, 1, 2], [0, 10, 100], "#000")], title="t",
-                                   x_axis=Axis(), y_axis=Axis(log=True)))
+    root = parse(
+        charts.line_chart(
+            [Series("a", [0, 1, 2], [0, 10, 100], "#000")], title="t", x_axis=Axis(), y_axis=Axis(log=True)
+        )
+    )
     (path,) = [p for p in root.iter(f"{SVG}path") if p.get("class") == "data"]
     assert len(path_points(path.get("d"))) == 2
 
@@ -124,7 +146,9 @@ def test_nothing_to_draw_says_so(series) -> None:
 
 def test_stacked_chart_stacks_and_skips_zero_layers() -> None:
     layers = [Layer("timeout", [1, 0, 2], "#f00"), Layer("reset", [0, 0, 0], "#0f0"), Layer("5xx", [2, 1, 1], "#00f")]
-    root = parse(charts.stacked_chart([0, 1, 2], [1, 1, 1], layers, title="errors", x_axis=Axis(time=True), y_axis=Axis()))
+    root = parse(
+        charts.stacked_chart([0, 1, 2], [1, 1, 1], layers, title="errors", x_axis=Axis(time=True), y_axis=Axis())
+    )
     paths = [p for p in root.iter(f"{SVG}path") if p.get("class") == "data"]
     assert [p.find(f"{SVG}title").text for p in paths] == ["timeout", "5xx"]
     texts = [t.text for t in root.iter(f"{SVG}text")]
@@ -132,8 +156,15 @@ def test_stacked_chart_stacks_and_skips_zero_layers() -> None:
 
 
 def test_stacked_chart_of_zeros_draws_a_baseline_and_a_message() -> None:
-    svg = charts.stacked_chart([0, 1], [1, 1], [Layer("timeout", [0, 0], "#f00")], title="errors",
-                               x_axis=Axis(time=True), y_axis=Axis(), zero_message="no errors")
+    svg = charts.stacked_chart(
+        [0, 1],
+        [1, 1],
+        [Layer("timeout", [0, 0], "#f00")],
+        title="errors",
+        x_axis=Axis(time=True),
+        y_axis=Axis(),
+        zero_message="no errors",
+    )
     root = parse(svg)
     assert root.get("data-nodata") is None
     assert [p for p in root.iter(f"{SVG}path") if p.get("class") == "data"]
@@ -147,7 +178,7 @@ def test_percentile_chart_maps_quantiles_to_one_over_one_minus_q() -> None:
     svg = charts.percentile_chart([Series("latency", qs, [1, 2, 4, 8, 16], "#000")], title="p", y_axis=Axis("ms"))
     root = parse(svg)
     labels = [t.text for t in root.iter(f"{SVG}text")]
-    assert ["0%", "90%", "99%", "99.9%"] == [x for x in labels if x and x.endswith("%")]
+    assert [x for x in labels if x and x.endswith("%")] == ["0%", "90%", "99%", "99.9%"]
     (path,) = [p for p in root.iter(f"{SVG}path") if p.get("class") == "data"]
     xs = [x for x, _ in path_points(path.get("d"))]
     # equal steps in log(1 / (1 - q)): 0.9 -> 0.99 -> 0.999 are evenly spaced

@@ -12,7 +12,6 @@ import zlib
 import numpy as np
 import pytest
 
-from horde.coordinator.bundle.store import read_bundle
 from horde.coordinator.bundle.export import (
     CSV_COLUMNS,
     encode_counts,
@@ -24,6 +23,7 @@ from horde.coordinator.bundle.export import (
     write_csv,
     write_hdr_log,
 )
+from horde.coordinator.bundle.store import read_bundle
 from horde.coordinator.measure.histogram import COUNTS_LEN, Histogram, highest_equivalent_value
 
 

@@ -10,9 +10,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from horde.coordinator.report import html as html_report
-from horde.coordinator.measure.aggregate import Stats
 from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.report import html as html_report
 from horde.coordinator.report.html import TOTAL, build_timeline, render_compare_html, render_html, write_html
 
 SVG_RE = re.compile(r"<svg\b.*?</svg>", re.S)
@@ -41,7 +41,9 @@ def drawn_problems(svg: ET.Element) -> list[str]:
             pts = re.findall(r"(-?[\d.]+),(-?[\d.]+)", d)
             if len(pts) >= 2 and all(math.isfinite(float(a)) and math.isfinite(float(b)) for a, b in pts):
                 drawn += 1
-        elif el.tag == f"{NS}circle" or (el.tag == f"{NS}rect" and float(el.get("width", 0)) * float(el.get("height", 0)) > 0):
+        elif el.tag == f"{NS}circle" or (
+            el.tag == f"{NS}rect" and float(el.get("width", 0)) * float(el.get("height", 0)) > 0
+        ):
             drawn += 1
     if not drawn:
         problems.append(f"{title}: nothing drawn")
@@ -93,7 +95,7 @@ def test_the_page_needs_nothing_from_the_network(synthetic) -> None:
 def test_every_figure_comes_from_the_bundle(synthetic) -> None:
     page = render_html(synthetic)
     s = synthetic.summary
-    assert f'{s["total"]["requests"]:,}' in page
+    assert f"{s['total']['requests']:,}" in page
     p99 = s["endpoints"]["health"]["latency_ms"]["p99"]
     assert html_report.fmt_ms(p99) in page
 
@@ -112,8 +114,12 @@ def test_long_runs_are_merged_into_at_most_max_points(synthetic, monkeypatch) ->
     windows = list(synthetic.windows())
     assert tl.group == math.ceil(len(windows) / 5) and len(tl.points) <= 5
     # merged quantiles are the exact quantiles of the merged windows' histograms
-    first = [Stats.from_sparse(e) for item in synthetic.window_histograms() if item["index"] < tl.group
-             for e in item["endpoints"].values()]
+    first = [
+        Stats.from_sparse(e)
+        for item in synthetic.window_histograms()
+        if item["index"] < tl.group
+        for e in item["endpoints"].values()
+    ]
     merged = Stats()
     for s in first:
         merged.merge(s)
@@ -194,14 +200,32 @@ def test_compare_overlays_two_runs(make_bundle) -> None:
 def test_compare_shows_statistical_verdicts_when_given(make_bundle) -> None:
     a = read_bundle(make_bundle(seed=1))
     b = read_bundle(make_bundle(seed=2))
-    metric = {"metric": "latency_p99", "base": 120.5, "candidate": 180.25, "effect": 1.496, "effect_kind": "ratio",
-              "ci": [1.2, 1.8], "p_value": 0.0004, "verdict": "regression", "test": "bootstrap quantile ratio"}
+    metric = {
+        "metric": "latency_p99",
+        "base": 120.5,
+        "candidate": 180.25,
+        "effect": 1.496,
+        "effect_kind": "ratio",
+        "ci": [1.2, 1.8],
+        "p_value": 0.0004,
+        "verdict": "regression",
+        "test": "bootstrap quantile ratio",
+    }
     comparison = {
-        "regressions": ["endpoint search <q>: latency_p99"], "improvements": [], "warnings": ["base <run> warning"],
+        "regressions": ["endpoint search <q>: latency_p99"],
+        "improvements": [],
+        "warnings": ["base <run> warning"],
         "settings": {"alpha": 0.01, "min_effect": 0.05},
-        "scopes": [{"endpoint": "search <q>", "stage": None, "label": "endpoint search <q>", "verdict": "regression",
-                    "metrics": {"latency_p99": metric}},
-                   {"endpoint": None, "stage": "hold", "label": "stage hold", "verdict": "no change", "metrics": {}}],
+        "scopes": [
+            {
+                "endpoint": "search <q>",
+                "stage": None,
+                "label": "endpoint search <q>",
+                "verdict": "regression",
+                "metrics": {"latency_p99": metric},
+            },
+            {"endpoint": None, "stage": "hold", "label": "stage hold", "verdict": "no change", "metrics": {}},
+        ],
     }
     page = render_compare_html(a, b, comparison)
     assert "<h2>Verdict</h2>" in page
@@ -219,14 +243,28 @@ def test_compare_with_an_unfinished_run(make_bundle) -> None:
     assert not [p for svg in chart_svgs(page) for p in drawn_problems(svg)]
 
 
-def test_real_bundle_if_present(tmp_path) -> None:
-    """The smoke bundle a developer made with `horde run` renders too (skipped if none)."""
-    import glob
-
-    found = sorted(glob.glob("/tmp/bundles/smoke-*/manifest.json"))
-    if not found:
-        pytest.skip("no smoke bundle under /tmp/bundles")
+def test_real_bundle(smoke_bundle, tmp_path) -> None:
+    """A bundle a real run wrote (scenarios/smoke.yaml, shortened, agents in-process) renders too."""
     copy = tmp_path / "smoke"
-    shutil.copytree(found[-1].rsplit("/", 1)[0], copy)
-    page = render_html(read_bundle(copy))
+    shutil.copytree(smoke_bundle, copy)
+    bundle = read_bundle(copy)
+    assert bundle.complete and bundle.summary.total.requests > 0 and len(bundle.summary.endpoints) == 7
+    page = render_html(bundle)
     assert not [p for svg in chart_svgs(page) for p in drawn_problems(svg)]
+
+
+def test_the_templates_ship_in_the_wheel() -> None:
+    """report/html.py loads its templates with jinja2.PackageLoader: every file under
+    templates/ must be package data of horde.coordinator.report in pyproject.toml."""
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    repo = Path(__file__).resolve().parents[2]
+    data = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = data["horde.coordinator.report"]
+    templates = repo / "coordinator" / "report" / "templates"
+    files = [p.relative_to(templates.parent).as_posix() for p in templates.rglob("*") if p.is_file()]
+    assert {"templates/report.html", "templates/compare.html", "templates/style.css"} <= set(files)
+    assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []
