@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
 import click
 
-from horde.automaton.faults import FaultConfig, fault_config_from_dict
+from horde.automaton.fault_model import FaultConfigError, TargetFaults, fault_config_from_dict
 from horde.automaton.server import serve
 
 # The admin token travels in the environment rather than argv, where `ps` shows it.
@@ -25,12 +24,27 @@ def main() -> None:
 @click.option("--port", default=8080, show_default=True, type=int, help="0 picks a free port.")
 @click.option("--stall-every", "stall_every_s", type=float, default=None, help="Stall period, seconds.")
 @click.option("--stall-for", "stall_for_s", type=float, default=None, help="Stall length, seconds.")
-@click.option("--faults-json", default=None, metavar="JSON",
-              help="Faults as JSON (the wire form in automaton/faults.py); '@FILE' reads a file.")
-@click.option("--admin-port", default=0, show_default=True, type=int,
-              help="Port of the admin endpoint on 127.0.0.1 (0 picks a free port).")
-@click.option("--admin-token", default=None, envvar=ADMIN_TOKEN_ENV, show_envvar=True,
-              help="Bearer token for the admin endpoint (default: a random one, printed).")
+@click.option(
+    "--faults-json",
+    default=None,
+    metavar="JSON",
+    help="Faults as JSON (automaton/fault_model.py, the same model as a scenario's "
+    "target.embedded.faults); '@FILE' reads a file.",
+)
+@click.option(
+    "--admin-port",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Port of the admin endpoint on 127.0.0.1 (0 picks a free port).",
+)
+@click.option(
+    "--admin-token",
+    default=None,
+    envvar=ADMIN_TOKEN_ENV,
+    show_envvar=True,
+    help="Bearer token for the admin endpoint (default: a random one, printed).",
+)
 @click.option("--db", "db_path", default=None, help="SQLite file (default: a temporary one, deleted at exit).")
 @click.option("--async-workflows", is_flag=True, help="Workflow runs answer 202 and finish in the background.")
 def serve_command(
@@ -78,8 +92,8 @@ def serve_command(
         raise click.ClickException(str(exc)) from None
 
 
-def _faults(faults_json: str | None, stall_every_s: float | None, stall_for_s: float | None) -> FaultConfig:
-    faults = FaultConfig()
+def _faults(faults_json: str | None, stall_every_s: float | None, stall_for_s: float | None) -> TargetFaults:
+    data: dict[str, object] = {}
     if faults_json is not None:
         text = faults_json
         if text.startswith("@"):
@@ -89,15 +103,23 @@ def _faults(faults_json: str | None, stall_every_s: float | None, stall_for_s: f
             except OSError as exc:
                 raise ValueError(f"--faults-json: {exc}") from None
         try:
-            data = json.loads(text)
+            loaded = json.loads(text)
         except ValueError as exc:
             raise ValueError(f"--faults-json is not valid JSON: {exc}") from None
-        faults = fault_config_from_dict(data)
+        faults = fault_config_from_dict(loaded)  # FaultConfigError (a ValueError) lists every problem
+        data = dict(loaded or {})
+        if stall_every_s is None and stall_for_s is None:
+            return faults
+        if faults.stall is not None:
+            raise ValueError("give the stall once: --stall-every/--stall-for or the stall in --faults-json")
     if stall_every_s is not None or stall_for_s is not None:
-        if faults.stall_every_s is not None or faults.stall_for_s is not None:
-            raise ValueError("give the stall once: --stall-every/--stall-for or stall_*_s in --faults-json")
-        faults = dataclasses.replace(faults, stall_every_s=stall_every_s, stall_for_s=stall_for_s)
-    return faults
+        data["stall_every_s"], data["stall_for_s"] = stall_every_s, stall_for_s
+        if stall_every_s is None or stall_for_s is None:
+            raise ValueError("--stall-every and --stall-for must be given together")
+    try:
+        return fault_config_from_dict(data)
+    except FaultConfigError as exc:
+        raise ValueError("; ".join(f"--stall-every/--stall-for: {p}" for p in exc.problems)) from None
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ server.serve_async), so neither load nor a connection limit on the main port get
 way, and only this machine can reach it. Every request needs `Authorization: Bearer
 <token>`; anything else is 401.
 
-    GET /admin/faults   -> 200, the faults in force (the wire form of faults.FaultConfig)
-    PUT /admin/faults   JSON body: the new faults, replacing all of the old ones
+    GET /admin/faults   -> 200, the faults in force (the wire form of fault_model.TargetFaults)
+    PUT /admin/faults   JSON body: the new faults, replacing all of the old ones; the wire
+                        form or the scenario form (`leak_per_request: "10KB"`), one model
                         -> 200 with the faults now in force,
-                           400 {"error": ..., "problems": [...]} when invalid (nothing changes)
+                           400 {"error": ..., "problems": ["key.path: message", ...]}
+                           when invalid (nothing changes)
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from horde.automaton.app import STATE, AutomatonState
-from horde.automaton.faults import FaultConfigError, fault_config_from_dict
+from horde.automaton.fault_model import FaultConfigError, fault_config_from_dict
 
 # Loopback only, whatever host the main site listens on.
 ADMIN_HOST = "127.0.0.1"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from horde.automaton.faults import FaultConfig
+from horde.automaton.fault_model import TargetFaults
 
 # ~0.2 ms of sha256 chaining on a 2020s core: enough CPU that a saturated automaton
 # shows up in process_cpu_seconds_total, little enough to stay I/O-bound by default.
@@ -18,7 +18,8 @@ DEFAULT_DB_THREADS = 4
 
 @dataclass(frozen=True)
 class AutomatonConfig:
-    faults: FaultConfig = field(default_factory=FaultConfig)
+    # The faults: the same model as a scenario's target.embedded.faults.
+    faults: TargetFaults = field(default_factory=lambda: TargetFaults.model_validate({}))
     # None: a fresh database in a temporary directory, deleted at shutdown.
     db_path: str | None = None
     think_cpu_rounds: int = DEFAULT_THINK_CPU_ROUNDS

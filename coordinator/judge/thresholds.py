@@ -1,32 +1,19 @@
 """Thresholds: a small grammar parsed when the scenario loads, evaluated on statistics later.
 
-Grammar (whitespace is free between tokens; names are lower case)::
+Grammar (whitespace is free between tokens)::
 
     threshold   := metric op value
-    metric      := aggregate "(" series ")"
-                 | "error_rate" [ "(" error_class ")" ]
-                 | "errors" [ "(" error_class ")" ]
-                 | "rps" | "requests"
-    aggregate   := "p" NUMBER            quantile in percent, p0 .. p100 (p99, p99.9, p50)
-                 | "avg" | "mean"        arithmetic mean
-                 | "median"              same as p50
-                 | "min" | "max"
-    series      := "latency"             from the intended send time (coordinated omission corrected)
-                 | "service_time"        from the actual send time
-                 | "send_lag"            actual minus intended send time (generator overload)
-                 | resource
-    resource    := "target_memory"       the target's resident memory, per window (peak)
-                 | "target_cpu"          the target's CPU, cores busy per window (1.0 = one core)
-                 | "target_connections"  open connections the target reports
-                 | "target_fds"          the target's open file descriptors
-    error_class := "connect" | "timeout" | "reset" | "http_4xx" | "http_5xx"
-                 | "unexpected_status" | "protocol" | "too_large" | "other"
+    metric      := the metric grammar shared with alert rules (coordinator/judge/metrics.py):
+                   aggregate "(" series ")" | error_rate [ "(" error_class ")" ]
+                 | errors [ "(" error_class ")" ] | rps | requests
+                   where series is latency, service_time, send_lag or a resource
+                   (target_memory, target_cpu, target_connections, target_fds)
     op          := "<" | "<=" | ">" | ">=" | "==" | "!="
     value       := NUMBER [ unit ]       NUMBER is decimal: 500, 1.5, .5 (no sign, no exponent)
 
 Units by metric:
 
-    series        "ns", "us" (or "µs"), "ms", "s", "m"; a bare number is milliseconds
+    series        "ns", "us" (or "µs"), "ms", "s", "m", "h"; a bare number is milliseconds
     target_memory "B", "KB", "MB", "GB" (powers of 1000), "KiB", "MiB", "GiB"; bare = MB
     target_cpu    "%" of one core (90% == 0.9); a bare number is cores
     target_connections, target_fds   none
@@ -42,7 +29,9 @@ peak): ``max(target_memory) < 2000MB``, ``avg(target_cpu) < 90%``,
 Examples: ``p99(latency) < 500ms``, ``p99.9(service_time) <= 1s``, ``error_rate < 1%``,
 ``error_rate(timeout) == 0``, ``rps > 1000``, ``requests >= 100``, ``errors == 0``.
 
-Normalised values: durations in nanoseconds, rates as fractions, counts and rps as is.
+Units come from the one table in horde.coordinator.units (case as written there: "kb" and
+"KB" are both 1000 bytes). Normalised values: durations in nanoseconds, rates as
+fractions, memory in bytes, CPU in cores, counts and rps as is.
 
 No-data rule: a threshold whose statistic has no data (an empty histogram, a rate over zero
 requests, a missing rps) *fails* with observed text "no data", because a limit that saw
@@ -57,34 +46,66 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from horde.agents.samples import ErrorClass
+from horde.coordinator.judge.metrics import (
+    ERROR_CLASSES,
+    ERROR_RATE,
+    ERRORS,
+    MAX,
+    MEAN,
+    MIN,
+    QUANTILE,
+    REQUESTS,
+    RESOURCE_KIND,
+    RESOURCES,
+    RPS,
+    SERIES,
+    SERIES_KIND,
+    STDEV,
+    Cursor,
+    Metric,
+    MetricSyntaxError,
+    read_metric,
+)
+from horde.coordinator.units import duration_unit_s, size_unit_bytes
 
-SERIES = ("latency", "service_time", "send_lag")
-RESOURCES = ("target_memory", "target_cpu", "target_connections", "target_fds")
+__all__ = [
+    "ERRORS",
+    "ERROR_CLASSES",
+    "ERROR_RATE",
+    "KINDS",
+    "MAX",
+    "MEAN",
+    "MIN",
+    "OPERATORS",
+    "QUANTILE",
+    "REQUESTS",
+    "RESOURCES",
+    "RESOURCE_KIND",
+    "RPS",
+    "SERIES",
+    "SERIES_KIND",
+    "STDEV",
+    "Abort",
+    "LiveEvaluator",
+    "ScopedThreshold",
+    "Threshold",
+    "ThresholdResult",
+    "ThresholdSyntaxError",
+    "Verdict",
+    "all_passed",
+    "parse_threshold",
+]
+
 OPERATORS = ("<", "<=", ">", ">=", "==", "!=")
-ERROR_CLASSES: dict[str, ErrorClass] = {e.label: e for e in ErrorClass if e is not ErrorClass.OK}
-
-# Metric kinds.
-SERIES_KIND = "series"
-ERROR_RATE = "error_rate"
-RPS = "rps"
-REQUESTS = "requests"
-ERRORS = "errors"
-RESOURCE_KIND = "resource"
 KINDS = (SERIES_KIND, ERROR_RATE, RPS, REQUESTS, ERRORS, RESOURCE_KIND)
-_SIZE_UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
-# Aggregates of a series after parsing ("avg" becomes "mean", "median" and "pNN" become "quantile").
-QUANTILE = "quantile"
-MEAN = "mean"
-MIN = "min"
-MAX = "max"
+# A threshold's syntax error is the metric grammar's: message and column.
+ThresholdSyntaxError = MetricSyntaxError
 
-_DURATION_UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-                      "m": 60_000_000_000}
+_NS_PER_S = 1_000_000_000
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "<": lambda a, b: a < b,
     "<=": lambda a, b: a <= b,
@@ -94,30 +115,16 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "!=": lambda a, b: a != b,
 }
 
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[0-9]+)?")
-_QUANTILE_NAME = re.compile(r"p([0-9]+(?:\.[0-9]+)?)")
 _OPERATOR = re.compile(r"<=|>=|==|!=|<|>")
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 _UNIT = re.compile(r"[A-Za-zµ%]+")
-
-_METRIC_HELP = "p99(latency), avg(service_time), error_rate, rps, requests or errors"
-_SERIES_HELP = "latency, service_time, send_lag, target_memory, target_cpu, target_connections or target_fds"
-
-
-class ThresholdSyntaxError(ValueError):
-    """What the parser expected, and the 1-based column where it did not find it."""
-
-    def __init__(self, message: str, column: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.column = column
 
 
 @dataclass(frozen=True)
 class Threshold:
     text: str  # the expression as written (stripped)
     kind: str  # one of KINDS
-    aggregate: str | None  # series only: QUANTILE, MEAN, MIN or MAX
+    aggregate: str | None  # series only: QUANTILE, MEAN, STDEV, MIN or MAX
     quantile: float | None  # aggregate QUANTILE only, 0..1
     series: str | None  # series only: one of SERIES
     op: str  # one of OPERATORS
@@ -127,7 +134,7 @@ class Threshold:
     def observe(self, stats: Any) -> float | None:
         """The statistic this threshold limits, normalised like `value`; None when no data."""
         if self.kind == SERIES_KIND:
-            return _observe_series(getattr(stats, self.series), self.aggregate, self.quantile)  # type: ignore[arg-type]
+            return _observe_series(getattr(stats, self.series), self.aggregate, self.quantile)  # type: ignore[arg-type]  # series kinds have an aggregate
         if self.kind == RESOURCE_KIND:
             values = getattr(stats, "resource_values", None)
             if values is None:
@@ -192,10 +199,12 @@ def _aggregate_values(values: Any, aggregate: str | None, quantile: float | None
     v = np.asarray(values, dtype=float)
     if v.size == 0:
         return None
-    if aggregate == QUANTILE:
+    if aggregate == QUANTILE and quantile is not None:
         return float(np.quantile(v, quantile, method="inverted_cdf"))
     if aggregate == MEAN:
         return float(v.mean())
+    if aggregate == STDEV:
+        return float(v.std())
     if aggregate == MIN:
         return float(v.min())
     return float(v.max())
@@ -208,6 +217,8 @@ def _observe_series(hist: Any, aggregate: str, quantile: float | None) -> float 
         value = hist.value_at_quantile(quantile)
     elif aggregate == MEAN:
         value = hist.mean_ns()
+    elif aggregate == STDEV:
+        value = hist.stdev_ns()
     elif aggregate == MIN:
         value = hist.min_ns
     else:
@@ -232,124 +243,21 @@ def _trim(x: float, decimals: int) -> str:
 # --- parser -------------------------------------------------------------------------------
 
 
-class _Cursor:
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-
-    def skip_ws(self) -> None:
-        while self.pos < len(self.text) and self.text[self.pos].isspace():
-            self.pos += 1
-
-    @property
-    def column(self) -> int:
-        return self.pos + 1
-
-    def at_end(self) -> bool:
-        return self.pos >= len(self.text)
-
-    def found(self) -> str:
-        token = self.text[self.pos :].split(maxsplit=1)
-        return repr(token[0][:12]) if token else "end of text"
-
-    def match(self, pattern: re.Pattern[str]) -> str | None:
-        self.skip_ws()
-        m = pattern.match(self.text, self.pos)
-        if m is None:
-            return None
-        self.pos = m.end()
-        return m.group(0)
-
-    def literal(self, char: str) -> bool:
-        self.skip_ws()
-        if self.text.startswith(char, self.pos):
-            self.pos += len(char)
-            return True
-        return False
-
-    def fail(self, what: str, column: int | None = None, hint: str = "") -> ThresholdSyntaxError:
-        column = self.column if column is None else column
-        return ThresholdSyntaxError(f"{what} at column {column}" + (f"; {hint}" if hint else ""), column)
-
-    def expected(self, what: str) -> ThresholdSyntaxError:
-        self.skip_ws()
-        return self.fail(f"expected {what}", hint=f"found {self.found()}")
-
-
 def parse_threshold(text: str) -> Threshold:
     """Parse one threshold expression; ThresholdSyntaxError says what was expected where."""
-    cur = _Cursor(text)
+    cur = Cursor(text)
     cur.skip_ws()
     if cur.at_end():
-        raise ThresholdSyntaxError(f"empty threshold at column 1; expected a metric such as {_METRIC_HELP}", 1)
-
-    name_column = cur.column
-    name = cur.match(_WORD)
-    if name is None:
-        raise cur.expected(f"a metric such as {_METRIC_HELP}")
-
-    aggregate: str | None = None
-    quantile: float | None = None
-    series: str | None = None
-    error_class: ErrorClass | None = None
-    qm = _QUANTILE_NAME.fullmatch(name)
-    if qm or name in ("avg", "mean", "median", "min", "max"):
-        kind = SERIES_KIND
-        if qm:
-            percent = Decimal(qm.group(1))
-            if percent > 100:
-                raise cur.fail(f"quantile {name!r} is above p100", name_column)
-            aggregate, quantile = QUANTILE, float(percent / 100)
-        elif name == "median":
-            aggregate, quantile = QUANTILE, 0.5
-        else:
-            aggregate = MEAN if name in ("avg", "mean") else name
-        if not cur.literal("("):
-            raise cur.expected(f"'(' and a series after {name!r}")
-        cur.skip_ws()
-        series_column = cur.column
-        series = cur.match(_WORD)
-        if series is None:
-            raise cur.expected(f"a series: {_SERIES_HELP}")
-        if series in RESOURCES:
-            kind = RESOURCE_KIND
-        elif series not in SERIES:
-            raise cur.fail(f"unknown series {series!r}", series_column, f"expected {_SERIES_HELP}")
-        if not cur.literal(")"):
-            raise cur.expected(f"')' after {series!r}")
-    elif name in (ERROR_RATE, ERRORS):
-        kind = name
-        if cur.literal("("):
-            cur.skip_ws()
-            class_column = cur.column
-            label = cur.match(_WORD)
-            if label is None:
-                raise cur.expected(f"an error class: {', '.join(ERROR_CLASSES)}")
-            if label not in ERROR_CLASSES:
-                raise cur.fail(
-                    f"unknown error class {label!r}", class_column, f"expected {', '.join(ERROR_CLASSES)}"
-                )
-            error_class = ERROR_CLASSES[label]
-            if not cur.literal(")"):
-                raise cur.expected(f"')' after {label!r}")
-    elif name in (RPS, REQUESTS):
-        kind = name
-        cur.skip_ws()
-        if cur.text.startswith("(", cur.pos):
-            raise cur.fail(f"{name!r} takes no argument", hint="expected an operator")
-    elif name in SERIES:
-        raise cur.fail(
-            f"{name!r} is a series and needs an aggregate", name_column,
-            f"expected e.g. p99({name}) or avg({name})",
+        raise ThresholdSyntaxError(
+            "empty threshold at column 1; expected a metric such as p99(latency), avg(service_time), "
+            "error_rate, rps, requests or errors",
+            1,
         )
-    else:
-        raise cur.fail(f"unknown metric {name!r}", name_column, f"expected {_METRIC_HELP}")
-
+    metric = read_metric(cur)
     cur.skip_ws()
     op = cur.match(_OPERATOR)
     if op is None:
         raise cur.expected("an operator: <, <=, >, >=, == or !=")
-
     cur.skip_ws()
     number_column = cur.column
     number = cur.match(_NUMBER)
@@ -361,82 +269,90 @@ def parse_threshold(text: str) -> Threshold:
     cur.skip_ws()
     if not cur.at_end():
         raise cur.fail(f"unexpected {cur.found()} after the value", hint="expected the end of the threshold")
-
-    value = _normalise(kind, series if kind == RESOURCE_KIND else name, float(number), unit, number_column, unit_column)
+    value = _normalise(metric, float(number), unit, number_column, unit_column)
     return Threshold(
         text=text.strip(),
-        kind=kind,
-        aggregate=aggregate,
-        quantile=quantile,
-        series=series,
+        kind=metric.kind,
+        aggregate=metric.aggregate,
+        quantile=metric.quantile,
+        series=metric.series,
         op=op,
         value=value,
-        error_class=error_class,
+        error_class=metric.error_class,
     )
 
 
-def _normalise(kind: str, name: str, number: float, unit: str | None, number_column: int,
-               unit_column: int) -> float:
-    if kind == RESOURCE_KIND:
-        if name == "target_memory":
-            if unit is None:
-                return number * 1e6
-            if unit not in _SIZE_UNITS:
-                raise ThresholdSyntaxError(
-                    f"unknown size unit {unit!r} at column {unit_column}; expected B, KB, MB, GB, KiB, MiB or GiB",
-                    unit_column,
-                )
-            return number * _SIZE_UNITS[unit]
-        if name == "target_cpu":
-            if unit == "%":
-                return number / 100
-            if unit is not None:
-                raise ThresholdSyntaxError(
-                    f"unknown unit {unit!r} at column {unit_column}; target_cpu takes % or a number of cores",
-                    unit_column,
-                )
-            return number
-        if unit is not None:
-            raise ThresholdSyntaxError(
-                f"unexpected unit {unit!r} at column {unit_column}; {name!r} takes a plain number", unit_column
-            )
-        return number
-    if kind == SERIES_KIND:
+def _normalise(metric: Metric, number: float, unit: str | None, number_column: int, unit_column: int) -> float:
+    """The limit in the threshold's normalised unit; the units are horde.coordinator.units'."""
+    if metric.kind == SERIES_KIND:
+        return _nanoseconds(number, unit, unit_column)
+    if metric.kind == RESOURCE_KIND:
+        return _resource_value(metric.series or "", number, unit, unit_column)
+    if metric.kind == ERROR_RATE:
+        return _fraction(number, unit, number_column, unit_column)
+    if unit is not None:
+        raise ThresholdSyntaxError(
+            f"unexpected unit {unit!r} at column {unit_column}; {metric.name!r} takes a plain number", unit_column
+        )
+    if metric.kind in (REQUESTS, ERRORS) and not number.is_integer():
+        raise ThresholdSyntaxError(
+            f"{metric.name!r} is a count: expected a whole number at column {number_column}", number_column
+        )
+    return number
+
+
+def _nanoseconds(number: float, unit: str | None, unit_column: int) -> float:
+    if unit is None:
+        unit = "ms"  # a bare number is milliseconds
+    seconds_per_unit = duration_unit_s(unit)
+    if seconds_per_unit is None:
+        raise ThresholdSyntaxError(
+            f"unknown duration unit {unit!r} at column {unit_column}; expected ns, us, ms, s, m or h", unit_column
+        )
+    # Whole nanoseconds per unit, so "1.1ms" is 1.1 * 1_000_000 exactly as written.
+    return number * round(seconds_per_unit * _NS_PER_S)
+
+
+def _resource_value(resource: str, number: float, unit: str | None, unit_column: int) -> float:
+    if resource == "target_memory":
         if unit is None:
-            return number * _DURATION_UNITS_NS["ms"]
-        if unit not in _DURATION_UNITS_NS:
+            return number * 1e6  # a bare number is MB
+        bytes_per_unit = size_unit_bytes(unit)
+        if bytes_per_unit is None:
             raise ThresholdSyntaxError(
-                f"unknown duration unit {unit!r} at column {unit_column}; expected us, ms, s or m",
+                f"unknown size unit {unit!r} at column {unit_column}; expected B, KB, MB, GB, KiB, MiB or GiB",
                 unit_column,
             )
-        return number * _DURATION_UNITS_NS[unit]
-    if kind == ERROR_RATE:
+        return number * bytes_per_unit
+    if resource == "target_cpu":
         if unit == "%":
-            if number > 100:
-                raise ThresholdSyntaxError(
-                    f"error rate {number:g}% is above 100% at column {number_column}", number_column
-                )
             return number / 100
         if unit is not None:
             raise ThresholdSyntaxError(
-                f"unknown unit {unit!r} at column {unit_column}; an error rate takes % or no unit",
-                unit_column,
-            )
-        if number > 1:
-            raise ThresholdSyntaxError(
-                f"error rate {number:g} is above 1 at column {number_column}; "
-                f"a bare number is a fraction, write {number:g}% for a percentage",
-                number_column,
+                f"unknown unit {unit!r} at column {unit_column}; target_cpu takes % or a number of cores", unit_column
             )
         return number
     if unit is not None:
         raise ThresholdSyntaxError(
-            f"unexpected unit {unit!r} at column {unit_column}; {name!r} takes a plain number",
-            unit_column,
+            f"unexpected unit {unit!r} at column {unit_column}; {resource!r} takes a plain number", unit_column
         )
-    if kind in (REQUESTS, ERRORS) and not number.is_integer():
+    return number
+
+
+def _fraction(number: float, unit: str | None, number_column: int, unit_column: int) -> float:
+    if unit == "%":
+        if number > 100:
+            raise ThresholdSyntaxError(f"error rate {number:g}% is above 100% at column {number_column}", number_column)
+        return number / 100
+    if unit is not None:
         raise ThresholdSyntaxError(
-            f"{name!r} is a count: expected a whole number at column {number_column}", number_column
+            f"unknown unit {unit!r} at column {unit_column}; an error rate takes % or no unit", unit_column
+        )
+    if number > 1:
+        raise ThresholdSyntaxError(
+            f"error rate {number:g} is above 1 at column {number_column}; "
+            f"a bare number is a fraction, write {number:g}% for a percentage",
+            number_column,
         )
     return number
 
@@ -464,9 +380,9 @@ class ScopedThreshold:
 
     @property
     def text(self) -> str:
-        scope = [f"endpoint={self.endpoint}"] * (self.endpoint is not None) + [
-            f"stage={self.stage}"
-        ] * (self.stage is not None)
+        scope = [f"endpoint={self.endpoint}"] * (self.endpoint is not None) + [f"stage={self.stage}"] * (
+            self.stage is not None
+        )
         return self.threshold.text + (f" [{', '.join(scope)}]" if scope else "")
 
 

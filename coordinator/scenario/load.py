@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ValidationError,
+)
+
 from horde.coordinator.scenario.models import (
     _NAME_MESSAGE,
     REDACTED,
@@ -27,10 +32,6 @@ from horde.coordinator.scenario.models import (
 )
 from horde.coordinator.scenario.redact import _is_secret, _sensitive_header, redact
 from horde.coordinator.units import parse_duration
-from pydantic import (
-    BaseModel,
-    ValidationError,
-)
 
 # --- loading ------------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ import statistics
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import psutil
@@ -189,17 +190,29 @@ def test_admin_needs_the_token_and_changes_take_effect_at_once(lab: AutomatonPro
     lab.set_faults({})
     assert {status for status, _ in fire(lab.url + "/health", 5)} == {200}
 
-    with pytest.raises(ValueError, match="endpoints.helth is not an endpoint"):
+    with pytest.raises(ValueError, match="endpoints.helth: not an endpoint"):
         lab.set_faults({"endpoints": {"helth": {"error_rate": 0.5}}})
+    # One model: the admin endpoint also takes the scenario's names and units.
+    applied = lab.set_faults({"endpoints": {"health": {"error_rate": "100%", "stall": {"every": "10s", "for": "1ms"}}}})
+    assert applied == {"endpoints": {"health": {"error_rate": 1.0, "stall_every_s": 10.0, "stall_for_s": 0.001}}}
+    lab.set_faults({})
 
 
 def test_scaling_adds_workers_after_the_delay_and_removes_them_after_cool_down(lab: AutomatonProcess) -> None:
-    lab.set_faults({
-        "latency": {"dist": "fixed", "delay_s": 0.1},
-        "concurrency": {"limit": 1, "queue": 1000},
-        "scaling": {"min_workers": 1, "max_workers": 3, "step": 1, "queue_above": 1,
-                    "scale_up_delay_s": 0.3, "cool_down_s": 0.4},
-    })
+    lab.set_faults(
+        {
+            "latency": {"dist": "fixed", "delay_s": 0.1},
+            "concurrency": {"limit": 1, "queue": 1000},
+            "scaling": {
+                "min_workers": 1,
+                "max_workers": 3,
+                "step": 1,
+                "queue_above": 1,
+                "scale_up_delay_s": 0.3,
+                "cool_down_s": 0.4,
+            },
+        }
+    )
 
     async def run() -> tuple[list[tuple[float, int]], list[int]]:
         timeout = aiohttp.ClientTimeout(total=30)
@@ -241,7 +254,7 @@ def test_connection_limit_refuses_connections_past_it() -> None:
         def answered(sock: socket.socket) -> bool:
             try:
                 return sock.recv(4096).startswith(b"HTTP/1.1 200")
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 return False
 
         held = [connect() for _ in range(3)]
@@ -298,9 +311,15 @@ def test_admin_listens_on_loopback_only_whatever_the_host() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"faults": {"error_rate": 2}}, "error_rate must be between 0 and 1"),
-        ({"faults": {"stall_every_s": 5, "stall_for_s": 1}, "stall_every_s": 5.0, "stall_for_s": 1.0},
-         "give the stall once"),
+        ({"faults": {"error_rate": 2}}, "error_rate: must be at most 100%"),
+        (
+            {"faults": {"stall_every_s": 5, "stall_for_s": 1}, "stall_every_s": 5.0, "stall_for_s": 1.0},
+            "give the stall once",
+        ),
+        (
+            {"faults": {"stall": {"every": "5s", "for": "1s"}}, "stall_every_s": 5.0, "stall_for_s": 1.0},
+            "give the stall once",
+        ),
     ],
 )
 def test_invalid_faults_fail_the_start(kwargs: dict[str, Any], message: str) -> None:

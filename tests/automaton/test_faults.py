@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+import random
+from collections import Counter
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-import random
-from collections import Counter
-
+from horde.automaton.fault_model import TargetFaults, problem_lines
 from horde.automaton.faults import (
     NO_FAULT,
     Concurrency,
@@ -56,9 +57,7 @@ def test_stall_remaining_table(t_s: float, every_s: float, for_s: float, expecte
     every_s=st.floats(min_value=0.01, max_value=1000),
     for_fraction=st.floats(min_value=0.001, max_value=0.999),
 )
-def test_stall_remaining_ends_exactly_at_a_period_boundary(
-    t_s: float, every_s: float, for_fraction: float
-) -> None:
+def test_stall_remaining_ends_exactly_at_a_period_boundary(t_s: float, every_s: float, for_fraction: float) -> None:
     for_s = every_s * for_fraction
     remaining_s = stall_remaining(t_s, every_s, for_s)
     assert 0.0 <= remaining_s <= for_s + 1e-9
@@ -79,56 +78,74 @@ def test_fault_config_defaults_to_no_faults() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "problem"),
     [
-        ({"stall_every_s": 5.0}, "given together"),
-        ({"stall_for_s": 1.0}, "given together"),
-        ({"stall_every_s": 1.0, "stall_for_s": 1.0}, "shorter than"),
-        ({"stall_every_s": 1.0, "stall_for_s": 2.0}, "shorter than"),
-        ({"stall_every_s": 0.0, "stall_for_s": 0.5}, "stall_every_s must be"),
-        ({"stall_every_s": 5.0, "stall_for_s": -1.0}, "stall_for_s must be"),
-        ({"stall_every_s": math.inf, "stall_for_s": 1.0}, "stall_every_s must be"),
-        ({"stall_every_s": math.nan, "stall_for_s": 1.0}, "stall_every_s must be"),
-        ({"error_rate": 1.5}, "error_rate must be between 0 and 1"),
-        ({"error_rate": -0.1}, "error_rate must be between 0 and 1"),
-        ({"error_rate": True}, "error_rate must be between 0 and 1"),  # a bool is not 100%
-        ({"error_status": 200}, "error_status must be an HTTP error status"),
-        ({"error_status": 600}, "error_status must be an HTTP error status"),
-        ({"leak_bytes_per_request": -1}, "leak_bytes_per_request must be an integer >= 0"),
-        ({"leak_bytes_per_request": 1.5}, "leak_bytes_per_request must be an integer"),
-        ({"cpu_per_request_s": -0.001}, "cpu_per_request_s must be a finite number >= 0"),
-        ({"latency": Normal(mean_s=-1.0, stdev_s=0.1)}, "latency.mean_s must be"),
-        ({"latency": Bimodal(p_slow=2.0, fast_s=0.0, slow_s=1.0)}, "latency.p_slow must be between 0 and 1"),
-        ({"max_connections": 0}, "max_connections must be an integer >= 1"),
-        ({"db_lock_s": -1.0}, "db_lock_s must be a finite number >= 0"),
-        ({"leak_cap_bytes": -5}, "leak_cap_bytes must be an integer >= 0"),
-        ({"endpoints": {"nope": ScopeFaults()}}, "endpoints.nope is not an endpoint of the automaton"),
-        ({"scaling": ScalingPolicy(min_workers=1, max_workers=2, scale_up_delay_s=1, cool_down_s=1)},
-         "scaling needs concurrency"),
-        ({"concurrency": Concurrency(limit=5, queue=1),
-          "scaling": ScalingPolicy(min_workers=1, max_workers=2, scale_up_delay_s=1, cool_down_s=1)},
-         r"concurrency.limit \(5\) is the starting capacity"),
+        ({"stall_every_s": 5.0}, "stall.for: required key is missing"),  # the older flat pair
+        ({"stall_for_s": 1.0}, "stall.every: required key is missing"),
+        ({"stall_every_s": 1.0, "stall_for_s": 1.0}, "stall.for: must be shorter than 'every'"),
+        ({"stall": {"every_s": 1.0, "for_s": 2.0}}, "stall.for: must be shorter than 'every'"),
+        ({"stall_every_s": 0.0, "stall_for_s": 0.5}, "stall.every_s: Input should be greater than 0"),
+        ({"stall_every_s": 5.0, "stall_for_s": -1.0}, "stall.for_s: duration must not be negative"),
+        ({"stall_every_s": math.inf, "stall_for_s": 1.0}, "stall.every_s: duration must be finite"),
+        ({"stall_every_s": math.nan, "stall_for_s": 1.0}, "stall.every_s: duration must be finite"),
+        ({"stall": {"every_s": 5.0, "for_s": 1.0}, "stall_every_s": 5.0, "stall_for_s": 1.0}, "stall: given twice"),
+        ({"error_rate": 1.5}, "error_rate: must be at most 100%"),
+        ({"error_rate": -0.1}, "error_rate: percentage must not be negative"),
+        ({"error_rate": True}, "error_rate: expected a percentage"),  # a bool is not 100%
+        ({"error_status": 200}, "error_status: Input should be greater than or equal to 400"),
+        ({"error_status": 600}, "error_status: Input should be less than or equal to 599"),
+        ({"leak_bytes_per_request": -1}, "leak_bytes_per_request: size must be a finite, non-negative number"),
+        ({"leak_bytes_per_request": "lots"}, "leak_bytes_per_request: invalid size"),
+        ({"cpu_per_request_s": -0.001}, "cpu_per_request_s: duration must not be negative"),
+        ({"latency": Normal(mean_s=-1.0, stdev_s=0.1)}, "latency.mean_s: duration must not be negative"),
+        ({"latency": Bimodal(p_slow=2.0, fast_s=0.0, slow_s=1.0)}, "latency.p_slow: must be at most 100%"),
+        ({"max_connections": 0}, "max_connections: Input should be greater than or equal to 1"),
+        ({"db_lock_s": -1.0}, "db_lock_s: duration must not be negative"),
+        ({"leak_cap_bytes": -5}, "leak_cap_bytes: size must be a finite, non-negative number"),
+        ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({"endpoints": {"nope": ScopeFaults()}}, "endpoints.nope: not an endpoint of the automaton"),
+        (
+            {"scaling": ScalingPolicy(min_workers=1, max_workers=2, scale_up_delay_s=1, cool_down_s=1)},
+            "scaling: needs concurrency",
+        ),
+        (
+            {
+                "concurrency": Concurrency(limit=5, queue=1),
+                "scaling": ScalingPolicy(min_workers=1, max_workers=2, scale_up_delay_s=1, cool_down_s=1),
+            },
+            "concurrency.limit: is the starting capacity",
+        ),
     ],
 )
-def test_fault_config_rejects_invalid(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_fault_config_rejects_invalid(kwargs: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValidationError) as info:
         FaultConfig(**kwargs)  # type: ignore[arg-type]
+    lines = problem_lines(info.value)
+    assert any(line.startswith(problem) for line in lines), lines
 
 
 def test_nested_values_validate_on_their_own() -> None:
-    with pytest.raises(FaultConfigError, match="limit must be an integer >= 1"):
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
         Concurrency(limit=0)
-    with pytest.raises(FaultConfigError, match=r"max_workers \(1\) must not be less than min_workers \(2\)"):
+    with pytest.raises(ValidationError, match="must not be less than min_workers"):
         ScalingPolicy(min_workers=2, max_workers=1, scale_up_delay_s=1, cool_down_s=1)
-    with pytest.raises(FaultConfigError, match="error_rate"):
+    with pytest.raises(ValidationError, match="at most 100%"):
         ScopeFaults(error_rate=2)
 
 
 def test_fault_config_lists_every_problem() -> None:
-    with pytest.raises(ValueError) as info:
-        FaultConfig(stall_every_s=-1.0, stall_for_s=-2.0)
-    assert "stall_every_s must be" in str(info.value)
-    assert "stall_for_s must be" in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        FaultConfig(stall_every_s=-1.0, stall_for_s=-2.0, error_status=1)
+    lines = problem_lines(info.value)
+    assert [line.split(":")[0] for line in lines] == ["error_status", "stall.every_s", "stall.for_s"], lines
+
+
+def test_defaults_and_the_seed() -> None:
+    faults = FaultConfig()
+    assert (faults.error_status, faults.leak_cap_bytes, faults.seed) == (500, 1 << 30, 1)
+    # The default seed stays out of the wire form, as every other default does.
+    assert faults.as_dict() == FaultConfig(seed=1).as_dict() == {}
+    assert FaultConfig(seed=7).as_dict() == {"seed": 7}
 
 
 # --- the wire form ----------------------------------------------------------------------------
@@ -146,27 +163,42 @@ FULL_WIRE = {
     "concurrency": {"limit": 4, "queue": 100},
     "max_connections": 500,
     "db_lock_s": 0.005,
-    "scaling": {"min_workers": 2, "max_workers": 16, "scale_up_delay_s": 5.0, "cool_down_s": 30.0,
-                "step": 2, "queue_above": 10},
+    "scaling": {
+        "min_workers": 2,
+        "max_workers": 16,
+        "scale_up_delay_s": 5.0,
+        "cool_down_s": 30.0,
+        "step": 2,
+        "queue_above": 10,
+    },
     "endpoints": {
         "health": {"error_rate": 0.01, "error_status": 502},
-        "records_create": {"latency": {"dist": "bimodal", "p_slow": 0.1, "fast_s": 0.001, "slow_s": 0.2},
-                           "concurrency": {"limit": 1, "queue": 0}},
-        "agents_list": {"latency": {"dist": "normal", "mean_s": 0.01, "stdev_s": 0.002},
-                        "stall_every_s": 5.0, "stall_for_s": 0.5},
-        "tool_invoke": {"latency": {"dist": "fixed", "delay_s": 0.05}, "cpu_per_request_s": 0.001,
-                        "leak_bytes_per_request": 1},
+        "records_create": {
+            "latency": {"dist": "bimodal", "p_slow": 0.1, "fast_s": 0.001, "slow_s": 0.2},
+            "concurrency": {"limit": 1, "queue": 0},
+        },
+        "agents_list": {
+            "latency": {"dist": "normal", "mean_s": 0.01, "stdev_s": 0.002},
+            "stall_every_s": 5.0,
+            "stall_for_s": 0.5,
+        },
+        "tool_invoke": {
+            "latency": {"dist": "fixed", "delay_s": 0.05},
+            "cpu_per_request_s": 0.001,
+            "leak_bytes_per_request": 1,
+        },
     },
 }
 
 
 def test_wire_form_round_trips() -> None:
     faults = fault_config_from_dict(FULL_WIRE)
-    assert faults.latency == LogNormal(median_s=0.02, sigma=0.5)
+    assert faults.latency.distribution == LogNormal(median_s=0.02, sigma=0.5)
     assert faults.concurrency == Concurrency(limit=4, queue=100)
-    assert faults.scaling == ScalingPolicy(min_workers=2, max_workers=16, scale_up_delay_s=5.0,
-                                           cool_down_s=30.0, step=2, queue_above=10)
-    assert faults.endpoints["tool_invoke"].latency == Fixed(delay_s=0.05)
+    assert faults.scaling == ScalingPolicy(
+        min_workers=2, max_workers=16, scale_up_delay_s=5.0, cool_down_s=30.0, step=2, queue_above=10
+    )
+    assert faults.endpoints["tool_invoke"].latency.distribution == Fixed(delay_s=0.05)
     assert faults.as_dict() == FULL_WIRE
     assert FaultConfig.from_dict(faults.as_dict()) == faults
     assert fault_config_from_dict(None) == fault_config_from_dict({}) == FaultConfig()
@@ -174,9 +206,60 @@ def test_wire_form_round_trips() -> None:
     assert fault_config_from_dict({"max_connections": 5.0}).max_connections == 5
 
 
+def test_the_stall_as_the_models_own_field() -> None:
+    flat = ("stall_every_s", "stall_for_s")
+    nested = {k: v for k, v in FULL_WIRE.items() if k not in flat} | {"stall": {"every_s": 10, "for_s": 1}}
+    assert fault_config_from_dict(nested) == fault_config_from_dict(FULL_WIRE)
+    assert fault_config_from_dict(nested).as_dict() == FULL_WIRE  # answered in the flat wire form
+    faults = FaultConfig(stall_every_s=10.0, stall_for_s=1.0)
+    assert (faults.stall_every_s, faults.stall_for_s, faults.stall_enabled) == (10.0, 1.0, True)
+    assert FaultConfig().stall_every_s is None and not FaultConfig().stall_enabled
+
+
+def test_the_scenario_form_is_the_same_model() -> None:
+    # One model: the scenario's names and units mean what the wire form's plain numbers mean.
+    written = {
+        "seed": 7,
+        "latency": {"dist": "lognormal", "median": "20ms", "sigma": 0.5},
+        "error_rate": "5%",
+        "error_status": 503,
+        "stall": {"every": "10s", "for": "1s"},
+        "leak_per_request": "10240B",
+        "leak_cap": "1MiB",
+        "cpu_per_request": "500us",
+        "concurrency": {"limit": 4, "queue": 100},
+        "max_connections": 500,
+        "db_lock": "5ms",
+        "scaling": {
+            "min_workers": 2,
+            "max_workers": 16,
+            "scale_up_delay": "5s",
+            "cool_down": "30s",
+            "step": 2,
+            "queue_above": 10,
+        },
+        "endpoints": {
+            "health": {"error_rate": "1%", "error_status": 502},
+            "records_create": {
+                "latency": {"dist": "bimodal", "p": "10%", "fast": "1ms", "slow": "200ms"},
+                "concurrency": {"limit": 1, "queue": 0},
+            },
+            "agents_list": {
+                "latency": {"dist": "normal", "mean": "10ms", "stdev": "2ms"},
+                "stall": {"every": "5s", "for": "500ms"},
+            },
+            "tool_invoke": {"latency": "50ms", "cpu_per_request": "1ms", "leak_per_request": 1},
+        },
+    }
+    faults = fault_config_from_dict(written)
+    assert faults == fault_config_from_dict(FULL_WIRE)
+    assert faults.as_dict() == FULL_WIRE
+    assert FaultConfig is TargetFaults  # the automaton's name for the scenario's model
+
+
 def test_wire_form_lists_every_problem_with_its_path() -> None:
     bad = {
-        "error_rate": "5%",  # the wire form is plain numbers; units belong to the scenario
+        "error_rate": "lots",
         "latency": {"dist": "weibull"},
         "concurrency": {"queue": 3},
         "scaling": {"min_workers": 1, "max_workers": 2, "scale_up_delay_s": 1, "cool_down_s": 1},
@@ -191,20 +274,20 @@ def test_wire_form_lists_every_problem_with_its_path() -> None:
         fault_config_from_dict(bad)
     problems = info.value.problems
     expected_prefixes = [
-        "error_rate must be a finite number",
-        "latency.dist must be one of fixed, normal, lognormal, bimodal",
-        "concurrency.limit is required",
-        "endpoints.health.error_rate must be between 0 and 1",
-        "endpoints.health.stall_every_s and stall_for_s must be given together",
-        "endpoints.helth is not an endpoint of the automaton",
-        "endpoints.records_list.colour is not a known key",
-        "endpoints.records_list.latency.stdev_s is required",
-        "mystery is not a known fault key",
+        "error_rate: invalid percentage 'lots'",
+        "latency.dist: Input should be 'fixed', 'normal', 'lognormal' or 'bimodal'",
+        "concurrency.limit: required key is missing",
+        "endpoints.health.error_rate: must be at most 100%",
+        "endpoints.health.stall.for: required key is missing",
+        "endpoints.helth: not an endpoint of the automaton",
+        "endpoints.records_list.colour: unknown key",
+        "endpoints.records_list.latency.stdev: required for dist normal",
+        "mystery: unknown key",
     ]
     for prefix in expected_prefixes:
         assert any(p.startswith(prefix) for p in problems), (prefix, problems)
     # concurrency failed to parse: scaling is not also told that it is missing.
-    assert not any(p.startswith("scaling needs") for p in problems)
+    assert not any(p.startswith("scaling") for p in problems)
     assert len(problems) == len(expected_prefixes), problems
 
 
@@ -260,8 +343,9 @@ def test_endpoint_faults_apply_to_that_endpoint_only_and_add_to_global() -> None
         leak_bytes_per_request=100,
         cpu_per_request_s=0.001,
         endpoints={
-            "health": ScopeFaults(latency=Fixed(0.02), leak_bytes_per_request=5, cpu_per_request_s=0.002,
-                                  error_rate=1.0, error_status=502),
+            "health": ScopeFaults(
+                latency=Fixed(0.02), leak_bytes_per_request=5, cpu_per_request_s=0.002, error_rate=1.0, error_status=502
+            ),
         },
     )
     rng = random.Random(0)

@@ -7,7 +7,6 @@ import math
 import pytest
 
 from horde.agents.samples import ErrorClass
-from horde.coordinator.measure.aggregate import Stats
 from horde.coordinator.judge.alerts import (
     CRITICAL,
     DEFAULT_RULES,
@@ -26,6 +25,7 @@ from horde.coordinator.judge.alerts import (
     rule_problems,
     split_key,
 )
+from horde.coordinator.measure.aggregate import Stats
 
 LAT = "latency_p95_s"
 
@@ -51,55 +51,109 @@ def lat_rule(**kw) -> AlertRule:
 CASES = [
     # (id, rule kwargs, timeline, finish_at, expected events (kind, t, level, start, end, peak))
     ("never breaches", {}, [(0, 0.5), (1, 0.9), (2, 1.0)], 3, []),  # 1.0 is not > 1.0
-    ("fires at once, resolves on the first clear sample", {},
-     [(0, 0.5), (1, 2.0), (2, 3.0), (3, 0.5)], None,
-     [(FIRED, 1, WARNING, 1, None, 2.0), (RESOLVED, 3, WARNING, 1, 3, 3.0)]),
-    ("straight to critical", {}, [(0, 6.0), (1, 0.1)], None,
-     [(FIRED, 0, CRITICAL, 0, None, 6.0), (RESOLVED, 1, CRITICAL, 0, 1, 6.0)]),
-    ("escalates, keeps its highest level while it eases", {},
-     [(0, 2.0), (1, 6.0), (2, 2.0), (3, 0.0)], None,
-     [(FIRED, 0, WARNING, 0, None, 2.0), (ESCALATED, 1, CRITICAL, 0, None, 6.0),
-      (RESOLVED, 3, CRITICAL, 0, 3, 6.0)]),
+    (
+        "fires at once, resolves on the first clear sample",
+        {},
+        [(0, 0.5), (1, 2.0), (2, 3.0), (3, 0.5)],
+        None,
+        [(FIRED, 1, WARNING, 1, None, 2.0), (RESOLVED, 3, WARNING, 1, 3, 3.0)],
+    ),
+    (
+        "straight to critical",
+        {},
+        [(0, 6.0), (1, 0.1)],
+        None,
+        [(FIRED, 0, CRITICAL, 0, None, 6.0), (RESOLVED, 1, CRITICAL, 0, 1, 6.0)],
+    ),
+    (
+        "escalates, keeps its highest level while it eases",
+        {},
+        [(0, 2.0), (1, 6.0), (2, 2.0), (3, 0.0)],
+        None,
+        [(FIRED, 0, WARNING, 0, None, 2.0), (ESCALATED, 1, CRITICAL, 0, None, 6.0), (RESOLVED, 3, CRITICAL, 0, 3, 6.0)],
+    ),
     ("for_s: a short blip never fires", {"for_s": 2}, [(0, 2.0), (1, 3.0), (2, 0.5), (3, 2.0)], 4, []),
-    ("for_s: fires once held, start is when it began", {"for_s": 2},
-     [(0, 0.5), (1, 2.0), (2, 4.0), (3, 3.0), (4, 0.5)], None,
-     [(FIRED, 3, WARNING, 1, None, 4.0), (RESOLVED, 4, WARNING, 1, 4, 4.0)]),
-    ("for_s applies to critical too", {"for_s": 2},
-     [(0, 2.0), (1, 6.0), (2, 7.0), (3, 6.5), (4, 0.0)], None,
-     [(FIRED, 2, WARNING, 0, None, 7.0), (ESCALATED, 3, CRITICAL, 0, None, 7.0),
-      (RESOLVED, 4, CRITICAL, 0, 4, 7.0)]),
-    ("for_s held at critical from the start fires at critical", {"for_s": 1},
-     [(0, 6.0), (1, 6.0)], 2,
-     [(FIRED, 1, CRITICAL, 0, None, 6.0), (RESOLVED, 2, CRITICAL, 0, 2, 6.0)]),
-    ("a critical streak broken by a warning sample restarts its for_s", {"for_s": 1},
-     [(0, 6.0), (1, 2.0), (2, 6.0), (3, 6.0)], None,
-     [(FIRED, 1, WARNING, 0, None, 6.0), (ESCALATED, 3, CRITICAL, 0, None, 6.0)]),
-    ("clear_s: hysteresis holds through a dip, end is when it cleared", {"clear_s": 3},
-     [(0, 2.0), (1, 0.1), (2, 2.5), (3, 0.1), (4, 0.1), (5, 0.1), (6, 0.1)], None,
-     [(FIRED, 0, WARNING, 0, None, 2.0), (RESOLVED, 6, WARNING, 0, 3, 2.5)]),
-    ("clear_s not reached: finish closes it at the start of the clear streak", {"clear_s": 10},
-     [(0, 2.0), (1, 0.1), (2, 0.1)], 5,
-     [(FIRED, 0, WARNING, 0, None, 2.0), (RESOLVED, 5, WARNING, 0, 1, 2.0)]),
-    ("finish closes a firing alert at the stop time", {},
-     [(0, 2.0), (1, 3.0)], 1.5,
-     [(FIRED, 0, WARNING, 0, None, 2.0), (RESOLVED, 1.5, WARNING, 0, 1.5, 3.0)]),
+    (
+        "for_s: fires once held, start is when it began",
+        {"for_s": 2},
+        [(0, 0.5), (1, 2.0), (2, 4.0), (3, 3.0), (4, 0.5)],
+        None,
+        [(FIRED, 3, WARNING, 1, None, 4.0), (RESOLVED, 4, WARNING, 1, 4, 4.0)],
+    ),
+    (
+        "for_s applies to critical too",
+        {"for_s": 2},
+        [(0, 2.0), (1, 6.0), (2, 7.0), (3, 6.5), (4, 0.0)],
+        None,
+        [(FIRED, 2, WARNING, 0, None, 7.0), (ESCALATED, 3, CRITICAL, 0, None, 7.0), (RESOLVED, 4, CRITICAL, 0, 4, 7.0)],
+    ),
+    (
+        "for_s held at critical from the start fires at critical",
+        {"for_s": 1},
+        [(0, 6.0), (1, 6.0)],
+        2,
+        [(FIRED, 1, CRITICAL, 0, None, 6.0), (RESOLVED, 2, CRITICAL, 0, 2, 6.0)],
+    ),
+    (
+        "a critical streak broken by a warning sample restarts its for_s",
+        {"for_s": 1},
+        [(0, 6.0), (1, 2.0), (2, 6.0), (3, 6.0)],
+        None,
+        [(FIRED, 1, WARNING, 0, None, 6.0), (ESCALATED, 3, CRITICAL, 0, None, 6.0)],
+    ),
+    (
+        "clear_s: hysteresis holds through a dip, end is when it cleared",
+        {"clear_s": 3},
+        [(0, 2.0), (1, 0.1), (2, 2.5), (3, 0.1), (4, 0.1), (5, 0.1), (6, 0.1)],
+        None,
+        [(FIRED, 0, WARNING, 0, None, 2.0), (RESOLVED, 6, WARNING, 0, 3, 2.5)],
+    ),
+    (
+        "clear_s not reached: finish closes it at the start of the clear streak",
+        {"clear_s": 10},
+        [(0, 2.0), (1, 0.1), (2, 0.1)],
+        5,
+        [(FIRED, 0, WARNING, 0, None, 2.0), (RESOLVED, 5, WARNING, 0, 1, 2.0)],
+    ),
+    (
+        "finish closes a firing alert at the stop time",
+        {},
+        [(0, 2.0), (1, 3.0)],
+        1.5,
+        [(FIRED, 0, WARNING, 0, None, 2.0), (RESOLVED, 1.5, WARNING, 0, 1.5, 3.0)],
+    ),
     ("finish drops a breach that has not fired yet", {"for_s": 5}, [(0, 2.0), (1, 3.0)], 2, []),
-    ("no data neither holds nor clears", {"for_s": 2, "clear_s": 2},
-     [(0, 2.0), (1, None), (2, 2.0), (3, None), (4, 0.1), (5, None), (6, 0.1)], None,
-     [(FIRED, 2, WARNING, 0, None, 2.0), (RESOLVED, 6, WARNING, 0, 4, 2.0)]),
+    (
+        "no data neither holds nor clears",
+        {"for_s": 2, "clear_s": 2},
+        [(0, 2.0), (1, None), (2, 2.0), (3, None), (4, 0.1), (5, None), (6, 0.1)],
+        None,
+        [(FIRED, 2, WARNING, 0, None, 2.0), (RESOLVED, 6, WARNING, 0, 4, 2.0)],
+    ),
     ("NaN is no data", {}, [(0, math.nan), (1, 0.5)], 2, []),
-    ("fires again after it resolved, a new start", {},
-     [(0, 2.0), (1, 0.1), (2, 3.0), (3, 0.1)], None,
-     [(FIRED, 0, WARNING, 0, None, 2.0), (RESOLVED, 1, WARNING, 0, 1, 2.0),
-      (FIRED, 2, WARNING, 2, None, 3.0), (RESOLVED, 3, WARNING, 2, 3, 3.0)]),
-    ("float times: 0.1-second steps reach for_s 0.3", {"for_s": 0.3},
-     [(0.1, 2.0), (0.2, 2.0), (0.30000000000000004, 2.0), (0.4, 2.0)], None,
-     [(FIRED, 0.4, WARNING, 0.1, None, 2.0)]),
+    (
+        "fires again after it resolved, a new start",
+        {},
+        [(0, 2.0), (1, 0.1), (2, 3.0), (3, 0.1)],
+        None,
+        [
+            (FIRED, 0, WARNING, 0, None, 2.0),
+            (RESOLVED, 1, WARNING, 0, 1, 2.0),
+            (FIRED, 2, WARNING, 2, None, 3.0),
+            (RESOLVED, 3, WARNING, 2, 3, 3.0),
+        ],
+    ),
+    (
+        "float times: 0.1-second steps reach for_s 0.3",
+        {"for_s": 0.3},
+        [(0.1, 2.0), (0.2, 2.0), (0.30000000000000004, 2.0), (0.4, 2.0)],
+        None,
+        [(FIRED, 0.4, WARNING, 0.1, None, 2.0)],
+    ),
 ]
 
 
-@pytest.mark.parametrize("rule_kw, timeline, finish_at, expected",
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("rule_kw, timeline, finish_at, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_timelines(rule_kw, timeline, finish_at, expected):
     assert run(lat_rule(**rule_kw), timeline, finish_at=finish_at) == expected
 
@@ -155,16 +209,37 @@ def test_alert_record_fields():
     assert fired.to_dict()["event"] == FIRED
     a = fired.alert
     assert a == {
-        "kind": "alert", "id": "lat#1", "source": "checkout", "rule": "lat", "rule_name": "lat",
+        "kind": "alert",
+        "id": "lat#1",
+        "source": "checkout",
+        "rule": "lat",
+        "rule_name": "lat",
         "metric": "p95(latency)",
-        "key": LAT, "endpoint": None, "level": WARNING, "start": 10.0, "at_s": 10.0, "fired": 10.0,
-        "escalated": None, "end": None, "resolved": None, "peak": 1.5, "peak_at": 10.0, "last": 1.5,
-        "op": ">", "warning": 1.0, "critical": 5.0,
+        "key": LAT,
+        "endpoint": None,
+        "level": WARNING,
+        "start": 10.0,
+        "at_s": 10.0,
+        "fired": 10.0,
+        "escalated": None,
+        "end": None,
+        "resolved": None,
+        "peak": 1.5,
+        "peak_at": 10.0,
+        "last": 1.5,
+        "op": ">",
+        "warning": 1.0,
+        "critical": 5.0,
         "text": "p95(latency): warning > 1s, critical > 5s",
     }
     engine.observe(11.0, {LAT: 1.2})
     (done,) = engine.finish(12.0)
-    assert (done.alert["end"], done.alert["resolved"], done.alert["closed_by"], done.alert["peak_at"]) == (12.0, 12.0, "finish", 10.0)
+    assert (done.alert["end"], done.alert["resolved"], done.alert["closed_by"], done.alert["peak_at"]) == (
+        12.0,
+        12.0,
+        "finish",
+        10.0,
+    )
     assert a["end"] is None  # events carry copies
     assert engine.active() == [] and engine.fired_total == 1
 
@@ -178,86 +253,117 @@ def test_defaults_are_the_suites():
         "cpu": ("target_cpu", 0.80, 0.95, None),
     }
     engine = AlertEngine(DEFAULT_RULES)
-    ev = engine.observe(0, {"target_memory": 1.5e9, "target_cpu": 0.97, metric_key("error_rate", "x"): 0.1,
-                            metric_key(LAT, "x"): 0.2})
+    ev = engine.observe(
+        0, {"target_memory": 1.5e9, "target_cpu": 0.97, metric_key("error_rate", "x"): 0.1, metric_key(LAT, "x"): 0.2}
+    )
     assert [(e.alert["rule"], e.alert["level"]) for e in ev] == [
-        ("error_rate[x]", WARNING), ("memory", WARNING), ("cpu", CRITICAL)
+        ("error_rate[x]", WARNING),
+        ("memory", WARNING),
+        ("cpu", CRITICAL),
     ]
 
 
 # --- metric expressions, levels, rule parsing ------------------------------------------------
 
 
-@pytest.mark.parametrize("text, key, kind", [
-    ("p95(latency)", "latency_p95_s", "seconds"),
-    (" p99.9( latency ) ", "latency_p99.9_s", "seconds"),
-    ("median(service_time)", "service_time_p50_s", "seconds"),
-    ("avg(latency)", "latency_mean_s", "seconds"),
-    ("stdev(latency)", "latency_stdev_s", "seconds"),
-    ("max(latency)", "latency_max_s", "seconds"),
-    ("error_rate", "error_rate", "fraction"),
-    ("target_memory", "target_memory", "bytes"),
-    ("target_cpu", "target_cpu", "fraction"),
-    ("target_connections", "target_connections", "number"),
-    ("rps", "rps", "number"),
-    ("probe_latency_s", "probe_latency_s", "seconds"),
-    ("heap_bytes", "heap_bytes", "bytes"),
-    ("queue_depth", "queue_depth", "number"),
-])
+@pytest.mark.parametrize(
+    "text, key, kind",
+    [
+        ("p95(latency)", "latency_p95_s", "seconds"),
+        (" p99.9( latency ) ", "latency_p99.9_s", "seconds"),
+        ("median(service_time)", "service_time_p50_s", "seconds"),
+        ("avg(latency)", "latency_mean_s", "seconds"),
+        ("stdev(latency)", "latency_stdev_s", "seconds"),
+        ("max(latency)", "latency_max_s", "seconds"),
+        ("error_rate", "error_rate", "fraction"),
+        ("target_memory", "target_memory", "bytes"),
+        ("target_cpu", "target_cpu", "fraction"),
+        ("target_connections", "target_connections", "number"),
+        ("rps", "rps", "number"),
+        ("probe_latency_s", "probe_latency_s", "seconds"),
+        ("heap_bytes", "heap_bytes", "bytes"),
+        ("queue_depth", "queue_depth", "number"),
+    ],
+)
 def test_parse_metric(text, key, kind):
     assert parse_metric(text) == (key, kind)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("latency", "needs an aggregate"),
-    ("p42(latency)", "unknown aggregate 'p42'"),
-    ("p95(send_time)", "unknown series 'send_time'"),
-    ("P95(latency)", "expected a metric"),
-    ("", "expected a metric"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("latency", "needs an aggregate"),
+        ("p42(latency)", "unknown aggregate 'p42'"),
+        ("p95(send_time)", "unknown series 'send_time'"),
+        ("P95(latency)", "unknown metric 'P95'"),  # names are lower case
+        ("", "expected a metric"),
+    ],
+)
 def test_parse_metric_errors(text, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         parse_metric(text)
 
 
-@pytest.mark.parametrize("value, kind, expected", [
-    ("> 1s", "seconds", (">", 1.0)),
-    ("250ms", "seconds", (None, 0.25)),
-    (0, "seconds", (None, 0.0)),
-    (">= 5%", "fraction", (">=", 0.05)),
-    (0.2, "fraction", (None, 0.2)),
-    ("> 1GB", "bytes", (">", 1e9)),
-    ("512MiB", "bytes", (None, 512 * 1024**2)),
-    ("< 10", "number", ("<", 10.0)),
-])
+@pytest.mark.parametrize(
+    "value, kind, expected",
+    [
+        ("> 1s", "seconds", (">", 1.0)),
+        ("250ms", "seconds", (None, 0.25)),
+        (0, "seconds", (None, 0.0)),
+        (">= 5%", "fraction", (">=", 0.05)),
+        (0.2, "fraction", (None, 0.2)),
+        ("> 1GB", "bytes", (">", 1e9)),
+        ("512MiB", "bytes", (None, 512 * 1024**2)),
+        ("< 10", "number", ("<", 10.0)),
+    ],
+)
 def test_parse_level(value, kind, expected):
     assert parse_level(value, kind) == expected
 
 
-@pytest.mark.parametrize("value, kind, message", [
-    (1, "seconds", "needs a unit"),
-    ("> 2", "seconds", "needs a unit"),
-    (">", "seconds", "expected a value after the operator"),
-    ("fast", "number", "plain number"),
-    (True, "number", "got bool"),
-    ("-5%", "fraction", "must not be negative"),
-])
+@pytest.mark.parametrize(
+    "value, kind, message",
+    [
+        (1, "seconds", "needs a unit"),
+        ("> 2", "seconds", "needs a unit"),
+        (">", "seconds", "expected a value after the operator"),
+        ("fast", "number", "plain number"),
+        (True, "number", "got bool"),
+        ("-5%", "fraction", "must not be negative"),
+    ],
+)
 def test_parse_level_errors(value, kind, message):
     with pytest.raises(ValueError, match=message):
         parse_level(value, kind)
 
 
 def test_parse_rules_section():
-    rules = parse_rules([
-        {"name": "slow-health", "metric": "p99(latency)", "endpoint": "health", "warning": "> 200ms",
-         "critical": "> 1s", "for": "10s", "clear": "30s"},
-        {"metric": "target_memory", "warning": "1GB"},
-        "defaults",
-    ], endpoints=["health"])
-    assert rules[0] == AlertRule("slow-health", "p99(latency)", warning=0.2, critical=1.0, for_s=10.0,
-                                 clear_s=30.0, endpoint="health")
+    rules = parse_rules(
+        [
+            {
+                "name": "slow-health",
+                "metric": "p99(latency)",
+                "endpoint": "health",
+                "warning": "> 200ms",
+                "critical": "> 1s",
+                "for": "10s",
+                "clear": "30s",
+            },
+            {"metric": "target_memory", "warning": "1GB"},
+            "defaults",
+        ],
+        endpoints=["health"],
+    )
+    assert rules[0] == AlertRule(
+        "slow-health", "p99(latency)", warning=0.2, critical=1.0, for_s=10.0, clear_s=30.0, endpoint="health"
+    )
     assert (rules[1].name, rules[1].warning, rules[1].critical, rules[1].for_s, rules[1].clear_s) == (
-        "target_memory", 1e9, None, 0.0, 0.0)
+        "target_memory",
+        1e9,
+        None,
+        0.0,
+        0.0,
+    )
     assert rules[2:] == DEFAULT_RULES
     assert parse_rules(None) == DEFAULT_RULES
     assert parse_rules([]) == ()
@@ -265,30 +371,39 @@ def test_parse_rules_section():
 
 def test_parse_rules_reports_every_problem_with_its_path():
     with pytest.raises(AlertRuleError) as info:
-        parse_rules([
-            {"metric": "p95(latency)", "warning": 1, "critical": "> 500ms", "bogus": 1},  # 0
-            {"metric": "latency", "warning": "1s"},  # 1
-            "everything",  # 2
-            {"metric": "error_rate", "warning": "> 5%", "critical": "< 20%", "for": "soon"},  # 3
-            {"metric": "target_cpu"},  # 4
-            {"name": "memory", "metric": "target_memory", "warning": "1GB"},  # 5
-            "defaults",  # 6: its "memory" clashes with 5
-            {"warning": "1s", "endpoint": "nope"},  # 7
-        ], path="alerts", endpoints=["health"])
+        parse_rules(
+            [
+                {"metric": "p95(latency)", "warning": 1, "critical": "> 500ms", "bogus": 1},  # 0
+                {"metric": "latency", "warning": "1s"},  # 1
+                "everything",  # 2
+                {"metric": "error_rate", "warning": "> 5%", "critical": "< 20%", "for": "soon"},  # 3
+                {"metric": "target_cpu"},  # 4
+                {"name": "memory", "metric": "target_memory", "warning": "1GB"},  # 5
+                "defaults",  # 6: its "memory" clashes with 5
+                {"warning": "1s", "endpoint": "nope"},  # 7
+            ],
+            path="alerts",
+            endpoints=["health"],
+        )
     assert str(info.value).splitlines() == [
-        "alerts[0].bogus: unknown key; expected one of: name, metric, endpoint, warning, critical, for, clear",
         "alerts[0].warning: a duration needs a unit, e.g. 1s or 250ms (got 1)",
-        "alerts[1].metric: 'latency' is a series and needs an aggregate, e.g. p95(latency) or avg(latency)",
+        "alerts[0].bogus: unknown key; expected one of: name, metric, endpoint, warning, critical, for, clear",
+        (  # the message thresholds give (one grammar)
+            "alerts[1].metric: 'latency' is a series and needs an aggregate at column 1; "
+            "expected e.g. p99(latency) or avg(latency)"
+        ),
         'alerts[2]: expected a rule mapping or "defaults", got str',
         "alerts[3].critical: must use the same comparison as warning (>)",
-        "alerts[3].for: invalid duration 'soon': expected a number with a unit (ns, us, ms, s, m, h) "
-        "such as 30s, 250ms or 1m30s",
+        (
+            "alerts[3].for: invalid duration 'soon': expected a number with a unit (ns, us, ms, s, m, h) "
+            "such as 30s, 250ms or 1m30s"
+        ),
         "alerts[4]: give a warning level, a critical level or both",
         "alerts[6]: duplicate rule name 'memory' (also at [5].name)",
         "alerts[7].metric: required key is missing",
         "alerts[7].endpoint: no request entry named 'nope'; expected \"*\" or one of: health",
     ]
-    assert info.value.problems[0] == ((0, "bogus"), info.value.problems[0][1])
+    assert info.value.problems[1] == ((0, "bogus"), info.value.problems[1][1])
 
 
 def test_rule_problems_severity_order_and_section_shape():
@@ -342,5 +457,6 @@ def test_metrics_from_stats():
     # what the rules read, end to end
     engine = AlertEngine(DEFAULT_RULES)
     assert [(e.alert["rule_name"], e.alert["endpoint"], e.alert["level"]) for e in engine.observe(0, m)] == [
-        ("response_time", "api", WARNING), ("error_rate", "api", CRITICAL)
+        ("response_time", "api", WARNING),
+        ("error_rate", "api", CRITICAL),
     ]

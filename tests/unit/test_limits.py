@@ -117,7 +117,14 @@ def test_parse_good(text, kind, aggregate, quantile, series, op, value, error_cl
 
 BAD = [
     # (text, fragment of the message, column)
-    ("p99(latncy) < 500ms", "unknown series 'latncy' at column 5; expected latency, service_time, send_lag, target_memory, target_cpu, target_connections or target_fds", 5),
+    (
+        "p99(latncy) < 500ms",
+        (
+            "unknown series 'latncy' at column 5; expected latency, service_time, send_lag, "
+            "target_memory, target_cpu, target_connections or target_fds"
+        ),
+        5,
+    ),
     ("p99 latency < 5", "expected '(' and a series after 'p99' at column 5", 5),  # missing parenthesis
     ("p99(latency < 5", "expected ')' after 'latency' at column 13", 13),  # unclosed parenthesis
     ("latency < 5ms", "'latency' is a series and needs an aggregate at column 1", 1),
@@ -228,7 +235,7 @@ def test_errors_by_class_may_be_a_sequence():
 @given(op=st.sampled_from(OPERATORS), observed=st.integers(0, 2000), limit=st.integers(0, 2000))
 def test_check_agrees_with_python_comparison(op, observed, limit):
     stats = FakeStats(requests=observed)
-    expected = eval(f"{observed} {op} {limit}")  # noqa: S307 - operators from a fixed list
+    expected = eval(f"{observed} {op} {limit}")
     assert parse_threshold(f"requests {op} {limit}").check(stats).ok is expected
 
 
@@ -322,6 +329,7 @@ def test_scoped_rule_text_names_its_scope():
 
 # --- target resources ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "text, series, aggregate, value",
     [
@@ -339,11 +347,14 @@ def test_resource_thresholds_parse(text, series, aggregate, value):
     assert t.value == pytest.approx(value)
 
 
-@pytest.mark.parametrize("text, column", [
-    ("max(target_memory) < 2 parsecs", 24),  # unknown size unit
-    ("avg(target_cpu) < 90ms", 21),  # a duration is not a CPU unit
-    ("max(target_connections) > 10%", 29),  # a count takes no unit
-])
+@pytest.mark.parametrize(
+    "text, column",
+    [
+        ("max(target_memory) < 2 parsecs", 24),  # unknown size unit
+        ("avg(target_cpu) < 90ms", 21),  # a duration is not a CPU unit
+        ("max(target_connections) > 10%", 29),  # a count takes no unit
+    ],
+)
 def test_resource_thresholds_reject_wrong_units(text, column):
     with pytest.raises(ThresholdSyntaxError) as e:
         parse_threshold(text)

@@ -10,10 +10,11 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from horde.coordinator.units import format_duration, format_size, parse_duration, parse_percent, parse_size
 from horde.coordinator.scenario.load import Problem, ScenarioError, load_scenario, parse_scenario
 from horde.coordinator.scenario.models import REDACTED, Scenario, scenario_json_schema
+from horde.coordinator.units import format_duration, format_size, parse_duration, parse_percent, parse_size
 
 FULL = textwrap.dedent(
     """\
@@ -106,13 +107,22 @@ def test_full_scenario(tmp_path):
     assert s.requests[0].expect == [200, 404] and s.requests[1].weight == 3.0
     w = s.workload
     assert (w.model, w.arrivals, w.start, w.max_in_flight, w.max_connections) == ("open", "poisson", 5.0, 500, 64)
-    assert [(st.duration, st.target, st.name) for st in w.stages] == [(30.0, 100.0, "ramp"), (60.0, 100.0, "hold"), (2.5, 0.0, "")]
+    assert [(st.duration, st.target, st.name) for st in w.stages] == [
+        (30.0, 100.0, "ramp"),
+        (60.0, 100.0, "hold"),
+        (2.5, 0.0, ""),
+    ]
     assert w.total_duration_s == 92.5 and w.graceful_stop == 2.0 and w.think_time == (0.0, 0.0)
     assert (s.flush_interval, s.timeout, s.connect_timeout) == (0.5, 2.0, 1.0)
     rules = s.rules()
     assert [r.threshold.text for r in rules] == ["p99(latency) < 500ms", "error_rate < 1%", "rps > 50"]
     assert (rules[1].endpoint, rules[1].stage, rules[1].abort, rules[1].delay_s, rules[1].window_s) == (
-        "create", "hold", True, 10.0, 5.0)
+        "create",
+        "hold",
+        True,
+        10.0,
+        5.0,
+    )
     assert rules[2].stage == "2"  # an index given as a YAML number
     assert [s.stage_index(r) for r in ("ramp", "hold", "2")] == [0, 1, 2]
     assert loaded.as_run == BASE  # nothing secret in it
@@ -127,7 +137,14 @@ def test_defaults_and_short_forms():
     }
     s = parse(minimal, env={}).scenario
     assert s.target.is_embedded and s.target.embedded.stall is None
-    assert (s.agents, s.flush_interval, s.timeout, s.connect_timeout, s.engine, s.seed) == ("auto", 1.0, 10.0, 5.0, "auto", 1)
+    assert (s.agents, s.flush_interval, s.timeout, s.connect_timeout, s.engine, s.seed) == (
+        "auto",
+        1.0,
+        10.0,
+        5.0,
+        "auto",
+        1,
+    )
     assert s.time_compression == 1.0 and s.alerts is None and s.target.metrics is None
     assert s.requests[0].method == "GET" and s.requests[0].weight == 1.0 and s.requests[0].expect == []
     assert s.workload.think_time == (1.0, 1.0) and s.workload.graceful_stop == 5.0
@@ -136,15 +153,17 @@ def test_defaults_and_short_forms():
     stall = with_(minimal, "target", {"embedded": {"stall": {"every": "5s", "for": "1s"}}})
     s = parse(stall).scenario
     assert (s.target.embedded.stall.every_s, s.target.embedded.stall.for_s) == (5.0, 1.0)
-    assert parse(with_(minimal, "target", {"url": "https://example.com/x"})).scenario.target.url == "https://example.com/x"
+    assert (
+        parse(with_(minimal, "target", {"url": "https://example.com/x"})).scenario.target.url == "https://example.com/x"
+    )
     ranged = parse(with_(minimal, "workload.think_time", {"min": "500ms", "max": 2})).scenario
     assert ranged.workload.think_time == (0.5, 2.0)
 
 
 def test_models_are_frozen():
     s = parse(BASE).scenario
-    with pytest.raises(Exception):
-        s.name = "other"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        s.name = "other"  # type: ignore[misc]  # the point: assigning must fail
 
 
 # --- problems with their paths ------------------------------------------------------------
@@ -158,7 +177,12 @@ PROBLEMS = [
     ("target", {"url": "http://h:99999"}, "target.url", "invalid URL"),
     ("target", {}, "target", "give exactly one of url and embedded"),
     ("target", {"url": "http://h", "embedded": {}}, "target", "give exactly one"),
-    ("target", {"embedded": {"stall": {"every": "1s", "for": "2s"}}}, "target.embedded.stall.for", "shorter than 'every'"),
+    (
+        "target",
+        {"embedded": {"stall": {"every": "1s", "for": "2s"}}},
+        "target.embedded.stall.for",
+        "shorter than 'every'",
+    ),
     ("target", {"embedded": {"stall": {"every": 0, "for": "1s"}}}, "target.embedded.stall.every", "greater than 0"),
     ("requests", [], "requests", "must have at least one entry"),
     ("requests[0].name", "a b", "requests[0].name", "may contain only"),
@@ -195,8 +219,18 @@ PROBLEMS = [
     ("engine", "curl", "engine", "must be 'aiohttp', 'fast' or 'auto'"),
     ("thresholds[0]", "p99(latncy) < 5ms", "thresholds[0].expr", "unknown series 'latncy' at column 5"),
     ("thresholds[1].expr", "error_rate < 5", "thresholds[1].expr", "above 1 at column 14"),
-    ("thresholds[1].endpoint", "nope", "thresholds[1].endpoint", "no request entry named 'nope'; expected one of: list, create"),
-    ("thresholds[1].stage", "warmup", "thresholds[1].stage", "no stage named 'warmup'; expected a stage name (ramp, hold) or an index 0..2"),
+    (
+        "thresholds[1].endpoint",
+        "nope",
+        "thresholds[1].endpoint",
+        "no request entry named 'nope'; expected one of: list, create",
+    ),
+    (
+        "thresholds[1].stage",
+        "warmup",
+        "thresholds[1].stage",
+        "no stage named 'warmup'; expected a stage name (ramp, hold) or an index 0..2",
+    ),
     ("thresholds[1].stage", "3", "thresholds[1].stage", "stage index 3 is out of range"),
     ("thresholds[1].window", 0, "thresholds[1].window", "greater than 0"),
     ("thresholds[1].abort", "maybe", "thresholds[1].abort", "valid boolean"),
@@ -353,7 +387,10 @@ def test_interpolation_problems_have_key_paths():
     problems = problems_of(data, env={})
     assert [(p.path, p.message) for p in problems] == [
         ("target", "unclosed '${': expected ${NAME} or ${NAME:-default}"),
-        ("requests[0].headers.Authorization", "environment variable TOKEN is not set (give a default with ${TOKEN:-default})"),
+        (
+            "requests[0].headers.Authorization",
+            "environment variable TOKEN is not set (give a default with ${TOKEN:-default})",
+        ),
         ("output", "invalid reference '${9X}': expected ${NAME} or ${NAME:-default}"),
     ]  # and no second "invalid URL" problem for the target that could not be interpolated
 
@@ -372,7 +409,11 @@ OVERRIDES = [
     # (override, attribute path to read on the scenario, expected)
     ("workload.stages[0].target=10", lambda s: s.workload.stages[0].target, 10.0),  # list index
     ("target=http://127.0.0.1:9000", lambda s: s.target.url, "http://127.0.0.1:9000"),  # a URL stays text
-    ("thresholds[0]={expr: 'rps > 1', abort: true}", lambda s: (s.thresholds[0].expr, s.thresholds[0].abort), ("rps > 1", True)),
+    (
+        "thresholds[0]={expr: 'rps > 1', abort: true}",
+        lambda s: (s.thresholds[0].expr, s.thresholds[0].abort),
+        ("rps > 1", True),
+    ),
     ("thresholds[1].abort=false", lambda s: s.thresholds[1].abort, False),  # YAML boolean
     ("thresholds[3]=errors == 0", lambda s: s.thresholds[3].expr, "errors == 0"),  # index == len appends
     ("requests[0].expect=[201, 202]", lambda s: s.requests[0].expect, [201, 202]),  # YAML list
@@ -460,8 +501,13 @@ def test_secrets_are_redacted_in_as_run_but_not_in_the_scenario():
     loaded = parse(secret_data(), env={"TENANT": "acme", "PASSWORD": "hunter2"})
     headers = loaded.as_run["requests"][0]["headers"]
     assert headers == {
-        "Authorization": REDACTED, "Cookie": REDACTED, "X-Api-Key": REDACTED, "X-Session-Token": REDACTED,
-        "X-Password": REDACTED, "Accept": "application/json", "X-Tenant": REDACTED,
+        "Authorization": REDACTED,
+        "Cookie": REDACTED,
+        "X-Api-Key": REDACTED,
+        "X-Session-Token": REDACTED,
+        "X-Password": REDACTED,
+        "Accept": "application/json",
+        "X-Tenant": REDACTED,
     }
     assert loaded.as_run["target"] == REDACTED
     assert loaded.as_run["requests"][1]["json"] == {"user": "u", "password": REDACTED}
@@ -489,7 +535,8 @@ def test_secrets_stay_out_of_problem_messages():
     data = with_(BASE, "requests[0].weight", "${WEIGHT}")
     data = with_(data, "requests[0].headers", {"X-Count": ["${COUNT}"]})  # a list: invalid header value
     problems = problems_of(
-        data, env={"WEIGHT": "heavy-secret", "COUNT": "count-secret"},
+        data,
+        env={"WEIGHT": "heavy-secret", "COUNT": "count-secret"},
         overrides=["requests[1].headers.Authorization=[x"],
     )
     text = str(ScenarioError(problems))
@@ -583,7 +630,8 @@ def test_parse_percent_rejects(written):
 
 
 @pytest.mark.parametrize(
-    "written,nbytes", [(512, 512), ("512", 512), ("64KiB", 65536), ("1kb", 1000), ("1.5MiB", 1572864), ("2 GB", 2 * 10**9)]
+    "written,nbytes",
+    [(512, 512), ("512", 512), ("64KiB", 65536), ("1kb", 1000), ("1.5MiB", 1572864), ("2 GB", 2 * 10**9)],
 )
 def test_parse_size(written, nbytes):
     assert parse_size(written) == nbytes
@@ -596,7 +644,14 @@ def test_parse_size_rejects(written):
 
 
 def test_format_size():
-    assert [format_size(n) for n in (0, 1023, 1024, 1536, 1024**2, 3 * 1024**3)] == ["0B", "1023B", "1KiB", "1.5KiB", "1MiB", "3GiB"]
+    assert [format_size(n) for n in (0, 1023, 1024, 1536, 1024**2, 3 * 1024**3)] == [
+        "0B",
+        "1023B",
+        "1KiB",
+        "1.5KiB",
+        "1MiB",
+        "3GiB",
+    ]
 
 
 # --- schema -------------------------------------------------------------------------------
@@ -627,10 +682,13 @@ def test_soak_alerts_and_metrics_keys():
     assert s.time_compression == 60 and s.target.metrics.endswith("/metrics") and len(s.alerts) == 1
 
 
-@pytest.mark.parametrize("key, value, path", [
-    ("time_compression", 0.5, "time_compression"),  # compression below 1 would stretch time
-    ("alerts", [{"name": "x", "metric": "p95(latency)", "warning": "fast"}], "alerts[0]"),  # bad level
-])
+@pytest.mark.parametrize(
+    "key, value, path",
+    [
+        ("time_compression", 0.5, "time_compression"),  # compression below 1 would stretch time
+        ("alerts", [{"name": "x", "metric": "p95(latency)", "warning": "fast"}], "alerts[0]"),  # bad level
+    ],
+)
 def test_soak_and_alert_problems_name_their_path(key, value, path):
     data = {
         "name": "soak",

@@ -60,17 +60,31 @@ EXPECTED_CONFIG = {
     "concurrency": {"limit": 4, "queue": 100},
     "max_connections": 500,
     "db_lock_s": 0.005,
-    "scaling": {"min_workers": 2, "max_workers": 16, "step": 2, "queue_above": 10,
-                "scale_up_delay_s": 5.0, "cool_down_s": 30.0},
+    "scaling": {
+        "min_workers": 2,
+        "max_workers": 16,
+        "step": 2,
+        "queue_above": 10,
+        "scale_up_delay_s": 5.0,
+        "cool_down_s": 30.0,
+    },
     "seed": 7,
     "endpoints": {
-        "health": {"error_rate": 0.05, "error_status": 500},
-        "records_create": {"latency": {"dist": "bimodal", "p_slow": 0.1, "fast_s": 0.001, "slow_s": 0.2},
-                           "concurrency": {"limit": 1, "queue": 0}},
-        "agents_list": {"latency": {"dist": "normal", "mean_s": 0.01, "stdev_s": 0.002},
-                        "stall_every_s": 5.0, "stall_for_s": 0.5},
-        "tool_invoke": {"latency": {"dist": "fixed", "delay_s": 0.05}, "leak_bytes_per_request": 1024,
-                        "cpu_per_request_s": 0.001},
+        "health": {"error_rate": 0.05},  # error_status 500 is the default
+        "records_create": {
+            "latency": {"dist": "bimodal", "p_slow": 0.1, "fast_s": 0.001, "slow_s": 0.2},
+            "concurrency": {"limit": 1, "queue": 0},
+        },
+        "agents_list": {
+            "latency": {"dist": "normal", "mean_s": 0.01, "stdev_s": 0.002},
+            "stall_every_s": 5.0,
+            "stall_for_s": 0.5,
+        },
+        "tool_invoke": {
+            "latency": {"dist": "fixed", "delay_s": 0.05},
+            "leak_bytes_per_request": 1024,
+            "cpu_per_request_s": 0.001,
+        },
     },
 }
 
@@ -120,7 +134,9 @@ def test_stall_shorthand_is_a_global_stall() -> None:
     assert embedded.faults_config() == {"stall_every_s": 5.0, "stall_for_s": 1.0}
     both = parse(with_target({"stall": {"every": "5s", "for": "1s"}, "faults": {"error_rate": "2%"}}))
     assert both.scenario.target.embedded.faults_config() == {
-        "error_rate": 0.02, "error_status": 500, "stall_every_s": 5.0, "stall_for_s": 1.0
+        "error_rate": 0.02,
+        "stall_every_s": 5.0,
+        "stall_for_s": 1.0,
     }
     assert fault_config_from_dict(both.scenario.target.embedded.faults_config()).stall_enabled
 
@@ -133,8 +149,10 @@ def test_stall_shorthand_is_a_global_stall() -> None:
         ({"dist": "fixed", "delay": "1s"}, {"dist": "fixed", "delay_s": 1.0}),
         ({"dist": "normal", "mean": "50ms", "stdev": "10ms"}, {"dist": "normal", "mean_s": 0.05, "stdev_s": 0.01}),
         ({"dist": "lognormal", "median": "2ms", "sigma": 1}, {"dist": "lognormal", "median_s": 0.002, "sigma": 1.0}),
-        ({"dist": "bimodal", "p": 0.25, "fast": 0, "slow": "1s"},
-         {"dist": "bimodal", "p_slow": 0.25, "fast_s": 0.0, "slow_s": 1.0}),
+        (
+            {"dist": "bimodal", "p": 0.25, "fast": 0, "slow": "1s"},
+            {"dist": "bimodal", "p_slow": 0.25, "fast_s": 0.0, "slow_s": 1.0},
+        ),
     ],
 )
 def test_latency_forms(latency: object, expected: dict) -> None:
@@ -147,9 +165,7 @@ def test_override_sets_a_fault() -> None:
     data = copy.deepcopy(DATA)
     data["target"] = "embedded"
     loaded = parse(data, overrides=["target={}", "target.embedded.faults.endpoints.health.error_rate=5%"])
-    assert loaded.scenario.target.embedded.faults_config() == {
-        "endpoints": {"health": {"error_rate": 0.05, "error_status": 500}}
-    }
+    assert loaded.scenario.target.embedded.faults_config() == {"endpoints": {"health": {"error_rate": 0.05}}}
 
 
 F = "target.embedded.faults"
@@ -165,7 +181,11 @@ PROBLEMS = [
     ({"latency": {"dist": "gamma"}}, f"{F}.latency.dist", "must be 'fixed', 'normal', 'lognormal' or 'bimodal'"),
     ({"latency": "soon"}, f"{F}.latency.delay", "invalid duration"),
     ({"latency": {"dist": "bimodal", "p": "120%", "fast": 0, "slow": 1}}, f"{F}.latency.p", "at most 100%"),
-    ({"latency": {"dist": "lognormal", "median": "1ms", "sigma": -1}}, f"{F}.latency.sigma", "greater than or equal to 0"),
+    (
+        {"latency": {"dist": "lognormal", "median": "1ms", "sigma": -1}},
+        f"{F}.latency.sigma",
+        "greater than or equal to 0",
+    ),
     ({"leak_per_request": "10 parsecs"}, f"{F}.leak_per_request", "invalid size"),
     ({"leak_cap": -1}, f"{F}.leak_cap", "must be a finite, non-negative number"),
     ({"cpu_per_request": "fast"}, f"{F}.cpu_per_request", "invalid duration"),
@@ -173,13 +193,32 @@ PROBLEMS = [
     ({"max_connections": 0}, f"{F}.max_connections", "greater than or equal to 1"),
     ({"concurrency": {"limit": 0}}, f"{F}.concurrency.limit", "greater than or equal to 1"),
     ({"concurrency": {"queue": 2}}, f"{F}.concurrency.limit", "required key is missing"),
-    ({"scaling": {"min_workers": 1, "max_workers": 2, "scale_up_delay": "1s", "cool_down": "1s"}},
-     f"{F}.scaling", "needs concurrency"),
-    ({"concurrency": {"limit": 1}, "scaling": {"min_workers": 4, "max_workers": 2, "scale_up_delay": 1, "cool_down": 1}},
-     f"{F}.scaling.max_workers", "must not be less than min_workers"),
-    ({"concurrency": {"limit": 9}, "scaling": {"min_workers": 1, "max_workers": 4, "scale_up_delay": 1, "cool_down": 1}},
-     f"{F}.concurrency.limit", "between scaling.min_workers and scaling.max_workers"),
-    ({"endpoints": {"health": {"stall": {"every": "1s", "for": "2s"}}}}, f"{F}.endpoints.health.stall.for", "shorter than 'every'"),
+    (
+        {"scaling": {"min_workers": 1, "max_workers": 2, "scale_up_delay": "1s", "cool_down": "1s"}},
+        f"{F}.scaling",
+        "needs concurrency",
+    ),
+    (
+        {
+            "concurrency": {"limit": 1},
+            "scaling": {"min_workers": 4, "max_workers": 2, "scale_up_delay": 1, "cool_down": 1},
+        },
+        f"{F}.scaling.max_workers",
+        "must not be less than min_workers",
+    ),
+    (
+        {
+            "concurrency": {"limit": 9},
+            "scaling": {"min_workers": 1, "max_workers": 4, "scale_up_delay": 1, "cool_down": 1},
+        },
+        f"{F}.concurrency.limit",
+        "between scaling.min_workers and scaling.max_workers",
+    ),
+    (
+        {"endpoints": {"health": {"stall": {"every": "1s", "for": "2s"}}}},
+        f"{F}.endpoints.health.stall.for",
+        "shorter than 'every'",
+    ),
     ({"colour": "red"}, f"{F}.colour", "unknown key"),
     ({"eror_rate": "1%"}, f"{F}.eror_rate", "did you mean 'error_rate'?"),
     ({"endpoints": {"health": {"scaling": {}}}}, f"{F}.endpoints.health.scaling", "unknown key"),  # global only
@@ -197,13 +236,20 @@ def test_problems_have_key_paths(faults: dict, path: str, fragment: str) -> None
 def test_stall_given_twice_is_a_problem() -> None:
     stall = {"every": "5s", "for": "1s"}
     problems = problems_of(with_target({"stall": stall, "faults": {"stall": stall}}))
-    assert [(p.path, p.message) for p in problems] == [("target.embedded.stall", "given twice: also as faults.stall; keep one")]
+    assert [(p.path, p.message) for p in problems] == [
+        ("target.embedded.stall", "given twice: also as faults.stall; keep one")
+    ]
 
 
 def test_every_problem_at_once() -> None:
-    problems = problems_of(with_faults(error_rate="2", max_connections=0, endpoints={"health": {"error_status": 99}, "nope": {}}))
+    problems = problems_of(
+        with_faults(error_rate="2", max_connections=0, endpoints={"health": {"error_status": 99}, "nope": {}})
+    )
     assert {p.path for p in problems} == {
-        f"{F}.error_rate", f"{F}.max_connections", f"{F}.endpoints.health.error_status", f"{F}.endpoints.nope"
+        f"{F}.error_rate",
+        f"{F}.max_connections",
+        f"{F}.endpoints.health.error_status",
+        f"{F}.endpoints.nope",
     }
 
 
@@ -212,8 +258,20 @@ def test_json_schema_documents_the_fault_units() -> None:
     defs = schema["$defs"]
     assert "faults" in defs["EmbeddedTarget"]["properties"]
     target_faults = defs["TargetFaults"]["properties"]
-    assert {"latency", "error_rate", "leak_per_request", "leak_cap", "cpu_per_request", "db_lock", "scaling",
-            "endpoints", "max_connections", "concurrency", "stall", "seed"} <= set(target_faults)
+    assert {
+        "latency",
+        "error_rate",
+        "leak_per_request",
+        "leak_cap",
+        "cpu_per_request",
+        "db_lock",
+        "scaling",
+        "endpoints",
+        "max_connections",
+        "concurrency",
+        "stall",
+        "seed",
+    } <= set(target_faults)
     kinds = lambda prop: {alt.get("type") for alt in prop["anyOf"]}  # noqa: E731
     assert kinds(target_faults["error_rate"]) == {"number", "string"}  # 0.05 or "5%"
     assert kinds(target_faults["leak_cap"]) == {"integer", "string"}  # bytes or "1GiB"
