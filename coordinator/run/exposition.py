@@ -1,12 +1,14 @@
-"""Dashboard data for `horde monitor`: a Prometheus exposition endpoint and a JSON snapshot.
+"""The one Prometheus exposition server of horde, and the dashboard data of `horde monitor`.
 
-The endpoint serves a private CollectorRegistry (nothing registered at import, nothing in
-prometheus_client's global registry) from prometheus_client's own threaded HTTP server,
-bound to 127.0.0.1 unless a host is given. Its one collector renders the latest
-``view`` handed to ``Exposition.update`` at scrape time, so a scrape never sees a
-half-updated set of gauges and a figure nobody measured yet is absent, not 0.
+``ExpositionServer`` serves a private CollectorRegistry (nothing registered at import,
+nothing in prometheus_client's global registry) from prometheus_client's own threaded HTTP
+server, bound to 127.0.0.1 unless a host is given. Its one collector renders the latest
+view handed to ``update`` at scrape time, so a scrape never sees a half-updated set of
+gauges and a figure nobody measured yet is absent, not 0. What a command exposes is its
+collector: ``MonitorCollector`` here (``Exposition`` = the server with it, for `horde
+monitor`), ``RunCollector`` in coordinator/run/prometheus.py (for `horde run --prometheus-port`).
 
-Series (gauges unless said otherwise)::
+`horde monitor`'s series (gauges unless said otherwise)::
 
     horde_monitor_latency_seconds{endpoint,quantile}   rolling-window probe latency quantiles
     horde_monitor_error_rate{endpoint}                  rolling-window error rate (0..1)
@@ -17,12 +19,15 @@ Series (gauges unless said otherwise)::
     horde_monitor_target_open_connections               connections the target reports open
     horde_monitor_alerts_active{level}                  firing alerts, level = warning | critical
 
-``view`` (what the monitor passes to ``update``)::
+its ``view`` (what the monitor passes to ``update``)::
 
     {"latency": {endpoint: {"0.5": s, "0.9": s, "0.95": s, "0.99": s}},
      "error_rate": {endpoint: fraction}, "probes": {endpoint: n}, "probe_errors": {endpoint: n},
      "target": {"memory_bytes": x, "cpu_ratio": x, "open_connections": x},   # keys optional
      "alerts_active": {"warning": n, "critical": n}}
+
+The JSON snapshot helpers (``write_json_atomic``, ``json_safe``) are the monitor's other
+dashboard output.
 """
 
 from __future__ import annotations
@@ -40,22 +45,31 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
 
 LOOPBACK = "127.0.0.1"
 PREFIX = "horde_monitor_"
 
 
-class _ViewCollector:
-    """Renders the latest view; the view is replaced whole, never mutated (scrapes run on
-    the server's threads)."""
+class ViewCollector(Collector):
+    """A collector of the latest view; the view is replaced whole, never mutated (scrapes
+    run on the server's threads)."""
 
     def __init__(self) -> None:
         self.view: Mapping[str, Any] = {}
 
     def collect(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class MonitorCollector(ViewCollector):
+    """`horde monitor`'s series (the module doc)."""
+
+    def collect(self) -> Iterator[Metric]:
         v = self.view
         latency = GaugeMetricFamily(
-            PREFIX + "latency_seconds", "Probe latency quantiles over the rolling window.",
+            PREFIX + "latency_seconds",
+            "Probe latency quantiles over the rolling window.",
             labels=["endpoint", "quantile"],
         )
         for endpoint, quantiles in sorted(v.get("latency", {}).items()):
@@ -63,14 +77,17 @@ class _ViewCollector:
                 if _finite(seconds):
                     latency.add_metric([endpoint, str(q)], float(seconds))
         yield latency
-        rate = GaugeMetricFamily(PREFIX + "error_rate", "Probe error rate over the rolling window (0..1).",
-                                 labels=["endpoint"])
+        rate = GaugeMetricFamily(
+            PREFIX + "error_rate", "Probe error rate over the rolling window (0..1).", labels=["endpoint"]
+        )
         for endpoint, value in sorted(v.get("error_rate", {}).items()):
             if _finite(value):
                 rate.add_metric([endpoint], float(value))
         yield rate
-        for key, name, doc in (("probes", "probes", "Probes sent."),
-                               ("probe_errors", "probe_errors", "Probes that failed.")):
+        for key, name, doc in (
+            ("probes", "probes", "Probes sent."),
+            ("probe_errors", "probe_errors", "Probes that failed."),
+        ):
             counter = CounterMetricFamily(PREFIX + name, doc, labels=["endpoint"])
             for endpoint, value in sorted(v.get(key, {}).items()):
                 counter.add_metric([endpoint], float(value))
@@ -95,15 +112,16 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-class Exposition:
-    """A private registry and, once started, an HTTP server for it (loopback by default)."""
+class ExpositionServer:
+    """A private registry with one view collector and, once started, an HTTP server for it
+    (loopback by default)."""
 
-    def __init__(self, *, host: str = LOOPBACK, port: int = 0) -> None:
+    def __init__(self, collector: ViewCollector, *, host: str = LOOPBACK, port: int = 0) -> None:
         self.host = host
         self.port = port
         self.registry = CollectorRegistry(auto_describe=False)
-        self._collector = _ViewCollector()
-        self.registry.register(self._collector)  # type: ignore[arg-type]
+        self._collector = collector
+        self.registry.register(self._collector)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -133,6 +151,13 @@ class Exposition:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
+
+
+class Exposition(ExpositionServer):
+    """`horde monitor`'s endpoint: the server with MonitorCollector."""
+
+    def __init__(self, *, host: str = LOOPBACK, port: int = 0) -> None:
+        super().__init__(MonitorCollector(), host=host, port=port)
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:

@@ -1,4 +1,5 @@
-"""Live metrics of a running `horde run` in Prometheus format (opt-in port, loopback default).
+"""What a running `horde run` exposes in Prometheus format (opt-in port, loopback default),
+served by the one exposition server (coordinator/run/exposition.py).
 
 Series (from the last closed window unless said otherwise)::
 
@@ -18,27 +19,27 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import start_http_server
+
+from horde.coordinator.run.exposition import LOOPBACK, ExpositionServer, ViewCollector
 
 PREFIX = "horde_run_"
 
 
-class _Collector:
-    def __init__(self) -> None:
-        self.info: Mapping[str, Any] = {}
+class RunCollector(ViewCollector):
+    """The run's series from its latest progress info (the live view's dict)."""
 
     def collect(self) -> Iterator[Metric]:
-        i = self.info
+        i = self.view
         if not i:
             return
         yield CounterMetricFamily(PREFIX + "requests", "Requests completed so far.", value=i["total_requests"])
         yield CounterMetricFamily(PREFIX + "errors", "Failed requests so far.", value=i["total_errors"])
         yield CounterMetricFamily(PREFIX + "lost_agents", "Agents lost so far.", value=i.get("lost", 0))
         yield GaugeMetricFamily(PREFIX + "window_requests", "Requests in the last window.", value=i["rps"])
-        lat = GaugeMetricFamily(PREFIX + "latency_seconds", "Latency from the intended send, last window.",
-                                labels=["quantile"])
+        lat = GaugeMetricFamily(
+            PREFIX + "latency_seconds", "Latency from the intended send, last window.", labels=["quantile"]
+        )
         for q, key in (("0.5", "p50_ms"), ("0.9", "p90_ms"), ("0.99", "p99_ms"), ("1", "max_ms")):
             if i.get(key) is not None:
                 lat.add_metric([q], i[key] / 1e3)
@@ -49,28 +50,12 @@ class _Collector:
         yield GaugeMetricFamily(PREFIX + "alerts_active", "Firing alerts.", value=len(i.get("alerts", [])))
 
 
-class RunMetrics:
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host, self.port = host, port
-        self.registry = CollectorRegistry(auto_describe=False)
-        self._collector = _Collector()
-        self.registry.register(self._collector)  # type: ignore[arg-type]
-        self._server: Any = None
-        self._thread: Any = None
+class RunMetrics(ExpositionServer):
+    """`horde run --prometheus-port`: the server with RunCollector; ``update(info)`` takes the
+    run's progress info whole."""
 
-    def start(self) -> str:
-        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
-        self.port = int(self._server.server_port)
-        return f"http://{self.host}:{self.port}/metrics"
+    def __init__(self, *, host: str = LOOPBACK, port: int = 0) -> None:
+        super().__init__(RunCollector(), host=host, port=port)
 
     def update(self, info: Mapping[str, Any]) -> None:
-        self._collector.info = dict(info)  # replaced whole: scrapes run on the server's threads
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
+        super().update(dict(info))  # a copy: the caller may go on mutating its dict

@@ -1,11 +1,16 @@
-"""Scrape a target's resources while a run goes: a Prometheus /metrics URL (any service that
-exposes the standard process metrics), or a local process by PID (psutil)."""
+"""The one scraper of a target's resources: a Prometheus /metrics URL (any service that
+exposes the standard process metrics), or a local process by PID (psutil).
+
+`horde run` samples it on a schedule (``TargetProbe``); `horde monitor` scrapes once per
+interval (``scrape``) and reads the same figures through ``process_gauges``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import aiohttp
 import psutil
@@ -13,11 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from horde.coordinator.measure.resources import Reading
 
-# Standard process-collector names, plus the automaton's connection gauge.
-_RSS = "process_resident_memory_bytes"
-_CPU = "process_cpu_seconds_total"
-_FDS = "process_open_fds"
-_CONNECTIONS = ("automaton_open_connections", "http_server_open_connections", "nginx_connections_active")
+# Standard process-collector names, plus the connection gauges of the automaton and of
+# common servers (the first one present wins).
+RSS = "process_resident_memory_bytes"
+CPU = "process_cpu_seconds_total"
+FDS = "process_open_fds"
+CONNECTIONS = ("automaton_open_connections", "http_server_open_connections", "nginx_connections_active")
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -29,10 +35,71 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
+def process_gauges(m: Mapping[str, float]) -> dict[str, float]:
+    """The process figures a scrape holds, by what they are: memory_bytes, cpu_seconds_total,
+    open_fds, open_connections (absent when the target does not expose them)."""
+    out = {
+        key: m[name]
+        for key, name in (("memory_bytes", RSS), ("cpu_seconds_total", CPU), ("open_fds", FDS))
+        if name in m
+    }
+    conns = next((m[n] for n in CONNECTIONS if n in m), None)
+    if conns is not None:
+        out["open_connections"] = conns
+    return out
+
+
+def has_process_metrics(m: Mapping[str, float]) -> bool:
+    """Whether a scrape is of a process collector at all (memory or CPU)."""
+    return RSS in m or CPU in m
+
+
 def reading_from_metrics(t_s: float, m: dict[str, float]) -> Reading:
-    conns = next((m[n] for n in _CONNECTIONS if n in m), None)
-    return Reading(t_s=t_s, rss_bytes=m.get(_RSS), cpu_seconds_total=m.get(_CPU), open_connections=conns,
-                   open_fds=m.get(_FDS))
+    g = process_gauges(m)
+    return Reading(
+        t_s=t_s,
+        rss_bytes=g.get("memory_bytes"),
+        cpu_seconds_total=g.get("cpu_seconds_total"),
+        open_connections=g.get("open_connections"),
+        open_fds=g.get("open_fds"),
+    )
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One GET of a /metrics URL. `status` is None when no answer came (`error` says why);
+    `values` is empty unless the answer was a 200 in Prometheus text."""
+
+    status: int | None
+    values: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.error is None
+
+
+async def scrape(session: aiohttp.ClientSession, url: str, *, timeout_s: float | None = None) -> Scrape:
+    """GET `url` and parse it; never raises but for cancellation (a target may be down)."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
+    try:
+        async with session.get(url, timeout=timeout) as resp:
+            text = await resp.text()
+            status = resp.status
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # no answer: the caller counts it, nothing more
+        return Scrape(None, error=_why(exc))
+    if status != 200:
+        return Scrape(status, error=f"HTTP {status}")
+    try:
+        return Scrape(status, parse_prometheus(text))
+    except Exception as exc:  # an answer, but not Prometheus text
+        return Scrape(status, error=_why(exc))
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 class TargetProbe:
@@ -54,7 +121,9 @@ class TargetProbe:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.source = metrics_url or f"pid {pid}"
 
-    async def run(self, start_wall_ns: int, on_reading: Callable[[Reading], None], on_failure: Callable[[str], None]) -> None:
+    async def run(
+        self, start_wall_ns: int, on_reading: Callable[[Reading], None], on_failure: Callable[[str], None]
+    ) -> None:
         proc = psutil.Process(self._pid) if self._url is None and self._pid else None
         async with aiohttp.ClientSession(timeout=self._timeout) as session:
             k = 0
@@ -65,23 +134,29 @@ class TargetProbe:
                     await asyncio.sleep(delay)
                 k = max(k + 1, int((time.time() - start_wall_ns / 1e9) / self._interval_s) + 1)
                 t_s = time.time() - start_wall_ns / 1e9
-                try:
-                    if proc is not None:
-                        with proc.oneshot():
-                            ct = proc.cpu_times()
-                            reading = Reading(t_s=t_s, rss_bytes=float(proc.memory_info().rss),
-                                              cpu_seconds_total=ct.user + ct.system,
-                                              open_connections=float(len(proc.net_connections(kind="tcp"))),
-                                              open_fds=float(proc.num_fds()))
-                    else:
-                        async with session.get(self._url) as resp:
-                            text = await resp.text()
-                            if resp.status != 200:
-                                raise RuntimeError(f"HTTP {resp.status}")
-                        reading = reading_from_metrics(t_s, parse_prometheus(text))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a failed scrape is counted, never fatal to the run
-                    on_failure(f"{type(exc).__name__}: {exc}"[:200])
-                    continue
+                if proc is not None:
+                    try:
+                        reading = _process_reading(proc, t_s)
+                    except Exception as exc:  # a failed sample is counted, never fatal to the run
+                        on_failure(_why(exc))
+                        continue
+                else:
+                    assert self._url is not None
+                    got = await scrape(session, self._url)
+                    if not got.ok:
+                        on_failure(got.error or f"HTTP {got.status}")
+                        continue
+                    reading = reading_from_metrics(t_s, got.values)
                 on_reading(reading)
+
+
+def _process_reading(proc: psutil.Process, t_s: float) -> Reading:
+    with proc.oneshot():
+        ct = proc.cpu_times()
+        return Reading(
+            t_s=t_s,
+            rss_bytes=float(proc.memory_info().rss),
+            cpu_seconds_total=ct.user + ct.system,
+            open_connections=float(len(proc.net_connections(kind="tcp"))),
+            open_fds=float(proc.num_fds()),
+        )

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from horde.automaton.launch import start_automaton
 from horde.coordinator.judge.alerts import DEFAULT_RULES, AlertRule, metric_key
+from horde.coordinator.scenario.load import parse_scenario
 from horde.coordinator.workflows.history import History
 from horde.coordinator.workflows.monitor import MonitorResult, run_monitor
-from horde.coordinator.scenario.load import parse_scenario
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -147,9 +147,15 @@ def test_monitor_records_alerts_and_serves_dashboard_data(automaton, tmp_path):
     with WebhookReceiver() as hook:
         started = time.time()
         thread, out = in_thread(
-            scenario_or_urls=loaded, history_path=history_path, duration_s=5.0, interval_s=INTERVAL_S,
-            rules=(*DEFAULT_RULES, ALWAYS), webhook_url=hook.url, prometheus_port=0,
-            snapshot_path=snapshot_path, progress=lines.append,
+            scenario_or_urls=loaded,
+            history_path=history_path,
+            duration_s=5.0,
+            interval_s=INTERVAL_S,
+            rules=(*DEFAULT_RULES, ALWAYS),
+            webhook_url=hook.url,
+            prometheus_port=0,
+            snapshot_path=snapshot_path,
+            progress=lines.append,
         )
         # While it runs: the Prometheus endpoint on loopback serves the gauges.
         snap = wait_for(lambda: (s := read_snapshot(snapshot_path)) and s["intervals"] >= 2 and s)
@@ -157,7 +163,9 @@ def test_monitor_records_alerts_and_serves_dashboard_data(automaton, tmp_path):
         assert url.startswith("http://127.0.0.1:")
         text = _NO_PROXY.open(url, timeout=5).read().decode()
         families = {f.name: f for f in text_string_to_metric_families(text)}
-        latency = {(s.labels["endpoint"], s.labels["quantile"]) for s in families["horde_monitor_latency_seconds"].samples}
+        latency = {
+            (s.labels["endpoint"], s.labels["quantile"]) for s in families["horde_monitor_latency_seconds"].samples
+        }
         assert {("health", "0.5"), ("health", "0.99"), ("agents", "0.95"), ("missing", "0.9")} <= latency
         rates = {s.labels["endpoint"]: s.value for s in families["horde_monitor_error_rate"].samples}
         assert rates["health"] == 0.0 and rates["missing"] == 1.0
@@ -232,8 +240,13 @@ def test_stop_event_flushes_the_last_interval_and_closes_alerts(tmp_path):
     loaded = parse_scenario(scenario_text("embedded"))
     stop = threading.Event()
     thread, out = in_thread(
-        scenario_or_urls=loaded, history_path=history_path, duration_s=60.0, interval_s=INTERVAL_S,
-        rules=(ALWAYS,), webhook_url=f"http://127.0.0.1:{_free_port()}/hook", snapshot_path=snapshot_path,
+        scenario_or_urls=loaded,
+        history_path=history_path,
+        duration_s=60.0,
+        interval_s=INTERVAL_S,
+        rules=(ALWAYS,),
+        webhook_url=f"http://127.0.0.1:{_free_port()}/hook",
+        snapshot_path=snapshot_path,
         stop_event=stop,
     )
     snap = wait_for(lambda: (s := read_snapshot(snapshot_path)) and s["intervals"] >= 3 and s, timeout_s=30)
@@ -285,8 +298,9 @@ def test_bare_urls_and_signal_stop(automaton, tmp_path):
     url = automaton.url + "/health"
     before = signal.getsignal(signal.SIGTERM)
     with stop_on_signals() as stop:
-        thread, out = in_thread(scenario_or_urls=[url], history_path=history_path, duration_s=30.0,
-                                interval_s=0.3, stop_event=stop)
+        thread, out = in_thread(
+            scenario_or_urls=[url], history_path=history_path, duration_s=30.0, interval_s=0.3, stop_event=stop
+        )
         wait_for(lambda: history_path.exists() and _count(history_path, url) >= 2)
         os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets the event
         result = finished(thread, out, 30)
@@ -301,3 +315,115 @@ def test_bare_urls_and_signal_stop(automaton, tmp_path):
 def _count(history_path: Path, source: str) -> int:
     with History(str(history_path)) as history:
         return len(history.metrics(source, metric_key("probe_requests", "health")))
+
+
+def test_an_embedded_target_is_started_through_the_run_seam_with_the_scenario_seed(monkeypatch, tmp_path):
+    """`horde monitor` starts `target: embedded` as `horde run` does: the scenario's faults
+    with its seed (the monitor's own start once dropped the seed)."""
+    import horde.automaton.launch as launch
+
+    started: list[dict] = []
+    real_start = launch.start_automaton
+
+    def recording_start(**kwargs):
+        started.append(kwargs)
+        return real_start(**kwargs)
+
+    monkeypatch.setattr(launch, "start_automaton", recording_start)
+    text = scenario_text("{embedded: {faults: {latency: 1ms}}}").replace("name: monitor-test", "name: seeded\nseed: 11")
+    result = run_monitor(
+        parse_scenario(text),
+        history_path=tmp_path / "h.sqlite3",
+        duration_s=INTERVAL_S,
+        interval_s=INTERVAL_S,
+        rules=DEFAULT_RULES,
+    )
+    [kwargs] = started
+    assert kwargs["faults"]["seed"] == 11
+    assert kwargs["faults"]["latency"]  # the scenario's own faults, not a default automaton
+    assert result.target_metrics and result.probes >= 2  # it answered, and its /metrics was read
+
+
+def test_one_scraper_reads_a_service_whatever_it_answers():
+    """coordinator/run/target_probe.py's `scrape`, shared by `horde run` and `horde monitor`:
+    figures from Prometheus text, an error (never an exception) otherwise."""
+    from horde.coordinator.run.target_probe import has_process_metrics, process_gauges, reading_from_metrics, scrape
+
+    texts = {
+        "/metrics": "process_resident_memory_bytes 1048576\nprocess_cpu_seconds_total 2.5\n"
+        'automaton_open_connections{kind="a"} 3\nautomaton_open_connections{kind="b"} 4\n',
+        "/garbage": "this is { not prometheus\n",
+    }
+
+    async def handler(request: web.Request) -> web.Response:
+        text = texts.get(request.path)
+        return web.Response(text=text) if text is not None else web.Response(status=404)
+
+    async def scrape_all() -> dict:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        base = f"http://127.0.0.1:{port}"
+        import aiohttp
+
+        try:
+            async with aiohttp.ClientSession() as session:
+                return {
+                    path: await scrape(session, base + path, timeout_s=2.0)
+                    for path in ("/metrics", "/garbage", "/none")
+                } | {"down": await scrape(session, f"http://127.0.0.1:{_free_port()}/metrics", timeout_s=2.0)}
+        finally:
+            await runner.cleanup()
+
+    got = asyncio.run(scrape_all())
+    ok = got["/metrics"]
+    assert ok.ok and has_process_metrics(ok.values)
+    assert process_gauges(ok.values) == {"memory_bytes": 1048576.0, "cpu_seconds_total": 2.5, "open_connections": 7.0}
+    reading = reading_from_metrics(1.0, ok.values)
+    assert (reading.rss_bytes, reading.cpu_seconds_total, reading.open_connections, reading.open_fds) == (
+        1048576.0,
+        2.5,
+        7.0,
+        None,
+    )
+    assert not got["/garbage"].ok and got["/garbage"].status == 200 and got["/garbage"].values == {}
+    assert got["/none"].status == 404 and got["/none"].error == "HTTP 404"
+    assert got["down"].status is None and got["down"].error
+
+
+def test_run_and_monitor_expose_through_the_one_server():
+    from horde.coordinator.run.exposition import Exposition, ExpositionServer
+    from horde.coordinator.run.prometheus import RunMetrics
+
+    run_metrics, monitor = RunMetrics(), Exposition()
+    assert isinstance(run_metrics, ExpositionServer) and isinstance(monitor, ExpositionServer)
+    try:
+        run_url, monitor_url = run_metrics.start(), monitor.start()
+        run_metrics.update(
+            {
+                "total_requests": 10,
+                "total_errors": 1,
+                "rps": 5,
+                "p99_ms": 20.0,
+                "users": 0,
+                "in_flight": 2,
+                "planned": 5,
+            }
+        )
+        monitor.update({"probes": {"health": 3}, "target": {"memory_bytes": 2048}})
+        families = {}
+        for url in (run_url, monitor_url):
+            text = _NO_PROXY.open(url, timeout=5).read().decode()
+            families |= {s.name: s for f in text_string_to_metric_families(text) for s in f.samples}
+    finally:
+        run_metrics.close()
+        monitor.close()
+    assert families["horde_run_requests_total"].value == 10
+    assert families["horde_run_latency_seconds"].labels == {"quantile": "0.99"}
+    assert families["horde_run_latency_seconds"].value == pytest.approx(0.020)
+    assert families["horde_monitor_probes_total"].value == 3
+    assert families["horde_monitor_target_memory_bytes"].value == 2048

@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
+from horde.coordinator.analysis.trends import trend
 from horde.coordinator.judge.alerts import DEFAULT_RULES, metric_key
+from horde.coordinator.scenario.load import load_scenario
 from horde.coordinator.workflows.history import History
 from horde.coordinator.workflows.monitor import MonitorResult, run_monitor
-from horde.coordinator.scenario.load import load_scenario
-from horde.coordinator.analysis.trends import trend
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -58,8 +58,15 @@ def monitor_in_thread(url: str, history: Path, **kw: Any) -> tuple[threading.Thr
 
     def body() -> None:
         try:
-            out["result"] = run_monitor(load_scenario(SCENARIO), history_path=history, interval_s=INTERVAL_S,
-                                        window_s=WINDOW_S, target_url=url, stop_event=stop, **kw)
+            out["result"] = run_monitor(
+                load_scenario(SCENARIO),
+                history_path=history,
+                interval_s=INTERVAL_S,
+                window_s=WINDOW_S,
+                target_url=url,
+                stop_event=stop,
+                **kw,
+            )
         except BaseException as exc:  # re-raised by the test
             out["error"] = exc
 
@@ -78,14 +85,27 @@ def finished(thread: threading.Thread, out: dict[str, Any], timeout_s: float = 3
 
 def test_default_rules_stay_quiet_on_a_healthy_target(healthy, tmp_path, report) -> None:
     history, snapshot = tmp_path / "history.sqlite3", tmp_path / "monitor.json"
-    result = run_monitor(load_scenario(SCENARIO), history_path=history, duration_s=4.0, interval_s=INTERVAL_S,
-                         window_s=WINDOW_S, target_url=healthy.url, snapshot_path=snapshot)
+    result = run_monitor(
+        load_scenario(SCENARIO),
+        history_path=history,
+        duration_s=4.0,
+        interval_s=INTERVAL_S,
+        window_s=WINDOW_S,
+        target_url=healthy.url,
+        snapshot_path=snapshot,
+    )
     snap = json.loads(snapshot.read_text())
     rolling = snap["rolling"]["endpoints"]
-    report(healthy_monitor={"intervals": result.intervals, "probes": result.probes, "errors": result.errors,
-                            "alerts": len(result.alerts),
-                            "p95_ms": {e: round(v["latency_s"]["p95"] * 1e3, 2) for e, v in rolling.items()},
-                            "target_memory_mb": round(snap["current"]["target"]["target_memory"] / 1e6, 1)})
+    report(
+        healthy_monitor={
+            "intervals": result.intervals,
+            "probes": result.probes,
+            "errors": result.errors,
+            "alerts": len(result.alerts),
+            "p95_ms": {e: round(v["latency_s"]["p95"] * 1e3, 2) for e, v in rolling.items()},
+            "target_memory_mb": round(snap["current"]["target"]["target_memory"] / 1e6, 1),
+        }
+    )
     # The scenario's rules are the defaults plus its own workflow-latency rule.
     names = {r["name"] for r in result.rules}
     assert {r.name for r in DEFAULT_RULES} <= names
@@ -95,9 +115,16 @@ def test_default_rules_stay_quiet_on_a_healthy_target(healthy, tmp_path, report)
     with History(history) as h:
         assert h.alerts(SOURCE) == []
         recorded = {name for _, name in h.metric_names(SOURCE)}
-        for key in ("error_rate", "latency_p95_s", "target_memory", "target_cpu", "target_fds",
-                    metric_key("error_rate", "tool-invoke"), metric_key("latency_p99_s", "workflow-run"),
-                    metric_key("probe_latency_s", "health")):
+        for key in (
+            "error_rate",
+            "latency_p95_s",
+            "target_memory",
+            "target_cpu",
+            "target_fds",
+            metric_key("error_rate", "tool-invoke"),
+            metric_key("latency_p99_s", "workflow-run"),
+            metric_key("probe_latency_s", "health"),
+        ):
             assert key in recorded, key
         assert all(v == 0.0 for _, v in h.metrics(SOURCE, "error_rate"))
         assert len(h.metrics(SOURCE, "target_memory")) >= 12
@@ -119,8 +146,12 @@ def test_injected_error_rate_fires_an_alert_with_start_end_and_peak(healthy, tmp
     result = finished(thread, out)
 
     fired = [a for a in result.alerts if a["rule_name"] == "error_rate"]
-    report(error_alerts=[{k: a.get(k) for k in ("rule", "level", "peak", "start", "end", "closed_by")} for a in fired],
-           fault_on=t_on, fault_off=t_off, alert_lines=[line for line in lines if "ALERT" in line])
+    report(
+        error_alerts=[{k: a.get(k) for k in ("rule", "level", "peak", "start", "end", "closed_by")} for a in fired],
+        fault_on=t_on,
+        fault_off=t_off,
+        alert_lines=[line for line in lines if "ALERT" in line],
+    )
     assert [a["endpoint"] for a in fired] == ["tool-invoke"], result.alerts  # the faulty endpoint only
     assert all(a["rule_name"] == "error_rate" for a in result.alerts), result.alerts
     alert = fired[0]
@@ -159,11 +190,16 @@ def test_a_growing_latency_is_a_rising_trend_in_the_history(healthy, tmp_path, r
     rising = trend([t for t, _ in health], [v for _, v in health], unit="s", per="second")
     control = trend([t for t, _ in steady], [v for _, v in steady], unit="s", per="second")
     snap = json.loads(snapshot.read_text())
-    report(health_trend={"verdict": rising.verdict, "slope_ms_per_s": round(rising.slope * 1e3, 2),
-                         "expected_ms_per_s": step_delay_s / step_s * 1e3},
-           steady_trend={"verdict": control.verdict, "slope_ms_per_s": round((control.slope or 0) * 1e3, 3)},
-           snapshot_latency_p95_trend=snap.get("trends", {}).get("latency_p95_s", {}).get("verdict"),
-           alerts=len(result.alerts))
+    report(
+        health_trend={
+            "verdict": rising.verdict,
+            "slope_ms_per_s": round(rising.slope * 1e3, 2),
+            "expected_ms_per_s": step_delay_s / step_s * 1e3,
+        },
+        steady_trend={"verdict": control.verdict, "slope_ms_per_s": round((control.slope or 0) * 1e3, 3)},
+        snapshot_latency_p95_trend=snap.get("trends", {}).get("latency_p95_s", {}).get("verdict"),
+        alerts=len(result.alerts),
+    )
     assert rising.verdict == "rising", rising
     expected = step_delay_s / step_s  # seconds of latency per second
     assert 0.5 * expected <= rising.slope <= 1.5 * expected, rising

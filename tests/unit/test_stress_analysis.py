@@ -1,4 +1,5 @@
-"""coordinator/workflows/stress.py, the pure parts: staircases, per-step verdicts, whose limit, recovery."""
+"""The pure half of `horde stress` (coordinator/analysis/stress_plan.py, coordinator/analysis/stress.py):
+staircases, the rebuilt scenario, per-step verdicts, whose limit, recovery."""
 
 from __future__ import annotations
 
@@ -6,19 +7,17 @@ import numpy as np
 import pytest
 
 from horde.agents.samples import ErrorClass
-from horde.coordinator.measure.aggregate import Stats
-from horde.coordinator.scenario.load import parse_scenario
-from horde.coordinator.workflows.stress import (
+from horde.coordinator.analysis.stress import analyse_steps, recovery_from_windows, verdict
+from horde.coordinator.analysis.stress_plan import (
     StressPlan,
     abort_thresholds,
-    analyse_steps,
     rebuild,
-    recovery_from_windows,
     search_plan,
     staircase,
     staircase_levels,
-    verdict,
 )
+from horde.coordinator.measure.aggregate import Stats
+from horde.coordinator.scenario.load import parse_scenario
 
 MS = 1_000_000
 
@@ -82,24 +81,52 @@ def test_abort_thresholds_slide_over_the_hold_and_reject_bad_rules():
 def test_rebuild_replaces_target_stages_and_thresholds_and_validates():
     loaded = scenario(thresholds='["p99(latency) < 1s"]')
     stages, _ = staircase([10, 20], 2)
-    out = rebuild(loaded, target_url="http://127.0.0.1:9", start=0, stages=stages,
-                  thresholds=abort_thresholds(["error_rate < 1%"], 2))
+    out = rebuild(
+        loaded,
+        target_url="http://127.0.0.1:9",
+        start=0,
+        stages=stages,
+        thresholds=abort_thresholds(["error_rate < 1%"], 2),
+    )
     sc = out.scenario
     assert sc.target.url == "http://127.0.0.1:9" and not sc.target.is_embedded
     assert [(s.duration, s.target) for s in sc.workload.stages] == [(0, 10), (2, 10), (0, 20), (2, 20)]
     assert [(t.expr, t.abort, t.window) for t in sc.thresholds] == [("error_rate < 1%", True, 2.0)]
     assert out.as_run["target"]["url"] == "http://127.0.0.1:9"
     assert loaded.scenario.target.is_embedded  # the original is untouched
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="duration"):
         rebuild(loaded, stages=[{"duration": -1, "target": 5}])
+
+
+def test_rebuild_keeps_a_url_target_and_says_what_is_wrong_without_pydantic_noise():
+    loaded = parse_scenario(
+        BASE.replace("target: embedded", "target: {url: 'http://127.0.0.1:9', metrics: 'http://127.0.0.1:8/metrics'}")
+        .replace("{model}", "open")
+        .replace("{stages}", "[{duration: 1s, target: 10}]")
+        .replace("{thresholds}", "[]")
+    )
+    stages, _ = staircase([10, 20], 2)
+    out = rebuild(loaded, start=0, stages=stages)  # the scenario's own target: a URL, kept as it is
+    assert out.scenario.target.url == "http://127.0.0.1:9" and not out.scenario.target.is_embedded
+    assert out.scenario.target.metrics == "http://127.0.0.1:8/metrics"
+    # another target: the automaton's /metrics by default, the one given, or none
+    assert rebuild(loaded, target_url="http://h:1").scenario.target.metrics == "http://h:1/metrics"
+    assert (
+        rebuild(loaded, target_url="http://h:1", target_metrics="http://m:2/x").scenario.target.metrics
+        == "http://m:2/x"
+    )
+    assert rebuild(loaded, target_url="http://h:1", target_metrics=None).scenario.target.metrics is None
+    with pytest.raises(ValueError, match=r"workload\.stages\.0\.duration") as bad:
+        rebuild(loaded, stages=[{"duration": -1, "target": 5}])
+    assert "errors.pydantic.dev" not in str(bad.value)
 
 
 def test_search_plan_reads_a_staircase_scenario():
     loaded = scenario(
         stages="[{duration: 0, target: 50}, {duration: 4s, target: 50}, {duration: 0, target: 100},"
-               " {duration: 4s, target: 100}, {duration: 0, target: 150}, {duration: 4s, target: 150}]",
+        " {duration: 4s, target: 100}, {duration: 0, target: 150}, {duration: 4s, target: 150}]",
         thresholds='[{expr: "error_rate < 1%", abort: true, window: 4s}, "p99(latency) < 1s",'
-                   ' {expr: "p99(latency) < 300ms", abort: true}]',
+        ' {expr: "p99(latency) < 300ms", abort: true}]',
     )
     plan = search_plan(loaded)
     assert (plan.start, plan.step, plan.max_level, plan.hold_s) == (50, 50, 150, 4)
@@ -132,9 +159,15 @@ def window(i, n=None, lat_ms=5.0, errors=0, late=0, lag_ms=1.0, in_flight=2, cpu
     if cpu_s is not None:
         gen["cpu_s"] = cpu_s
     d = {
-        "index": i, "start_s": float(i), "end_s": float(i + 1),
-        "total": {"requests": n, "errors": errors, "error_rate": errors / n if n else 0.0,
-                  "latency_ms": {"p50": lat_ms, "p99": lat_ms if n else None}},
+        "index": i,
+        "start_s": float(i),
+        "end_s": float(i + 1),
+        "total": {
+            "requests": n,
+            "errors": errors,
+            "error_rate": errors / n if n else 0.0,
+            "latency_ms": {"p50": lat_ms, "p99": lat_ms if n else None},
+        },
         "generator": {"0": gen},
         "target": target or {},
     }
@@ -150,7 +183,9 @@ def run(overrides=None, n_windows=9, sends=None, **kw):
     if sends is None:  # sends per 100 ms at the plan: 10, 20, 30 per bin
         sends = [10] * 30 + [20] * 30 + [30] * 30
     kw.setdefault("max_in_flight", 1000)
-    steps = analyse_steps(STEPS, windows, hists, {"bin_s": 0.1, "counts": sends}, ["error_rate < 1%", "p99(latency) < 100ms"], **kw)
+    steps = analyse_steps(
+        STEPS, windows, hists, {"bin_s": 0.1, "counts": sends}, ["error_rate < 1%", "p99(latency) < 100ms"], **kw
+    )
     return steps, verdict(steps, [100, 200, 300], aborted=kw.get("run_end_s") is not None)
 
 
@@ -199,8 +234,12 @@ def test_a_step_with_no_answers_breaks():
         ({7: {"late": 9}}, None, False, "9 late of 600 is above 1%, but fewer than 10: noise"),
         ({8: {"lag_ms": 150}}, None, True, "event loop lagged 150 ms"),
         ({}, [10] * 30 + [20] * 30 + [20] * 30, True, "sent 200/s of 300/s planned, target healthy"),
-        ({7: {"errors": 40}, 8: {"errors": 40}}, [10] * 30 + [20] * 30 + [20] * 30, False,
-         "sent too little, but the target was erroring: its limit"),
+        (
+            {7: {"errors": 40}, 8: {"errors": 40}},
+            [10] * 30 + [20] * 30 + [20] * 30,
+            False,
+            "sent too little, but the target was erroring: its limit",
+        ),
         ({7: {"late": 20, "in_flight": 950}}, None, False, "late because the pool waited on the target"),
     ],
 )
@@ -258,10 +297,18 @@ def test_an_abort_cuts_the_run_short():
 
 def test_resource_rules_and_figures():
     mb = 1e6
-    over = {i: {"target": {"target_memory": 50 * mb * (i + 1), "target_cpu": 0.5, "target_connections": 40}} for i in range(9)}
+    over = {
+        i: {"target": {"target_memory": 50 * mb * (i + 1), "target_cpu": 0.5, "target_connections": 40}}
+        for i in range(9)
+    }
     made = [window(i, **over[i]) for i in range(9)]
-    steps = analyse_steps(STEPS, [w for w, _ in made], {h["index"]: h for _, h in made},
-                          {"bin_s": 0.1, "counts": [10] * 90}, ["max(target_memory) < 250MB"])
+    steps = analyse_steps(
+        STEPS,
+        [w for w, _ in made],
+        {h["index"]: h for _, h in made},
+        {"bin_s": 0.1, "counts": [10] * 90},
+        ["max(target_memory) < 250MB"],
+    )
     assert [s.broke for s in steps] == [False, True, True]
     assert steps[1].target == {"memory_max_mb": 300.0, "cpu_mean": 0.5, "connections_max": 40.0}
     assert steps[1].rules[0]["observed_text"] == "300MB"
@@ -269,8 +316,13 @@ def test_resource_rules_and_figures():
 
 def test_a_resource_rule_without_readings_breaks_nothing():
     made = [window(i) for i in range(9)]  # no target readings: its metrics were not scraped
-    steps = analyse_steps(STEPS, [w for w, _ in made], {h["index"]: h for _, h in made},
-                          {"bin_s": 0.1, "counts": [10] * 90}, ["max(target_memory) < 250MB"])
+    steps = analyse_steps(
+        STEPS,
+        [w for w, _ in made],
+        {h["index"]: h for _, h in made},
+        {"bin_s": 0.1, "counts": [10] * 90},
+        ["max(target_memory) < 250MB"],
+    )
     assert [s.broke for s in steps] == [False, False, False]
     assert steps[0].rules[0]["observed_text"] == "no data" and steps[0].target["memory_max_mb"] is None
 
@@ -295,8 +347,12 @@ BAND = {"p99_limit_ms": 31.0, "error_rate_limit": 0.01}
 def rec_windows(p99s, errors=None):
     errors = errors or [0] * len(p99s)
     return [
-        {"index": i, "start_s": float(i), "end_s": float(i + 1),
-         "total": {"requests": 100, "errors": e, "error_rate": e / 100, "latency_ms": {"p99": p}}}
+        {
+            "index": i,
+            "start_s": float(i),
+            "end_s": float(i + 1),
+            "total": {"requests": 100, "errors": e, "error_rate": e / 100, "latency_ms": {"p99": p}},
+        }
         for i, (p, e) in enumerate(zip(p99s, errors))
     ]
 
@@ -311,8 +367,14 @@ def rec_windows(p99s, errors=None):
     ],
 )
 def test_recovery_from_windows(p99s, errors, expected):
-    r = recovery_from_windows(rec_windows(p99s, errors), overload_level=300, recovery_level=50, overload_s=2,
-                              recovery_s=len(p99s) - 2, baseline_band=BAND)
+    r = recovery_from_windows(
+        rec_windows(p99s, errors),
+        overload_level=300,
+        recovery_level=50,
+        overload_s=2,
+        recovery_s=len(p99s) - 2,
+        baseline_band=BAND,
+    )
     assert r.recovery_time_s == expected
     assert r.overload["requests"] == 200 and r.overload["latency_p99_ms_worst_window"] == 900
     assert r.windows[0]["in_band"] is False
@@ -323,7 +385,14 @@ def test_recovery_from_windows(p99s, errors, expected):
 def test_recovery_measures_its_own_baseline():
     # 3 s baseline (first window left out: set-up), 2 s overload, then recovery
     p99s = [80, 10, 12, 500, 600, 300, 15, 15, 15, 15]
-    r = recovery_from_windows(rec_windows(p99s), overload_level=300, recovery_level=50, overload_s=2,
-                              recovery_s=5, baseline_band=None, baseline_s=3)
+    r = recovery_from_windows(
+        rec_windows(p99s),
+        overload_level=300,
+        recovery_level=50,
+        overload_s=2,
+        recovery_s=5,
+        baseline_band=None,
+        baseline_s=3,
+    )
     assert r.band["p99_limit_ms"] == pytest.approx(12 * 1.5 + 1)
     assert r.overload_end_s == 5 and r.recovery_time_s == 1.0
