@@ -304,6 +304,69 @@ def history(results_dir, scenario, limit, metric, endpoint) -> None:
             click.echo(text_track(track(h, s, metric, endpoint=endpoint)))
 
 
+BENCH_GROUPS = ("health", "agents", "tools", "workflows", "database", "requests")  # workflows/bench.py ALL_GROUPS
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--target", metavar="URL", help="Benchmark this service instead of the scenario's target.")
+@click.option("--group", "groups", multiple=True, type=click.Choice(BENCH_GROUPS),
+              help="Operation group (repeatable; default: the automaton's groups for an embedded target, "
+                   "the scenario's requests for a URL).")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Timed requests per operation (default 200; with --duration, at most this many).")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds of timing per operation.")
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Untimed requests per operation first.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Requests in flight (a closed loop each).")
+@click.option("--engine", type=click.Choice(["aiohttp", "fast"]), default="aiohttp", show_default=True)
+@click.option("--out", "--results", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Results directory for the result file and history.sqlite3 (default: the scenario's output).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench(file, overrides, target, groups, iterations, duration_s, warmup, concurrency, engine, out_dir,
+          as_json) -> None:
+    """Time each operation of the scenario FILE's target on its own (mean, median, p95, p99 with
+    intervals) and add the result to the run history."""
+    import json
+
+    from horde.coordinator.workflows.bench import BenchError, BenchOptions, run_bench
+    from horde.coordinator.workflows.microbench import text_microbench
+
+    overrides = tuple(overrides) + ((f"target={target}",) if target else ())
+    loaded = _load(file, overrides)
+    options = BenchOptions(groups=tuple(groups), iterations=iterations, duration_s=duration_s, warmup=warmup,
+                           concurrency=concurrency, engine=engine, out_dir=out_dir,
+                           progress=lambda line: _err(f"bench: {line}"))
+    try:
+        run = run_bench(loaded.scenario, options)
+    except BenchError as exc:
+        _err(f"error: {exc}")
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # an unexpected failure: one line, the traceback only on request
+        if os.environ.get("HORDE_DEBUG"):
+            raise
+        _err(f"error: {type(exc).__name__}: {exc} (set HORDE_DEBUG=1 for the traceback)")
+        sys.exit(EXIT_ERROR)
+    if as_json:
+        click.echo(json.dumps(run.to_dict(), indent=2))
+    else:
+        click.echo(f"bench {run.scenario}: {run.target}")
+        click.echo(text_microbench(run.result))
+    if run.record_error:
+        _err(f"warning: the benchmark was not added to the history: {run.record_error}")
+    elif run.history_id is not None:
+        _err(f"recorded as run {run.history_id} in {run.history_path} (scenario bench:{run.scenario}): {run.path}")
+    if run.failed:
+        _err(f"error: no good answer from {', '.join(run.failed)} (not recorded)")
+        sys.exit(EXIT_ERROR)
+
+
 @cli.command()
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
@@ -320,6 +383,7 @@ def monitor(targets, overrides, duration, interval, history_path, webhook, prome
     """Monitor TARGETS (a scenario file, or URLs) with low-rate probes, alerts and a history."""
     from horde.coordinator.judge.alerts import AlertRuleError
     from horde.coordinator.workflows.history import default_history_path
+    from horde.coordinator.run.target import RunError
     from horde.coordinator.workflows.monitor import run_monitor, stop_on_signals
 
     if len(targets) == 1 and not targets[0].startswith(("http://", "https://")):
@@ -337,6 +401,9 @@ def monitor(targets, overrides, duration, interval, history_path, webhook, prome
     except (AlertRuleError, ValueError) as exc:
         _err(f"error: {exc}")
         sys.exit(EXIT_INVALID_SCENARIO)
+    except RunError as exc:  # the scenario's embedded target did not start
+        _err(f"error: {exc}")
+        sys.exit(EXIT_ERROR)
     sys.exit(130 if result.stop_reason == "stopped" else 0)
 
 
@@ -426,10 +493,17 @@ def stress(file, overrides, start, step, max_level, hold_s, break_rules, no_reco
 
 
 @cli.command()
-def schema() -> None:
-    """Print the JSON Schema of scenario files (for editors)."""
+@click.option("--bundle", "bundle_schema", is_flag=True,
+              help="The result bundle's records instead (manifest, summary, window, alert; docs/bundle-format.md).")
+def schema(bundle_schema: bool) -> None:
+    """Print the JSON Schema of scenario files (for editors), or with --bundle of a result bundle's files."""
     import json
 
+    if bundle_schema:
+        from horde.coordinator.bundle.schema import bundle_json_schema
+
+        click.echo(json.dumps(bundle_json_schema(), indent=2))
+        return
     from horde.coordinator.scenario.models import scenario_json_schema
 
     click.echo(json.dumps(scenario_json_schema(), indent=2))

@@ -18,14 +18,19 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from horde.coordinator.analysis.compare import compare_bundles
+from horde.coordinator.bundle.outcome import Outcome
 from horde.coordinator.bundle.store import read_bundle
 from horde.coordinator.cli import cli
-from horde.coordinator.analysis.compare import compare_bundles
-from horde.coordinator.workflows.history import History, default_history_path, record_bundle, track
-from horde.coordinator.workflows.microbench import automaton_operations, compare_results, run_microbench, text_microbench
-from horde.coordinator.bundle.outcome import Outcome
 from horde.coordinator.run.session import RunOptions, run_scenario
 from horde.coordinator.scenario.load import load_scenario
+from horde.coordinator.workflows.history import History, default_history_path, record_bundle, track
+from horde.coordinator.workflows.microbench import (
+    automaton_operations,
+    compare_results,
+    run_microbench,
+    text_microbench,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -46,11 +51,18 @@ def automaton():
 
 
 def ms_table(result) -> dict[str, Any]:
-    return {name: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in op.items()
-                   if k in ("n", "errors", "mean_ms", "median_ms", "p95_ms", "p99_ms", "ops_per_s")}
-            | {"mean_ci_ms": [round(op["mean_ci_ms"]["low"], 3), round(op["mean_ci_ms"]["high"], 3)],
-               "median_ci_ms": [round(op["median_ci_ms"]["low"], 3), round(op["median_ci_ms"]["high"], 3)]}
-            for name, op in result.to_dict()["operations"].items()}
+    return {
+        name: {
+            k: (round(v, 3) if isinstance(v, float) else v)
+            for k, v in op.items()
+            if k in ("n", "errors", "mean_ms", "median_ms", "p95_ms", "p99_ms", "ops_per_s")
+        }
+        | {
+            "mean_ci_ms": [round(op["mean_ci_ms"]["low"], 3), round(op["mean_ci_ms"]["high"], 3)],
+            "median_ci_ms": [round(op["median_ci_ms"]["low"], 3), round(op["median_ci_ms"]["high"], 3)],
+        }
+        for name, op in result.to_dict()["operations"].items()
+    }
 
 
 # -- per-operation microbenchmarks --------------------------------------------------------------
@@ -98,14 +110,51 @@ def test_microbench_comparison_flags_an_injected_tool_latency(automaton, report)
     finally:
         automaton.set_faults({})
     c = compare_results(base, cand)
-    report(microbench_regressions=c["regressions"],
-           median_ratio={k: round(v["metrics"]["latency"]["effect"], 2) for k, v in c["operations"].items()})
+    report(
+        microbench_regressions=c["regressions"],
+        median_ratio={k: round(v["metrics"]["latency"]["effect"], 2) for k, v in c["operations"].items()},
+    )
     for op in ops:
         m = c["operations"][op.name]["metrics"]
         assert m["latency"]["verdict"] == "regression", (op.name, m["latency"])
         assert m["mean"]["verdict"] == "regression", (op.name, m["mean"])
         # ~2 ms -> ~12 ms: the interval of the median ratio is far above 1
         assert m["latency"]["ci"][0] > 2.0, (op.name, m["latency"])
+
+
+def test_bench_command_reports_every_operation_and_tracks_it_in_the_history(tmp_path, perf_full, report) -> None:
+    """`horde bench` twice on the embedded automaton: the figures per operation at the
+    default size (200 timed answers: enough for a p95 interval) and two rows in the history."""
+    import json
+
+    iterations = 1000 if perf_full else 200
+    results = tmp_path / "results"
+    docs = []
+    for _ in range(2):
+        out = CliRunner().invoke(
+            cli,
+            ["bench", str(SCENARIOS / "smoke.yaml"), "--iterations", str(iterations), "--out", str(results), "--json"],
+        )
+        assert out.exit_code == 0, out.output
+        docs.append(json.loads(out.stdout))
+    ops = docs[-1]["operations"]
+    report(
+        bench_ms={
+            name: {k: round(op[k], 3) for k in ("mean_ms", "median_ms", "p95_ms", "p99_ms")}
+            | {"median_ci_ms": [round(op["median_ci_ms"]["low"], 3), round(op["median_ci_ms"]["high"], 3)]}
+            for name, op in ops.items()
+        },
+        iterations=iterations,
+    )
+    for name, op in ops.items():
+        assert op["n"] == iterations and op["errors"] == 0, (name, op["errors_by_class"])
+        assert op["median_ci_ms"]["low"] <= op["median_ms"] <= op["median_ci_ms"]["high"], name
+        assert op["p95_ci_ms"] is not None and op["p95_ci_ms"]["confidence"] >= 0.95, name
+        assert op["median_ms"] * 0.99 <= op["p95_ms"] <= op["p99_ms"], name
+    with History(default_history_path(results)) as h:
+        rows = h.runs("bench:smoke")
+        assert [r.outcome for r in rows] == ["bench", "bench"]
+        assert len(h.series("bench:smoke", "p50_latency_ms", endpoint="tools.search")) == 2
 
 
 # -- whole runs: compare and history ---------------------------------------------------------------
@@ -120,8 +169,10 @@ def bench_runs(ray_cluster, tmp_path_factory, perf_full) -> dict[str, Any]:
     # A first, unrecorded run: on a 2-core machine the first run after Ray starts shares the
     # CPUs with Ray's own start-up (worker processes, the driver's first imports) and its
     # tail came out ~15% slower than the runs after it, which the p95 comparison noticed.
-    warm = load_scenario(SCENARIOS / "benchmark-backend.yaml",
-                         overrides=["workload.stages[0].duration=1s", "workload.stages[1].duration=3s"])
+    warm = load_scenario(
+        SCENARIOS / "benchmark-backend.yaml",
+        overrides=["workload.stages[0].duration=1s", "workload.stages[1].duration=3s"],
+    )
     run_scenario(warm, RunOptions(out_dir=str(tmp_path_factory.mktemp("bench-warm-up")), install_signal_handlers=False))
     runs = {}
     for name, extra in (("base", []), ("repeat", []), ("candidate", [TOOL_FAULT])):
@@ -136,17 +187,25 @@ def bench_runs(ray_cluster, tmp_path_factory, perf_full) -> dict[str, Any]:
 
 def headline(result) -> dict[str, Any]:
     t = result.summary["total"]
-    return {"requests": t["requests"], "p50_ms": t["latency_ms"]["p50"], "p95_ms": t["latency_ms"]["p95"],
-            "error_rate": t["error_rate"]}
+    return {
+        "requests": t["requests"],
+        "p50_ms": t["latency_ms"]["p50"],
+        "p95_ms": t["latency_ms"]["p95"],
+        "error_rate": t["error_rate"],
+    }
 
 
 def test_compare_flags_the_injected_regression(bench_runs, report) -> None:
     base, cand = read_bundle(bench_runs["base"].bundle), read_bundle(bench_runs["candidate"].bundle)
     c = compare_bundles(base, cand)  # defaults: alpha 0.01, minimum effect 5%
     scopes = {s["label"]: s for s in c["scopes"]}
-    report(base=headline(bench_runs["base"]), candidate=headline(bench_runs["candidate"]),
-           regressions=c["regressions"], settings=c["settings"],
-           tool_search_latency=scopes["endpoint tool-search"]["metrics"]["latency"])
+    report(
+        base=headline(bench_runs["base"]),
+        candidate=headline(bench_runs["candidate"]),
+        regressions=c["regressions"],
+        settings=c["settings"],
+        tool_search_latency=scopes["endpoint tool-search"]["metrics"]["latency"],
+    )
     assert c["settings"]["alpha"] == 0.01 and c["settings"]["min_effect"] == 0.05
     assert c["regressed"]
     assert "total: latency" in c["regressions"]
@@ -154,7 +213,7 @@ def test_compare_flags_the_injected_regression(bench_runs, report) -> None:
         m = scopes[f"endpoint {endpoint}"]["metrics"]["latency"]
         assert m["verdict"] == "regression", m
         # ~24 ms -> ~34 ms: the median ratio and its interval say by how much
-        assert 1.2 < m["ci"][0] and m["ci"][1] < 2.0, m
+        assert m["ci"][0] > 1.2 and m["ci"][1] < 2.0, m
     # The same pair read the other way round is an improvement, with the same evidence.
     back = compare_bundles(cand, base)
     assert "endpoint tool-search: latency" in back["improvements"] and not back["regressed"]
@@ -163,8 +222,12 @@ def test_compare_flags_the_injected_regression(bench_runs, report) -> None:
 def test_compare_does_not_flag_a_repeat_of_the_baseline(bench_runs, report) -> None:
     c = compare_bundles(read_bundle(bench_runs["base"].bundle), read_bundle(bench_runs["repeat"].bundle))
     total = c["scopes"][0]["metrics"]
-    report(base=headline(bench_runs["base"]), repeat=headline(bench_runs["repeat"]),
-           repeat_latency_ratio=total["latency"]["effect"], repeat_p_value=total["latency"]["p_value"])
+    report(
+        base=headline(bench_runs["base"]),
+        repeat=headline(bench_runs["repeat"]),
+        repeat_latency_ratio=total["latency"]["effect"],
+        repeat_p_value=total["latency"]["p_value"],
+    )
     assert not c["regressed"], c["regressions"]
     assert not c["improved"], c["improvements"]
 
@@ -193,13 +256,28 @@ def test_history_records_the_runs_and_tracks_them(bench_runs, report) -> None:
         # With the two earlier runs as the baseline, the last one stands out as a regression.
         tracked = track(h, "benchmark-backend", "p50_latency_ms", min_baseline=2)
         by_endpoint = track(h, "benchmark-backend", "p50_latency_ms", endpoint="tool-search", min_baseline=2)
-    report(history_p50_ms=list(p50.values()), track_verdict=tracked["verdict"], robust_z=tracked["robust_z"],
-           change=tracked["change"], tool_search_verdict=by_endpoint["verdict"])
+    report(
+        history_p50_ms=list(p50.values()),
+        track_verdict=tracked["verdict"],
+        robust_z=tracked["robust_z"],
+        change=tracked["change"],
+        tool_search_verdict=by_endpoint["verdict"],
+    )
     assert tracked["verdict"] == "regression", tracked
     assert tracked["change"] > 0.05
     assert by_endpoint["verdict"] == "regression", by_endpoint
-    out = CliRunner().invoke(cli, ["history", "--results", str(bench_runs["results"]), "--scenario",
-                                   "benchmark-backend", "--metric", "p50_latency_ms"])
+    out = CliRunner().invoke(
+        cli,
+        [
+            "history",
+            "--results",
+            str(bench_runs["results"]),
+            "--scenario",
+            "benchmark-backend",
+            "--metric",
+            "p50_latency_ms",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert out.output.count("benchmark-backen") >= 4  # three rows (names cut at 16 characters) + tracking
     assert "over 3 run(s)" in out.output

@@ -1,6 +1,8 @@
-"""horde.coordinator.workflows.microbench, the pure parts: intervals, per-operation statistics, comparisons.
+"""Per-operation benchmarks, the pure parts: intervals, per-operation statistics, comparisons
+(horde.coordinator.analysis.microbench), the operations and the history's shape of a result.
 
-The running part (closed loop against the automaton) is in tests/performance/test_benchmarks.py.
+The running part (closed loop against the automaton) is in tests/performance/test_benchmarks.py
+and, through `horde bench`, tests/coordinator/workflows/test_bench_cli.py.
 """
 
 from __future__ import annotations
@@ -11,20 +13,26 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from horde.coordinator.analysis.microbench import (
+    Interval,
+    compare_operation,
+    histogram_of,
+    mean_ci,
+    pooled_figures,
+    quantile_ci,
+    quantile_ci_ranks,
+    scope_figures,
+    summarize,
+    welch_mean_ratio,
+)
 from horde.coordinator.workflows.microbench import (
     GROUPS,
-    Interval,
     MicrobenchResult,
     OperationResult,
     automaton_operations,
-    compare_operation,
     compare_results,
-    mean_ci,
-    quantile_ci,
-    quantile_ci_ranks,
-    summarize,
+    scenario_operations,
     text_microbench,
-    welch_mean_ratio,
 )
 
 MS = 1_000_000
@@ -154,7 +162,7 @@ def test_welch_ratio_of_means() -> None:
     assert w["ratio"] == pytest.approx(b.mean() / a.mean())
     assert w["ci"][0] < w["ratio"] < w["ci"][1]
     assert w["p_value"] == pytest.approx(sps.ttest_ind(b, a, equal_var=False).pvalue)
-    assert 1.1 < w["ci"][0]  # 20% slower: the interval excludes 1 by far
+    assert w["ci"][0] > 1.1  # 20% slower: the interval excludes 1 by far
 
 
 @pytest.mark.parametrize(
@@ -187,7 +195,9 @@ def _result(latencies: dict[str, np.ndarray]) -> MicrobenchResult:
     ops = {op.name: op for op in automaton_operations()}
     return MicrobenchResult(
         target_url="http://127.0.0.1:1",
-        operations={name: OperationResult(ops[name], x, 0, {"ok": len(x)}, 1.0, 1, 10) for name, x in latencies.items()},
+        operations={
+            name: OperationResult(ops[name], x, 0, {"ok": len(x)}, 1.0, 1, 10) for name, x in latencies.items()
+        },
         settings={"concurrency": 1},
     )
 
@@ -211,7 +221,11 @@ def test_automaton_operations_cover_every_group() -> None:
     ops = automaton_operations()
     assert {op.group for op in ops} == set(GROUPS)
     assert len({op.name for op in ops}) == len(ops)
-    assert {op.name for op in automaton_operations(["tools"])} == {"tools.search", "tools.calculator", "tools.summarize"}
+    assert {op.name for op in automaton_operations(["tools"])} == {
+        "tools.search",
+        "tools.calculator",
+        "tools.summarize",
+    }
     t = next(op for op in ops if op.name == "workflows.triage").template("http://h:1/")
     assert t.url == "http://h:1/api/workflows/triage/run" and t.method == "POST"
     assert json.loads(t.body) == {"input": "benchmark"} and t.expect == frozenset({200, 201})
@@ -221,3 +235,132 @@ def test_automaton_operations_cover_every_group() -> None:
 
 def test_interval_dict_scales() -> None:
     assert Interval(1e6, 2e6, 0.95).to_dict(1e-6) == {"low": 1.0, "high": 2.0, "confidence": 0.95}
+
+
+# -- a scenario's requests as operations ---------------------------------------------------------
+
+SCENARIO_YAML = """
+name: own-service
+target: http://127.0.0.1:9/
+requests:
+  - {name: items, path: /items, headers: {X-Bench: "yes"}}
+  - {name: create, method: post, path: /items, json: {a: 1}, expect: [201]}
+  - {name: raw, method: PUT, path: /raw, body: "text", headers: {Content-Type: text/plain}}
+  - name: checkout
+    flow:
+      - {name: cart, method: POST, path: /cart, capture: {id: id}}
+      - {name: pay, method: POST, path: "/cart/${id}/pay"}
+workload: {model: open, stages: [{duration: 1s, target: 1}]}
+"""
+
+
+def _scenario(text: str = SCENARIO_YAML):
+    from horde.coordinator.scenario.load import parse_scenario
+
+    return parse_scenario(text).scenario
+
+
+def test_scenario_requests_become_operations_with_their_headers_and_bodies() -> None:
+    ops, flows = scenario_operations(_scenario().requests)
+    assert flows == ("checkout",)
+    by_name = {op.name: op for op in ops}
+    assert set(by_name) == {"requests.items", "requests.create", "requests.raw"}
+    items = by_name["requests.items"].template("http://h:1/")
+    assert (items.method, items.url, items.headers, items.body) == (
+        "GET",
+        "http://h:1/items",
+        (("X-Bench", "yes"),),
+        None,
+    )
+    assert items.expect == frozenset()  # the scenario's `expect: []`: any 2xx/3xx
+    create = by_name["requests.create"].template("http://h:1")
+    assert create.method == "POST" and json.loads(create.body) == {"a": 1} and create.expect == frozenset({201})
+    assert ("Content-Type", "application/json") in create.headers
+    raw = by_name["requests.raw"].template("http://h:1")
+    assert raw.body == b"text" and raw.headers == (("Content-Type", "text/plain"),)
+
+
+def test_choose_operations_by_target_and_group() -> None:
+    from horde.coordinator.workflows.bench import ALL_GROUPS, BenchError, choose_operations
+
+    url = _scenario()
+    ops, skipped = choose_operations(url)
+    assert {op.group for op in ops} == {"requests"} and skipped == ("checkout",)
+    tools, _ = choose_operations(url, ["tools"])  # an automaton served at a URL, by group
+    assert {op.name for op in tools} == {"tools.search", "tools.calculator", "tools.summarize"}
+    embedded = _scenario(SCENARIO_YAML.replace("target: http://127.0.0.1:9/", "target: embedded"))
+    assert {op.group for op in choose_operations(embedded)[0]} == set(GROUPS)
+    assert len(choose_operations(embedded, ["database", "requests"])[0]) == 2 + 3
+    with pytest.raises(BenchError, match="unknown operation group"):
+        choose_operations(url, ["nope"])
+    flow = SCENARIO_YAML.index("  - name: checkout")
+    flows_only = _scenario(SCENARIO_YAML[: SCENARIO_YAML.index("  - {name: items")] + SCENARIO_YAML[flow:])
+    with pytest.raises(BenchError, match="all flows"):
+        choose_operations(flows_only)
+    from horde.coordinator.cli import BENCH_GROUPS
+
+    assert BENCH_GROUPS == ALL_GROUPS  # the command's choices are the workflow's groups
+
+
+# -- the history's shape ------------------------------------------------------------------------
+
+
+def test_scope_figures_are_the_operations_figures_in_milliseconds() -> None:
+    x = lognormal_ns(12, 500)
+    s = summarize(x, errors=5, wall_s=2.0)
+    f = scope_figures(s)
+    assert f["requests"] == 500 and f["errors"] == 5 and f["error_rate"] == pytest.approx(0.01)
+    assert f["rps"] == pytest.approx(250.0)
+    assert f["latency_ms"]["p50"] == pytest.approx(np.median(x) / MS)
+    assert f["latency_ms"]["p99"] == pytest.approx(s.p99_ns / MS) and f["latency_ms"]["max"] == x.max() / MS
+    assert f["service_time_ms"] == f["latency_ms"]
+
+
+def test_pooled_figures_take_every_operation_together() -> None:
+    fast, slow = lognormal_ns(13, 300, 1.0), lognormal_ns(14, 100, 10.0)
+    f = pooled_figures([histogram_of(fast), histogram_of(slow)], errors=3, wall_s=4.0)
+    both = np.concatenate([fast, slow])
+    assert f["requests"] == 400 and f["errors"] == 3 and f["rps"] == pytest.approx(100.0)
+    for q, key in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+        assert f["latency_ms"][key] == pytest.approx(np.quantile(both, q) / MS, rel=0.02)
+    assert f["latency_ms"]["p50"] <= f["latency_ms"]["p95"] <= f["latency_ms"]["p99"] <= f["latency_ms"]["max"]
+    with pytest.raises(ValueError):
+        pooled_figures([histogram_of([])], errors=0, wall_s=1.0)
+
+
+def test_a_benchmark_is_one_history_run_with_an_endpoint_per_operation(tmp_path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from horde.coordinator.workflows.bench import BenchRun, record_bench
+    from horde.coordinator.workflows.history import History, default_history_path
+
+    result = _result({"tools.search": lognormal_ns(15, 40), "health": lognormal_ns(16, 40, 0.5)})
+    started = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    run = BenchRun(
+        scenario="api",
+        target="http://127.0.0.1:1",
+        started=started,
+        ended=started + timedelta(seconds=2),
+        result=result,
+    )
+    record_bench(run, tmp_path)
+    again = BenchRun(
+        scenario="api",
+        target="http://127.0.0.1:1",
+        started=started,
+        ended=started + timedelta(seconds=2),
+        result=result,
+    )
+    record_bench(again, tmp_path)  # the same second: a file of its own, a row of its own
+    assert run.path != again.path and run.history_id != again.history_id
+    saved = json.loads(run.path.read_text())
+    assert saved["history"] == {"path": str(default_history_path(tmp_path)), "run_id": run.history_id}
+    assert set(saved["operations"]) == {"tools.search", "health"}
+    with History(default_history_path(tmp_path)) as h:
+        row = h.run(run.history_id)
+        series = h.series("bench:api", "p50_latency_ms", endpoint="tools.search")
+    assert row.scenario == "bench:api" and row.outcome == "bench" and row.complete
+    assert row.requests == 80 and row.errors == 0 and row.bundle_path == str(run.path)
+    assert set(row.endpoints) == {"tools.search", "health"}
+    assert row.endpoints["tools.search"]["p50_latency_ms"] == pytest.approx(np.median(lognormal_ns(15, 40)) / MS)
+    assert len(series) == 2
