@@ -34,8 +34,10 @@ class FanIn:
         self._hung_s = silence_s * hung_factor
         self._probes: dict[tuple[int, int], Probe] = {}
         self._probing: set[tuple[int, int]] = set()
+        # The event loop keeps only weak references to tasks: a running ping is held here.
+        self._pings: set[asyncio.Task] = set()
         self._name_error = name_error
-        self._queue: asyncio.Queue[FleetEvent] = asyncio.Queue()
+        self._queue: asyncio.Queue[FleetEvent | _EndOfStreams] = asyncio.Queue()
         self._tasks: dict[tuple[int, int], asyncio.Task] = {}
         self._last_seen: dict[tuple[int, int], float] = {}
         self._open = 0
@@ -70,7 +72,7 @@ class FanIn:
             self._last_seen.pop(key, None)
             self._open -= 1
             if self._open == 0:
-                self._queue.put_nowait(_END)  # type: ignore[arg-type]
+                self._queue.put_nowait(_END)
 
     async def _watch(self) -> None:
         while not self._closed:
@@ -86,7 +88,9 @@ class FanIn:
                     self._declare_lost(key, why, f"no batch for {silent:.1f}s")
                 else:
                     self._probing.add(key)
-                    asyncio.create_task(self._ping(key, probe, silent))
+                    ping = asyncio.create_task(self._ping(key, probe, silent))
+                    self._pings.add(ping)
+                    ping.add_done_callback(self._pings.discard)
 
     async def _ping(self, key: tuple[int, int], probe: Probe, silent: float) -> None:
         try:
@@ -115,11 +119,11 @@ class FanIn:
             self._last_seen[key] = now
 
     async def events(self) -> AsyncIterator[FleetEvent]:
-        if self._open == 0:
-            return
+        if self._open == 0 and self._queue.empty():
+            return  # nothing was ever added; streams that already ended left their events queued
         while True:
             ev = await self._queue.get()
-            if ev is _END:
+            if isinstance(ev, _EndOfStreams):
                 # More streams may have been added (replacements) before this was read.
                 if self._open == 0:
                     return
@@ -137,4 +141,8 @@ class FanIn:
             await asyncio.gather(self._watchdog, return_exceptions=True)
 
 
-_END = object()
+class _EndOfStreams:
+    """The queue's marker: every stream has ended (a type of its own, so the queue stays typed)."""
+
+
+_END = _EndOfStreams()
