@@ -1,3 +1,11 @@
+# Over 500 lines on purpose: this is the measured hot path. Every request of the lean
+# engine runs through _Connection and FastEngine, and the per-request path is inlined across
+# the two (FastEngine._completed's common case inside _Connection.data_received, the idle
+# pool and the sweep read the connection's slots directly); splitting along those lines
+# would turn it back into calls and attribute hops per request. What is not per request is
+# already outside (agents/wire.py). The benchmark that justifies it and checks every change:
+# bench/cpu_per_request.py (figures in bench/README.md, 2026-11-27, steady medians: horde's
+# agent 20.6 us/request, wrk 14.1, the asyncio+httptools floor 14.7, plain aiohttp 190.1).
 """The lean HTTP/1.1 keep-alive engine: pre-encoded requests, llhttp responses, a small pool.
 
 Two ways in. ``submit(index, token, done)`` sends template `index` and later calls
@@ -114,11 +122,13 @@ class _Connection(asyncio.Protocol):
     def __init__(self, engine: FastEngine, origin: _Origin) -> None:
         self.engine = engine
         self.origin = origin
-        self.transport: asyncio.Transport | None = None
+        # Typed as always there: connection_made sets it before any request is written.
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # until connection_made
         self.parser = HttpResponseParser(self)
         self.done: Done | None = None
         self.token = 0
-        self.prepared: _Prepared | None = None
+        # Typed as always there: start() sets it before any response can arrive.
+        self.prepared: _Prepared = None  # type: ignore[assignment]  # until the first start()
         self.sent_tick = 0  # the engine's sweep tick when the request went out (timeouts)
         self.status = 0
         self.body_bytes = 0
@@ -147,7 +157,7 @@ class _Connection(asyncio.Protocol):
         self.head_data = None
         if not self.closed:
             try:
-                self.transport.write(prepared.wire)  # type: ignore[union-attr]
+                self.transport.write(prepared.wire)
                 return True
             except (OSError, RuntimeError):  # uvloop refuses writes on a transport it closed
                 self.abort()
@@ -157,12 +167,12 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         if not self.closed:
             self.closed = True
-            self.transport.abort()  # type: ignore[union-attr]
+            self.transport.abort()
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # create_connection's are stream Transports
 
     def data_received(self, data: bytes) -> None:
         done = self.done
@@ -189,7 +199,7 @@ class _Connection(asyncio.Protocol):
         if self.complete:
             # FastEngine._completed, inline: this is the path of every response.
             self.done = None
-            if self.keep_alive and not self.prepared.close:  # type: ignore[union-attr]
+            if self.keep_alive and not self.prepared.close:
                 self.reused = True
                 if self.engine._waiters:
                     self.engine._release(self)
@@ -251,7 +261,7 @@ class _Connection(asyncio.Protocol):
             # the first one's status and size (the connection is then closed).
             raise _Stop
         self.headers_done = True
-        if self.prepared.is_head:  # type: ignore[union-attr]
+        if self.prepared.is_head:
             status = self.parser.get_status_code()
             if status >= 200:
                 # llhttp would wait for the body that Content-Length announces; a HEAD
@@ -314,7 +324,7 @@ class _FramingProbe:
             self.chunked = value.strip().lower().endswith(b"chunked")
 
     def on_headers_complete(self) -> None:
-        if self.parser.get_status_code() >= 200:  # type: ignore[union-attr]
+        if self.parser.get_status_code() >= 200:  # type: ignore[union-attr]  # set right after construction
             raise _Stop
 
     @property
@@ -416,7 +426,7 @@ class FastEngine:
         for conn in expired:
             if conn.done is not None:  # an earlier expiry's callback may have sent on it anew
                 self._failed(conn, _TIMEOUT)
-        self._sweeper = self._loop.call_later(self._tick_s, self._sweep)  # type: ignore[union-attr]
+        self._sweeper = self._loop.call_later(self._tick_s, self._sweep)  # type: ignore[union-attr]  # after open()
 
     async def close(self) -> None:
         self._closed = True
@@ -431,7 +441,7 @@ class FastEngine:
             for conn in origin.idle:
                 conn.idle = False
                 conn.closed = True
-                conn.transport.close()  # type: ignore[union-attr]
+                conn.transport.close()
             origin.idle.clear()
         for conn in list(self._conns):
             conn.abort()  # in-flight requests end as RESET
@@ -471,7 +481,7 @@ class FastEngine:
             conn.head_data = None
             if not conn.closed:
                 try:
-                    conn.transport.write(prepared.wire)  # type: ignore[union-attr]
+                    conn.transport.write(prepared.wire)
                     return
                 except (OSError, RuntimeError):  # uvloop refuses writes on a transport it closed
                     conn.abort()
@@ -507,7 +517,7 @@ class FastEngine:
         conn.done = None
         status = conn.status
         nbytes = conn.body_bytes
-        if conn.keep_alive and not conn.prepared.close:  # type: ignore[union-attr]
+        if conn.keep_alive and not conn.prepared.close:
             conn.reused = True
             if self._waiters:
                 self._release(conn)
@@ -516,7 +526,7 @@ class FastEngine:
                 conn.origin.idle.append(conn)
         else:
             self._discard(conn)
-        done(conn.token, status, nbytes, _OK)  # type: ignore[misc]
+        done(conn.token, status, nbytes, _OK)  # type: ignore[misc]  # a response in means a request in flight
 
     def _failed(self, conn: _Connection, code: int) -> None:
         """The request on `conn` failed with `code`: close it, retry or call back."""
@@ -529,7 +539,7 @@ class FastEngine:
             # The server closed a kept-alive connection as we wrote to it: nothing of
             # ours was answered, so send it once more on a new connection in the same slot.
             self._discard(conn, keep_slot=True)
-            self._spawn(self._retry(conn.prepared, conn.token, done))  # type: ignore[arg-type]
+            self._spawn(self._retry(conn.prepared, conn.token, done))
             return
         self._discard(conn)
         done(conn.token, 0, 0, _RESET if code == _EARLY_CLOSE else code)
@@ -540,31 +550,31 @@ class FastEngine:
 
     def _spawn(self, coro) -> None:
         """Run one request's slow path (connect, wait for a slot, retry) as a task."""
-        task = self._loop.create_task(coro)  # type: ignore[union-attr]
+        task = self._loop.create_task(coro)  # type: ignore[union-attr]  # requests start after open()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _acquire_and_start(self, prepared: _Prepared, token: int, done: Done) -> None:
-        self._task_done[asyncio.current_task()] = done  # type: ignore[index]
+        self._task_done[asyncio.current_task()] = done  # type: ignore[index]  # always inside its task
         try:
             got = await self._acquire(prepared.origin)
         finally:
-            self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # always inside its task
         if got.__class__ is int:
-            done(token, 0, 0, got)  # type: ignore[arg-type]
-        elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]
-            self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]
+            done(token, 0, 0, got)
+        elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]  # not an int: a _Connection
+            self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]  # not an int: a _Connection
 
     async def _retry(self, prepared: _Prepared, token: int, done: Done) -> None:
-        self._task_done[asyncio.current_task()] = done  # type: ignore[index]
+        self._task_done[asyncio.current_task()] = done  # type: ignore[index]  # always inside its task
         try:
             got = await self._connect(prepared.origin, self._connect_timeout_s)
         finally:
-            self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # always inside its task
         if got.__class__ is int:
-            done(token, 0, 0, got)  # type: ignore[arg-type]
-        elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]
-            self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]  # fresh: ends as RESET
+            done(token, 0, 0, got)
+        elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]  # not an int: a _Connection
+            self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]  # a _Connection; fresh: ends as RESET
 
     def _abandon(self, done: Done) -> None:
         """The requester behind `done` gave up (cancelled): close its connection, stop its wait."""
@@ -609,7 +619,7 @@ class FastEngine:
         conn.keep_alive = False
         if not conn.closed:
             conn.closed = True
-            conn.transport.close()  # type: ignore[union-attr]
+            conn.transport.close()
         self._conns.discard(conn)
 
     def _idle_lost(self, conn: _Connection) -> None:
@@ -692,7 +702,12 @@ class FastEngine:
             )
         )
         expired: list[bool] = []
-        timer = loop.call_later(timeout_s, lambda: (expired.append(True), attempt.cancel()))
+
+        def expire() -> None:
+            expired.append(True)
+            attempt.cancel()
+
+        timer = loop.call_later(timeout_s, expire)
         try:
             _, conn = await attempt
         except asyncio.CancelledError:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -91,7 +90,7 @@ class FlowRunner:
         variables: dict[str, str] = {}
         first_sent = None
         status = nbytes = 0
-        err = ErrorClass.OK
+        err: int = ErrorClass.OK
         step_intended = intended
         for step in flow.steps:
             polls = 0

@@ -43,7 +43,7 @@ def classify_exception(exc: BaseException) -> int:
     """Map a client-side exception to an ErrorClass (shared by engines)."""
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return ErrorClass.TIMEOUT
-    if isinstance(exc, aiohttp.ClientConnectorError) or isinstance(exc, ConnectionRefusedError):
+    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
         return ErrorClass.CONNECT
     if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)):
         return ErrorClass.RESET
@@ -118,11 +118,14 @@ def make_engine(
     connect_timeout_s: float,
 ) -> Engine:
     """Build the named engine over `templates` (indexes passed to request() refer to them)."""
-    kwargs = dict(max_connections=max_connections, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
     if name == "aiohttp":
-        return AiohttpEngine(templates, **kwargs)
+        return AiohttpEngine(
+            templates, max_connections=max_connections, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
+        )
     if name == "fast":
         from horde.agents.fast_http import FastEngine  # the lean engine; imported only when chosen
 
-        return FastEngine(templates, **kwargs)
+        return FastEngine(
+            templates, max_connections=max_connections, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
+        )
     raise ValueError(f"unknown engine {name!r} (expected 'aiohttp' or 'fast')")

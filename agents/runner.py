@@ -15,7 +15,12 @@ from collections.abc import AsyncIterator
 from horde.agents.spec import AgentSpec
 from horde.agents.traffic import TrafficAgent
 
-_DONE = object()
+
+class _Done:
+    """The agent thread's last item: the stream has ended (a type of its own, so the queue stays typed)."""
+
+
+_DONE = _Done()
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -49,9 +54,9 @@ class AgentRunner:
     async def stream(self, start_wall_ns: int) -> AsyncIterator[bytes]:
         """Run the agent from the common start instant; yield its encoded batches."""
         consumer = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
+        queue: asyncio.Queue[bytes | BaseException | _Done] = asyncio.Queue()
 
-        def put(item: object) -> None:
+        def put(item: bytes | BaseException | _Done) -> None:
             try:
                 consumer.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # consumer loop gone: nobody is listening any more
@@ -78,8 +83,8 @@ class AgentRunner:
         thread.start()
         while True:
             item = await queue.get()
-            if item is _DONE:
+            if isinstance(item, _Done):
                 break
             if isinstance(item, BaseException):
                 raise item
-            yield item  # type: ignore[misc]
+            yield item

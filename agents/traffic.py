@@ -1,3 +1,12 @@
+# Over 500 lines on purpose: this is the measured hot path. The open and closed models
+# share the per-slot state, the sample buffer and the engine callbacks (_open_done,
+# _closed_done) that record a sample and send the next request with no task or coroutine
+# per request; they read the agent's attributes directly, and splitting the models or the
+# recording into other objects would add attribute hops and calls per request. The
+# benchmarks that justify it and check every change: bench/cpu_per_request.py (figures in
+# bench/README.md, 2026-11-27, steady medians: horde's agent 20.6 us/request against wrk's
+# 14.1) and bench/open_rate.py for the open model (44 / 34 / 29 us/request at 5000 / 15000 /
+# 25000 requests/s).
 """The traffic agent: an AgentSpec in, a stream of encoded sample batches out.
 
 Plain asyncio, no Ray: cluster/ hosts it in an actor (or a thread, in-process). The agent
@@ -33,20 +42,22 @@ from collections.abc import Callable
 import numpy as np
 
 from horde.agents.arrivals import ConstantArrivals, PoissonArrivals
+from horde.agents.flows import FlowRunner
 from horde.agents.http import Engine, make_engine
 from horde.agents.probe import ProcessProbe
 from horde.agents.samples import (
     LATE_SEND_NS,
-    MAX_BYTES,
     RECORD,
     GeneratorReadings,
     SampleBuffer,
     classify_status,
     encode_batch,
 )
-from horde.agents.flows import FlowRunner
 from horde.agents.spec import AgentSpec, FlowTemplate
 from horde.agents.stages import Profile, level_to_users, users_for_agent
+
+# An engine's callback-driven send: submit(template index, token, done(token, status, bytes, error)).
+_Submit = Callable[[int, int, Callable[[int, int, int, int], None]], None]
 
 Emit = Callable[[bytes], None]
 
@@ -103,7 +114,8 @@ class TrafficAgent:
         self._slot_intended: list[int] = []
         self._slot_sent: list[int] = []
         self._slot_queued: list[bool] = []
-        self._after: tuple[Callable[[int], None], ...] = ()  # what a slot does after a slow request
+        # What a slot does after a slow request; returns the slot's next (endpoint, intended) or None.
+        self._after: tuple[Callable[[int], tuple[int, int] | None], ...] = ()
         self._drained: asyncio.Future | None = None  # every sender is done
         self._finished = False
         self._sending_ended = False
@@ -142,7 +154,9 @@ class TrafficAgent:
         )
         self._engines = {n: engine_factory(n, spec.requests, **kw) for n in names}
         self._send = [self._engines[t.engine].request for t in spec.requests]
-        self._submit = [getattr(self._engines[t.engine], "submit", None) for t in spec.requests]
+        # None where the engine has no submit(); called only for the plain entries (_plain below).
+        submits = [getattr(self._engines[t.engine], "submit", None) for t in spec.requests]
+        self._submit: list[_Submit] = submits  # type: ignore[assignment]  # its None entries are never called
         self._expect = [t.expect for t in spec.requests]
         # The statuses that count as OK, per endpoint: one set lookup per response.
         self._ok_status = [t.expect or _DEFAULT_OK for t in spec.requests]
@@ -276,7 +290,8 @@ class TrafficAgent:
     async def _run_flow(self, flow: FlowTemplate, intended: int) -> None:
         self._in_flight += 1
         try:
-            await self._flow_runner.run(flow, intended, self._record_done, self._sleep_until)  # type: ignore[union-attr]
+            runner = self._flow_runner  # exists whenever the spec has a flow entry
+            await runner.run(flow, intended, self._record_done, self._sleep_until)  # type: ignore[union-attr]  # see above
         finally:
             self._in_flight -= 1
 
@@ -285,7 +300,7 @@ class TrafficAgent:
         delay = t_ns - self._now()
         if delay > 0:
             task = asyncio.current_task()
-            self._sleepers.add(task)  # type: ignore[arg-type]
+            self._sleepers.add(task)  # type: ignore[arg-type]  # always inside a task
             try:
                 # Loop timers have millisecond resolution and may fire a little early;
                 # a request must never leave before its intended time.
@@ -297,7 +312,7 @@ class TrafficAgent:
                     return False
                 raise
             finally:
-                self._sleepers.discard(task)  # type: ignore[arg-type]
+                self._sleepers.discard(task)
         return not self._stopping
 
     async def _wait_drained(self) -> None:
@@ -360,7 +375,7 @@ class TrafficAgent:
     def _peek(self) -> int:
         """The next arrival's intended time (ns), or -1 when the schedule is exhausted."""
         if self._pos == len(self._pending):
-            nxt = self._schedule.next_batch(_ARRIVAL_CHUNK)  # type: ignore[union-attr]
+            nxt = self._schedule.next_batch(_ARRIVAL_CHUNK)  # type: ignore[union-attr]  # set by _drive_open
             if len(nxt) == 0:
                 return -1
             self._pending = (np.asarray(nxt) * 1e9).astype(np.int64).tolist()
@@ -441,7 +456,7 @@ class TrafficAgent:
         self._open_release(slot)
 
     def _open_release(self, slot: int) -> None:  # returns None: the pump sends the next one
-        free = self._free
+        free: list[int] = self._free  # type: ignore[assignment]  # open model: set by _drive_open
         free.append(slot)
         if self._stopping or self._exhausted:
             if len(free) == len(self._slot_ep):
@@ -485,7 +500,8 @@ class TrafficAgent:
                     self._users += 1
                     self._user_send(j, self._now())
             try:
-                await asyncio.wait_for(self._stop_event.wait(), _USER_CONTROL_PERIOD_S)  # type: ignore[union-attr]
+                stop_event = self._stop_event  # set by run() before driving
+                await asyncio.wait_for(stop_event.wait(), _USER_CONTROL_PERIOD_S)  # type: ignore[union-attr]  # see above
             except asyncio.TimeoutError:
                 pass
         self._allowed = 0

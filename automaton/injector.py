@@ -14,10 +14,17 @@ import collections
 import random
 import sys
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from horde.automaton.capacity import Admission, AdmissionAccount, ScalingState, initial_scaling_state, next_scaling_state
-from horde.automaton.faults import FaultConfig
+from horde.automaton.capacity import (
+    Admission,
+    AdmissionAccount,
+    ScalingState,
+    initial_scaling_state,
+    next_scaling_state,
+)
+from horde.automaton.faults import Concurrency, FaultConfig
 
 # A gate whose scope lost its limit: lets everyone through (and wakes its waiters).
 _UNLIMITED = sys.maxsize
@@ -93,7 +100,10 @@ class FaultInjector:
         """
         self.faults = faults
         self.rng = random.Random(faults.seed)
-        limits = {None: faults.concurrency, **{name: s.concurrency for name, s in faults.endpoints.items()}}
+        limits: dict[str | None, Concurrency | None] = {
+            None: faults.concurrency,
+            **{name: s.concurrency for name, s in faults.endpoints.items()},
+        }
         for scope in list(self._gates):
             if limits.get(scope) is None:
                 self._gates.pop(scope).resize(_UNLIMITED, 0)

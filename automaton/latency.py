@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Bimodal:
         return {"dist": "bimodal", **asdict(self)}
 
 
-LatencyDistribution = Union[Fixed, Normal, LogNormal, Bimodal]
+LatencyDistribution = Fixed | Normal | LogNormal | Bimodal
 
 # "dist" name -> class; the fields of each class are its other keys.
 DISTRIBUTIONS: dict[str, type[Fixed] | type[Normal] | type[LogNormal] | type[Bimodal]] = {

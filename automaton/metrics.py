@@ -7,7 +7,7 @@ process never share or clash over series.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 
@@ -72,7 +72,7 @@ class AutomatonMetrics:
             ["reason"],
             registry=self.registry,
         )
-        self.rejected_by_reason: dict[str, int] = {reason: 0 for reason in REJECT_REASONS}
+        self.rejected_by_reason: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         self._rejected_children = {reason: rejected.labels(reason=reason) for reason in REJECT_REASONS}
 
     def _add_endpoint(self, endpoint: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from horde.automaton.catalog import SEARCH_CORPUS, SimulatedAgent
@@ -52,7 +53,7 @@ def _search(payload: dict[str, Any]) -> dict[str, Any]:
     return {"query": query, "hits": hits[:5]}
 
 
-_CALCULATIONS = {
+_CALCULATIONS: dict[str, Callable[[list[float]], float]] = {
     "sum": sum,
     "min": min,
     "max": max,

@@ -11,7 +11,6 @@ import ray
 from horde.cluster.events import ClusterShape, NodeShape
 from horde.cluster.shipping import JOB_ID_ENV, horde_py_module
 
-
 # Ray's own metrics (the Prometheus/Grafana export of every Ray process) stall a traffic
 # agent's event loop: measured on 2 cores, an agent at 5000 requests/s saw 50-100 ms loop
 # stalls with them (p99 50-80 ms against an nginx answering in 0.1 ms) and 17-23 ms

@@ -10,6 +10,7 @@ import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
@@ -17,6 +18,9 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from horde.agents.spec import AgentSpec
 from horde.cluster.events import AgentInfo, FleetEvent
 from horde.cluster.fanin import FanIn
+
+if TYPE_CHECKING:
+    from horde.cluster.nodes import NodeMonitors
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
@@ -68,11 +72,11 @@ class RayFleet:
         self._actors: dict[int, tuple[int, ray.actor.ActorHandle]] = {}
         self.agents: list[AgentInfo] = []
         self._start_wall_ns = 0
-        self._monitors = None
+        self._monitors: NodeMonitors | None = None
 
     async def start(self, specs: Sequence[AgentSpec]) -> list[AgentInfo]:
         actors = [
-            TrafficAgentActor.options(
+            TrafficAgentActor.options(  # type: ignore[attr-defined]  # @ray.remote made it an ActorClass; mypy sees the plain class
                 num_cpus=self._cpus,
                 scheduling_strategy="SPREAD",
                 name=None,
@@ -112,7 +116,8 @@ class RayFleet:
         old = self._actors.pop(spec.index, None)
         if old is not None:
             _kill(old[1])  # a frozen or partitioned agent must not come back and send load
-        actor = TrafficAgentActor.options(num_cpus=self._cpus, scheduling_strategy="SPREAD").remote(spec)
+        options = TrafficAgentActor.options  # type: ignore[attr-defined]  # @ray.remote made it an ActorClass; mypy sees the plain class
+        actor = options(num_cpus=self._cpus, scheduling_strategy="SPREAD").remote(spec)
         try:
             info = await asyncio.wait_for(actor.ready.remote(), self._ready_timeout_s)
         except (asyncio.TimeoutError, GetTimeoutError, RayError) as exc:

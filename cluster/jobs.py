@@ -4,12 +4,14 @@ Two sides:
 
 - *Client* (this machine): every function here talks to the cluster's job server, the
   dashboard's HTTP port (8265), through `ray.job_submission.JobSubmissionClient`. Keep that
-  port private (ray-config.yaml; reach it with `ray dashboard ray-config.yaml`).
-- *Job* (on the cluster): a submitted job's entrypoint is `python -m horde.cluster.jobs exec ...`,
-  which runs `python -m horde.coordinator.cli run ...` as a child process (plain `python -m`, so no
-  console script is needed on the cluster; the job's working_dir is the repository and is
-  the driver's current directory) and, once the child has ended -- passed, failed, or
-  stopped by `horde jobs stop` -- exports the bundle for `fetch`.
+  port private (ray-config.yaml; reach it with `ray dashboard ray-config.yaml`). The address,
+  token and error plumbing is cluster/job_server.py.
+- *Job* (on the cluster, cluster/job_exec.py): a submitted job's entrypoint is
+  `python -m horde.cluster.jobs exec ...`, which runs `python -m horde.coordinator.cli run ...`
+  as a child process (plain `python -m`, so no console script is needed on the cluster; the
+  job's working_dir is the repository and is the driver's current directory) and, once the
+  child has ended -- passed, failed, or stopped by `horde jobs stop` -- exports the bundle
+  for `fetch`.
 
 How a bundle travels home. The job writes its bundle under the job's working directory on
 the driver's node (`<out_dir>/<job id>/`), then copies it as one tar.gz into the Ray session's
@@ -43,13 +45,10 @@ else `~/.ray/auth_token` -- and sends it as `Authorization: Bearer <token>` on e
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -57,22 +56,63 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+# The job's side and the job server's plumbing live beside this module; their public names
+# are importable from here too.
+from horde.cluster.job_exec import (
+    BUNDLES_SUBDIR,
+    SCENARIO_ENV,
+    exec_main,
+    export_bundle_for_fetch,
+    find_bundle,
+    ray_logs_dir,
+)
+from horde.cluster.job_server import (
+    PROBE_TIMEOUT_S,
+    TERMINAL,
+    JobInfo,
+    JobsError,
+    _auth_advice,
+    _client,
+    _http_address,
+    _info,
+    _quiet_sdk,
+    _translated,
+    auth_headers,
+)
 from horde.cluster.shipping import JOB_ID_ENV, horde_py_module
+
+__all__ = [
+    "BUNDLES_SUBDIR",
+    "PROBE_TIMEOUT_S",
+    "SCENARIO_ENV",
+    "STOP_GRACE_S",
+    "TERMINAL",
+    "JobInfo",
+    "JobsError",
+    "auth_headers",
+    "build_runtime_env",
+    "export_bundle_for_fetch",
+    "fetch",
+    "find_bundle",
+    "follow_logs",
+    "job_entrypoint",
+    "list_jobs",
+    "logs",
+    "new_job_id",
+    "ray_logs_dir",
+    "status",
+    "stop",
+    "submit",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # a checkout's root (editable install)
 
 JOB_PREFIX = "horde-"
-BUNDLES_SUBDIR = "horde-bundles"  # under the Ray session's log directory of the driver's node
-SCENARIO_ENV = "HORDE_SCENARIO_YAML"  # a scenario from outside working_dir travels here
 STOP_GRACE_S = 20  # after `stop`, SIGKILL comes this much later: time to write the incomplete bundle
-PROBE_TIMEOUT_S = 5.0
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
 # Never shipped to the cluster (Ray also honours .gitignore and .rayignore).
 DEFAULT_EXCLUDES = (
@@ -90,32 +130,6 @@ DEFAULT_EXCLUDES = (
 )
 
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
-
-
-class JobsError(RuntimeError):
-    """A jobs operation failed; the message says what to do about it."""
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    job_id: str
-    status: str  # PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED
-    message: str
-    entrypoint: str
-    start_time_s: float | None
-    end_time_s: float | None
-    driver_node_id: str | None
-    driver_exit_code: int | None  # horde's exit code (0 passed, 4 thresholds failed, ...)
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-# --- client side -------------------------------------------------------------------------
 
 
 def new_job_id(scenario_name: str, now: datetime | None = None) -> str:
@@ -316,7 +330,7 @@ def fetch(
             f"job {job_id} ended ({info.status}: {info.message}) before its driver started: it left no bundle"
         )
     url = f"{_http_address(address)}/api/v0/logs/file"
-    params = {
+    params: dict[str, str | int] = {
         "node_id": info.driver_node_id,
         "filename": f"{BUNDLES_SUBDIR}/{job_id}.tar.gz",
         "lines": -1,
@@ -338,274 +352,9 @@ def fetch(
                     for chunk in r.iter_content(chunk_size=1 << 20):
                         f.write(chunk)
         except requests.RequestException as exc:
-            raise JobsError(f"could not download the bundle of job {job_id} from {_http_address(address)}: {exc}") from exc
+            where = _http_address(address)
+            raise JobsError(f"could not download the bundle of job {job_id} from {where}: {exc}") from exc
         return _unpack(archive, dest, job_id)
-
-
-# --- job side ----------------------------------------------------------------------------
-
-
-def export_bundle_for_fetch(
-    bundle_path: str | os.PathLike[str],
-    *,
-    job_id: str | None = None,
-    logs_dir: str | os.PathLike[str] | None = None,
-) -> Path:
-    """Copy a bundle (complete or `.incomplete`) as `<logs>/horde-bundles/<job id>.tar.gz`.
-
-    Runs on the cluster, inside the job. `job_id` defaults to $HORDE_JOB_ID and `logs_dir` to
-    the Ray session's log directory (see ray_logs_dir). Written to a temporary name and
-    renamed, so `fetch` never sees half a file. Returns the archive's path.
-    """
-    bundle = Path(bundle_path)
-    if not bundle.is_dir():
-        raise JobsError(f"{bundle}: not a bundle directory")
-    job_id = job_id or os.environ.get(JOB_ID_ENV)
-    if not job_id:
-        raise JobsError(f"no job id: not inside a horde Ray job (${JOB_ID_ENV} is unset)")
-    target_dir = Path(logs_dir) if logs_dir else ray_logs_dir()
-    target_dir = target_dir / BUNDLES_SUBDIR
-    target_dir.mkdir(parents=True, exist_ok=True)
-    final = target_dir / f"{job_id}.tar.gz"
-    part = final.with_name(final.name + ".part")
-    with tarfile.open(part, "w:gz") as tar:
-        tar.add(bundle, arcname=bundle.name)
-    os.replace(part, final)
-    return final
-
-
-def ray_logs_dir() -> Path:
-    """The Ray session's log directory of this node, seen from inside a job's driver.
-
-    In order: $HORDE_RAY_LOGS_DIR; the directory of the job's own log file (Ray points the
-    driver's stdout at `<session>/logs/job-driver-<id>.log`; Linux /proc); a connected Ray's
-    node; the default session `/tmp/ray/session_latest/logs`.
-    """
-    if os.environ.get("HORDE_RAY_LOGS_DIR"):
-        return Path(os.environ["HORDE_RAY_LOGS_DIR"])
-    for fd in (1, 2):
-        try:
-            target = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            continue
-        if target.name.startswith("job-driver-") and target.parent.is_dir():
-            return target.parent
-    try:
-        import ray
-
-        if ray.is_initialized():
-            node = ray._private.worker._global_node  # no public accessor for the log directory
-            if node is not None:
-                return Path(node.get_logs_dir_path())
-    except Exception:  # an old or minimal Ray: fall through to the default location
-        pass
-    default = Path(tempfile.gettempdir()) / "ray" / "session_latest" / "logs"
-    if default.is_dir():
-        return default.resolve()
-    raise JobsError("cannot find the Ray session's log directory; set HORDE_RAY_LOGS_DIR")
-
-
-def find_bundle(out_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest bundle directory (complete or `.incomplete`) in `out_dir`, if any."""
-    root = Path(out_dir)
-    if not root.is_dir():
-        return None
-    dirs = [p for p in root.iterdir() if p.is_dir() and (p / "manifest.json").exists()]
-    return max(dirs, key=lambda p: p.stat().st_mtime, default=None)
-
-
-def _exec_main(argv: Sequence[str]) -> int:
-    """`python -m horde.cluster.jobs exec --job-id ID --bundles DIR [--scenario-from-env PATH] -- CMD...`"""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m horde.cluster.jobs exec")
-    parser.add_argument("--job-id", required=True)
-    parser.add_argument("--bundles", required=True, help="directory the run writes its bundle into")
-    parser.add_argument("--scenario-from-env", metavar="PATH", help=f"write ${SCENARIO_ENV} to PATH first")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("no command after --")
-    if args.scenario_from_env:
-        text = os.environ.get(SCENARIO_ENV)
-        if text is None:
-            print(f"horde job: ${SCENARIO_ENV} is not set; cannot write {args.scenario_from_env}", file=sys.stderr)
-            return 1
-        path = Path(args.scenario_from_env)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-
-    child = subprocess.Popen(command)
-
-    # Ray's stop signals every process of the job; the run handles it (writes its bundle) and
-    # this wrapper stays to export whatever the run left. A signal that reached only us is passed on.
-    def relay(signum, _frame) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, relay)
-    code = child.wait()
-    if code < 0:  # killed by a signal: report it the way a shell does
-        code = 128 - code
-    bundle = find_bundle(args.bundles)
-    if bundle is None:
-        print(f"horde job: the run left no bundle in {args.bundles}; nothing to fetch", file=sys.stderr)
-    else:
-        try:
-            archive = export_bundle_for_fetch(bundle, job_id=args.job_id)
-        except (OSError, JobsError) as exc:
-            print(f"horde job: could not export {bundle} for fetch: {exc}", file=sys.stderr)
-            return code or 1
-        print(
-            f"horde job: bundle {bundle.name} exported ({archive.stat().st_size} bytes); "
-            f"`horde jobs fetch {args.job_id}` brings it home",
-            flush=True,
-        )
-    return code
-
-
-# --- plumbing ----------------------------------------------------------------------------
-
-
-def auth_headers(token: str | None = None) -> dict[str, str]:
-    """`Authorization: Bearer <token>` from the sources Ray 2.60 reads, in its order; or nothing."""
-    if token is None:
-        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-            return {}
-        token = _token_from_environment()
-    token = (token or "").strip()
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _token_from_environment() -> str | None:
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return os.environ["RAY_AUTH_TOKEN"]
-    path_env = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if path_env:
-        try:
-            return Path(path_env).expanduser().read_text()
-        except OSError as exc:
-            raise JobsError(f"RAY_AUTH_TOKEN_PATH={path_env}: cannot read the token: {exc}") from exc
-    default = Path.home() / ".ray" / "auth_token"
-    try:
-        return default.read_text()
-    except OSError:
-        return None
-
-
-def _http_address(address: str) -> str:
-    address = (address or "").strip().rstrip("/")
-    if not address:
-        raise JobsError("no job server address: give the dashboard's address, e.g. http://127.0.0.1:8265")
-    if address.startswith("ray://"):
-        raise JobsError(
-            f"{address} is a Ray client address; jobs go to the dashboard's HTTP port: "
-            "http://HEAD:8265 (`ray dashboard ray-config.yaml` forwards it to 127.0.0.1:8265)"
-        )
-    if "://" not in address:
-        address = "http://" + address
-    return address
-
-
-def _probe(url: str) -> None:
-    """Fail fast and clearly on an unreachable job server (requests alone may hang for minutes)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
-    except OSError as exc:
-        raise JobsError(
-            f"cannot reach the Ray job server at {url} ({exc}). Is the cluster up, and is this its "
-            "dashboard address (port 8265)? For a cluster from ray-config.yaml, run "
-            "`ray dashboard ray-config.yaml` and use http://127.0.0.1:8265"
-        ) from exc
-
-
-def _auth_error_type() -> type[BaseException]:
-    import ray.exceptions
-
-    # Ray < 2.52 has no token auth and no such error: nothing will match it.
-    return getattr(ray.exceptions, "AuthenticationError", type("_NoAuthError", (Exception,), {}))
-
-
-def _client(address: str, token: str | None):
-    from ray.job_submission import JobSubmissionClient
-
-    AuthenticationError = _auth_error_type()
-
-    url = _http_address(address)
-    _probe(url)
-    try:
-        return JobSubmissionClient(url, headers=auth_headers(token))
-    except AuthenticationError as exc:
-        raise JobsError(_auth_advice(url, 401 if "required" in str(exc).lower() else 403)) from exc
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise JobsError(f"{url} does not answer as a Ray job server: {exc}") from exc
-
-
-# The SDK logs every upload and ignored file at INFO on stderr; horde's commands say what matters.
-_NOISY_LOGGERS = (
-    "ray._private.runtime_env.packaging",
-    "ray._private.runtime_env.working_dir",
-    "ray.dashboard.modules.dashboard_sdk",
-    "ray.dashboard.modules.job.sdk",
-)
-
-
-@contextlib.contextmanager
-def _quiet_sdk():
-    loggers = [logging.getLogger(n) for n in _NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-class _translated:
-    """Turn the SDK's errors into JobsError with advice (and keep its INFO chatter quiet)."""
-
-    def __init__(self, address: str, job_id: str | None) -> None:
-        self._address, self._job_id = address, job_id
-        self._quiet = _quiet_sdk()
-
-    def __enter__(self) -> None:
-        self._quiet.__enter__()
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        self._quiet.__exit__(None, None, None)
-        if exc is None or isinstance(exc, JobsError):
-            return False
-        url = _http_address(self._address)
-        if isinstance(exc, _auth_error_type()):
-            raise JobsError(_auth_advice(url, 401 if "required" in str(exc).lower() else 403)) from exc
-        text = str(exc)
-        if self._job_id and ("404" in text or "does not exist" in text):
-            raise JobsError(f"no job {self._job_id} on {url}; `horde jobs list` shows the cluster's jobs") from exc
-        if "already exists" in text:
-            raise JobsError(f"a job {self._job_id} already exists on {url}; choose another id") from exc
-        if isinstance(exc, (RuntimeError, ConnectionError, OSError, ValueError)):
-            raise JobsError(f"the job server at {url} refused the request: {text.strip()[:500]}") from exc
-        return False
-
-
-def _auth_advice(url: str, status_code: int) -> str:
-    if status_code == 401:
-        what = "requires a token and none was sent"
-    else:
-        what = "rejected the token"
-    return (
-        f"the Ray cluster at {url} {what} (token authentication). Set RAY_AUTH_TOKEN, or "
-        "RAY_AUTH_TOKEN_PATH to a file holding it, or put it in ~/.ray/auth_token; "
-        "`ray get-auth-token` on the head node prints it"
-    )
 
 
 def _no_bundle_advice(job_id: str, info: JobInfo, server_text: str) -> str:
@@ -648,27 +397,10 @@ def _unpack(archive: Path, dest: Path, job_id: str) -> Path:
     return final
 
 
-def _info(d) -> JobInfo:
-    def seconds(ms) -> float | None:
-        return ms / 1000.0 if ms else None
-
-    status_value = getattr(d.status, "value", d.status)
-    return JobInfo(
-        job_id=d.submission_id or d.job_id or "",
-        status=str(status_value),
-        message=d.message or "",
-        entrypoint=d.entrypoint or "",
-        start_time_s=seconds(d.start_time),
-        end_time_s=seconds(d.end_time),
-        driver_node_id=getattr(d, "driver_node_id", None) or None,
-        driver_exit_code=getattr(d, "driver_exit_code", None),
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["exec"]:
-        return _exec_main(argv[1:])
+        return exec_main(argv[1:])
     print("usage: python -m horde.cluster.jobs exec --job-id ID --bundles DIR [--scenario-from-env PATH] -- CMD ...",
           file=sys.stderr)
     return 2

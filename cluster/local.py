@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -28,7 +29,7 @@ class LocalFleet:
     def begin(self, start_wall_ns: int, grace_s: float) -> None:
         self._start_wall_ns = start_wall_ns
         for index, (inc, runner) in self._runners.items():
-            self._fanin.add(index, inc, lambda r=runner: r.stream(start_wall_ns), grace_s=grace_s)
+            self._fanin.add(index, inc, functools.partial(runner.stream, start_wall_ns), grace_s=grace_s)
 
     async def replace(self, spec: AgentSpec, grace_s: float) -> AgentInfo:
         old = self._runners.pop(spec.index, None)

@@ -40,7 +40,7 @@ class NodeMonitors:
             if not n.get("Alive"):
                 continue
             node_id = n["NodeID"]
-            actor = NodeMonitor.options(
+            actor = NodeMonitor.options(  # type: ignore[attr-defined]  # @ray.remote made it an ActorClass; mypy sees the plain class
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
             ).remote()
             self._actors.append(actor)

@@ -69,7 +69,9 @@ def _encode_body(json_body, body: str | None, headers: dict[str, str]) -> bytes 
     return body.encode() if body is not None else None
 
 
-def build_templates(scenario, base_url: str, supports_fast: Callable[[RequestTemplate], bool] | None) -> tuple[RequestTemplate, ...]:
+def build_templates(
+    scenario, base_url: str, supports_fast: Callable[[RequestTemplate], bool] | None
+) -> tuple[RequestTemplate, ...]:
     """One template per mix entry (a flow entry gets a placeholder: its steps run as a flow)."""
     base = base_url.rstrip("/")
     out = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
+from typing import Any
 
 from horde.coordinator.analysis.trends import leak_verdict, trend
 
@@ -26,7 +27,7 @@ _TREND_SERIES = {
 }
 
 
-def _dig(d: dict, path: tuple[str, ...]):
+def _dig(d: Any, path: tuple[str, ...]) -> float | None:
     for k in path:
         d = d.get(k) if isinstance(d, dict) else None
         if d is None:

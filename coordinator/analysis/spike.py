@@ -117,7 +117,7 @@ def find_spikes(
         # Group consecutive rising segments while the rise stays within max_rise_s.
         j = i
         while j + 1 < n:
-            nt0, nt1, na, nb = segs[j + 1]
+            _, nt1, na, nb = segs[j + 1]
             if nb > na and nt1 - t0 <= max_rise_s + _EPS:
                 j += 1
             else:
@@ -305,7 +305,7 @@ def band_from_windows(ws: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         return None
     requests = sum(_requests(w) for w in ws)
     errors = sum(_errors(w) for w in ws)
-    p99_max = max(float(_p99_ms(w)) for w in ws)  # type: ignore[arg-type]
+    p99_max = max(float(_p99_ms(w)) for w in ws)  # type: ignore[arg-type]  # band windows have latency
     error_rate = errors / requests
     return {
         "windows": [int(ws[0]["index"]), int(ws[-1]["index"])],
@@ -350,7 +350,10 @@ def recovered_at(
 def _during(
     by_index: Mapping[int, Mapping[str, Any]], spike: SpikeSpec, histograms: Mapping[int, Any] | None
 ) -> dict[str, Any]:
-    ws = [w for _, w in sorted(by_index.items()) if w["start_s"] < spike.end_s - _EPS and w["end_s"] > spike.start_s + _EPS]
+    ws = [
+        w for _, w in sorted(by_index.items())
+        if w["start_s"] < spike.end_s - _EPS and w["end_s"] > spike.start_s + _EPS
+    ]
     requests = sum(_requests(w) for w in ws)
     errors = sum(_errors(w) for w in ws)
     out: dict[str, Any] = {

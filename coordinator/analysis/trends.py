@@ -334,19 +334,24 @@ def leak_verdict(
         last_half_slope = theil_sen(th[half], ya[half], confidence=1 - alpha)[0]
         base["last_half_slope"] = last_half_slope
         if last_half_slope < 0.5 * threshold:
-            return out("no leak", "growth stopped: the last half is flat (an allocation step, then a plateau)", n, **base)
+            why = "growth stopped: the last half is flat (an allocation step, then a plateau)"
+            return out("no leak", why, n, **base)
 
     stepped, k = _step_fit_wins(th, ya, slope, intercept)
     if stepped:
         after = slice(k, None)
-        if len(th[after]) >= 4 and th[after][-1] > th[after][0]:
-            # The step model already fits far better than the line; only growth after the
-            # step that clears the threshold on its own keeps this a leak candidate.
-            if theil_sen(th[after], ya[after], confidence=1 - alpha)[2] < threshold:
-                return out("no leak", "one level shift explains the series (a step, then a plateau)", n, **base)
+        # The step model already fits far better than the line; only growth after the
+        # step that clears the threshold on its own keeps this a leak candidate.
+        if (
+            len(th[after]) >= 4
+            and th[after][-1] > th[after][0]
+            and theil_sen(th[after], ya[after], confidence=1 - alpha)[2] < threshold
+        ):
+            return out("no leak", "one level shift explains the series (a step, then a plateau)", n, **base)
 
     if lo <= threshold:
-        return out("inconclusive", f"growth is significant but its lower bound does not clear {mb:.3g} MiB/h", n, **base)
+        why = f"growth is significant but its lower bound does not clear {mb:.3g} MiB/h"
+        return out("inconclusive", why, n, **base)
     return out("leak", f"memory grows by {slope / MB:.3g} MiB per simulated hour (threshold {mb:.3g})", n, **base)
 
 

@@ -56,7 +56,7 @@ class Stats:
     """
 
     __slots__ = ("requests", "errors", "errors_by_class", "bytes", "latency", "service_time", "send_lag", "duration_s")
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
 
     def __init__(self, duration_s: float = 0.0) -> None:
         self.requests = 0
@@ -289,7 +289,9 @@ class Aggregator:
             raise TypeError(f"agent {agent} batch {batch.seq}: samples dtype {samples.dtype} is not SAMPLE_DTYPE")
         if len(samples) and int(samples["endpoint"].max()) >= self._n_endpoints:
             bad = int(samples["endpoint"].max())
-            raise ValueError(f"agent {agent} batch {batch.seq}: endpoint index {bad} but only {self._n_endpoints} endpoints")
+            raise ValueError(
+                f"agent {agent} batch {batch.seq}: endpoint index {bad} but only {self._n_endpoints} endpoints"
+            )
         self._watermarks[agent] = max(self._watermarks.get(agent, batch.watermark_ns), batch.watermark_ns)
         if batch.final:
             self._final.add(agent)
@@ -458,7 +460,7 @@ class Aggregator:
             raise ValueError("n_windows must be positive")
         first = max(0, self._next_close - n_windows)
         endpoints = self._endpoint_index(endpoint)
-        parts = []
+        parts: list[Stats] = []
         for index in range(first, self._next_close):
             stored = self._closed.get(index)
             if stored is None:

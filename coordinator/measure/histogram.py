@@ -268,7 +268,7 @@ class Histogram:
         mid = (lo + ((highest_equivalent_value(nz) - lo + 1) >> 1)).astype(np.float64)
         sq = float(np.dot(self._counts[nz].astype(np.float64), (mid - mean) ** 2))
         if self.overflow:
-            sq += self.overflow * (float(self.max_ns) - mean) ** 2  # type: ignore[arg-type]
+            sq += self.overflow * (float(self.max_ns) - mean) ** 2  # type: ignore[arg-type]  # overflow: max_ns set
         return math.sqrt(sq / self.count)
 
     def value_at_quantile(self, q: float) -> int | None:

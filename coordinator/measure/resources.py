@@ -77,7 +77,8 @@ class ResourceSeries:
     def add(self, r: Reading) -> None:
         self.scrapes += 1
         w = int(r.t_s // self.window_s) if r.t_s >= 0 else 0
-        for name, v in ((TARGET_MEMORY, r.rss_bytes), (TARGET_CONNECTIONS, r.open_connections), (TARGET_FDS, r.open_fds)):
+        gauges = ((TARGET_MEMORY, r.rss_bytes), (TARGET_CONNECTIONS, r.open_connections), (TARGET_FDS, r.open_fds))
+        for name, v in gauges:
             if v is not None:
                 self._cols.put_max(name, w, float(v))
         last = self._last
@@ -126,6 +127,8 @@ def aggregate(values: np.ndarray, how: str, quantile: float | None = None) -> fl
     if how == "mean":
         return float(values.mean())
     if how == "quantile":
+        if quantile is None:
+            raise ValueError("the quantile aggregate needs its quantile")
         return float(np.quantile(values, quantile, method="inverted_cdf"))
     raise ValueError(f"unknown aggregate {how!r}")
 
@@ -168,7 +171,7 @@ class NodeSeries:
             if not len(cpu):
                 continue
 
-            def peak(k: str) -> float:
+            def peak(k: str, cols: _Columns = cols) -> float:  # this node's columns, bound now
                 v = cols.values(k, None, None)
                 return float(v.max()) if len(v) else 0.0
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 
 def _ms(v: float | None) -> str:
@@ -121,7 +124,7 @@ class RichView:
                 Text(f"{lag:.1f}ms", style="red" if lag > 100 else ""),
                 f"{a.get('rss_mb', 0):.0f}MB",
             )
-        parts = [head, bar, Text(""), figures, Text(""), agents]
+        parts: list[RenderableType] = [head, bar, Text(""), figures, Text(""), agents]
         if info.get("lost"):
             parts.append(Text(f"lost agents so far: {info['lost']}", style="yellow"))
         for a in info.get("alerts", []):

@@ -74,14 +74,15 @@ def test_wheel_in_a_fresh_venv_provides_only_horde_and_runs(tmp_path):
     assert installed.returncode == 0, installed.stderr
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    seen = _probe(python, elsewhere)
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the venv's own path
+    seen = _probe(python, elsewhere, clean)
     assert Path(seen["cli"]).resolve().is_relative_to(env_dir.resolve())
     assert seen["foreign"] == {n: False for n in FOREIGN}
 
     out = tmp_path / "out"
     run = subprocess.run(
         [str(env_dir / "bin" / "horde"), "run", str(REPO / "scenarios" / "smoke.yaml"), "-q", "--out", str(out)],
-        cwd=elsewhere, capture_output=True, text=True, timeout=240,
+        cwd=elsewhere, capture_output=True, text=True, timeout=240, env=clean,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     manifests = list(out.glob("*/manifest.json"))
