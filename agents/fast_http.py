@@ -76,6 +76,7 @@ _HEAD_DONE = -2  # internal: the head of a HEAD response is complete (see on_hea
 # A request's completion callback: done(token, status, body bytes, error class).
 Done = Callable[[int, int, int, int], None]
 
+
 class _Stop(Exception):
     """Raised from a parser callback to make llhttp stop where it is."""
 
@@ -114,9 +115,26 @@ class _Connection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "engine", "origin", "transport", "parser", "done", "token", "prepared", "sent_tick",
-        "status", "body_bytes", "headers_done", "complete", "head_data",
-        "error", "keep_alive", "reused", "idle", "closed", "max_body", "max_head",
+        "engine",
+        "origin",
+        "transport",
+        "parser",
+        "done",
+        "token",
+        "prepared",
+        "sent_tick",
+        "status",
+        "body_bytes",
+        "headers_done",
+        "complete",
+        "head_data",
+        "error",
+        "keep_alive",
+        "reused",
+        "idle",
+        "closed",
+        "max_body",
+        "max_head",
     )
 
     def __init__(self, engine: FastEngine, origin: _Origin) -> None:

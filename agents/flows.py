@@ -44,8 +44,9 @@ def fill(text: str, variables: dict[str, str]) -> str:
 
 
 class FlowRunner:
-    def __init__(self, *, max_connections: int, timeout_s: float, connect_timeout_s: float,
-                 clock_ns: Callable[[], int]) -> None:
+    def __init__(
+        self, *, max_connections: int, timeout_s: float, connect_timeout_s: float, clock_ns: Callable[[], int]
+    ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -54,7 +55,8 @@ class FlowRunner:
     async def open(self) -> None:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
-            timeout=self._timeout, auto_decompress=False,
+            timeout=self._timeout,
+            auto_decompress=False,
         )
 
     async def close(self) -> None:
@@ -68,8 +70,9 @@ class FlowRunner:
         headers = {k: fill(v, variables) for k, v in step.headers} or None
         body = fill(step.body.decode(), variables).encode() if step.body is not None else None
         try:
-            async with self._session.request(step.method, url, headers=headers, data=body,
-                                             allow_redirects=False) as resp:
+            async with self._session.request(
+                step.method, url, headers=headers, data=body, allow_redirects=False
+            ) as resp:
                 data = await resp.read()
                 status = resp.status
         except asyncio.CancelledError:
@@ -85,8 +88,7 @@ class FlowRunner:
                 err = ErrorClass.PROTOCOL  # a step that must be read as JSON was not JSON
         return status, len(data), err, doc
 
-    async def run(self, flow: FlowTemplate, intended: int, record: Record,
-                  sleep_until: Callable[[int], Any]) -> None:
+    async def run(self, flow: FlowTemplate, intended: int, record: Record, sleep_until: Callable[[int], Any]) -> None:
         variables: dict[str, str] = {}
         first_sent = None
         status = nbytes = 0

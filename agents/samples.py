@@ -109,7 +109,14 @@ class SampleBuffer:
         if i == self.capacity:
             self.grow()
         RECORD.pack_into(
-            self.data, i * RECORD.size, endpoint, intended_ns, sent_ns, end_ns, status, error,
+            self.data,
+            i * RECORD.size,
+            endpoint,
+            intended_ns,
+            sent_ns,
+            end_ns,
+            status,
+            error,
             nbytes if nbytes < MAX_BYTES else MAX_BYTES,
         )
         self.count = i + 1

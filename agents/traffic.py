@@ -162,9 +162,14 @@ class TrafficAgent:
         self._ok_status = [t.expect or _DEFAULT_OK for t in spec.requests]
         self._flows: list[FlowTemplate | None] = list(spec.flows) or [None] * len(spec.requests)
         self._flow_runner = (
-            FlowRunner(max_connections=spec.max_connections, timeout_s=spec.timeout_s,
-                       connect_timeout_s=spec.connect_timeout_s, clock_ns=self._now)
-            if any(f is not None for f in self._flows) else None
+            FlowRunner(
+                max_connections=spec.max_connections,
+                timeout_s=spec.timeout_s,
+                connect_timeout_s=spec.connect_timeout_s,
+                clock_ns=self._now,
+            )
+            if any(f is not None for f in self._flows)
+            else None
         )
         # Plain: sent by submit() and completed by callback; the rest by a task each.
         self._plain = [f is None and sub is not None for f, sub in zip(self._flows, self._submit)]
@@ -228,8 +233,9 @@ class TrafficAgent:
 
     # -- sending --------------------------------------------------------------------------
 
-    def _record(self, ep: int, intended: int, sent: int, status: int, nbytes: int, err: int,
-                queued: bool = False) -> None:
+    def _record(
+        self, ep: int, intended: int, sent: int, status: int, nbytes: int, err: int, queued: bool = False
+    ) -> None:
         """Record one finished request (the slow path's; the callbacks inline the same)."""
         end = time.monotonic_ns() - self._mono_start
         if not err:
@@ -325,8 +331,11 @@ class TrafficAgent:
             stop_wait = asyncio.ensure_future(self._stop_event.wait())
             end_s = self._profile.duration_s - self._now() / 1e9
             # The schedule runs until its end; the stop event can cut it short.
-            await asyncio.wait({drained, stop_wait}, timeout=max(0.0, end_s) + self.spec.graceful_stop_s,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {drained, stop_wait},
+                timeout=max(0.0, end_s) + self.spec.graceful_stop_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             stop_wait.cancel()
             if not drained.done() and self._stopping:
                 await asyncio.wait({drained}, timeout=self.spec.graceful_stop_s)
@@ -450,8 +459,9 @@ class TrafficAgent:
         i = buf.count
         if i == buf.capacity:
             buf.grow()
-        _pack_into(buf.data, i * _RECORD_SIZE, ep, self._slot_intended[slot], self._slot_sent[slot], end,
-                   status, err, nbytes)
+        _pack_into(
+            buf.data, i * _RECORD_SIZE, ep, self._slot_intended[slot], self._slot_sent[slot], end, status, err, nbytes
+        )
         buf.count = i + 1
         self._open_release(slot)
 
@@ -470,7 +480,7 @@ class TrafficAgent:
             return
         now = self._now()
         while True:
-            rest = self._pending[self._pos:]
+            rest = self._pending[self._pos :]
             due = int(np.searchsorted(np.asarray(rest, dtype=np.int64), now, side="right"))
             self._unsent += due
             self._pos += due
@@ -551,8 +561,7 @@ class TrafficAgent:
         i = buf.count
         if i == buf.capacity:
             buf.grow()
-        _pack_into(buf.data, i * _RECORD_SIZE, ep, self._slot_intended[j], self._slot_sent[j], end,
-                   status, err, nbytes)
+        _pack_into(buf.data, i * _RECORD_SIZE, ep, self._slot_intended[j], self._slot_sent[j], end, status, err, nbytes)
         buf.count = i + 1
         if self._thinks:
             self._user_think(j, end + int(self._next_think_s() * 1e9))

@@ -156,9 +156,7 @@ async def _with_faults(
         try:
             if plan.error_status is not None:
                 state.metrics.rejected("injected_error")
-                response: web.StreamResponse = web.json_response(
-                    {"error": "injected fault"}, status=plan.error_status
-                )
+                response: web.StreamResponse = web.json_response({"error": "injected fault"}, status=plan.error_status)
             else:
                 response = await handler(request)
         except web.HTTPException:  # a 4xx answer is a response too: held and leaked alike
@@ -199,9 +197,7 @@ async def _json_body(request: web.Request, *, require_object: bool) -> Any:
 
 async def _health(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response(
-        {"status": "ok", "uptime_s": state.uptime_s(), "faults": state.injector.faults.as_dict()}
-    )
+    return web.json_response({"status": "ok", "uptime_s": state.uptime_s(), "faults": state.injector.faults.as_dict()})
 
 
 async def _agents_list(request: web.Request) -> web.Response:
@@ -229,9 +225,7 @@ async def _tool_invoke(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-async def _run_workflow_steps(
-    state: AutomatonState, workflow: Workflow, payload: dict[str, Any]
-) -> dict[str, Any]:
+async def _run_workflow_steps(state: AutomatonState, workflow: Workflow, payload: dict[str, Any]) -> dict[str, Any]:
     """Agent, then its tools, in order. Tool inputs come from payload["tool_inputs"][tool]."""
     tool_inputs = payload.get("tool_inputs") or {}
     if not isinstance(tool_inputs, dict):
@@ -270,17 +264,13 @@ async def _workflow_run(request: web.Request) -> web.Response:
         task = asyncio.create_task(_finish_workflow_in_background(state, run_id, workflow, payload))
         state.background.add(task)
         task.add_done_callback(state.background.discard)
-        return web.json_response(
-            {"run_id": run_id, "workflow": workflow.name, "status": "running"}, status=202
-        )
+        return web.json_response({"run_id": run_id, "workflow": workflow.name, "status": "running"}, status=202)
     try:
         result = await _run_workflow_steps(state, workflow, payload)
     except ToolInputError as exc:
         raise _client_error(web.HTTPBadRequest, str(exc)) from None
     await state.database.put_run(run_id, workflow.name, "completed", result)
-    return web.json_response(
-        {"run_id": run_id, "workflow": workflow.name, "status": "completed", "result": result}
-    )
+    return web.json_response({"run_id": run_id, "workflow": workflow.name, "status": "completed", "result": result})
 
 
 async def _workflow_get(request: web.Request) -> web.Response:

@@ -76,9 +76,7 @@ class Database:
     def _connect(self) -> sqlite3.Connection:
         # check_same_thread=False only so close() can close it from the loop thread;
         # each connection is used by exactly one pool thread.
-        conn = sqlite3.connect(
-            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL is durable across process crashes in WAL mode, which is all a test target needs.
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -127,9 +125,7 @@ class Database:
         text = json.dumps(data)
 
         def insert(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "INSERT INTO records (created_at, data) VALUES (?, ?)", (created_at, text)
-            )
+            cursor = conn.execute("INSERT INTO records (created_at, data) VALUES (?, ?)", (created_at, text))
             return int(cursor.lastrowid or 0)
 
         record_id = await self._run(insert)
@@ -148,9 +144,7 @@ class Database:
 
     # -- workflow runs ---------------------------------------------------------
 
-    async def put_run(
-        self, run_id: str, workflow: str, status: str, result: dict[str, Any] | None
-    ) -> None:
+    async def put_run(self, run_id: str, workflow: str, status: str, result: dict[str, Any] | None) -> None:
         """Insert a run, or update its status and result if it exists."""
         now = time.time()
         text = None if result is None else json.dumps(result)
@@ -169,8 +163,7 @@ class Database:
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         def select(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
             return conn.execute(
-                "SELECT run_id, workflow, status, created_at, updated_at, result"
-                " FROM workflow_runs WHERE run_id = ?",
+                "SELECT run_id, workflow, status, created_at, updated_at, result FROM workflow_runs WHERE run_id = ?",
                 (run_id,),
             ).fetchone()
 

@@ -193,7 +193,7 @@ def start_automaton(
     if not line.startswith(_READY_PREFIX):
         # "" is end of stream: the process exited before listening.
         raise fail(f"exited or printed {line!r} before listening")
-    url = line[len(_READY_PREFIX):].strip()
+    url = line[len(_READY_PREFIX) :].strip()
     try:
         admin_line = stdout_lines.get(timeout=startup_timeout_s)
     except queue.Empty:
@@ -208,10 +208,10 @@ def _parse_admin_line(line: str) -> tuple[str | None, str | None]:
     """`admin http://127.0.0.1:PORT token=TOKEN` -> (url, token); (None, None) otherwise."""
     if not line.startswith(_ADMIN_PREFIX):
         return None, None
-    parts = line[len(_ADMIN_PREFIX):].split()
+    parts = line[len(_ADMIN_PREFIX) :].split()
     if len(parts) != 2 or not parts[1].startswith("token="):
         return None, None
-    return parts[0], parts[1][len("token="):]
+    return parts[0], parts[1][len("token=") :]
 
 
 def _drain(stream: IO[str], sink: Any, done: threading.Event | None) -> None:

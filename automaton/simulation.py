@@ -29,9 +29,7 @@ def burn_cpu(rounds: int, seed: bytes) -> str:
     return digest.hex()[:16]
 
 
-async def agent_respond(
-    agent: SimulatedAgent, payload: dict[str, Any], config: AutomatonConfig
-) -> dict[str, Any]:
+async def agent_respond(agent: SimulatedAgent, payload: dict[str, Any], config: AutomatonConfig) -> dict[str, Any]:
     message = str(payload.get("message", "hello"))
     digest = burn_cpu(config.think_cpu_rounds, f"{agent.agent_id}:{message}".encode())
     if config.think_delay_s > 0:
@@ -66,8 +64,10 @@ def _calculator(payload: dict[str, Any]) -> dict[str, Any]:
     numbers = payload.get("numbers", [1, 2, 3])
     if op not in _CALCULATIONS:
         raise ToolInputError(f"op must be one of {sorted(_CALCULATIONS)}")
-    valid = isinstance(numbers, list) and numbers and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers
+    valid = (
+        isinstance(numbers, list)
+        and numbers
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers)
     )
     if not valid:
         raise ToolInputError("numbers must be a non-empty list of numbers")

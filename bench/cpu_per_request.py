@@ -26,16 +26,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.meter import EXITED, tree_cpu_by, tree_cpu_s  # noqa: E402
-from bench.nginx import Nginx  # noqa: E402
-from bench.peers import Load, Peer, PeerFailed, peers  # noqa: E402
+from bench.meter import EXITED, tree_cpu_by, tree_cpu_s
+from bench.nginx import Nginx
+from bench.peers import Load, Peer, PeerFailed, peers
 
 METER = Path(__file__).resolve().parent / "meter.py"
 REPO_ROOT = Path(__file__).resolve().parent.parent  # generators run from here, as a user would
@@ -106,14 +107,19 @@ class PeerRun:
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(rps=self.rps, us_per_request=self.us_per_request,
-                 agent_us_per_request=self.agent_us_per_request,
-                 generator_util=self.generator_util, nginx_util=self.nginx_util,
-                 other_util=self.other_util)
+        d.update(
+            rps=self.rps,
+            us_per_request=self.us_per_request,
+            agent_us_per_request=self.agent_us_per_request,
+            generator_util=self.generator_util,
+            nginx_util=self.nginx_util,
+            other_util=self.other_util,
+        )
         return d
 
 
 # -- measuring one peer -------------------------------------------------------------------
+
 
 def cpu_busy_s(cpu: int) -> float:
     """Non-idle CPU seconds of one CPU since boot, from /proc/stat."""
@@ -136,8 +142,9 @@ class Sample:
     parts: dict[str, float] = field(default_factory=dict)
 
 
-def steady_window(samples: list[Sample], warmup_s: float = WARMUP_S,
-                  tail_s: float = TAIL_S) -> tuple[Sample, Sample, int] | None:
+def steady_window(
+    samples: list[Sample], warmup_s: float = WARMUP_S, tail_s: float = TAIL_S
+) -> tuple[Sample, Sample, int] | None:
     """(first sample, last sample, requests nginx served between them) of the steady part.
 
     The window starts `warmup_s` after nginx first saw requests and ends `tail_s` before it
@@ -145,8 +152,7 @@ def steady_window(samples: list[Sample], warmup_s: float = WARMUP_S,
     spawning) are outside it. Each sample's own status query is subtracted. None when the
     run has no steady part of at least a second.
     """
-    active = [i for i in range(1, len(samples))
-              if samples[i].nginx_requests - samples[i - 1].nginx_requests > 1]
+    active = [i for i in range(1, len(samples)) if samples[i].nginx_requests - samples[i - 1].nginx_requests > 1]
     if not active:
         return None
     first_t = samples[active[0] - 1].t_s
@@ -160,8 +166,9 @@ def steady_window(samples: list[Sample], warmup_s: float = WARMUP_S,
     return (a, b, requests) if requests > 0 else None
 
 
-def steady_cpu_per_request(samples: list[Sample], warmup_s: float = WARMUP_S,
-                          tail_s: float = TAIL_S) -> tuple[float | None, float]:
+def steady_cpu_per_request(
+    samples: list[Sample], warmup_s: float = WARMUP_S, tail_s: float = TAIL_S
+) -> tuple[float | None, float]:
     """(tree CPU per request in us, window length in s) over the steady part of a run.
 
     Both counts come from outside the generator: its tree's CPU from /proc, the requests
@@ -174,8 +181,9 @@ def steady_cpu_per_request(samples: list[Sample], warmup_s: float = WARMUP_S,
     return 1e6 * (b.tree_cpu_s - a.tree_cpu_s) / requests, b.t_s - a.t_s
 
 
-def steady_parts_per_request(samples: list[Sample], warmup_s: float = WARMUP_S,
-                             tail_s: float = TAIL_S) -> dict[str, float] | None:
+def steady_parts_per_request(
+    samples: list[Sample], warmup_s: float = WARMUP_S, tail_s: float = TAIL_S
+) -> dict[str, float] | None:
     """steady_cpu_per_request's figure split by process part (us per request each).
 
     Over the same window; the parts add up to the whole. A part absent at one end of the
@@ -187,27 +195,41 @@ def steady_parts_per_request(samples: list[Sample], warmup_s: float = WARMUP_S,
     a, b, requests = window
     if not a.parts or not b.parts:
         return None
-    return {part: 1e6 * (b.parts.get(part, 0.0) - a.parts.get(part, 0.0)) / requests
-            for part in sorted(set(a.parts) | set(b.parts), key=lambda p: (p == EXITED, p))}
+    return {
+        part: 1e6 * (b.parts.get(part, 0.0) - a.parts.get(part, 0.0)) / requests
+        for part in sorted(set(a.parts) | set(b.parts), key=lambda p: (p == EXITED, p))
+    }
 
 
 Label = Callable[[int, bool], str]  # (pid, is the meter's direct child) -> part name
 
 
-def run_metered(argv: list[str], cpu: int, timeout_s: float, workdir: Path,
-                target: Nginx, label: Label | None = None) -> tuple[dict[str, Any], list[Sample]]:
+def run_metered(
+    argv: list[str], cpu: int, timeout_s: float, workdir: Path, target: Nginx, label: Label | None = None
+) -> tuple[dict[str, Any], list[Sample]]:
     """Run argv under bench/meter.py, sampling its tree's CPU and nginx's count meanwhile.
 
     With `label`, each sample also has the tree's CPU by part (meter.tree_cpu_by).
     The meter's JSON result and the samples. stdout/stderr go to workdir.
     """
     result_path = workdir / "meter.json"
-    cmd = [sys.executable, str(METER), "--cpu", str(cpu), "--result", str(result_path),
-           "--timeout", str(timeout_s), "--linger", str(LINGER_S), "--", *argv]
+    cmd = [
+        sys.executable,
+        str(METER),
+        "--cpu",
+        str(cpu),
+        "--result",
+        str(result_path),
+        "--timeout",
+        str(timeout_s),
+        "--linger",
+        str(LINGER_S),
+        "--",
+        *argv,
+    ]
     samples: list[Sample] = []
     with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                cwd=REPO_ROOT)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=REPO_ROOT)
         deadline = time.monotonic() + timeout_s + LINGER_S + 30.0
         try:
             while proc.poll() is None:
@@ -217,8 +239,7 @@ def run_metered(argv: list[str], cpu: int, timeout_s: float, workdir: Path,
                 try:
                     parts = tree_cpu_by(proc.pid, label) if label is not None else {}
                     cpu_s = sum(parts.values()) if parts else tree_cpu_s(proc.pid)
-                    samples.append(Sample(time.monotonic(), cpu_s, target.requests_served(),
-                                          parts))
+                    samples.append(Sample(time.monotonic(), cpu_s, target.requests_served(), parts))
                 except OSError:
                     pass  # the meter exited between poll() and the read
                 time.sleep(SAMPLE_EVERY_S)
@@ -226,8 +247,7 @@ def run_metered(argv: list[str], cpu: int, timeout_s: float, workdir: Path,
             _stop_meter(proc)
             raise
     if not result_path.exists():
-        raise PeerFailed(f"the meter wrote no result (exit {proc.returncode}): "
-                         f"{tail(workdir / 'stderr.txt')}")
+        raise PeerFailed(f"the meter wrote no result (exit {proc.returncode}): {tail(workdir / 'stderr.txt')}")
     return json.loads(result_path.read_text()), samples
 
 
@@ -249,8 +269,7 @@ def tail(path: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:])
 
 
-def run_peer(peer: Peer, rnd: int, target: Nginx, args: argparse.Namespace,
-             workroot: Path) -> PeerRun:
+def run_peer(peer: Peer, rnd: int, target: Nginx, args: argparse.Namespace, workroot: Path) -> PeerRun:
     reason = peer.unavailable()
     if reason is not None:
         return PeerRun(peer=peer.name, round=rnd, status="skipped", reason=reason)
@@ -264,9 +283,14 @@ def run_peer(peer: Peer, rnd: int, target: Nginx, args: argparse.Namespace,
         nginx_before = target.cpu_seconds()
         served_before = target.requests_served()
         busy_before, span_t0 = cpu_busy_s(args.generator_cpu), time.monotonic()
-        meter, samples = run_metered(run.command, args.generator_cpu,
-                                     args.seconds + peer.startup_slack_s, workdir, target,
-                                     getattr(peer, "process_part", None))
+        meter, samples = run_metered(
+            run.command,
+            args.generator_cpu,
+            args.seconds + peer.startup_slack_s,
+            workdir,
+            target,
+            getattr(peer, "process_part", None),
+        )
         run.generator_cpu_busy_s = cpu_busy_s(args.generator_cpu) - busy_before
         run.generator_cpu_span_s = time.monotonic() - span_t0
         run.nginx_cpu_s = target.cpu_seconds() - nginx_before
@@ -298,6 +322,7 @@ def run_peer(peer: Peer, rnd: int, target: Nginx, args: argparse.Namespace,
 
 # -- reporting ----------------------------------------------------------------------------
 
+
 def median_or_none(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -326,18 +351,38 @@ def agent_rows(name: str, row: dict[str, Any], ok: list[PeerRun]) -> list[dict[s
     process, over the same window; no whole-run figure (the driver's includes Ray's start).
     """
     rows: list[dict[str, Any]] = []
-    blank = {"reason": "", "us_per_request_min": None, "us_per_request_max": None,
-             "generator_util": None, "other_util": None}
+    blank = {
+        "reason": "",
+        "us_per_request_min": None,
+        "us_per_request_max": None,
+        "generator_util": None,
+        "other_util": None,
+    }
     agent_us = median_or_none([r.agent_us_per_request for r in ok])
     agent_steady = median_or_none([_both_parts(r, "agent") for r in ok])
     if agent_us is not None or agent_steady is not None:
-        rows.append({**row, **blank, "peer": f"{name} (agent only)", "us_per_request": agent_us,
-                     "cpu_s": median_or_none([r.agent_cpu_s for r in ok]),
-                     "steady_us_per_request": agent_steady})
+        rows.append(
+            {
+                **row,
+                **blank,
+                "peer": f"{name} (agent only)",
+                "us_per_request": agent_us,
+                "cpu_s": median_or_none([r.agent_cpu_s for r in ok]),
+                "steady_us_per_request": agent_steady,
+            }
+        )
     both = median_or_none([_both_parts(r, "agent", "driver") for r in ok])
     if both is not None:
-        rows.append({**row, **blank, "peer": f"{name} (agent + coordinator)",
-                     "us_per_request": None, "cpu_s": None, "steady_us_per_request": both})
+        rows.append(
+            {
+                **row,
+                **blank,
+                "peer": f"{name} (agent + coordinator)",
+                "us_per_request": None,
+                "cpu_s": None,
+                "steady_us_per_request": both,
+            }
+        )
     for r in rows:
         r.pop("steady_parts_us_per_request", None)
     return rows
@@ -351,12 +396,20 @@ def summarise(runs: list[PeerRun], names: list[str]) -> list[dict[str, Any]]:
         ok = [r for r in mine if r.status == "ok"]
         if not ok:
             last = mine[-1] if mine else None
-            rows.append({"peer": name, "status": last.status if last else "skipped",
-                         "reason": last.reason if last else "", "rounds": 0})
+            rows.append(
+                {
+                    "peer": name,
+                    "status": last.status if last else "skipped",
+                    "reason": last.reason if last else "",
+                    "rounds": 0,
+                }
+            )
             continue
         us = [r.us_per_request for r in ok]
         row = {
-            "peer": name, "status": "ok", "rounds": len(ok),
+            "peer": name,
+            "status": "ok",
+            "rounds": len(ok),
             "requests": statistics.median(r.requests for r in ok),
             "errors": sum(r.errors for r in ok),
             "rps": statistics.median(r.rps for r in ok),
@@ -395,8 +448,21 @@ def _pct(share: float | None) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ("peer", "requests", "rps", "CPU s", "us/req", "range", "x wrk",
-            "steady us/req", "x wrk", "gen CPU", "nginx CPU", "other on gen CPU", "errors")
+    head = (
+        "peer",
+        "requests",
+        "rps",
+        "CPU s",
+        "us/req",
+        "range",
+        "x wrk",
+        "steady us/req",
+        "x wrk",
+        "gen CPU",
+        "nginx CPU",
+        "other on gen CPU",
+        "errors",
+    )
     lines = [head]
     notes = []
     for r in rows:
@@ -406,25 +472,34 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             continue
         lo, hi = r.get("us_per_request_min"), r.get("us_per_request_max")
         spread = f"{lo:.1f}-{hi:.1f}" if lo is not None and r["rounds"] > 1 else "-"
-        lines.append((
-            r["peer"], f"{r['requests']:.0f}", f"{r['rps']:.0f}", _fmt(r["cpu_s"], ".2f"),
-            _fmt(r["us_per_request"], ".1f"), spread, _fmt(r.get("us_per_request_x_wrk"), ".1f"),
-            _fmt(r["steady_us_per_request"], ".1f"),
-            _fmt(r.get("steady_us_per_request_x_wrk"), ".1f"),
-            _pct(r["generator_util"]), _pct(r["nginx_util"]), _pct(r["other_util"]),
-            f"{r['errors']:.0f}",
-        ))
+        lines.append(
+            (
+                r["peer"],
+                f"{r['requests']:.0f}",
+                f"{r['rps']:.0f}",
+                _fmt(r["cpu_s"], ".2f"),
+                _fmt(r["us_per_request"], ".1f"),
+                spread,
+                _fmt(r.get("us_per_request_x_wrk"), ".1f"),
+                _fmt(r["steady_us_per_request"], ".1f"),
+                _fmt(r.get("steady_us_per_request_x_wrk"), ".1f"),
+                _pct(r["generator_util"]),
+                _pct(r["nginx_util"]),
+                _pct(r["other_util"]),
+                f"{r['errors']:.0f}",
+            )
+        )
         if r["reason"]:
             notes.append(f"{r['peer']}: {r['reason']}")
         if r.get("steady_parts_us_per_request"):
-            notes.append(f"{r['peer']}: steady us/req by process: "
-                         + ", ".join(f"{part} {us:.1f}" for part, us
-                                     in r["steady_parts_us_per_request"].items()))
+            notes.append(
+                f"{r['peer']}: steady us/req by process: "
+                + ", ".join(f"{part} {us:.1f}" for part, us in r["steady_parts_us_per_request"].items())
+            )
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = []
     for i, line in enumerate(lines):
-        cells = [str(c).ljust(w) if j == 0 else str(c).rjust(w)
-                 for j, (c, w) in enumerate(zip(line, widths))]
+        cells = [str(c).ljust(w) if j == 0 else str(c).rjust(w) for j, (c, w) in enumerate(zip(line, widths))]
         out.append("  ".join(cells).rstrip())
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
@@ -435,8 +510,9 @@ def machine_info(target: Nginx) -> dict[str, Any]:
     def version_of(module: str) -> str | None:
         try:
             from importlib.metadata import version
+
             return version(module)
-        except Exception:  # noqa: BLE001 - not installed is an answer here
+        except Exception:
             return None
 
     model = ""
@@ -449,31 +525,39 @@ def machine_info(target: Nginx) -> dict[str, Any]:
         pass
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     return {
-        "cpu_model": model, "cpus": os.cpu_count(), "kernel": platform.release(),
-        "python": platform.python_version(), "nginx": target.version(),
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nginx": target.version(),
         "wrk": (wrk.stdout or wrk.stderr).split("[")[0].strip() or None,
-        "aiohttp": version_of("aiohttp"), "uvloop": version_of("uvloop"),
-        "locust": version_of("locust"), "loadavg_at_start": os.getloadavg(),
+        "aiohttp": version_of("aiohttp"),
+        "uvloop": version_of("uvloop"),
+        "locust": version_of("locust"),
+        "loadavg_at_start": os.getloadavg(),
     }
 
 
 # -- main ---------------------------------------------------------------------------------
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names = [p.name for p in peers()]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=10, help="load duration per peer (default 10)")
     ap.add_argument("--users", type=int, default=64, help="connections / users (default 64)")
-    ap.add_argument("--only", default=",".join(names),
-                    help=f"comma-separated peers to run, from {','.join(names)}")
+    ap.add_argument("--only", default=",".join(names), help=f"comma-separated peers to run, from {','.join(names)}")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of all peers (default 1)")
-    ap.add_argument("--path", default="/",
-                    help="request path: / (return 200) or /static/small.txt (a file)")
+    ap.add_argument("--path", default="/", help="request path: / (return 200) or /static/small.txt (a file)")
     ap.add_argument("--target-cpu", type=int, default=0, help="CPU for nginx (default 0)")
     ap.add_argument("--generator-cpu", type=int, default=1, help="CPU for generators (default 1)")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between peers (default 1)")
-    ap.add_argument("--horde", default="horde", metavar="EXECUTABLE",
-                    help="the horde CLI to run in the horde slot (default: `horde` on PATH)")
+    ap.add_argument(
+        "--horde",
+        default="horde",
+        metavar="EXECUTABLE",
+        help="the horde CLI to run in the horde slot (default: `horde` on PATH)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write every run and the table here")
     ap.add_argument("--keep", action="store_true", help="keep each run's output folder")
     args = ap.parse_args(argv)
@@ -485,8 +569,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     allowed = os.sched_getaffinity(0)
     for flag in ("target_cpu", "generator_cpu"):
         if getattr(args, flag) not in allowed:
-            ap.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not one of the "
-                     f"CPUs this process may use: {sorted(allowed)}")
+            ap.error(
+                f"--{flag.replace('_', '-')} {getattr(args, flag)} is not one of the "
+                f"CPUs this process may use: {sorted(allowed)}"
+            )
     if args.target_cpu == args.generator_cpu:
         print("warning: target and generator share a CPU; figures will mix", file=sys.stderr)
     if not args.path.startswith("/"):
@@ -494,41 +580,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_rounds(selected: list[Peer], args: argparse.Namespace, target: Nginx,
-               workroot: Path) -> list[PeerRun]:
+def run_rounds(selected: list[Peer], args: argparse.Namespace, target: Nginx, workroot: Path) -> list[PeerRun]:
     """Every selected peer, --repeat times, each round in a rotated order."""
     runs: list[PeerRun] = []
     for rnd in range(args.repeat):
         shift = rnd % len(selected)
         for peer in selected[shift:] + selected[:shift]:
-            print(f"[round {rnd + 1}/{args.repeat}] {peer.name} ...", file=sys.stderr,
-                  end=" ", flush=True)
+            print(f"[round {rnd + 1}/{args.repeat}] {peer.name} ...", file=sys.stderr, end=" ", flush=True)
             run = run_peer(peer, rnd, target, args, workroot)
             runs.append(run)
             us = run.us_per_request
-            print(run.status + (f": {run.requests} requests, {us:.1f} us/request"
-                                if us is not None else f": {run.reason}"),
-                  file=sys.stderr, flush=True)
+            print(
+                run.status
+                + (f": {run.requests} requests, {us:.1f} us/request" if us is not None else f": {run.reason}"),
+                file=sys.stderr,
+                flush=True,
+            )
             if run.status != "skipped":
                 time.sleep(args.pause)
     return runs
 
 
-def report_json(args: argparse.Namespace, started_unix_s: float, machine: dict[str, Any],
-                rows: list[dict[str, Any]], runs: list[PeerRun]) -> dict[str, Any]:
+def report_json(
+    args: argparse.Namespace,
+    started_unix_s: float,
+    machine: dict[str, Any],
+    rows: list[dict[str, Any]],
+    runs: list[PeerRun],
+) -> dict[str, Any]:
     return {
         "benchmark": "cpu_per_request",
         "started_unix_s": started_unix_s,
         "protocol": {
-            "target": "nginx 1 worker, `return 200 \"ok\\n\"`", "path": args.path,
-            "target_cpu": args.target_cpu, "generator_cpu": args.generator_cpu,
-            "users": args.users, "seconds": args.seconds, "repeat": args.repeat,
+            "target": 'nginx 1 worker, `return 200 "ok\\n"`',
+            "path": args.path,
+            "target_cpu": args.target_cpu,
+            "generator_cpu": args.generator_cpu,
+            "users": args.users,
+            "seconds": args.seconds,
+            "repeat": args.repeat,
             "cpu_measure": "user+sys of the generator's whole process tree: "
-                           "RUSAGE_CHILDREN of a child-subreaper meter after reaping all, "
-                           "plus the last /proc reading of processes reaped unwaited",
+            "RUSAGE_CHILDREN of a child-subreaper meter after reaping all, "
+            "plus the last /proc reading of processes reaped unwaited",
             "steady_measure": "tree CPU (from /proc) / requests nginx served (stub_status), "
-                              f"sampled every {SAMPLE_EVERY_S}s, from {WARMUP_S}s after "
-                              f"the first request to {TAIL_S}s before the last",
+            f"sampled every {SAMPLE_EVERY_S}s, from {WARMUP_S}s after "
+            f"the first request to {TAIL_S}s before the last",
         },
         "machine": machine,
         "table": rows,
@@ -546,9 +642,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Nginx(cpu=args.target_cpu) as target:
             machine = machine_info(target)
-            print(f"nginx {machine['nginx']} on CPU {args.target_cpu} at {target.url}; "
-                  f"generators on CPU {args.generator_cpu}; {args.users} connections, "
-                  f"{args.seconds} s each, {args.repeat} round(s)", file=sys.stderr)
+            print(
+                f"nginx {machine['nginx']} on CPU {args.target_cpu} at {target.url}; "
+                f"generators on CPU {args.generator_cpu}; {args.users} connections, "
+                f"{args.seconds} s each, {args.repeat} round(s)",
+                file=sys.stderr,
+            )
             runs = run_rounds(selected, args, target, workroot)
     finally:
         if args.keep:

@@ -24,9 +24,22 @@ from bench.nginx import Nginx  # noqa: E402
 
 
 def run(url: str, seconds: int, engine: str, in_process: bool, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "horde.coordinator.cli", "run", str(REPO / "bench" / "scenarios" / "nginx_closed.yaml"),
-           "--target", url, "-q", "--out", str(out), "--set", f"engine={engine}",
-           "--set", f"workload.stages[0].duration={seconds}s"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "horde.coordinator.cli",
+        "run",
+        str(REPO / "bench" / "scenarios" / "nginx_closed.yaml"),
+        "--target",
+        url,
+        "-q",
+        "--out",
+        str(out),
+        "--set",
+        f"engine={engine}",
+        "--set",
+        f"workload.stages[0].duration={seconds}s",
+    ]
     if in_process:
         cmd.append("--in-process")
     subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 240, cwd=REPO)
@@ -50,8 +63,10 @@ def main() -> None:
                 print(f"{mode:10} run {i + 1}: {r['rps']:8.0f} req/s   agent CPU {r['cpu_us']} us/request")
     ip = statistics.median(r["rps"] for r in res["in-process"])
     ray = statistics.median(r["rps"] for r in res["ray"])
-    print(f"engine {args.engine}: in-process {ip:.0f} req/s, through Ray {ray:.0f} req/s: "
-          f"Ray at {ray / ip:.1%} of in-process ({ray / ip - 1:+.1%})")
+    print(
+        f"engine {args.engine}: in-process {ip:.0f} req/s, through Ray {ray:.0f} req/s: "
+        f"Ray at {ray / ip:.1%} of in-process ({ray / ip - 1:+.1%})"
+    )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,11 @@ async def _run_engine(name: str, url: str, requests: int, connections: int) -> M
     from horde.agents.spec import RequestTemplate
 
     engine = make_engine(
-        name, [RequestTemplate("static", "GET", url)], max_connections=connections, timeout_s=10.0, connect_timeout_s=5.0
+        name,
+        [RequestTemplate("static", "GET", url)],
+        max_connections=connections,
+        timeout_s=10.0,
+        connect_timeout_s=5.0,
     )
     await engine.open()
     try:
@@ -127,11 +131,19 @@ async def _run_agent(url: str, requests: int, connections: int) -> Measured:
 
     seconds = max(2.0, requests / 30_000)
     spec = AgentSpec(
-        index=0, count=1, incarnation=0, model="closed", arrivals="constant",
-        start_level=float(connections), stages=(Stage(seconds, float(connections), "hold"),),
+        index=0,
+        count=1,
+        incarnation=0,
+        model="closed",
+        arrivals="constant",
+        start_level=float(connections),
+        stages=(Stage(seconds, float(connections), "hold"),),
         requests=(RequestTemplate("static", "GET", url, engine="fast", expect=frozenset({200})),),
-        weights=(1.0,), flush_interval_s=1.0, graceful_stop_s=2.0,
-        max_in_flight=connections, max_connections=connections,
+        weights=(1.0,),
+        flush_interval_s=1.0,
+        graceful_stop_s=2.0,
+        max_in_flight=connections,
+        max_connections=connections,
     )
     agent = TrafficAgent(spec)
     batches: list[bytes] = []
@@ -174,8 +186,7 @@ async def _run_floor(url: str, requests: int, connections: int) -> Measured:
     finally:
         floor.close()
     if floor.body_bytes != requests * len(BODY):
-        raise SystemExit(f"floor: {floor.body_bytes} body bytes for {requests} responses "
-                         f"of {len(BODY)}")
+        raise SystemExit(f"floor: {floor.body_bytes} body bytes for {requests} responses of {len(BODY)}")
     return measured
 
 
@@ -203,9 +214,23 @@ Row = tuple[int, int, float, float, float]  # requests, errors, user_s, sys_s, w
 
 def run_client(name: str, url: str, requests: int, connections: int) -> Row:
     proc = subprocess.run(
-        ["taskset", "-c", "1", sys.executable, __file__, "--client", name, "--url", url,
-         "--requests", str(requests), "--connections", str(connections)],
-        capture_output=True, text=True,
+        [
+            "taskset",
+            "-c",
+            "1",
+            sys.executable,
+            __file__,
+            "--client",
+            name,
+            "--url",
+            url,
+            "--requests",
+            str(requests),
+            "--connections",
+            str(connections),
+        ],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         sys.exit(f"client {name} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -218,15 +243,16 @@ def run_wrk(url: str, connections: int, duration_s: int) -> Row:
     t0 = time.perf_counter()
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", url],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     wall_s = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = int(m.group(1)) if m else 0
-    return (requests, errors, after.ru_utime - before.ru_utime,
-            after.ru_stime - before.ru_stime, wall_s)
+    return (requests, errors, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, wall_s)
 
 
 CLIENTS = (  # (label, --client name), in table order after wrk
@@ -239,13 +265,19 @@ CLIENTS = (  # (label, --client name), in table order after wrk
 
 
 def format_rows(rows: list[tuple[str, Row]]) -> str:
-    lines = [f"{'client':38} {'requests':>9} {'errors':>7} {'cpu s':>7} {'req/s':>9} "
-             f"{'cpu us/req':>11} {'user us/req':>12} {'sys us/req':>11}"]
+    lines = [
+        (
+            f"{'client':38} {'requests':>9} {'errors':>7} {'cpu s':>7} {'req/s':>9} "
+            f"{'cpu us/req':>11} {'user us/req':>12} {'sys us/req':>11}"
+        )
+    ]
     for label, (requests, errors, user_s, sys_s, wall_s) in rows:
         us = 1e6 / requests
-        lines.append(f"{label:38} {requests:9d} {errors:7d} {user_s + sys_s:7.2f} "
-                     f"{requests / wall_s:9.0f} {us * (user_s + sys_s):11.1f} "
-                     f"{us * user_s:12.1f} {us * sys_s:11.1f}")
+        lines.append(
+            f"{label:38} {requests:9d} {errors:7d} {user_s + sys_s:7.2f} "
+            f"{requests / wall_s:9.0f} {us * (user_s + sys_s):11.1f} "
+            f"{us * user_s:12.1f} {us * sys_s:11.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -270,8 +302,10 @@ def main() -> None:
         for label, name in CLIENTS:
             rows.append((label, run_client(name, url, args.requests, args.connections)))
 
-    print(f"nginx 1 worker on CPU 0, client on CPU 1, {args.connections} keep-alive connections, "
-          f"GET of a {len(BODY)}-byte static file\n")
+    print(
+        f"nginx 1 worker on CPU 0, client on CPU 1, {args.connections} keep-alive connections, "
+        f"GET of a {len(BODY)}-byte static file\n"
+    )
     print(format_rows(rows))
 
 

@@ -75,8 +75,18 @@ def main() -> None:
     for i in range(args.repeat):
         target = Target()
         target.start()
-        cmd = [sys.executable, "-m", "horde.coordinator.cli", "run", str(scen), "-q", "--out", str(tmp / "out"),
-               "--target", f"http://127.0.0.1:{target.port}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "horde.coordinator.cli",
+            "run",
+            str(scen),
+            "-q",
+            "--out",
+            str(tmp / "out"),
+            "--target",
+            f"http://127.0.0.1:{target.port}",
+        ]
         if args.address:
             cmd += ["--address", args.address]
         t0 = time.monotonic()
@@ -87,8 +97,10 @@ def main() -> None:
         results.append(target.first - t0)
         print(f"run {i + 1}: first request {target.first - t0:.2f} s after `horde run` started (exit {r.returncode})")
     if results:
-        print(f"time to first request: median {statistics.median(results):.2f} s over {len(results)} runs"
-              f" ({'attached to ' + args.address if args.address else 'embedded Ray started by the run'})")
+        print(
+            f"time to first request: median {statistics.median(results):.2f} s over {len(results)} runs"
+            f" ({'attached to ' + args.address if args.address else 'embedded Ray started by the run'})"
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,16 @@ def make_payloads(n_batches: int, batch: int, agents: int = 2, endpoints: int = 
         s["error"][err] = rng.integers(1, 10, err.sum())
         s["bytes"] = rng.integers(100, 5000, batch)
         t[a] += 1_000_000_000
-        out.append(encode_batch(agent=a, incarnation=0, seq=b // agents, watermark_ns=t[a] + 50_000_000,
-                                records=s.tobytes(), readings=GeneratorReadings(cpu_s=float(b), in_flight=10)))
+        out.append(
+            encode_batch(
+                agent=a,
+                incarnation=0,
+                seq=b // agents,
+                watermark_ns=t[a] + 50_000_000,
+                records=s.tobytes(),
+                readings=GeneratorReadings(cpu_s=float(b), in_flight=10),
+            )
+        )
     return out
 
 

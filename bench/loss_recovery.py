@@ -43,8 +43,15 @@ def one(rate: int, how: str, workdir: Path) -> dict:
     scen.write_text(textwrap.dedent(SCENARIO.format(rate=rate, duration=16)))
     out = workdir / "out"
     result: dict = {}
-    th = threading.Thread(target=lambda: result.setdefault("r", run_scenario(
-        load_scenario(scen), RunOptions(out_dir=str(out), install_signal_handlers=False, progress=lambda l: None))))
+    th = threading.Thread(
+        target=lambda: result.setdefault(
+            "r",
+            run_scenario(
+                load_scenario(scen),
+                RunOptions(out_dir=str(out), install_signal_handlers=False, progress=lambda _line: None),
+            ),
+        )
+    )
     th.start()
     pid = None
     start_wall = None
@@ -70,8 +77,14 @@ def one(rate: int, how: str, workdir: Path) -> dict:
     b = read_bundle(result["r"].bundle)
     loss = b.summary["lost_agents"][0]
     windows = {w["index"]: w["total"]["requests"] for w in b.windows()}
-    first_full = next((i for i in range(math.ceil(hit_s), 16) if abs(windows.get(i, 0) - rate) <= 0.1 * rate
-                       and i > loss.get("restored_at_s", 1e9) - 1), None)
+    first_full = next(
+        (
+            i
+            for i in range(math.ceil(hit_s), 16)
+            if abs(windows.get(i, 0) - rate) <= 0.1 * rate and i > loss.get("restored_at_s", 1e9) - 1
+        ),
+        None,
+    )
     return {
         "how": how,
         "detected_s": round(loss["at_s"] - hit_s, 3),
@@ -95,12 +108,16 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="horde-loss-") as d:
                 r = one(args.rate, how, Path(d))
             rows.append(r)
-            print(f"{how:7} detected +{r['detected_s']:.2f}s  replaced +{r['replaced_s']:.2f}s  "
-                  f"first batch +{r['first_batch_s']:.2f}s  full window by +{r['full_window_s']}s  ({r['reason']})")
+            print(
+                f"{how:7} detected +{r['detected_s']:.2f}s  replaced +{r['replaced_s']:.2f}s  "
+                f"first batch +{r['first_batch_s']:.2f}s  full window by +{r['full_window_s']}s  ({r['reason']})"
+            )
     for how in hows:
         sel = [r for r in rows if r["how"] == how]
-        print(f"{how}: median loss -> restored load (first batch of the replacement) "
-              f"{statistics.median(r['first_batch_s'] for r in sel):.2f} s over {len(sel)} runs")
+        print(
+            f"{how}: median loss -> restored load (first batch of the replacement) "
+            f"{statistics.median(r['first_batch_s'] for r in sel):.2f} s over {len(sel)} runs"
+        )
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ SIGCHLD_BIT = 1 << (signal.SIGCHLD - 1)
 
 # -- reading /proc ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ProcStat:
     ppid: int
@@ -60,9 +61,12 @@ def read_stat(pid: int) -> ProcStat:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state) of proc(5): ppid is 4, utime..cstime 14-17, starttime 22
-    return ProcStat(ppid=int(fields[1]), own_ticks=int(fields[11]) + int(fields[12]),
-                    reaped_ticks=int(fields[13]) + int(fields[14]),
-                    start_ticks=int(fields[19]))
+    return ProcStat(
+        ppid=int(fields[1]),
+        own_ticks=int(fields[11]) + int(fields[12]),
+        reaped_ticks=int(fields[13]) + int(fields[14]),
+        start_ticks=int(fields[19]),
+    )
 
 
 def ignores_sigchld(pid: int) -> bool:
@@ -177,6 +181,7 @@ class AutoreapTracker:
 
 # -- running ------------------------------------------------------------------------------
 
+
 def _set_subreaper() -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -217,14 +222,15 @@ def _spawn(argv: list[str], cpu: int | None) -> int:
                 os.sched_setaffinity(0, {cpu})
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             os.execvp(argv[0], argv)
-        except BaseException as e:  # noqa: BLE001 - report, never return into the meter
+        except BaseException as e:
             os.write(2, f"meter: cannot run {argv[0]}: {e}\n".encode())
         os._exit(127)
     return pid
 
 
-def run(argv: list[str], cpu: int | None, timeout_s: float, linger_s: float,
-        sample_every_s: float = 0.2) -> dict[str, object]:
+def run(
+    argv: list[str], cpu: int | None, timeout_s: float, linger_s: float, sample_every_s: float = 0.2
+) -> dict[str, object]:
     subreaper = _set_subreaper()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
 
@@ -263,8 +269,11 @@ def run(argv: list[str], cpu: int | None, timeout_s: float, linger_s: float,
             tracker.sample()  # account for the last auto-reaped processes
             break
         now = time.monotonic()
-        overdue = (exit_code is None and now >= deadline) or stop_requested or (
-            linger_deadline is not None and now >= linger_deadline)
+        overdue = (
+            (exit_code is None and now >= deadline)
+            or stop_requested
+            or (linger_deadline is not None and now >= linger_deadline)
+        )
         if overdue and sigterm_sent_at is None:
             killed_at_timeout = exit_code is None and not stop_requested
             ended_stragglers = _signal_tree(signal.SIGTERM)
@@ -300,10 +309,12 @@ def main() -> int:
     ap.add_argument("--cpu", type=int, default=None, help="pin the command's tree to this CPU")
     ap.add_argument("--result", required=True, help="where to write the JSON result")
     ap.add_argument("--timeout", type=float, default=600.0, help="kill the command after this (s)")
-    ap.add_argument("--linger", type=float, default=30.0,
-                    help="after the command exits, end descendants still alive after this (s)")
-    ap.add_argument("--sample-every", type=float, default=0.2,
-                    help="seconds between /proc readings for auto-reaped processes")
+    ap.add_argument(
+        "--linger", type=float, default=30.0, help="after the command exits, end descendants still alive after this (s)"
+    )
+    ap.add_argument(
+        "--sample-every", type=float, default=0.2, help="seconds between /proc readings for auto-reaped processes"
+    )
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     argv = args.command[1:] if args.command[:1] == ["--"] else args.command

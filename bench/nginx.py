@@ -85,19 +85,33 @@ def free_port(host: str = "127.0.0.1") -> int:
 KEEPALIVE_REQUESTS = 100_000_000  # effectively unlimited: no reconnects during a benchmark
 
 
-def render_config(root: str, host: str, port: int, cpu: int, *,
-                  keepalive_requests: int = KEEPALIVE_REQUESTS,
-                  returns: Mapping[str, str] | None = None) -> str:
+def render_config(
+    root: str,
+    host: str,
+    port: int,
+    cpu: int,
+    *,
+    keepalive_requests: int = KEEPALIVE_REQUESTS,
+    returns: Mapping[str, str] | None = None,
+) -> str:
     """nginx.conf for one worker pinned to `cpu` (worker_cpu_affinity is a bit mask).
 
     `returns` adds exact-path locations answering with a `return` directive, e.g.
     {"/204": "204", "/moved": "301 /static/a.bin"}.
     """
-    extra = "".join(f"        location = {path} {{\n            return {value};\n        }}\n"
-                    for path, value in (returns or {}).items())
-    return _CONF.format(root=root, host=host, port=port, affinity_mask=format(1 << cpu, "b"),
-                        status_path=STATUS_PATH, keepalive_requests=keepalive_requests,
-                        extra_locations=extra)
+    extra = "".join(
+        f"        location = {path} {{\n            return {value};\n        }}\n"
+        for path, value in (returns or {}).items()
+    )
+    return _CONF.format(
+        root=root,
+        host=host,
+        port=port,
+        affinity_mask=format(1 << cpu, "b"),
+        status_path=STATUS_PATH,
+        keepalive_requests=keepalive_requests,
+        extra_locations=extra,
+    )
 
 
 class NginxError(RuntimeError):
@@ -111,11 +125,18 @@ class Nginx:
     `returns` and `keepalive_requests` go to render_config.
     """
 
-    def __init__(self, cpu: int = 0, host: str = "127.0.0.1", port: int | None = None,
-                 binary: str = NGINX_BIN, startup_timeout_s: float = 10.0, *,
-                 files: Mapping[str, bytes] | None = None,
-                 returns: Mapping[str, str] | None = None,
-                 keepalive_requests: int = KEEPALIVE_REQUESTS) -> None:
+    def __init__(
+        self,
+        cpu: int = 0,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        binary: str = NGINX_BIN,
+        startup_timeout_s: float = 10.0,
+        *,
+        files: Mapping[str, bytes] | None = None,
+        returns: Mapping[str, str] | None = None,
+        keepalive_requests: int = KEEPALIVE_REQUESTS,
+    ) -> None:
         self.cpu = cpu
         self.files = dict(files or {})
         bad = [name for name in self.files if "/" in name or name in ("", ".", "..")]
@@ -177,8 +198,7 @@ class Nginx:
 
         A count from the target's side, independent of what a generator says it sent.
         """
-        request = (f"GET {STATUS_PATH} HTTP/1.1\r\nHost: {self.host}\r\n"
-                   "Connection: close\r\n\r\n").encode()
+        request = (f"GET {STATUS_PATH} HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n").encode()
         with socket.create_connection((self.host, self.port), timeout=2.0) as s:
             s.sendall(request)
             data = b""
@@ -208,21 +228,39 @@ class Nginx:
         static.parent.mkdir(parents=True)
         for p in (static.parent, static.parent.parent):
             p.chmod(0o755)
-        for path, body in ((static, STATIC_BODY),
-                           *((static.parent / name, body) for name, body in self.files.items())):
+        for path, body in ((static, STATIC_BODY), *((static.parent / name, body) for name, body in self.files.items())):
             path.write_bytes(body)
             path.chmod(0o644)
         if self.port is None:
             self.port = free_port(self.host)
         conf = self.root / "nginx.conf"
-        conf.write_text(render_config(str(self.root), self.host, self.port, self.cpu,
-                                      keepalive_requests=self.keepalive_requests,
-                                      returns=self.returns))
+        conf.write_text(
+            render_config(
+                str(self.root),
+                self.host,
+                self.port,
+                self.cpu,
+                keepalive_requests=self.keepalive_requests,
+                returns=self.returns,
+            )
+        )
         with open(self.root / "stderr.log", "wb") as stderr:  # the child keeps its own fd
             self._proc = subprocess.Popen(
-                ["taskset", "-c", str(self.cpu), self.binary,
-                 "-p", str(self.root), "-e", str(self.root / "error.log"), "-c", str(conf)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                [
+                    "taskset",
+                    "-c",
+                    str(self.cpu),
+                    self.binary,
+                    "-p",
+                    str(self.root),
+                    "-e",
+                    str(self.root / "error.log"),
+                    "-c",
+                    str(conf),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
                 # its own session: a Ctrl-C meant for the benchmark must not take the target
                 # down mid-run; stop() ends it by PID
                 start_new_session=True,

@@ -31,14 +31,22 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cpu_per_request import (SAMPLE_EVERY_S, TAIL_S, WARMUP_S, Sample,  # noqa: E402
-                                   cpu_busy_s, machine_info, run_metered,
-                                   steady_cpu_per_request, steady_parts_per_request,
-                                   steady_window, tail)
-from bench.nginx import Nginx  # noqa: E402
-from bench.peers.base import Load, PeerFailed  # noqa: E402
-from bench.peers.horde import (Horde, find_summary, summary_agent_cpu_s,  # noqa: E402
-                               summary_requests, summary_run_s, write_scenario)
+from bench.cpu_per_request import (
+    SAMPLE_EVERY_S,
+    TAIL_S,
+    WARMUP_S,
+    Sample,
+    cpu_busy_s,
+    machine_info,
+    run_metered,
+    steady_cpu_per_request,
+    steady_parts_per_request,
+    steady_window,
+    tail,
+)
+from bench.nginx import Nginx
+from bench.peers.base import Load, PeerFailed
+from bench.peers.horde import Horde, find_summary, summary_agent_cpu_s, summary_requests, summary_run_s, write_scenario
 
 SCENARIO = Path(__file__).resolve().parent / "scenarios" / "nginx_open.yaml"
 DEFAULT_RATES = (5000, 15000, 25000)
@@ -46,15 +54,14 @@ DEFAULT_RATES = (5000, 15000, 25000)
 
 # -- the scenario and the summary (pure) ----------------------------------------------------
 
-def write_open_scenario(url: str, rate: int, seconds: int, workdir: Path,
-                        template: Path = SCENARIO) -> Path:
+
+def write_open_scenario(url: str, rate: int, seconds: int, workdir: Path, template: Path = SCENARIO) -> Path:
     """The open-model template at `rate` arrivals/s, flat from t = 0 for `seconds`, in workdir.
 
     peers/horde.py's write_scenario does the rewrite: its stage target and `start` are the
     load's level, which for an open-model template is the arrival rate.
     """
-    return write_scenario(Load(url=url, users=rate, seconds=seconds, workdir=workdir),
-                          template=template)
+    return write_scenario(Load(url=url, users=rate, seconds=seconds, workdir=workdir), template=template)
 
 
 def _number(value: Any) -> float | None:
@@ -94,19 +101,22 @@ def read_summary(summary: dict[str, Any], seconds: float) -> dict[str, Any]:
     generator = summary.get("generator")
     generator = generator if isinstance(generator, dict) else {}
     return {
-        "requests": requests, "errors": errors, "run_s": run_s,
+        "requests": requests,
+        "errors": errors,
+        "run_s": run_s,
         "rps": requests / run_s if run_s > 0 else 0.0,
         "agent_cpu_s": agent_cpu_s,
-        "agent_us_per_request": (1e6 * agent_cpu_s / requests
-                                 if agent_cpu_s is not None and requests else None),
+        "agent_us_per_request": (1e6 * agent_cpu_s / requests if agent_cpu_s is not None and requests else None),
         **summary_sends(summary),
-        "latency_p50_ms": p50, "latency_p99_ms": p99,
+        "latency_p50_ms": p50,
+        "latency_p99_ms": p99,
         "saturated": bool(generator.get("saturated", False)),
         "saturation_reasons": list(generator.get("reasons") or []),
     }
 
 
 # -- one run per rate -----------------------------------------------------------------------
+
 
 @dataclass
 class RateRun:
@@ -164,14 +174,12 @@ def run_rate(rate: int, target: Nginx, args: argparse.Namespace, workroot: Path)
     run = RateRun(rate=rate)
     horde = shutil.which(args.horde) or args.horde
     scenario = write_open_scenario(url, rate, args.seconds, workdir)
-    run.command = [horde, "run", str(scenario), "--target", url,
-                   "--out", str(workdir / "bundle"), "-q"]
+    run.command = [horde, "run", str(scenario), "--target", url, "--out", str(workdir / "bundle"), "-q"]
     timeout_s = args.seconds + Horde.startup_slack_s
     try:
         served_before = target.requests_served()
         busy_before, span_t0 = cpu_busy_s(args.generator_cpu), time.monotonic()
-        meter, samples = run_metered(run.command, args.generator_cpu, timeout_s, workdir,
-                                     target, Horde.process_part)
+        meter, samples = run_metered(run.command, args.generator_cpu, timeout_s, workdir, target, Horde.process_part)
         busy_s = cpu_busy_s(args.generator_cpu) - busy_before
         span_s = time.monotonic() - span_t0
         run.nginx_requests = target.requests_served() - served_before - len(samples) - 1
@@ -209,13 +217,25 @@ def run_rate(rate: int, target: Nginx, args: argparse.Namespace, workroot: Path)
 
 # -- reporting ------------------------------------------------------------------------------
 
+
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-HEAD = ("rate planned", "requests", "errors", "rps", "steady rps", "agent us/req",
-        "steady agent us/req", "late sends", "queued sends", "p50 ms", "p99 ms",
-        "other on gen CPU")
+HEAD = (
+    "rate planned",
+    "requests",
+    "errors",
+    "rps",
+    "steady rps",
+    "agent us/req",
+    "steady agent us/req",
+    "late sends",
+    "queued sends",
+    "p50 ms",
+    "p99 ms",
+    "other on gen CPU",
+)
 
 
 def format_table(runs: list[RateRun]) -> str:
@@ -226,22 +246,31 @@ def format_table(runs: list[RateRun]) -> str:
             lines.append((str(r.rate), r.status) + ("",) * (len(HEAD) - 2))
             notes.append(f"{r.rate}/s: {r.status}: {r.reason}")
             continue
-        lines.append((
-            str(r.rate), str(r.requests), str(r.errors), f"{r.rps:.0f}",
-            _fmt(r.steady_rps, ".0f"), _fmt(r.agent_us_per_request, ".1f"),
-            _fmt(r.steady_agent_us_per_request, ".1f"), _fmt(r.late_sends, "d"),
-            _fmt(r.queued_sends, "d"), _fmt(r.latency_p50_ms, ".2f"),
-            _fmt(r.latency_p99_ms, ".2f"),
-            "-" if r.other_util is None else f"{100 * r.other_util:.0f}%",
-        ))
+        lines.append(
+            (
+                str(r.rate),
+                str(r.requests),
+                str(r.errors),
+                f"{r.rps:.0f}",
+                _fmt(r.steady_rps, ".0f"),
+                _fmt(r.agent_us_per_request, ".1f"),
+                _fmt(r.steady_agent_us_per_request, ".1f"),
+                _fmt(r.late_sends, "d"),
+                _fmt(r.queued_sends, "d"),
+                _fmt(r.latency_p50_ms, ".2f"),
+                _fmt(r.latency_p99_ms, ".2f"),
+                "-" if r.other_util is None else f"{100 * r.other_util:.0f}%",
+            )
+        )
         if r.reason:
             notes.append(f"{r.rate}/s: {r.reason}")
         if r.steady_parts_us_per_request:
-            notes.append(f"{r.rate}/s: steady us/req by process: "
-                         + ", ".join(f"{part} {us:.1f}" for part, us
-                                     in r.steady_parts_us_per_request.items())
-                         + f" (whole tree {_fmt(r.steady_us_per_request, '.1f')}"
-                         f" over {r.steady_window_s:.1f} s)")
+            notes.append(
+                f"{r.rate}/s: steady us/req by process: "
+                + ", ".join(f"{part} {us:.1f}" for part, us in r.steady_parts_us_per_request.items())
+                + f" (whole tree {_fmt(r.steady_us_per_request, '.1f')}"
+                f" over {r.steady_window_s:.1f} s)"
+            )
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEAD))]
     out = []
     for i, line in enumerate(lines):
@@ -252,6 +281,7 @@ def format_table(runs: list[RateRun]) -> str:
 
 
 # -- main -----------------------------------------------------------------------------------
+
 
 def parse_rates(text: str) -> list[int]:
     rates = []
@@ -269,15 +299,16 @@ def parse_rates(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)),
-                    help="comma-separated arrival rates, requests/s "
-                         f"(default {','.join(map(str, DEFAULT_RATES))})")
+    ap.add_argument(
+        "--rates",
+        default=",".join(map(str, DEFAULT_RATES)),
+        help=f"comma-separated arrival rates, requests/s (default {','.join(map(str, DEFAULT_RATES))})",
+    )
     ap.add_argument("--seconds", type=int, default=10, help="load duration per rate (default 10)")
     ap.add_argument("--target-cpu", type=int, default=0, help="CPU for nginx (default 0)")
     ap.add_argument("--generator-cpu", type=int, default=1, help="CPU for horde (default 1)")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default 1)")
-    ap.add_argument("--horde", default="horde", metavar="EXECUTABLE",
-                    help="the horde CLI (default: `horde` on PATH)")
+    ap.add_argument("--horde", default="horde", metavar="EXECUTABLE", help="the horde CLI (default: `horde` on PATH)")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     ap.add_argument("--keep", action="store_true", help="keep each run's folder (bundle included)")
     args = ap.parse_args(argv)
@@ -290,8 +321,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     allowed = os.sched_getaffinity(0)
     for flag in ("target_cpu", "generator_cpu"):
         if getattr(args, flag) not in allowed:
-            ap.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not one of the "
-                     f"CPUs this process may use: {sorted(allowed)}")
+            ap.error(
+                f"--{flag.replace('_', '-')} {getattr(args, flag)} is not one of the "
+                f"CPUs this process may use: {sorted(allowed)}"
+            )
     if args.target_cpu == args.generator_cpu:
         print("warning: target and generator share a CPU; figures will mix", file=sys.stderr)
     if shutil.which(args.horde) is None:
@@ -309,18 +342,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Nginx(cpu=args.target_cpu) as target:
             machine = machine_info(target)
-            print(f"nginx {machine['nginx']} on CPU {args.target_cpu} at {target.url}; horde on "
-                  f"CPU {args.generator_cpu}; open model, {args.seconds} s per rate",
-                  file=sys.stderr)
+            print(
+                f"nginx {machine['nginx']} on CPU {args.target_cpu} at {target.url}; horde on "
+                f"CPU {args.generator_cpu}; open model, {args.seconds} s per rate",
+                file=sys.stderr,
+            )
             for i, rate in enumerate(args.rates):
                 if i:
                     time.sleep(args.pause)
                 print(f"{rate}/s ...", file=sys.stderr, end=" ", flush=True)
                 run = run_rate(rate, target, args, workroot)
                 runs.append(run)
-                print(run.status + (f": {run.requests} requests, {run.rps:.0f} rps"
-                                    if run.status == "ok" else f": {run.reason}"),
-                      file=sys.stderr, flush=True)
+                print(
+                    run.status
+                    + (f": {run.requests} requests, {run.rps:.0f} rps" if run.status == "ok" else f": {run.reason}"),
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         if args.keep:
             print(f"run folders kept in {workroot}", file=sys.stderr)
@@ -333,15 +371,17 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "open_rate",
             "started_unix_s": started_unix_s,
             "protocol": {
-                "target": "nginx 1 worker, `return 200 \"ok\\n\"`, GET /",
-                "target_cpu": args.target_cpu, "generator_cpu": args.generator_cpu,
-                "seconds": args.seconds, "rates": args.rates,
+                "target": 'nginx 1 worker, `return 200 "ok\\n"`, GET /',
+                "target_cpu": args.target_cpu,
+                "generator_cpu": args.generator_cpu,
+                "seconds": args.seconds,
+                "rates": args.rates,
                 "scenario": "bench/scenarios/nginx_open.yaml: open model, constant arrivals, "
-                            "1 agent, engine fast, max_in_flight 64, max_connections 64",
+                "1 agent, engine fast, max_in_flight 64, max_connections 64",
                 "steady_measure": "process CPU (from /proc) / requests nginx served "
-                                  f"(stub_status), sampled every {SAMPLE_EVERY_S}s, from "
-                                  f"{WARMUP_S}s after the first request to {TAIL_S}s "
-                                  "before the last",
+                f"(stub_status), sampled every {SAMPLE_EVERY_S}s, from "
+                f"{WARMUP_S}s after the first request to {TAIL_S}s "
+                "before the last",
             },
             "machine": machine,
             "rows": [r.as_json() for r in runs],

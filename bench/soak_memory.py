@@ -78,8 +78,10 @@ def run_load(minutes: float, rate: float, out: str, progress: bool) -> Path:
             print(line, flush=True)
 
     result = run_scenario(loaded, RunOptions(progress=show))
-    print(f"run: {result.outcome.value}, {result.summary['total']['requests']} requests, "
-          f"{result.summary['total']['rps']:.1f} req/s, bundle {result.bundle}")
+    print(
+        f"run: {result.outcome.value}, {result.summary['total']['requests']} requests, "
+        f"{result.summary['total']['rps']:.1f} req/s, bundle {result.bundle}"
+    )
     return result.bundle
 
 
@@ -115,9 +117,11 @@ def memory_figures(bundle: Path, mark_s: float, end_s: float | None = None) -> d
             "growth_after_mark_mib": None if at_mark is None else (end - at_mark) / MIB,
             "slope_after_mark_mib_per_min": None if slope_per_min is None else slope_per_min / MIB,
             "leak_verdict": verdict.verdict,
-            "leak_slope_mib_per_h": None if verdict.slope_bytes_per_simulated_hour is None
+            "leak_slope_mib_per_h": None
+            if verdict.slope_bytes_per_simulated_hour is None
             else verdict.slope_bytes_per_simulated_hour / MIB,
-            "leak_threshold_mib_per_h": None if verdict.threshold_bytes_per_hour is None
+            "leak_threshold_mib_per_h": None
+            if verdict.threshold_bytes_per_hour is None
             else verdict.threshold_bytes_per_hour / MIB,
         }
     return out
@@ -134,8 +138,9 @@ def aggregator_state(minutes: float, rate: float, keep_windows: int | None) -> d
     n_windows = int(minutes * 60)
     per_window = max(1, int(rate))
     tracemalloc.start()
-    agg = Aggregator([f"e{i}" for i in range(ENDPOINTS)], [n_windows * 1_000_000_000], ["hold"],
-                     keep_windows=keep_windows)
+    agg = Aggregator(
+        [f"e{i}" for i in range(ENDPOINTS)], [n_windows * 1_000_000_000], ["hold"], keep_windows=keep_windows
+    )
     base = tracemalloc.get_traced_memory()[0]
     marks = {}
     for w in range(n_windows):
@@ -146,8 +151,16 @@ def aggregator_state(minutes: float, rate: float, keep_windows: int | None) -> d
         s["sent_ns"] = s["intended_ns"] + 50_000
         s["end_ns"] = s["sent_ns"] + rng.lognormal(np.log(3e6), 0.5, per_window).astype(np.int64)
         s["status"] = 200
-        batch = decode_batch(encode_batch(agent=0, incarnation=0, seq=w, watermark_ns=t0 + 1_000_000_000,
-                                          records=s.tobytes(), readings=GeneratorReadings(cpu_s=float(w))))
+        batch = decode_batch(
+            encode_batch(
+                agent=0,
+                incarnation=0,
+                seq=w,
+                watermark_ns=t0 + 1_000_000_000,
+                records=s.tobytes(),
+                readings=GeneratorReadings(cpu_s=float(w)),
+            )
+        )
         agg.add(batch)
         agg.close_until(t0 + 1_000_000_000 - 1)
         if w + 1 in (60, 120, n_windows):
@@ -176,25 +189,35 @@ def main(argv: list[str] | None = None) -> int:
         bundle = Path(args.bundle) if args.bundle else run_load(args.minutes, args.rate, args.out, not args.quiet)
         figures["bundle"] = str(bundle)
         figures["processes"] = procs = memory_figures(bundle, args.mark * 60, args.minutes * 60)
-        print(f"\nresident memory (MiB) at minute {args.mark:g} and at the end ({args.minutes:g} min, {args.rate:g} req/s)")
-        print(f"  {'process':<14} {'start':>8} {'minute ' + format(args.mark, 'g'):>10} {'end':>8} {'growth':>8}"
-              f" {'MiB/min':>8}  leak verdict (threshold MiB/h)")
+        print(
+            f"\nresident memory (MiB) at minute {args.mark:g} and at the end"
+            f" ({args.minutes:g} min, {args.rate:g} req/s)"
+        )
+        print(
+            f"  {'process':<14} {'start':>8} {'minute ' + format(args.mark, 'g'):>10} {'end':>8} {'growth':>8}"
+            f" {'MiB/min':>8}  leak verdict (threshold MiB/h)"
+        )
         for name, p in procs.items():
+
             def f(x: float | None, spec: str = "8.1f") -> str:
                 return "-".rjust(8) if x is None else format(x, spec)
 
-            print(f"  {name:<14} {f(p['first_mib'])} {f(p['at_mark_mib'], '10.1f')} {f(p['end_mib'])}"
-                  f" {f(p['growth_after_mark_mib'], '+8.2f')} {f(p['slope_after_mark_mib_per_min'], '+8.3f')}"
-                  f"  {p['leak_verdict']} ({p['leak_slope_mib_per_h']:+.2f} MiB/h, threshold"
-                  f" {p['leak_threshold_mib_per_h']:.2f})")
+            print(
+                f"  {name:<14} {f(p['first_mib'])} {f(p['at_mark_mib'], '10.1f')} {f(p['end_mib'])}"
+                f" {f(p['growth_after_mark_mib'], '+8.2f')} {f(p['slope_after_mark_mib_per_min'], '+8.3f')}"
+                f"  {p['leak_verdict']} ({p['leak_slope_mib_per_h']:+.2f} MiB/h, threshold"
+                f" {p['leak_threshold_mib_per_h']:.2f})"
+            )
 
     if args.state:
         t0 = time.monotonic()
         kept_all = aggregator_state(args.minutes, args.rate, None)
         bounded = aggregator_state(args.minutes, args.rate, 120)
         figures["aggregator_state"] = {"keep_all": kept_all, "keep_120": bounded}
-        print(f"\naggregator state (tracemalloc, {ENDPOINTS} endpoints, {args.rate:g} samples/s,"
-              f" {args.minutes:g} min of windows; {time.monotonic() - t0:.0f} s to measure)")
+        print(
+            f"\naggregator state (tracemalloc, {ENDPOINTS} endpoints, {args.rate:g} samples/s,"
+            f" {args.minutes:g} min of windows; {time.monotonic() - t0:.0f} s to measure)"
+        )
         for label, marks in (("every window kept (run.py today)", kept_all), ("keep_windows=120", bounded)):
             print(f"  {label:<34} " + "  ".join(f"{k.split('_')[1]} windows {v:7.2f} MiB" for k, v in marks.items()))
 

@@ -57,10 +57,10 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from horde.automaton.launch import start_automaton
     from horde.cluster.connect import connect
+    from horde.coordinator.analysis.spike import spikes_for_run
     from horde.coordinator.bundle.store import read_bundle
     from horde.coordinator.run.session import RunOptions, run_scenario
     from horde.coordinator.scenario.load import parse_scenario
-    from horde.coordinator.analysis.spike import spikes_for_run
 
     out = Path(tempfile.mkdtemp(prefix="horde-spike-reach-"))
     conn = connect(args.address)
@@ -69,8 +69,14 @@ def main() -> None:
     try:
         for factor in (10, 100):
             base = args.peak / factor
-            text = SCENARIO.format(factor=factor, engine=args.engine, base=f"{base:g}", peak=f"{args.peak:g}",
-                                   hold=f"{args.hold:g}", before=f"{args.before:g}")
+            text = SCENARIO.format(
+                factor=factor,
+                engine=args.engine,
+                base=f"{base:g}",
+                peak=f"{args.peak:g}",
+                hold=f"{args.hold:g}",
+                before=f"{args.before:g}",
+            )
             loaded = parse_scenario(text, overrides=[f"target={target.url}"])
             for i in range(args.repeat):
                 t0 = time.monotonic()
@@ -91,8 +97,10 @@ def main() -> None:
     finally:
         target.stop()
         conn.close()
-    print(f"\ntime to 90% of the planned rate after an instant step ({args.engine} engine, "
-          f"{os.cpu_count()} CPUs, automaton /health):")
+    print(
+        f"\ntime to 90% of the planned rate after an instant step ({args.engine} engine, "
+        f"{os.cpu_count()} CPUs, automaton /health):"
+    )
     for factor, values in rows.items():
         got = [v for v in values if v is not None]
         med = f"median {statistics.median(got):.1f} s, max {max(got):.1f} s" if got else "never reached"

@@ -56,8 +56,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Conne
             kind = "attached"
         else:
             # address="local": always a new instance, never a `ray start` cluster found on this machine
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
-                     _system_config=EMBEDDED_SYSTEM_CONFIG, **kwargs)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                _system_config=EMBEDDED_SYSTEM_CONFIG,
+                **kwargs,
+            )
             kind = "embedded"
     except Exception as exc:  # Ray raises many types for a bad address or a failed start
         where = f"Ray cluster at {address}" if address else "an embedded Ray"

@@ -61,7 +61,5 @@ class ClusterShape:
             "kind": self.kind,
             "address": self.address,
             "cpus": self.cpus,
-            "nodes": [
-                {"node": n.node, "host": n.host, "cpus": n.cpus, "alive": n.alive} for n in self.nodes
-            ],
+            "nodes": [{"node": n.node, "host": n.host, "cpus": n.cpus, "alive": n.alive} for n in self.nodes],
         }

@@ -27,8 +27,14 @@ def _default_namer(exc: BaseException) -> tuple[str, str]:
 
 
 class FanIn:
-    def __init__(self, silence_s: float, name_error: ErrorNamer = _default_namer, *,
-                 probe_timeout_s: float | None = None, hung_factor: float = 5.0) -> None:
+    def __init__(
+        self,
+        silence_s: float,
+        name_error: ErrorNamer = _default_namer,
+        *,
+        probe_timeout_s: float | None = None,
+        hung_factor: float = 5.0,
+    ) -> None:
         self._silence_s = silence_s
         self._probe_timeout_s = probe_timeout_s if probe_timeout_s is not None else silence_s / 3
         self._hung_s = silence_s * hung_factor
@@ -44,8 +50,9 @@ class FanIn:
         self._watchdog: asyncio.Task | None = None
         self._closed = False
 
-    def add(self, index: int, incarnation: int, stream: StreamFactory, grace_s: float = 0.0,
-            probe: Probe | None = None) -> None:
+    def add(
+        self, index: int, incarnation: int, stream: StreamFactory, grace_s: float = 0.0, probe: Probe | None = None
+    ) -> None:
         """Consume one agent's stream; `grace_s` extends its first silence deadline (start lead)."""
         key = (index, incarnation)
         if probe is not None:
@@ -99,8 +106,11 @@ class FanIn:
             raise
         except BaseException:
             if key in self._last_seen and time.monotonic() - self._last_seen[key] > self._silence_s:
-                self._declare_lost(key, "silent", f"no batch for {silent:.1f}s and no answer to a ping "
-                                                  f"within {self._probe_timeout_s:.1f}s")
+                self._declare_lost(
+                    key,
+                    "silent",
+                    f"no batch for {silent:.1f}s and no answer to a ping within {self._probe_timeout_s:.1f}s",
+                )
         finally:
             self._probing.discard(key)
 

@@ -64,8 +64,14 @@ class PlacementError(RuntimeError):
 class RayFleet:
     """Fleet on the connected Ray cluster, agents spread over nodes."""
 
-    def __init__(self, *, cpus_per_agent: float, ready_timeout_s: float = 60.0, silence_s: float = 1.5,
-                 probe_timeout_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        cpus_per_agent: float,
+        ready_timeout_s: float = 60.0,
+        silence_s: float = 1.5,
+        probe_timeout_s: float = 0.5,
+    ) -> None:
         self._cpus = cpus_per_agent
         self._ready_timeout_s = ready_timeout_s
         self._fanin = FanIn(silence_s, _name_error, probe_timeout_s=probe_timeout_s)

@@ -243,7 +243,8 @@ def _shipped_with(working_dir: Path, relative: Path) -> bool:
     if (working_dir / ".git").exists() and shutil.which("git"):
         ignored = subprocess.run(
             ["git", "-C", str(working_dir), "check-ignore", "-q", relative.as_posix()],
-            capture_output=True, timeout=10,
+            capture_output=True,
+            timeout=10,
         )
         return ignored.returncode != 0  # 0: ignored; 1: not ignored; 128: not a repository after all
     return True
@@ -360,10 +361,7 @@ def fetch(
 def _no_bundle_advice(job_id: str, info: JobInfo, server_text: str) -> str:
     text = server_text.strip()
     if "doesn't exist" in text and "Agent for node" in text:
-        return (
-            f"the node that ran job {job_id} ({info.driver_node_id}) has left the cluster; "
-            "its bundle went with it"
-        )
+        return f"the node that ran job {job_id} ({info.driver_node_id}) has left the cluster; its bundle went with it"
     return (
         f"job {job_id} ({info.status}) left no bundle to fetch: its run wrote none, or the "
         f"cluster was restarted since. `horde jobs logs {job_id}` shows what happened "
@@ -401,8 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["exec"]:
         return exec_main(argv[1:])
-    print("usage: python -m horde.cluster.jobs exec --job-id ID --bundles DIR [--scenario-from-env PATH] -- CMD ...",
-          file=sys.stderr)
+    print(
+        "usage: python -m horde.cluster.jobs exec --job-id ID --bundles DIR [--scenario-from-env PATH] -- CMD ...",
+        file=sys.stderr,
+    )
     return 2
 
 

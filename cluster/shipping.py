@@ -25,8 +25,10 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
 def _installed_roots() -> dict[str, Path]:
     from horde import agents, automaton, cluster, coordinator
 
-    return {m.__name__.rpartition(".")[2]: Path(m.__file__ or "").resolve().parent
-            for m in (agents, automaton, cluster, coordinator)}
+    return {
+        m.__name__.rpartition(".")[2]: Path(m.__file__ or "").resolve().parent
+        for m in (agents, automaton, cluster, coordinator)
+    }
 
 
 @contextlib.contextmanager

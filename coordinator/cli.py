@@ -40,29 +40,51 @@ def cli() -> None:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--target", metavar="URL", help="Send the load here instead of the scenario's target.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a scenario key, e.g. workload.stages[0].target=50 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a scenario key, e.g. workload.stages[0].target=50 (repeatable).",
+)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory for the result bundle.")
-@click.option("--address", envvar="HORDE_RAY_ADDRESS", metavar="ADDR",
-              help="Attach to this Ray cluster instead of starting an embedded one.")
+@click.option(
+    "--address",
+    envvar="HORDE_RAY_ADDRESS",
+    metavar="ADDR",
+    help="Attach to this Ray cluster instead of starting an embedded one.",
+)
 @click.option("--in-process", is_flag=True, help="Run agents in this process without Ray (debugging, baselines).")
 @click.option("--quiet", "-q", is_flag=True, help="No live view or progress lines; only the summary.")
-@click.option("--prometheus-port", type=int, default=None, metavar="PORT",
-              help="Serve live run metrics in Prometheus format on 127.0.0.1:PORT (0: any free port).")
+@click.option(
+    "--prometheus-port",
+    type=int,
+    default=None,
+    metavar="PORT",
+    help="Serve live run metrics in Prometheus format on 127.0.0.1:PORT (0: any free port).",
+)
 def run(file, target, overrides, out_dir, address, in_process, quiet, prometheus_port) -> None:
     """Run the scenario FILE and write a result bundle."""
     from horde.coordinator.bundle.store import read_bundle
-    from horde.coordinator.run.live import choose_view
     from horde.coordinator.report.text import text_summary
+    from horde.coordinator.run.live import choose_view
     from horde.coordinator.run.session import RunError, RunOptions, run_scenario
 
     overrides = tuple(overrides) + ((f"target={target}",) if target else ())
     loaded = _load(file, overrides)
     view = choose_view(loaded.scenario.name, quiet=quiet)
     try:
-        result = run_scenario(loaded, RunOptions(address=address, in_process=in_process, out_dir=out_dir,
-                                                 progress=view.message, on_window=view.window,
-                                                 prometheus_port=prometheus_port))
+        result = run_scenario(
+            loaded,
+            RunOptions(
+                address=address,
+                in_process=in_process,
+                out_dir=out_dir,
+                progress=view.message,
+                on_window=view.window,
+                prometheus_port=prometheus_port,
+            ),
+        )
     except RunError as exc:
         view.close()
         _err(f"error: {exc}")
@@ -138,8 +160,9 @@ def report(bundle, html) -> None:
 @click.option("--csv", "as_csv", is_flag=True, help="windows.csv: the per-second windows.")
 @click.option("--hdr", is_flag=True, help="An HdrHistogram interval log (.hlog) of the windows.")
 @click.option("--endpoint", default=None, help="With --hdr: one endpoint (default: all).")
-@click.option("--series", type=click.Choice(["latency", "service_time", "send_lag"]), default="latency",
-              show_default=True)
+@click.option(
+    "--series", type=click.Choice(["latency", "service_time", "send_lag"]), default="latency", show_default=True
+)
 def export(bundle, as_csv, hdr, endpoint, series) -> None:
     """Write a bundle's data in other tools' formats (into the bundle); print the paths."""
     from horde.coordinator.bundle.export import write_csv, write_hdr_log
@@ -155,8 +178,13 @@ def export(bundle, as_csv, hdr, endpoint, series) -> None:
 
 # -- Ray jobs -------------------------------------------------------------------------------
 
-_JOBS_ADDRESS = click.option("--address", envvar="HORDE_JOBS_ADDRESS", required=True, metavar="URL",
-                             help="The cluster's job server, e.g. http://HEAD:8265 (or HORDE_JOBS_ADDRESS).")
+_JOBS_ADDRESS = click.option(
+    "--address",
+    envvar="HORDE_JOBS_ADDRESS",
+    required=True,
+    metavar="URL",
+    help="The cluster's job server, e.g. http://HEAD:8265 (or HORDE_JOBS_ADDRESS).",
+)
 
 
 def _jobs_call(fn, *args, **kw):
@@ -180,8 +208,9 @@ def submit(file, overrides, address, job_id, out_dir) -> None:
     from horde.cluster.jobs import submit as submit_job
 
     _load(file, tuple(overrides))  # an invalid scenario fails here, before anything is sent
-    click.echo(_jobs_call(submit_job, file, address=address, overrides=tuple(overrides), out_dir=out_dir,
-                          job_id=job_id))
+    click.echo(
+        _jobs_call(submit_job, file, address=address, overrides=tuple(overrides), out_dir=out_dir, job_id=job_id)
+    )
 
 
 @cli.group()
@@ -257,15 +286,20 @@ def jobs_fetch(job_id, address, dest) -> None:
 @click.option("--alpha", default=0.01, show_default=True, help="Significance level of each test.")
 @click.option("--min-effect", default=0.05, show_default=True, help="Smallest change that counts (0.05 = 5%).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-@click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
-              help="Also write an HTML overlay of the two runs to this file.")
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write an HTML overlay of the two runs to this file.",
+)
 def compare(baseline, candidate, alpha, min_effect, as_json, html_out) -> None:
     """Compare two bundles per endpoint and stage; exit 4 if anything regressed."""
     import json
 
-    from horde.coordinator.bundle.store import BundleError, read_bundle
     from horde.coordinator.analysis.compare import compare_bundles, text_comparison
     from horde.coordinator.bundle.outcome import EXIT_PASSED, EXIT_THRESHOLDS_FAILED
+    from horde.coordinator.bundle.store import BundleError, read_bundle
 
     try:
         a, b = read_bundle(baseline), read_bundle(candidate)
@@ -284,8 +318,14 @@ def compare(baseline, candidate, alpha, min_effect, as_json, html_out) -> None:
 
 
 @cli.command()
-@click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False),
-              help="The results directory whose history.sqlite3 to read.")
+@click.option(
+    "--results",
+    "results_dir",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The results directory whose history.sqlite3 to read.",
+)
 @click.option("--scenario", default=None, help="Only this scenario.")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--metric", default="p99_latency_ms", show_default=True, help="The headline metric to track.")
@@ -311,23 +351,50 @@ BENCH_GROUPS = ("health", "agents", "tools", "workflows", "database", "requests"
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--target", metavar="URL", help="Benchmark this service instead of the scenario's target.")
-@click.option("--group", "groups", multiple=True, type=click.Choice(BENCH_GROUPS),
-              help="Operation group (repeatable; default: the automaton's groups for an embedded target, "
-                   "the scenario's requests for a URL).")
-@click.option("--iterations", type=click.IntRange(min=1), default=None,
-              help="Timed requests per operation (default 200; with --duration, at most this many).")
-@click.option("--duration", "duration_s", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds of timing per operation.")
-@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Untimed requests per operation first.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Requests in flight (a closed loop each).")
+@click.option(
+    "--group",
+    "groups",
+    multiple=True,
+    type=click.Choice(BENCH_GROUPS),
+    help="Operation group (repeatable; default: the automaton's groups for an embedded target, "
+    "the scenario's requests for a URL).",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Timed requests per operation (default 200; with --duration, at most this many).",
+)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds of timing per operation.",
+)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Untimed requests per operation first."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Requests in flight (a closed loop each).",
+)
 @click.option("--engine", type=click.Choice(["aiohttp", "fast"]), default="aiohttp", show_default=True)
-@click.option("--out", "--results", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Results directory for the result file and history.sqlite3 (default: the scenario's output).")
+@click.option(
+    "--out",
+    "--results",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Results directory for the result file and history.sqlite3 (default: the scenario's output).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench(file, overrides, target, groups, iterations, duration_s, warmup, concurrency, engine, out_dir,
-          as_json) -> None:
+def bench(
+    file, overrides, target, groups, iterations, duration_s, warmup, concurrency, engine, out_dir, as_json
+) -> None:
     """Time each operation of the scenario FILE's target on its own (mean, median, p95, p99 with
     intervals) and add the result to the run history."""
     import json
@@ -337,9 +404,16 @@ def bench(file, overrides, target, groups, iterations, duration_s, warmup, concu
 
     overrides = tuple(overrides) + ((f"target={target}",) if target else ())
     loaded = _load(file, overrides)
-    options = BenchOptions(groups=tuple(groups), iterations=iterations, duration_s=duration_s, warmup=warmup,
-                           concurrency=concurrency, engine=engine, out_dir=out_dir,
-                           progress=lambda line: _err(f"bench: {line}"))
+    options = BenchOptions(
+        groups=tuple(groups),
+        iterations=iterations,
+        duration_s=duration_s,
+        warmup=warmup,
+        concurrency=concurrency,
+        engine=engine,
+        out_dir=out_dir,
+        progress=lambda line: _err(f"bench: {line}"),
+    )
     try:
         run = run_bench(loaded.scenario, options)
     except BenchError as exc:
@@ -372,18 +446,24 @@ def bench(file, overrides, target, groups, iterations, duration_s, warmup, concu
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--duration", type=float, default=None, help="Seconds to run (default: until Ctrl-C).")
 @click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between probe rounds.")
-@click.option("--history", "history_path", default=None, type=click.Path(dir_okay=False),
-              help="History file (default: <scenario output>/history.sqlite3).")
+@click.option(
+    "--history",
+    "history_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="History file (default: <scenario output>/history.sqlite3).",
+)
 @click.option("--webhook", default=None, metavar="URL", help="POST every alert event here as JSON.")
 @click.option("--prometheus-port", type=int, default=None, help="Serve live metrics on this port.")
 @click.option("--prometheus-host", default="127.0.0.1", show_default=True)
 @click.option("--snapshot", default=None, type=click.Path(dir_okay=False), help="JSON snapshot written each interval.")
-def monitor(targets, overrides, duration, interval, history_path, webhook, prometheus_port, prometheus_host,
-            snapshot) -> None:
+def monitor(
+    targets, overrides, duration, interval, history_path, webhook, prometheus_port, prometheus_host, snapshot
+) -> None:
     """Monitor TARGETS (a scenario file, or URLs) with low-rate probes, alerts and a history."""
     from horde.coordinator.judge.alerts import AlertRuleError
-    from horde.coordinator.workflows.history import default_history_path
     from horde.coordinator.run.target import RunError
+    from horde.coordinator.workflows.history import default_history_path
     from horde.coordinator.workflows.monitor import run_monitor, stop_on_signals
 
     if len(targets) == 1 and not targets[0].startswith(("http://", "https://")):
@@ -394,10 +474,18 @@ def monitor(targets, overrides, duration, interval, history_path, webhook, prome
         default_dir = "results"
     try:
         with stop_on_signals() as stop:
-            result = run_monitor(subject, history_path=history_path or default_history_path(default_dir),
-                                 duration_s=duration, interval_s=interval, webhook_url=webhook,
-                                 prometheus_port=prometheus_port, prometheus_host=prometheus_host,
-                                 snapshot_path=snapshot, stop_event=stop, progress=click.echo)
+            result = run_monitor(
+                subject,
+                history_path=history_path or default_history_path(default_dir),
+                duration_s=duration,
+                interval_s=interval,
+                webhook_url=webhook,
+                prometheus_port=prometheus_port,
+                prometheus_host=prometheus_host,
+                snapshot_path=snapshot,
+                stop_event=stop,
+                progress=click.echo,
+            )
     except (AlertRuleError, ValueError) as exc:
         _err(f"error: {exc}")
         sys.exit(EXIT_INVALID_SCENARIO)
@@ -409,21 +497,30 @@ def monitor(targets, overrides, duration, interval, history_path, webhook, prome
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--history", "history_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory that keeps the nights' bundles and history.sqlite3.")
+@click.option(
+    "--history",
+    "history_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory that keeps the nights' bundles and history.sqlite3.",
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
-@click.option("--address", envvar="HORDE_RAY_ADDRESS", default=None,
-              help="A Ray address (HEAD:6379, auto) to run attached, or a job server URL "
-                   "(http://HEAD:8265) to submit the night as a Ray job and fetch its bundle.")
+@click.option(
+    "--address",
+    envvar="HORDE_RAY_ADDRESS",
+    default=None,
+    help="A Ray address (HEAD:6379, auto) to run attached, or a job server URL "
+    "(http://HEAD:8265) to submit the night as a Ray job and fetch its bundle.",
+)
 @click.option("--quiet", "-q", is_flag=True)
 def nightly(file, history_dir, overrides, address, quiet) -> None:
     """Run a soak scenario, add it to the history, judge it against earlier nights.
 
     Exit codes: 0 fine, 4 thresholds failed, 6 regression, 7 memory leak, 1 error.
     """
-    from horde.coordinator.workflows.nightly import run_nightly
     from horde.coordinator.report.text import text_summary
     from horde.coordinator.run.session import RunError
+    from horde.coordinator.workflows.nightly import run_nightly
 
     loaded = _load(file, tuple(overrides))
     progress = None if quiet else (lambda line: click.echo(line, err=True))
@@ -431,8 +528,14 @@ def nightly(file, history_dir, overrides, address, quiet) -> None:
     if address and address.startswith(("http://", "https://")):
         jobs_address, address = address, None
     try:
-        result = run_nightly(loaded, history_dir=history_dir, address=address, jobs_address=jobs_address,
-                             overrides=tuple(overrides), progress=progress)
+        result = run_nightly(
+            loaded,
+            history_dir=history_dir,
+            address=address,
+            jobs_address=jobs_address,
+            overrides=tuple(overrides),
+            progress=progress,
+        )
     except RunError as exc:
         _err(f"error: {exc}")
         sys.exit(EXIT_ERROR)
@@ -454,8 +557,13 @@ def nightly(file, history_dir, overrides, address, quiet) -> None:
 @click.option("--step", type=float, default=None, help="Level increase per step.")
 @click.option("--max", "max_level", type=float, default=None, help="Highest level to try.")
 @click.option("--hold", "hold_s", type=float, default=None, help="Seconds at each level.")
-@click.option("--break", "break_rules", multiple=True, metavar="EXPR",
-              help='A breaking rule, e.g. "error_rate > 5%" (repeatable; default: the abort thresholds).')
+@click.option(
+    "--break",
+    "break_rules",
+    multiple=True,
+    metavar="EXPR",
+    help='A breaking rule, e.g. "error_rate > 5%" (repeatable; default: the abort thresholds).',
+)
 @click.option("--no-recovery", is_flag=True, help="Skip the recovery-from-overload run.")
 @click.option("--recovery-level", type=float, default=None)
 @click.option("--recovery-seconds", "recovery_s", type=float, default=None)
@@ -463,8 +571,22 @@ def nightly(file, history_dir, overrides, address, quiet) -> None:
 @click.option("--address", envvar="HORDE_RAY_ADDRESS", default=None)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None)
 @click.option("--quiet", "-q", is_flag=True)
-def stress(file, overrides, start, step, max_level, hold_s, break_rules, no_recovery, recovery_level, recovery_s,
-           json_out, address, out_dir, quiet) -> None:
+def stress(
+    file,
+    overrides,
+    start,
+    step,
+    max_level,
+    hold_s,
+    break_rules,
+    no_recovery,
+    recovery_level,
+    recovery_s,
+    json_out,
+    address,
+    out_dir,
+    quiet,
+) -> None:
     """Find the breaking point (a staircase of levels), then time the recovery from overload.
 
     Exit codes: 0 the search finished (a breaking level found, or the maximum held),
@@ -477,8 +599,16 @@ def stress(file, overrides, start, step, max_level, hold_s, break_rules, no_reco
     from horde.coordinator.workflows.stress import StressPlan, format_report, run_stress
 
     loaded = _load(file, tuple(overrides))
-    plan = StressPlan(start=start, step=step, max_level=max_level, hold_s=hold_s, break_rules=tuple(break_rules),
-                      recovery=not no_recovery, recovery_level=recovery_level, recovery_s=recovery_s)
+    plan = StressPlan(
+        start=start,
+        step=step,
+        max_level=max_level,
+        hold_s=hold_s,
+        break_rules=tuple(break_rules),
+        recovery=not no_recovery,
+        recovery_level=recovery_level,
+        recovery_s=recovery_s,
+    )
     progress = None if quiet else (lambda line: click.echo(line, err=True))
     try:
         report = run_stress(loaded, plan, RunOptions(address=address, out_dir=out_dir, progress=progress))
@@ -493,8 +623,12 @@ def stress(file, overrides, start, step, max_level, hold_s, break_rules, no_reco
 
 
 @cli.command()
-@click.option("--bundle", "bundle_schema", is_flag=True,
-              help="The result bundle's records instead (manifest, summary, window, alert; docs/bundle-format.md).")
+@click.option(
+    "--bundle",
+    "bundle_schema",
+    is_flag=True,
+    help="The result bundle's records instead (manifest, summary, window, alert; docs/bundle-format.md).",
+)
 def schema(bundle_schema: bool) -> None:
     """Print the JSON Schema of scenario files (for editors), or with --bundle of a result bundle's files."""
     import json
@@ -519,8 +653,12 @@ def target() -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--stall-every", type=float, metavar="S", help="Freeze all responses every S seconds ...")
 @click.option("--stall-for", type=float, metavar="S", help="... for S seconds.")
-@click.option("--faults-json", default=None, metavar="JSON|@FILE",
-              help="Faults in the automaton's JSON form (see docs/scenarios.md), inline or @file.")
+@click.option(
+    "--faults-json",
+    default=None,
+    metavar="JSON|@FILE",
+    help="Faults in the automaton's JSON form (see docs/scenarios.md), inline or @file.",
+)
 def target_serve(host, port, stall_every, stall_for, faults_json) -> None:
     """Serve the automaton until Ctrl-C. Faults can be changed while it runs via its admin URL."""
     from horde.automaton.__main__ import main as automaton_main

@@ -112,13 +112,21 @@ def build_flows(scenario, base_url: str) -> tuple[tuple[FlowTemplate | None, ...
         for st in r.flow:
             headers = dict(st.headers)
             body = _encode_body(st.json, st.body, headers)
-            steps.append(FlowStepTemplate(
-                name=st.name, method=st.method, url=base + st.path, endpoint=n + len(step_names),
-                headers=tuple(headers.items()), body=body, expect=frozenset(st.expect),
-                capture=tuple(st.capture.items()),
-                until=(st.until.path, st.until.equals) if st.until is not None else None,
-                every_s=st.every, max_polls=st.max_polls,
-            ))
+            steps.append(
+                FlowStepTemplate(
+                    name=st.name,
+                    method=st.method,
+                    url=base + st.path,
+                    endpoint=n + len(step_names),
+                    headers=tuple(headers.items()),
+                    body=body,
+                    expect=frozenset(st.expect),
+                    capture=tuple(st.capture.items()),
+                    until=(st.until.path, st.until.equals) if st.until is not None else None,
+                    every_s=st.every,
+                    max_polls=st.max_polls,
+                )
+            )
             step_names.append(f"{r.name}/{st.name}")
         flows.append(FlowTemplate(name=r.name, endpoint=i, steps=tuple(steps)))
     return tuple(flows), tuple(step_names)

@@ -14,4 +14,11 @@ __all__ = ["Count", "Load", "Peer", "PeerFailed", "peers"]
 
 
 def peers(horde_executable: str = "horde") -> list[Peer]:
-    return [Wrk(), FloorLoop(), AiohttpLoop(), Locust(), Horde(horde_executable), Horde(horde_executable, engine="aiohttp")]
+    return [
+        Wrk(),
+        FloorLoop(),
+        AiohttpLoop(),
+        Locust(),
+        Horde(horde_executable),
+        Horde(horde_executable, engine="aiohttp"),
+    ]

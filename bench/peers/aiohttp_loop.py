@@ -19,8 +19,7 @@ import aiohttp
 import uvloop
 
 
-async def _worker(session: aiohttp.ClientSession, url: str, deadline: float,
-                  counts: list[int]) -> None:
+async def _worker(session: aiohttp.ClientSession, url: str, deadline: float, counts: list[int]) -> None:
     # counts = [ok, not-ok status, exceptions]: a list, not an object, to keep the loop bare
     while time.monotonic() < deadline:
         try:
@@ -39,8 +38,7 @@ async def run(url: str, users: int, seconds: float) -> dict[str, float]:
         deadline = t0 + seconds
         await asyncio.gather(*(_worker(session, url, deadline, counts) for _ in range(users)))
         run_s = time.monotonic() - t0
-    return {"requests": counts[0] + counts[1], "ok": counts[0],
-            "errors": counts[1] + counts[2], "run_s": run_s}
+    return {"requests": counts[0] + counts[1], "ok": counts[0], "errors": counts[1] + counts[2], "run_s": run_s}
 
 
 def main() -> None:

@@ -67,8 +67,16 @@ class AiohttpLoop:
         return f"not importable: {', '.join(missing)}" if missing else None
 
     def command(self, load: Load) -> list[str]:
-        return [sys.executable, str(HERE / self.script), "--url", load.url,
-                "--users", str(load.users), "--seconds", str(load.seconds)]
+        return [
+            sys.executable,
+            str(HERE / self.script),
+            "--url",
+            load.url,
+            "--users",
+            str(load.users),
+            "--seconds",
+            str(load.seconds),
+        ]
 
     def count(self, load: Load, stdout: str, exit_code: int) -> Count:
         if exit_code != 0:
@@ -78,8 +86,7 @@ class AiohttpLoop:
             result = json.loads(lines[-1])
         except (IndexError, ValueError) as e:
             raise PeerFailed(f"{self.script} printed no JSON result: {e}") from e
-        return Count(requests=int(result["requests"]), errors=int(result["errors"]),
-                     run_s=float(result["run_s"]))
+        return Count(requests=int(result["requests"]), errors=int(result["errors"]), run_s=float(result["run_s"]))
 
 
 class FloorLoop(AiohttpLoop):
@@ -112,12 +119,31 @@ class Locust:
         parts = urlsplit(load.url)
         host = f"{parts.scheme}://{parts.netloc}"
         path = parts.path or "/"
-        return ["env", f"HORDE_BENCH_PATH={path}", sys.executable, "-m", "locust",
-                "-f", str(HERE / "locustfile.py"),
-                "--headless", "--only-summary", "--loglevel", "WARNING",
-                "-u", str(load.users), "-r", str(load.users), "--run-time", f"{load.seconds}s",
-                "--stop-timeout", "1", "--host", host,
-                "--json-file", str(load.workdir / "locust")]
+        return [
+            "env",
+            f"HORDE_BENCH_PATH={path}",
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(HERE / "locustfile.py"),
+            "--headless",
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            "-u",
+            str(load.users),
+            "-r",
+            str(load.users),
+            "--run-time",
+            f"{load.seconds}s",
+            "--stop-timeout",
+            "1",
+            "--host",
+            host,
+            "--json-file",
+            str(load.workdir / "locust"),
+        ]
 
     def count(self, load: Load, stdout: str, exit_code: int) -> Count:
         # Locust exits 1 when any request failed; the count is still valid then.

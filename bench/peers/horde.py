@@ -117,10 +117,17 @@ class Horde:
 
     def command(self, load: Load) -> list[str]:
         scenario = write_scenario(load)
-        return [shutil.which(self.executable) or self.executable, "run", str(scenario),
-                "--target", load.url.rstrip("/"), "-q",
-                *(["--set", f"engine={self.engine}"] if self.engine else []),
-                "--out", str(load.workdir / "bundle")]
+        return [
+            shutil.which(self.executable) or self.executable,
+            "run",
+            str(scenario),
+            "--target",
+            load.url.rstrip("/"),
+            "-q",
+            *(["--set", f"engine={self.engine}"] if self.engine else []),
+            "--out",
+            str(load.workdir / "bundle"),
+        ]
 
     def count(self, load: Load, stdout: str, exit_code: int) -> Count:
         path = find_summary(load.workdir / "bundle")
@@ -135,5 +142,4 @@ class Horde:
         agent_cpu_s = summary_agent_cpu_s(summary)
         if agent_cpu_s is not None:
             extra["agent_cpu_s"] = agent_cpu_s
-        return Count(requests=requests, errors=errors,
-                     run_s=summary_run_s(summary) or float(load.seconds), extra=extra)
+        return Count(requests=requests, errors=errors, run_s=summary_run_s(summary) or float(load.seconds), extra=extra)

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cpu_per_request import (Sample, format_table, steady_cpu_per_request,
-                                   steady_parts_per_request, summarise)
+from bench.cpu_per_request import Sample, format_table, steady_cpu_per_request, steady_parts_per_request, summarise
 from bench.nginx import Nginx, render_config
 from bench.peers.base import PeerFailed
 from bench.peers.external import parse_locust_json, parse_wrk
@@ -42,6 +41,7 @@ WRK_ERRORS = """\
 
 # -- wrk ----------------------------------------------------------------------------------
 
+
 def test_wrk_count_and_duration() -> None:
     c = parse_wrk(WRK_OK)
     assert (c.requests, c.errors, c.run_s) == (276123, 0, 5.0)
@@ -59,23 +59,30 @@ def test_wrk_without_summary_fails() -> None:
 
 # -- locust -------------------------------------------------------------------------------
 
+
 def test_locust_sums_entries_failures_included() -> None:
-    entries = [{"name": "/", "num_requests": 100, "num_failures": 2},
-               {"name": "/b", "num_requests": 50, "num_failures": 0}]
+    entries = [
+        {"name": "/", "num_requests": 100, "num_failures": 2},
+        {"name": "/b", "num_requests": 50, "num_failures": 0},
+    ]
     c = parse_locust_json(entries, 5)
     assert (c.requests, c.errors, c.run_s) == (150, 2, 5.0)
 
 
 # -- horde summary hooks ------------------------------------------------------------------
 
-@pytest.mark.parametrize(("summary", "expected"), [
-    ({"total": {"requests": 10}}, None),                                  # no generator section
-    ({"generator": {"cpu_s": 3.61, "agents": {"0": {"cpu_s": 3.61}}}}, 3.61),  # as horde writes it
-    ({"generator": {"agents": {"0": {"cpu_s": 1.5}, "1": {"cpu_s": 0.5}}}}, 2.0),  # no total
-    ({"generator": {"agents": [{"cpu_s": 1.0}]}}, 1.0),                   # a list of agents
-    ({"generator": {"agents": [{"cpu_s": 1.0}, {"rss": 5}]}}, None),      # one agent lacks it
-    ({"generator": {"agents": {}}}, None),                                # no agents listed
-])
+
+@pytest.mark.parametrize(
+    ("summary", "expected"),
+    [
+        ({"total": {"requests": 10}}, None),  # no generator section
+        ({"generator": {"cpu_s": 3.61, "agents": {"0": {"cpu_s": 3.61}}}}, 3.61),  # as horde writes it
+        ({"generator": {"agents": {"0": {"cpu_s": 1.5}, "1": {"cpu_s": 0.5}}}}, 2.0),  # no total
+        ({"generator": {"agents": [{"cpu_s": 1.0}]}}, 1.0),  # a list of agents
+        ({"generator": {"agents": [{"cpu_s": 1.0}, {"rss": 5}]}}, None),  # one agent lacks it
+        ({"generator": {"agents": {}}}, None),  # no agents listed
+    ],
+)
 def test_agent_cpu_hook(summary: dict, expected: float | None) -> None:
     assert summary_agent_cpu_s(summary) == expected
 
@@ -86,6 +93,7 @@ def test_summary_requests() -> None:
 
 
 # -- steady window ------------------------------------------------------------------------
+
 
 def _samples(rows: list[tuple[float, float, int]]) -> list[Sample]:
     return [Sample(t, cpu, n) for t, cpu, n in rows]
@@ -115,14 +123,15 @@ def test_steady_window_none_when_too_short() -> None:
 
 # -- table --------------------------------------------------------------------------------
 
+
 def test_table_with_skipped_peer_and_ratio() -> None:
     from bench.cpu_per_request import PeerRun
 
-    runs = [PeerRun(peer="wrk", round=0, status="ok", requests=1000, run_s=1.0, wall_s=1.0,
-                    cpu_s=0.01),
-            PeerRun(peer="aiohttp", round=0, status="ok", requests=100, run_s=1.0, wall_s=1.0,
-                    cpu_s=0.01),
-            PeerRun(peer="locust", round=0, status="skipped", reason="locust not importable")]
+    runs = [
+        PeerRun(peer="wrk", round=0, status="ok", requests=1000, run_s=1.0, wall_s=1.0, cpu_s=0.01),
+        PeerRun(peer="aiohttp", round=0, status="ok", requests=100, run_s=1.0, wall_s=1.0, cpu_s=0.01),
+        PeerRun(peer="locust", round=0, status="skipped", reason="locust not importable"),
+    ]
     rows = summarise(runs, ["wrk", "aiohttp", "locust"])
     assert rows[1]["us_per_request_x_wrk"] == pytest.approx(10.0)
     text = format_table(rows)
@@ -131,9 +140,11 @@ def test_table_with_skipped_peer_and_ratio() -> None:
 
 # -- meter --------------------------------------------------------------------------------
 
+
 def test_meter_counts_an_orphaned_grandchild(tmp_path: Path) -> None:
     script = tmp_path / "tree.py"
-    script.write_text(textwrap.dedent("""\
+    script.write_text(
+        textwrap.dedent("""\
         import os, time
         if os.fork() == 0:
             if os.fork() == 0:   # orphaned at once; burns 0.4 s of CPU after its parent is gone
@@ -141,10 +152,14 @@ def test_meter_counts_an_orphaned_grandchild(tmp_path: Path) -> None:
                 while time.process_time() - t < 0.4:
                     pass
             os._exit(0)
-    """))
+    """)
+    )
     result = tmp_path / "r.json"
-    subprocess.run([sys.executable, str(BENCH / "meter.py"), "--result", str(result), "--",
-                    sys.executable, str(script)], check=True, timeout=30)
+    subprocess.run(
+        [sys.executable, str(BENCH / "meter.py"), "--result", str(result), "--", sys.executable, str(script)],
+        check=True,
+        timeout=30,
+    )
     r = json.loads(result.read_text())
     assert r["subreaper"] and r["exit_code"] == 0
     assert r["cpu_s"] >= 0.4
@@ -154,7 +169,8 @@ def test_meter_counts_a_process_its_parent_auto_reaps(tmp_path: Path) -> None:
     # Ray's raylet ignores SIGCHLD: its workers vanish at exit without reaching any
     # RUSAGE_CHILDREN. The meter must still count them, from its last reading.
     script = tmp_path / "autoreap.py"
-    script.write_text(textwrap.dedent("""\
+    script.write_text(
+        textwrap.dedent("""\
         import os, signal, time
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         if os.fork() == 0:
@@ -164,11 +180,24 @@ def test_meter_counts_a_process_its_parent_auto_reaps(tmp_path: Path) -> None:
             time.sleep(0.5)   # idle at the end, as an agent is after its traffic
             os._exit(0)
         time.sleep(2.0)
-    """))
+    """)
+    )
     result = tmp_path / "r.json"
-    subprocess.run([sys.executable, str(BENCH / "meter.py"), "--result", str(result),
-                    "--sample-every", "0.1", "--", sys.executable, str(script)],
-                   check=True, timeout=30)
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "meter.py"),
+            "--result",
+            str(result),
+            "--sample-every",
+            "0.1",
+            "--",
+            sys.executable,
+            str(script),
+        ],
+        check=True,
+        timeout=30,
+    )
     r = json.loads(result.read_text())
     assert r["autoreaped_processes"] == 1
     assert 0.75 <= r["autoreaped_cpu_s"] <= 0.9
@@ -177,13 +206,27 @@ def test_meter_counts_a_process_its_parent_auto_reaps(tmp_path: Path) -> None:
 
 def test_meter_ends_the_tree_at_timeout(tmp_path: Path) -> None:
     result = tmp_path / "r.json"
-    subprocess.run([sys.executable, str(BENCH / "meter.py"), "--result", str(result),
-                    "--timeout", "0.5", "--", "sh", "-c", "sleep 30 & sleep 30"], timeout=30)
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "meter.py"),
+            "--result",
+            str(result),
+            "--timeout",
+            "0.5",
+            "--",
+            "sh",
+            "-c",
+            "sleep 30 & sleep 30",
+        ],
+        timeout=30,
+    )
     r = json.loads(result.read_text())
     assert r["killed_at_timeout"] and r["wall_s"] < 10
 
 
 # -- nginx --------------------------------------------------------------------------------
+
 
 def test_config_pins_the_worker() -> None:
     assert "worker_cpu_affinity 1;" in render_config("/r", "127.0.0.1", 1, cpu=0)
@@ -197,8 +240,9 @@ def test_nginx_serves_counts_and_stops() -> None:
         root, master = target.root, target.master_pid
         assert root is not None and master is not None and target.worker_pids()
         first = target.requests_served()
-        out = subprocess.run(["curl", "-s", target.url, target.static_url],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            ["curl", "-s", target.url, target.static_url], capture_output=True, text=True, timeout=10
+        ).stdout
         assert out.startswith("ok\n") and "horde static file" in out
         assert target.requests_served() == first + 3  # two GETs and this query
     finally:
@@ -208,8 +252,9 @@ def test_nginx_serves_counts_and_stops() -> None:
 
 
 def test_config_extra_locations_and_keepalive() -> None:
-    conf = render_config("/r", "127.0.0.1", 1, cpu=0, keepalive_requests=40,
-                         returns={"/204": "204", "/moved": "301 /static/a.bin"})
+    conf = render_config(
+        "/r", "127.0.0.1", 1, cpu=0, keepalive_requests=40, returns={"/204": "204", "/moved": "301 /static/a.bin"}
+    )
     assert "keepalive_requests 40;" in conf
     assert "location = /204 {\n            return 204;\n        }" in conf
     assert "return 301 /static/a.bin;" in conf
@@ -239,11 +284,15 @@ def test_nginx_serves_extra_files_and_returns() -> None:
 
 # -- the floor client (bench/floor.py) ------------------------------------------------------
 
+
 def test_floor_encodes_a_plain_get() -> None:
     from bench.floor import encode_get
 
     assert encode_get("http://127.0.0.1:8080/static/a.bin?x=1") == (
-        "127.0.0.1", 8080, b"GET /static/a.bin?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
+        "127.0.0.1",
+        8080,
+        b"GET /static/a.bin?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+    )
 
 
 @pytest.mark.skipif(not os.access("/usr/sbin/nginx", os.X_OK), reason="nginx not installed")
@@ -285,6 +334,7 @@ def test_floor_ends_when_nginx_closes_its_connections() -> None:
 
 # -- steady breakdown by process ------------------------------------------------------------
 
+
 def test_steady_parts_add_up_to_the_whole() -> None:
     rows = []
     for k in range(12):  # 1000 req/s from t=1; agent 60, driver 30, ray 10 us/request
@@ -296,16 +346,24 @@ def test_steady_parts_add_up_to_the_whole() -> None:
     parts = steady_parts_per_request(rows)
     assert whole == pytest.approx(100.0)
     assert parts == pytest.approx({"agent": 60.0, "driver": 30.0, "ray": 10.0})
-    assert steady_parts_per_request([Sample(s.t_s, s.tree_cpu_s, s.nginx_requests)
-                                     for s in rows]) is None
+    assert steady_parts_per_request([Sample(s.t_s, s.tree_cpu_s, s.nginx_requests) for s in rows]) is None
 
 
 def test_horde_rows_agent_and_coordinator() -> None:
     from bench.cpu_per_request import PeerRun
 
-    run = PeerRun(peer="horde", round=0, status="ok", requests=1000, run_s=1.0, wall_s=5.0,
-                  cpu_s=0.5, agent_cpu_s=0.05, steady_us_per_request=100.0,
-                  steady_parts_us_per_request={"agent": 60.0, "driver": 30.0, "ray": 10.0})
+    run = PeerRun(
+        peer="horde",
+        round=0,
+        status="ok",
+        requests=1000,
+        run_s=1.0,
+        wall_s=5.0,
+        cpu_s=0.5,
+        agent_cpu_s=0.05,
+        steady_us_per_request=100.0,
+        steady_parts_us_per_request={"agent": 60.0, "driver": 30.0, "ray": 10.0},
+    )
     rows = {r["peer"]: r for r in summarise([run], ["horde"])}
     assert rows["horde (agent only)"]["us_per_request"] == pytest.approx(50.0)
     assert rows["horde (agent only)"]["steady_us_per_request"] == pytest.approx(60.0)
@@ -315,15 +373,18 @@ def test_horde_rows_agent_and_coordinator() -> None:
     assert "horde: steady us/req by process: agent 60.0, driver 30.0, ray 10.0" in text
 
 
-@pytest.mark.parametrize(("top", "title", "part"), [
-    (True, "", "driver"),
-    (False, "ray::TrafficAgentActor.stream", "agent"),
-    (False, "ray::TrafficAgentActor", "agent"),
-    (False, "ray::NodeMonitor.stream", "other actors"),
-    (False, "ray::IDLE", "ray"),
-    (False, "ray::DashboardAgent", "ray"),
-    (False, "/usr/lib/python3/site-packages/ray/core/src/ray/raylet/raylet --x", "ray"),
-])
+@pytest.mark.parametrize(
+    ("top", "title", "part"),
+    [
+        (True, "", "driver"),
+        (False, "ray::TrafficAgentActor.stream", "agent"),
+        (False, "ray::TrafficAgentActor", "agent"),
+        (False, "ray::NodeMonitor.stream", "other actors"),
+        (False, "ray::IDLE", "ray"),
+        (False, "ray::DashboardAgent", "ray"),
+        (False, "/usr/lib/python3/site-packages/ray/core/src/ray/raylet/raylet --x", "ray"),
+    ],
+)
 def test_horde_process_parts(top: bool, title: str, part: str) -> None:
     from bench.peers.horde import process_part
 
@@ -347,12 +408,24 @@ def test_tree_cpu_by_adds_up_to_tree_cpu(tmp_path: Path) -> None:
 
 OPEN_SUMMARY = {  # the parts of a summary.json open_rate.py reads, as horde writes them
     "duration_s": 8.0,
-    "total": {"requests": 160000, "errors": 2, "rps": 20000.0, "duration_s": 8.0,
-              "latency_ms": {"p50": 0.412, "p90": 0.9, "p99": 3.25, "max": 20.1}},
-    "generator": {"saturated": True, "reasons": ["agent 0 used 95% of a core"],
-                  "agents": {"0": {"cpu_s": 4.0, "late_sends": 120, "queued_sends": 7}},
-                  "cpu_s": 4.0, "cpu_us_per_request": 25.0, "late_sends": 120,
-                  "queued_sends": 7, "interrupted": 0, "unsent": 3},
+    "total": {
+        "requests": 160000,
+        "errors": 2,
+        "rps": 20000.0,
+        "duration_s": 8.0,
+        "latency_ms": {"p50": 0.412, "p90": 0.9, "p99": 3.25, "max": 20.1},
+    },
+    "generator": {
+        "saturated": True,
+        "reasons": ["agent 0 used 95% of a core"],
+        "agents": {"0": {"cpu_s": 4.0, "late_sends": 120, "queued_sends": 7}},
+        "cpu_s": 4.0,
+        "cpu_us_per_request": 25.0,
+        "late_sends": 120,
+        "queued_sends": 7,
+        "interrupted": 0,
+        "unsent": 3,
+    },
 }
 
 
@@ -407,13 +480,21 @@ def test_open_rate_table_and_rates() -> None:
     assert parse_rates("5000, 20000,") == [5000, 20000]
     with pytest.raises(ValueError):
         parse_rates("0")
-    ok = RateRun(rate=5000, status="ok", requests=50000, rps=5000.0, agent_us_per_request=30.0,
-                 late_sends=0, queued_sends=2, latency_p50_ms=0.3, latency_p99_ms=1.5,
-                 steady_parts_us_per_request={"agent": 28.0, "driver": 5.0})
+    ok = RateRun(
+        rate=5000,
+        status="ok",
+        requests=50000,
+        rps=5000.0,
+        agent_us_per_request=30.0,
+        late_sends=0,
+        queued_sends=2,
+        latency_p50_ms=0.3,
+        latency_p99_ms=1.5,
+        steady_parts_us_per_request={"agent": 28.0, "driver": 5.0},
+    )
     assert ok.steady_agent_us_per_request == 28.0
     text = format_table([ok, RateRun(rate=25000, reason="killed after 190s")])
     row = next(line for line in text.splitlines() if line.lstrip().startswith("5000"))
-    assert row.split() == ["5000", "50000", "0", "5000", "-", "30.0", "28.0", "0", "2",
-                           "0.30", "1.50", "-"]
+    assert row.split() == ["5000", "50000", "0", "5000", "-", "30.0", "28.0", "0", "2", "0.30", "1.50", "-"]
     assert "25000/s: failed: killed after 190s" in text
     assert "5000/s: steady us/req by process: agent 28.0, driver 5.0" in text

@@ -90,8 +90,7 @@ def as_profile(source: Any, start_level: float | None = None) -> Profile:
         stages = [Stage(float(s.duration), float(s.target), s.name) for s in source.stages]
         return Profile(float(source.start), stages)
     stages = [
-        s if isinstance(s, Stage) else Stage(float(s.duration), float(s.target), getattr(s, "name", ""))
-        for s in source
+        s if isinstance(s, Stage) else Stage(float(s.duration), float(s.target), getattr(s, "name", "")) for s in source
     ]
     return Profile(float(start_level or 0.0), stages)
 
@@ -239,8 +238,13 @@ def spikes_for_run(
     if not spikes:
         return []
     return analyse_spikes(
-        spikes, windows, sends.get("counts", []), float(sends.get("bin_s", 0.1)), prof,
-        model=model, histograms=histograms,
+        spikes,
+        windows,
+        sends.get("counts", []),
+        float(sends.get("bin_s", 0.1)),
+        prof,
+        model=model,
+        histograms=histograms,
     )
 
 
@@ -290,9 +294,12 @@ def _errors(w: Mapping[str, Any]) -> int:
 
 def _pre_spike_windows(by_index: Mapping[int, Mapping[str, Any]], floor_s: float, start_s: float) -> list:
     ws = [
-        w for _, w in sorted(by_index.items())
-        if w["end_s"] <= start_s + _EPS and w["start_s"] >= floor_s - _EPS
-        and _requests(w) > 0 and _p99_ms(w) is not None
+        w
+        for _, w in sorted(by_index.items())
+        if w["end_s"] <= start_s + _EPS
+        and w["start_s"] >= floor_s - _EPS
+        and _requests(w) > 0
+        and _p99_ms(w) is not None
     ]
     if len(ws) > 1 and int(ws[0]["index"]) == 0:
         ws = ws[1:]  # the run's first window: connections being set up
@@ -351,7 +358,8 @@ def _during(
     by_index: Mapping[int, Mapping[str, Any]], spike: SpikeSpec, histograms: Mapping[int, Any] | None
 ) -> dict[str, Any]:
     ws = [
-        w for _, w in sorted(by_index.items())
+        w
+        for _, w in sorted(by_index.items())
         if w["start_s"] < spike.end_s - _EPS and w["end_s"] > spike.start_s + _EPS
     ]
     requests = sum(_requests(w) for w in ws)
@@ -372,7 +380,9 @@ def _during(
         lat = merged.latency
         q = lat.quantiles((0.5, 0.99)) if lat.count else {0.5: None, 0.99: None}
         out.update(
-            latency_p50_ms=_ms(q[0.5]), latency_p99_ms=_ms(q[0.99]), latency_max_ms=_ms(lat.max_ns),
+            latency_p50_ms=_ms(q[0.5]),
+            latency_p99_ms=_ms(q[0.99]),
+            latency_max_ms=_ms(lat.max_ns),
             quantiles="merged",
         )
     else:
@@ -383,7 +393,9 @@ def _during(
             return max(vals) if vals else None
 
         out.update(
-            latency_p50_ms=worst("p50"), latency_p99_ms=worst("p99"), latency_max_ms=worst("max"),
+            latency_p50_ms=worst("p50"),
+            latency_p99_ms=worst("p99"),
+            latency_max_ms=worst("max"),
             quantiles="worst_window",
         )
     return out

@@ -81,8 +81,9 @@ def _reduce(t: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple
     return np.asarray(tt), np.asarray(yy)
 
 
-def theil_sen(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *, confidence: float = 0.95
-              ) -> tuple[float, float, float, float]:
+def theil_sen(
+    t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *, confidence: float = 0.95
+) -> tuple[float, float, float, float]:
     """(slope, intercept, slope_ci_low, slope_ci_high), slope in y units per t unit.
 
     Sen's interval (``confidence``, two-sided) assumes independent residuals; serially
@@ -95,8 +96,9 @@ def theil_sen(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, 
     return float(res.slope), float(res.intercept), float(res.low_slope), float(res.high_slope)
 
 
-def mann_kendall(y: Sequence[float] | np.ndarray, t: Sequence[float] | np.ndarray | None = None
-                 ) -> tuple[float, float, float]:
+def mann_kendall(
+    y: Sequence[float] | np.ndarray, t: Sequence[float] | np.ndarray | None = None
+) -> tuple[float, float, float]:
     """(tau, two-sided p_value, z) of the Mann-Kendall test for a monotonic trend.
 
     Kendall's tau-b of y against time (``t``, default the point order), see the module
@@ -199,8 +201,14 @@ def trend(
         return verdict("inconclusive", "all points at the same time")
     level = float(np.median(ya))
     if np.all(ya == ya[0]):
-        return verdict("flat", "constant series", slope_per_hour=0.0, ci=(0.0, 0.0), p_value=1.0,
-                       relative_change=0.0 if level else None)
+        return verdict(
+            "flat",
+            "constant series",
+            slope_per_hour=0.0,
+            ci=(0.0, 0.0),
+            p_value=1.0,
+            relative_change=0.0 if level else None,
+        )
     slope, _, lo, hi = theil_sen(tp, ya, confidence=1 - alpha)
     _, p, _ = mann_kendall(ya, tp)
     rel = slope * span / abs(level) if level else None
@@ -311,8 +319,15 @@ def leak_verdict(
         return out("inconclusive", "all readings at the same time", n)
     threshold = max(threshold_bytes_per_hour, threshold_fraction_per_hour * abs(float(np.mean(ya))))
     if np.all(ya == ya[0]):
-        return out("no leak", "memory constant", n, slope_bytes_per_simulated_hour=0.0, ci=(0.0, 0.0),
-                   p_value=1.0, threshold_bytes_per_hour=threshold)
+        return out(
+            "no leak",
+            "memory constant",
+            n,
+            slope_bytes_per_simulated_hour=0.0,
+            ci=(0.0, 0.0),
+            p_value=1.0,
+            threshold_bytes_per_hour=threshold,
+        )
     slope, intercept, lo, hi = theil_sen(th, ya, confidence=1 - alpha)
     tau, p, _ = mann_kendall(ya, th)
     base = dict(slope_bytes_per_simulated_hour=slope, ci=(lo, hi), p_value=p, threshold_bytes_per_hour=threshold)

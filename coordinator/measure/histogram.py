@@ -312,9 +312,7 @@ class Histogram:
         """(value_lo, value_hi inclusive, count) per non-empty bucket, ascending; the
         overflow, if any, comes last as (HIGHEST_TRACKABLE_NS + 1, max_ns, overflow)."""
         nz = np.flatnonzero(self._counts)
-        yield from zip(
-            value_from_index(nz).tolist(), highest_equivalent_value(nz).tolist(), self._counts[nz].tolist()
-        )
+        yield from zip(value_from_index(nz).tolist(), highest_equivalent_value(nz).tolist(), self._counts[nz].tolist())
         if self.overflow:
             assert self.max_ns is not None
             yield (HIGHEST_TRACKABLE_NS + 1, self.max_ns, self.overflow)

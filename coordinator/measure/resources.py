@@ -112,8 +112,13 @@ class ResourceSeries:
         for s in RESOURCE_SERIES:
             v = self.values(s)
             if len(v):
-                out[s] = {"max": float(v.max()), "mean": float(v.mean()), "min": float(v.min()),
-                          "last": float(v[-1]), "windows": int(len(v))}
+                out[s] = {
+                    "max": float(v.max()),
+                    "mean": float(v.mean()),
+                    "min": float(v.min()),
+                    "last": float(v[-1]),
+                    "windows": int(len(v)),
+                }
         return out
 
 
@@ -136,8 +141,15 @@ def aggregate(values: np.ndarray, how: str, quantile: float | None = None) -> fl
 NODE_CPU_SATURATED = 0.90
 
 
-_NODE_KEYS = ("cpu_fraction", "cpus", "mem_used_bytes", "mem_total_bytes", "net_sent_bytes_per_s",
-              "net_recv_bytes_per_s", "tcp_connections")
+_NODE_KEYS = (
+    "cpu_fraction",
+    "cpus",
+    "mem_used_bytes",
+    "mem_total_bytes",
+    "net_sent_bytes_per_s",
+    "net_recv_bytes_per_s",
+    "tcp_connections",
+)
 
 
 class NodeSeries:

@@ -104,11 +104,19 @@ class RichView:
         figures.add_row("rps", "p50", "p90", "p99", "max", "errors")
         err_style = "red" if info["errors"] else ""
         figures.add_row(
-            str(info["rps"]), _ms(info["p50_ms"]), _ms(info["p90_ms"]), _ms(info["p99_ms"]), _ms(info["max_ms"]),
+            str(info["rps"]),
+            _ms(info["p50_ms"]),
+            _ms(info["p90_ms"]),
+            _ms(info["p99_ms"]),
+            _ms(info["max_ms"]),
             Text(f"{info['errors']} ({100 * info['error_rate']:.2f}%)", style=err_style),
         )
         figures.add_row(
-            Text("total", style="dim"), "", "", "", "",
+            Text("total", style="dim"),
+            "",
+            "",
+            "",
+            "",
             Text(f"{info['total_requests']} req, {info['total_errors']} err", style="dim"),
         )
         agents = Table(box=None, padding=(0, 2), header_style="dim")

@@ -199,8 +199,12 @@ def _flow_captures(data: Any) -> dict[int, set[str]]:
     if isinstance(requests, list):
         for i, r in enumerate(requests):
             if isinstance(r, dict) and isinstance(r.get("flow"), list):
-                out[i] = {k for st in r["flow"] if isinstance(st, dict) and isinstance(st.get("capture"), dict)
-                          for k in st["capture"]}
+                out[i] = {
+                    k
+                    for st in r["flow"]
+                    if isinstance(st, dict) and isinstance(st.get("capture"), dict)
+                    for k in st["capture"]
+                }
     return out
 
 
@@ -221,13 +225,17 @@ def _interpolate(data: Any, env: Mapping[str, str]) -> tuple[Any, set[Loc], list
                 return ""
             var = _VARIABLE.fullmatch(m.group(2))
             if var is None:
-                problems.append(
-                    (loc, f"invalid reference {m.group(0)!r}: expected ${{NAME}} or ${{NAME:-default}}")
-                )
+                problems.append((loc, f"invalid reference {m.group(0)!r}: expected ${{NAME}} or ${{NAME:-default}}"))
                 return ""
             name, default = var.group(1), var.group(2)
-            if (default is None and len(loc) > 2 and loc[0] == "requests" and loc[2] == "flow"
-                    and name in captures.get(loc[1], ())):  # type: ignore[arg-type]
+            if (
+                default is None
+                and len(loc) > 2
+                and loc[0] == "requests"
+                and loc[2] == "flow"
+                and isinstance(loc[1], int)
+                and name in captures.get(loc[1], ())
+            ):
                 return m.group(0)  # a flow variable, filled at run time
             used = True
             value = env.get(name)
@@ -313,8 +321,7 @@ def _set_path(data: dict[str, Any], loc: Loc, value: Any) -> None:
                 raise ValueError(f"{here} is {_kind(node)}, not a list: cannot use [{part}]")
             if part > len(node):
                 raise ValueError(
-                    f"index [{part}] is out of range: {here} has {len(node)} entries "
-                    f"(use [{len(node)}] to append)"
+                    f"index [{part}] is out of range: {here} has {len(node)} entries (use [{len(node)}] to append)"
                 )
             if part == len(node):
                 node.append(None if last else ([] if isinstance(loc[depth + 1], int) else {}))
@@ -334,6 +341,7 @@ def _reference_context(data: dict[str, Any]) -> dict[str, Any]:
     requests = data.get("requests")
     workload = data.get("workload")
     stages = workload.get("stages") if isinstance(workload, dict) else None
+
     def name(entry: Any) -> str:
         value = entry.get("name") if isinstance(entry, dict) else None
         return value if isinstance(value, str) else ""
@@ -381,7 +389,7 @@ def _raw_cross_problems(data: dict[str, Any]) -> list[Problem]:
 
 
 def _validation_problems(exc: ValidationError, data: dict[str, Any], secrets: set[Loc]) -> list[Problem]:
-    problems = []
+    problems: list[Problem] = []
     for error in exc.errors(include_url=False):
         loc: Loc = tuple(error["loc"])
         if error["type"] == "horde_problems":
@@ -454,5 +462,3 @@ def _unwrap(annotation: Any) -> Any:
             if typing.get_origin(inner) is list or (isinstance(inner, type) and issubclass(inner, BaseModel)):
                 return inner
     return annotation
-
-

@@ -47,11 +47,19 @@ EXACT = 1e-12
         # zero rate throughout: nothing
         (0.0, [Stage(5.0, 0.0)], [], EXACT),
         # a zero-rate gap: 10 sends, silence from 1 s to 3 s, 10 more
-        (10.0, [Stage(1.0, 10.0), Stage(0.0, 0.0), Stage(2.0, 0.0), Stage(0.0, 10.0), Stage(1.0, 10.0)],
-         np.concatenate([J10 / 10, 3 + J10 / 10]), EXACT),
+        (
+            10.0,
+            [Stage(1.0, 10.0), Stage(0.0, 0.0), Stage(2.0, 0.0), Stage(0.0, 10.0), Stage(1.0, 10.0)],
+            np.concatenate([J10 / 10, 3 + J10 / 10]),
+            EXACT,
+        ),
         # 100x step: 1/s for 2 s, 100/s for 1 s, 1/s for 2 s
-        (1.0, [Stage(2.0, 1.0), Stage(0.0, 100.0), Stage(1.0, 100.0), Stage(0.0, 1.0), Stage(2.0, 1.0)],
-         np.concatenate([[1.0, 2.0], 2 + np.arange(1, 101) / 100, [4.0, 5.0]]), EXACT),
+        (
+            1.0,
+            [Stage(2.0, 1.0), Stage(0.0, 100.0), Stage(1.0, 100.0), Stage(0.0, 1.0), Stage(2.0, 1.0)],
+            np.concatenate([[1.0, 2.0], 2 + np.arange(1, 101) / 100, [4.0, 5.0]]),
+            EXACT,
+        ),
         # ramp down 10 -> 0 over 2 s: cumulative 10 - 2.5 (2 - t)^2; the level is ~0 at
         # the 10th send, where cumulative reaches 10.0 in floats ~2e-8 s before the end
         (10.0, [Stage(2.0, 0.0)], 2 - np.sqrt((10 - J10) / 2.5), 1e-7),
@@ -218,7 +226,9 @@ def test_poisson_count_over_a_long_run_matches_the_integral():
 
 def test_poisson_follows_a_varying_rate_and_is_silent_at_zero():
     # ramp 0 -> 1000/s over 20 s, 10 s silent, 500/s for 20 s
-    profile = Profile(0.0, [Stage(20.0, 1000.0), Stage(0.0, 0.0), Stage(10.0, 0.0), Stage(0.0, 500.0), Stage(20.0, 500.0)])
+    profile = Profile(
+        0.0, [Stage(20.0, 1000.0), Stage(0.0, 0.0), Stage(10.0, 0.0), Stage(0.0, 500.0), Stage(20.0, 500.0)]
+    )
     times = np.concatenate([poisson_times(profile, i, 3, seed=5) for i in range(3)])
     assert np.all((times >= 0) & (times <= profile.duration_s))
     assert not np.any((times > 20.0) & (times < 30.0))

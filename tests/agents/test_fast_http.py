@@ -272,9 +272,13 @@ def _self_signed(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
@@ -438,7 +442,12 @@ async def s_chunk_ext_trailer(r, w, served):
 
 async def s_chunk_split(r, w, served):  # the zero-length last chunk split across packets
     await _send(
-        w, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n", b"0", b"\r\n", b"\r", b"\n",
+        w,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",
+        b"0",
+        b"\r\n",
+        b"\r",
+        b"\n",
         pause_s=0.02,
     )
     return True
@@ -846,8 +855,10 @@ def test_rss_stays_bounded_under_bad_responses() -> None:
     async def main():
         async with RawServer() as server:
             engine = _engine(
-                server.base, ["/garbage", "/huge", "/large-ok", "/truncated", "/ok"],
-                max_connections=8, max_response_bytes=1024 * 1024,
+                server.base,
+                ["/garbage", "/huge", "/large-ok", "/truncated", "/ok"],
+                max_connections=8,
+                max_response_bytes=1024 * 1024,
             )
             await engine.open()
 
@@ -914,7 +925,12 @@ def test_unsupported_templates() -> None:
     assert list(engine.unsupported) == [0]
     assert asyncio.run(engine.request(0)) == (0, 0, OTHER)
     with pytest.raises(ValueError, match="cannot use engine 'fast'"):
-        FastEngine([RequestTemplate("f", "GET", "ftp://h/", engine="fast")], max_connections=1, timeout_s=1, connect_timeout_s=1)
+        FastEngine(
+            [RequestTemplate("f", "GET", "ftp://h/", engine="fast")],
+            max_connections=1,
+            timeout_s=1,
+            connect_timeout_s=1,
+        )
 
 
 # --------------------------------------------------------------------------- submit (callbacks)

@@ -19,13 +19,16 @@ from horde.coordinator.run.session import RunOptions, run_scenario
 from horde.coordinator.scenario.load import ScenarioError, load_scenario, parse_scenario
 
 
-@pytest.mark.parametrize("doc, path, value", [
-    ({"run_id": 7}, "run_id", 7),  # a top-level field
-    ({"a": {"b": [{"c": "x"}]}}, "a.b[0].c", "x"),  # nested through a list
-    ({"a": [1]}, "a[3]", None),  # out of range: absent, not an error
-    ({"a": 1}, "a.b", None),  # through a number: absent
-    (None, "a", None),  # no document at all
-])
+@pytest.mark.parametrize(
+    "doc, path, value",
+    [
+        ({"run_id": 7}, "run_id", 7),  # a top-level field
+        ({"a": {"b": [{"c": "x"}]}}, "a.b[0].c", "x"),  # nested through a list
+        ({"a": [1]}, "a[3]", None),  # out of range: absent, not an error
+        ({"a": 1}, "a.b", None),  # through a number: absent
+        (None, "a", None),  # no document at all
+    ],
+)
 def test_dig(doc, path, value):
     assert dig(doc, path) == value
 
@@ -56,20 +59,40 @@ async def _jobs_server(done_after: int):
 
 
 def _flow(url: str, max_polls: int) -> FlowTemplate:
-    return FlowTemplate(name="job", endpoint=0, steps=(
-        FlowStepTemplate("start", "POST", url + "/runs", endpoint=1, body=b"{}", expect=frozenset({202}),
-                         capture=(("rid", "run_id"),)),
-        FlowStepTemplate("poll", "GET", url + "/runs/${rid}", endpoint=2, expect=frozenset({200}),
-                         until=("status", "completed"), every_s=0.01, max_polls=max_polls),
-    ))
+    return FlowTemplate(
+        name="job",
+        endpoint=0,
+        steps=(
+            FlowStepTemplate(
+                "start",
+                "POST",
+                url + "/runs",
+                endpoint=1,
+                body=b"{}",
+                expect=frozenset({202}),
+                capture=(("rid", "run_id"),),
+            ),
+            FlowStepTemplate(
+                "poll",
+                "GET",
+                url + "/runs/${rid}",
+                endpoint=2,
+                expect=frozenset({200}),
+                until=("status", "completed"),
+                every_s=0.01,
+                max_polls=max_polls,
+            ),
+        ),
+    )
 
 
 def _run_flow(done_after: int, max_polls: int) -> list[tuple]:
     async def main():
         srv, url = await _jobs_server(done_after)
         t0 = time.monotonic_ns()
-        runner = FlowRunner(max_connections=4, timeout_s=5, connect_timeout_s=2,
-                            clock_ns=lambda: time.monotonic_ns() - t0)
+        runner = FlowRunner(
+            max_connections=4, timeout_s=5, connect_timeout_s=2, clock_ns=lambda: time.monotonic_ns() - t0
+        )
         await runner.open()
         records: list[tuple] = []
 
@@ -104,11 +127,17 @@ def test_polls_are_bounded_and_the_flow_fails_when_they_run_out():
 
 def test_a_variable_must_be_captured_before_use():
     data = {
-        "name": "f", "target": "http://127.0.0.1:9",
-        "requests": [{"name": "wf", "flow": [
-            {"name": "a", "path": "/runs/${rid}"},
-            {"name": "b", "path": "/runs", "capture": {"rid": "id"}},
-        ]}],
+        "name": "f",
+        "target": "http://127.0.0.1:9",
+        "requests": [
+            {
+                "name": "wf",
+                "flow": [
+                    {"name": "a", "path": "/runs/${rid}"},
+                    {"name": "b", "path": "/runs", "capture": {"rid": "id"}},
+                ],
+            }
+        ],
         "workload": {"model": "open", "stages": [{"duration": "1s", "target": 1}]},
     }
     import yaml
@@ -123,7 +152,8 @@ def test_workflows_under_load_against_the_automaton(tmp_path):
     """The automaton in async-workflow mode: a run's status is polled until completed."""
     with start_automaton(async_workflows=True) as target:
         scen = tmp_path / "flow.yaml"
-        scen.write_text(textwrap.dedent(f"""
+        scen.write_text(
+            textwrap.dedent(f"""
             name: flows
             target: {target.url}
             requests:
@@ -146,9 +176,12 @@ def test_workflows_under_load_against_the_automaton(tmp_path):
               start: 10
               stages: [{{duration: 3s, target: 10}}]
             agents: 1
-        """))
-        r = run_scenario(load_scenario(scen), RunOptions(in_process=True, out_dir=str(tmp_path / "out"),
-                                                         install_signal_handlers=False))
+        """)
+        )
+        r = run_scenario(
+            load_scenario(scen),
+            RunOptions(in_process=True, out_dir=str(tmp_path / "out"), install_signal_handlers=False),
+        )
         served = target.stats()["total"]
     s = read_bundle(r.bundle).summary
     flow, start, poll = (s["endpoints"][k] for k in ("research", "research/start", "research/poll"))

@@ -162,7 +162,9 @@ profiles = st.builds(
 @settings(max_examples=50, deadline=None)
 @given(profiles, st.floats(0.0, 1.0))
 def test_cumulative_is_monotone_in_floats(profile, frac):
-    t = np.concatenate([np.linspace(-1, profile.duration_s + 1, 257), profile.boundaries_s, [frac * profile.duration_s]])
+    t = np.concatenate(
+        [np.linspace(-1, profile.duration_s + 1, 257), profile.boundaries_s, [frac * profile.duration_s]]
+    )
     t = np.sort(np.concatenate([t, np.nextafter(t, np.inf), np.nextafter(t, -np.inf)]))
     c = profile.cumulative(t)
     assert np.all(np.diff(c) >= 0)

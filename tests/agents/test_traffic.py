@@ -138,8 +138,9 @@ def test_latency_includes_queueing_that_service_time_does_not():
     async def main():
         srv, url, served = await _server(handler_delay_s=0.05)
         try:
-            spec = _spec(url, stages=(Stage(0.0, 40.0), Stage(1.0, 40.0)), start_level=40.0,
-                         max_in_flight=1, max_connections=1)
+            spec = _spec(
+                url, stages=(Stage(0.0, 40.0), Stage(1.0, 40.0)), start_level=40.0, max_in_flight=1, max_connections=1
+            )
             return await _collect(spec)
         finally:
             await srv.cleanup()
@@ -164,8 +165,15 @@ def test_closed_model_runs_the_agents_share_of_users():
         srv, url, served = await _server(handler_delay_s=0.01)
         try:
             # 10 users over 3 agents: agent 1 runs users 1, 4, 7 -> 3 users.
-            spec = _spec(url, model="closed", index=1, count=3, start_level=10.0,
-                         stages=(Stage(1.0, 10.0),), think_time_s=(0.0, 0.0))
+            spec = _spec(
+                url,
+                model="closed",
+                index=1,
+                count=3,
+                start_level=10.0,
+                stages=(Stage(1.0, 10.0),),
+                think_time_s=(0.0, 0.0),
+            )
             return await _collect(spec), served
         finally:
             await srv.cleanup()
@@ -250,8 +258,14 @@ def test_readings_count_requests_in_flight():
     async def main():
         srv, url, served = await _server(handler_delay_s=0.3)
         try:
-            spec = _spec(url, model="closed", start_level=4.0, stages=(Stage(1.5, 4.0),),
-                         think_time_s=(0.0, 0.0), flush_interval_s=0.1)
+            spec = _spec(
+                url,
+                model="closed",
+                start_level=4.0,
+                stages=(Stage(1.5, 4.0),),
+                think_time_s=(0.0, 0.0),
+                flush_interval_s=0.1,
+            )
             return await _collect(spec)
         finally:
             await srv.cleanup()

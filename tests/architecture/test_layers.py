@@ -33,13 +33,38 @@ RANK = {
     "automaton": 9,
     "coordinator": 10,
 }
-PURE = ("coordinator/measure", "coordinator/judge", "coordinator/analysis", "coordinator/scenario",
-        "coordinator/plan.py", "coordinator/units.py")
+PURE = (
+    "coordinator/measure",
+    "coordinator/judge",
+    "coordinator/analysis",
+    "coordinator/scenario",
+    "coordinator/plan.py",
+    "coordinator/units.py",
+)
 PURE_EXCEPT = {"coordinator/scenario/load.py"}  # reads the scenario file and the environment
 IMPURE_MODULES = {
-    "time", "datetime", "asyncio", "socket", "threading", "subprocess", "os", "pathlib", "io",
-    "sqlite3", "shutil", "tempfile", "signal", "select", "selectors", "aiohttp", "uvloop", "ray",
-    "urllib.request", "http", "psutil", "logging",
+    "time",
+    "datetime",
+    "asyncio",
+    "socket",
+    "threading",
+    "subprocess",
+    "os",
+    "pathlib",
+    "io",
+    "sqlite3",
+    "shutil",
+    "tempfile",
+    "signal",
+    "select",
+    "selectors",
+    "aiohttp",
+    "uvloop",
+    "ray",
+    "urllib.request",
+    "http",
+    "psutil",
+    "logging",
 }
 
 
@@ -96,14 +121,22 @@ def test_imports_point_down():
 
 @pytest.mark.parametrize("top", ["agents", "automaton", "coordinator"])
 def test_only_cluster_imports_ray(top):
-    hits = [f"{p.relative_to(REPO)}:{line}" for p in (REPO / top).rglob("*.py")
-            for line, m in _imports(p) if m == "ray" or m.startswith("ray.")]
+    hits = [
+        f"{p.relative_to(REPO)}:{line}"
+        for p in (REPO / top).rglob("*.py")
+        for line, m in _imports(p)
+        if m == "ray" or m.startswith("ray.")
+    ]
     assert not hits
 
 
 def test_agents_import_no_driver_side_code():
-    hits = [f"{p.relative_to(REPO)}:{line} {m}" for p in (REPO / "agents").rglob("*.py")
-            for line, m in _imports(p) if _wing(m) not in (None, "agents")]
+    hits = [
+        f"{p.relative_to(REPO)}:{line} {m}"
+        for p in (REPO / "agents").rglob("*.py")
+        for line, m in _imports(p)
+        if _wing(m) not in (None, "agents")
+    ]
     assert not hits
 
 
@@ -117,9 +150,15 @@ def _pure_files() -> list[Path]:
 
 @pytest.mark.parametrize("path", _pure_files(), ids=lambda p: p.relative_to(REPO).as_posix())
 def test_pure_wings_read_no_clock_and_do_no_io(path):
-    bad = [f"line {line}: imports {m}" for line, m in _imports(path)
-           if m in IMPURE_MODULES or m.split(".")[0] in IMPURE_MODULES - {"urllib"}]
+    bad = [
+        f"line {line}: imports {m}"
+        for line, m in _imports(path)
+        if m in IMPURE_MODULES or m.split(".")[0] in IMPURE_MODULES - {"urllib"}
+    ]
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    bad += [f"line {n.lineno}: calls open()" for n in ast.walk(tree)
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "open"]
+    bad += [
+        f"line {n.lineno}: calls open()"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "open"
+    ]
     assert not bad, f"{path.relative_to(REPO)} is a pure module but:\n" + "\n".join(bad)

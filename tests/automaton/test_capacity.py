@@ -90,12 +90,15 @@ def test_accounting_refuses_impossible_calls() -> None:
         account.abandon()
 
 
-@given(st.lists(st.sampled_from(["arrive", "finish", "abandon", "resize"]), max_size=200),
-       st.integers(1, 5), st.integers(0, 5))
+@given(
+    st.lists(st.sampled_from(["arrive", "finish", "abandon", "resize"]), max_size=200),
+    st.integers(1, 5),
+    st.integers(0, 5),
+)
 def test_accounting_invariants(ops: list[str], limit: int, queue: int) -> None:
     account = AdmissionAccount(limit=limit, queue_limit=queue)
     for i, op in enumerate(ops):
-        if op == "finish" and account.running == 0 or op == "abandon" and account.waiting == 0:
+        if (op == "finish" and account.running == 0) or (op == "abandon" and account.waiting == 0):
             continue
         if op == "resize":
             limit, queue = 1 + i % 4, i % 3

@@ -239,9 +239,7 @@ def test_records_errors(in_process) -> None:
 def test_concurrent_record_writes_all_land(in_process) -> None:
     async def scenario() -> None:
         async with in_process(FAST) as (client, _):
-            replies = await asyncio.gather(
-                *(client.post("/api/records", json={"i": i}) for i in range(100))
-            )
+            replies = await asyncio.gather(*(client.post("/api/records", json={"i": i}) for i in range(100)))
             assert [r.status for r in replies] == [201] * 100
             ids = {(await r.json())["id"] for r in replies}
             assert len(ids) == 100

@@ -44,31 +44,40 @@ def test_job_ids_are_prefixed_readable_and_distinct():
 
 def test_entrypoint_runs_horde_through_the_exec_wrapper():
     cmd = jobs.job_entrypoint(
-        "horde-x-1", ".horde-jobs/horde-x-1/my scenario.yaml",
-        overrides=("target=http://h:1", "workload.stages[0].target=5"), scenario_from_env=True,
+        "horde-x-1",
+        ".horde-jobs/horde-x-1/my scenario.yaml",
+        overrides=("target=http://h:1", "workload.stages[0].target=5"),
+        scenario_from_env=True,
     )
     argv = shlex.split(cmd)
     sep = argv.index("--")
-    wrapper, run = argv[:sep], argv[sep + 1:]
+    wrapper, run = argv[:sep], argv[sep + 1 :]
     assert wrapper[:4] == ["python", "-m", "horde.cluster.jobs", "exec"]
     assert wrapper[wrapper.index("--bundles") + 1] == "results/horde-x-1"
     assert wrapper[wrapper.index("--scenario-from-env") + 1] == ".horde-jobs/horde-x-1/my scenario.yaml"
     assert run[:5] == ["python", "-m", "horde.coordinator.cli", "run", ".horde-jobs/horde-x-1/my scenario.yaml"]
     assert run[run.index("--out") + 1] == "results/horde-x-1"
     assert run[run.index("--address") + 1] == "auto"  # the job's driver attaches to its own cluster
-    assert [run[i + 1] for i, a in enumerate(run) if a == "--set"] == ["target=http://h:1", "workload.stages[0].target=5"]
+    assert [run[i + 1] for i, a in enumerate(run) if a == "--set"] == [
+        "target=http://h:1",
+        "workload.stages[0].target=5",
+    ]
 
 
 def test_runtime_env_ships_the_repo_without_results_and_merges_extras(tmp_path):
     env = jobs.build_runtime_env(
-        tmp_path, "horde-x", scenario_text="name: x\n",
+        tmp_path,
+        "horde-x",
+        scenario_text="name: x\n",
         extra={"env_vars": {"API_TOKEN": "t"}, "excludes": ["bench/"], "pip": ["x"]},
     )
     assert env["working_dir"] == str(tmp_path)
     assert {".git", "results/", "bench/"} <= set(env["excludes"])
     assert env["env_vars"] == {
-        "HORDE_JOB_ID": "horde-x", "RAY_JOB_STOP_WAIT_TIME_S": str(jobs.STOP_GRACE_S),
-        "HORDE_SCENARIO_YAML": "name: x\n", "API_TOKEN": "t",
+        "HORDE_JOB_ID": "horde-x",
+        "RAY_JOB_STOP_WAIT_TIME_S": str(jobs.STOP_GRACE_S),
+        "HORDE_SCENARIO_YAML": "name: x\n",
+        "API_TOKEN": "t",
     }
     assert env["pip"] == ["x"]
 
@@ -181,9 +190,27 @@ def test_exec_wrapper_writes_the_scenario_runs_the_command_and_exports_its_bundl
     """)
     env = dict(os.environ, HORDE_RAY_LOGS_DIR=str(tmp_path / "logs"), HORDE_SCENARIO_YAML="name: s\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "horde.cluster.jobs", "exec", "--job-id", "horde-t", "--bundles", str(out),
-         "--scenario-from-env", "scen/s.yaml", "--", sys.executable, "-c", script],
-        cwd=tmp_path, env=env | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "horde.cluster.jobs",
+            "exec",
+            "--job-id",
+            "horde-t",
+            "--bundles",
+            str(out),
+            "--scenario-from-env",
+            "scen/s.yaml",
+            "--",
+            sys.executable,
+            "-c",
+            script,
+        ],
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 4, proc.stderr  # the run's own exit code
     assert "exported" in proc.stdout
@@ -267,8 +294,7 @@ def ray_head():
     home = Path(temp_dir) / "home"
     home.mkdir()
     token = secrets.token_hex(16)
-    (gcs, dash, agent_http, agent_grpc, env_agent, metrics, client,
-     node_manager, object_manager) = _free_ports(9)
+    (gcs, dash, agent_http, agent_grpc, env_agent, metrics, client, node_manager, object_manager) = _free_ports(9)
     env = dict(
         os.environ,
         HOME=str(home),
@@ -280,13 +306,26 @@ def ray_head():
     )
     env.pop("RAY_ADDRESS", None)
     cmd = [
-        sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
-        f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-        f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
-        f"--ray-client-server-port={client}", f"--node-manager-port={node_manager}",
-        f"--object-manager-port={object_manager}", "--no-monitor",
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--include-dashboard=true",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={env_agent}",
+        f"--metrics-export-port={metrics}",
+        f"--ray-client-server-port={client}",
+        f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}",
+        "--no-monitor",
     ]
     try:
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -306,7 +345,10 @@ def ray_head():
 def automaton_url():
     proc = subprocess.Popen(
         [sys.executable, "-m", "horde.automaton", "serve", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
     )
     try:
         line = proc.stdout.readline().strip()
@@ -324,7 +366,8 @@ def automaton_url():
 def scenario(tmp_path):
     # Outside the repository on purpose: it travels in the job's environment.
     p = tmp_path / "tiny.yaml"
-    p.write_text(textwrap.dedent("""\
+    p.write_text(
+        textwrap.dedent("""\
         name: tiny
         target: http://127.0.0.1:9/unused
         requests:
@@ -337,7 +380,8 @@ def scenario(tmp_path):
             - {name: hold, duration: 3s, target: 20}
         agents: 1
         flush_interval: 1s
-    """))
+    """)
+    )
     return p
 
 
@@ -381,7 +425,9 @@ def test_submit_follow_fetch(ray_head, automaton_url, scenario, tmp_path):
 def test_stop_a_running_job_and_still_fetch_its_incomplete_bundle(ray_head, automaton_url, scenario, tmp_path):
     address, token = ray_head
     job_id = jobs.submit(
-        scenario, address=address, token=token,
+        scenario,
+        address=address,
+        token=token,
         overrides=[f"target={automaton_url}", "workload.stages[0].duration=120s"],
     )
     asyncio.run(_follow(address, token, job_id, until="[    1s]"))  # the run is under way

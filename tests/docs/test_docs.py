@@ -29,8 +29,8 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 
 from horde.coordinator.bundle import outcome
-from horde.coordinator.judge.alerts import DEFAULT_RULES, parse_rules
 from horde.coordinator.cli import cli
+from horde.coordinator.judge.alerts import DEFAULT_RULES, parse_rules
 from horde.coordinator.judge.thresholds import ThresholdSyntaxError, parse_threshold
 from horde.coordinator.scenario.load import ScenarioError, parse_scenario
 from horde.coordinator.scenario.models import Scenario
@@ -90,8 +90,11 @@ def fenced_blocks(doc: str) -> list[Block]:
             j += 1
         prev = next((lines[k] for k in range(start - 1, -1, -1) if lines[k].strip()), "")
         marker = _MARKER.search(prev)
-        blocks.append(Block(doc, start + 1, m.group(1), "\n".join(lines[start + 1 : j]) + "\n",
-                            marker.group(1) if marker else None))
+        blocks.append(
+            Block(
+                doc, start + 1, m.group(1), "\n".join(lines[start + 1 : j]) + "\n", marker.group(1) if marker else None
+            )
+        )
         i = j + 1
     return blocks
 
@@ -179,8 +182,18 @@ MODELS = scenario_models()
 
 def test_the_walk_finds_the_nested_models():
     names = {m.__name__ for m in MODELS}
-    assert {"Scenario", "Target", "EmbeddedTarget", "TargetFaults", "EndpointFaults", "LatencyFault",
-            "RequestEntry", "Workload", "StageEntry", "ThresholdEntry"} <= names
+    assert {
+        "Scenario",
+        "Target",
+        "EmbeddedTarget",
+        "TargetFaults",
+        "EndpointFaults",
+        "LatencyFault",
+        "RequestEntry",
+        "Workload",
+        "StageEntry",
+        "ThresholdEntry",
+    } <= names
 
 
 @pytest.mark.parametrize("model", list(MODELS), ids=lambda m: m.__name__)
@@ -205,7 +218,7 @@ def test_every_scenario_key_is_in_its_models_table_with_the_codes_default(model)
         adapter = TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
         try:
             value = adapter.validate_python(yaml.safe_load(written))
-        except Exception as exc:  # noqa: BLE001 - report, not crash
+        except Exception as exc:
             problems.append(f"{key}: documented default `{written}` is not a valid value: {exc}")
             continue
         actual = field.get_default(call_default_factory=True)
@@ -221,7 +234,7 @@ YAML_BLOCKS = [b for doc in CHECKED_DOCS for b in fenced_blocks(doc) if b.lang i
 
 
 def _env_for(text: str) -> dict[str, str]:
-    return {name: "docs-test-value" for name in _REFERENCE.findall(text)}
+    return dict.fromkeys(_REFERENCE.findall(text), "docs-test-value")
 
 
 def _problem_lines(exc: ScenarioError) -> list[str]:
@@ -245,7 +258,9 @@ def test_yaml_block_loads(block):
         shown = blocks[blocks.index(block) + 1]
         assert shown.lang == "text", f"{block.where}: an invalid example is followed by a text block of its problems"
         listed = [line.strip() for line in shown.text.splitlines() if line.startswith("  ")]
-        assert sorted(listed) == sorted(_problem_lines(info.value)), f"{shown.where}: the problems shown are not the loader's"
+        assert sorted(listed) == sorted(_problem_lines(info.value)), (
+            f"{shown.where}: the problems shown are not the loader's"
+        )
         assert f"{len(info.value.problems)} problem(s)" in shown.text
         return
     if block.marker == "fragment":
@@ -340,9 +355,9 @@ def test_every_command_is_documented_with_its_options(path, command):
             problems.append(f"option {flag} has no table row")
             continue
         default = param.default
-        if isinstance(default, (str, int, float)) and not isinstance(default, bool) and not param.is_flag:
-            if f"`{default}`" not in rows[0][1]:
-                problems.append(f"option {flag}: default {default!r} is not in its row's default column")
+        plain = isinstance(default, (str, int, float)) and not isinstance(default, bool) and not param.is_flag
+        if plain and f"`{default}`" not in rows[0][1]:
+            problems.append(f"option {flag}: default {default!r} is not in its row's default column")
     assert not problems, f"docs/cli.md, {path}:\n  " + "\n  ".join(problems)
 
 

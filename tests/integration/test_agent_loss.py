@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from horde.coordinator.bundle.store import read_bundle
 from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.bundle.store import read_bundle
 from horde.coordinator.run.session import RunOptions, run_scenario
 from horde.coordinator.scenario.load import load_scenario
 
@@ -27,7 +27,8 @@ DURATION_S = 14
 
 def _scenario(tmp_path: Path) -> Path:
     p = tmp_path / "loss.yaml"
-    p.write_text(textwrap.dedent(f"""
+    p.write_text(
+        textwrap.dedent(f"""
         name: loss
         target: embedded
         requests:
@@ -37,7 +38,8 @@ def _scenario(tmp_path: Path) -> Path:
           start: {RATE}
           stages: [{{duration: {DURATION_S}s, target: {RATE}}}]
         agents: 1
-    """))
+    """)
+    )
     return p
 
 
@@ -61,8 +63,9 @@ def _run_and_hit(tmp_path: Path, hit) -> tuple:
     result: dict = {}
 
     def target():
-        result["r"] = run_scenario(loaded, RunOptions(out_dir=str(out), install_signal_handlers=False,
-                                                      progress=lambda line: None))
+        result["r"] = run_scenario(
+            loaded, RunOptions(out_dir=str(out), install_signal_handlers=False, progress=lambda line: None)
+        )
 
     th = threading.Thread(target=target)
     th.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,13 +18,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def horde(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "horde.coordinator.cli", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=kw.pop("timeout", 240), **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "horde.coordinator.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=kw.pop("timeout", 240),
+        **kw,
+    )
 
 
 def test_validate_lists_every_problem_with_its_path_and_no_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(textwrap.dedent("""
+    bad.write_text(
+        textwrap.dedent("""
         name: bad one
         target: embedded
         requests:
@@ -34,11 +40,19 @@ def test_validate_lists_every_problem_with_its_path_and_no_traceback(tmp_path):
           model: sideways
           stages: [{duration: 5x, target: 10}]
         thresholds: ["p99(latncy) < 5ms"]
-    """))
+    """)
+    )
     r = horde("validate", str(bad))
     assert r.returncode == 3, r.stderr
     err = r.stderr
-    for path in ("name", "requests[0].path", "requests[0].weight", "workload.model", "workload.stages[0].duration", "thresholds[0]"):
+    for path in (
+        "name",
+        "requests[0].path",
+        "requests[0].weight",
+        "workload.model",
+        "workload.stages[0].duration",
+        "thresholds[0]",
+    ):
         assert path in err, (path, err)
     assert "Traceback" not in err
 
@@ -84,7 +98,8 @@ def test_readme_main_command_runs_smoke_on_embedded_ray(tmp_path):
 @pytest.mark.timeout(300)
 def test_ctrl_c_leaves_an_incomplete_bundle_with_every_window(ray_cluster, tmp_path):
     scen = tmp_path / "long.yaml"
-    scen.write_text(textwrap.dedent("""
+    scen.write_text(
+        textwrap.dedent("""
         name: long
         target: embedded
         requests:
@@ -94,11 +109,15 @@ def test_ctrl_c_leaves_an_incomplete_bundle_with_every_window(ray_cluster, tmp_p
           start: 20
           stages: [{duration: 120s, target: 20}]
         agents: 1
-    """))
+    """)
+    )
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "horde.coordinator.cli", "run", str(scen), "--out", str(out), "--address", ray_cluster],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120

@@ -30,8 +30,10 @@ REQUESTS = [
 
 def test_each_request_gets_the_same_status_and_size_from_both_engines():
     with start_automaton() as target:
-        templates = [RequestTemplate(f"r{i}", m, target.url + p, headers=JSON if b else (), body=b)
-                     for i, (m, p, b) in enumerate(REQUESTS)]
+        templates = [
+            RequestTemplate(f"r{i}", m, target.url + p, headers=JSON if b else (), body=b)
+            for i, (m, p, b) in enumerate(REQUESTS)
+        ]
 
         async def send_all(engine_name: str):
             e = make_engine(engine_name, templates, max_connections=2, timeout_s=5, connect_timeout_s=2)
@@ -52,7 +54,8 @@ def test_each_request_gets_the_same_status_and_size_from_both_engines():
 @pytest.mark.timeout(180)
 def test_the_same_scenario_counts_the_same_with_each_engine(tmp_path):
     scen = tmp_path / "eq.yaml"
-    scen.write_text(textwrap.dedent("""
+    scen.write_text(
+        textwrap.dedent("""
         name: engines
         target: embedded
         requests:
@@ -64,12 +67,14 @@ def test_the_same_scenario_counts_the_same_with_each_engine(tmp_path):
           start: 60
           stages: [{duration: 3s, target: 60}]
         agents: 1
-    """))
+    """)
+    )
     figures = {}
     for engine in ("aiohttp", "fast"):
         loaded = load_scenario(scen, overrides=(f"engine={engine}",))
-        r = run_scenario(loaded, RunOptions(in_process=True, out_dir=str(tmp_path / engine),
-                                            install_signal_handlers=False))
+        r = run_scenario(
+            loaded, RunOptions(in_process=True, out_dir=str(tmp_path / engine), install_signal_handlers=False)
+        )
         b = read_bundle(r.bundle)
         assert set(b.summary["engines"].values()) == {engine}
         figures[engine] = {n: (e["requests"], e["errors"], e["bytes"]) for n, e in b.summary["endpoints"].items()}

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow]
 RATE = 120
 DURATION_S = 16
 
-DRIVER = textwrap.dedent('''
+DRIVER = textwrap.dedent("""
     import json, sys, threading, time
     from pathlib import Path
     import ray
@@ -65,13 +65,14 @@ DRIVER = textwrap.dedent('''
                                   "head": cluster.head_node.node_id}), flush=True)
     ray.shutdown()
     cluster.shutdown()
-''')
+""")
 
 
 @pytest.mark.timeout(300)
 def test_agents_spread_and_a_lost_node_is_replaced(tmp_path):
     scen = tmp_path / "multi.yaml"
-    scen.write_text(textwrap.dedent(f"""
+    scen.write_text(
+        textwrap.dedent(f"""
         name: multi
         target: embedded
         requests:
@@ -81,14 +82,20 @@ def test_agents_spread_and_a_lost_node_is_replaced(tmp_path):
           start: {RATE}
           stages: [{{duration: {DURATION_S}s, target: {RATE}}}]
         agents: 2
-    """))
+    """)
+    )
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    r = subprocess.run([sys.executable, str(driver), str(scen), str(tmp_path / "out")],
-                       capture_output=True, text=True, timeout=280, cwd=Path(__file__).resolve().parents[2])
-    line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
+    r = subprocess.run(
+        [sys.executable, str(driver), str(scen), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line, r.stdout[-3000:] + r.stderr[-3000:]
-    res = json.loads(line[len("RESULT "):])
+    res = json.loads(line[len("RESULT ") :])
     agents = res["agents"]
     assert len({a["node"] for a in agents}) == 2, agents  # spread: one agent per node
     assert res["removed"], "no agent on a removable (non-head) node"

@@ -31,8 +31,18 @@ thresholds:
 
 
 def _nightly(scen: Path, history: Path, address: str, *sets: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "horde.coordinator.cli", "nightly", str(scen), "--history", str(history),
-            "--address", address, "-q"]
+    args = [
+        sys.executable,
+        "-m",
+        "horde.coordinator.cli",
+        "nightly",
+        str(scen),
+        "--history",
+        str(history),
+        "--address",
+        address,
+        "-q",
+    ]
     for s in sets:
         args += ["--set", s]
     return subprocess.run(args, capture_output=True, text=True, timeout=240, cwd=REPO)

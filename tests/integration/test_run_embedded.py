@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 
-import msgpack
 import pytest
 
-from horde.coordinator.measure.aggregate import Stats
-from horde.coordinator.bundle.store import read_bundle
 from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.measure.aggregate import Stats
 from horde.coordinator.run.session import RunOptions, run_scenario
 from horde.coordinator.scenario.load import load_scenario
 
@@ -28,8 +26,9 @@ def _write(tmp_path: Path, text: str) -> Path:
 def _run(path, tmp_path, *overrides):
     loaded = load_scenario(path, overrides=overrides)
     lines: list[str] = []
-    result = run_scenario(loaded, RunOptions(out_dir=str(tmp_path / "out"), progress=lines.append,
-                                             install_signal_handlers=False))
+    result = run_scenario(
+        loaded, RunOptions(out_dir=str(tmp_path / "out"), progress=lines.append, install_signal_handlers=False)
+    )
     return result, lines
 
 
@@ -39,7 +38,14 @@ def test_smoke_bundle_counts_match_what_the_automaton_served(ray_cluster, tmp_pa
     assert result.outcome is Outcome.PASSED, result.summary["thresholds"]
     b = read_bundle(result.bundle)
     assert b.complete and b.path.name.startswith("smoke-")
-    for name in ("manifest.json", "summary.json", "windows.jsonl", "windows.msgpack", "histograms.msgpack", "junit.xml"):
+    for name in (
+        "manifest.json",
+        "summary.json",
+        "windows.jsonl",
+        "windows.msgpack",
+        "histograms.msgpack",
+        "junit.xml",
+    ):
         assert (b.path / name).exists(), name
     total = b.summary["total"]
     served = b.manifest["target"]["served"]
@@ -53,7 +59,7 @@ def test_smoke_bundle_counts_match_what_the_automaton_served(ray_cluster, tmp_pa
     assert sum(w["total"]["requests"] for w in b.windows()) == 425
     assert len(lines) >= 10  # a progress line per window
     junit = (b.path / "junit.xml").read_text()
-    assert junit.count("<testcase") == 3 and "failures=\"0\"" in junit
+    assert junit.count("<testcase") == 3 and 'failures="0"' in junit
 
 
 @pytest.mark.timeout(180)
@@ -84,8 +90,10 @@ def test_histograms_read_back_give_the_summary_quantiles(ray_cluster, tmp_path):
 @pytest.mark.timeout(240)
 def test_thousand_concurrent_users_closed_model(ray_cluster, tmp_path):
     result, lines = _run(
-        REPO / "scenarios" / "closed-1000.yaml", tmp_path,
-        "workload.stages[0].duration=4s", "workload.stages[1].duration=6s",
+        REPO / "scenarios" / "closed-1000.yaml",
+        tmp_path,
+        "workload.stages[0].duration=4s",
+        "workload.stages[1].duration=6s",
     )
     b = read_bundle(result.bundle)
     windows = list(b.windows())
@@ -106,7 +114,9 @@ def test_stall_shows_in_latency_not_in_service_time(ray_cluster, tmp_path):
     service time from the actual send mostly does not (only the requests caught on
     the two connections).
     """
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
         name: stall
         target:
           embedded:
@@ -120,7 +130,8 @@ def test_stall_shows_in_latency_not_in_service_time(ray_cluster, tmp_path):
           stages:
             - {duration: 9s, target: 200}
         agents: 1
-    """)
+    """,
+    )
     result, _ = _run(path, tmp_path)
     summary = read_bundle(result.bundle).summary
     t = summary["total"]

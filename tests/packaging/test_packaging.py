@@ -6,11 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import venv
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from horde.cluster.shipping import PACKAGES, horde_py_module
 
@@ -59,7 +59,9 @@ def test_wheel_in_a_fresh_venv_provides_only_horde_and_runs(tmp_path):
     wheels = tmp_path / "wheels"
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert built.returncode == 0, built.stderr
     wheel = next(wheels.glob("horde-*.whl"))
@@ -69,7 +71,9 @@ def test_wheel_in_a_fresh_venv_provides_only_horde_and_runs(tmp_path):
     python = str(env_dir / "bin" / "python")
     installed = subprocess.run(
         [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", str(wheel)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert installed.returncode == 0, installed.stderr
     elsewhere = tmp_path / "cwd"
@@ -77,12 +81,16 @@ def test_wheel_in_a_fresh_venv_provides_only_horde_and_runs(tmp_path):
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the venv's own path
     seen = _probe(python, elsewhere, clean)
     assert Path(seen["cli"]).resolve().is_relative_to(env_dir.resolve())
-    assert seen["foreign"] == {n: False for n in FOREIGN}
+    assert seen["foreign"] == dict.fromkeys(FOREIGN, False)
 
     out = tmp_path / "out"
     run = subprocess.run(
         [str(env_dir / "bin" / "horde"), "run", str(REPO / "scenarios" / "smoke.yaml"), "-q", "--out", str(out)],
-        cwd=elsewhere, capture_output=True, text=True, timeout=240, env=clean,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=clean,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     manifests = list(out.glob("*/manifest.json"))

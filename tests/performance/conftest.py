@@ -27,7 +27,9 @@ SCENARIOS = REPO / "scenarios"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--perf-full", action="store_true", default=False,
+        "--perf-full",
+        action="store_true",
+        default=False,
         help="performance suite: run the scenario files at their full sizes (also HORDE_PERF_FULL=1)",
     )
 
@@ -64,7 +66,9 @@ def load(perf_full: bool) -> Callable[..., LoadedScenario]:
     """load("load-10", ci=[...], overrides=[...], target=URL): a shipped scenario, CI-sized
     unless full size is asked for."""
 
-    def _load(name: str, *, ci: Sequence[str] = (), overrides: Sequence[str] = (), target: str | None = None) -> LoadedScenario:
+    def _load(
+        name: str, *, ci: Sequence[str] = (), overrides: Sequence[str] = (), target: str | None = None
+    ) -> LoadedScenario:
         ov = list(overrides) + ([] if perf_full else list(ci))
         if target is not None:
             ov.append(f"target={target}")
@@ -93,7 +97,6 @@ def report(record_property: Callable[[str, Any], None]) -> Callable[..., None]:
             print(f"{key}: {json.dumps(value, default=str)}")
 
     return _report
-
 
 
 @pytest.fixture

@@ -51,19 +51,36 @@ def category_file(category: str) -> Path:
     return HERE / f"test_{category}.py"
 
 
-def run_category(category: str, out: Path, *, full: bool, timeout_s: float | None,
-                 extra_args: list[str]) -> dict[str, Any]:
+def run_category(
+    category: str, out: Path, *, full: bool, timeout_s: float | None, extra_args: list[str]
+) -> dict[str, Any]:
     """One pytest subprocess for one category; returns its entry of the combined report."""
     path = category_file(category)
-    entry: dict[str, Any] = {"category": category, "file": str(path.relative_to(REPO)), "exit_code": None,
-                             "duration_s": 0.0, "counts": {}, "tests": []}
+    entry: dict[str, Any] = {
+        "category": category,
+        "file": str(path.relative_to(REPO)),
+        "exit_code": None,
+        "duration_s": 0.0,
+        "counts": {},
+        "tests": [],
+    }
     if not path.exists():
         return {**entry, "status": "missing", "reason": f"{entry['file']} does not exist"}
     json_path = out / f"{category}.json"
     log_path = out / f"{category}.log"
     json_path.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "pytest", str(path), "-v", "-p", "no:cacheprovider",
-           "--json-report", f"--json-report-file={json_path}", *extra_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(path),
+        "-v",
+        "-p",
+        "no:cacheprovider",
+        "--json-report",
+        f"--json-report-file={json_path}",
+        *extra_args,
+    ]
     env = dict(os.environ)
     if full:
         env["HORDE_PERF_FULL"] = "1"
@@ -71,8 +88,7 @@ def run_category(category: str, out: Path, *, full: bool, timeout_s: float | Non
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n\n")
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code = proc.wait(timeout=timeout_s)
             timed_out = False
@@ -143,17 +159,22 @@ def parse_json_report(report: dict[str, Any]) -> dict[str, Any]:
             longrepr = setup.get("longrepr")
             if isinstance(longrepr, str):
                 reason = longrepr.strip().splitlines()[-1][:200]
-        tests.append({
-            "nodeid": t.get("nodeid", ""),
-            "name": str(t.get("nodeid", "")).split("::", 1)[-1],
-            "outcome": t.get("outcome"),
-            "duration_s": round(sum(float(p.get("duration") or 0.0) for p in phases), 2),
-            "figures": figures,
-            **({"reason": reason} if reason else {}),
-        })
+        tests.append(
+            {
+                "nodeid": t.get("nodeid", ""),
+                "name": str(t.get("nodeid", "")).split("::", 1)[-1],
+                "outcome": t.get("outcome"),
+                "duration_s": round(sum(float(p.get("duration") or 0.0) for p in phases), 2),
+                "figures": figures,
+                **({"reason": reason} if reason else {}),
+            }
+        )
     collectors = [c for c in report.get("collectors") or [] if c.get("outcome") == "failed"]
-    out: dict[str, Any] = {"counts": counts, "pytest_duration_s": round(float(report.get("duration") or 0.0), 1),
-                           "tests": tests}
+    out: dict[str, Any] = {
+        "counts": counts,
+        "pytest_duration_s": round(float(report.get("duration") or 0.0), 1),
+        "tests": tests,
+    }
     if collectors:
         out["collection_errors"] = [str(c.get("longrepr", ""))[-2000:] for c in collectors]
     return out
@@ -174,8 +195,9 @@ def category_status(entry: dict[str, Any], *, timed_out: bool = False) -> str:
     return "skipped"
 
 
-def combine(entries: list[dict[str, Any]], *, full: bool, started: datetime, ended: datetime,
-            argv: list[str]) -> dict[str, Any]:
+def combine(
+    entries: list[dict[str, Any]], *, full: bool, started: datetime, ended: datetime, argv: list[str]
+) -> dict[str, Any]:
     totals: dict[str, int] = {}
     for e in entries:
         for k, v in (e.get("counts") or {}).items():
@@ -212,8 +234,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# horde performance suite",
         "",
-        f"{report['started']} .. {report['ended']} ({report['duration_s']:g} s), size **{report['size']}**, "
-        f"Python {report['python']} on {report['platform']}: **{'all passed' if report['ok'] else 'FAILED'}**",
+        (
+            f"{report['started']} .. {report['ended']} ({report['duration_s']:g} s), size **{report['size']}**, "
+            f"Python {report['python']} on {report['platform']}: **{'all passed' if report['ok'] else 'FAILED'}**"
+        ),
         "",
         "| category | status | passed / failed / skipped | duration (s) |",
         "| --- | --- | --- | --- |",
@@ -231,15 +255,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             figures = "<br>".join(f"`{k}`: {_figure_text(v)}".replace("|", "\\|") for k, v in t["figures"].items())
             if t.get("reason"):
                 figures = (figures + "<br>" if figures else "") + _figure_text(t["reason"]).replace("|", "\\|").replace(
-                    "\n", " ")
+                    "\n", " "
+                )
             lines.append(f"| {t['name']} | {t['outcome']} | {t['duration_s']:g} | {figures} |")
     return "\n".join(lines) + "\n"
 
 
 def render_html(report: dict[str, Any]) -> str:
     e_ = html.escape
-    colour = {"passed": "#1a7f37", "failed": "#cf222e", "error": "#cf222e", "timeout": "#cf222e",
-              "missing": "#9a6700", "skipped": "#6e7781"}
+    colour = {
+        "passed": "#1a7f37",
+        "failed": "#cf222e",
+        "error": "#cf222e",
+        "timeout": "#cf222e",
+        "missing": "#9a6700",
+        "skipped": "#6e7781",
+    }
     rows = "".join(
         f"<tr><td><a href='#{e_(n)}'>{e_(n)}</a></td><td style='color:{colour.get(e['status'], '#000')}'>"
         f"{e_(e['status'])}</td><td>{e_(_counts_text(e.get('counts') or {}))}</td><td>{e['duration_s']:g}</td></tr>"
@@ -251,13 +282,18 @@ def render_html(report: dict[str, Any]) -> str:
         if e.get("tests"):
             trs = []
             for t in e["tests"]:
-                figs = "".join(f"<div><code>{e_(k)}</code>: {e_(_figure_text(v))}</div>" for k, v in t["figures"].items())
+                figs = "".join(
+                    f"<div><code>{e_(k)}</code>: {e_(_figure_text(v))}</div>" for k, v in t["figures"].items()
+                )
                 if t.get("reason"):
                     figs += f"<pre>{e_(t['reason'])}</pre>"
-                trs.append(f"<tr><td>{e_(t['name'])}</td><td style='color:{colour.get(t['outcome'], '#000')}'>"
-                           f"{e_(str(t['outcome']))}</td><td>{t['duration_s']:g}</td><td>{figs}</td></tr>")
-            body += ("<table><tr><th>test</th><th>outcome</th><th>s</th><th>figures</th></tr>"
-                     + "".join(trs) + "</table>")
+                trs.append(
+                    f"<tr><td>{e_(t['name'])}</td><td style='color:{colour.get(t['outcome'], '#000')}'>"
+                    f"{e_(str(t['outcome']))}</td><td>{t['duration_s']:g}</td><td>{figs}</td></tr>"
+                )
+            body += (
+                "<table><tr><th>test</th><th>outcome</th><th>s</th><th>figures</th></tr>" + "".join(trs) + "</table>"
+            )
         sections.append(f"<h2 id='{e_(n)}'>{e_(n)}: {e_(e['status'])}</h2>{body}")
     verdict = "all passed" if report["ok"] else "FAILED"
     return (
@@ -275,9 +311,11 @@ def render_html(report: dict[str, Any]) -> str:
 
 def write_reports(report: dict[str, Any], out: Path) -> list[Path]:
     paths = []
-    for name, text in (("performance-report.json", json.dumps(report, indent=2, default=str)),
-                       ("performance-report.md", render_markdown(report)),
-                       ("performance-report.html", render_html(report))):
+    for name, text in (
+        ("performance-report.json", json.dumps(report, indent=2, default=str)),
+        ("performance-report.md", render_markdown(report)),
+        ("performance-report.html", render_html(report)),
+    ):
         path = out / name
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
@@ -294,11 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+        argv, extra = argv[:i], argv[i + 1 :]
     ap = argparse.ArgumentParser(description="Run the performance categories and write one combined report.")
     ap.add_argument("--out", required=True, type=Path, help="Directory for the reports and the per-category logs.")
     ap.add_argument("--full", action="store_true", help="Full sizes (HORDE_PERF_FULL=1): minutes per category.")
-    ap.add_argument("--only", default=None, help=f"Comma-separated categories (default: all of {', '.join(CATEGORIES)}).")
+    ap.add_argument(
+        "--only", default=None, help=f"Comma-separated categories (default: all of {', '.join(CATEGORIES)})."
+    )
     ap.add_argument("--timeout", type=float, default=None, help="Seconds per category before it is stopped.")
     args = ap.parse_args(argv)
     categories = CATEGORIES if args.only is None else tuple(c.strip() for c in args.only.split(",") if c.strip())
@@ -313,8 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{category}] running {category_file(category).relative_to(REPO)} ...", flush=True)
         entry = run_category(category, out, full=args.full, timeout_s=args.timeout, extra_args=extra)
         entries.append(entry)
-        print(f"[{category}] {entry['status']} ({_counts_text(entry.get('counts') or {})} passed/failed/skipped) "
-              f"in {entry['duration_s']:g} s", flush=True)
+        print(
+            f"[{category}] {entry['status']} ({_counts_text(entry.get('counts') or {})} passed/failed/skipped) "
+            f"in {entry['duration_s']:g} s",
+            flush=True,
+        )
     report = combine(entries, full=args.full, started=started, ended=datetime.now(timezone.utc), argv=list(sys.argv))
     for path in write_reports(report, out):
         print(f"wrote {path}")

@@ -29,8 +29,12 @@ def figures(result):
 # name -> CI-size overrides (the full size is the file as written)
 LOAD = {
     "load-10": ["workload.stages[0].duration=1s", "workload.stages[1].duration=5s"],
-    "load-100": ["workload.stages[0].target=50", "workload.stages[1].target=50",
-                 "workload.stages[0].duration=2s", "workload.stages[1].duration=4s"],
+    "load-100": [
+        "workload.stages[0].target=50",
+        "workload.stages[1].target=50",
+        "workload.stages[0].duration=2s",
+        "workload.stages[1].duration=4s",
+    ],
 }
 
 
@@ -64,8 +68,12 @@ def test_throughput_targets(name, load, run, report, verdicts):
     target_rps, ci = THROUGHPUT[name]
     result = run(load(name, ci=ci))
     hold = result.summary["stages"]["hold"]["total"]
-    report(**{name: figures(result)}, hold_rps=hold["rps"], target_rps=target_rps,
-           thresholds={k: v["observed_text"] for k, v in verdicts(result).items()})
+    report(
+        **{name: figures(result)},
+        hold_rps=hold["rps"],
+        target_rps=target_rps,
+        thresholds={k: v["observed_text"] for k, v in verdicts(result).items()},
+    )
     assert verdicts(result)[f"rps > {target_rps} [stage=hold]"]["ok"], (
         f"{name}: {hold['rps']} req/s over the hold, target > {target_rps}; generator: "
         f"{result.summary['generator']['reasons']}"

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from horde.coordinator.analysis.trends import generator_rss_series, leak_verdict, trend, window_series
 from horde.coordinator.bundle.outcome import Outcome
 from horde.coordinator.run.session import RunOptions, RunResult, run_scenario
 from horde.coordinator.scenario.load import load_scenario
-from horde.coordinator.analysis.trends import generator_rss_series, leak_verdict, trend, window_series
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -58,9 +58,12 @@ def windows_of(result: RunResult) -> list[dict]:
 def leak_figures(soak: dict) -> dict:
     def one(v: dict) -> dict:
         slope = v.get("slope_bytes_per_simulated_hour")
-        return {"verdict": v["verdict"], "slope_mib_per_sim_h": None if slope is None else round(slope / MIB, 3),
-                "threshold_mib_per_sim_h": round((v.get("threshold_bytes_per_hour") or 0) / MIB, 3),
-                "reason": v["reason"]}
+        return {
+            "verdict": v["verdict"],
+            "slope_mib_per_sim_h": None if slope is None else round(slope / MIB, 3),
+            "threshold_mib_per_sim_h": round((v.get("threshold_bytes_per_hour") or 0) / MIB, 3),
+            "reason": v["reason"],
+        }
 
     leaks = soak["leaks"]
     out = {k: one(v) for k, v in leaks.items() if k != "agents"}
@@ -110,10 +113,16 @@ def test_healthy_soak_finds_no_leak(healthy_soak, report) -> None:
     s = healthy_soak.summary
     assert "soak" in s, f"no soak analysis: {len(windows_of(healthy_soak))} windows"
     soak = s["soak"]
-    report(healthy_soak_leaks=leak_figures(soak), time=s["time"],
-           trends={k: {"verdict": v["verdict"], "slope_per_sim_h": v["slope"], "unit": v["unit"]}
-                   for k, v in soak["trends"].items()},
-           requests=s["total"]["requests"], error_rate=s["total"]["error_rate"])
+    report(
+        healthy_soak_leaks=leak_figures(soak),
+        time=s["time"],
+        trends={
+            k: {"verdict": v["verdict"], "slope_per_sim_h": v["slope"], "unit": v["unit"]}
+            for k, v in soak["trends"].items()
+        },
+        requests=s["total"]["requests"],
+        error_rate=s["total"]["error_rate"],
+    )
     assert healthy_soak.outcome is Outcome.PASSED, s["thresholds"]
     leaks = soak["leaks"]
     assert leaks["target"]["verdict"] == "no leak", leaks["target"]
@@ -122,8 +131,15 @@ def test_healthy_soak_finds_no_leak(healthy_soak, report) -> None:
     assert soak["leak_found"] is False
     # Resource and error-rate trends are there, each with its verdict; nothing healthy is
     # an error-rate trend.
-    for name in ("target_memory", "target_cpu", "target_connections", "target_fds", "error_rate",
-                 "latency_p99_ms", "rps"):
+    for name in (
+        "target_memory",
+        "target_cpu",
+        "target_connections",
+        "target_fds",
+        "error_rate",
+        "latency_p99_ms",
+        "rps",
+    ):
         assert soak["trends"][name]["verdict"] in ("rising", "falling", "flat", "inconclusive"), name
     assert soak["trends"]["error_rate"]["verdict"] != "rising"
     assert soak["trends"]["target_memory"]["verdict"] != "rising"
@@ -150,10 +166,15 @@ def test_windows_and_trend_rates_speak_simulated_time(healthy_soak, report) -> N
     simulated = soak["leaks"]["coordinator"]
     assert simulated["time_scale"] == compression
     assert simulated["slope_bytes_per_simulated_hour"] == pytest.approx(
-        real.slope_bytes_per_simulated_hour / compression, rel=1e-9)
-    report(compression=compression, windows=len(windows), simulated_hours=round(last_sim_s / 3600, 3),
-           coordinator_slope_real_mib_per_h=round(real.slope_bytes_per_simulated_hour / MIB, 3),
-           coordinator_slope_mib_per_sim_h=round(simulated["slope_bytes_per_simulated_hour"] / MIB, 3))
+        real.slope_bytes_per_simulated_hour / compression, rel=1e-9
+    )
+    report(
+        compression=compression,
+        windows=len(windows),
+        simulated_hours=round(last_sim_s / 3600, 3),
+        coordinator_slope_real_mib_per_h=round(real.slope_bytes_per_simulated_hour / MIB, 3),
+        coordinator_slope_mib_per_sim_h=round(simulated["slope_bytes_per_simulated_hour"] / MIB, 3),
+    )
 
 
 def test_horde_own_memory_stays_flat(healthy_soak, report) -> None:
@@ -166,9 +187,13 @@ def test_horde_own_memory_stays_flat(healthy_soak, report) -> None:
     figures = {}
     for name, (t, rss) in series.items():
         tr = trend(t, rss, unit="bytes", time_scale=compression)
-        figures[name] = {"first_mib": round(rss[0] / MIB, 1), "last_mib": round(rss[-1] / MIB, 1),
-                         "slope_mib_per_sim_h": None if tr.slope is None else round(tr.slope / MIB, 3),
-                         "relative_change": tr.relative_change, "verdict": tr.verdict}
+        figures[name] = {
+            "first_mib": round(rss[0] / MIB, 1),
+            "last_mib": round(rss[-1] / MIB, 1),
+            "slope_mib_per_sim_h": None if tr.slope is None else round(tr.slope / MIB, 3),
+            "relative_change": tr.relative_change,
+            "verdict": tr.verdict,
+        }
     report(horde_memory=figures)
     for name, f in figures.items():
         assert f["verdict"] != "rising", (name, f)
@@ -185,9 +210,13 @@ def test_leak_fault_is_found_with_its_slope(ray_cluster, tmp_path, perf_full, re
     # rate x bytes per real second; one simulated hour lasts 3600 / compression real seconds.
     expected = LEAK_RATE_PER_S * LEAK_BYTES * 3600.0 / compression
     slope = target["slope_bytes_per_simulated_hour"]
-    report(leak_run=leak_figures(soak), expected_mib_per_sim_h=round(expected / MIB, 2),
-           measured_mib_per_sim_h=round(slope / MIB, 2), ratio=round(slope / expected, 3),
-           ci_mib_per_sim_h=[round(x / MIB, 2) for x in target["ci"]])
+    report(
+        leak_run=leak_figures(soak),
+        expected_mib_per_sim_h=round(expected / MIB, 2),
+        measured_mib_per_sim_h=round(slope / MIB, 2),
+        ratio=round(slope / expected, 3),
+        ci_mib_per_sim_h=[round(x / MIB, 2) for x in target["ci"]],
+    )
     assert target["verdict"] == "leak", target
     assert soak["leak_found"] is True
     assert 0.7 * expected <= slope <= 1.3 * expected, (slope, expected)
@@ -200,8 +229,10 @@ def test_leak_fault_is_found_with_its_slope(ray_cluster, tmp_path, perf_full, re
 @pytest.mark.full_only
 @pytest.mark.timeout(600)
 def test_twelve_simulated_hours_without_a_leak(ray_cluster, warm_automaton, tmp_path, report) -> None:
-    result = run_scenario(scenario("soak-medium", [at(warm_automaton.url)]),
-                          RunOptions(out_dir=str(tmp_path), install_signal_handlers=False))
+    result = run_scenario(
+        scenario("soak-medium", [at(warm_automaton.url)]),
+        RunOptions(out_dir=str(tmp_path), install_signal_handlers=False),
+    )
     s = result.summary
     report(medium_leaks=leak_figures(s["soak"]), time=s["time"])
     assert s["time"]["simulated_duration_s"] == pytest.approx(12 * 3600)

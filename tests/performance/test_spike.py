@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from horde.coordinator.measure.aggregate import Stats
-from horde.coordinator.bundle.store import read_bundle
-from horde.coordinator.bundle.outcome import Outcome
 from horde.coordinator.analysis.spike import spikes_for_run
+from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.measure.aggregate import Stats
 from horde.coordinator.workflows.stress import StressTarget
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -27,8 +27,10 @@ def spike_analysis(loaded, result):
 
 
 def brief(s):
-    return {k: s[k] for k in ("start_s", "end_s", "base_level", "peak_level", "factor", "time_to_90_s",
-                              "recovery_s", "note")} | {"during": s["during"], "band": s["band"]}
+    return {
+        k: s[k]
+        for k in ("start_s", "end_s", "base_level", "peak_level", "factor", "time_to_90_s", "recovery_s", "note")
+    } | {"during": s["during"], "band": s["band"]}
 
 
 @pytest.mark.timeout(600)

@@ -9,7 +9,6 @@ import pytest
 from scipy import stats as sps
 
 from horde.agents.samples import SAMPLE_DTYPE, ErrorClass
-from horde.coordinator.measure.aggregate import Stats
 from horde.coordinator.analysis.compare import (
     IMPROVEMENT,
     INSUFFICIENT,
@@ -23,6 +22,7 @@ from horde.coordinator.analysis.compare import (
     rate_test,
     text_comparison,
 )
+from horde.coordinator.measure.aggregate import Stats
 from horde.coordinator.measure.histogram import Histogram
 
 MS = 1_000_000
@@ -96,7 +96,9 @@ def test_error_rate_one_percent_against_five_percent_is_a_regression() -> None:
     assert e.ci[0] < 0.04 < e.ci[1] and e.ci[0] > 0
     assert c.metrics["latency"].verdict == NO_CHANGE
     # and the other way round
-    assert compare_stats(stats_of(lat, errors=500), stats_of(lat, errors=100)).metrics["error_rate"].verdict == IMPROVEMENT
+    assert (
+        compare_stats(stats_of(lat, errors=500), stats_of(lat, errors=100)).metrics["error_rate"].verdict == IMPROVEMENT
+    )
 
 
 def test_small_samples_with_a_ten_percent_shift_are_no_change() -> None:
@@ -172,8 +174,12 @@ class FakeBundle:
 
     def __init__(self, path: str, scopes: dict, saturated: bool = False) -> None:
         self.path = path
-        self.manifest = {"scenario": {"name": "bench"}, "started": "2026-01-01T00:00:00+00:00",
-                         "outcome": "passed", "complete": True}
+        self.manifest = {
+            "scenario": {"name": "bench"},
+            "started": "2026-01-01T00:00:00+00:00",
+            "outcome": "passed",
+            "complete": True,
+        }
         self.summary = {"duration_s": 100.0, "generator": {"saturated": saturated}}
         self.complete = True
         self._scopes = scopes
@@ -191,8 +197,16 @@ def test_compare_bundles_flags_the_endpoint_that_regressed_and_renders_a_table()
 
     def bundle(path: str, health: np.ndarray, api: np.ndarray, **kw) -> FakeBundle:
         total = stats_of(health).merge(stats_of(api))
-        return FakeBundle(path, {(None, None): total, ("health", None): stats_of(health),
-                                 ("api", None): stats_of(api), ("api", "hold"): stats_of(api)}, **kw)
+        return FakeBundle(
+            path,
+            {
+                (None, None): total,
+                ("health", None): stats_of(health),
+                ("api", None): stats_of(api),
+                ("api", "hold"): stats_of(api),
+            },
+            **kw,
+        )
 
     result = compare_bundles(bundle("/r/a", fast_a, slow_a), bundle("/r/b", fast_b, slow_b, saturated=True))
     json.dumps(result)  # JSON-ready
@@ -203,7 +217,7 @@ def test_compare_bundles_flags_the_endpoint_that_regressed_and_renders_a_table()
     assert result["regressed"] is True
     assert "endpoint api: latency" in result["regressions"]
     assert any("saturated" in w for w in result["warnings"])
-    assert [s["label"] for s in result["scopes"]][0] == "total"
+    assert next(s["label"] for s in result["scopes"]) == "total"
     text = text_comparison(result)
     assert "REGRESSED" in text and "endpoint api" in text and "REGRESSION" in text
     assert "api @ hold" in text  # a detailed scope that changed is shown

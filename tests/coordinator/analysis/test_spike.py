@@ -6,9 +6,16 @@ import pytest
 
 from horde.agents.spec import Stage
 from horde.agents.stages import Profile
+from horde.coordinator.analysis.spike import (
+    SpikeSpec,
+    analyse_spikes,
+    find_spikes,
+    in_band,
+    spikes_for_run,
+    time_to_reach,
+)
 from horde.coordinator.measure.aggregate import Stats
 from horde.coordinator.scenario.load import parse_scenario
-from horde.coordinator.analysis.spike import SpikeSpec, analyse_spikes, find_spikes, in_band, spikes_for_run, time_to_reach
 
 
 def P(start, *stages):
@@ -52,10 +59,27 @@ STEP_10X = P(10, (5, 10), (0, 100), (5, 100), (0, 10), (5, 10))
         (P(10, (2, 10), (0, 100), (3, 150), (0, 10), (2, 10)), [SpikeSpec(2, 5, 10, 100, 10.0, 0.0)]),
         # three spikes in a row, each from its own base
         (
-            P(10, (2, 10), (0, 100), (1, 100), (0, 10), (2, 10), (0, 200), (1, 200), (0, 20), (2, 20),
-              (0, 100), (1, 100), (0, 20), (2, 20)),
-            [SpikeSpec(2, 3, 10, 100, 10.0, 0.0), SpikeSpec(5, 6, 10, 200, 20.0, 0.0),
-             SpikeSpec(8, 9, 20, 100, 5.0, 0.0)],
+            P(
+                10,
+                (2, 10),
+                (0, 100),
+                (1, 100),
+                (0, 10),
+                (2, 10),
+                (0, 200),
+                (1, 200),
+                (0, 20),
+                (2, 20),
+                (0, 100),
+                (1, 100),
+                (0, 20),
+                (2, 20),
+            ),
+            [
+                SpikeSpec(2, 3, 10, 100, 10.0, 0.0),
+                SpikeSpec(5, 6, 10, 200, 20.0, 0.0),
+                SpikeSpec(8, 9, 20, 100, 5.0, 0.0),
+            ],
         ),
     ],
 )
@@ -150,8 +174,11 @@ def W(i, requests=100, errors=0, p99=10.0, p50=None, mx=None):
             "requests": requests,
             "errors": errors,
             "error_rate": errors / requests if requests else 0.0,
-            "latency_ms": {"p50": p50 if p50 is not None else (p99 / 2 if requests else None),
-                           "p99": p99 if requests else None, "max": mx if mx is not None else p99},
+            "latency_ms": {
+                "p50": p50 if p50 is not None else (p99 / 2 if requests else None),
+                "p99": p99 if requests else None,
+                "max": mx if mx is not None else p99,
+            },
         },
     }
 
@@ -171,20 +198,40 @@ def run_windows(p99s, errors=None, requests=None):
     "p99s, errors, expected_recovery, why",
     [
         # pre-spike p99 at most 10 ms (window 0 ignored: set-up) -> limit 16 ms; back at once
-        ([99, 10, 8, 9, 10, 50, 60, 70, 80, 90, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10], None, 0.0,
-         "in band right from the spike's end"),
+        (
+            [99, 10, 8, 9, 10, 50, 60, 70, 80, 90, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10],
+            None,
+            0.0,
+            "in band right from the spike's end",
+        ),
         # slow drain: 40, 30, 20 ms after the spike, then inside
-        ([99, 10, 8, 9, 10, 50, 60, 70, 80, 90, 40, 30, 20, 16, 12, 10, 10, 10, 10, 10], None, 3.0,
-         "16 ms is on the limit (10 x 1.5 + 1): inside"),
+        (
+            [99, 10, 8, 9, 10, 50, 60, 70, 80, 90, 40, 30, 20, 16, 12, 10, 10, 10, 10, 10],
+            None,
+            3.0,
+            "16 ms is on the limit (10 x 1.5 + 1): inside",
+        ),
         # a relapse inside the 3 windows restarts the count
-        ([99, 10, 8, 9, 10, 50, 60, 70, 80, 90, 10, 10, 30, 10, 10, 10, 10, 10, 10, 10], None, 3.0,
-         "a window out of band breaks the run of three"),
+        (
+            [99, 10, 8, 9, 10, 50, 60, 70, 80, 90, 10, 10, 30, 10, 10, 10, 10, 10, 10, 10],
+            None,
+            3.0,
+            "a window out of band breaks the run of three",
+        ),
         # errors keep it out: pre error rate 0, limit 1%
-        ([99, 10, 8, 9, 10, 50, 60, 70, 80, 90, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10],
-         [0] * 10 + [5, 2, 1, 0, 0, 0, 0, 0, 0, 0], 2.0, "2% errors is out, 1% is in"),
+        (
+            [99, 10, 8, 9, 10, 50, 60, 70, 80, 90, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10],
+            [0] * 10 + [5, 2, 1, 0, 0, 0, 0, 0, 0, 0],
+            2.0,
+            "2% errors is out, 1% is in",
+        ),
         # never back inside before the end of the run
-        ([99, 10, 8, 9, 10, 50, 60, 70, 80, 90, 40, 40, 40, 40, 40, 40, 40, 40, 10, 10], None, None,
-         "only two good windows at the end"),
+        (
+            [99, 10, 8, 9, 10, 50, 60, 70, 80, 90, 40, 40, 40, 40, 40, 40, 40, 40, 10, 10],
+            None,
+            None,
+            "only two good windows at the end",
+        ),
     ],
 )
 def test_recovery(p99s, errors, expected_recovery, why):
@@ -224,8 +271,11 @@ def test_no_pre_spike_windows_gives_no_band():
 
 
 def test_during_sums_requests_errors_and_reports_the_worst_window():
-    ws = run_windows([10] * 5 + [50, 90, 70, 60, 55] + [10] * 10, errors=[0] * 5 + [0, 30, 10, 0, 0] + [0] * 10,
-                     requests=[10] * 5 + [100] * 5 + [10] * 10)
+    ws = run_windows(
+        [10] * 5 + [50, 90, 70, 60, 55] + [10] * 10,
+        errors=[0] * 5 + [0, 30, 10, 0, 0] + [0] * 10,
+        requests=[10] * 5 + [100] * 5 + [10] * 10,
+    )
     [r] = analyse_spikes(SPK, ws, [], 0.1, PROF)
     d = r["during"]
     assert d["windows"] == [5, 9]

@@ -62,12 +62,12 @@ def test_theil_sen_reduces_very_long_series() -> None:
 @pytest.mark.parametrize(
     "y, expected",
     [
-        (100 + 0.5 * np.arange(40.0) + noise(4, 1.0, 40), "rising"),       # +20% over the series
+        (100 + 0.5 * np.arange(40.0) + noise(4, 1.0, 40), "rising"),  # +20% over the series
         (100 - 0.5 * np.arange(40.0) + noise(5, 1.0, 40), "falling"),
-        (100 + noise(6, 1.0, 40), "flat"),                                  # noise only
-        (100 + 0.01 * np.arange(40.0) + noise(7, 0.01, 40), "flat"),        # significant, but 0.4%: negligible
-        (100 + noise(8, 1.0, 5), "inconclusive"),                           # too few points
-        (np.full(20, 7.0), "flat"),                                         # constant
+        (100 + noise(6, 1.0, 40), "flat"),  # noise only
+        (100 + 0.01 * np.arange(40.0) + noise(7, 0.01, 40), "flat"),  # significant, but 0.4%: negligible
+        (100 + noise(8, 1.0, 5), "inconclusive"),  # too few points
+        (np.full(20, 7.0), "flat"),  # constant
     ],
 )
 def test_trend_verdicts(y: np.ndarray, expected: str) -> None:
@@ -122,7 +122,7 @@ def test_flat_noise_is_no_leak(seed: int) -> None:
 
 @pytest.mark.parametrize("step_at_s", [15.0, 25.0, 40.0])
 def test_step_then_plateau_is_no_leak(step_at_s: float) -> None:
-    rss = BASE + np.where(T > step_at_s, 40 * MB, 0.0) + noise(30, 2 * MB)
+    rss = BASE + np.where(step_at_s < T, 40 * MB, 0.0) + noise(30, 2 * MB)
     v = leak_verdict(T, rss, time_scale=TIME_SCALE)
     assert v.verdict == "no leak", v
     assert "plateau" in v.reason
@@ -169,9 +169,7 @@ def test_a_leak_that_starts_late_is_still_a_leak() -> None:
 
 # -- properties ------------------------------------------------------------------------
 
-_series = st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=3, max_size=40).filter(
-    lambda ys: len(set(ys)) > 1
-)
+_series = st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=3, max_size=40).filter(lambda ys: len(set(ys)) > 1)
 
 
 @settings(max_examples=60, deadline=None)
@@ -201,10 +199,20 @@ def test_scaling_time_by_k_scales_the_slope_by_one_over_k(ys: list[float], k: fl
 
 def test_window_series_and_generator_rss() -> None:
     windows = [
-        {"index": 0, "end_s": 1.0, "total": {"error_rate": 0.0}, "target": {"target_memory": 10.0},
-         "generator": {"0": {"rss_bytes": 100, "incarnation": 0}}},
-        {"index": 1, "end_s": 2.0, "total": {"error_rate": 0.5}, "target": {},
-         "generator": {"0": {"rss_bytes": 110, "incarnation": 0}, "1": {"rss_bytes": 0}}},
+        {
+            "index": 0,
+            "end_s": 1.0,
+            "total": {"error_rate": 0.0},
+            "target": {"target_memory": 10.0},
+            "generator": {"0": {"rss_bytes": 100, "incarnation": 0}},
+        },
+        {
+            "index": 1,
+            "end_s": 2.0,
+            "total": {"error_rate": 0.5},
+            "target": {},
+            "generator": {"0": {"rss_bytes": 110, "incarnation": 0}, "1": {"rss_bytes": 0}},
+        },
     ]
     assert window_series(windows, "target", "target_memory") == ([1.0], [10.0])
     assert window_series(windows, "total", "error_rate") == ([1.0, 2.0], [0.0, 0.5])

@@ -31,8 +31,13 @@ def ok(endpoint: int, intended_ns: int, end_ns: int, sent_ns: int | None = None,
 
 def batch(agent: int, seq: int, watermark_ns: int, rows: np.ndarray, final: bool = False, **readings: float) -> Batch:
     return Batch(
-        agent=agent, incarnation=0, seq=seq, watermark_ns=watermark_ns, samples=rows,
-        readings=GeneratorReadings(**readings), final=final,
+        agent=agent,
+        incarnation=0,
+        seq=seq,
+        watermark_ns=watermark_ns,
+        samples=rows,
+        readings=GeneratorReadings(**readings),
+        final=final,
     )
 
 
@@ -65,11 +70,18 @@ def random_samples(rng: np.random.Generator, n: int, t_max_ns: int) -> np.ndarra
 
 def test_window_is_chosen_by_end_time_and_stage_by_intended_time() -> None:
     agg = new_aggregator()
-    agg.add(batch(0, 0, 3 * S, samples(
-        ok(HEALTH, 500 * MS, 1200 * MS),   # intended in ramp, ends in window 1
-        ok(HEALTH, 1900 * MS, 2500 * MS),  # intended in ramp although it ends in steady's time
-        ok(HEALTH, 2000 * MS, 2100 * MS),  # intended exactly at the ramp's end: steady
-    )))
+    agg.add(
+        batch(
+            0,
+            0,
+            3 * S,
+            samples(
+                ok(HEALTH, 500 * MS, 1200 * MS),  # intended in ramp, ends in window 1
+                ok(HEALTH, 1900 * MS, 2500 * MS),  # intended in ramp although it ends in steady's time
+                ok(HEALTH, 2000 * MS, 2100 * MS),  # intended exactly at the ramp's end: steady
+            ),
+        )
+    )
     windows = agg.close_until(3 * S)
     assert [w.index for w in windows] == [0, 1, 2]
     assert [w.total.requests for w in windows] == [0, 1, 2]
@@ -107,17 +119,31 @@ def test_latency_is_from_intended_and_service_time_from_sent() -> None:
 
 def test_counts_errors_and_bytes_per_endpoint_from_two_agents() -> None:
     agg = new_aggregator()
-    agg.add(batch(0, 0, S, samples(
-        ok(HEALTH, 0, 10 * MS, nbytes=10),
-        (HEALTH, 0, 0, 20 * MS, 503, HTTP_5XX, 5),
-        (API, 0, 0, 30 * MS, 0, TIMEOUT, 0),
-    )))
-    agg.add(batch(1, 0, S, samples(
-        ok(HEALTH, 0, 40 * MS, nbytes=1),
-        ok(API, 0, 50 * MS, nbytes=1000),
-        (API, 0, 0, 60 * MS, 0, TIMEOUT, 0),
-        (API, 0, 0, 70 * MS, 500, HTTP_5XX, 0),
-    )))
+    agg.add(
+        batch(
+            0,
+            0,
+            S,
+            samples(
+                ok(HEALTH, 0, 10 * MS, nbytes=10),
+                (HEALTH, 0, 0, 20 * MS, 503, HTTP_5XX, 5),
+                (API, 0, 0, 30 * MS, 0, TIMEOUT, 0),
+            ),
+        )
+    )
+    agg.add(
+        batch(
+            1,
+            0,
+            S,
+            samples(
+                ok(HEALTH, 0, 40 * MS, nbytes=1),
+                ok(API, 0, 50 * MS, nbytes=1000),
+                (API, 0, 0, 60 * MS, 0, TIMEOUT, 0),
+                (API, 0, 0, 70 * MS, 500, HTTP_5XX, 0),
+            ),
+        )
+    )
     health, api, workflow = (agg.snapshot(endpoint=e) for e in ("health", "api", "workflow"))
     assert (health.requests, health.errors, health.bytes) == (3, 1, 16)
     assert health.errors_by_class.tolist() == [2, 0, 0, 0, 0, 1] + [0] * (len(ErrorClass) - 6)
@@ -272,8 +298,16 @@ def test_keep_windows_bounds_the_stored_windows() -> None:
 
 def test_window_to_dict_is_json_ready() -> None:
     agg = new_aggregator()
-    agg.add(batch(0, 0, S, samples(ok(API, 0, 12 * MS), (HEALTH, 0, 0, 5 * MS, 500, HTTP_5XX, 0)),
-                  loop_lag_max_ns=3 * MS, cpu_s=0.5))
+    agg.add(
+        batch(
+            0,
+            0,
+            S,
+            samples(ok(API, 0, 12 * MS), (HEALTH, 0, 0, 5 * MS, 500, HTTP_5XX, 0)),
+            loop_lag_max_ns=3 * MS,
+            cpu_s=0.5,
+        )
+    )
     (w,) = agg.close_until(S)
     assert isinstance(w, Window)
     d = json.loads(json.dumps(w.to_dict()))
@@ -360,7 +394,12 @@ def test_empty_stats_dict_reports_none_and_zero_rates() -> None:
 
 def test_quantile_keys() -> None:
     assert [quantile_key(q) for q in (0.5, 0.9, 0.95, 0.99, 0.999, 0.9999)] == [
-        "p50", "p90", "p95", "p99", "p99.9", "p99.99",
+        "p50",
+        "p90",
+        "p95",
+        "p99",
+        "p99.9",
+        "p99.99",
     ]
 
 

@@ -116,7 +116,7 @@ def test_counts_index_matches_hdrhistogram_integer_formula(values: list[int]) ->
 
 
 def test_counts_index_at_power_of_two_edges() -> None:
-    edges = sorted({v for k in range(0, 45) for v in (2**k - 1, 2**k, 2**k + 1) if 0 <= v <= HIGHEST_TRACKABLE_NS})
+    edges = sorted({v for k in range(45) for v in (2**k - 1, 2**k, 2**k + 1) if 0 <= v <= HIGHEST_TRACKABLE_NS})
     assert counts_index(np.array(edges)).tolist() == [ref_counts_index(v) for v in edges]
     assert int(counts_index(np.array([HIGHEST_TRACKABLE_NS]))[0]) < COUNTS_LEN
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from horde.agents.samples import SAMPLE_DTYPE, Batch, ErrorClass
-from horde.coordinator.measure.aggregate import Aggregator
 from horde.coordinator.bundle.store import BundleWriter, read_bundle
+from horde.coordinator.measure.aggregate import Aggregator
 from horde.coordinator.workflows.history import (
     DEFAULT_FILENAME,
     History,
@@ -38,25 +38,51 @@ def scope(requests: int = 1000, p99_ms: float = 100.0, error_rate: float = 0.0, 
     }
 
 
-def write_bundle(root: Path, name: str, *, scenario: str = "nightly", started: datetime = T0, p99_ms: float = 100.0,
-                 outcome: str = "passed", complete: bool = True, thresholds_ok: bool = True,
-                 error_rate: float = 0.0) -> Path:
+def write_bundle(
+    root: Path,
+    name: str,
+    *,
+    scenario: str = "nightly",
+    started: datetime = T0,
+    p99_ms: float = 100.0,
+    outcome: str = "passed",
+    complete: bool = True,
+    thresholds_ok: bool = True,
+    error_rate: float = 0.0,
+) -> Path:
     """A minimal bundle: manifest.json and summary.json, as read_bundle needs them."""
     d = root / name
     d.mkdir(parents=True)
-    manifest = {"scenario": {"name": scenario}, "started": started.isoformat(),
-                "ended": (started + timedelta(minutes=1)).isoformat(), "outcome": outcome,
-                "complete": complete, "horde_version": "0.1.0"}
+    manifest = {
+        "scenario": {"name": scenario},
+        "started": started.isoformat(),
+        "ended": (started + timedelta(minutes=1)).isoformat(),
+        "outcome": outcome,
+        "complete": complete,
+        "horde_version": "0.1.0",
+    }
     summary = {
         "outcome": outcome,
         "duration_s": 60.0,
         "total": scope(p99_ms=p99_ms, error_rate=error_rate),
         "endpoints": {"health": scope(600, p99_ms * 0.5), "api": scope(400, p99_ms * 1.5)},
         "thresholds": [
-            {"expr": "p99(latency) < 500ms", "endpoint": None, "stage": None, "ok": thresholds_ok,
-             "observed": p99_ms * 1e6, "observed_text": f"{p99_ms}ms"},
-            {"expr": "error_rate < 1%", "endpoint": None, "stage": None, "ok": True, "observed": 0.0,
-             "observed_text": "0%"},
+            {
+                "expr": "p99(latency) < 500ms",
+                "endpoint": None,
+                "stage": None,
+                "ok": thresholds_ok,
+                "observed": p99_ms * 1e6,
+                "observed_text": f"{p99_ms}ms",
+            },
+            {
+                "expr": "error_rate < 1%",
+                "endpoint": None,
+                "stage": None,
+                "ok": True,
+                "observed": 0.0,
+                "observed_text": "0%",
+            },
         ],
         "generator": {"saturated": False},
         "target_resources": {"target_memory": {"max": 123e6}},
@@ -83,8 +109,14 @@ def history(results: Path):
 
 def test_add_list_and_read_runs(results: Path, history: History) -> None:
     a = write_bundle(results, "nightly-a", started=T0, p99_ms=100.0)
-    b = write_bundle(results, "nightly-b", started=T0 + timedelta(days=1), p99_ms=120.0, thresholds_ok=False,
-                     outcome="thresholds_failed")
+    b = write_bundle(
+        results,
+        "nightly-b",
+        started=T0 + timedelta(days=1),
+        p99_ms=120.0,
+        thresholds_ok=False,
+        outcome="thresholds_failed",
+    )
     c = write_bundle(results, "other-c", scenario="other", started=T0 + timedelta(days=2))
     ids = [history.add_run(read_bundle(p)) for p in (a, b, c)]
     assert len(set(ids)) == 3
@@ -101,8 +133,14 @@ def test_add_list_and_read_runs(results: Path, history: History) -> None:
     assert r.p99_service_ms == pytest.approx(108.0)
     assert r.target_memory_max_bytes == 123e6
     assert r.endpoints["api"]["p99_latency_ms"] == pytest.approx(180.0)
-    assert r.thresholds[0] == {"expr": "p99(latency) < 500ms", "endpoint": None, "stage": None, "ok": False,
-                               "observed": 120e6, "observed_text": "120.0ms"}
+    assert r.thresholds[0] == {
+        "expr": "p99(latency) < 500ms",
+        "endpoint": None,
+        "stage": None,
+        "ok": False,
+        "observed": 120e6,
+        "observed_text": "120.0ms",
+    }
     with pytest.raises(KeyError):
         history.run(999)
     assert history.scenarios() == ["nightly", "other"]
@@ -135,8 +173,13 @@ def test_bundle_paths_are_relative_so_a_results_directory_can_move(tmp_path: Pat
 def test_series_across_runs_oldest_first(results: Path, history: History) -> None:
     for i, p99 in enumerate([100.0, 105.0, 98.0]):
         history.add_run(read_bundle(write_bundle(results, f"n{i}", started=T0 + timedelta(days=i), p99_ms=p99)))
-    history.add_run(read_bundle(write_bundle(results, "n9", started=T0 + timedelta(days=9), p99_ms=999.0,
-                                             outcome="interrupted", complete=False)))
+    history.add_run(
+        read_bundle(
+            write_bundle(
+                results, "n9", started=T0 + timedelta(days=9), p99_ms=999.0, outcome="interrupted", complete=False
+            )
+        )
+    )
     s = history.series("nightly", "p99_latency_ms")
     assert [v for _, v in s] == [100.0, 105.0, 98.0]  # the incomplete run is left out
     assert s[0][0] == T0.isoformat()
@@ -151,8 +194,9 @@ def test_series_across_runs_oldest_first(results: Path, history: History) -> Non
 def test_a_bundle_without_summary_is_rebuilt_from_its_windows(results: Path, history: History) -> None:
     # A coordinator killed mid-run: manifest and windows only, still named .incomplete.
     writer = BundleWriter(results, "killed", T0)
-    writer.write_manifest({"scenario": {"name": "killed"}, "started": T0.isoformat(), "outcome": "running",
-                           "complete": False})
+    writer.write_manifest(
+        {"scenario": {"name": "killed"}, "started": T0.isoformat(), "outcome": "running", "complete": False}
+    )
     agg = Aggregator(["health"], [10 * 10**9], ["hold"])
     rows = np.zeros(30, SAMPLE_DTYPE)
     rows["intended_ns"] = rows["sent_ns"] = np.arange(30) * 10**8
@@ -160,7 +204,9 @@ def test_a_bundle_without_summary_is_rebuilt_from_its_windows(results: Path, his
     rows["error"][:3] = ErrorClass.TIMEOUT
     agg.add(Batch(agent=0, incarnation=0, seq=0, watermark_ns=3 * 10**9, samples=rows))
     for w in agg.close_until(3 * 10**9):
-        writer.append_window(w.to_dict(), {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}})
+        writer.append_window(
+            w.to_dict(), {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}}
+        )
     for f in (writer._windows, writer._window_hists, writer._alerts):  # what a killed process leaves: flushed files
         f.close()
     run_id = history.add_run(read_bundle(writer.path))
@@ -217,11 +263,26 @@ def test_metrics_from_several_threads(history: History) -> None:
 
 
 def test_alerts_round_trip_and_update_when_they_end(history: History) -> None:
-    start = {"rule": "p99(latency) > 1s", "level": "warning", "start": 1000.0, "end": None, "peak": 1.2,
-             "source": "automaton", "value_unit": "s"}
+    start = {
+        "rule": "p99(latency) > 1s",
+        "level": "warning",
+        "start": 1000.0,
+        "end": None,
+        "peak": 1.2,
+        "source": "automaton",
+        "value_unit": "s",
+    }
     history.record_alert(start)
-    history.record_alert({"rule": "error_rate > 20%", "level": "critical", "start": 1010.0, "end": 1020.0,
-                          "peak": 0.4, "source": "other"})
+    history.record_alert(
+        {
+            "rule": "error_rate > 20%",
+            "level": "critical",
+            "start": 1010.0,
+            "end": 1020.0,
+            "peak": 0.4,
+            "source": "other",
+        }
+    )
     history.record_alert({**start, "end": 1030.0, "peak": 2.5})  # the same alert, ended
     alerts = history.alerts()
     assert len(alerts) == 2
@@ -236,8 +297,9 @@ def test_alerts_round_trip_and_update_when_they_end(history: History) -> None:
 
 def nightly(results: Path, history: History, p99s: list[float], **kw) -> None:
     for i, p99 in enumerate(p99s):
-        history.add_run(read_bundle(write_bundle(results, f"n{i:03d}", started=T0 + timedelta(days=i),
-                                                 p99_ms=p99, **kw)))
+        history.add_run(
+            read_bundle(write_bundle(results, f"n{i:03d}", started=T0 + timedelta(days=i), p99_ms=p99, **kw))
+        )
 
 
 HEALTHY = [100.0, 103.0, 97.0, 101.0, 99.0, 104.0, 96.0, 100.0, 102.0, 98.0, 101.0, 99.0]
@@ -291,8 +353,9 @@ def test_track_with_too_little_history(results: Path, history: History) -> None:
 
 def test_text_history_table(results: Path, history: History) -> None:
     nightly(results, history, [100.0, 120.0])
-    history.add_run(read_bundle(write_bundle(results, "x", started=T0 + timedelta(days=5), outcome="interrupted",
-                                             complete=False)))
+    history.add_run(
+        read_bundle(write_bundle(results, "x", started=T0 + timedelta(days=5), outcome="interrupted", complete=False))
+    )
     text = text_history(history.runs("nightly"))
     lines = text.splitlines()
     assert "p99" in lines[0] and len(lines) == 5
