@@ -33,9 +33,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class AgentRunner:
-    def __init__(self, spec: AgentSpec) -> None:
+    def __init__(self, spec: AgentSpec, *, lease_term_s: float | None = None) -> None:
+        """`lease_term_s`: fence the agent unless its host acks its batches (ack()); None: no lease."""
         self.spec = spec
-        self._agent = TrafficAgent(spec)
+        self._agent = TrafficAgent(spec, lease_term_s=lease_term_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._stop_requested = False
@@ -51,8 +52,23 @@ class AgentRunner:
             except RuntimeError:  # the loop closed between the check and the call
                 pass
 
-    async def stream(self, start_wall_ns: int) -> AsyncIterator[bytes]:
-        """Run the agent from the common start instant; yield its encoded batches."""
+    def ack(self, seq: int) -> None:
+        """The coordinator received batch `seq` (thread-safe; extends the agent's lease)."""
+        with self._lock:
+            loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._agent.ack, seq)
+            except RuntimeError:  # the loop closed between the check and the call
+                pass
+
+    def lease_stats(self) -> dict:
+        """The agent's lease figures (agents/lease.py; a read of a few ints, any thread)."""
+        return self._agent.lease_stats()
+
+    async def stream(self, start_wall_ns: int, resume_ns: int | None = None) -> AsyncIterator[bytes]:
+        """Run the agent from the common start instant; yield its encoded batches. A
+        replacement's schedule resumes at `resume_ns` of the run (None: at its own now)."""
         consumer = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | BaseException | _Done] = asyncio.Queue()
 
@@ -70,7 +86,7 @@ class AgentRunner:
                 if self._stop_requested:
                     self._agent.request_stop()
             try:
-                loop.run_until_complete(self._agent.run(start_wall_ns, put))
+                loop.run_until_complete(self._agent.run(start_wall_ns, put, resume_ns))
             except BaseException as exc:  # surfaces in the consumer as the stream's error
                 put(exc)
             finally:

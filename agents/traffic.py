@@ -44,6 +44,7 @@ import numpy as np
 from horde.agents.arrivals import ConstantArrivals, PoissonArrivals
 from horde.agents.flows import FlowRunner
 from horde.agents.http import Engine, make_engine
+from horde.agents.lease import Lease, LeaseLapsed
 from horde.agents.probe import ProcessProbe
 from horde.agents.samples import (
     LATE_SEND_NS,
@@ -69,6 +70,7 @@ _mono = time.monotonic_ns
 _ARRIVAL_CHUNK = 4096
 _LOOP_LAG_PERIOD_S = 0.05
 _USER_CONTROL_PERIOD_S = 0.05
+_NO_LEASE_NS = 1 << 62  # an agent run without a lease (tests, benchmarks): never lapses
 
 
 def _timer_delay_s(delay_ns: int) -> float:
@@ -88,8 +90,17 @@ class TrafficAgent:
         spec: AgentSpec,
         *,
         engine_factory: Callable[..., Engine] = make_engine,
+        lease_term_s: float | None = None,
     ) -> None:
         self.spec = spec
+        # Fencing (agents/lease.py): with a term, the agent sends only while its host acks
+        # its batches. The hot path compares a clock reading it already took with
+        # _lease_until (ns, the agent's run time); None: no lease, never fenced.
+        self._lease_term_ns = None if lease_term_s is None else int(lease_term_s * 1e9)
+        self._lease: Lease | None = None
+        self._lease_until = _NO_LEASE_NS
+        self._fenced = False
+        self._resume_ns: int | None = None
         self._profile = Profile(spec.start_level, spec.stages)
         self._buf = SampleBuffer()
         self._probe = ProcessProbe()
@@ -151,6 +162,7 @@ class TrafficAgent:
             max_connections=spec.max_connections,
             timeout_s=spec.timeout_s,
             connect_timeout_s=spec.connect_timeout_s,
+            limits=spec.limits,
         )
         self._engines = {n: engine_factory(n, spec.requests, **kw) for n in names}
         self._send = [self._engines[t.engine].request for t in spec.requests]
@@ -167,6 +179,7 @@ class TrafficAgent:
                 timeout_s=spec.timeout_s,
                 connect_timeout_s=spec.connect_timeout_s,
                 clock_ns=self._now,
+                limits=spec.limits,
             )
             if any(f is not None for f in self._flows)
             else None
@@ -194,13 +207,20 @@ class TrafficAgent:
         if self._drained is not None:  # sending has begun
             self._end_sending()
 
-    async def run(self, start_wall_ns: int, emit: Emit) -> None:
-        """Run the whole slice, starting at the common start instant; emit() every batch."""
+    async def run(self, start_wall_ns: int, emit: Emit, resume_ns: int | None = None) -> None:
+        """Run the whole slice, starting at the common start instant; emit() every batch.
+        A replacement (incarnation > 0) takes over the schedule at `resume_ns` of the run,
+        where the coordinator stopped counting its predecessor's arrivals as missed (None:
+        from its own now)."""
+        self._resume_ns = resume_ns
         self._stop_event = asyncio.Event()
         if self._stopping:
             self._stop_event.set()
         # Map the common wall-clock start onto this process's monotonic clock once.
         self._mono_start = time.monotonic_ns() + (start_wall_ns - time.time_ns())
+        if self._lease_term_ns is not None:  # granted now, on this process's own clock
+            self._lease = Lease(self._lease_term_ns, self._now())
+            self._lease_until = self._lease.until_ns
         self._cpu0 = self._probe.read()[0]
         for e in self._engines.values():
             await e.open()
@@ -230,6 +250,36 @@ class TrafficAgent:
                 await e.close()
             if self._flow_runner is not None:
                 await self._flow_runner.close()
+        if self._fenced:  # the host reports the agent lost (it stopped on its own)
+            raise LeaseLapsed(
+                f"agent {self.spec.index}.{self.spec.incarnation}: no batch acknowledged for "
+                f"{(self._lease_term_ns or 0) / 1e9:g}s; stopped sending at {self._now() / 1e9:.3f}s"
+            )
+
+    # -- the lease ------------------------------------------------------------------------
+
+    def ack(self, seq: int) -> None:
+        """The coordinator received batch `seq`: extend the lease (agents/lease.py). Loop-thread only."""
+        if self._lease is not None and not self._fenced:
+            self._lease_until = self._lease.ack(seq, self._now())
+
+    def lease_stats(self) -> dict:
+        """The lease as it stands: its end, its term and the longest a batch waited for its ack (ns)."""
+        lease = self._lease
+        if lease is None:
+            return {}
+        return {"until_ns": lease.until_ns, "term_ns": lease.term_ns, "ack_delay_max_ns": lease.ack_delay_max_ns}
+
+    def _lapse(self) -> None:
+        """The lease lapsed: send nothing more, drop the backlog and the requests in flight
+        (counted as interrupted), and end: run() emits a final batch and raises LeaseLapsed."""
+        if self._fenced:
+            return
+        self._fenced = True
+        self._interrupted += self._requests_in_flight()
+        self.request_stop()  # no new sends; counts the due arrivals as unsent
+        self._finished = True  # completions are neither recorded nor followed by a send
+        self._set_drained()  # no graceful wait: the engines are closed at once
 
     # -- sending --------------------------------------------------------------------------
 
@@ -277,9 +327,15 @@ class TrafficAgent:
             try:
                 flow = self._flows[ep]
                 if flow is not None:
+                    if self._now() >= self._lease_until:
+                        self._lapse()
+                        return
                     await self._run_flow(flow, intended)
                 else:
                     sent = time.monotonic_ns() - self._mono_start
+                    if sent >= self._lease_until:
+                        self._lapse()
+                        return
                     self._in_flight += 1
                     try:
                         status, nbytes, err = await self._send[ep](ep)
@@ -372,7 +428,11 @@ class TrafficAgent:
         else:
             self._schedule = ConstantArrivals(self._profile, spec.index, spec.count)
         if spec.incarnation > 0:  # a replacement takes over from now, not from the start
-            self._schedule.skip_until(max(0.0, self._now() / 1e9))
+            resume_ns = self._now() if self._resume_ns is None else self._resume_ns
+            self._schedule.skip_until(max(0.0, resume_ns / 1e9))
+            # Arrivals from the coordinator's resume point to now (this agent began late: its
+            # placement outlasted the hold) are not sent in a burst: they count as unsent.
+            self._count_unsent()
         n = spec.max_in_flight
         self._grow_slots(n)
         self._free = list(range(n - 1, -1, -1))
@@ -398,6 +458,9 @@ class TrafficAgent:
         free = self._free
         mono, start = time.monotonic_ns, self._mono_start
         now = mono() - start
+        if now >= self._lease_until:  # a thawed or cut-off agent stops here
+            self._lapse()
+            return
         while free:
             t = self._pending[self._pos] if self._pos < len(self._pending) else self._peek()
             if t < 0:
@@ -529,9 +592,14 @@ class TrafficAgent:
             return None
         ep = self._next_choice()
         if self._plain[ep]:
+            sent = time.monotonic_ns() - self._mono_start
+            if sent >= self._lease_until:  # (a slow request checks in _slow_request)
+                self._lapse()
+                self._user_leave(j)
+                return None
             self._slot_ep[j] = ep
             self._slot_intended[j] = intended
-            self._slot_sent[j] = sent = time.monotonic_ns() - self._mono_start
+            self._slot_sent[j] = sent
             lag = sent - intended  # a think-time timer that fired late
             if lag > self._send_lag_max:
                 self._send_lag_max = lag
@@ -566,6 +634,9 @@ class TrafficAgent:
         if self._thinks:
             self._user_think(j, end + int(self._next_think_s() * 1e9))
         elif j >= self._allowed:  # fewer users planned now, or stopping (allowed is 0 then)
+            self._user_leave(j)
+        elif end >= self._lease_until:
+            self._lapse()
             self._user_leave(j)
         else:
             ep = self._next_choice()
@@ -640,6 +711,9 @@ class TrafficAgent:
             delay = k * interval - self._now()
             if delay > 0:
                 await asyncio.sleep(delay / 1e9)
+            if self._now() >= self._lease_until:  # nothing sent or in flight after a lapse
+                self._lapse()
+                return
             emit(self._batch(final=False))
             k = self._now() // interval + 1
 
@@ -666,6 +740,8 @@ class TrafficAgent:
         self._late = 0
         self._queued = 0
         self._send_lag_max = 0
+        if self._lease is not None:
+            self._lease.sent(self._seq, self._now())
         payload = encode_batch(
             agent=self.spec.index,
             incarnation=self.spec.incarnation,

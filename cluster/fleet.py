@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
+from horde.agents.lease import LeaseLapsed, lease_term_s
 from horde.agents.spec import AgentSpec
 from horde.cluster.events import AgentInfo, FleetEvent
-from horde.cluster.fanin import FanIn
+from horde.cluster.fanin import FanIn, held
 
 if TYPE_CHECKING:
     from horde.cluster.nodes import NodeMonitors
@@ -32,7 +34,9 @@ class TrafficAgentActor:
         from horde.agents.runner import AgentRunner
 
         raise_fd_limit()
-        self._runner = AgentRunner(spec)
+        # Fenced unless the coordinator acks its batches: a partitioned node's agent, or
+        # every agent of a dead coordinator, stops within the term (agents/lease.py).
+        self._runner = AgentRunner(spec, lease_term_s=lease_term_s(spec.flush_interval_s))
 
     async def ready(self) -> dict:
         return {
@@ -41,15 +45,24 @@ class TrafficAgentActor:
             "host": socket.gethostname(),
         }
 
-    async def stream(self, start_wall_ns: int):
-        async for payload in self._runner.stream(start_wall_ns):
+    async def stream(self, start_wall_ns: int, resume_ns: int | None = None):
+        async for payload in self._runner.stream(start_wall_ns, resume_ns):
             yield payload
+
+    async def ack(self, seq: int) -> None:
+        self._runner.ack(seq)
+
+    async def lease_stats(self) -> dict:
+        return self._runner.lease_stats()
 
     async def stop(self) -> None:
         self._runner.stop()
 
 
 def _name_error(exc: BaseException) -> tuple[str, str]:
+    cause = exc.cause if isinstance(exc, RayTaskError) else exc
+    if isinstance(cause, LeaseLapsed):
+        return "fenced", str(cause)[:300]
     if isinstance(exc, RayActorError):
         return "actor_died", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
     if isinstance(exc, RayError):
@@ -109,16 +122,33 @@ class RayFleet:
         for index, (inc, actor) in self._actors.items():
             self._consume(index, inc, actor, grace_s)
 
-    def _consume(self, index: int, inc: int, actor, grace_s: float) -> None:
+    def _consume(
+        self, index: int, inc: int, actor, grace_s: float, hold_until_s: float = 0.0, resume_ns: int | None = None
+    ) -> None:
         start = self._start_wall_ns
 
         def factory() -> AsyncIterator[bytes]:
-            return _refs_to_payloads(actor.stream.options(_generator_backpressure_num_objects=16).remote(start))
+            stream = actor.stream.options(_generator_backpressure_num_objects=16)
+            return _refs_to_payloads(stream.remote(start, resume_ns))
 
-        self._fanin.add(index, inc, factory, grace_s=grace_s, probe=lambda: actor.ready.remote())
+        def ack(seq: int) -> None:
+            actor.ack.remote(seq)  # fire and forget: a lost ack only shortens the lease
 
-    async def replace(self, spec: AgentSpec, grace_s: float) -> AgentInfo:
-        """Start `spec` (a higher incarnation) in place of a lost agent, on any live node."""
+        self._fanin.add(
+            index, inc, held(factory, hold_until_s), grace_s=grace_s, probe=lambda: actor.ready.remote(), ack=ack
+        )
+
+    def last_batch_at(self, index: int, incarnation: int) -> float | None:
+        """time.monotonic() when this agent's last batch arrived (None: none did)."""
+        return self._fanin.last_batch_at(index, incarnation)
+
+    async def replace(
+        self, spec: AgentSpec, grace_s: float, hold_s: float = 0.0, resume_ns: int | None = None
+    ) -> AgentInfo:
+        """Start `spec` (a higher incarnation) in place of a lost agent, on any live node. Its
+        stream (and so its sending) begins `hold_s` from now at the earliest, and its schedule
+        at `resume_ns` of the run (None: wherever the agent is when it begins)."""
+        hold_until_s = time.monotonic() + hold_s
         old = self._actors.pop(spec.index, None)
         if old is not None:
             _kill(old[1])  # a frozen or partitioned agent must not come back and send load
@@ -135,7 +165,7 @@ class RayFleet:
         self._actors[spec.index] = (spec.incarnation, actor)
         agent = AgentInfo(spec.index, spec.incarnation, info["pid"], info["node"], info["host"])
         self.agents.append(agent)
-        self._consume(spec.index, spec.incarnation, actor, grace_s)
+        self._consume(spec.index, spec.incarnation, actor, grace_s + hold_s, hold_until_s, resume_ns)
         return agent
 
     def forget(self, index: int, incarnation: int) -> None:

@@ -274,3 +274,61 @@ def test_readings_count_requests_in_flight():
     in_flight = [b.readings.in_flight for b in batches if not b.final]
     assert max(in_flight) == 4  # four users, each waiting 0.3 s for its answer
     assert batches[-1].readings.in_flight == 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("model", ["open", "closed"])
+def test_an_agent_whose_acks_stop_sends_nothing_after_its_lease(model):
+    """Fencing: batches are acked for the first 0.5 s only; the lease (0.6 s from the send of
+    the last acked batch) lapses and the agent stops sending, emits a final batch and ends
+    with LeaseLapsed, long before its 3 s schedule ends."""
+    from horde.agents.lease import LeaseLapsed
+
+    term_s = 0.6
+
+    async def main():
+        srv, url, served = await _server()
+        arrivals: list[int] = []
+        orig = served["paths"]
+
+        class Paths(dict):  # the server's handler counts paths: note each arrival's time
+            def get(self, key, default=None):
+                arrivals.append(time.monotonic_ns())
+                return orig.get(key, default)
+
+        served["paths"] = Paths()
+        kw: dict = {"stages": (Stage(3.0, 100.0, "hold"),), "start_level": 100.0, "flush_interval_s": 0.1}
+        if model == "closed":
+            kw.update(model="closed", start_level=4.0, stages=(Stage(3.0, 4.0, "hold"),), think_time_s=(0.02, 0.02))
+        runner = AgentRunner(_spec(url, **kw), lease_term_s=term_s)
+        batches, acked = [], []
+        raised = None
+        try:
+            async for payload in runner.stream(time.time_ns() + 100_000_000):
+                b = decode_batch(payload)
+                batches.append(b)
+                if b.watermark_ns < 500_000_000:
+                    runner.ack(b.seq)
+                    acked.append((b, time.monotonic_ns()))
+        except LeaseLapsed as exc:
+            raised = exc
+        finally:
+            await srv.cleanup()
+        return batches, acked, arrivals, raised
+
+    batches, acked, arrivals, raised = asyncio.run(main())
+    assert raised is not None and "no batch acknowledged" in str(raised)
+    assert batches[-1].final
+    last_acked, received_at_ns = acked[-1]
+    # On the agent's own clock: its lease ended at most a term after the last acked batch
+    # was emitted (its watermark is read just after); no request left after that.
+    lease_end_ns = last_acked.watermark_ns + int(term_s * 1e9)
+    s = _samples(batches)
+    assert len(s) > 10
+    assert s["sent_ns"].max() < lease_end_ns
+    # The last batch came soon after the lapse, long before the schedule's end (3 s).
+    assert batches[-1].watermark_ns < lease_end_ns + 300_000_000
+    # At the target (this process's clock): nothing arrives after the lapse but what was
+    # already on the wire then (a request or two, sent just before it).
+    late = [t for t in arrivals if t > received_at_ns + int(term_s * 1e9) + 50_000_000]
+    assert len(late) <= 2, len(late)
