@@ -189,30 +189,94 @@ def encode_batch(
 
 
 class BatchFormatError(ValueError):
-    pass
+    """A batch that is not what an agent of this run sends; the message names the field."""
+
+
+# What a peer controls is bounded before anything is allocated for it.
+MAX_BATCH_RECORDS = 1 << 22  # ~4.2 M samples (138 MB): 40 s of 100k requests/s from one agent
+MAX_PAYLOAD_BYTES = MAX_BATCH_RECORDS * RECORD.size + 65_536  # the records plus the header
+MAX_ENGINE_CHARS = 256
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_FLOAT_READINGS = frozenset({"cpu_s", "level"})
+# The unpacker's own caps: a claimed length over these fails before a list, map, str or bytes is made.
+_UNPACK_LIMITS = dict(
+    max_bin_len=MAX_PAYLOAD_BYTES,
+    max_str_len=MAX_ENGINE_CHARS * 4,
+    max_array_len=64,
+    max_map_len=64,
+    max_ext_len=0,
+)
+
+
+def _int_field(m: dict[str, Any], key: str, low: int, high: int = _I64_MAX) -> int:
+    v = m.get(key)
+    # bool is an int subclass; msgpack gives True/False for its own booleans, never for numbers.
+    if type(v) is not int:
+        raise BatchFormatError(f"batch field {key!r}: expected an integer, got {type(v).__name__}")
+    if not low <= v <= high:
+        raise BatchFormatError(f"batch field {key!r}: {v} outside [{low}, {high}]")
+    return v
+
+
+def _readings(gen: Any) -> GeneratorReadings:
+    if not isinstance(gen, list) or len(gen) != len(_READING_KEYS):
+        size = len(gen) if isinstance(gen, list) else type(gen).__name__
+        raise BatchFormatError(f"batch field 'gen': expected a list of {len(_READING_KEYS)} readings, got {size}")
+    values: dict[str, Any] = {}
+    for key, v in zip(_READING_KEYS, gen):
+        if key in _FLOAT_READINGS and type(v) in (float, int):
+            v = float(v)
+            if not 0.0 <= v < 1e18:  # also refuses NaN and infinities
+                raise BatchFormatError(f"batch reading {key!r}: {v} is not a finite non-negative number")
+        elif type(v) is int:
+            if not 0 <= v <= _I64_MAX:
+                raise BatchFormatError(f"batch reading {key!r}: {v} outside [0, {_I64_MAX}]")
+        else:
+            want = "a number" if key in _FLOAT_READINGS else "an integer"
+            raise BatchFormatError(f"batch reading {key!r}: expected {want}, got {type(v).__name__}")
+        values[key] = v
+    return GeneratorReadings(**values)
 
 
 def decode_batch(payload: bytes) -> Batch:
+    """A batch from its wire form, every header field and reading checked for type and range.
+
+    Raises BatchFormatError with a one-line reason naming the field. The sample columns are
+    checked against the run (endpoints, times, status and error ranges) by
+    coordinator/measure/batch_check.py, which knows the run's bounds.
+    """
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise BatchFormatError(f"batch payload: expected bytes, got {type(payload).__name__}")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise BatchFormatError(f"batch payload: {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES} limit")
     try:
-        m: dict[str, Any] = msgpack.unpackb(payload, raw=False)
+        m: dict[str, Any] = msgpack.unpackb(payload, raw=False, **_UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise BatchFormatError(f"not a msgpack batch: {exc}") from exc
-    if not isinstance(m, dict) or m.get("v") != FORMAT_VERSION:
+        raise BatchFormatError(f"not a msgpack batch: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(m, dict) or m.get("v") != FORMAT_VERSION or type(m.get("v")) is not int:
         raise BatchFormatError(f"unsupported batch format version {m.get('v') if isinstance(m, dict) else None!r}")
-    rec = m["rec"]
+    rec = m.get("rec")
+    if not isinstance(rec, bytes):
+        raise BatchFormatError(f"batch field 'rec': expected bytes, got {type(rec).__name__}")
     if len(rec) % RECORD.size:
-        raise BatchFormatError(f"record bytes {len(rec)} not a multiple of {RECORD.size}")
-    gen = m["gen"]
-    readings = GeneratorReadings(**dict(zip(_READING_KEYS, gen)))
+        raise BatchFormatError(f"batch field 'rec': record bytes {len(rec)} not a multiple of {RECORD.size}")
+    if len(rec) // RECORD.size > MAX_BATCH_RECORDS:
+        raise BatchFormatError(f"batch field 'rec': {len(rec) // RECORD.size} records, over {MAX_BATCH_RECORDS}")
+    final = m.get("final")
+    if not isinstance(final, bool):
+        raise BatchFormatError(f"batch field 'final': expected a boolean, got {type(final).__name__}")
+    engine = m.get("engine", "")
+    if not isinstance(engine, str) or len(engine) > MAX_ENGINE_CHARS:
+        raise BatchFormatError(f"batch field 'engine': expected a name of at most {MAX_ENGINE_CHARS} characters")
     return Batch(
-        agent=m["agent"],
-        incarnation=m["inc"],
-        seq=m["seq"],
-        watermark_ns=m["wm"],
+        agent=_int_field(m, "agent", 0),
+        incarnation=_int_field(m, "inc", 0),
+        seq=_int_field(m, "seq", 0),
+        watermark_ns=_int_field(m, "wm", _I64_MIN),
         samples=np.frombuffer(rec, dtype=SAMPLE_DTYPE),
-        readings=readings,
-        final=m["final"],
-        engine=m.get("engine", ""),
+        readings=_readings(m.get("gen")),
+        final=final,
+        engine=engine,
     )
 
 

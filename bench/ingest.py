@@ -1,7 +1,7 @@
 """Coordinator ingest: samples decoded and aggregated per second of coordinator CPU.
 
 Synthetic batches as agents send them (msgpack, 10k samples, 5 endpoints, lognormal
-latencies, 1% errors), fed through decode_batch + Aggregator.add + close_until exactly as
+latencies, 1% errors), fed through decode_batch + BatchChecker.check + Aggregator.add + close_until as
 coordinator/run/session.py does. CPU time (process_time) rather than wall time: the machine is
 shared and noisy.
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from horde.agents.samples import RECORD, SAMPLE_DTYPE, GeneratorReadings, decode_batch, encode_batch
 from horde.coordinator.measure.aggregate import Aggregator
+from horde.coordinator.measure.batch_check import BatchChecker, RunBounds
 
 
 def make_payloads(n_batches: int, batch: int, agents: int = 2, endpoints: int = 5) -> list[bytes]:
@@ -62,9 +63,13 @@ def main() -> None:
     for rep in range(args.repeat):
         agg = Aggregator([f"e{i}" for i in range(5)], [60_000_000_000, 120_000_000_000, 10**13], ["a", "b", "c"])
         marks: dict[int, int] = {}
+        checker = BatchChecker(RunBounds(endpoints=5))
+        incarnations = {0: 0, 1: 0}
+        now_ns = (args.batches // 2 + 1) * 1_000_000_000  # the run time when the last batch arrives
         c0 = time.process_time()
         for p in payloads:
             b = decode_batch(p)
+            checker.check(b, sender=b.agent, incarnations=incarnations, now_ns=now_ns)
             agg.add(b)
             marks[b.agent] = b.watermark_ns
             agg.close_until(min(marks.values()))

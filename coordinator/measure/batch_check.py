@@ -1,0 +1,133 @@
+"""A decoded batch checked against the run it claims to belong to.
+
+`decode_batch` (agents/samples.py) checks what a batch is on its own: the map, each header
+field's type and range, the readings, the record bytes. What only the run knows is checked
+here before anything is aggregated: the sender and its incarnation, the sequence, the sample
+columns (endpoint index, status and error class ranges, times within the run plus slack,
+end at or after send) and the record count. The stage of a sample is derived from its
+intended time, so bounding the times bounds the stage index too.
+
+Every column check is one numpy reduction over the whole column, not a loop over samples:
+a check must not make ingest measurably slower per sample (bench/ingest.py).
+
+Pure: no clock (the session passes "now"), no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from horde.agents.samples import MAX_BATCH_RECORDS, Batch, BatchFormatError, ErrorClass
+
+SLACK_NS = 30_000_000_000  # clock skew between hosts and batches still in flight: 30 s either side of the run
+# A status is three digits (0: no response). 1..99 is let through: the target, not the agent,
+# chose it, and a strange target must not make an agent look faulty.
+MAX_STATUS = 999
+N_ERROR_CLASSES = len(ErrorClass)
+
+
+class StaleBatchError(BatchFormatError):
+    """A batch of a replaced incarnation, or a duplicate or old sequence number: dropped, not a fault."""
+
+
+@dataclass(frozen=True)
+class RunBounds:
+    """What a batch of this run may hold."""
+
+    endpoints: int  # endpoint indices are below this (the plan's request mix)
+    slack_ns: int = SLACK_NS
+    max_records: int = MAX_BATCH_RECORDS
+
+
+def _out_of_range(name: str, value: int, low: int, high: int) -> BatchFormatError:
+    return BatchFormatError(f"sample field {name!r}: {value} outside [{low}, {high}]")
+
+
+def check_samples(batch: Batch, bounds: RunBounds, now_ns: int) -> None:
+    """The sample columns and the watermark against the run; `now_ns` is run time (0 = start instant)."""
+    low, high = -bounds.slack_ns, now_ns + bounds.slack_ns
+    if not low <= batch.watermark_ns <= high:
+        raise BatchFormatError(f"batch field 'wm': {batch.watermark_ns} outside the run [{low}, {high}] ns")
+    s = batch.samples
+    if len(s) > bounds.max_records:
+        raise BatchFormatError(f"batch field 'rec': {len(s)} records, over {bounds.max_records}")
+    if len(s) == 0:
+        return
+    # A reduction over a strided column costs ~1 ns a sample (bench/ingest.py), so only the bounds that
+    # can be crossed are read: unsigned columns have no lower one, and with end >= sent
+    # checked, min(sent) and max(end) bound both columns.
+    for name, high_u in (("endpoint", bounds.endpoints - 1), ("error", N_ERROR_CLASSES - 1), ("status", MAX_STATUS)):
+        top = int(s[name].max())
+        if top > high_u:
+            raise _out_of_range(name, top, 0, high_u)
+    intended = s["intended_ns"]
+    first, last = int(intended.min()), int(intended.max())
+    if first < low or last > high:
+        raise _out_of_range("intended_ns", first if first < low else last, low, high)
+    first = int(s["sent_ns"].min())
+    if first < low:
+        raise _out_of_range("sent_ns", first, low, high)
+    last = int(s["end_ns"].max())
+    if last > high:
+        raise _out_of_range("end_ns", last, low, high)
+    if bool((s["end_ns"] < s["sent_ns"]).any()):  # a compare, not a difference: nothing overflows
+        raise BatchFormatError("sample field 'end_ns': before its 'sent_ns'")
+
+
+class BatchChecker:
+    """The run's view of its senders: which incarnation is current, and the last sequence of each.
+
+    `check` raises StaleBatchError for a batch to drop quietly, BatchFormatError for a bad
+    one; a batch that passes advances its incarnation's sequence.
+    """
+
+    def __init__(self, bounds: RunBounds) -> None:
+        self.bounds = bounds
+        self._last_seq: dict[tuple[int, int], int] = {}
+
+    def check(self, batch: Batch, *, sender: int, incarnations: dict[int, int], now_ns: int) -> None:
+        """`sender`: the agent whose stream carried the batch; `incarnations`: agent -> its current one."""
+        if batch.agent != sender:
+            raise BatchFormatError(f"batch field 'agent': {batch.agent}, but it came from agent {sender}'s stream")
+        current = incarnations.get(sender)
+        if current is None:
+            raise BatchFormatError(f"batch field 'agent': {sender} is not an agent of this run")
+        if batch.incarnation < current:
+            raise StaleBatchError(f"agent {sender} incarnation {batch.incarnation} was replaced by {current}")
+        if batch.incarnation > current:
+            raise BatchFormatError(
+                f"batch field 'inc': {batch.incarnation}, but agent {sender} is at incarnation {current}"
+            )
+        key = (sender, batch.incarnation)
+        last = self._last_seq.get(key, -1)
+        if batch.seq <= last:
+            raise StaleBatchError(f"batch field 'seq': {batch.seq} after {last} (a duplicate or old batch)")
+        check_samples(batch, self.bounds, now_ns)
+        self._last_seq[key] = batch.seq
+
+
+FAULTY_AFTER = 3  # this many bad batches from one incarnation: the agent is faulty, lost and replaced
+MAX_BAD_BATCH_RECORDS = 100  # bad_batch records a run keeps (alerts.jsonl, summary); the count stays exact
+
+
+class BadBatches:
+    """The run's bad batches: a count per agent incarnation, the records to keep, which are faulty."""
+
+    def __init__(self, faulty_after: int = FAULTY_AFTER, max_records: int = MAX_BAD_BATCH_RECORDS) -> None:
+        self.faulty_after, self.max_records = faulty_after, max_records
+        self.counts: dict[tuple[int, int | None], int] = {}
+        self.total = 0
+
+    def add(self, agent: int, incarnation: int | None, at_s: float, exc: BatchFormatError) -> tuple[dict | None, bool]:
+        """(the bad_batch record to keep, or None past the first `max_records`; True when this
+        batch makes the incarnation faulty: once, at the `faulty_after`-th)."""
+        key = (agent, incarnation)
+        n = self.counts[key] = self.counts.get(key, 0) + 1
+        self.total += 1
+        record = None
+        if self.total <= self.max_records:
+            record = {"kind": "bad_batch", "agent": agent, "incarnation": incarnation, "at_s": at_s, "detail": str(exc)}
+        return record, n == self.faulty_after and incarnation is not None
+
+    def is_faulty(self, agent: int, incarnation: int) -> bool:
+        return self.counts.get((agent, incarnation), 0) >= self.faulty_after

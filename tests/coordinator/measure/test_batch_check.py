@@ -1,0 +1,149 @@
+"""horde.coordinator.measure.batch_check: a decoded batch against the run's bounds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from horde.agents.samples import RECORD, SAMPLE_DTYPE, BatchFormatError, GeneratorReadings, decode_batch, encode_batch
+from horde.coordinator.measure.batch_check import (
+    FAULTY_AFTER,
+    SLACK_NS,
+    BadBatches,
+    BatchChecker,
+    RunBounds,
+    StaleBatchError,
+    check_samples,
+)
+
+S = 1_000_000_000
+NOW_NS = 10 * S  # the run is 10 s old when the batch arrives
+BOUNDS = RunBounds(endpoints=2)
+
+
+def _batch(rows=((1, 1 * S, 1 * S + 5, 1 * S + 900, 200, 0, 10),), *, agent=0, inc=0, seq=0, wm=2 * S):
+    payload = encode_batch(
+        agent=agent,
+        incarnation=inc,
+        seq=seq,
+        watermark_ns=wm,
+        records=b"".join(RECORD.pack(*r) for r in rows),
+        readings=GeneratorReadings(),
+    )
+    return decode_batch(payload)
+
+
+def _with(field: str, value: int):
+    """The good batch with one sample's `field` set to `value` (the second of three rows)."""
+    b = _batch(rows=[(0, S, S, S + 1, 200, 0, 1)] * 3)
+    s = b.samples.copy()
+    s[field][1] = value
+    return dataclasses.replace(b, samples=s)
+
+
+def test_a_good_batch_passes() -> None:
+    check_samples(_batch(), BOUNDS, NOW_NS)
+    check_samples(_batch(rows=()), BOUNDS, NOW_NS)  # an empty batch, too
+    # The edges themselves are inside.
+    edge = [(1, -SLACK_NS, -SLACK_NS, NOW_NS + SLACK_NS, 999, 10, 0), (0, NOW_NS + SLACK_NS, 0, 0, 0, 0, 0)]
+    check_samples(_batch(rows=edge), BOUNDS, NOW_NS)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("endpoint", 2),  # only two endpoints in the plan
+        ("endpoint", 65535),
+        ("intended_ns", -SLACK_NS - 1),
+        ("intended_ns", NOW_NS + SLACK_NS + 1),
+        ("sent_ns", -SLACK_NS - 1),
+        ("sent_ns", 2**62),  # the issue's batch: one sent_ns of 2^62 (a 344 GiB bin count)
+        ("end_ns", 2**63 - 1),
+        ("end_ns", -(2**63)),
+        ("end_ns", S - 1),  # before its send
+        ("status", 1000),
+        ("status", 65535),
+        ("error", 11),  # no such error class
+        ("error", 255),
+    ],
+)
+def test_a_bad_sample_is_a_batch_format_error_naming_its_field(field: str, value: int) -> None:
+    with pytest.raises(BatchFormatError, match=f"'{field}'") as info:
+        check_samples(_with(field, value), BOUNDS, NOW_NS)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("wm", [-SLACK_NS - 1, NOW_NS + SLACK_NS + 1, 2**63 - 1])
+def test_a_watermark_outside_the_run_is_bad(wm: int) -> None:
+    with pytest.raises(BatchFormatError, match="'wm'"):
+        check_samples(_batch(wm=wm), BOUNDS, NOW_NS)
+
+
+def test_a_batch_over_the_record_bound_is_bad() -> None:
+    rows = [(0, S, S, S, 200, 0, 0)] * 4
+    check_samples(_batch(rows=rows), dataclasses.replace(BOUNDS, max_records=4), NOW_NS)
+    with pytest.raises(BatchFormatError, match="'rec': 4 records, over 3"):
+        check_samples(_batch(rows=rows), dataclasses.replace(BOUNDS, max_records=3), NOW_NS)
+
+
+def test_the_checker_knows_the_senders_and_their_incarnations() -> None:
+    c = BatchChecker(BOUNDS)
+    incarnations = {0: 1, 1: 0}
+    with pytest.raises(BatchFormatError, match="'agent': 1, but it came from agent 0"):
+        c.check(_batch(agent=1), sender=0, incarnations=incarnations, now_ns=NOW_NS)
+    with pytest.raises(BatchFormatError, match="'agent': 7 is not an agent of this run"):
+        c.check(_batch(agent=7), sender=7, incarnations=incarnations, now_ns=NOW_NS)
+    with pytest.raises(BatchFormatError, match="'inc': 2, but agent 0 is at incarnation 1"):
+        c.check(_batch(inc=2), sender=0, incarnations=incarnations, now_ns=NOW_NS)
+    with pytest.raises(StaleBatchError, match="incarnation 0 was replaced by 1"):
+        c.check(_batch(inc=0), sender=0, incarnations=incarnations, now_ns=NOW_NS)
+    c.check(_batch(inc=1), sender=0, incarnations=incarnations, now_ns=NOW_NS)
+
+
+def test_a_duplicate_or_old_sequence_is_stale_and_a_bad_batch_does_not_advance_it() -> None:
+    c = BatchChecker(BOUNDS)
+    inc = {0: 0}
+    c.check(_batch(seq=3), sender=0, incarnations=inc, now_ns=NOW_NS)
+    for seq in (3, 2):
+        with pytest.raises(StaleBatchError, match=f"'seq': {seq} after 3"):
+            c.check(_batch(seq=seq), sender=0, incarnations=inc, now_ns=NOW_NS)
+    with pytest.raises(BatchFormatError):
+        c.check(_batch(seq=9, wm=2**62), sender=0, incarnations=inc, now_ns=NOW_NS)
+    c.check(_batch(seq=4), sender=0, incarnations=inc, now_ns=NOW_NS)  # 9 was not taken
+    # A new incarnation starts its own sequence.
+    c.check(_batch(inc=1, seq=0), sender=0, incarnations={0: 1}, now_ns=NOW_NS)
+
+
+def test_a_strange_status_from_the_target_is_not_the_agents_fault() -> None:
+    # "HTTP/1.1 042 ..." parses as 42: the target chose it, so the batch is good.
+    check_samples(_with("status", 42), BOUNDS, NOW_NS)
+
+
+def test_stale_is_a_batch_format_error() -> None:
+    assert issubclass(StaleBatchError, BatchFormatError)
+
+
+def test_the_check_reads_whole_columns() -> None:
+    # A bad value anywhere in a large batch is found (the reductions see every row).
+    s = np.zeros(100_000, SAMPLE_DTYPE)
+    s["intended_ns"] = s["sent_ns"] = S
+    s["end_ns"] = S + 1
+    s["status"] = 200
+    s["sent_ns"][-1] = -SLACK_NS - 5
+    b = dataclasses.replace(_batch(), samples=s)
+    with pytest.raises(BatchFormatError, match="'sent_ns'"):
+        check_samples(b, BOUNDS, NOW_NS)
+
+
+def test_bad_batches_are_counted_kept_up_to_a_bound_and_make_an_incarnation_faulty_once() -> None:
+    bad = BadBatches(max_records=4)
+    err = BatchFormatError("sample field 'endpoint': 9 outside [0, 1]")
+    verdicts = [bad.add(1, 0, 2.5, err) for _ in range(FAULTY_AFTER + 1)]
+    assert [faulty for _, faulty in verdicts] == [False] * (FAULTY_AFTER - 1) + [True, False]  # once
+    assert verdicts[0][0] == {"kind": "bad_batch", "agent": 1, "incarnation": 0, "at_s": 2.5, "detail": str(err)}
+    assert bad.is_faulty(1, 0) and not bad.is_faulty(1, 1) and not bad.is_faulty(0, 0)
+    record, faulty = bad.add(0, 0, 3.0, err)  # the fifth of the run: over the kept records, still counted
+    assert (record, faulty, bad.total) == (None, False, FAULTY_AFTER + 2)
+    assert bad.add(7, None, 3.0, err)[1] is False  # no incarnation known: never "faulty"
