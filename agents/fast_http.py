@@ -32,16 +32,18 @@ How it stays cheap:
 
 Error classes (the engine closes a connection after any error):
 - CONNECT: connection refused/unreachable, DNS failure, TLS handshake failure.
-- TIMEOUT: no connection (pool wait + connect) within `connect_timeout_s`, or the whole
-  response not in within `timeout_s` of sending (checked by a periodic sweep: it fires
-  at most two ticks late, a tick being min(100 ms, timeout_s / 20)).
+- TIMEOUT: no connection (pool wait + connect) within `connect_timeout_s`, the response
+  head not in within `limits.header_timeout_s` of sending (when that is the shorter), or
+  the whole response not in within `timeout_s` of sending (both checked by a periodic
+  sweep: it fires at most two ticks late, a tick being min(100 ms, timeout_s / 20)).
 - RESET: reset, or closed before the response was complete. A request whose *reused*
   keep-alive connection closed before any response byte is retried once on a fresh
   connection (the server closed an idle connection as we wrote; browsers do the same).
-- PROTOCOL: anything llhttp rejects (bad status line, bad chunk size, ...), an upgrade we
-  never asked for, and a response head over `max_header_bytes` (the class aiohttp's
-  header-line limit gives too, so both engines agree).
+- PROTOCOL: anything llhttp rejects (bad status line, bad chunk size, ...), a status
+  below 100 (``000``), an upgrade we never asked for, and a response head over
+  `max_header_bytes` (the class aiohttp's header-line limit gives too, so both engines agree).
 - TOO_LARGE: a body over `max_response_bytes`.
+The table both engines are held to: tests/agents/test_engine_parity.py, docs/measurement.md.
 """
 
 from __future__ import annotations
@@ -56,11 +58,11 @@ from urllib.parse import urlsplit
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from horde.agents.samples import MAX_BYTES, ErrorClass
-from horde.agents.spec import RequestTemplate
+from horde.agents.spec import DEFAULT_LIMITS, Limits, RequestTemplate
 from horde.agents.wire import DEFAULT_HEADERS, encode_request, supports, unsupported_reason  # noqa: F401 (re-exported)
 
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_RESPONSE_BYTES = DEFAULT_LIMITS.max_response_bytes
+DEFAULT_MAX_HEADER_BYTES = DEFAULT_LIMITS.max_header_bytes
 
 # Plain ints in the hot path: IntEnum members compare and hash slower.
 _OK = int(ErrorClass.OK)
@@ -152,7 +154,7 @@ class _Connection(asyncio.Protocol):
         self.body_bytes = 0
         self.headers_done = False
         self.complete = False  # the response is in; data_received hands it over after the parser returns
-        self.head_data: bytes | None = None  # the response head so far (size cap, rare EOF check)
+        self.head_data: bytes | bytearray | None = None  # the response head so far (size cap, rare EOF check)
         self.error = 0  # set by a parser callback just before it stops the parser
         self.keep_alive = False
         self.reused = False  # has completed a response before: a close-before-response may be retried
@@ -231,8 +233,18 @@ class _Connection(asyncio.Protocol):
             # The head (or part of it) came in this piece: keep it, for the size cap and
             # for connection_lost (is a close the end of an EOF-delimited body?). Only a
             # response that does not complete in its first piece gets here.
+            # Appended in place: a head trickled a byte at a time must not cost a copy of
+            # the head so far per byte.
             head = self.head_data
-            self.head_data = head = data if head is None else head + data
+            if head is None:
+                # Only the head is needed, and it is at most max_head bytes: a first piece
+                # that is mostly body is not kept whole while the body streams in (1000
+                # big responses in flight would hold 1000 read buffers).
+                self.head_data = head = data if len(data) <= self.max_head else data[: self.max_head + 1]
+            else:
+                if head.__class__ is not bytearray:
+                    self.head_data = head = bytearray(head)
+                head += data  # a bytearray here: extended in place
             if not self.headers_done and len(head) > self.max_head:
                 self.engine._failed(self, _PROTOCOL)
 
@@ -261,6 +273,9 @@ class _Connection(asyncio.Protocol):
             if self.headers_done:
                 if exc is None and self._body_runs_to_eof():
                     self.status = self.parser.get_status_code()
+                    if self.status < 100:  # no HTTP status (000): malformed, as on_message_complete says
+                        self.engine._failed(self, _PROTOCOL)
+                        return
                     self.engine._completed(self)
                 else:
                     self.engine._failed(self, _RESET)
@@ -301,6 +316,9 @@ class _Connection(asyncio.Protocol):
         parser = self.parser
         status = parser.get_status_code()
         if status < 200:  # 1xx interim response (100 Continue, 103 Early Hints): the real one follows
+            if status < 100:  # no HTTP status at all (000): malformed, not an interim answer to wait past
+                self.error = _PROTOCOL
+                raise _Stop
             self.headers_done = False
             self.body_bytes = 0
             return
@@ -315,7 +333,7 @@ class _Connection(asyncio.Protocol):
         probe = _FramingProbe()
         probe.parser = HttpResponseParser(probe)
         try:
-            probe.parser.feed_data(self.head_data or b"")
+            probe.parser.feed_data(bytes(self.head_data or b""))
         except HttpParserError:
             pass
         return probe.runs_to_eof
@@ -375,10 +393,17 @@ class FastEngine:
         max_connections: int,
         timeout_s: float,
         connect_timeout_s: float,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_response_bytes: int | None = None,
+        max_header_bytes: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
+        """`limits` caps every response; `max_response_bytes` / `max_header_bytes`, when
+        given, override its two sizes."""
+        if max_response_bytes is None:
+            max_response_bytes = limits.max_response_bytes
+        if max_header_bytes is None:
+            max_header_bytes = limits.max_header_bytes
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._max_connections = max_connections
@@ -389,7 +414,12 @@ class FastEngine:
         # response times out between timeout_s and timeout_s + 2 ticks after it was sent.
         self._tick_s = min(0.1, max(0.002, timeout_s / 20))
         self._timeout_ticks = math.ceil(timeout_s / self._tick_s)
+        # The head's own limit, checked by the same sweep; None when the whole-response
+        # timeout is the shorter (it then bounds the head too).
+        head_s = limits.header_timeout_s
+        self._head_timeout_ticks = math.ceil(head_s / self._tick_s) if head_s < timeout_s else None
         self._tick = 0
+        self._tick0_s = 0.0  # loop time of tick 0 (open())
         self._sweeper: asyncio.TimerHandle | None = None
         # Samples record body sizes in 32 bits (agents/samples.py), so a cap above that
         # would need a clamp on every request; it is clamped once here instead.
@@ -435,12 +465,26 @@ class FastEngine:
         self._loop = asyncio.get_running_loop()
         self._closed = False
         if self._sweeper is None:
+            self._tick0_s = self._loop.time() - self._tick * self._tick_s
             self._sweeper = self._loop.call_later(self._tick_s, self._sweep)
 
     def _sweep(self) -> None:
-        self._tick = tick = self._tick + 1
+        # Ticks follow the loop's clock, not the count of sweeps: a loop saturated by
+        # reads (1000 endless bodies) runs the sweep late, and a count would stretch
+        # every timeout by as much.
+        now_tick = int((self._loop.time() - self._tick0_s) / self._tick_s)  # type: ignore[union-attr]  # after open()
+        self._tick = tick = max(self._tick + 1, now_tick)
         limit = self._timeout_ticks
-        expired = [c for c in self._conns if c.done is not None and tick - c.sent_tick > limit]
+        head_limit = self._head_timeout_ticks
+        if head_limit is None:
+            expired = [c for c in self._conns if c.done is not None and tick - c.sent_tick > limit]
+        else:  # a response whose head is still out times out sooner (slowloris)
+            expired = [
+                c
+                for c in self._conns
+                if c.done is not None
+                and (tick - c.sent_tick > limit or (not c.headers_done and tick - c.sent_tick > head_limit))
+            ]
         for conn in expired:
             if conn.done is not None:  # an earlier expiry's callback may have sent on it anew
                 self._failed(conn, _TIMEOUT)

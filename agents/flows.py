@@ -5,6 +5,10 @@ the lean engine's pre-encoded requests do not apply). Each step attempt is a sam
 its own endpoint (`flow/step`); the whole flow is one more sample of the flow's endpoint:
 intended at the flow's intended time, ended with its last step, failed if any step failed
 or a poll ran out of tries (poll_exhausted).
+
+A step's response is read whole (its JSON may be captured), so it is capped as every
+response is (`Limits`, the scenario's `limits`): a body over `max_response_bytes` fails
+the step as too_large, a head not in within `header_timeout_s` as a timeout.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from typing import Any
 
 import aiohttp
 
-from horde.agents.http import classify_exception
+from horde.agents.http import classify_exception, read_body
 from horde.agents.samples import ErrorClass, classify_status
-from horde.agents.spec import FlowStepTemplate, FlowTemplate
+from horde.agents.spec import DEFAULT_LIMITS, FlowStepTemplate, FlowTemplate, Limits
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -45,9 +49,18 @@ def fill(text: str, variables: dict[str, str]) -> str:
 
 class FlowRunner:
     def __init__(
-        self, *, max_connections: int, timeout_s: float, connect_timeout_s: float, clock_ns: Callable[[], int]
+        self,
+        *,
+        max_connections: int,
+        timeout_s: float,
+        connect_timeout_s: float,
+        clock_ns: Callable[[], int],
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
+        self._limits = limits
+        # None: the whole-step timeout is the shorter and bounds the head too.
+        self._head_timeout_s = limits.header_timeout_s if limits.header_timeout_s < timeout_s else None
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._now = clock_ns  # ns since the run's start instant
@@ -57,6 +70,8 @@ class FlowRunner:
             connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
             timeout=self._timeout,
             auto_decompress=False,
+            max_line_size=self._limits.max_header_bytes,  # as the aiohttp engine (agents/http.py)
+            max_field_size=self._limits.max_header_bytes,
         )
 
     async def close(self) -> None:
@@ -70,10 +85,12 @@ class FlowRunner:
         headers = {k: fill(v, variables) for k, v in step.headers} or None
         body = fill(step.body.decode(), variables).encode() if step.body is not None else None
         try:
-            async with self._session.request(
-                step.method, url, headers=headers, data=body, allow_redirects=False
-            ) as resp:
-                data = await resp.read()
+            sending = self._session.request(step.method, url, headers=headers, data=body, allow_redirects=False)
+            resp = await (sending if self._head_timeout_s is None else asyncio.wait_for(sending, self._head_timeout_s))
+            async with resp:
+                if resp.status < 100:  # no HTTP status ("000"): malformed, as both engines say
+                    return 0, 0, ErrorClass.PROTOCOL, None
+                data = await read_body(resp, self._limits.max_response_bytes)
                 status = resp.status
         except asyncio.CancelledError:
             raise

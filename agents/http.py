@@ -12,6 +12,7 @@ Engines:
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -19,9 +20,14 @@ import aiohttp
 from yarl import URL
 
 from horde.agents.samples import ErrorClass
-from horde.agents.spec import RequestTemplate
+from horde.agents.spec import DEFAULT_LIMITS, Limits, RequestTemplate
 
 Result = tuple[int, int, int]  # (status or 0, response body bytes, ErrorClass)
+
+# What aiohttp buffers per connection before it stops reading (it holds up to twice this,
+# plus one socket read): 64 KiB rather than its 256 KiB, so that 1000 bodies in flight
+# hold about a third of a GiB at worst, not one GiB (bench/endless_body.py).
+READ_BUFSIZE = 64 * 1024
 
 
 class Engine(Protocol):
@@ -39,13 +45,61 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
 
+# A connection that was up and then went away: the errnos of a reset (aiohttp wraps the
+# OSError of a reset before any response byte in ClientOSError, not a connect error).
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+
+
+class ResponseTooLarge(Exception):
+    """A response body over its cap (error class too_large)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"response body over {max_bytes} bytes")
+        self.max_bytes = max_bytes
+
+
+async def count_body(resp: aiohttp.ClientResponse, max_bytes: int) -> int:
+    """Read the body to its end, keeping none of it; its size. Over `max_bytes`: ResponseTooLarge.
+
+    At most one read buffer (aiohttp's `read_bufsize`) is held at a time, whatever the
+    peer sends.
+    """
+    n = 0
+    content = resp.content
+    while chunk := await content.readany():
+        n += len(chunk)
+        if n > max_bytes:
+            raise ResponseTooLarge(max_bytes)
+    return n
+
+
+async def read_body(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The whole body, for a caller that parses it; over `max_bytes`: ResponseTooLarge."""
+    length = resp.content_length
+    if length is not None and length > max_bytes and resp.method != "HEAD":
+        raise ResponseTooLarge(max_bytes)  # said so up front: not worth reading
+    parts: list[bytes] = []
+    n = 0
+    content = resp.content
+    while chunk := await content.readany():
+        n += len(chunk)
+        if n > max_bytes:
+            raise ResponseTooLarge(max_bytes)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def classify_exception(exc: BaseException) -> int:
     """Map a client-side exception to an ErrorClass (shared by engines)."""
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return ErrorClass.TIMEOUT
+    if isinstance(exc, ResponseTooLarge):
+        return ErrorClass.TOO_LARGE
     if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
         return ErrorClass.CONNECT
     if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)):
+        return ErrorClass.RESET
+    if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
         return ErrorClass.RESET
     if isinstance(exc, aiohttp.ClientPayloadError):
         return ErrorClass.RESET
@@ -68,10 +122,19 @@ class AiohttpEngine:
         max_connections: int,
         timeout_s: float,
         connect_timeout_s: float,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._templates = tuple(templates)
         self._max_connections = max_connections
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
+        # aiohttp caps each head line, not the head: 128 lines (its default) of at most
+        # max_header_bytes bound what it holds; a longer line is `protocol`, as a head over
+        # max_header_bytes is on the lean engine.
+        self._limits = limits
+        self._max_body = limits.max_response_bytes
+        # The whole-request timeout already bounds a head when it is the shorter one: no
+        # timer per request then (the default: both 10 s).
+        self._head_timeout_s = limits.header_timeout_s if limits.header_timeout_s < timeout_s else None
         self._session: aiohttp.ClientSession | None = None
         # Pre-built per-template call arguments: the URL parsed once (yarl), no per-request dicts.
         self._prepared: list[tuple[str, URL, dict[str, str] | None, bytes | None]] = [
@@ -88,6 +151,9 @@ class AiohttpEngine:
             auto_decompress=False,  # measure bytes on the wire, don't spend CPU inflating them
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "horde"},
+            max_line_size=self._limits.max_header_bytes,
+            max_field_size=self._limits.max_header_bytes,
+            read_bufsize=READ_BUFSIZE,
         )
 
     async def request(self, index: int) -> Result:
@@ -95,13 +161,28 @@ class AiohttpEngine:
         session = self._session
         assert session is not None, "engine not opened"
         try:
-            async with session.request(method, url, headers=headers, data=body, allow_redirects=False) as resp:
-                data = await resp.read()
-                return resp.status, len(data), ErrorClass.OK
+            sending = session.request(method, url, headers=headers, data=body, allow_redirects=False)
+            if self._head_timeout_s is None:
+                resp = await sending
+            else:  # the head alone: connect + send + head (a task per request, only when asked for)
+                resp = await asyncio.wait_for(sending, self._head_timeout_s)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # every failure becomes a sample, never kills the agent
             return 0, 0, classify_exception(exc)
+        if resp.status < 100:  # aiohttp passes "000" on; no HTTP status is a malformed response
+            resp.close()
+            return 0, 0, ErrorClass.PROTOCOL
+        try:
+            nbytes = await count_body(resp, self._max_body)
+        except asyncio.CancelledError:
+            resp.close()
+            raise
+        except BaseException as exc:
+            resp.close()  # a body not read to its end: the connection cannot be reused
+            return 0, 0, classify_exception(exc)
+        resp.release()
+        return resp.status, nbytes, ErrorClass.OK
 
     async def close(self) -> None:
         if self._session is not None:
@@ -116,16 +197,25 @@ def make_engine(
     max_connections: int,
     timeout_s: float,
     connect_timeout_s: float,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Engine:
     """Build the named engine over `templates` (indexes passed to request() refer to them)."""
     if name == "aiohttp":
         return AiohttpEngine(
-            templates, max_connections=max_connections, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
+            templates,
+            max_connections=max_connections,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            limits=limits,
         )
     if name == "fast":
         from horde.agents.fast_http import FastEngine  # the lean engine; imported only when chosen
 
         return FastEngine(
-            templates, max_connections=max_connections, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
+            templates,
+            max_connections=max_connections,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            limits=limits,
         )
     raise ValueError(f"unknown engine {name!r} (expected 'aiohttp' or 'fast')")

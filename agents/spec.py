@@ -10,6 +10,23 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What a peer may make an agent hold or wait for, per response (the scenario's `limits`).
+
+    Over `max_response_bytes` of body or `max_header_bytes` of head a request fails
+    (too_large, protocol); a head not complete within `header_timeout_s` of sending fails
+    as a timeout. The defaults are the documented ones (docs/security.md, "Limits").
+    """
+
+    max_response_bytes: int = 64 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: float = 10.0
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
 class RequestTemplate:
     """One entry of the request mix, resolved to a full URL."""
 
@@ -85,6 +102,7 @@ class AgentSpec:
     labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     # Aligned with `requests`: the flow of a mix entry that is a flow, None for a plain request.
     flows: tuple[FlowTemplate | None, ...] = ()
+    limits: Limits = DEFAULT_LIMITS  # response caps, for every engine and flow of the agent
 
     @property
     def duration_s(self) -> float:

@@ -7,6 +7,12 @@ is suspected: the watchdog pings the agent (`probe`) and declares it lost when t
 does not answer within `probe_timeout_s`. An agent that answers pings but still sends
 nothing for `hung_s` is lost too (hung). The ping keeps a slow but alive agent on a
 starved machine from being killed for a late batch.
+
+The queue holds at most `max_queued_batches` batches: a stream whose next batch finds it
+full waits (and reads no more of its stream, so the agent's side backs up: Ray's
+generator backpressure, the in-process runner's queue) until the consumer of `events()`
+takes one. An agent waiting on us is not silent. Ends and losses are never held back
+(at most two per stream).
 """
 
 from __future__ import annotations
@@ -17,9 +23,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from horde.cluster.events import AgentEnded, AgentLost, BatchReceived, FleetEvent
 
+MAX_QUEUED_BATCHES = 256  # about 256 agent-seconds of samples waiting for the coordinator
+
 StreamFactory = Callable[[], AsyncIterator[bytes]]
 Probe = Callable[[], Awaitable[object]]
 ErrorNamer = Callable[[BaseException], tuple[str, str]]
+Ack = Callable[[int], object]
+
+
+def held(stream: StreamFactory, until_s: float) -> StreamFactory:
+    """`stream`, started no earlier than time.monotonic() == until_s (a replacement waits
+    out its lost predecessor's lease, agents/lease.py)."""
+
+    async def later() -> AsyncIterator[bytes]:
+        delay = until_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        async for payload in stream():
+            yield payload
+
+    return later
 
 
 def _default_namer(exc: BaseException) -> tuple[str, str]:
@@ -34,6 +57,7 @@ class FanIn:
         *,
         probe_timeout_s: float | None = None,
         hung_factor: float = 5.0,
+        max_queued_batches: int = MAX_QUEUED_BATCHES,
     ) -> None:
         self._silence_s = silence_s
         self._probe_timeout_s = probe_timeout_s if probe_timeout_s is not None else silence_s / 3
@@ -44,19 +68,34 @@ class FanIn:
         self._pings: set[asyncio.Task] = set()
         self._name_error = name_error
         self._queue: asyncio.Queue[FleetEvent | _EndOfStreams] = asyncio.Queue()
+        # Batches in the queue, bounded by these slots (ends and losses take none).
+        self._batch_slots = asyncio.Semaphore(max_queued_batches)
+        self._backpressured: set[tuple[int, int]] = set()  # streams waiting for a slot
         self._tasks: dict[tuple[int, int], asyncio.Task] = {}
         self._last_seen: dict[tuple[int, int], float] = {}
+        self._acks: dict[tuple[int, int], Ack] = {}
+        self._received_at: dict[tuple[int, int], float] = {}  # the last batch's arrival, kept after a loss
         self._open = 0
         self._watchdog: asyncio.Task | None = None
         self._closed = False
 
     def add(
-        self, index: int, incarnation: int, stream: StreamFactory, grace_s: float = 0.0, probe: Probe | None = None
+        self,
+        index: int,
+        incarnation: int,
+        stream: StreamFactory,
+        grace_s: float = 0.0,
+        probe: Probe | None = None,
+        ack: Ack | None = None,
     ) -> None:
-        """Consume one agent's stream; `grace_s` extends its first silence deadline (start lead)."""
+        """Consume one agent's stream; `grace_s` extends its first silence deadline (start lead).
+        `ack(seq)` is called for every batch as it arrives (the agent's lease, agents/lease.py):
+        the n-th batch of a stream is batch seq n, the stream keeps the agent's order."""
         key = (index, incarnation)
         if probe is not None:
             self._probes[key] = probe
+        if ack is not None:
+            self._acks[key] = ack
         self._last_seen[key] = time.monotonic() + grace_s
         self._open += 1
         self._tasks[key] = asyncio.create_task(self._consume(key, stream), name=f"fanin-{index}.{incarnation}")
@@ -66,8 +105,22 @@ class FanIn:
     async def _consume(self, key: tuple[int, int], stream: StreamFactory) -> None:
         index, inc = key
         try:
+            ack = self._acks.get(key)
+            seq = 0
             async for payload in stream():
-                self._last_seen[key] = time.monotonic()
+                self._last_seen[key] = self._received_at[key] = time.monotonic()
+                if ack is not None:  # at once, before the batch waits for the coordinator
+                    ack(seq)
+                    seq += 1
+                if self._batch_slots.locked():
+                    self._backpressured.add(key)
+                    try:
+                        await self._batch_slots.acquire()
+                    finally:
+                        self._backpressured.discard(key)
+                    self._last_seen[key] = time.monotonic()  # the wait was ours, not the agent's silence
+                else:
+                    await self._batch_slots.acquire()  # free: returns at once
                 self._queue.put_nowait(BatchReceived(index, payload))
             self._queue.put_nowait(AgentEnded(index, inc))
         except asyncio.CancelledError:
@@ -87,7 +140,7 @@ class FanIn:
             now = time.monotonic()
             for key, seen in list(self._last_seen.items()):
                 silent = now - seen
-                if silent <= self._silence_s or key in self._probing:
+                if silent <= self._silence_s or key in self._probing or key in self._backpressured:
                     continue
                 probe = self._probes.get(key)
                 if probe is None or silent > self._hung_s:
@@ -122,6 +175,10 @@ class FanIn:
             # The consumer's finally runs on cancel; report the loss here.
             self._queue.put_nowait(AgentLost(key[0], key[1], reason, detail))
 
+    def last_batch_at(self, index: int, incarnation: int) -> float | None:
+        """time.monotonic() when this agent's last batch arrived; None before its first."""
+        return self._received_at.get((index, incarnation))
+
     def touch_all(self) -> None:
         """Reset the silence clocks (e.g. while waiting for the common start instant)."""
         now = time.monotonic()
@@ -138,6 +195,8 @@ class FanIn:
                 if self._open == 0:
                     return
                 continue
+            if isinstance(ev, BatchReceived):
+                self._batch_slots.release()  # taken out: a waiting stream may queue its next
             yield ev
 
     async def close(self) -> None:

@@ -182,6 +182,7 @@ def build_plan(
             seed=scenario.seed,
             engine=scenario.engine,
             flows=flows,
+            limits=scenario.limits.to_agent(),
         )
         for i in range(n)
     )

@@ -2,7 +2,8 @@
 exposes the standard process metrics), or a local process by PID (psutil).
 
 `horde run` samples it on a schedule (``TargetProbe``); `horde monitor` scrapes once per
-interval (``scrape``) and reads the same figures through ``process_gauges``.
+interval (``scrape``) and reads the same figures through ``process_gauges``. A scrape reads
+at most `max_bytes` (default MAX_SCRAPE_BYTES): a target cannot grow the coordinator.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import aiohttp
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from horde.agents.http import read_body
 from horde.coordinator.measure.resources import Reading
+
+MAX_SCRAPE_BYTES = 16 * 1024 * 1024  # a /metrics page; real ones are kilobytes
 
 # Standard process-collector names, plus the connection gauges of the automaton and of
 # common servers (the first one present wins).
@@ -79,12 +83,15 @@ class Scrape:
         return self.status == 200 and self.error is None
 
 
-async def scrape(session: aiohttp.ClientSession, url: str, *, timeout_s: float | None = None) -> Scrape:
-    """GET `url` and parse it; never raises but for cancellation (a target may be down)."""
+async def scrape(
+    session: aiohttp.ClientSession, url: str, *, timeout_s: float | None = None, max_bytes: int = MAX_SCRAPE_BYTES
+) -> Scrape:
+    """GET `url` and parse it; never raises but for cancellation (a target may be down).
+    A body over `max_bytes` is no answer (error "ResponseTooLarge: ...")."""
     timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
     try:
         async with session.get(url, timeout=timeout) as resp:
-            text = await resp.text()
+            text = (await read_body(resp, max_bytes)).decode("utf-8", "replace")  # the exposition format is UTF-8
             status = resp.status
     except asyncio.CancelledError:
         raise
@@ -112,6 +119,7 @@ class TargetProbe:
         pid: int | None = None,
         interval_s: float = 1.0,
         timeout_s: float = 2.0,
+        max_bytes: int = MAX_SCRAPE_BYTES,
     ) -> None:
         if metrics_url is None and pid is None:
             raise ValueError("a target probe needs a metrics URL or a PID")
@@ -119,6 +127,7 @@ class TargetProbe:
         self._pid = pid
         self._interval_s = interval_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_bytes = max_bytes
         self.source = metrics_url or f"pid {pid}"
 
     async def run(
@@ -142,7 +151,7 @@ class TargetProbe:
                         continue
                 else:
                     assert self._url is not None
-                    got = await scrape(session, self._url)
+                    got = await scrape(session, self._url, max_bytes=self._max_bytes)
                     if not got.ok:
                         on_failure(got.error or f"HTTP {got.status}")
                         continue

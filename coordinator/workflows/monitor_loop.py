@@ -21,9 +21,9 @@ from typing import Any
 
 import aiohttp
 
-from horde.agents.http import make_engine
+from horde.agents.http import make_engine, read_body
 from horde.agents.samples import ErrorClass, classify_status
-from horde.agents.spec import RequestTemplate
+from horde.agents.spec import DEFAULT_LIMITS, RequestTemplate
 from horde.coordinator.analysis.monitor_window import (
     ProbeInterval,
     exposition_view,
@@ -46,12 +46,14 @@ from horde.coordinator.judge.alerts import (
 from horde.coordinator.measure.aggregate import Stats
 from horde.coordinator.run.exposition import Exposition, json_safe, write_json_atomic
 from horde.coordinator.run.target_probe import has_process_metrics, process_gauges, scrape
+from horde.coordinator.scenario.redact import Redactor
 from horde.coordinator.workflows.monitor_trends import TrendWatch
 
 log = logging.getLogger("horde.monitor")
 Progress = Callable[[str], None]
 
 WEBHOOK_TIMEOUT_S = 5.0
+WEBHOOK_REPLY_MAX_BYTES = 64 * 1024  # the reply is only checked for its status; a longer one is a failed post
 SCRAPE_TIMEOUT_S = 2.0
 MAX_KEPT_ALERTS = 1000  # MonitorResult.alerts keeps at most this many (the history keeps all)
 SNAPSHOT_VERSION = 1
@@ -98,6 +100,7 @@ class MonitorConfig:
     stop_event: threading.Event
     progress: Progress
     grace_s: float
+    redactor: Redactor = field(default_factory=Redactor)  # for the snapshot, webhooks and logs
 
 
 class MonitorLoop:
@@ -200,6 +203,7 @@ class MonitorLoop:
             max_connections=len(self.templates) + 1,
             timeout_s=self.target.timeout_s,
             connect_timeout_s=self.target.connect_timeout_s,
+            limits=_limits(self.target),
         )
         await self.engine.open()
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
@@ -298,7 +302,8 @@ class MonitorLoop:
             return
         got = await scrape(self.http, self.metrics_url, timeout_s=min(SCRAPE_TIMEOUT_S, self.cfg.interval_s))
         if got.status is None:  # the target may be down: no reading this interval
-            log.debug("scrape of %s failed: %s", self.metrics_url, got.error)
+            redact = self.cfg.redactor.text
+            log.debug("scrape of %s failed: %s", redact(self.metrics_url), redact(str(got.error)))
             return
         if not has_process_metrics(got.values):
             if not self.target_metrics_seen:
@@ -400,7 +405,8 @@ class MonitorLoop:
         shown = format_value(value, _rule_kind(self.cfg.rules, alert["rule_name"])) if value is not None else "?"
         self.cfg.progress(f"ALERT {event.kind} {alert['level']}: {alert['text']} (peak {shown})")
         if self.cfg.webhook_url:
-            payload = json_safe({**event.to_dict(), "source": self.source, "time": _iso(event.t_s)})
+            event_data = {**event.to_dict(), "source": self.source, "time": _iso(event.t_s)}
+            payload = json_safe(self.cfg.redactor.strings(event_data))
             task = asyncio.create_task(self._post(payload))
             self.webhook_tasks.add(task)
             task.add_done_callback(self.webhook_tasks.discard)
@@ -409,7 +415,7 @@ class MonitorLoop:
         assert self.http is not None and self.cfg.webhook_url
         try:
             async with self.http.post(self.cfg.webhook_url, json=payload) as resp:
-                await resp.read()
+                await read_body(resp, WEBHOOK_REPLY_MAX_BYTES)
                 if resp.status >= 300:
                     raise RuntimeError(f"HTTP {resp.status}")
             self.webhook_posts += 1
@@ -418,7 +424,8 @@ class MonitorLoop:
             raise
         except Exception as exc:  # a webhook is best effort: logged and counted, never fatal
             self.webhook_failures += 1
-            log.warning("alert webhook %s failed: %s", self.cfg.webhook_url, exc)
+            redact = self.cfg.redactor.text  # the URL often carries its token in the query
+            log.warning("alert webhook %s failed: %s", redact(self.cfg.webhook_url), redact(str(exc)))
 
     # -- dashboard data ----------------------------------------------------------------------
 
@@ -458,7 +465,7 @@ class MonitorLoop:
         if self.trends is not None and self.trends.latest is not None:
             snapshot["trends"] = self.trends.latest
         try:
-            write_json_atomic(self.cfg.snapshot_path, json_safe(snapshot))
+            write_json_atomic(self.cfg.snapshot_path, json_safe(self.cfg.redactor.strings(snapshot)))
         except OSError as exc:  # a dashboard file is not worth stopping the monitor for
             log.warning("snapshot %s not written: %s", self.cfg.snapshot_path, exc)
 
@@ -469,3 +476,9 @@ def _rule_kind(rules: Sequence[AlertRule], name: str) -> str:
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+
+def _limits(target: Any):
+    """The response caps of the monitored scenario's `limits` (the defaults for bare URLs)."""
+    scenario = getattr(target, "scenario", None)
+    return scenario.limits.to_agent() if scenario is not None else DEFAULT_LIMITS

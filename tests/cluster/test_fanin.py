@@ -9,6 +9,7 @@ a few times, with a generous real-time guard that only turns a hang into a failu
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -436,3 +437,76 @@ def test_events_queued_before_the_first_read_are_delivered(clock: Clock, finish:
         await fan.close()
 
     _run(main())
+
+
+# -- a bounded queue ---------------------------------------------------------------------------
+
+
+def test_a_full_queue_holds_the_stream_back_without_declaring_it_lost(clock: Clock) -> None:
+    """Three slots: a stream with ten batches ready is read three batches ahead of the
+    consumer, no further; the wait is not silence, however long the clock says it was."""
+
+    async def main() -> None:
+        fan = FanIn(SILENCE_S, hung_factor=HUNG_FACTOR, max_queued_batches=3)
+        agent = Agent()
+        for i in range(10):
+            agent.put(b"%d" % i)
+        agent.end()
+        fan.add(0, 0, agent.stream)
+        await _until(lambda: 0 in fan._backpressured or fan._queue.qsize() >= 3, "the queue to fill")
+        await asyncio.sleep(0.01)
+        assert fan._queue.qsize() == 3  # three batches queued, the fourth held in the stream's task
+        assert agent._q.qsize() == 10 - 4 + 1  # six batches and the end still unread
+        clock.now += 10 * HUNG_S  # the consumer is slow: far past every silence limit
+        await _watchdog_looks(clock)
+        events = await Events.reading(fan)
+        items = await events.finished()
+        assert [e.payload for e in items if isinstance(e, BatchReceived)] == [b"%d" % i for i in range(10)]
+        assert not events.lost
+        assert isinstance(items[-1], AgentEnded)
+        await fan.close()
+
+    _run(main())
+
+
+# -- acks for the agents' leases (agents/lease.py) ---------------------------------------------
+
+
+def test_every_batch_is_acked_by_its_seq_and_its_arrival_time_is_kept(clock: Clock) -> None:
+    async def main() -> None:
+        fan = FanIn(SILENCE_S)
+        a = Agent()
+        acked: list[int] = []
+        fan.add(0, 1, a.stream, ack=acked.append)
+        events = await Events.reading(fan)
+        assert fan.last_batch_at(0, 1) is None
+        clock.now = 5.0
+        a.put(b"x")
+        a.put(b"y")
+        clock.now = 7.0
+        a.put(b"z")
+        a.end()
+        items = await events.finished()
+        assert acked == [0, 1, 2]  # the n-th batch of a stream is the agent's seq n
+        assert len([e for e in items if isinstance(e, BatchReceived)]) == 3
+        assert fan.last_batch_at(0, 1) == 7.0  # kept after the stream ended
+        await fan.close()
+
+    _run(main())
+
+
+def test_a_held_stream_starts_no_earlier_than_its_time() -> None:
+    async def main() -> None:
+        from horde.cluster.fanin import held
+
+        started: list[float] = []
+
+        async def stream():
+            started.append(time.monotonic())
+            yield b"x"
+
+        until = time.monotonic() + 0.2
+        assert [p async for p in held(stream, until)()] == [b"x"]
+        assert started[0] >= until
+
+    asyncio.run(main())
