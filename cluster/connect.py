@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
+import ray._private.ray_constants as ray_constants
 
 from horde.cluster.events import ClusterShape, NodeShape
 from horde.cluster.shipping import JOB_ID_ENV, horde_py_module
@@ -18,6 +22,15 @@ from horde.cluster.shipping import JOB_ID_ENV, horde_py_module
 # embedded Ray runs without them. A `ray start` cluster sets RAY_enable_metrics_collection=0
 # itself (ray-config.yaml).
 EMBEDDED_SYSTEM_CONFIG = {"enable_metrics_collection": False}
+
+# The embedded Ray serves this machine only. Ray binds its gRPC servers (GCS, raylet node and
+# object managers, every worker) to 127.0.0.1 only when the node's IP address is 127.0.0.1,
+# and its agents (dashboard agent, runtime-env agent) to the node's IP address; otherwise they
+# listen on every interface. docs/security.md lists the ports and who can reach them.
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
+# Ray's logger that announces, on every new local Ray, that it turned token auth on.
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 class ClusterError(RuntimeError):
@@ -56,17 +69,101 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Conne
             kind = "attached"
         else:
             # address="local": always a new instance, never a `ray start` cluster found on this machine
-            ray.init(
-                address="local",
-                num_cpus=num_cpus or os.cpu_count() or 1,
-                _system_config=EMBEDDED_SYSTEM_CONFIG,
-                **kwargs,
-            )
+            with _loopback_node_ip(), _quiet_token_auth_notice(), _token_file_for_owner_only():
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus or os.cpu_count() or 1,
+                    _node_ip_address=LOOPBACK,
+                    _system_config=EMBEDDED_SYSTEM_CONFIG,
+                    **kwargs,
+                )
             kind = "embedded"
     except Exception as exc:  # Ray raises many types for a bad address or a failed start
         where = f"Ray cluster at {address}" if address else "an embedded Ray"
         raise ClusterError(f"could not start or reach {where}: {exc}") from exc
     return Connection(shape=cluster_shape(kind, address or ""), owned=True)
+
+
+def ray_binding(kind: str) -> dict | None:
+    """How the Ray of a run listens, for the manifest (None: no Ray, an in-process fleet).
+
+    `host` is the address Ray's servers on this machine bind to: 127.0.0.1 for the embedded
+    Ray; for an attached cluster, every interface (`ray start` chose the node addresses).
+    `auth` is Ray's token-auth mode, on unless the user exported RAY_AUTH_MODE=disabled.
+    """
+    if kind not in ("embedded", "attached"):
+        return None
+    return {
+        "host": LOOPBACK if kind == "embedded" else ALL_INTERFACES,
+        "auth": os.environ.get("RAY_AUTH_MODE", "token").lower(),
+    }
+
+
+@contextlib.contextmanager
+def _loopback_node_ip() -> Iterator[None]:
+    """Let ray.init take 127.0.0.1 as the node's address, for the embedded start only.
+
+    On Linux ray.init replaces a loopback `_node_ip_address` with the machine's routable
+    address (services.resolve_ip_for_localhost), unless ENABLE_RAY_CLUSTER is off, as it is
+    on macOS and Windows, where Ray keeps a local Ray on 127.0.0.1. Ray reads the constant
+    at each call, and once the node runs, its address comes from the node, so the switch is
+    needed only while ray.init starts it.
+    """
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+@contextlib.contextmanager
+def _token_file_for_owner_only() -> Iterator[None]:
+    """Have Ray write the token it generates into a file only this user can read.
+
+    The embedded Ray listens on 127.0.0.1, where every local user can connect: the token is
+    what keeps them out. Ray writes a new ~/.ray/auth_token with the umask's mode (0644 by
+    default). It treats an empty file as no token and writes into it, keeping the file's
+    mode, so an empty 0600 file made first closes that gap. A token file already there is
+    the user's own and is left as it is; an empty one left by a failed start is removed.
+    """
+    path = Path.home() / ".ray" / "auth_token"
+    made = False
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled":
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            made = True
+        except OSError:
+            pass  # there already, or not writable: Ray reports its own error if it matters
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if made and path.stat().st_size == 0:
+                path.unlink()
+
+
+class _DropTokenAuthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+@contextlib.contextmanager
+def _quiet_token_auth_notice() -> Iterator[None]:
+    """Drop Ray's "Token authentication is enabled" line while the embedded Ray starts.
+
+    Ray prints it on every local ray.init that finds RAY_AUTH_MODE unset, then turns auth on
+    all the same: the line says nothing about a horde run. Only that line goes; auth stays
+    on, and Ray's other warnings (auth disabled, say) still print.
+    """
+    notice_filter = _DropTokenAuthNotice()
+    auth_logger = logging.getLogger(_AUTH_LOGGER)
+    auth_logger.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        auth_logger.removeFilter(notice_filter)
 
 
 def cluster_shape(kind: str, address: str = "") -> ClusterShape:
