@@ -20,6 +20,7 @@ from pathlib import Path
 
 from horde.cluster.job_server import JobsError
 from horde.cluster.shipping import JOB_ID_ENV
+from horde.coordinator import files
 
 BUNDLES_SUBDIR = "horde-bundles"  # under the Ray session's log directory of the driver's node
 SCENARIO_ENV = "HORDE_SCENARIO_YAML"  # a scenario from outside working_dir travels here
@@ -47,10 +48,8 @@ def export_bundle_for_fetch(
     target_dir = target_dir / BUNDLES_SUBDIR
     target_dir.mkdir(parents=True, exist_ok=True)
     final = target_dir / f"{job_id}.tar.gz"
-    part = final.with_name(final.name + ".part")
-    with tarfile.open(part, "w:gz") as tar:
+    with files.replacing(final, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
         tar.add(bundle, arcname=bundle.name)
-    os.replace(part, final)
     return final
 
 
@@ -114,7 +113,7 @@ def exec_main(argv: Sequence[str]) -> int:
             return 1
         path = Path(args.scenario_from_env)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        files.write_text(path, text)
 
     child = subprocess.Popen(command)
 

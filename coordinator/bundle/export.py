@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from horde.agents.samples import ERROR_LABELS
+from horde.coordinator import files
 from horde.coordinator.bundle.schema import Stats as ScopeStats
 from horde.coordinator.bundle.schema import Window
 from horde.coordinator.bundle.store import Bundle, read_bundle
@@ -144,12 +145,10 @@ def write_csv(bundle_path: str | Path) -> Path:
     """Write ``windows.csv`` into the bundle (streamed, one window at a time)."""
     bundle = read_bundle(bundle_path)
     path = bundle.path / CSV_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with files.replacing(path, "w", newline="") as f:
         out = csv.writer(f, lineterminator="\n")
         out.writerow(CSV_COLUMNS)
         out.writerows(iter_csv_rows(bundle))
-    tmp.replace(path)
     return path
 
 
@@ -280,7 +279,5 @@ def write_hdr_log(bundle_path: str | Path, endpoint: str | None = None, series: 
     """Write ``<series>[-<endpoint>].hlog`` into the bundle; returns its path."""
     bundle = read_bundle(bundle_path)
     path = bundle.path / hdr_log_name(endpoint, series)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(hdr_interval_log(bundle, endpoint, series))
-    tmp.replace(path)
+    files.write_text(path, hdr_interval_log(bundle, endpoint, series))
     return path

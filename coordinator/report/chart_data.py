@@ -25,6 +25,20 @@ class Series:
     dash: bool = False
     width: float = 1.6
     z: int = 0  # drawing order (higher on top); the legend keeps the given order
+    values: bool = False  # also write the points as data (``data-xy``): what was drawn, for a reader or a test
+
+
+@dataclass(frozen=True)
+class Band:
+    """A shaded interval of the x axis, [x[0], x[-1]]: between ``lo`` and ``hi`` at each x
+    (a polygon), or the plot's full height when both are empty. ``detail`` is hover text."""
+
+    name: str
+    x: Sequence[float]
+    lo: Sequence[float] = ()
+    hi: Sequence[float] = ()
+    color: str = "#e15759"
+    detail: str = ""
 
 
 @dataclass(frozen=True)

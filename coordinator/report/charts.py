@@ -24,6 +24,7 @@ from html import escape
 from horde.coordinator.report.chart_data import (  # noqa: F401  (the input types and tick helpers are charts' API too)
     _CHAR_W,
     Axis,
+    Band,
     HLine,
     Layer,
     Marker,
@@ -47,6 +48,7 @@ TEXT = "#1f2937"
 MUTED = "#6b7280"
 GRID = "#e5e7eb"
 AXIS = "#9ca3af"
+BAND_OPACITY = 0.22  # a shaded interval: the lines over it stay readable
 
 # Tableau 10: distinct, print-safe, readable on white.
 PALETTE = (
@@ -101,6 +103,11 @@ def _legend_rows(items: Sequence[tuple[str, str, str]], width: float) -> list[li
 
 
 def _swatch(x: float, y: float, color: str, style: str) -> str:
+    if style == "band":
+        return (
+            f'<rect x="{_num(x)}" y="{_num(y - 5)}" width="14" height="10" rx="2" '
+            f'fill="{color}" fill-opacity="{BAND_OPACITY}"/>'
+        )
     if style == "area":
         return (
             f'<rect x="{_num(x)}" y="{_num(y - 5)}" width="14" height="10" rx="2" fill="{color}" fill-opacity="0.85"/>'
@@ -290,6 +297,32 @@ def _polyline_segments(s: Series, f: _Frame) -> tuple[list[str], list[tuple[floa
     return segments, dots
 
 
+def _xy(s: Series) -> str:
+    """A series' points as data: "x,y x,y ..." (finite points only, 10 significant digits)."""
+    return " ".join(f"{float(x):.10g},{float(y):.10g}" for x, y in zip(s.x, s.y) if _finite(x) and _finite(y))
+
+
+def _bands(f: _Frame, bands: Sequence[Band]) -> list[str]:
+    out = []
+    for b in bands:
+        xs = [float(v) for v in b.x if _finite(v)]
+        if len(xs) < 2 or not xs[-1] > xs[0]:
+            continue
+        if b.lo and b.hi and len(b.lo) == len(b.x) == len(b.hi):
+            upper = [(f.x(float(x)), f.y(float(y))) for x, y in zip(b.x, b.hi)]
+            lower = [(f.x(float(x)), f.y(float(y))) for x, y in zip(b.x, b.lo)]
+            pts = upper + lower[::-1]
+        else:
+            x0, x1 = f.x(xs[0]), f.x(xs[-1])
+            pts = [(x0, f.top), (x1, f.top), (x1, f.bottom), (x0, f.bottom)]
+        d = "M" + "L".join(f"{_num(px)},{_num(py)}" for px, py in pts) + "Z"
+        out.append(
+            f'<path class="band" d="{d}" fill="{b.color}" fill-opacity="{BAND_OPACITY}" stroke="none" '
+            f'data-from-s="{xs[0]:.10g}" data-to-s="{xs[-1]:.10g}"><title>{escape(b.detail or b.name)}</title></path>'
+        )
+    return out
+
+
 def no_data(title: str, message: str = "no data", *, width: int = 640, height: int = 120) -> str:
     """A placeholder chart that says why there is nothing to draw."""
     parts = _open_svg(width, height, title, ' data-nodata="1"')
@@ -330,11 +363,13 @@ def line_chart(
     y_axis: Axis,
     markers: Sequence[Marker] = (),
     hlines: Sequence[HLine] = (),
+    bands: Sequence[Band] = (),
     width: int = 640,
     height: int = 280,
     empty_message: str = "no data",
 ) -> str:
-    """Lines (several series, optional log y), with markers and reference lines."""
+    """Lines (several series, optional log y), with markers, reference lines and shaded
+    intervals (bands, under the lines)."""
     xs = [float(v) for s in series for v, w in zip(s.x, s.y) if _finite(v) and _finite(w)]
     ys = [float(w) for s in series for w in s.y if _finite(w)]
     if y_axis.log:
@@ -347,6 +382,7 @@ def line_chart(
     if x_axis.hi is not None:
         xs.append(x_axis.hi)
     legend = [(s.name, s.color, "dash" if s.dash else "line") for s in series if s.name]
+    legend += list({(b.name, b.color, "band"): None for b in bands if b.name})
     f, parts, placed, band_top = _frame(
         width=width, height=height, x_axis=x_axis, y_axis=y_axis, xs=xs, ys=ys_dom, legend=legend, markers=markers
     )
@@ -355,14 +391,16 @@ def line_chart(
     body.append(f"<defs>{_clip(uid, f)}</defs>")
     body += _hlines(f, hlines)
     body.append(f'<g clip-path="url(#{uid})" fill="none" stroke-linejoin="round" stroke-linecap="round">')
+    body += _bands(f, bands)
     for s in sorted(series, key=lambda s: s.z):
         segments, dots = _polyline_segments(s, f)
         dash = ' stroke-dasharray="5 3"' if s.dash else ""
         name = escape(s.name)
-        for d in segments:
+        for i, d in enumerate(segments):
+            values = f' data-xy="{_xy(s)}"' if s.values and i == 0 else ""
             body.append(
                 f'<path class="data" d="{d}" stroke="{s.color}" '
-                f'stroke-width="{s.width:g}"{dash}><title>{name}</title></path>'
+                f'stroke-width="{s.width:g}"{dash}{values}><title>{name}</title></path>'
             )
         for px, py in dots:
             body.append(

@@ -19,6 +19,7 @@ from horde.coordinator.measure.histogram import Histogram
 from horde.coordinator.report import charts
 from horde.coordinator.report.charts import Axis, HLine, Layer, Marker, Series
 from horde.coordinator.report.formats import fmt_value, latency_unit, scaled, wants_log
+from horde.coordinator.report.planned import LossInterval, loss_bands
 from horde.coordinator.report.timeline import TOTAL, Timeline, _Point, percentile_points
 
 QUANTILE_COLORS = {"p50": "#59a14f", "p90": "#4e79a7", "p99": "#f28e2b", "max": "#e15759"}
@@ -135,13 +136,27 @@ def time_axis(tl: Timeline) -> Axis:
     return Axis(label="elapsed", time=True, lo=0.0, hi=hi)
 
 
-def throughput_chart(tl: Timeline, markers: Sequence[Marker], open_model: bool, width: int = 1160) -> Markup:
+def throughput_chart(
+    tl: Timeline,
+    markers: Sequence[Marker],
+    open_model: bool,
+    width: int = 1160,
+    *,
+    planned: tuple[list[float], list[float]] | None = None,
+    losses: Sequence[LossInterval] = (),
+) -> Markup:
+    """Completed requests per second; for an open model the planned rate (``planned``:
+    planned_points, from the scenario's stages) and each agent loss shaded against it."""
     title = "Throughput"
     if not tl.points:
         return Markup(charts.no_data(title, "no windows in this bundle", width=width))
     series = [Series("total rps", tl.mid, tl.rate(TOTAL), "#1f2937", width=2.2)]
-    if open_model and any(p.level for p in tl.points):
-        # the level is read at flush time: the end of the point's span
+    plan = planned if open_model else None
+    if plan is not None:
+        series.append(Series("planned rate", plan[0], plan[1], "#9ca3af", dash=True, width=1.6, values=True))
+    elif open_model and any(p.level for p in tl.points):
+        # a bundle without its stages: the agents' reported level, read at flush time (the
+        # end of the point's span, so it trails the plan by up to a flush interval)
         series.append(
             Series(
                 "planned rate", [p.t1 for p in tl.points], [p.level for p in tl.points], "#9ca3af", dash=True, width=1.6
@@ -157,6 +172,7 @@ def throughput_chart(tl: Timeline, markers: Sequence[Marker], open_model: bool, 
             x_axis=time_axis(tl),
             y_axis=Axis("requests per second"),
             markers=markers,
+            bands=loss_bands(losses, plan),
             width=width,
             height=300,
         )

@@ -23,6 +23,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from horde.coordinator import files
 from horde.coordinator.bundle.schema import AlertRecord
 from horde.coordinator.bundle.store import Bundle, read_bundle
 from horde.coordinator.measure.aggregate import Stats
@@ -57,7 +58,9 @@ from horde.coordinator.report.formats import (  # noqa: F401  (re-exported: the 
     scaled,
     wants_log,
 )
+from horde.coordinator.report.planned import loss_intervals, planned_points
 from horde.coordinator.report.timeline import TOTAL, Timeline, cumulative_stats
+from horde.coordinator.scenario.redact import redact_url
 
 MAX_POINTS = timeline.MAX_POINTS  # time-series points per chart; more windows are merged in groups
 REPORT_FILE = "report.html"
@@ -162,7 +165,7 @@ def render_html(bundle: Bundle) -> str:
         "outcome": views.outcome_badge(views.outcome_of(bundle)),
         "complete": bundle.complete,
         "started": fmt_time(m.started),
-        "target_url": m.target.url or "",
+        "target_url": redact_url(m.target.url) if m.target.url else "",  # an older bundle may hold credentials
         "no_summary": s is None,
         "windows_received": fmt_int(len(tl.points) * tl.group),
         "saturated": "; ".join(gen.reasons) if gen is not None and gen.saturated else "",
@@ -172,9 +175,16 @@ def render_html(bundle: Bundle) -> str:
         "alerts": views.alert_rows(alerts),
         "facts": views.run_facts(bundle),
         "throughput": Figure(
-            throughput_chart(tl, markers, model == "open"),
+            throughput_chart(
+                tl,
+                markers,
+                model == "open",
+                planned=planned_points(m),
+                losses=loss_intervals(alerts, max((p.t1 for p in tl.points), default=0.0)),
+            ),
             "Throughput",
-            "completed requests per second, by endpoint; planned rate dashed." + note,
+            "completed requests per second, by endpoint; planned rate dashed; "
+            "shaded: a lost agent's share of the planned rate, from its loss to its restoration." + note,
             wide=True,
         ),
         "errors_figure": Figure(
@@ -200,9 +210,7 @@ def write_html(bundle_path: str | Path) -> Path:
     """Render the bundle at ``bundle_path`` into its ``report.html``; returns that path."""
     bundle = read_bundle(bundle_path)
     out = bundle.path / REPORT_FILE
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render_html(bundle), encoding="utf-8")
-    tmp.replace(out)
+    files.write_text(out, render_html(bundle))
     return out
 
 

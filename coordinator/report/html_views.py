@@ -34,6 +34,7 @@ from horde.coordinator.report.figures import (
 )
 from horde.coordinator.report.formats import fmt_duration, fmt_int, fmt_ms, fmt_pct, fmt_rate, fmt_time, text
 from horde.coordinator.report.timeline import TOTAL, agent_key, number
+from horde.coordinator.scenario.redact import redact_url
 
 TABLE_QUANTILES = ("p50", "p90", "p95", "p99", "p99.9", "max")
 Bit = tuple[str, str]  # (css class, text)
@@ -282,7 +283,8 @@ def run_facts(bundle: Bundle) -> list[tuple[str, list[Bit]]]:
         ("scenario file", [("mono", m.scenario_file or "–")]),
         (
             "target",
-            [("mono", m.target.url or "–")] + ([("muted", "(embedded automaton)")] if m.target.embedded else []),
+            [("mono", redact_url(m.target.url) if m.target.url else "–")]  # an older bundle may hold credentials
+            + ([("muted", "(embedded automaton)")] if m.target.embedded else []),
         ),
         ("outcome", [outcome_badge(outcome_of(bundle))] + maybe("muted", m.stop_reason)),
         (

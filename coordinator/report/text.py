@@ -5,6 +5,7 @@ from __future__ import annotations
 from horde.coordinator.bundle.junit import junit_xml  # noqa: F401  (re-exported: run/session.py and tests import it here)
 from horde.coordinator.bundle.schema import Stats
 from horde.coordinator.bundle.store import Bundle
+from horde.coordinator.scenario.redact import redact_url
 
 
 def _ms(v) -> str:
@@ -42,7 +43,7 @@ def text_summary(bundle: Bundle) -> str:
     lines.append(f"  bundle   {bundle.path}")
     agents = len(m.agents) or (m.plan.agents if m.plan else "?")
     lines.append(
-        f"  target   {m.target.url or '?'}   cluster {m.cluster.kind or '?'}"
+        f"  target   {redact_url(m.target.url) if m.target.url else '?'}   cluster {m.cluster.kind or '?'}"
         f" ({m.cluster.cpus} CPUs, {len(m.cluster.nodes)} nodes), {agents} agents"
     )
     if s is None:

@@ -32,11 +32,9 @@ dashboard output.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -46,6 +44,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
+
+from horde.coordinator import files
 
 LOOPBACK = "127.0.0.1"
 PREFIX = "horde_monitor_"
@@ -165,16 +165,9 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     sees the old snapshot or the new one, never a torn file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, default=_json_default, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with files.replacing(target, "w", perm=files.PRIVATE_MODE) as f:
+        json.dump(data, f, indent=1, default=_json_default, allow_nan=False)
+        f.write("\n")
 
 
 def _json_default(x: Any) -> Any:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from horde.coordinator import files
 from horde.coordinator.analysis.microbench import histogram_of, pooled_figures, scope_figures
 from horde.coordinator.run.target import RunError, start_target
 from horde.coordinator.workflows.microbench import (
@@ -235,13 +236,13 @@ def record_bench(run: BenchRun, results_dir: Path) -> None:
     stamp = run.started.strftime("%Y%m%dT%H%M%SZ")
     path = results_dir / f"bench-{run.scenario}-{stamp}.json"
     n = 1
-    while path.exists():
+    while files.taken(path):
         n += 1
         path = results_dir / f"bench-{run.scenario}-{stamp}-{n}.json"
     run.path = path
-    path.write_text(json.dumps(run.to_dict(), indent=2) + "\n")  # first: the history never names a missing file
+    files.write_text(path, json.dumps(run.to_dict(), indent=2) + "\n")  # first: the history never names a missing file
     history_path = default_history_path(results_dir)
     with History(history_path) as h:
         run.history_id = h.add_run(history_entry(run, path))
     run.history_path = history_path
-    path.write_text(json.dumps(run.to_dict(), indent=2) + "\n")  # again, with its place in the history
+    files.write_text(path, json.dumps(run.to_dict(), indent=2) + "\n")  # again, with its place in the history

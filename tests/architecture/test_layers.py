@@ -29,6 +29,7 @@ RANK = {
     "coordinator.judge": 7,
     "cluster": 7,
     "coordinator.units": 8,
+    "coordinator.files": 8,
     "agents": 9,
     "automaton": 9,
     "coordinator": 10,

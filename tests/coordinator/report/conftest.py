@@ -370,7 +370,7 @@ def smoke_bundle(tmp_path_factory) -> Path:
     from horde.coordinator.run.session import RunOptions, run_scenario
     from horde.coordinator.scenario.load import load_scenario
 
-    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "smoke.yaml"
+    scenario = Path(__file__).resolve().parents[3] / "scenarios" / "smoke.yaml"
     loaded = load_scenario(scenario, overrides=["workload.stages[0].duration=1s", "workload.stages[1].duration=2s"])
     out = tmp_path_factory.mktemp("smoke")
     result = run_scenario(loaded, RunOptions(in_process=True, out_dir=str(out), install_signal_handlers=False))

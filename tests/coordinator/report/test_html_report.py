@@ -261,7 +261,7 @@ def test_the_templates_ship_in_the_wheel() -> None:
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     data = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     patterns = data["horde.coordinator.report"]
     templates = repo / "coordinator" / "report" / "templates"
