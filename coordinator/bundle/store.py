@@ -18,16 +18,20 @@ window written up to its last flush.
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
+import numpy as np
 from pydantic import ValidationError
 
+from horde.coordinator import files
 from horde.coordinator.bundle.schema import (
     BUNDLE_FORMAT,
     READABLE_FORMATS,
@@ -38,16 +42,25 @@ from horde.coordinator.bundle.schema import (
     Window,
     first_problem,
 )
+from horde.coordinator.measure.aggregate import N_ERROR_CLASSES
+from horde.coordinator.measure.histogram import COUNTS_LEN, LAYOUT
 
 INCOMPLETE_SUFFIX = ".incomplete"
+BUNDLE_FILES = (
+    "manifest.json",
+    "summary.json",
+    "windows.jsonl",
+    "windows.msgpack",
+    "histograms.msgpack",
+    "alerts.jsonl",
+    "junit.xml",
+)
 
 
 def _dump_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with files.replacing(path, "w") as f:
         json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def _json_default(o: Any) -> Any:
@@ -76,16 +89,16 @@ class BundleWriter:
         name = bundle_name(scenario, started)
         final = out / name
         n = 1
-        while final.exists() or final.with_name(final.name + INCOMPLETE_SUFFIX).exists():
+        while files.taken(final) or files.taken(final.with_name(final.name + INCOMPLETE_SUFFIX)):
             n += 1
             final = out / f"{name}-{n}"
         self.final_path = final
         self.path = final.with_name(final.name + INCOMPLETE_SUFFIX)
         self.path.mkdir()
         # Open for the whole run (appended and flushed per record); closed by finish().
-        self._windows = open(self.path / "windows.jsonl", "a")  # noqa: SIM115
-        self._window_hists = open(self.path / "windows.msgpack", "ab")  # noqa: SIM115
-        self._alerts = open(self.path / "alerts.jsonl", "a")  # noqa: SIM115
+        self._windows = files.open_append(self.path / "windows.jsonl", "a")
+        self._window_hists = files.open_append(self.path / "windows.msgpack", "ab")
+        self._alerts = files.open_append(self.path / "alerts.jsonl", "a")
 
     def write_manifest(self, manifest: dict) -> None:
         _checked(Manifest, manifest, "manifest.json")
@@ -110,12 +123,11 @@ class BundleWriter:
         _checked(Manifest, manifest, "manifest.json")
         for f in (self._windows, self._window_hists, self._alerts):
             f.close()
-        with open(self.path / "histograms.msgpack", "wb") as f:
-            f.write(msgpack.packb(histograms, use_bin_type=True))
-        (self.path / "junit.xml").write_text(junit_xml)
+        files.write_bytes(self.path / "histograms.msgpack", msgpack.packb(histograms, use_bin_type=True))
+        files.write_text(self.path / "junit.xml", junit_xml)
         _dump_json(self.path / "summary.json", summary)
         _dump_json(self.path / "manifest.json", manifest)  # last: its presence with an outcome marks a finished bundle
-        os.replace(self.path, self.final_path)
+        os.replace(self.path, files.refuse_link(self.final_path))
         self.path = self.final_path
         return self.final_path
 
@@ -150,67 +162,216 @@ class Bundle:
     def complete(self) -> bool:
         return self.manifest.complete and not self.path.name.endswith(INCOMPLETE_SUFFIX)
 
+    def skipped_records(self) -> list[str]:
+        """Every record the stream readers skip (reads windows.jsonl, windows.msgpack and
+        alerts.jsonl once more; `problems` is left as it was)."""
+        kept = self.problems
+        self.problems = []
+        try:
+            for _ in self.windows():
+                pass
+            for _ in self.window_histograms():
+                pass
+            self.alerts()
+            return self.problems
+        finally:
+            self.problems = kept
+
     def windows(self) -> Iterator[Window]:
-        """windows.jsonl in order; stops before a torn last line. A line that is JSON but does
-        not fit the format is a BundleError naming the file and line."""
-        p = self.path / "windows.jsonl"
-        if not p.exists():
-            return
-        with open(p) as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    return  # a torn last line from a killed coordinator
-                try:
-                    yield Window.model_validate(record)
-                except ValidationError as exc:
-                    raise BundleError(f"{p}: line {n}: {first_problem(exc)}") from exc
+        """windows.jsonl in order. A line that is not JSON or does not fit the format is
+        skipped and noted in `problems` with its line number; the lines after it are still
+        read. A torn last line (a coordinator killed mid-write) is skipped quietly."""
+        for n, record in _jsonl(self.path / "windows.jsonl", self.problems, quiet_torn_tail=True):
+            try:
+                yield Window.model_validate(record)
+            except ValidationError as exc:
+                self.problems.append(f"windows.jsonl: line {n}: {first_problem(exc)}")
 
     def window_histograms(self) -> Iterator[dict]:
+        """windows.msgpack's records in order (`{"index", "endpoints": {name: stats}}`). A
+        record that does not fit is skipped and noted in `problems`; a stream that cannot be
+        decoded further (damage) ends there, noted too. A torn last record (a killed
+        coordinator) ends it quietly."""
         p = self.path / "windows.msgpack"
         if not p.exists():
             return
-        with open(p, "rb") as f:
+        with _open_regular(p) as f:  # streamed: a long run's windows need not fit in memory at once
             unpacker = msgpack.Unpacker(f, raw=False)
-            try:
-                yield from unpacker
-            except (msgpack.OutOfData, ValueError):
-                return
+            n = 0
+            while True:
+                n += 1
+                try:
+                    item = unpacker.unpack()
+                except msgpack.OutOfData:
+                    return
+                except (ValueError, TypeError, msgpack.UnpackException) as exc:  # FormatError, StackError, bad UTF-8
+                    self.problems.append(f"windows.msgpack: record {n}: not msgpack ({exc}); the rest is ignored")
+                    return
+                if why := _window_record_problem(item):
+                    self.problems.append(f"windows.msgpack: record {n}: {why}")
+                    continue
+                yield item
 
     def histograms(self) -> list[dict]:
+        """histograms.msgpack: `[{"endpoint", "stage", "stats"}]`. Written once at the end, so
+        any damage makes it unusable: a BundleError naming the file and entry."""
         p = self.path / "histograms.msgpack"
         if not p.exists():
             return []
-        return msgpack.unpackb(p.read_bytes(), raw=False)
+        try:
+            entries = msgpack.unpackb(_read_bytes(p), raw=False)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise BundleError(f"{p}: not readable msgpack: {exc}") from None
+        if not isinstance(entries, list):
+            raise BundleError(f"{p}: expected a list of entries, got {type(entries).__name__}")
+        for i, entry in enumerate(entries):
+            if why := _histogram_entry_problem(entry):
+                raise BundleError(f"{p}: entry {i}: {why}")
+        return entries
 
     def alerts(self) -> list[AlertRecord]:
         """alerts.jsonl in order. A torn line (a killed coordinator) or a record that does not
         fit is left out and noted in `problems`; an alert-engine event stored wrapped
         (`{"event", "t_s", "alert": {...}}`) is flattened into its alert."""
-        p = self.path / "alerts.jsonl"
-        if not p.exists():
-            return []
         out = []
-        for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                self.problems.append(f"{p.name}: line {n}: torn or not JSON")
-                continue
-            if not isinstance(record, dict):
-                self.problems.append(f"{p.name}: line {n}: not an object")
-                continue
+        for n, record in _jsonl(self.path / "alerts.jsonl", self.problems):
             try:
                 out.append(AlertRecord.model_validate(_flat_alert(record)))
             except ValidationError as exc:
-                self.problems.append(f"{p.name}: line {n}: {first_problem(exc)}")
+                self.problems.append(f"alerts.jsonl: line {n}: {first_problem(exc)}")
         return out
+
+
+# -- reading what may be damaged ------------------------------------------------------------
+# A bundle may come from anywhere (shared, fetched, half-written by a killed coordinator).
+# manifest.json, summary.json and histograms.msgpack are written whole: damage there is a
+# BundleError naming the file. The appended streams (windows.jsonl, windows.msgpack,
+# alerts.jsonl) skip a bad record and note it in Bundle.problems, so that one bad line
+# never hides the lines after it.
+
+MAX_FILE_BYTES = 512 * 1024 * 1024  # manifest.json, summary.json, histograms.msgpack
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """A regular file opened for reading (a FIFO or device planted in a bundle is refused,
+    not waited on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BundleError(f"{path}: not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _read_bytes(path: Path) -> bytes:
+    with _open_regular(path) as f:
+        try:
+            data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise BundleError(f"{path}: larger than {MAX_FILE_BYTES} bytes, the limit for a bundle file")
+    return data
+
+
+def _jsonl(path: Path, problems: list[str], *, quiet_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, object) per line of a .jsonl file; a line that is not a JSON object
+    is noted in problems and skipped. quiet_torn_tail: an unterminated last line that is not
+    JSON (a coordinator killed mid-write) is skipped without a note."""
+    if not path.exists():
+        return
+    with _open_regular(path) as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError):  # not UTF-8, not JSON, an integer too long to convert
+                if not (quiet_torn_tail and not raw.endswith(b"\n")):
+                    problems.append(f"{path.name}: line {n}: torn or not JSON")
+                continue
+            if not isinstance(record, dict):
+                problems.append(f"{path.name}: line {n}: not an object")
+                continue
+            yield n, record
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _sparse_problem(d: Any) -> str | None:
+    """Why a sparse histogram (Histogram.to_sparse) cannot be restored, or None."""
+    if not isinstance(d, dict):
+        return "a histogram is not a map"
+    if d.get("layout") != LAYOUT:
+        return "a histogram's layout is not this horde's"
+    idx, cnt = d.get("idx"), d.get("cnt")
+    if not (isinstance(idx, bytes) and isinstance(cnt, bytes)) or len(idx) % 4 or len(idx) * 2 != len(cnt):
+        return "a histogram's sparse counts are malformed"
+    if not all(_is_int(d.get(k)) and d[k] >= 0 for k in ("count", "overflow", "clamped")):
+        return "a histogram's count, overflow or clamped is not a count"
+    if not all(d.get(k) is None or _is_int(d[k]) for k in ("min", "max")):
+        return "a histogram's min or max is not a whole number"
+    total = d.get("sum")
+    if not (_is_int(total) or (isinstance(total, str) and len(total) <= 40 and total.lstrip("-").isdigit())):
+        return "a histogram's sum is not a whole number"
+    indices = np.frombuffer(idx, dtype="<u4")
+    counts = np.frombuffer(cnt, dtype="<i8")
+    if len(indices) and (int(indices.max()) >= COUNTS_LEN or int(counts.min()) < 0):
+        return "a histogram's sparse counts are out of range"
+    if sum(counts.tolist()) + d["overflow"] != d["count"]:
+        return "a histogram's counts do not add up to its count"
+    return None
+
+
+def _stats_problem(d: Any) -> str | None:
+    """Why Stats.from_sparse would fail on d, or None."""
+    if not isinstance(d, dict):
+        return "stats are not a map"
+    if not all(_is_int(d.get(k)) for k in ("requests", "errors", "bytes")):
+        return "requests, errors or bytes is not a whole number"
+    duration = d.get("duration_s")
+    if not (isinstance(duration, (int, float)) and not isinstance(duration, bool) and math.isfinite(duration)):
+        return "duration_s is not a finite number"
+    by_class = d.get("errors_by_class")
+    if not (isinstance(by_class, list) and len(by_class) <= N_ERROR_CLASSES and all(map(_is_int, by_class))):
+        return f"errors_by_class is not a list of at most {N_ERROR_CLASSES} counts"
+    if any(abs(v) >= 2**63 for v in (d["requests"], d["errors"], d["bytes"], *by_class)):
+        return "a count is beyond 64 bits"
+    for series in ("latency", "service_time", "send_lag"):
+        if why := _sparse_problem(d.get(series)):
+            return f"{series}: {why}"
+    return None
+
+
+def _window_record_problem(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return f"expected a map, got {type(item).__name__}"
+    if not _is_int(item.get("index")):
+        return "index is not a whole number"
+    endpoints = item.get("endpoints")
+    if endpoints is None:
+        return None
+    if not isinstance(endpoints, dict):
+        return "endpoints is not a map"
+    for name, stats in endpoints.items():
+        if not isinstance(name, str):
+            return "an endpoint name is not text"
+        if why := _stats_problem(stats):
+            return f"endpoint {name[:80]!r}: {why}"
+    return None
+
+
+def _histogram_entry_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return f"expected a map, got {type(entry).__name__}"
+    for key in ("endpoint", "stage"):
+        if not (entry.get(key) is None or isinstance(entry[key], str)):
+            return f"{key} is not text"
+    return _stats_problem(entry.get("stats"))
 
 
 def _flat_alert(record: dict) -> dict:
@@ -226,23 +387,45 @@ def _flat_alert(record: dict) -> dict:
 
 def _read_json(path: Path, model: type[Record]) -> Any:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(_read_bytes(path).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise BundleError(f"{path}: unreadable JSON: {exc}") from exc
+        raise BundleError(f"{path}: unreadable JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # an integer too long to convert, nesting too deep
+        raise BundleError(f"{path}: unreadable JSON: {str(exc)[:120]}") from None
     if not isinstance(data, dict):
         raise BundleError(f"{path}: not a JSON object")
     if model is Manifest:
         fmt = data.get("bundle_format", BUNDLE_FORMAT)
-        if fmt not in READABLE_FORMATS:
+        if not isinstance(fmt, (int, str)) or isinstance(fmt, bool) or fmt not in READABLE_FORMATS:
+            shown = repr(fmt) if len(repr(fmt)) <= 40 else repr(fmt)[:37] + "..."
             raise BundleError(
-                f"{path}: bundle_format {fmt!r} is not one this horde reads "
+                f"{path}: bundle_format {shown} is not one this horde reads "
                 f"({', '.join(map(str, sorted(READABLE_FORMATS)))}); read it with the horde that wrote it "
-                f"({data.get('horde_version', 'unknown version')})"
+                f"({str(data.get('horde_version', 'unknown version'))[:40]})"
             )
     try:
-        return model.model_validate(data)
+        record = model.model_validate(data)
     except ValidationError as exc:
-        raise BundleError(f"{path}: does not fit the bundle format: {first_problem(exc)}") from exc
+        raise BundleError(f"{path}: does not fit the bundle format: {first_problem(exc)}") from None
+    if where := _non_finite(record.model_dump(by_alias=True)):  # horde writes no NaN or infinity
+        raise BundleError(f"{path}: {where}: not a finite number")
+    return record
+
+
+def _non_finite(data: Any) -> str | None:
+    """The key path of the first NaN or infinity in data, or None."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        node, here = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return here or "the top level"
+        if isinstance(node, dict):
+            stack.extend((v, f"{here}.{k}" if here else str(k)) for k, v in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, f"{here}[{i}]") for i, v in enumerate(node))
+    return None
 
 
 def read_bundle(path: str | Path) -> Bundle:
@@ -250,8 +433,12 @@ def read_bundle(path: str | Path) -> Bundle:
     if not p.is_dir():
         raise BundleError(f"{p}: not a bundle directory")
     mf = p / "manifest.json"
-    if not mf.exists():
+    if not mf.is_file():
         raise BundleError(f"{p}: no manifest.json (not a horde bundle)")
+    for name in BUNDLE_FILES:  # readers elsewhere open these by name: a FIFO or directory there would hang or fail
+        f = p / name
+        if os.path.lexists(f) and not f.is_file():
+            raise BundleError(f"{f}: not a regular file")
     manifest = _read_json(mf, Manifest)
     sp = p / "summary.json"
     summary = _read_json(sp, Summary) if sp.exists() else None

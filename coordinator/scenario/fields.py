@@ -15,9 +15,42 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from horde.automaton.fault_model import Loc, format_loc, problems_error
-from horde.coordinator.units import DURATION_SCHEMA, Duration, format_duration
+from horde.coordinator.units import DURATION_SCHEMA, format_duration
+from horde.coordinator.units import Duration as _AnyDuration
 
 __all__ = ["DURATION_SCHEMA", "REDACTED", "SENSITIVE_HEADERS", "Duration", "Loc", "Name"]
+
+# Limits on values, so that every scenario that validates can run (docs/scenarios.md#value-limits).
+MAX_DURATION_S = 30 * 86400.0  # any one duration, and the stages' total: 30 days
+MAX_AGENTS = 1024
+MAX_USERS = 1_000_000  # closed model: start and stage targets
+MAX_RATE_PER_S = 10_000_000.0  # open model: start and stage targets
+MAX_IN_FLIGHT = 1_000_000  # max_in_flight and max_connections
+MAX_WEIGHT = 1_000_000.0  # one request's weight (so the sum stays finite)
+MAX_POLLS = 1_000_000
+# RFC 7230 token characters: what a header name may hold (no space, colon, CR or LF).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _at_most_max_duration(seconds: float) -> float:
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"must be at most {format_duration(MAX_DURATION_S)} (30 days), got {format_duration(seconds)}")
+    return seconds
+
+
+# A duration in float seconds, at most MAX_DURATION_S.
+Duration = Annotated[_AnyDuration, AfterValidator(_at_most_max_duration)]
+
+
+def header_name_problems(names: Sequence[Any]) -> list[tuple[Loc, str]]:
+    """Header names that are not RFC 7230 tokens (a colon, space, CR or LF would split or
+    inject header lines), reported at the headers mapping with the name quoted."""
+    return [
+        ((), f"header name {name[:60]!r} may contain only letters, digits and !#$%&'*+-.^_`|~ (RFC 7230)")
+        for name in names
+        if isinstance(name, str) and not _HEADER_NAME.fullmatch(name)
+    ]
+
 
 REDACTED = "***"
 SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})

@@ -66,6 +66,7 @@ from horde.coordinator.judge.thresholds import ScopedThreshold
 from horde.coordinator.scenario.fields import (  # noqa: F401 - names other modules import from here
     _NAME_MESSAGE,
     _SENSITIVE_NAME,
+    MAX_AGENTS,
     REDACTED,
     SENSITIVE_HEADERS,
     Duration,
@@ -77,6 +78,7 @@ from horde.coordinator.scenario.fields import (  # noqa: F401 - names other modu
     _problems,
     _unique_name_problems,
 )
+from horde.coordinator.scenario.limits import Limits
 from horde.coordinator.scenario.requests import (  # noqa: F401
     FlowStep,
     Method,
@@ -112,11 +114,12 @@ from horde.coordinator.scenario.workload import (  # noqa: F401
 def _agents(value: Any) -> Any:
     if value == "auto":
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 18:
         value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_AGENTS:
         return value
-    raise ValueError(f"must be a whole number of at least 1 or 'auto', got {value!r}")
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise ValueError(f"must be a whole number from 1 to {MAX_AGENTS} or 'auto', got {shown}")
 
 
 class Scenario(_Model):
@@ -128,7 +131,7 @@ class Scenario(_Model):
     agents: Annotated[
         int | Literal["auto"],
         BeforeValidator(_agents),
-        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]}),
+        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_AGENTS}, {"const": "auto"}]}),
     ] = "auto"
     flush_interval: Annotated[Duration, _between(0.1, 60.0)] = 1.0
     timeout: Duration = Field(10.0, gt=0)
@@ -144,6 +147,8 @@ class Scenario(_Model):
     # Warning / critical alert rules (coordinator/judge/alert_section.py): rules and "defaults";
     # None = the defaults, [] = none.
     alerts: AlertSection | None = None
+    # Response caps for every request, probe and flow step (coordinator/scenario/limits.py).
+    limits: Limits = Field(default_factory=lambda: Limits.model_validate({}))
 
     @field_validator("requests")
     @classmethod

@@ -9,12 +9,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, JsonValue, field_validator, model_validator
 
 from horde.coordinator.scenario.fields import (
+    MAX_POLLS,
+    MAX_WEIGHT,
     Duration,
     Loc,
     Name,
     _Model,
     _problems,
     _unique_name_problems,
+    header_name_problems,
 )
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -31,6 +34,12 @@ def _header_value(value: Any) -> Any:
     if isinstance(value, str) and ("\r" in value or "\n" in value):
         raise ValueError("header values must not contain line breaks")
     return value
+
+
+def _checked_header_names(headers: dict[str, str]) -> dict[str, str]:
+    if problems := header_name_problems(list(headers)):
+        raise _problems(problems)
+    return headers
 
 
 class PollUntil(_Model):
@@ -54,7 +63,7 @@ class FlowStep(_Model):
     capture: dict[str, str] = {}  # variable -> dot path into the JSON response
     until: PollUntil | None = None  # repeat this step until the condition holds
     every: Duration = Field(0.1, gt=0)  # time between polls
-    max_polls: int = Field(50, ge=1)  # the bound: after this many, the flow fails (poll_exhausted)
+    max_polls: int = Field(50, ge=1, le=MAX_POLLS)  # the bound: after this many, the flow fails (poll_exhausted)
 
     @field_validator("path")
     @classmethod
@@ -62,6 +71,11 @@ class FlowStep(_Model):
         if not path.startswith("/"):
             raise ValueError("must start with '/'")
         return path
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        return _checked_header_names(headers)
 
     @property
     def json(self) -> JsonValue | None:  # type: ignore[override]  # the YAML key, not BaseModel.json
@@ -87,7 +101,7 @@ class RequestEntry(_Model):
     headers: dict[str, Annotated[str, BeforeValidator(_header_value)]] = {}
     json_body: JsonValue | None = Field(None, alias="json")
     body: str | None = None
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, gt=0, le=MAX_WEIGHT)
     expect: list[Annotated[int, Field(ge=100, le=599)]] = []
 
     @field_validator("path")
@@ -96,6 +110,11 @@ class RequestEntry(_Model):
         if path is not None and not path.startswith("/"):
             raise ValueError("must start with '/'")
         return path
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        return _checked_header_names(headers)
 
     @property
     def json(self) -> JsonValue | None:  # type: ignore[override]  # the YAML key, not BaseModel.json

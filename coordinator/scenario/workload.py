@@ -9,8 +9,13 @@ from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
 from horde.coordinator.scenario.fields import (
     DURATION_SCHEMA,
+    MAX_DURATION_S,
+    MAX_IN_FLIGHT,
+    MAX_RATE_PER_S,
+    MAX_USERS,
     Duration,
     Loc,
+    _at_most_max_duration,
     _Model,
     _problems,
     _unique_name_problems,
@@ -28,7 +33,7 @@ def _think_time(value: Any) -> Any:
                 problems.append(((key,), "required key is missing"))
                 continue
             try:
-                parsed[key] = parse_duration(value[key])
+                parsed[key] = _at_most_max_duration(parse_duration(value[key]))
             except ValueError as exc:
                 problems.append(((key,), str(exc)))
         if not problems and parsed["min"] > parsed["max"]:
@@ -37,8 +42,12 @@ def _think_time(value: Any) -> Any:
             raise _problems(problems)
         return (parsed["min"], parsed["max"])
     if isinstance(value, (tuple, list)):
-        return value  # already (min_s, max_s), e.g. from model_copy or code
-    seconds = parse_duration(value)
+        # (min_s, max_s), e.g. from model_copy or code, or [min, max] written in YAML: the
+        # same checks as the mapping form (a negative value here once slipped through).
+        if len(value) != 2:
+            raise ValueError(f"expected a duration or {{min, max}}, got a list of {len(value)}")
+        return _think_time({"min": value[0], "max": value[1]})
+    seconds = _at_most_max_duration(parse_duration(value))
     return (seconds, seconds)
 
 
@@ -67,8 +76,17 @@ def _workload_problems(
     """stages: (duration_s, target, name) per stage."""
     problems: list[tuple[Loc, str]] = []
     durations = [duration for duration, _, _ in stages]
-    if stages and None not in durations and sum(durations) <= 0:  # type: ignore[arg-type]  # no None, checked
+    total_s = sum(d for d in durations if d is not None)
+    if stages and None not in durations and total_s <= 0:
         problems.append((("stages",), "the stages' total duration must be more than 0"))
+    if total_s > MAX_DURATION_S:
+        problems.append((("stages",), f"the stages' total duration must be at most 720h (30 days), got {total_s:g}s"))
+    most, unit = (MAX_USERS, "users") if model == "closed" else (MAX_RATE_PER_S, "requests per second")
+    if start is not None and start > most:
+        problems.append((("start",), f"must be at most {most:,.0f} {unit}, got {start:g}"))
+    for i, (_, target, _) in enumerate(stages):
+        if target is not None and target > most:
+            problems.append((("stages", i, "target"), f"must be at most {most:,.0f} {unit}, got {target:g}"))
     if model == "closed":
         whole = "closed-model levels are user counts: expected a whole number, got {:g}"
         if start is not None and not float(start).is_integer():
@@ -100,8 +118,8 @@ class Workload(_Model):
     start: float = Field(0.0, ge=0)
     stages: list[StageEntry] = Field(min_length=1)
     think_time: ThinkTime = (0.0, 0.0)
-    max_in_flight: int = Field(1000, ge=1)
-    max_connections: int | None = Field(None, ge=1)
+    max_in_flight: int = Field(1000, ge=1, le=MAX_IN_FLIGHT)
+    max_connections: int | None = Field(None, ge=1, le=MAX_IN_FLIGHT)
     graceful_stop: Duration = 5.0
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from horde.coordinator import files
 from horde.coordinator.bundle.schema import Stats, Summary, as_manifest, as_summary
 
 SCHEMA_VERSION = 1
@@ -107,6 +108,24 @@ class HistoryError(RuntimeError):
     pass
 
 
+BUSY_TIMEOUT_S = 30.0  # how long to wait for another process's write lock
+
+
+def _check_row_types(d: dict[str, Any]) -> None:
+    """SQLite stores any type in any column: a run row's numbers must be numbers (or NULL)
+    and its texts texts before they are formatted."""
+    for col in (*HEADLINE, "duration_s", "thresholds_total", "thresholds_failed", "target_memory_max_bytes"):
+        v = d.get(col)
+        if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ValueError(f"{col} is {type(v).__name__} {str(v)[:40]!r}, not a number")
+    for col in ("bundle_path", "scenario"):
+        if not isinstance(d.get(col), str):
+            raise ValueError(f"{col} is not text")
+    for col in ("started", "ended", "outcome", "horde_version"):
+        if d.get(col) is not None and not isinstance(d[col], str):
+            raise ValueError(f"{col} is not text")
+
+
 @dataclass(frozen=True)
 class RunRow:
     id: int
@@ -179,8 +198,15 @@ class History:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm", "-journal"):  # SQLite opens its side files by name, following links
+            files.refuse_link(self.path.with_name(self.path.name + suffix))
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False, isolation_level=None)
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None
+            )
+        except sqlite3.Error as exc:  # a directory there, no permission, ...
+            raise HistoryError(f"{self.path}: cannot open the history: {exc}") from None
         self._db.row_factory = sqlite3.Row
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -193,13 +219,20 @@ class History:
                 row = self._db.execute("SELECT version FROM schema_version").fetchone()
                 if row is None:
                     self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                elif not isinstance(row["version"], int) or row["version"] < 1:
+                    raise HistoryError(
+                        f"{self.path}: history schema version {str(row['version'])[:40]!r} is not one horde writes"
+                    )
                 elif row["version"] > SCHEMA_VERSION:
                     raise HistoryError(
                         f"{self.path}: history schema {row['version']} is newer than this horde's ({SCHEMA_VERSION})"
                     )
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             self._db.close()
-            raise HistoryError(f"{self.path}: not a usable history file: {exc}") from exc
+            raise HistoryError(f"{self.path}: not a usable history file: {exc}") from None
+        except HistoryError:
+            self._db.close()
+            raise
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -209,21 +242,33 @@ class History:
 
         def __enter__(self) -> sqlite3.Connection:
             self.h._lock.acquire()
-            self.h._db.execute("BEGIN IMMEDIATE")
+            try:
+                self.h._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:  # locked longer than BUSY_TIMEOUT_S, or not a database
+                self.h._lock.release()
+                raise HistoryError(f"{self.h.path}: {exc}") from None
             return self.h._db
 
         def __exit__(self, exc_type, exc, tb) -> None:
             try:
                 self.h._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            except sqlite3.Error as end_exc:
+                if exc is None or isinstance(exc, sqlite3.Error):
+                    raise HistoryError(f"{self.h.path}: {end_exc}") from None
             finally:
                 self.h._lock.release()
+            if isinstance(exc, (sqlite3.Error, UnicodeDecodeError)):  # damage found mid-transaction: the file
+                raise HistoryError(f"{self.h.path}: not a usable history file: {exc}") from None
 
     def _tx(self) -> History._Tx:
         return History._Tx(self)
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged page or text, another layout, a lock
+                raise HistoryError(f"{self.path}: not a usable history file: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -326,12 +371,16 @@ class History:
         out = []
         for r in rows:
             d = dict(r)
-            d["complete"] = bool(d["complete"])
-            d["saturated"] = None if d["saturated"] is None else bool(d["saturated"])
-            d["bundle_path"] = self._absolute(d["bundle_path"])
-            for c in ("requests", "errors"):
-                d[c] = None if d[c] is None else int(d[c])
-            out.append(RunRow(**d, endpoints=endpoints[r["id"]], thresholds=thresholds[r["id"]]))
+            try:
+                _check_row_types(d)
+                d["complete"] = bool(d["complete"])
+                d["saturated"] = None if d["saturated"] is None else bool(d["saturated"])
+                d["bundle_path"] = self._absolute(d["bundle_path"])
+                for c in ("requests", "errors"):
+                    d[c] = None if d[c] is None else int(d[c])
+                out.append(RunRow(**d, endpoints=endpoints[r["id"]], thresholds=thresholds[r["id"]]))
+            except (TypeError, ValueError, KeyError, OverflowError) as exc:  # SQLite keeps whatever was stored
+                raise HistoryError(f"{self.path}: run {d.get('id')}: unexpected content: {exc}") from None
         return out
 
     def runs(self, scenario: str | None = None, limit: int = 50) -> list[RunRow]:
@@ -369,6 +418,9 @@ class History:
             )
             args = (scenario, endpoint)
         rows = self._query(sql + " ORDER BY r.started, r.id", args)
+        bad = next((r for r in rows if not isinstance(r[2], (int, float)) or not math.isfinite(r[2])), None)
+        if bad is not None:  # SQLite keeps whatever was stored
+            raise HistoryError(f"{self.path}: run {bad[0]}: {metric} is {str(bad[2])[:40]!r}, not a number")
         return [(int(r[0]), r[1], float(r[2])) for r in rows]
 
     def series(

@@ -210,8 +210,8 @@ PROBLEMS = [
     ("workload.max_in_flight", 0, "workload.max_in_flight", "greater than or equal to 1"),
     ("workload.max_connections", 0, "workload.max_connections", "greater than or equal to 1"),
     ("workload.model", DELETE, "workload.model", "required key is missing"),
-    ("agents", 0, "agents", "whole number of at least 1 or 'auto'"),
-    ("agents", "many", "agents", "whole number of at least 1 or 'auto'"),
+    ("agents", 0, "agents", "whole number from 1 to 1024 or 'auto'"),
+    ("agents", "many", "agents", "whole number from 1 to 1024 or 'auto'"),
     ("flush_interval", "50ms", "flush_interval", "must be between 100ms and 1m, got 50ms"),
     ("flush_interval", 61, "flush_interval", "must be between 100ms and 1m"),
     ("timeout", 0, "timeout", "greater than 0"),
@@ -522,7 +522,7 @@ def test_secrets_are_redacted_in_as_run_but_not_in_the_scenario():
 
 def test_url_password_is_redacted():
     loaded = parse(with_(BASE, "target", "http://bob:s3cret@h:1/x"))
-    assert loaded.as_run["target"] == "http://bob:***@h:1/x"
+    assert loaded.as_run["target"] == "http://***@h:1/x"  # userinfo, user and password both
     assert loaded.scenario.target.url == "http://bob:s3cret@h:1/x"
 
 
