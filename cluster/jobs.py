@@ -27,11 +27,16 @@ nothing but the port the jobs API already uses. By default the driver runs on th
 the cluster is restarted.
 
 A scenario file inside `working_dir` is passed by its relative path. One outside it (say
-`/tmp/checkout.yaml`) travels in the job's environment (`HORDE_SCENARIO_YAML`) and the job
-writes it back to `.horde-jobs/<job id>/<name>` before the run: nothing is copied into the
-repository on this machine. Its `${ENV}` references are resolved on the cluster, from the
-job's environment (`runtime_env_extra={"env_vars": {...}}`; those values are visible to
-anyone who can read the job's info on the dashboard).
+`/tmp/checkout.yaml`), and the `--set` overrides (a JSON list, read by `horde run --set-file`),
+travel as files in the job's working_dir upload, `.horde-jobs/<job id>/<name>` and
+`.horde-jobs/<job id>/overrides.json`: written there (mode 0600) just for the upload and
+removed right after it. The dashboard and the job list show a job's entrypoint, metadata
+and runtime_env, so none of them carries a scenario's content or a `--set` value (the rule
+is docs/security.md's; the job server's older `HORDE_SCENARIO_YAML` route is still read by
+`exec --scenario-from-env`). Each such job uploads its own working_dir package. A scenario's
+`${ENV}` references are resolved on the cluster, from the job's environment
+(`runtime_env_extra={"env_vars": {...}}`; those values are visible to anyone who can read
+the job's info on the dashboard).
 
 Authentication (Ray 2.60 token auth). `JobSubmissionClient` adds the cluster token only when
 `RAY_AUTH_MODE=token` is set in *this* process; with the mode unset it sends nothing, even
@@ -45,6 +50,7 @@ else `~/.ray/auth_token` -- and sends it as `Authorization: Bearer <token>` on e
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -55,7 +61,8 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -84,6 +91,7 @@ from horde.cluster.job_server import (
     auth_headers,
 )
 from horde.cluster.shipping import JOB_ID_ENV, horde_py_module
+from horde.coordinator import files
 
 __all__ = [
     "BUNDLES_SUBDIR",
@@ -103,6 +111,7 @@ __all__ = [
     "list_jobs",
     "logs",
     "new_job_id",
+    "prepare_job",
     "ray_logs_dir",
     "status",
     "stop",
@@ -143,15 +152,18 @@ def job_entrypoint(
     job_id: str,
     scenario_arg: str,
     *,
-    overrides: Sequence[str] = (),
+    set_file: str | None = None,
     out_dir: str = "results",
     scenario_from_env: bool = False,
 ) -> str:
-    """The job's shell command: this module's `exec` wrapping `python -m horde.coordinator.cli run`."""
+    """The job's shell command: this module's `exec` wrapping `python -m horde.coordinator.cli run`.
+
+    `--set` values never appear here (the dashboard shows the entrypoint): they reach the run
+    through `set_file`, a file in the job's working_dir."""
     job_out = f"{out_dir.rstrip('/')}/{job_id}"
     run = ["python", "-m", "horde.coordinator.cli", "run", scenario_arg]
-    for o in overrides:
-        run += ["--set", o]
+    if set_file is not None:
+        run += ["--set-file", set_file]
     run += ["--out", job_out, "--address", "auto"]
     wrapper = ["python", "-m", "horde.cluster.jobs", "exec", "--job-id", job_id, "--bundles", job_out]
     if scenario_from_env:
@@ -181,6 +193,21 @@ def build_runtime_env(
     return runtime_env
 
 
+JOB_FILES_DIR = ".horde-jobs"  # in working_dir: a job's files that travel with the upload
+OVERRIDES_FILE = "overrides.json"
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """What `submit` hands the job server, and the files that travel in the working_dir upload."""
+
+    job_id: str
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    metadata: dict[str, str]
+    files: dict[str, str] = field(default_factory=dict)  # path relative to working_dir -> text
+
+
 def submit(
     scenario_path: str | os.PathLike[str],
     *,
@@ -192,7 +219,7 @@ def submit(
     job_id: str | None = None,
     token: str | None = None,
 ) -> str:
-    """Submit `horde run SCENARIO --set ... --out OUT_DIR/<job id>` as a Ray job; return its id.
+    """Submit `horde run SCENARIO --set-file ... --out OUT_DIR/<job id>` as a Ray job; return its id.
 
     `working_dir` (default: this checkout, or the current directory for a wheel install) is
     shipped as the job's working_dir and the `horde` package as a py_module; horde's
@@ -201,6 +228,36 @@ def submit(
     The scenario is not validated here: run `horde validate` first; a job with an invalid
     scenario fails with exit code 3 and says why in its logs.
     """
+    job = prepare_job(
+        scenario_path,
+        overrides=overrides,
+        out_dir=out_dir,
+        working_dir=working_dir,
+        runtime_env_extra=runtime_env_extra,
+        job_id=job_id,
+    )
+    client = _client(address, token)
+    runtime_env = dict(job.runtime_env)
+    with _translated(address, job.job_id), horde_py_module() as horde_dir:
+        # horde travels as a py_module, so nodes need only Ray and horde's dependencies
+        runtime_env["py_modules"] = [horde_dir, *runtime_env.get("py_modules", [])]
+        with _job_files(Path(runtime_env["working_dir"]), job.files):  # the upload happens in submit_job
+            return client.submit_job(
+                entrypoint=job.entrypoint, submission_id=job.job_id, runtime_env=runtime_env, metadata=job.metadata
+            )
+
+
+def prepare_job(
+    scenario_path: str | os.PathLike[str],
+    *,
+    overrides: Sequence[str] = (),
+    out_dir: str = "results",
+    working_dir: str | os.PathLike[str] | None = None,
+    runtime_env_extra: Mapping[str, Any] | None = None,
+    job_id: str | None = None,
+) -> PreparedJob:
+    """The job `submit` sends, without sending it: entrypoint, runtime_env, metadata, and the
+    files (the scenario when it lies outside working_dir, the overrides) to put in working_dir."""
     wd = Path(working_dir or _default_working_dir()).resolve()
     if not wd.is_dir():
         raise JobsError(f"working_dir {wd} is not a directory")
@@ -213,22 +270,53 @@ def submit(
         job_id = JOB_PREFIX + job_id
     if not _JOB_ID_RE.match(job_id):
         raise JobsError(f"job id {job_id!r}: use letters, digits, '-', '_' and '.' only")
+    job_dir = f"{JOB_FILES_DIR}/{job_id}"
+    job_files: dict[str, str] = {}
     if scenario.is_relative_to(wd) and _shipped_with(wd, scenario.relative_to(wd)):
-        scenario_arg, scenario_text = scenario.relative_to(wd).as_posix(), None
+        scenario_arg = scenario.relative_to(wd).as_posix()
     else:
-        scenario_arg, scenario_text = f".horde-jobs/{job_id}/{scenario.name}", scenario.read_text()
-    entrypoint = job_entrypoint(
-        job_id, scenario_arg, overrides=overrides, out_dir=out_dir, scenario_from_env=scenario_text is not None
-    )
-    runtime_env = build_runtime_env(wd, job_id, scenario_text=scenario_text, extra=runtime_env_extra)
-    client = _client(address, token)
-    metadata = {"horde.scenario": scenario.name, "horde.out": f"{out_dir.rstrip('/')}/{job_id}"}
-    with _translated(address, job_id), horde_py_module() as horde_dir:
-        # horde travels as a py_module, so nodes need only Ray and horde's dependencies
-        runtime_env["py_modules"] = [horde_dir, *runtime_env.get("py_modules", [])]
-        return client.submit_job(
-            entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env, metadata=metadata
+        scenario_arg = f"{job_dir}/{scenario.name}"
+        job_files[scenario_arg] = scenario.read_text()
+    set_file = None
+    if overrides:
+        set_file = f"{job_dir}/{OVERRIDES_FILE}"
+        job_files[set_file] = json.dumps(list(overrides))
+    if job_files and _git_ignored(wd, Path(job_dir)):
+        raise JobsError(
+            f"{JOB_FILES_DIR}/ is git-ignored in {wd}, and Ray does not upload git-ignored files: "
+            "the scenario copy and the --set values travel there; remove it from .gitignore"
         )
+    entrypoint = job_entrypoint(job_id, scenario_arg, set_file=set_file, out_dir=out_dir)
+    runtime_env = build_runtime_env(wd, job_id, extra=runtime_env_extra)
+    if job_files:
+        # DEFAULT_EXCLUDES leaves out .horde-jobs/; this job's own files go with it (the last
+        # matching pattern wins in Ray's gitwildmatch excludes; the directory and its files
+        # each need a pattern, measured on Ray 2.60).
+        runtime_env["excludes"] += [f"!{job_dir}", f"!{job_dir}/**"]
+    metadata = {"horde.scenario": scenario.name, "horde.out": f"{out_dir.rstrip('/')}/{job_id}"}
+    return PreparedJob(job_id, entrypoint, runtime_env, metadata, job_files)
+
+
+@contextlib.contextmanager
+def _job_files(working_dir: Path, job_files: Mapping[str, str]) -> Iterator[None]:
+    """The job's files in working_dir (owner-only) while the block runs, then gone again."""
+    written: list[Path] = []
+    made: list[Path] = []  # directories created here, removed again when empty
+    try:
+        for relative, text in job_files.items():
+            path = working_dir / relative
+            missing = [d for d in path.parents if d.is_relative_to(working_dir) and not d.exists()]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made += [d for d in missing if d not in made]
+            files.write_bytes(path, text.encode("utf-8"), perm=files.PRIVATE_MODE)
+            written.append(path)
+        yield
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+        for path in sorted(made, key=lambda d: len(d.parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty (another submit's) or already gone
+                path.rmdir()
 
 
 def _default_working_dir() -> Path:
@@ -240,14 +328,18 @@ def _shipped_with(working_dir: Path, relative: Path) -> bool:
     """Whether Ray's upload of working_dir includes this file (not excluded, not git-ignored)."""
     if relative.parts[0].rstrip("/") in {e.rstrip("/") for e in DEFAULT_EXCLUDES}:
         return False
+    return not _git_ignored(working_dir, relative)
+
+
+def _git_ignored(working_dir: Path, relative: Path) -> bool:
     if (working_dir / ".git").exists() and shutil.which("git"):
         ignored = subprocess.run(
             ["git", "-C", str(working_dir), "check-ignore", "-q", relative.as_posix()],
             capture_output=True,
             timeout=10,
         )
-        return ignored.returncode != 0  # 0: ignored; 1: not ignored; 128: not a repository after all
-    return True
+        return ignored.returncode == 0  # 0: ignored; 1: not ignored; 128: not a repository after all
+    return False
 
 
 def list_jobs(address: str, *, token: str | None = None, all_jobs: bool = False) -> list[JobInfo]:
@@ -349,7 +441,7 @@ def fetch(
                     raise JobsError(_auth_advice(address, r.status_code))
                 if r.status_code != 200:
                     raise JobsError(_no_bundle_advice(job_id, info, r.text))
-                with open(archive, "wb") as f:
+                with files.replacing(archive, "wb") as f:
                     for chunk in r.iter_content(chunk_size=1 << 20):
                         f.write(chunk)
         except requests.RequestException as exc:
@@ -391,7 +483,7 @@ def _unpack(archive: Path, dest: Path, job_id: str) -> Path:
                 tar.extractall(staging)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise JobsError(f"the bundle archive of job {job_id} is damaged: {exc}") from exc
-    os.replace(staging / name, final)
+    os.replace(staging / name, files.refuse_link(final))
     return final
 
 

@@ -1,12 +1,15 @@
 """What a run shows while it goes: a live terminal view on a TTY, plain lines otherwise.
 
-The run hands each closed window to a view as a plain dict (`window_info`, built by run.py)
+The run hands each closed window to a view as a plain dict (`window_info`, built by run/summary.py)
 and its messages (losses, alerts, warnings) as text. Views:
 
 - `PlainView`: one line per window (CI logs, pipes).
 - `RichView`: a live panel (rich) with a progress bar, the window's figures, per-agent
   health and active alerts; messages scroll above it.
 - `QuietView`: nothing (``--quiet``).
+
+Messages pass the redaction rule (coordinator/scenario/redact.py) before they are shown: the
+run's own lines name the target URL, and an error may quote one.
 """
 
 from __future__ import annotations
@@ -17,6 +20,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
+
+
+Redact = Callable[[str], str]
+
+
+def _no_redaction(text: str) -> str:
+    return text
 
 
 def _ms(v: float | None) -> str:
@@ -46,11 +56,12 @@ class QuietView:
 
 
 class PlainView:
-    def __init__(self, out: TextIO | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, redact: Redact = _no_redaction) -> None:
         self._out = out or sys.stderr
+        self._redact = redact
 
     def message(self, text: str) -> None:
-        print(text, file=self._out, flush=True)
+        print(self._redact(text), file=self._out, flush=True)
 
     def window(self, info: dict[str, Any]) -> None:
         print(format_line(info), file=self._out, flush=True)
@@ -62,7 +73,7 @@ class PlainView:
 class RichView:
     """A live panel redrawn on every window (4 times a second at most)."""
 
-    def __init__(self, title: str, out: TextIO | None = None) -> None:
+    def __init__(self, title: str, out: TextIO | None = None, redact: Redact = _no_redaction) -> None:
         from rich.console import Console
         from rich.live import Live
 
@@ -70,6 +81,7 @@ class RichView:
         self._title = title
         self._live = Live(console=self._console, refresh_per_second=4, transient=False)
         self._started = False
+        self._redact = redact
 
     def _ensure(self) -> None:
         if not self._started:
@@ -78,7 +90,7 @@ class RichView:
 
     def message(self, text: str) -> None:
         self._ensure()
-        self._live.console.print(text, markup=False, highlight=False)
+        self._live.console.print(self._redact(text), markup=False, highlight=False)
 
     def window(self, info: dict[str, Any]) -> None:
         self._ensure()
@@ -144,17 +156,19 @@ class RichView:
             self._live.stop()
 
 
-def choose_view(title: str, *, quiet: bool, stream: TextIO | None = None) -> QuietView | PlainView | RichView:
-    """Rich on a terminal, plain lines otherwise, nothing with --quiet."""
+def choose_view(
+    title: str, *, quiet: bool, stream: TextIO | None = None, redact: Redact = _no_redaction
+) -> QuietView | PlainView | RichView:
+    """Rich on a terminal, plain lines otherwise, nothing with --quiet; `redact` cleans messages."""
     stream = stream or sys.stderr
     if quiet:
         return QuietView()
     if stream.isatty():
         try:
-            return RichView(title, stream)
+            return RichView(title, stream, redact)
         except ImportError:  # rich is a dependency; a broken install falls back to lines
             pass
-    return PlainView(stream)
+    return PlainView(stream, redact)
 
 
 Callback = Callable[[dict[str, Any]], None]

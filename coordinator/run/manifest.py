@@ -8,15 +8,35 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from horde.cluster.connect import ray_binding
 from horde.cluster.events import ClusterShape
 from horde.coordinator.plan import Plan
 from horde.coordinator.scenario.load import LoadedScenario
+from horde.coordinator.scenario.redact import Redactor
 
 _SECRET_KEY = re.compile(r"token|secret|password|passwd|key|authorization|cookie", re.I)
 
 
-def redacted_argv(argv: list[str]) -> list[str]:
-    """The command line with the values of secret-looking --set keys (and URL passwords) hidden."""
+class _RedactedTarget(dict):
+    """manifest["target"]: the run adds keys as it learns them (the metrics URL once the probe
+    starts, in run/session.py); each value passes the redaction rule on the way in, so no
+    later writer can put a URL's credentials or an ${ENV} value into the bundle."""
+
+    def __init__(self, redactor: Redactor, data: dict[str, Any]) -> None:
+        super().__init__()
+        self._redactor = redactor
+        for key, value in data.items():
+            self[key] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        redactor = getattr(self, "_redactor", None) or Redactor()  # copy/pickle set items before __init__ state
+        super().__setitem__(key, redactor.value({key: value})[key])
+
+
+def redacted_argv(argv: list[str], redactor: Redactor | None = None) -> list[str]:
+    """The command line with the values of secret-looking --set keys, URL userinfo, secret query
+    values and the scenario's ${ENV} values hidden."""
+    redactor = redactor or Redactor()
     out = []
     for i, a in enumerate(argv):
         prev = argv[i - 1] if i else ""
@@ -25,7 +45,7 @@ def redacted_argv(argv: list[str]) -> list[str]:
             key, eq, _ = body.partition("=")
             if eq and (_SECRET_KEY.search(key) or "${" in body):
                 a = ("--set=" if a.startswith("--set=") else "") + f"{key}=***"
-        out.append(re.sub(r"(://[^/:@\s]+:)[^@/\s]+@", r"\1***@", a))
+        out.append(redactor.text(a))
     return out
 
 
@@ -47,7 +67,8 @@ def build_manifest(
 
     from horde.coordinator import __version__
 
-    return {
+    redactor = getattr(loaded, "redactor", None) or Redactor()  # tests hand in stand-ins
+    manifest: dict[str, Any] = {
         "horde_version": __version__,
         "bundle_format": 1,
         "scenario": loaded.as_run,
@@ -56,13 +77,13 @@ def build_manifest(
         "complete": False,
         "started": started.isoformat(),
         "target": {
-            "url": base_url,
+            "url": redactor.url(base_url),
             "embedded": target_proc is not None,
             "pid": getattr(target_proc, "pid", None),
             "admin_url": getattr(target_proc, "admin_url", None),  # never the admin token
             "faults": target_proc.faults() if target_proc is not None else None,
         },
-        "cluster": shape.to_dict(),
+        "cluster": {**shape.to_dict(), "ray_binding": ray_binding(shape.kind)},
         "plan": {
             "agents": plan.count,
             "cpus_per_agent": plan.cpus_per_agent,
@@ -79,5 +100,7 @@ def build_manifest(
             "numpy": numpy.__version__,
             "platform": platform.platform(),
         },
-        "argv": redacted_argv(sys.argv),
+        "argv": redacted_argv(sys.argv, redactor),
     }
+    manifest["target"] = _RedactedTarget(redactor, manifest["target"])
+    return manifest

@@ -7,11 +7,11 @@ import copy
 import difflib
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import yaml
@@ -30,7 +30,8 @@ from horde.coordinator.scenario.models import (
     _unique_name_problems,
     _workload_problems,
 )
-from horde.coordinator.scenario.redact import _is_secret, _sensitive_header, redact
+from horde.coordinator.scenario.redact import Redactor, _is_secret, _sensitive_header, redact
+from horde.coordinator.scenario.safe_yaml import parse_yaml, value_problems, yaml_value
 from horde.coordinator.units import parse_duration
 
 # --- loading ------------------------------------------------------------------------------
@@ -58,6 +59,7 @@ class LoadedScenario:
     scenario: Scenario  # validated, with real values: what runs
     source: str  # where it came from (the file path)
     as_run: dict[str, Any]  # the data after interpolation and overrides, secrets redacted
+    redactor: Redactor = field(default_factory=Redactor)  # the redaction rule with this scenario's ${ENV} values
 
 
 def load_scenario(
@@ -68,12 +70,44 @@ def load_scenario(
 ) -> LoadedScenario:
     """Read, interpolate (env defaults to os.environ), override and validate a scenario file."""
     source = os.fspath(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ScenarioError([Problem(source, f"cannot read the scenario: {reason}")]) from None
+    text = _read_text(source)
     return parse_scenario(text, source=source, overrides=overrides, env=os.environ if env is None else env)
+
+
+MAX_SCENARIO_BYTES = 1024 * 1024
+
+
+def _read_text(source: str) -> str:
+    """A regular file's UTF-8 text, at most MAX_SCENARIO_BYTES. Opened without blocking and
+    checked with fstat before any read, so a FIFO, a device (/dev/zero, /dev/urandom) or a
+    directory is refused at once rather than waited on or read without end."""
+    shown = source if source.isprintable() else repr(source)
+
+    def fail(reason: str) -> ScenarioError:
+        return ScenarioError([Problem(shown, f"cannot read the scenario: {reason}")])
+
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise fail(exc.strerror or str(exc)) from None
+    except ValueError as exc:  # a NUL in the name
+        raise fail(str(exc)) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a pipe, socket or device"
+        raise fail(f"not a regular file ({kind})")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_SCENARIO_BYTES + 1)
+        except OSError as exc:
+            raise fail(exc.strerror or str(exc)) from None
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise fail(f"larger than {MAX_SCENARIO_BYTES} bytes (1 MiB), the limit for a scenario file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}") from None
 
 
 def parse_scenario(
@@ -86,6 +120,7 @@ def parse_scenario(
     """Like load_scenario for text in hand; pure: env None means no variables are set."""
     env = {} if env is None else env
     problems: list[Problem] = []
+    redactor = _redactor(text, overrides, env)
 
     parsed_overrides = []
     for text_ in overrides:
@@ -96,7 +131,7 @@ def parse_scenario(
 
     data, yaml_problems = _read_yaml(text, source)
     if data is None:
-        raise ScenarioError(yaml_problems + problems)
+        raise ScenarioError(_scrubbed(yaml_problems + problems, redactor))
     problems[:0] = yaml_problems
 
     data, secrets, interpolation_problems = _interpolate(data, env)
@@ -111,6 +146,12 @@ def parse_scenario(
             continue
         secrets = {s for s in secrets if s[: len(loc)] != loc}
 
+    # Control characters, out-of-range integers, non-finite floats: named here by key path,
+    # and left out of the model's own messages about the same values.
+    for loc, msg in value_problems(data):
+        problems.append(Problem(_format_loc(loc) or source, msg))
+        unusable.add(_format_loc(loc))
+
     scenario: Scenario | None = None
     try:
         scenario = Scenario.model_validate(copy.deepcopy(data), context=_reference_context(data))
@@ -122,58 +163,38 @@ def parse_scenario(
                 problems.append(problem)
 
     if problems or scenario is None:
-        raise ScenarioError(problems)
-    return LoadedScenario(scenario=scenario, source=source, as_run=redact(data, secrets))
+        raise ScenarioError(_scrubbed(problems, redactor))
+    return LoadedScenario(scenario=scenario, source=source, as_run=redact(data, secrets, redactor), redactor=redactor)
 
 
-# YAML: safe, without timestamps (a date-like value stays the text it was), duplicate keys noted.
-class _Loader(yaml.SafeLoader):
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicate_keys: list[tuple[str, yaml.Mark]] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if key_node.value in seen:
-                    self.duplicate_keys.append((key_node.value, key_node.start_mark))
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
+_REFERENCED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
 
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+def _redactor(text: str, overrides: Sequence[str], env: Mapping[str, str]) -> Redactor:
+    """The rule with every value the scenario may take from the environment or from a `--set`
+    with a secret-looking key. Read off the text, so a reference in a comment counts too:
+    redacting one value too many is the safe side."""
+    values = [env[name] for name in set(_REFERENCED.findall(text)) if env.get(name)]
+    for text_ in overrides:
+        key, sep, raw = text_.partition("=")
+        if sep and _sensitive_key_text(key):
+            values.append(raw.strip().strip("'\""))
+    return Redactor.of(values)
 
 
-def _yaml_value(text: str) -> Any:
-    loader = _Loader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
+def _scrubbed(problems: Sequence[Problem], redactor: Redactor) -> list[Problem]:
+    """Problems as shown: no ${ENV} value, URL userinfo or secret query value in them."""
+    return [Problem(redactor.text(p.path), redactor.text(p.message)) for p in problems]
 
 
+# YAML: safe and bounded (depth, alias expansion, integer length, control characters), without
+# timestamps (a date-like value stays the text it was), duplicate keys noted: safe_yaml.py.
 def _read_yaml(text: str, source: str) -> tuple[dict[str, Any] | None, list[Problem]]:
-    loader = _Loader(text)
-    try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        message = ", ".join(part for part in (exc.context, exc.problem) if part)
-        return None, [Problem(where, message or "invalid YAML")]
-    except yaml.YAMLError as exc:
-        return None, [Problem(source, f"invalid YAML: {exc}")]
-    finally:
-        loader.dispose()
-    problems = [
-        Problem(f"{source}:{mark.line + 1}:{mark.column + 1}", f"duplicate key {key!r}")
-        for key, mark in loader.duplicate_keys
-    ]
+    data, found, parsed = parse_yaml(text, source)
+    problems = [Problem(where, message) for where, message in found]
     expected = "a mapping of keys (name, target, ...)"
+    if not parsed:
+        return None, problems
     if data is None:
         return None, [*problems, Problem(source, f"the scenario is empty; expected {expected}")]
     if not isinstance(data, dict):
@@ -265,15 +286,21 @@ def _interpolate(data: Any, env: Mapping[str, str]) -> tuple[Any, set[Loc], list
     return walk(data, ()), secrets, problems
 
 
-# Overrides.
+# Overrides: bounded so that a key and its value nest no deeper than a file may
+# (MAX_SET_KEY_PARTS + the value's own MAX_DEPTH).
+MAX_SET_KEY_CHARS = 256
+MAX_SET_KEY_PARTS = 16
+MAX_SET_VALUE_CHARS = 65536
 _OVERRIDE_KEY = re.compile(r"\.?([^.\[\]=\s]+)|\[(\d+)\]")
 
 
 def _override_label(text: str) -> str:
     key, sep, _ = text.partition("=")
     if sep and _sensitive_key_text(key):
-        return f"--set {key}={REDACTED}"
-    return f"--set {text}"
+        text = f"{key}={REDACTED}"
+    if not text.isprintable():  # a control character would act on the terminal it is printed to
+        text = text.encode("unicode_escape").decode("ascii")
+    return f"--set {text}" if len(text) <= 100 else f"--set {text[:97]}..."
 
 
 def _sensitive_key_text(key: str) -> bool:
@@ -286,6 +313,10 @@ def _parse_override(text: str) -> tuple[Loc, Any]:
     if not sep:
         raise ValueError("expected KEY=VALUE, e.g. workload.stages[0].target=10")
     key = key.strip()
+    if len(key) > MAX_SET_KEY_CHARS:
+        raise ValueError(f"the key is longer than {MAX_SET_KEY_CHARS} characters")
+    if len(raw) > MAX_SET_VALUE_CHARS:
+        raise ValueError(f"the value is longer than {MAX_SET_VALUE_CHARS} characters")
     loc: list[str | int] = []
     pos = 0
     while pos < len(key):
@@ -303,8 +334,10 @@ def _parse_override(text: str) -> tuple[Loc, Any]:
         pos = m.end()
     if not loc:
         raise ValueError("empty key: expected KEY=VALUE, e.g. workload.stages[0].target=10")
+    if len(loc) > MAX_SET_KEY_PARTS:
+        raise ValueError(f"the key is {len(loc)} levels deep; at most {MAX_SET_KEY_PARTS}")
     try:
-        value = _yaml_value(raw)
+        value = yaml_value(raw)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ValueError(f"the value is not valid YAML: {problem}") from None

@@ -39,14 +39,16 @@ import os
 import signal
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from horde.agents.spec import RequestTemplate
+from horde.coordinator import files
 from horde.coordinator.judge.alerts import DEFAULT_RULES, AlertRule, parse_rules
 from horde.coordinator.run.exposition import LOOPBACK
 from horde.coordinator.run.target import start_target
+from horde.coordinator.scenario.redact import Redactor, redact_url
 from horde.coordinator.workflows.monitor_loop import MonitorConfig, MonitorLoop, MonitorResult, Progress
 
 __all__ = ["MonitorResult", "run_monitor", "stop_on_signals"]
@@ -114,6 +116,8 @@ def run_monitor(
         window_s = max(DEFAULT_WINDOW_S, interval_s)
     if not window_s >= interval_s:
         raise ValueError(f"window_s ({window_s!r}) must be at least interval_s ({interval_s!r})")
+    if snapshot_path is not None:  # refused now, not as a warning each interval
+        files.refuse_link(snapshot_path)
     target = _resolve_target(scenario_or_urls, target_url)
     if rules is None:
         rules = target.rules if target.rules is not None else DEFAULT_RULES
@@ -128,8 +132,9 @@ def run_monitor(
         prometheus_host=prometheus_host,
         snapshot_path=os.fspath(snapshot_path) if snapshot_path is not None else None,
         stop_event=stop_event or threading.Event(),
-        progress=progress or (lambda line: None),
+        progress=_redacting(progress or (lambda line: None), target.redactor),
         grace_s=float(grace_s),
+        redactor=target.redactor,
     )
 
     started = None
@@ -163,6 +168,7 @@ class _Target:
     timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
     rules: tuple[AlertRule, ...] | None = None
+    redactor: Redactor = field(default_factory=Redactor)  # the scenario's ${ENV} values, or none
 
     def templates(self, base_url: str | None) -> tuple[RequestTemplate, ...]:
         if self.scenario is not None:
@@ -183,12 +189,14 @@ def _resolve_target(x: Any, target_url: str | None) -> _Target:
     from horde.coordinator.scenario.models import Scenario
 
     scenario = None
+    redactor = Redactor()
     if isinstance(x, LoadedScenario):
-        scenario = x.scenario
+        scenario, redactor = x.scenario, x.redactor
     elif isinstance(x, Scenario):
         scenario = x
     elif isinstance(x, (str, os.PathLike)) and not _is_url(x):
-        scenario = load_scenario(x).scenario
+        loaded = load_scenario(x)
+        scenario, redactor = loaded.scenario, loaded.redactor
     if scenario is not None:
         return _Target(
             source=scenario.name,
@@ -198,6 +206,7 @@ def _resolve_target(x: Any, target_url: str | None) -> _Target:
             timeout_s=scenario.timeout,
             connect_timeout_s=scenario.connect_timeout,
             rules=_scenario_rules(scenario),
+            redactor=redactor,
         )
     urls = (x,) if isinstance(x, str) else tuple(x)
     if target_url is not None:
@@ -207,7 +216,12 @@ def _resolve_target(x: Any, target_url: str | None) -> _Target:
     urls = tuple(u.strip() for u in urls)
     origins = {_origin(u) for u in urls}
     source = urls[0] if len(urls) == 1 else (origins.pop() if len(origins) == 1 else ",".join(urls))
-    return _Target(source=source, base_url=None, urls=urls)
+    # The source names the target in the history, the snapshot and webhooks: no credentials.
+    return _Target(source=",".join(redact_url(u) for u in source.split(",")), base_url=None, urls=urls)
+
+
+def _redacting(progress: Progress, redactor: Redactor) -> Progress:
+    return lambda line: progress(redactor.text(line))
 
 
 def _scenario_rules(scenario: Any) -> tuple[AlertRule, ...] | None:

@@ -46,7 +46,7 @@ def test_entrypoint_runs_horde_through_the_exec_wrapper():
     cmd = jobs.job_entrypoint(
         "horde-x-1",
         ".horde-jobs/horde-x-1/my scenario.yaml",
-        overrides=("target=http://h:1", "workload.stages[0].target=5"),
+        set_file=".horde-jobs/horde-x-1/overrides.json",
         scenario_from_env=True,
     )
     argv = shlex.split(cmd)
@@ -58,10 +58,8 @@ def test_entrypoint_runs_horde_through_the_exec_wrapper():
     assert run[:5] == ["python", "-m", "horde.coordinator.cli", "run", ".horde-jobs/horde-x-1/my scenario.yaml"]
     assert run[run.index("--out") + 1] == "results/horde-x-1"
     assert run[run.index("--address") + 1] == "auto"  # the job's driver attaches to its own cluster
-    assert [run[i + 1] for i, a in enumerate(run) if a == "--set"] == [
-        "target=http://h:1",
-        "workload.stages[0].target=5",
-    ]
+    assert "--set" not in run  # --set values travel in a file, never on the command line
+    assert run[run.index("--set-file") + 1] == ".horde-jobs/horde-x-1/overrides.json"
 
 
 def test_runtime_env_ships_the_repo_without_results_and_merges_extras(tmp_path):
@@ -99,9 +97,26 @@ def test_submit_passes_a_shipped_scenario_by_path_and_carries_any_other(monkeypa
 
     outside = tmp_path / "mine.yaml"
     outside.write_text("name: mine\n")
-    job_id = jobs.submit(outside, address="http://head:8265")
-    assert calls[-1]["runtime_env"]["env_vars"]["HORDE_SCENARIO_YAML"] == "name: mine\n"
-    assert f"--scenario-from-env .horde-jobs/{job_id}/mine.yaml" in calls[-1]["entrypoint"]
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    uploaded = {}
+
+    def upload(**kw):  # what Ray's upload would find in working_dir during submit_job
+        uploaded.update({p.relative_to(wd).as_posix(): p.read_text() for p in wd.rglob("*") if p.is_file()})
+        return kw["submission_id"]
+
+    FakeClient.submit_job = lambda self, **kw: (calls.append(kw), upload(**kw))[1]
+    job_id = jobs.submit(outside, address="http://head:8265", working_dir=wd, overrides=["agents=2"])
+    # The scenario and the overrides travel as files in the working_dir upload, then are removed.
+    assert uploaded == {
+        f".horde-jobs/{job_id}/mine.yaml": "name: mine\n",
+        f".horde-jobs/{job_id}/overrides.json": '["agents=2"]',
+    }
+    assert not list(wd.rglob("*"))
+    assert "HORDE_SCENARIO_YAML" not in calls[-1]["runtime_env"]["env_vars"]
+    run_args = f"run .horde-jobs/{job_id}/mine.yaml --set-file .horde-jobs/{job_id}/overrides.json"
+    assert run_args in calls[-1]["entrypoint"]
+    assert "agents=2" not in calls[-1]["entrypoint"]
 
     with pytest.raises(JobsError, match="no such file"):
         jobs.submit(tmp_path / "missing.yaml", address="http://head:8265")
@@ -151,7 +166,7 @@ def test_export_then_unpack_gives_the_same_bundle(tmp_path):
     bundle = _fake_bundle(tmp_path / "out")
     archive = jobs.export_bundle_for_fetch(bundle, job_id="horde-x", logs_dir=tmp_path / "logs")
     assert archive == tmp_path / "logs" / "horde-bundles" / "horde-x.tar.gz"
-    assert not list(archive.parent.glob("*.part"))
+    assert [p.name for p in archive.parent.iterdir()] == ["horde-x.tar.gz"]  # no temporary file left
     dest = tmp_path / "home"
     dest.mkdir()
     got = jobs._unpack(archive, dest, "horde-x")
