@@ -3,6 +3,7 @@ to an exit code (coordinator/bundle/outcome.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -27,7 +28,47 @@ def _load(file: str, overrides: tuple[str, ...]):
         sys.exit(EXIT_INVALID_SCENARIO)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Horde(click.Group):
+    """The command group: a write refused because its path is a link (coordinator/files.py)
+    ends any command the same way, with the path named and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        from horde.coordinator.files import UnsafePathError
+
+        try:
+            return super().invoke(ctx)
+        except UnsafePathError as exc:
+            _err(f"error: {exc}")
+            sys.exit(EXIT_ERROR)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # A real command line cannot hold a NUL (exec takes C strings); one passed by a caller
+        # would reach os.stat inside click.Path and raise ValueError: a usage error instead.
+        if any("\0" in arg for arg in args):
+            raise click.UsageError("an argument contains a NUL character", ctx)
+        return super().parse_args(ctx, args)
+
+
+def _set_file_overrides(path: str | None) -> tuple[str, ...]:
+    """The overrides in a --set-file: a JSON list of KEY=VALUE texts. `horde submit` writes them
+    into the job's working_dir so their values never appear on the job's command line."""
+    if path is None:
+        return ()
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            items = json.load(f)
+    except (OSError, ValueError) as exc:  # the JSON error names a line and column, never the content
+        _err(f"invalid --set-file {path}: {exc}")
+        sys.exit(EXIT_INVALID_SCENARIO)
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        _err(f"invalid --set-file {path}: expected a JSON list of KEY=VALUE texts")
+        sys.exit(EXIT_INVALID_SCENARIO)
+    return tuple(items)
+
+
+@click.group(cls=_Horde, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="horde", prog_name="horde")
 def cli() -> None:
     """horde: distributed HTTP load generation on Ray.
@@ -47,6 +88,13 @@ def cli() -> None:
     metavar="KEY=VALUE",
     help="Override a scenario key, e.g. workload.stages[0].target=50 (repeatable).",
 )
+@click.option(
+    "--set-file",
+    "set_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A JSON list of KEY=VALUE overrides, applied before --set (how `horde submit` passes them).",
+)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory for the result bundle.")
 @click.option(
     "--address",
@@ -63,16 +111,17 @@ def cli() -> None:
     metavar="PORT",
     help="Serve live run metrics in Prometheus format on 127.0.0.1:PORT (0: any free port).",
 )
-def run(file, target, overrides, out_dir, address, in_process, quiet, prometheus_port) -> None:
+def run(file, target, overrides, set_file, out_dir, address, in_process, quiet, prometheus_port) -> None:
     """Run the scenario FILE and write a result bundle."""
     from horde.coordinator.bundle.store import read_bundle
     from horde.coordinator.report.text import text_summary
     from horde.coordinator.run.live import choose_view
     from horde.coordinator.run.session import RunError, RunOptions, run_scenario
 
-    overrides = tuple(overrides) + ((f"target={target}",) if target else ())
+    overrides = _set_file_overrides(set_file) + tuple(overrides) + ((f"target={target}",) if target else ())
     loaded = _load(file, overrides)
-    view = choose_view(loaded.scenario.name, quiet=quiet)
+    redact = loaded.redactor.text
+    view = choose_view(loaded.scenario.name, quiet=quiet, redact=redact)
     try:
         result = run_scenario(
             loaded,
@@ -87,7 +136,7 @@ def run(file, target, overrides, out_dir, address, in_process, quiet, prometheus
         )
     except RunError as exc:
         view.close()
-        _err(f"error: {exc}")
+        _err(redact(f"error: {exc}"))
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         view.close()
@@ -97,10 +146,10 @@ def run(file, target, overrides, out_dir, address, in_process, quiet, prometheus
         view.close()
         if os.environ.get("HORDE_DEBUG"):
             raise
-        _err(f"error: {type(exc).__name__}: {exc} (set HORDE_DEBUG=1 for the traceback)")
+        _err(redact(f"error: {type(exc).__name__}: {exc} (set HORDE_DEBUG=1 for the traceback)"))
         sys.exit(EXIT_ERROR)
     view.close()
-    click.echo(text_summary(read_bundle(result.bundle)))
+    click.echo(redact(text_summary(read_bundle(result.bundle))))
     _record_history(result.bundle)
     sys.exit(result.exit_code)
 
@@ -122,7 +171,7 @@ def validate(file, overrides) -> None:
     """Check the scenario FILE without running it; list every problem with its key path."""
     loaded = _load(file, tuple(overrides))
     s = loaded.scenario
-    target = "embedded automaton" if s.target.is_embedded else s.target.url
+    target = "embedded automaton" if s.target.is_embedded else loaded.redactor.url(s.target.url)
     click.echo(
         f"{file}: valid ({s.name}: {s.workload.model} model, {len(s.workload.stages)} stage(s), "
         f"{len(s.requests)} request(s), {len(s.thresholds)} threshold(s), target {target})"
@@ -139,6 +188,29 @@ def _read(bundle):
         sys.exit(EXIT_ERROR)
 
 
+@contextlib.contextmanager
+def _bundle_errors(*bundles):
+    """A BundleError found while reading a bundle's records: exit 1 with it. Records the
+    readers skipped (a damaged line of windows.jsonl, ...): a warning with their count."""
+    from horde.coordinator.bundle.store import BundleError
+
+    try:
+        yield
+        for b in bundles:
+            if skipped := b.skipped_records():
+                more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+                _err(f"warning: {b.path}: skipped {len(skipped)} damaged record(s): {'; '.join(skipped[:3])}{more}")
+    except BundleError as exc:
+        _err(f"error: {exc}")
+        sys.exit(EXIT_ERROR)
+    except (ArithmeticError, ValueError) as exc:  # figures that fit the format but not arithmetic
+        if os.environ.get("HORDE_DEBUG"):
+            raise
+        names = ", ".join(str(b.path) for b in bundles)
+        _err(f"error: {names}: figures out of range: {type(exc).__name__}: {exc} (set HORDE_DEBUG=1 for the traceback)")
+        sys.exit(EXIT_ERROR)
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--html", is_flag=True, help="Render report.html into the bundle again.")
@@ -147,12 +219,13 @@ def report(bundle, html) -> None:
     from horde.coordinator.report.text import text_summary
 
     b = _read(bundle)
-    if html:
-        from horde.coordinator.report.html import write_html
+    with _bundle_errors(b):
+        if html:
+            from horde.coordinator.report.html import write_html
 
-        click.echo(str(write_html(b.path)))
-        return
-    click.echo(text_summary(b))
+            click.echo(str(write_html(b.path)))
+        else:
+            click.echo(text_summary(b))
 
 
 @cli.command()
@@ -170,10 +243,11 @@ def export(bundle, as_csv, hdr, endpoint, series) -> None:
     b = _read(bundle)
     if not (as_csv or hdr):
         as_csv = hdr = True
-    if as_csv:
-        click.echo(str(write_csv(b.path)))
-    if hdr:
-        click.echo(str(write_hdr_log(b.path, endpoint=endpoint, series=series)))
+    with _bundle_errors(b):
+        if as_csv:
+            click.echo(str(write_csv(b.path)))
+        if hdr:
+            click.echo(str(write_hdr_log(b.path, endpoint=endpoint, series=series)))
 
 
 # -- Ray jobs -------------------------------------------------------------------------------
@@ -306,13 +380,14 @@ def compare(baseline, candidate, alpha, min_effect, as_json, html_out) -> None:
     except BundleError as exc:
         _err(f"error: {exc}")
         sys.exit(EXIT_ERROR)
-    result = compare_bundles(a, b, alpha=alpha, min_effect=min_effect)
+    with _bundle_errors(a, b):
+        result = compare_bundles(a, b, alpha=alpha, min_effect=min_effect)
     click.echo(json.dumps(result, indent=2) if as_json else text_comparison(result))
     if html_out:
+        from horde.coordinator import files
         from horde.coordinator.report.html import render_compare_html
 
-        with open(html_out, "w") as f:
-            f.write(render_compare_html(a, b, comparison=result))
+        files.write_text(html_out, render_compare_html(a, b, comparison=result))
         _err(f"wrote {html_out}")
     sys.exit(EXIT_THRESHOLDS_FAILED if result["regressed"] else EXIT_PASSED)
 
@@ -332,16 +407,31 @@ def compare(baseline, candidate, alpha, min_effect, as_json, html_out) -> None:
 @click.option("--endpoint", default=None)
 def history(results_dir, scenario, limit, metric, endpoint) -> None:
     """List past runs and track their headline figures across the history."""
-    from horde.coordinator.workflows.history import History, default_history_path, text_history, text_track, track
+    from horde.coordinator.workflows.history import (
+        History,
+        HistoryError,
+        default_history_path,
+        text_history,
+        text_track,
+        track,
+    )
 
     path = default_history_path(results_dir)
     if not os.path.exists(path):
         _err(f"error: no run history at {path} (runs add themselves to it)")
         sys.exit(EXIT_ERROR)
-    with History(path) as h:
-        click.echo(text_history(h.runs(scenario, limit=limit)))
-        for s in [scenario] if scenario else h.scenarios():
-            click.echo(text_track(track(h, s, metric, endpoint=endpoint)))
+    try:
+        with History(path) as h:
+            click.echo(text_history(h.runs(scenario, limit=limit)))
+            for s in [scenario] if scenario else h.scenarios():
+                try:
+                    result = track(h, s, metric, endpoint=endpoint)
+                except ValueError as exc:  # an unknown --metric
+                    raise click.UsageError(str(exc)) from None
+                click.echo(text_track(result))
+    except HistoryError as exc:  # a damaged, foreign or locked history file
+        _err(f"error: {exc}")
+        sys.exit(EXIT_ERROR)
 
 
 BENCH_GROUPS = ("health", "agents", "tools", "workflows", "database", "requests")  # workflows/bench.py ALL_GROUPS
@@ -412,7 +502,7 @@ def bench(
         concurrency=concurrency,
         engine=engine,
         out_dir=out_dir,
-        progress=lambda line: _err(f"bench: {line}"),
+        progress=lambda line: _err(loaded.redactor.text(f"bench: {line}")),
     )
     try:
         run = run_bench(loaded.scenario, options)
@@ -428,9 +518,9 @@ def bench(
         _err(f"error: {type(exc).__name__}: {exc} (set HORDE_DEBUG=1 for the traceback)")
         sys.exit(EXIT_ERROR)
     if as_json:
-        click.echo(json.dumps(run.to_dict(), indent=2))
+        click.echo(json.dumps(loaded.redactor.strings(run.to_dict()), indent=2))
     else:
-        click.echo(f"bench {run.scenario}: {run.target}")
+        click.echo(loaded.redactor.text(f"bench {run.scenario}: {run.target}"))
         click.echo(text_microbench(run.result))
     if run.record_error:
         _err(f"warning: the benchmark was not added to the history: {run.record_error}")
@@ -463,12 +553,15 @@ def monitor(
     """Monitor TARGETS (a scenario file, or URLs) with low-rate probes, alerts and a history."""
     from horde.coordinator.judge.alerts import AlertRuleError
     from horde.coordinator.run.target import RunError
-    from horde.coordinator.workflows.history import default_history_path
+    from horde.coordinator.scenario.redact import Redactor
+    from horde.coordinator.workflows.history import HistoryError, default_history_path
     from horde.coordinator.workflows.monitor import run_monitor, stop_on_signals
 
+    redactor = Redactor()
     if len(targets) == 1 and not targets[0].startswith(("http://", "https://")):
         subject = _load(targets[0], tuple(overrides))
         default_dir = subject.scenario.output
+        redactor = subject.redactor
     else:
         subject = list(targets)
         default_dir = "results"
@@ -484,13 +577,16 @@ def monitor(
                 prometheus_host=prometheus_host,
                 snapshot_path=snapshot,
                 stop_event=stop,
-                progress=click.echo,
+                progress=lambda line: click.echo(redactor.text(line)),
             )
     except (AlertRuleError, ValueError) as exc:
-        _err(f"error: {exc}")
+        _err(redactor.text(f"error: {exc}"))
         sys.exit(EXIT_INVALID_SCENARIO)
     except RunError as exc:  # the scenario's embedded target did not start
-        _err(f"error: {exc}")
+        _err(redactor.text(f"error: {exc}"))
+        sys.exit(EXIT_ERROR)
+    except HistoryError as exc:  # --history is damaged, of another schema, or locked
+        _err(redactor.text(f"error: {exc}"))
         sys.exit(EXIT_ERROR)
     sys.exit(130 if result.stop_reason == "stopped" else 0)
 
@@ -520,10 +616,11 @@ def nightly(file, history_dir, overrides, address, quiet) -> None:
     """
     from horde.coordinator.report.text import text_summary
     from horde.coordinator.run.session import RunError
+    from horde.coordinator.workflows.history import HistoryError
     from horde.coordinator.workflows.nightly import run_nightly
 
     loaded = _load(file, tuple(overrides))
-    progress = None if quiet else (lambda line: click.echo(line, err=True))
+    progress = None if quiet else (lambda line: click.echo(loaded.redactor.text(line), err=True))
     jobs_address = None
     if address and address.startswith(("http://", "https://")):
         jobs_address, address = address, None
@@ -536,7 +633,7 @@ def nightly(file, history_dir, overrides, address, quiet) -> None:
             overrides=tuple(overrides),
             progress=progress,
         )
-    except RunError as exc:
+    except (RunError, HistoryError) as exc:  # HistoryError: --history is damaged, foreign or locked
         _err(f"error: {exc}")
         sys.exit(EXIT_ERROR)
     click.echo(text_summary(_read(result.bundle)))
@@ -609,7 +706,7 @@ def stress(
         recovery_level=recovery_level,
         recovery_s=recovery_s,
     )
-    progress = None if quiet else (lambda line: click.echo(line, err=True))
+    progress = None if quiet else (lambda line: click.echo(loaded.redactor.text(line), err=True))
     try:
         report = run_stress(loaded, plan, RunOptions(address=address, out_dir=out_dir, progress=progress))
     except (RunError, ValueError) as exc:
@@ -617,8 +714,9 @@ def stress(
         sys.exit(EXIT_ERROR)
     click.echo(format_report(report))
     if json_out:
-        with open(json_out, "w") as f:
-            json.dump(report.to_dict(), f, indent=2, default=str)
+        from horde.coordinator import files
+
+        files.write_text(json_out, json.dumps(report.to_dict(), indent=2, default=str))
     sys.exit(EXIT_THRESHOLDS_FAILED if report.search.limited_by == "generator" else EXIT_PASSED)
 
 

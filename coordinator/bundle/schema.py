@@ -146,6 +146,7 @@ class Generator(Record):
     queued_sends: int = 0
     interrupted: int = 0
     unsent: int = 0
+    bad_batches: int = 0  # batches refused by the checks (coordinator/measure/batch_check.py)
 
 
 class SeriesSummary(Record):
@@ -192,6 +193,18 @@ class TimeInfo(Record):
     simulated_duration_s: float | None = None
 
 
+class Load(Record):
+    """Where the planned arrivals went (coordinator/run/ledger.py): planned = sent + missed + unsent."""
+
+    planned: int | None = None  # None: a closed model, or flows (no fixed arrival count)
+    sent: int = 0  # reported + interrupted + lost
+    reported: int = 0
+    interrupted: int = 0
+    lost: int = 0
+    missed: int | None = None
+    unsent: int = 0
+
+
 class Summary(Record):
     outcome: str = ""
     stop_reason: str = ""
@@ -211,6 +224,7 @@ class Summary(Record):
     time: TimeInfo | None = None
     soak: dict[str, Any] | None = None  # open: analysis/soak.py's verdicts (runs of 30+ windows)
     spikes: list[dict[str, Any]] | None = None  # open: analysis/spike.py's records (plans with spikes)
+    load: Load | None = None  # None: a bundle from before
 
 
 # -- manifest.json --------------------------------------------------------------------------
@@ -233,11 +247,17 @@ class ClusterNode(Record):
     alive: bool = True
 
 
+class RayBinding(Record):
+    host: str = ""  # the address Ray's servers on this machine bind to
+    auth: str = ""  # Ray's token-auth mode: token | disabled
+
+
 class Cluster(Record):
     kind: str = ""
     address: str = ""
     cpus: float = 0.0
     nodes: list[ClusterNode] = Field(default_factory=list)
+    ray_binding: RayBinding | None = None  # None: no Ray (in-process), or a bundle from before
 
 
 class PlanStage(Record):
@@ -344,6 +364,10 @@ class AlertRecord(OpenRecord):
     replacement_incarnation: int | None = None
     replaced_at_s: float | None = None
     replacement_node: str | None = None
+    lost_samples: int | None = None  # sent, never reported (the in-flight count of its last batch)
+    missed: int | None = None  # its planned arrivals never sent (None: closed model)
+    missed_from_s: float | None = None
+    missed_until_s: float | None = None  # None: not replaced (to the end of the run)
     # abort
     observed: float | None = None
     # alert (judge/alerts.py AlertEngine's record, plus the event that wrote the line)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from horde.agents.lease import replacement_hold_s
 from horde.agents.samples import BatchFormatError, decode_batch
 from horde.cluster.events import AgentEnded, AgentLost, BatchReceived, ClusterShape
 from horde.coordinator.bundle.outcome import Outcome
@@ -29,11 +30,13 @@ from horde.coordinator.bundle.store import BundleWriter
 from horde.coordinator.judge.alerts import AlertEngine, parse_rules
 from horde.coordinator.judge.thresholds import LiveEvaluator
 from horde.coordinator.measure.aggregate import Aggregator
+from horde.coordinator.measure.batch_check import BadBatches, BatchChecker, RunBounds, StaleBatchError
 from horde.coordinator.measure.health import AgentTotals
 from horde.coordinator.measure.resources import NodeSeries, ResourceSeries
 from horde.coordinator.plan import Plan, build_plan
 from horde.coordinator.report.text import junit_xml
 from horde.coordinator.run.fleet import connect_cluster, silence_s
+from horde.coordinator.run.ledger import LoadLedger
 from horde.coordinator.run.live import format_line
 from horde.coordinator.run.manifest import build_manifest
 from horde.coordinator.run.options import Progress, RunOptions, RunResult
@@ -118,6 +121,8 @@ async def _drive(session: RunSession, events: Any) -> None:
         fresh = True  # False: a dropped batch or a stale loss, nothing new to close
         if isinstance(ev, BatchReceived):
             fresh = session.on_batch(ev)
+            if session.faulty:  # bad batches made an agent faulty: lost and replaced like any loss
+                fresh = await session.lose_faulty() or fresh
         elif isinstance(ev, AgentEnded):
             session.on_agent_ended(ev)
         elif isinstance(ev, AgentLost):
@@ -159,6 +164,11 @@ class RunSession:
         self.totals: dict[str, AgentTotals] = {}
         self.resources = ResourceSeries()
         self.sends = SendCounter()
+        self.checker = BatchChecker(RunBounds(endpoints=len(plan.endpoints)))
+        self.bad_batches = BadBatches()
+        self.faulty: list[AgentLost] = []  # agents to declare lost as faulty (lose_faulty)
+        # planned = sent + missed + unsent (run/ledger.py); one sample per arrival unless flows
+        self.ledger = LoadLedger(list(plan.agents), counts_arrivals="flow" not in plan.engines.values())
         self.node_series = NodeSeries()
         self.run_metrics: RunMetrics | None = None
         if options.prometheus_port is not None:
@@ -280,17 +290,22 @@ class RunSession:
     # -- the fleet's events ----------------------------------------------------------------
 
     def on_batch(self, ev: BatchReceived) -> bool:
-        """Aggregate one batch of samples. False when it was dropped (malformed, or stale)."""
+        """Aggregate one batch of samples. False when it was dropped (bad, stale or a duplicate)."""
         try:
             b = decode_batch(ev.payload)
+            now_ns = self.now_ns() - self.start_wall_ns
+            self.checker.check(b, sender=ev.index, incarnations=self.incarnations, now_ns=now_ns)
+        except StaleBatchError:
+            return False  # a replaced agent's late batch (its share is someone else's now), or a repeat
         except BatchFormatError as exc:
-            self.writer.append_alert({"kind": "bad_batch", "agent": ev.index, "detail": str(exc)})
+            self.on_bad_batch(ev.index, exc)
             return False
-        if b.incarnation != self.incarnations.get(b.agent):
-            return False  # a replaced agent's late batch: its share is someone else's now
+        if self.bad_batches.is_faulty(b.agent, b.incarnation):
+            return False  # declared faulty: nothing more of it counts
         self.agg.add(b)
         self.sends.add(b.samples["sent_ns"])
         self.totals[agent_label(b.agent, b.incarnation)].add(b.readings, b.watermark_ns, b.engine)
+        self.ledger.batch(b.agent, len(b.samples), b.readings, b.watermark_ns, b.final)
         if b.agent in self.restoring:
             loss = self.restoring.pop(b.agent)
             loss["restored_at_s"] = round(b.watermark_ns / 1e9, 3)
@@ -303,6 +318,27 @@ class RunSession:
             watermarks.pop(b.agent, None)
         return True
 
+    def on_bad_batch(self, index: int, exc: BatchFormatError) -> None:
+        """A batch that failed its checks: a bad_batch alert and a count; the run goes on. A few
+        from one incarnation (batch_check.FAULTY_AFTER) make it faulty: lose_faulty replaces it."""
+        inc = self.incarnations.get(index)  # the fan-in names the stream's agent; its current incarnation sent it
+        at_s = round((self.now_ns() - self.start_wall_ns) / 1e9, 3)
+        record, faulty = self.bad_batches.add(index, inc, at_s, exc)
+        if record is not None:
+            self.writer.append_alert(record)
+            self.windows.alerts_log.append(record)
+            self.progress(f"BAD BATCH from agent {index} (incarnation {inc}): {exc}")
+        if faulty and inc is not None:
+            why = f"{self.bad_batches.faulty_after} bad batches; the last: {exc}"
+            self.faulty.append(AgentLost(index, inc, "faulty", why))
+
+    async def lose_faulty(self) -> bool:
+        """Declare the faulty agents lost (on_agent_lost: recorded, fenced and replaced)."""
+        fresh = False
+        while self.faulty:
+            fresh = await self.on_agent_lost(self.faulty.pop(0)) or fresh
+        return fresh
+
     def on_agent_ended(self, ev: AgentEnded) -> None:
         if ev.incarnation == self.incarnations.get(ev.index):
             self.watermarks.pop(ev.index, None)
@@ -313,7 +349,8 @@ class RunSession:
         if ev.incarnation != self.incarnations.get(ev.index):
             return False
         now_s = (self.now_ns() - self.start_wall_ns) / 1e9
-        last_s = max(self.watermarks.pop(ev.index, 0), 0) / 1e9
+        # The ledger keeps the last report also past a final batch (a fenced agent sends one).
+        last_s = max(self.watermarks.pop(ev.index, 0), self.ledger.last_report_ns(ev.index), 0) / 1e9
         self.fleet.forget(ev.index, ev.incarnation)
         node = next(
             (a.node for a in reversed(self.fleet.agents) if a.index == ev.index and a.incarnation == ev.incarnation),
@@ -326,6 +363,7 @@ class RunSession:
             await self._replace(ev, loss)
         else:
             loss["replaced"] = False
+            loss.update(self.ledger.lose(ev.index, None))
             self.writer.append_alert(loss)
         if not self.watermarks and not self.stop_event.is_set():
             self._end_as(Outcome.ERROR, "every agent was lost")
@@ -333,10 +371,13 @@ class RunSession:
 
     async def _replace(self, ev: AgentLost, loss: dict) -> None:
         new = dataclasses.replace(self.specs[ev.index], incarnation=ev.incarnation + 1)
+        hold_s = self._replacement_hold_s(ev)
+        resume_ns = self.now_ns() - self.start_wall_ns + int(hold_s * 1e9)
         try:
-            info = await self.fleet.replace(new, grace_s=self.silence_s)
+            info = await self.fleet.replace(new, grace_s=self.silence_s, hold_s=hold_s, resume_ns=resume_ns)
         except Exception as exc:  # PlacementError, or the cluster is going away
             loss["replaced"] = False
+            loss.update(self.ledger.lose(ev.index, None))
             self.writer.append_alert(loss)
             self.progress(f"ABORT: agent {ev.index} cannot be replaced: {exc}")
             self.on_abort(f"lost agent {ev.index} could not be replaced: {exc}")
@@ -349,10 +390,20 @@ class RunSession:
             replacement_incarnation=new.incarnation,
             replaced_at_s=round((self.now_ns() - self.start_wall_ns) / 1e9, 3),
             replacement_node=info.node,
+            **self.ledger.lose(ev.index, resume_ns),
         )
         self.restoring[ev.index] = loss
         self.writer.append_alert(loss)
         self.progress(f"agent {ev.index} replaced (incarnation {new.incarnation}) on node {info.node[:12]}")
+
+    def _replacement_hold_s(self, ev: AgentLost) -> float:
+        """How long the replacement of a lost agent must wait before it sends: until the
+        lost agent's lease has certainly lapsed (agents/lease.py). Its lease ends at most a
+        term after it sent the last batch we received; no batch: a term after now at most."""
+        hold_s = replacement_hold_s(self.specs[ev.index].flush_interval_s)
+        last_batch_at = getattr(self.fleet, "last_batch_at", None)
+        at = last_batch_at(ev.index, ev.incarnation) if last_batch_at is not None else None
+        return hold_s if at is None else max(0.0, at + hold_s - time.monotonic())
 
     # -- windows -----------------------------------------------------------------------------
 
@@ -474,7 +525,9 @@ class RunSession:
             self.resources,
             self.sends,
             nodes_summary,
+            bad_batches=self.bad_batches.total,
         )
         summary.update(summary_extra)
+        summary["load"] = self.ledger.totals()
         self.windows.add_spikes(summary)
         return summary

@@ -86,9 +86,11 @@ def build_summary(
     resources: ResourceSeries,
     sends: SendCounter,
     nodes_summary: dict,
+    bad_batches: int = 0,
 ) -> dict:
     total = stats_for(None, None, None)
     generator = generator_verdict(totals, total.requests)
+    generator["bad_batches"] = bad_batches  # batches refused by the checks (run/session.py on_bad_batch)
     for node in nodes_summary.get("saturated", []):
         info = nodes_summary["nodes"][node]
         if info["agents"]:

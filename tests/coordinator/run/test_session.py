@@ -10,7 +10,10 @@ import asyncio
 import json
 import signal
 import textwrap
+import time
 from pathlib import Path
+
+import pytest
 
 from horde.agents.samples import ErrorClass, GeneratorReadings, SampleBuffer, encode_batch
 from horde.cluster.events import AgentEnded, AgentInfo, AgentLost, BatchReceived, ClusterShape, NodeShape
@@ -51,6 +54,7 @@ class CannedFleet:
         self.replace_error = replace_error
         self.replaced: list[tuple[int, int]] = []
         self.forgotten: list[tuple[int, int]] = []
+        self.holds: list[tuple[float, int | None]] = []  # (hold_s, resume_ns) of each replace()
         self.stopped = self.closed = False
 
     async def start(self, specs):
@@ -60,10 +64,11 @@ class CannedFleet:
     def begin(self, start_wall_ns: int, grace_s: float) -> None:
         self.start_wall_ns = start_wall_ns
 
-    async def replace(self, spec, grace_s: float) -> AgentInfo:
+    async def replace(self, spec, grace_s: float, hold_s: float = 0.0, resume_ns: int | None = None) -> AgentInfo:
         if self.replace_error is not None:
             raise self.replace_error
         self.replaced.append((spec.index, spec.incarnation))
+        self.holds.append((hold_s, resume_ns))
         info = AgentInfo(spec.index, spec.incarnation, 2000 + spec.index, "node-new", "host")
         self.agents.append(info)
         return info
@@ -193,14 +198,16 @@ def test_a_stale_or_malformed_batch_is_dropped(tmp_path):
     async def go():
         s = h.session()
         await s.start()
-        stale = s.on_batch(_batch(0, inc=1, from_s=0, to_s=1, n=5))  # no such incarnation
+        assert s.on_batch(_batch(0, seq=0, from_s=0, to_s=1, n=5))
+        stale = s.on_batch(_batch(0, seq=0, from_s=0, to_s=1, n=5))  # the same batch again: dropped quietly
+        unknown = s.on_batch(_batch(0, inc=1, seq=1, from_s=1, to_s=2, n=5))  # no such incarnation: bad
         bad = s.on_batch(BatchReceived(index=0, payload=b"\x00not msgpack"))
-        return s, stale, bad
+        return s, stale, unknown, bad
 
-    s, stale, bad = asyncio.run(go())
-    assert (stale, bad) == (False, False)
-    assert s.agg.snapshot().requests == 0
-    assert [a["kind"] for a in _alerts(s)] == ["bad_batch"]
+    s, stale, unknown, bad = asyncio.run(go())
+    assert (stale, unknown, bad) == (False, False, False)
+    assert s.agg.snapshot().requests == 5
+    assert [a["kind"] for a in _alerts(s)] == ["bad_batch", "bad_batch"]
 
 
 def test_a_lost_agent_is_recorded_replaced_and_restored(tmp_path):
@@ -367,6 +374,7 @@ def test_summary_and_manifest_keep_their_keys_in_order(tmp_path):
         "engines",
         "alerts",
         "time",
+        "load",
     ]
     manifest = json.loads((result.bundle / "manifest.json").read_text())
     assert list(manifest) == [
@@ -388,3 +396,44 @@ def test_summary_and_manifest_keep_their_keys_in_order(tmp_path):
         "ended",
         "duration_s",
     ]
+
+
+class _TimedFleet(CannedFleet):
+    """A fleet that says when each agent's last batch arrived (time.monotonic())."""
+
+    def __init__(self, ago_s: float) -> None:
+        super().__init__()
+        self.ago_s = ago_s
+
+    def last_batch_at(self, index: int, incarnation: int) -> float | None:
+        return time.monotonic() - self.ago_s
+
+
+@pytest.mark.parametrize("ago_s", [None, 1.0])
+def test_a_replacement_waits_out_the_lost_agents_lease_and_its_loss_is_accounted(tmp_path, ago_s):
+    from horde.agents.lease import replacement_hold_s
+    from horde.coordinator.run.ledger import planned_arrivals
+
+    fleet = CannedFleet() if ago_s is None else _TimedFleet(ago_s)
+    h = Harness(tmp_path, agents=2, duration_s=10, fleet=fleet)
+
+    async def go():
+        s = h.session()
+        await s.start()
+        s.now_ns = lambda: s.start_wall_ns + 3 * S
+        s.on_batch(_batch(1, from_s=0, to_s=2, n=6))
+        await s.on_agent_lost(AgentLost(index=1, incarnation=0, reason="silent"))
+        return s
+
+    s = asyncio.run(go())
+    full_hold_s = replacement_hold_s(1.0)  # flush_interval 1s
+    ((hold_s, resume_ns),) = fleet.holds
+    # no batch arrival known: a whole term from now; else the rest of it from that arrival
+    expected_s = full_hold_s if ago_s is None else full_hold_s - ago_s
+    assert hold_s == pytest.approx(expected_s, abs=0.2)
+    assert resume_ns == 3 * S + int(hold_s * 1e9)
+    (loss,) = s.lost
+    assert loss["missed_from_s"] == 2.0 and loss["missed_until_s"] == round(resume_ns / 1e9, 3)
+    assert loss["lost_samples"] == 0
+    assert loss["missed"] == planned_arrivals(h.plan.agents[1], 0, resume_ns) - 6
+    assert next(a for a in _alerts(s) if a["kind"] == "agent_lost")["missed"] == loss["missed"]
