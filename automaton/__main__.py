@@ -47,6 +47,11 @@ def main() -> None:
 )
 @click.option("--db", "db_path", default=None, help="SQLite file (default: a temporary one, deleted at exit).")
 @click.option("--async-workflows", is_flag=True, help="Workflow runs answer 202 and finish in the background.")
+@click.option(
+    "--stop-on-stdin-eof",
+    is_flag=True,
+    help="Also stop when standard input closes (a parent holding the pipe dies, the automaton stops).",
+)
 def serve_command(
     host: str,
     port: int,
@@ -57,6 +62,7 @@ def serve_command(
     admin_token: str | None,
     db_path: str | None,
     async_workflows: bool,
+    stop_on_stdin_eof: bool,
 ) -> None:
     """Serve until SIGTERM/SIGINT.
 
@@ -87,6 +93,7 @@ def serve_command(
             admin_port=admin_port,
             admin_token=admin_token or None,
             admin_callback=announce_admin,
+            stop_on_stdin_eof=stop_on_stdin_eof,
         )
     except OSError as exc:  # port in use, address not available, unwritable --db
         raise click.ClickException(str(exc)) from None

@@ -144,7 +144,7 @@ def start_automaton(
     server makes one); the result knows both (`admin_url`, `admin_token`).
     """
     args = [sys.executable, "-m", "horde.automaton", "serve", "--host", host, "--port", str(port)]
-    args += ["--admin-port", str(admin_port)]
+    args += ["--admin-port", str(admin_port), "--stop-on-stdin-eof"]
     if faults is not None:
         args += ["--faults-json", json.dumps(faults)]
     if stall_every_s is not None:
@@ -162,9 +162,11 @@ def start_automaton(
     env.pop(_ADMIN_TOKEN_ENV, None)
     if admin_token is not None:
         env[_ADMIN_TOKEN_ENV] = admin_token
+    # horde keeps the write end of the automaton's stdin open and never writes to it: when
+    # horde exits, however it dies, the pipe closes and the automaton stops (no orphan).
     process = subprocess.Popen(
         args,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

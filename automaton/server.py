@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -118,20 +119,28 @@ def serve(
     admin_port: int | None = 0,
     admin_token: str | None = None,
     admin_callback: AdminCallback | None = None,
+    stop_on_stdin_eof: bool = False,
 ) -> None:
     """Serve the automaton until SIGTERM or SIGINT (blocking; uvloop when available).
 
     `ready_callback(url)` is called once the socket listens, with the real port, then
-    `admin_callback(admin_url, token)` (see serve_async).
+    `admin_callback(admin_url, token)` (see serve_async). With `stop_on_stdin_eof` it also
+    stops when its standard input reaches end of file: the parent holds the pipe's other end,
+    so a parent that dies, even by SIGKILL, takes its automaton with it.
     """
     config = AutomatonConfig(faults=faults, db_path=db_path, async_workflows=async_workflows)
     raise_open_file_limit()
     admin = {"admin_port": admin_port, "admin_token": admin_token, "admin_callback": admin_callback}
-    _run_loop(_serve_until_signalled(config, host, port, ready_callback, admin))
+    _run_loop(_serve_until_signalled(config, host, port, ready_callback, admin, stop_on_stdin_eof))
 
 
 async def _serve_until_signalled(
-    config: AutomatonConfig, host: str, port: int, ready_callback: ReadyCallback | None, admin: dict[str, Any]
+    config: AutomatonConfig,
+    host: str,
+    port: int,
+    ready_callback: ReadyCallback | None,
+    admin: dict[str, Any],
+    stop_on_stdin_eof: bool = False,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -142,11 +151,25 @@ async def _serve_until_signalled(
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
             pass
+    stdin_fd = sys.stdin.fileno() if stop_on_stdin_eof and sys.stdin is not None else None
+    if stdin_fd is not None:
+        loop.add_reader(stdin_fd, _stop_at_eof, stdin_fd, stop)
     try:
         await serve_async(config, host, port, stop, ready_callback, **admin)
     finally:
+        if stdin_fd is not None:
+            loop.remove_reader(stdin_fd)
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def _stop_at_eof(fd: int, stop: asyncio.Event) -> None:
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        data = b""
+    if not data:  # the parent closed its end, or died
+        stop.set()
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import urllib.request
 
@@ -113,3 +114,36 @@ def test_package_exports_resolve_lazily() -> None:
         assert getattr(automaton, name) is not None
     with pytest.raises(AttributeError):
         automaton.no_such_name  # noqa: B018
+
+
+_KILLED_PARENT = """
+import time
+from horde.automaton.launch import start_automaton
+a = start_automaton()
+print(a.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_automaton_stops_when_the_process_that_started_it_is_killed(tmp_path) -> None:
+    # A `horde run` killed by SIGKILL runs no clean-up: its automaton must not be orphaned.
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _KILLED_PARENT,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        assert psutil.pid_exists(child_pid)
+        child = psutil.Process(child_pid)
+        parent.kill()
+        parent.wait(timeout=10)
+        child.wait(timeout=15)  # raises psutil.TimeoutExpired if the automaton outlives its parent
+    finally:
+        if parent.poll() is None:
+            parent.kill()
