@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 from collections.abc import Iterator
@@ -60,11 +61,20 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Conne
     # Inside a Ray job (or with RAY_ADDRESS exported) attach to that cluster.
     address = address or os.environ.get("RAY_ADDRESS") or None
     try:
+        if address and _is_loopback(address):
+            # A Ray bound to 127.0.0.1 on this machine (another horde's embedded Ray, say): this
+            # driver must take 127.0.0.1 as its node address too, or ray.init waits forever for
+            # a raylet on the machine's routable address.
+            kwargs["_node_ip_address"] = LOOPBACK
         if address and os.environ.get(JOB_ID_ENV):
-            ray.init(address=address, **kwargs)  # a horde job: its runtime_env already ships horde
+            with _loopback_node_ip() if _is_loopback(address) else contextlib.nullcontext():
+                ray.init(address=address, **kwargs)  # a horde job: its runtime_env already ships horde
             kind = "attached"
         elif address:
-            with horde_py_module() as horde_dir:  # nodes need not have horde installed
+            with (
+                horde_py_module() as horde_dir,
+                _loopback_node_ip() if _is_loopback(address) else contextlib.nullcontext(),
+            ):  # nodes need not have horde installed
                 ray.init(address=address, runtime_env={"py_modules": [horde_dir]}, **kwargs)
             kind = "attached"
         else:
@@ -82,6 +92,17 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Conne
         where = f"Ray cluster at {address}" if address else "an embedded Ray"
         raise ClusterError(f"could not start or reach {where}: {exc}") from exc
     return Connection(shape=cluster_shape(kind, address or ""), owned=True)
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a Ray address (host:port, or ray://host:port) names this machine's loopback."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "auto", a host name: a cluster elsewhere
 
 
 def ray_binding(kind: str) -> dict | None:

@@ -119,3 +119,22 @@ def test_embedded_ray_listens_on_loopback_only_and_keeps_token_auth(tmp_path):
     # reach 127.0.0.1: the token is what keeps them out).
     assert json.loads(_line(proc.stdout, "TOKEN")) == [64, "0o600"]
     assert "Token authentication is enabled" not in out
+
+
+@pytest.mark.parametrize(
+    "address, loopback",
+    [
+        ("127.0.0.1:6379", True),  # the embedded Ray of another horde on this machine
+        ("127.0.0.2:6379", True),  # all of 127.0.0.0/8 is loopback
+        ("localhost:6379", True),
+        ("[::1]:6379", True),
+        ("ray://127.0.0.1:10001", True),
+        ("198.18.0.1:6379", False),  # a real cluster's head
+        ("auto", False),  # inside a Ray job: whatever the job's cluster is
+        ("head.example:6379", False),
+    ],
+)
+def test_an_address_on_loopback_is_recognised(address, loopback):
+    from horde.cluster.connect import _is_loopback
+
+    assert _is_loopback(address) is loopback

@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -281,10 +282,14 @@ def test_bench(tmp_path, service):
 @pytest.mark.timeout(180)
 def test_submit(ray_cluster, tmp_path, service, monkeypatch):
     submitted: list[dict] = []
+    work = tmp_path / "job"  # the job's working directory, as Ray would unpack the upload
 
     class JobServer:
         def submit_job(self, **kw):
             submitted.append(kw)
+            # What Ray uploads: the job's own files exist in working_dir only during the call.
+            job_files = Path(kw["runtime_env"]["working_dir"]) / ".horde-jobs" / kw["submission_id"]
+            shutil.copytree(job_files, work / ".horde-jobs" / kw["submission_id"])
             return kw["submission_id"]
 
     monkeypatch.setattr(jobs, "_client", lambda address, token: JobServer())
@@ -294,13 +299,12 @@ def test_submit(ray_cluster, tmp_path, service, monkeypatch):
     [job] = submitted
     assert out.strip() == job["submission_id"]
     env = job["runtime_env"]["env_vars"]
-    assert f"target: {service.target}" in env["HORDE_SCENARIO_YAML"]  # the scenario travels as written
+    [shipped] = (work / ".horde-jobs" / job["submission_id"]).glob("*.yaml")
+    assert f"target: {service.target}" in shipped.read_text()  # the scenario travels as written, as a file
 
     # The job, as Ray would start it in its working directory, but on the session's Ray.
     argv = shlex.split(job["entrypoint"])
     argv = [ray_cluster if a == "auto" else a for a in argv]
-    work = tmp_path / "job"
-    work.mkdir()
     done = subprocess.run(argv, cwd=work, env={**os.environ, **env}, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     _check_served(service, before, work / "results", PLANNED_REQUESTS)
