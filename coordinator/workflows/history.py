@@ -4,7 +4,8 @@ It holds, per finished bundle, the headline figures of the run and of each endpo
 threshold verdicts (``add_run``, idempotent on the bundle path), the samples of continuous
 monitoring (``record_metrics``) and alerts (``record_alert``). ``track`` reads a headline
 metric across the runs of a scenario and says whether the last run regressed or improved
-against the runs before it, and where the metric trends.
+against the runs before it, and where the metric trends (the judgement itself is pure:
+horde.coordinator.analysis.tracking; the text is horde.coordinator.report.history_text).
 
 The store is small and bounded by what is put in it: a run is one row plus one per endpoint
 and per threshold, never its samples; monitoring samples can be trimmed (``trim_metrics``).
@@ -14,38 +15,34 @@ directory can be moved or copied whole.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from horde.coordinator import files
-from horde.coordinator.bundle.schema import Stats, Summary, as_manifest, as_summary
+from horde.coordinator.analysis.tracking import (
+    ENDPOINT_METRICS,
+    HEADLINE,
+    RUN_METRICS,
+    RunRow,
+    finite_number,
+    headline,
+    track_series,
+)
+from horde.coordinator.bundle.schema import Summary, as_manifest, as_summary
+
+# Re-exported: `horde history` (coordinator/cli.py, coordinator/commands/history.py after its
+# split) imports the text from here; it may import it from report.history_text instead.
+from horde.coordinator.report.history_text import text_history as text_history
+from horde.coordinator.report.history_text import text_track as text_track
 
 SCHEMA_VERSION = 1
 DEFAULT_FILENAME = "history.sqlite3"
-
-# Headline figures: column name -> how to read it from a summary scope (Stats.to_dict()).
-HEADLINE: dict[str, tuple[str, ...]] = {
-    "requests": ("requests",),
-    "errors": ("errors",),
-    "rps": ("rps",),
-    "error_rate": ("error_rate",),
-    "p50_latency_ms": ("latency_ms", "p50"),
-    "p95_latency_ms": ("latency_ms", "p95"),
-    "p99_latency_ms": ("latency_ms", "p99"),
-    "max_latency_ms": ("latency_ms", "max"),
-    "p50_service_ms": ("service_time_ms", "p50"),
-    "p99_service_ms": ("service_time_ms", "p99"),
-}
-RUN_METRICS = (*HEADLINE, "duration_s", "thresholds_failed", "target_memory_max_bytes")
-ENDPOINT_METRICS = tuple(HEADLINE)
-# Metrics where a larger value is better; every other one is better when smaller.
-HIGHER_IS_BETTER = frozenset({"requests", "rps"})
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -108,6 +105,18 @@ class HistoryError(RuntimeError):
     pass
 
 
+@functools.cache
+def _expected_columns() -> dict[str, frozenset[str]]:
+    """The columns of each table as _SCHEMA makes them (read from a scratch in-memory copy)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: frozenset(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in tables}
+    finally:
+        db.close()
+
+
 BUSY_TIMEOUT_S = 30.0  # how long to wait for another process's write lock
 
 
@@ -124,54 +133,6 @@ def _check_row_types(d: dict[str, Any]) -> None:
     for col in ("started", "ended", "outcome", "horde_version"):
         if d.get(col) is not None and not isinstance(d[col], str):
             raise ValueError(f"{col} is not text")
-
-
-@dataclass(frozen=True)
-class RunRow:
-    id: int
-    scenario: str
-    started: str | None
-    ended: str | None
-    outcome: str | None
-    complete: bool
-    bundle_path: str  # absolute
-    duration_s: float | None
-    requests: int | None
-    errors: int | None
-    rps: float | None
-    error_rate: float | None
-    p50_latency_ms: float | None
-    p95_latency_ms: float | None
-    p99_latency_ms: float | None
-    max_latency_ms: float | None
-    p50_service_ms: float | None
-    p99_service_ms: float | None
-    thresholds_total: int | None
-    thresholds_failed: int | None
-    saturated: bool | None
-    target_memory_max_bytes: float | None
-    horde_version: str | None
-    endpoints: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    thresholds: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v) if math.isfinite(v) else None
-
-
-def _headline(scope: Stats | None) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for col, path in HEADLINE.items():
-        v: Any = scope
-        for attr in path:  # JSON keys and attribute names agree on the headline paths
-            v = None if v is None else getattr(v, attr)
-        out[col] = _num(v)
-    return out
 
 
 def _summary_from_windows(bundle: Any) -> Summary | None:
@@ -227,12 +188,23 @@ class History:
                     raise HistoryError(
                         f"{self.path}: history schema {row['version']} is newer than this horde's ({SCHEMA_VERSION})"
                     )
+                self._check_columns()
         except (sqlite3.Error, UnicodeDecodeError) as exc:
             self._db.close()
             raise HistoryError(f"{self.path}: not a usable history file: {exc}") from None
         except HistoryError:
             self._db.close()
             raise
+
+    def _check_columns(self) -> None:
+        """Every table has the columns horde reads: a damaged schema (a flipped byte renames
+        a column) is a clear error here, not a KeyError in a later query."""
+        for table, wanted in _expected_columns().items():
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})").fetchall()}
+            if missing := wanted - have:
+                raise HistoryError(
+                    f"{self.path}: not a usable history file: table {table} lacks {', '.join(sorted(missing))}"
+                )
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -309,13 +281,13 @@ class History:
             "ended": m.ended,
             "outcome": m.outcome,
             "complete": int(bool(bundle.complete)),
-            "duration_s": _num(s.duration_s) if s is not None else None,
-            **_headline(s.total if s is not None else None),
+            "duration_s": finite_number(s.duration_s) if s is not None else None,
+            **headline(s.total if s is not None else None),
             "thresholds_total": len(thresholds),
             "thresholds_failed": sum(1 for t in thresholds if not t.ok),
             # unknown (None) for a summary rebuilt from windows: no generator readings in it
             "saturated": int(s.generator.saturated) if s is not None and "generator" in s.model_fields_set else None,
-            "target_memory_max_bytes": _num(memory.max) if memory is not None else None,
+            "target_memory_max_bytes": finite_number(memory.max) if memory is not None else None,
             "horde_version": m.horde_version,
         }
         cols = list(run)
@@ -330,7 +302,7 @@ class History:
             db.execute("DELETE FROM run_endpoints WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM run_thresholds WHERE run_id = ?", (run_id,))
             for name, scope in (s.endpoints if s is not None else {}).items():
-                h = _headline(scope)
+                h = headline(scope)
                 marks = ", ".join("?" for _ in h)
                 db.execute(
                     f"INSERT INTO run_endpoints (run_id, endpoint, {', '.join(h)}) VALUES (?, ?, {marks})",
@@ -340,7 +312,7 @@ class History:
                 db.execute(
                     "INSERT INTO run_thresholds (run_id, position, expr, endpoint, stage, ok, observed, observed_text)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, i, t.expr, t.endpoint, t.stage, int(t.ok), _num(t.observed), t.observed_text),
+                    (run_id, i, t.expr, t.endpoint, t.stage, int(t.ok), finite_number(t.observed), t.observed_text),
                 )
         return run_id
 
@@ -435,7 +407,9 @@ class History:
 
     def record_metrics(self, source: str, t_wall_s: float, metrics: dict[str, float]) -> None:
         """One sample of each named metric at wall time t_wall_s (None / NaN skipped)."""
-        rows = [(source, name, float(t_wall_s), float(v)) for name, v in metrics.items() if _num(v) is not None]
+        rows = [
+            (source, name, float(t_wall_s), float(v)) for name, v in metrics.items() if finite_number(v) is not None
+        ]
         if rows:
             with self._tx() as db:
                 db.executemany("INSERT INTO metrics (source, name, t_wall_s, value) VALUES (?, ?, ?, ?)", rows)
@@ -528,217 +502,8 @@ def record_bundle(bundle_path: str | Path, history_path: str | Path | None = Non
         return h.add_run(bundle)
 
 
-# -- tracking across the history -------------------------------------------------------
-
-_MAD_TO_SD = 1.4826  # MAD of a normal distribution x 1.4826 = its standard deviation
-DEFAULT_MIN_ABS_CHANGE = {"error_rate": 0.001}  # below 0.1 percentage point, no verdict
-
-
-def _median(xs: Sequence[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-def _judge(
-    value: float,
-    baseline: Sequence[float],
-    *,
-    higher_is_better: bool,
-    z_threshold: float,
-    min_effect: float,
-    min_abs_change: float,
-) -> dict[str, Any]:
-    med = _median(baseline)
-    mad = _median([abs(x - med) for x in baseline])
-    scale = _MAD_TO_SD * mad
-    diff = value - med
-    if scale > 0:
-        z = diff / scale
-    else:
-        z = 0.0 if diff == 0 else math.copysign(math.inf, diff)
-    change = diff / abs(med) if med else (0.0 if diff == 0 else math.copysign(math.inf, diff))
-    big = abs(change) >= min_effect and abs(diff) >= min_abs_change
-    if abs(z) > z_threshold and big:
-        worse = diff < 0 if higher_is_better else diff > 0
-        verdict = "regression" if worse else "improvement"
-    else:
-        verdict = "no change"
-    return {
-        "verdict": verdict,
-        "robust_z": z if math.isfinite(z) else None,
-        "change": change if math.isfinite(change) else None,
-        "baseline_median": med,
-        "baseline_mad": mad,
-    }
-
-
-def track(
-    history: History,
-    scenario: str,
-    metric: str = "p99_latency_ms",
-    *,
-    endpoint: str | None = None,
-    baseline_runs: int = 10,
-    min_baseline: int = 3,
-    trend_runs: int = 20,
-    min_trend_runs: int = 6,
-    z_threshold: float = 3.5,
-    min_effect: float = 0.05,
-    min_abs_change: float | None = None,
-    alpha: float = 0.05,
-) -> dict[str, Any]:
-    """A headline metric across a scenario's runs (complete runs, oldest first).
-
-    - The last run against a baseline of the ``baseline_runs`` runs before it: robust
-      z-score (value - median) / (1.4826 MAD); a regression or improvement needs |z| >
-      ``z_threshold`` (3.5, Iglewicz and Hoaglin's outlier rule) and a change of at least
-      ``min_effect`` (5%) of the baseline median (and ``min_abs_change``, 0.1 pp for error
-      rates).
-    - ``events``: the same judgement for every earlier run against the runs before it,
-      so a regression that came and went is still on record.
-    - ``trend``: Theil-Sen / Mann-Kendall over the last ``trend_runs`` runs, per run
-      (horde.coordinator.analysis.trends.trend), read as worsening / improving / stable / inconclusive.
-    """
-    from horde.coordinator.analysis.trends import trend as _trend  # deferred: scipy
-
-    higher_is_better = metric in HIGHER_IS_BETTER
-    floor = min_abs_change if min_abs_change is not None else DEFAULT_MIN_ABS_CHANGE.get(metric, 0.0)
-    rows = history.series_rows(scenario, metric, endpoint)
-    values = [v for _, _, v in rows]
-    out: dict[str, Any] = {
-        "scenario": scenario,
-        "metric": metric,
-        "endpoint": endpoint,
-        "better": "higher" if higher_is_better else "lower",
-        "runs": len(rows),
-        "last": None,
-        "baseline": None,
-        "robust_z": None,
-        "change": None,
-        "verdict": "insufficient history",
-        "events": [],
-        "trend": None,
-    }
-    judge: dict[str, Any] = dict(
-        higher_is_better=higher_is_better, z_threshold=z_threshold, min_effect=min_effect, min_abs_change=floor
-    )
-    if rows:
-        run_id, started, value = rows[-1]
-        out["last"] = {"run_id": run_id, "started": started, "value": value}
-    if len(rows) >= min_baseline + 1:
-        base = values[max(0, len(values) - 1 - baseline_runs) : -1]
-        j = _judge(values[-1], base, **judge)
-        out.update(
-            verdict=j["verdict"],
-            robust_z=j["robust_z"],
-            change=j["change"],
-            baseline={"runs": len(base), "median": j["baseline_median"], "mad": j["baseline_mad"]},
-        )
-    for i in range(min_baseline, len(rows)):
-        j = _judge(values[i], values[max(0, i - baseline_runs) : i], **judge)
-        if j["verdict"] != "no change":
-            out["events"].append(
-                {
-                    "run_id": rows[i][0],
-                    "started": rows[i][1],
-                    "value": values[i],
-                    "verdict": j["verdict"],
-                    "robust_z": j["robust_z"],
-                    "change": j["change"],
-                }
-            )
-    recent = values[-trend_runs:]
-    tr = _trend(
-        list(range(len(recent))),
-        recent,
-        unit=metric,
-        per="run",
-        alpha=alpha,
-        min_points=min_trend_runs,
-        min_relative_change=min_effect,
-    )
-    reading = {
-        "rising": "improving" if higher_is_better else "worsening",
-        "falling": "worsening" if higher_is_better else "improving",
-        "flat": "stable",
-        "inconclusive": "inconclusive",
-    }[tr.verdict]
-    out["trend"] = {**tr.to_dict(), "reading": reading}
-    return out
-
-
-# -- text ------------------------------------------------------------------------------
-
-
-def _f(v: float | None, fmt: str = "{:.3g}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
-def _ms(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v / 1000:.2f}s" if v >= 1000 else f"{v:.3g}"
-
-
-def text_history(rows: Iterable[RunRow]) -> str:
-    """The table ``horde history`` prints (rows as given: newest first)."""
-    rows = list(rows)
-    if not rows:
-        return "no runs recorded"
-    lines = [
-        (
-            f"  {'id':>5} {'started (UTC)':<20} {'scenario':<16} {'outcome':<22} {'requests':>9} {'rps':>8}"
-            f" {'errors':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'svc p99':>7} {'thresholds':>10}"
-        )
-    ]
-    for r in rows:
-        started = (r.started or "-").replace("T", " ")[:19]
-        outcome = (r.outcome or "?") + ("" if r.complete else "*") + (" SAT" if r.saturated else "")
-        th = (
-            "-"
-            if not r.thresholds_total
-            else f"{r.thresholds_total - (r.thresholds_failed or 0)}/{r.thresholds_total} ok"
-        )
-        lines.append(
-            f"  {r.id:>5} {started:<20} {r.scenario[:16]:<16} {outcome[:22]:<22} {_f(r.requests, '{:d}'):>9}"
-            f" {_f(r.rps, '{:.1f}'):>8} {_f(None if r.error_rate is None else 100 * r.error_rate, '{:.2f}%'):>7}"
-            f" {_ms(r.p50_latency_ms):>7} {_ms(r.p95_latency_ms):>7} {_ms(r.p99_latency_ms):>7}"
-            f" {_ms(r.p99_service_ms):>7} {th:>10}"
-        )
-    lines.append("  latency in ms (from intended send); * incomplete run; SAT generator saturated")
-    return "\n".join(lines)
-
-
-def text_track(result: dict[str, Any]) -> str:
-    """A few lines for a ``track`` result."""
-    scope = f" [{result['endpoint']}]" if result.get("endpoint") else ""
-    lines = [
-        f"  {result['scenario']}{scope} {result['metric']} over {result['runs']} run(s) ({result['better']} is better)"
-    ]
-    last = result.get("last")
-    if last is not None:
-        base = result.get("baseline")
-        if base:
-            z = result.get("robust_z")
-            change = result.get("change")
-            verdict = result["verdict"]
-            shown = verdict.upper() if verdict in ("regression", "improvement") else verdict
-            change_text = "-" if change is None else f"{100 * change:+.1f}%"
-            z_text = "-" if z is None else f"{z:+.1f}"
-            lines.append(
-                f"    last run {last['run_id']} ({last['started']}): {last['value']:.4g} against a median of"
-                f" {base['median']:.4g} over {base['runs']} run(s) ({change_text}, robust z {z_text}): {shown}"
-            )
-        else:
-            lines.append(f"    last run {last['run_id']}: {last['value']:.4g}; {result['verdict']}")
-    tr = result.get("trend")
-    if tr:
-        slope = tr.get("slope")
-        lines.append(
-            f"    trend over the last {tr['n']} run(s): {tr['reading']}"
-            + ("" if slope is None else f" ({slope:+.4g} per run, p {tr['p_value']:.2g})")
-        )
-    for e in result.get("events", [])[-10:]:
-        lines.append(f"    {e['verdict']:<11} run {e['run_id']} ({e['started']}): {e['value']:.4g}")
-    return "\n".join(lines)
+def track(history: History, scenario: str, metric: str = "p99_latency_ms", **options: Any) -> dict[str, Any]:
+    """A headline metric across a scenario's complete runs in ``history``: the options and
+    the result of horde.coordinator.analysis.tracking.track_series."""
+    rows = history.series_rows(scenario, metric, options.get("endpoint"))
+    return track_series(rows, scenario=scenario, metric=metric, **options)

@@ -157,3 +157,23 @@ def test_monitor_with_a_damaged_history_exits_1(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, argv)
     assert_clean_exit(result, {1}, argv)
     assert "not a usable history file" in result.output
+
+
+@pytest.mark.parametrize(
+    "table, column",
+    [
+        ("runs", "scenario"),  # what `horde history` lists by
+        ("schema_version", "version"),  # read before anything else
+        ("run_endpoints", "endpoint"),
+    ],
+)
+def test_a_renamed_column_is_a_clear_error(tmp_path: Path, filled: tuple[Path, Path], table: str, column: str) -> None:
+    # A flipped byte in the schema text renames a column (hypothesis found one: IndexError).
+    results = with_db(tmp_path, (filled[0] / DEFAULT_FILENAME).read_bytes())
+    db = sqlite3.connect(results / DEFAULT_FILENAME)
+    db.execute(f"ALTER TABLE {table} RENAME COLUMN {column} TO {column}_x")
+    db.commit()
+    db.close()
+    assert "not a usable history file" in history_cli(results)
+    with pytest.raises(HistoryError, match=f"not a usable history file: .*{column}"):
+        History(results / DEFAULT_FILENAME)
