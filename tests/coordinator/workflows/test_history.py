@@ -1,4 +1,5 @@
-"""horde.coordinator.workflows.history: the SQLite run history, monitoring samples, alerts and tracking."""
+"""horde.coordinator.workflows.history: the SQLite run history, monitoring samples, alerts, and
+tracking read from it (the judgement itself: tests/coordinator/analysis/test_tracking.py)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,12 @@ import pytest
 from horde.agents.samples import SAMPLE_DTYPE, Batch, ErrorClass
 from horde.coordinator.bundle.store import BundleWriter, read_bundle
 from horde.coordinator.measure.aggregate import Aggregator
+from horde.coordinator.report.history_text import text_history, text_track
 from horde.coordinator.workflows.history import (
     DEFAULT_FILENAME,
     History,
     HistoryError,
     record_bundle,
-    text_history,
-    text_track,
     track,
 )
 
@@ -305,15 +305,6 @@ def nightly(results: Path, history: History, p99s: list[float], **kw) -> None:
 HEALTHY = [100.0, 103.0, 97.0, 101.0, 99.0, 104.0, 96.0, 100.0, 102.0, 98.0, 101.0, 99.0]
 
 
-def test_track_a_healthy_history_is_no_change(results: Path, history: History) -> None:
-    nightly(results, history, HEALTHY)
-    t = track(history, "nightly")
-    assert t["verdict"] == "no change" and t["events"] == []
-    assert t["trend"]["reading"] == "stable"
-    assert t["baseline"]["runs"] == 10
-    assert "no change" in text_track(t)
-
-
 def test_track_flags_a_regression_on_the_last_run(results: Path, history: History) -> None:
     nightly(results, history, HEALTHY + [130.0])
     t = track(history, "nightly")
@@ -328,20 +319,12 @@ def test_track_an_improvement_and_a_higher_is_better_metric(results: Path, histo
     nightly(results, history, HEALTHY + [70.0])
     assert track(history, "nightly")["verdict"] == "improvement"
     assert track(history, "nightly", "rps")["verdict"] == "no change"
-
-
-def test_track_remembers_a_regression_that_came_and_went(results: Path, history: History) -> None:
-    p99s = HEALTHY[:6] + [160.0] + HEALTHY[6:]
-    nightly(results, history, p99s)
-    t = track(history, "nightly")
-    assert t["verdict"] == "no change"
-    assert [(e["verdict"], e["value"]) for e in t["events"]] == [("regression", 160.0)]
-
-
-def test_track_sees_a_slow_drift_as_a_worsening_trend(results: Path, history: History) -> None:
-    nightly(results, history, [100.0 + 2.0 * i for i in range(15)])  # +2% a night: each step is small
-    t = track(history, "nightly")
-    assert t["trend"]["verdict"] == "rising" and t["trend"]["reading"] == "worsening"
+    healthy = track(history, "nightly", endpoint="health", baseline_runs=5)  # health's p99 is half the total's
+    assert healthy["endpoint"] == "health" and healthy["last"]["value"] == 35.0 and healthy["baseline"]["runs"] == 5
+    assert "[health]" in text_track(healthy) and "IMPROVEMENT" in text_track(healthy)
+    assert "no change" in text_track(track(history, "nightly", "rps"))
+    with pytest.raises(ValueError, match="unknown metric"):
+        track(history, "nightly", "duration_s", endpoint="health")  # a run figure, not an endpoint's
 
 
 def test_track_with_too_little_history(results: Path, history: History) -> None:
