@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 # Higher ranks sit lower: a module may import only from wings of a strictly greater rank
 # (or its own wing). `coordinator` alone is the package root (its version string).
 RANK = {
-    "coordinator.cli": 0,
+    "coordinator.cli": -1,  # the group adds the commands below it
+    "coordinator.commands": 0,
     "coordinator.workflows": 1,
     "coordinator.run": 2,
     "coordinator.report": 3,
