@@ -146,38 +146,29 @@ def compare_stats(
 ) -> Comparison:
     """Compare one scope of two runs (see the module docstring for the metrics)."""
     out: dict[str, MetricComparison] = {}
+    out["latency"] = _compare_latency(base, cand, alpha, min_effect, n_boot, min_tail_samples, seed)
+    for q in tail_quantiles:
+        tail = _compare_tail(base, cand, q, alpha, min_effect, n_boot, min_tail_samples, seed)
+        out[tail.metric] = tail
+    out["error_rate"] = _compare_error_rate(base, cand, alpha, min_effect, min_error_rate_diff)
+    out["throughput"] = _compare_throughput(base, cand, alpha, min_effect)
+    return Comparison(out)
+
+
+def _enough(base: Stats, cand: Stats, q: float, min_tail_samples: float) -> bool:
+    """Whether both sides hold enough samples beyond quantile q to compare it."""
     bl, cl = base.latency, cand.latency
+    return min(bl.count, cl.count) * min(q, 1 - q) >= min_tail_samples and bool(bl.value_at_quantile(q))
 
-    def enough(q: float) -> bool:
-        return min(bl.count, cl.count) * min(q, 1 - q) >= min_tail_samples and bool(bl.value_at_quantile(q))
 
-    # latency: the distribution (Mann-Whitney U), effect = ratio of medians
+def _compare_latency(
+    base: Stats, cand: Stats, alpha: float, min_effect: float, n_boot: int, min_tail_samples: float, seed: int
+) -> MetricComparison:
+    """The distribution (Mann-Whitney U), effect = ratio of medians."""
+    bl, cl = base.latency, cand.latency
     test = "mann-whitney u (binned)"
-    if enough(0.5):
-        mw = mann_whitney_binned(bl, cl)
-        med = quantile_ratio(bl, cl, 0.5, alpha=alpha, n_boot=n_boot, seed=seed)
-        worse = med["ratio"] > 1
-        out["latency"] = MetricComparison(
-            "latency",
-            _ms(med["base_ns"]),
-            _ms(med["candidate_ns"]),
-            med["ratio"],
-            "ratio",
-            med["ci"],
-            mw["p_value"],
-            _verdict(mw["p_value"] < alpha, abs(med["ratio"] - 1) >= min_effect, worse),
-            test,
-            {
-                "statistic": "median",
-                "common_language": mw["common_language"],
-                "cliffs_delta": mw["cliffs_delta"],
-                "z": mw["z"],
-                "n_base": mw["n_base"],
-                "n_candidate": mw["n_candidate"],
-            },
-        )
-    else:
-        out["latency"] = _insufficient(
+    if not _enough(base, cand, 0.5, min_tail_samples):
+        return _insufficient(
             "latency",
             test,
             _ms(bl.value_at_quantile(0.5)),
@@ -185,85 +176,120 @@ def compare_stats(
             "ratio",
             f"fewer than {2 * min_tail_samples:g} samples on a side",
         )
+    mw = mann_whitney_binned(bl, cl)
+    med = quantile_ratio(bl, cl, 0.5, alpha=alpha, n_boot=n_boot, seed=seed)
+    worse = med["ratio"] > 1
+    return MetricComparison(
+        "latency",
+        _ms(med["base_ns"]),
+        _ms(med["candidate_ns"]),
+        med["ratio"],
+        "ratio",
+        med["ci"],
+        mw["p_value"],
+        _verdict(mw["p_value"] < alpha, abs(med["ratio"] - 1) >= min_effect, worse),
+        test,
+        {
+            "statistic": "median",
+            "common_language": mw["common_language"],
+            "cliffs_delta": mw["cliffs_delta"],
+            "z": mw["z"],
+            "n_base": mw["n_base"],
+            "n_candidate": mw["n_candidate"],
+        },
+    )
 
-    # tail quantiles: exact-bootstrap ratio
-    for q in tail_quantiles:
-        name = f"latency_{quantile_key(q)}"
-        test = "bootstrap quantile ratio"
-        if enough(q):
-            r = quantile_ratio(bl, cl, q, alpha=alpha, n_boot=n_boot, seed=seed + 1)
-            out[name] = MetricComparison(
-                name,
-                _ms(r["base_ns"]),
-                _ms(r["candidate_ns"]),
-                r["ratio"],
-                "ratio",
-                r["ci"],
-                r["p_value"],
-                _verdict(r["p_value"] < alpha, abs(r["ratio"] - 1) >= min_effect, r["ratio"] > 1),
-                test,
-                {"n_base": bl.count, "n_candidate": cl.count},
-            )
-        else:
-            need = math.ceil(min_tail_samples / min(q, 1 - q))
-            out[name] = _insufficient(
-                name,
-                test,
-                _ms(bl.value_at_quantile(q)),
-                _ms(cl.value_at_quantile(q)),
-                "ratio",
-                f"fewer than {need} samples on a side for {quantile_key(q)}",
-            )
 
-    # error rate: difference of proportions
-    if base.requests and cand.requests:
-        e = error_rate_test(base.errors, base.requests, cand.errors, cand.requests, alpha=alpha)
-        practical = abs(e["difference"]) >= max(min_error_rate_diff, min_effect * e["base"])
-        out["error_rate"] = MetricComparison(
-            "error_rate",
-            e["base"],
-            e["candidate"],
-            e["difference"],
-            "difference",
-            e["ci"],
-            e["p_value"],
-            _verdict(e["p_value"] < alpha, practical, e["difference"] > 0),
-            e["test"],
-            {
-                "errors_base": base.errors,
-                "errors_candidate": cand.errors,
-                "requests_base": base.requests,
-                "requests_candidate": cand.requests,
-            },
+def _compare_tail(
+    base: Stats,
+    cand: Stats,
+    q: float,
+    alpha: float,
+    min_effect: float,
+    n_boot: int,
+    min_tail_samples: float,
+    seed: int,
+) -> MetricComparison:
+    """One tail quantile: exact-bootstrap ratio."""
+    bl, cl = base.latency, cand.latency
+    name = f"latency_{quantile_key(q)}"
+    test = "bootstrap quantile ratio"
+    if not _enough(base, cand, q, min_tail_samples):
+        need = math.ceil(min_tail_samples / min(q, 1 - q))
+        return _insufficient(
+            name,
+            test,
+            _ms(bl.value_at_quantile(q)),
+            _ms(cl.value_at_quantile(q)),
+            "ratio",
+            f"fewer than {need} samples on a side for {quantile_key(q)}",
         )
-    else:
-        out["error_rate"] = _insufficient(
+    r = quantile_ratio(bl, cl, q, alpha=alpha, n_boot=n_boot, seed=seed + 1)
+    return MetricComparison(
+        name,
+        _ms(r["base_ns"]),
+        _ms(r["candidate_ns"]),
+        r["ratio"],
+        "ratio",
+        r["ci"],
+        r["p_value"],
+        _verdict(r["p_value"] < alpha, abs(r["ratio"] - 1) >= min_effect, r["ratio"] > 1),
+        test,
+        {"n_base": bl.count, "n_candidate": cl.count},
+    )
+
+
+def _compare_error_rate(
+    base: Stats, cand: Stats, alpha: float, min_effect: float, min_error_rate_diff: float
+) -> MetricComparison:
+    """Difference of proportions."""
+    if not (base.requests and cand.requests):
+        return _insufficient(
             "error_rate",
             "two proportions",
             base.error_rate if base.requests else None,
             cand.error_rate if cand.requests else None,
             "difference",
         )
+    e = error_rate_test(base.errors, base.requests, cand.errors, cand.requests, alpha=alpha)
+    practical = abs(e["difference"]) >= max(min_error_rate_diff, min_effect * e["base"])
+    return MetricComparison(
+        "error_rate",
+        e["base"],
+        e["candidate"],
+        e["difference"],
+        "difference",
+        e["ci"],
+        e["p_value"],
+        _verdict(e["p_value"] < alpha, practical, e["difference"] > 0),
+        e["test"],
+        {
+            "errors_base": base.errors,
+            "errors_candidate": cand.errors,
+            "requests_base": base.requests,
+            "requests_candidate": cand.requests,
+        },
+    )
 
-    # throughput: ratio of Poisson rates (fewer requests per second is worse)
+
+def _compare_throughput(base: Stats, cand: Stats, alpha: float, min_effect: float) -> MetricComparison:
+    """Ratio of Poisson rates (fewer requests per second is worse)."""
     test = "poisson rate ratio (conditional binomial)"
-    if base.duration_s > 0 and cand.duration_s > 0 and base.requests and cand.requests:
-        r = rate_test(base.requests, base.duration_s, cand.requests, cand.duration_s, alpha=alpha)
-        out["throughput"] = MetricComparison(
-            "throughput",
-            r["base"],
-            r["candidate"],
-            r["ratio"],
-            "ratio",
-            (_finite(r["ci"][0]), _finite(r["ci"][1])) if r["ci"] else None,
-            r["p_value"],
-            _verdict(r["p_value"] < alpha, abs(r["ratio"] - 1) >= min_effect, r["ratio"] < 1),
-            test,
-            {"duration_base_s": base.duration_s, "duration_candidate_s": cand.duration_s},
-        )
-    else:
-        out["throughput"] = _insufficient("throughput", test, base.rps or None, cand.rps or None, "ratio")
-    return Comparison(out)
+    if not (base.duration_s > 0 and cand.duration_s > 0 and base.requests and cand.requests):
+        return _insufficient("throughput", test, base.rps or None, cand.rps or None, "ratio")
+    r = rate_test(base.requests, base.duration_s, cand.requests, cand.duration_s, alpha=alpha)
+    return MetricComparison(
+        "throughput",
+        r["base"],
+        r["candidate"],
+        r["ratio"],
+        "ratio",
+        (_finite(r["ci"][0]), _finite(r["ci"][1])) if r["ci"] else None,
+        r["p_value"],
+        _verdict(r["p_value"] < alpha, abs(r["ratio"] - 1) >= min_effect, r["ratio"] < 1),
+        test,
+        {"duration_base_s": base.duration_s, "duration_candidate_s": cand.duration_s},
+    )
 
 
 # -- bundles ---------------------------------------------------------------------------

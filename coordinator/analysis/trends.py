@@ -265,6 +265,42 @@ def _step_fit_wins(tp: np.ndarray, y: np.ndarray, slope: float, intercept: float
     return (best < 0.5 * line), best_k
 
 
+def _weak_growth(rising: bool, slope: float, hi: float, threshold: float) -> tuple[str, str]:
+    """(verdict, reason) when growth is not significant, or significant but below the threshold."""
+    mb = threshold / MB
+    if rising:
+        return "no leak", f"significant growth below the practical threshold ({mb:.3g} MiB/h)"
+    if hi < threshold:
+        return "no leak", "no significant growth"
+    if slope < threshold:
+        return "no leak", f"no significant growth (slope below {mb:.3g} MiB/h)"
+    return "inconclusive", "growth above the threshold but not significant (noisy or short)"
+
+
+def _last_half_slope(th: np.ndarray, ya: np.ndarray, *, alpha: float, min_points: int) -> float | None:
+    """Theil-Sen slope over the last half of the span, or None when it holds too few points."""
+    half = th >= th[0] + 0.5 * (th[-1] - th[0])
+    if int(half.sum()) >= max(4, min_points // 2) and th[half][-1] > th[half][0]:
+        return theil_sen(th[half], ya[half], confidence=1 - alpha)[0]
+    return None
+
+
+def _one_step_explains(
+    th: np.ndarray, ya: np.ndarray, slope: float, intercept: float, threshold: float, *, alpha: float
+) -> bool:
+    """One level shift fits far better than the line, and the growth after it does not clear
+    the threshold on its own (only such growth keeps this a leak candidate)."""
+    stepped, k = _step_fit_wins(th, ya, slope, intercept)
+    if not stepped:
+        return False
+    after = slice(k, None)
+    return bool(
+        len(th[after]) >= 4
+        and th[after][-1] > th[after][0]
+        and theil_sen(th[after], ya[after], confidence=1 - alpha)[2] < threshold
+    )
+
+
 def leak_verdict(
     t_s: Sequence[float] | np.ndarray,
     rss_bytes: Sequence[float] | np.ndarray,
@@ -334,35 +370,17 @@ def leak_verdict(
     mb = threshold / MB
 
     rising = p < alpha and tau > 0 and lo > 0
-    if not rising:
-        if hi < threshold:
-            return out("no leak", "no significant growth", n, **base)
-        if slope < threshold:
-            return out("no leak", f"no significant growth (slope below {mb:.3g} MiB/h)", n, **base)
-        return out("inconclusive", "growth above the threshold but not significant (noisy or short)", n, **base)
-    if hi < threshold:
-        return out("no leak", f"significant growth below the practical threshold ({mb:.3g} MiB/h)", n, **base)
-
-    half = th >= th[0] + 0.5 * (th[-1] - th[0])
-    last_half_slope: float | None = None
-    if int(half.sum()) >= max(4, min_points // 2) and th[half][-1] > th[half][0]:
-        last_half_slope = theil_sen(th[half], ya[half], confidence=1 - alpha)[0]
+    if not rising or hi < threshold:
+        v, why = _weak_growth(rising, slope, hi, threshold)
+        return out(v, why, n, **base)
+    last_half_slope = _last_half_slope(th, ya, alpha=alpha, min_points=min_points)
+    if last_half_slope is not None:
         base["last_half_slope"] = last_half_slope
         if last_half_slope < 0.5 * threshold:
             why = "growth stopped: the last half is flat (an allocation step, then a plateau)"
             return out("no leak", why, n, **base)
-
-    stepped, k = _step_fit_wins(th, ya, slope, intercept)
-    if stepped:
-        after = slice(k, None)
-        # The step model already fits far better than the line; only growth after the
-        # step that clears the threshold on its own keeps this a leak candidate.
-        if (
-            len(th[after]) >= 4
-            and th[after][-1] > th[after][0]
-            and theil_sen(th[after], ya[after], confidence=1 - alpha)[2] < threshold
-        ):
-            return out("no leak", "one level shift explains the series (a step, then a plateau)", n, **base)
+    if _one_step_explains(th, ya, slope, intercept, threshold, alpha=alpha):
+        return out("no leak", "one level shift explains the series (a step, then a plateau)", n, **base)
 
     if lo <= threshold:
         why = f"growth is significant but its lower bound does not clear {mb:.3g} MiB/h"

@@ -3,7 +3,7 @@
 `run_scenario` is the public entry point (the CLI and the performance suite call it). It
 starts the target (run/target.py) and the cluster (run/fleet.py), then `run` hands each
 event of the fleet's stream to one `RunSession`'s named steps: `on_batch`, `on_agent_ended`,
-`on_agent_lost` (with the replacement), `on_window` (a closed window: recorded by
+`on_agent_lost` (with the replacement; run/losses.py), `on_window` (a closed window: recorded by
 run/windows.py, shown, checked against the abort rules), `on_abort` / `on_signal` /
 `on_timeout` (stopping early), and `finish` (summary and bundle). Each step is a method over
 the session's attributes, so a test can call it with canned batches and events, without Ray.
@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import signal
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from horde.agents.lease import replacement_hold_s
 from horde.agents.samples import BatchFormatError, decode_batch
 from horde.cluster.events import AgentEnded, AgentLost, BatchReceived, ClusterShape
 from horde.coordinator.bundle.outcome import Outcome
@@ -35,6 +33,7 @@ from horde.coordinator.measure.health import AgentTotals
 from horde.coordinator.measure.resources import NodeSeries, ResourceSeries
 from horde.coordinator.plan import Plan, build_plan
 from horde.coordinator.report.text import junit_xml
+from horde.coordinator.run import losses
 from horde.coordinator.run.fleet import connect_cluster, silence_s
 from horde.coordinator.run.ledger import LoadLedger
 from horde.coordinator.run.live import format_line
@@ -48,7 +47,6 @@ from horde.coordinator.run.summary import (
     agent_label,
     build_summary,
     histogram_records,
-    loss_record,
     restored_record,
     threshold_dict,
 )
@@ -321,16 +319,7 @@ class RunSession:
     def on_bad_batch(self, index: int, exc: BatchFormatError) -> None:
         """A batch that failed its checks: a bad_batch alert and a count; the run goes on. A few
         from one incarnation (batch_check.FAULTY_AFTER) make it faulty: lose_faulty replaces it."""
-        inc = self.incarnations.get(index)  # the fan-in names the stream's agent; its current incarnation sent it
-        at_s = round((self.now_ns() - self.start_wall_ns) / 1e9, 3)
-        record, faulty = self.bad_batches.add(index, inc, at_s, exc)
-        if record is not None:
-            self.writer.append_alert(record)
-            self.windows.alerts_log.append(record)
-            self.progress(f"BAD BATCH from agent {index} (incarnation {inc}): {exc}")
-        if faulty and inc is not None:
-            why = f"{self.bad_batches.faulty_after} bad batches; the last: {exc}"
-            self.faulty.append(AgentLost(index, inc, "faulty", why))
+        losses.note_bad_batch(self, index, exc)
 
     async def lose_faulty(self) -> bool:
         """Declare the faulty agents lost (on_agent_lost: recorded, fenced and replaced)."""
@@ -346,64 +335,11 @@ class RunSession:
     async def on_agent_lost(self, ev: AgentLost) -> bool:
         """Record a lost agent and start its replacement (while the run has time left).
         False when the loss is of an agent already replaced."""
-        if ev.incarnation != self.incarnations.get(ev.index):
+        if not await losses.lose_agent(self, ev):
             return False
-        now_s = (self.now_ns() - self.start_wall_ns) / 1e9
-        # The ledger keeps the last report also past a final batch (a fenced agent sends one).
-        last_s = max(self.watermarks.pop(ev.index, 0), self.ledger.last_report_ns(ev.index), 0) / 1e9
-        self.fleet.forget(ev.index, ev.incarnation)
-        node = next(
-            (a.node for a in reversed(self.fleet.agents) if a.index == ev.index and a.incarnation == ev.incarnation),
-            None,
-        )
-        loss = loss_record(ev, now_s, last_s, self.plan.count, node)
-        self.lost.append(loss)
-        self.progress(f"LOST agent {ev.index}.{ev.incarnation} at {now_s:.1f}s: {ev.reason} {ev.detail}")
-        if not self.stop_event.is_set() and now_s < self.plan.duration_s:
-            await self._replace(ev, loss)
-        else:
-            loss["replaced"] = False
-            loss.update(self.ledger.lose(ev.index, None))
-            self.writer.append_alert(loss)
         if not self.watermarks and not self.stop_event.is_set():
             self._end_as(Outcome.ERROR, "every agent was lost")
         return True
-
-    async def _replace(self, ev: AgentLost, loss: dict) -> None:
-        new = dataclasses.replace(self.specs[ev.index], incarnation=ev.incarnation + 1)
-        hold_s = self._replacement_hold_s(ev)
-        resume_ns = self.now_ns() - self.start_wall_ns + int(hold_s * 1e9)
-        try:
-            info = await self.fleet.replace(new, grace_s=self.silence_s, hold_s=hold_s, resume_ns=resume_ns)
-        except Exception as exc:  # PlacementError, or the cluster is going away
-            loss["replaced"] = False
-            loss.update(self.ledger.lose(ev.index, None))
-            self.writer.append_alert(loss)
-            self.progress(f"ABORT: agent {ev.index} cannot be replaced: {exc}")
-            self.on_abort(f"lost agent {ev.index} could not be replaced: {exc}")
-            return
-        self.incarnations[ev.index] = new.incarnation
-        self.watermarks[ev.index] = self.closed_until_ns
-        self.totals[agent_label(ev.index, new.incarnation)] = AgentTotals(began_ns=self.now_ns() - self.start_wall_ns)
-        loss.update(
-            replaced=True,
-            replacement_incarnation=new.incarnation,
-            replaced_at_s=round((self.now_ns() - self.start_wall_ns) / 1e9, 3),
-            replacement_node=info.node,
-            **self.ledger.lose(ev.index, resume_ns),
-        )
-        self.restoring[ev.index] = loss
-        self.writer.append_alert(loss)
-        self.progress(f"agent {ev.index} replaced (incarnation {new.incarnation}) on node {info.node[:12]}")
-
-    def _replacement_hold_s(self, ev: AgentLost) -> float:
-        """How long the replacement of a lost agent must wait before it sends: until the
-        lost agent's lease has certainly lapsed (agents/lease.py). Its lease ends at most a
-        term after it sent the last batch we received; no batch: a term after now at most."""
-        hold_s = replacement_hold_s(self.specs[ev.index].flush_interval_s)
-        last_batch_at = getattr(self.fleet, "last_batch_at", None)
-        at = last_batch_at(ev.index, ev.incarnation) if last_batch_at is not None else None
-        return hold_s if at is None else max(0.0, at + hold_s - time.monotonic())
 
     # -- windows -----------------------------------------------------------------------------
 
