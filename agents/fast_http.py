@@ -50,7 +50,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import ssl
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
@@ -77,6 +79,25 @@ _HEAD_DONE = -2  # internal: the head of a HEAD response is complete (see on_hea
 
 # A request's completion callback: done(token, status, body bytes, error class).
 Done = Callable[[int, int, int, int], None]
+
+
+# SO_LINGER on, 0 s: close() then discards what the kernel still holds unsent and sends
+# RST. Without it a fenced agent's requests queued in the send buffer of a partitioned
+# host reach the target when the partition heals (issue 12).
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def linger_reset(transport: asyncio.BaseTransport | None) -> None:
+    """Make the next close of `transport`'s socket abortive (RST, unsent data discarded)."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:  # already closed, or not a TCP socket: nothing queued to discard
+        pass
 
 
 class _Stop(Exception):
@@ -427,6 +448,7 @@ class FastEngine:
         self._max_header_bytes = max_header_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._aborting = False  # abort_all() was called: late connections are reset too
         self._n_conns = 0  # open or opening connections: the pool's slots in use
         self._conns: set[_Connection] = set()
         self._waiters: deque[tuple[_Origin, asyncio.Future]] = deque()
@@ -510,6 +532,29 @@ class FastEngine:
         self._conns.clear()
         self._n_conns = 0
         await asyncio.sleep(0)  # let the transports deliver connection_lost
+
+    def abort_all(self) -> None:
+        """Fencing: reset every connection now (linger_reset, then abort) so that nothing
+        already written reaches the target later, and open no more; close() still follows."""
+        self._closed = True
+        self._aborting = True  # a connect that completes from here is reset too (_connect)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for origin in self._origins.values():
+            for conn in origin.idle:
+                conn.idle = False
+            origin.idle.clear()
+        for conn in list(self._conns):
+            if not conn.closed:
+                linger_reset(conn.transport)
+            conn.abort()  # in-flight requests end as RESET (not recorded after a fence)
+        self._conns.clear()
+        self._n_conns = 0
+        while self._waiters:
+            _, fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(_OTHER)
 
     def in_flight(self) -> int:
         """Requests submitted and not yet called back (sent, connecting or waiting for a slot)."""
@@ -785,6 +830,8 @@ class FastEngine:
         finally:
             timer.cancel()
         if self._closed:
+            if self._aborting:
+                linger_reset(conn.transport)
             conn.abort()
             return _OTHER
         self._conns.add(conn)

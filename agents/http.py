@@ -44,6 +44,11 @@ class Engine(Protocol):
 
     async def close(self) -> None: ...
 
+    def abort_all(self) -> None:
+        """Fencing: drop every connection at once, abortively (linger_reset), so that no
+        request already written reaches the target later; close() still follows."""
+        ...
+
 
 # A connection that was up and then went away: the errnos of a reset (aiohttp wraps the
 # OSError of a reset before any response byte in ClientOSError, not a connect error).
@@ -188,6 +193,25 @@ class AiohttpEngine:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def abort_all(self) -> None:
+        """Fencing: every connection of the pool, idle or in use, reset at once (linger_reset,
+        then abort). aiohttp offers no public way to reach them, so this reads its connector's
+        pool; the session is closed as usual by close()."""
+        from horde.agents.fast_http import linger_reset  # the lean engine module holds it (no aiohttp there)
+
+        session = self._session
+        if session is None:
+            return
+        connector = session.connector
+        protos = list(getattr(connector, "_acquired", ()))
+        for idle in getattr(connector, "_conns", {}).values():
+            protos.extend(proto for proto, _ in idle)
+        for proto in protos:
+            transport = getattr(proto, "transport", None)
+            if transport is not None:
+                linger_reset(transport)
+                proto.abort()
 
 
 def make_engine(

@@ -21,6 +21,7 @@ class _Done:
 
 
 _DONE = _Done()
+SETTLE_S = 2.0  # at most this long for the agent's leftover tasks to end once cancelled
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -30,6 +31,23 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         return uvloop.new_event_loop()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.new_event_loop()
+
+
+def _settle(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what the agent left on `loop` (connects still pending in a partition, their
+    timers) and let it end while the loop still runs. Closing the loop first leaves uvloop
+    to cancel those connects itself, and each one's callback then fails on the closed loop
+    ("RuntimeError: Event loop is closed", once per connect; issue 12). As asyncio.run does."""
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            # Bounded: a task that ignored its cancel must not hold the agent's thread.
+            loop.run_until_complete(asyncio.wait(pending, timeout=SETTLE_S))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    except Exception:  # the agent's result is already decided; tidying up must not replace it
+        pass
 
 
 class AgentRunner:
@@ -90,9 +108,10 @@ class AgentRunner:
             except BaseException as exc:  # surfaces in the consumer as the stream's error
                 put(exc)
             finally:
-                put(_DONE)
                 with self._lock:
                     self._loop = None
+                _settle(loop)
+                put(_DONE)
                 loop.close()
 
         thread = threading.Thread(target=main, name=f"horde-agent-{self.spec.index}", daemon=True)

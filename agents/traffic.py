@@ -279,6 +279,11 @@ class TrafficAgent:
         self._interrupted += self._requests_in_flight()
         self.request_stop()  # no new sends; counts the due arrivals as unsent
         self._finished = True  # completions are neither recorded nor followed by a send
+        # Reset every connection now rather than close it gracefully: a request still in a
+        # socket's send buffer (a partitioned host) must not reach the target after the
+        # fence, when a replacement may be sending (issue 12).
+        for e in self._engines.values():
+            e.abort_all()
         self._set_drained()  # no graceful wait: the engines are closed at once
 
     # -- sending --------------------------------------------------------------------------
