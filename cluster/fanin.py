@@ -153,17 +153,25 @@ class FanIn:
                     ping.add_done_callback(self._pings.discard)
 
     async def _ping(self, key: tuple[int, int], probe: Probe, silent: float) -> None:
+        # The timeout must not depend on the ping giving up: a call to an unreachable node
+        # may ignore its cancellation (asyncio.wait_for would then wait on it for ever and
+        # keep this agent in `_probing`, never declared). asyncio.wait returns at the
+        # deadline whatever the ping does; a ping still out is cancelled and left behind.
+        call = asyncio.ensure_future(_call(probe))
         try:
-            await asyncio.wait_for(probe(), self._probe_timeout_s)
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
-            if key in self._last_seen and time.monotonic() - self._last_seen[key] > self._silence_s:
-                self._declare_lost(
-                    key,
-                    "silent",
-                    f"no batch for {silent:.1f}s and no answer to a ping within {self._probe_timeout_s:.1f}s",
-                )
+            done, _ = await asyncio.wait({call}, timeout=self._probe_timeout_s)
+            answered = call in done and not call.cancelled() and call.exception() is None
+            if not answered:
+                if not call.done():
+                    call.cancel()
+                    self._pings.add(call)  # a stubborn ping is kept referenced until it ends
+                    call.add_done_callback(self._pings.discard)
+                if key in self._last_seen and time.monotonic() - self._last_seen[key] > self._silence_s:
+                    self._declare_lost(
+                        key,
+                        "silent",
+                        f"no batch for {silent:.1f}s and no answer to a ping within {self._probe_timeout_s:.1f}s",
+                    )
         finally:
             self._probing.discard(key)
 
@@ -205,9 +213,15 @@ class FanIn:
             t.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        for ping in list(self._pings):
+            ping.cancel()  # not awaited: a ping nobody answers may ignore it
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         if self._watchdog is not None:
             await asyncio.gather(self._watchdog, return_exceptions=True)
+
+
+async def _call(probe: Probe) -> object:
+    return await probe()
 
 
 class _EndOfStreams:

@@ -351,7 +351,7 @@ class AlertRecord(OpenRecord):
     `{"event", "t_s", "alert": {...}}` is flattened by `Bundle.alerts()` before it gets here."""
 
     kind: AlertKind | None = None
-    at_s: float | None = None
+    at_s: float | None = None  # when (an agent_lost: declared once its lease had surely lapsed)
     # agent_lost / agent_restored / bad_batch
     agent: int | None = None
     incarnation: int | None = None
@@ -364,9 +364,11 @@ class AlertRecord(OpenRecord):
     replacement_incarnation: int | None = None
     replaced_at_s: float | None = None
     replacement_node: str | None = None
-    lost_samples: int | None = None  # sent, never reported (the in-flight count of its last batch)
-    missed: int | None = None  # its planned arrivals never sent (None: closed model)
-    missed_from_s: float | None = None
+    # Maybe sent, never reported: an upper bound (open model: its planned arrivals from its
+    # last report until its lease surely lapsed, not accounted for; closed: its last in-flight count).
+    lost_samples: int | None = None
+    missed: int | None = None  # its planned arrivals after its lease lapsed: never sent (None: closed model)
+    missed_from_s: float | None = None  # when its lease had surely lapsed
     missed_until_s: float | None = None  # None: not replaced (to the end of the run)
     # abort
     observed: float | None = None

@@ -4,13 +4,12 @@ An open-model run plans a fixed set of arrivals (agents/arrivals.py, reproducibl
 plan). Each one ends up as exactly one of:
 
 - sent: reported as a sample, interrupted (in flight when its agent gave up waiting), or
-  lost (in flight when its agent was lost: sent, never reported; bounded by the
-  `in_flight` its last batch reported);
-- missed: planned for an agent incarnation that was lost, and not sent by it as far as
-  its batches tell: the arrivals from its last report until its replacement resumed the
-  schedule (or the end, when not replaced), plus any it had due and not yet sent at that
-  report. An agent killed some time after its last batch may have sent a few of these
-  (served by the target, never reported): missed is an upper bound of what never went out;
+  lost: a lost agent's arrivals planned before its lease surely lapsed and not accounted
+  for by its batches (in flight at its last report, due and unsent then, or due after
+  it). It may have sent any of them, unreported; a killed agent sent fewer: lost is an
+  upper bound of what went out unreported;
+- missed: a lost agent's arrivals after its lease lapsed until its replacement resumed
+  the schedule (or the end, when not replaced): never sent, since a fenced agent cannot;
 - unsent: reported unsent by an agent (due when its run stopped, or skipped by a
   replacement that began after its resume point).
 
@@ -99,24 +98,43 @@ class LoadLedger:
         inc = self._current[agent]
         return max(inc.last_report_ns, inc.resumed_ns)
 
-    def lose(self, agent: int, resume_ns: int | None) -> dict:
+    def lose(self, agent: int, resume_ns: int | None, lapsed_ns: int | None = None) -> dict:
         """The agent's current incarnation is lost; its replacement resumes the schedule at
-        `resume_ns` (None: not replaced). The loss record's accounting fields."""
+        `resume_ns` (None: not replaced). `lapsed_ns`: the point of the run by which its lease
+        had surely lapsed (its last acked batch's arrival + the term and margin; None: take
+        its last report). Until then it may have sent what it had planned, unreported: those
+        are `lost_samples` (an upper bound); its arrivals after that are `missed`.
+        The loss record's accounting fields."""
         inc = self._current[agent]
-        # A final batch (a fenced agent's) counted its dropped requests as interrupted.
-        lost = 0 if inc.final else inc.in_flight
-        self.lost += lost
+        reported_until_ns = max(inc.last_report_ns, inc.resumed_ns)
+        lapse_ns = reported_until_ns if lapsed_ns is None else max(reported_until_ns, lapsed_ns)
+        if resume_ns is not None:
+            lapse_ns = min(lapse_ns, max(resume_ns, reported_until_ns))
+        # A final batch (a fenced agent's) counted its dropped requests as interrupted, and
+        # the agent sends nothing after it.
+        final = inc.final
+        if final:
+            lapse_ns = reported_until_ns
+        lost = 0 if final else inc.in_flight
         record: dict = {
             "lost_samples": lost,
-            "missed_from_s": round(max(inc.last_report_ns, inc.resumed_ns) / 1e9, 3),
+            "missed_from_s": round(lapse_ns / 1e9, 3),
             "missed_until_s": None if resume_ns is None else round(resume_ns / 1e9, 3),
             "missed": None,
         }
         if self._open:
+            accounted = inc.reported + inc.interrupted + inc.unsent
             planned = planned_arrivals(self._specs[agent], inc.resumed_ns, resume_ns)
-            missed = max(0, planned - inc.reported - inc.interrupted - inc.unsent - lost)
+            if not final:
+                # Everything planned before the lapse and not accounted for may have gone out
+                # (its in-flight requests, its backlog, its sends after the last flush).
+                may_have_sent = planned_arrivals(self._specs[agent], inc.resumed_ns, lapse_ns) - accounted
+                lost = max(0, min(max(lost, may_have_sent), planned - accounted))
+            missed = max(0, planned - accounted - lost)
             self.missed += missed
             record["missed"] = missed
+            record["lost_samples"] = lost
+        self.lost += lost
         if resume_ns is not None:
             self._current[agent] = _Incarnation(resume_ns)
         return record

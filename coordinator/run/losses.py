@@ -3,12 +3,16 @@
 The steps RunSession.on_bad_batch and RunSession.on_agent_lost hand their work to, over the
 session's attributes: the loss record (run/summary.py), fencing in the ledger, and a
 replacement that holds its first send until the lost agent's lease has lapsed (agents/lease.py).
+An agent reported lost is a suspect until its lease has surely lapsed; only then is it
+declared (RunSession.declare_lapsed, from the drive loop's timer): two incarnations never send
+at once, and the record counts what the lost one may have sent until then.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from horde.agents.lease import replacement_hold_s
@@ -35,40 +39,89 @@ def note_bad_batch(session: RunSession, index: int, exc: BatchFormatError) -> No
         session.faulty.append(AgentLost(index, inc, "faulty", why))
 
 
-async def lose_agent(session: RunSession, ev: AgentLost) -> bool:
-    """Record a lost agent and start its replacement (while the run has time left).
-    False when the loss is of an agent already replaced."""
-    if ev.incarnation != session.incarnations.get(ev.index):
+@dataclass
+class Suspect:
+    """An agent the fan-in reported lost, not declared until its lease has surely lapsed."""
+
+    ev: AgentLost
+    lapse_at_s: float  # time.monotonic() by which its lease has surely lapsed
+    last_s: float  # its last report, seconds into the run
+
+
+def suspect_agent(session: RunSession, ev: AgentLost) -> bool:
+    """The fan-in reports an agent lost (silent, hung, dead, faulty): windows close without
+    it from now on and its actor is killed (it may be only frozen), but it is declared lost
+    (record, alert, live view, replacement) only once its lease has surely lapsed
+    (declare_lapsed): until then it may still be sending. A Ray error that proves it dead
+    waits the same way: simpler, and safe. False when stale or already suspected."""
+    if ev.incarnation != session.incarnations.get(ev.index) or ev.index in session.suspects:
         return False
-    now_s = (session.now_ns() - session.start_wall_ns) / 1e9
     # The ledger keeps the last report also past a final batch (a fenced agent sends one).
     last_s = max(session.watermarks.pop(ev.index, 0), session.ledger.last_report_ns(ev.index), 0) / 1e9
     session.fleet.forget(ev.index, ev.incarnation)
+    lapse_at_s = _lease_lapsed_at(session, ev)
+    session.suspects[ev.index] = Suspect(ev, lapse_at_s, last_s)
+    wait_s = max(0.0, lapse_at_s - time.monotonic())
+    session.progress(
+        f"agent {ev.index}.{ev.incarnation} suspected ({ev.reason}): declared lost when its lease lapses,"
+        f" in {wait_s:.1f}s"
+    )
+    return True
+
+
+def next_lapse_in_s(session: RunSession) -> float | None:
+    """Seconds until the next suspect's lease has surely lapsed (None: no suspect)."""
+    if not session.suspects:
+        return None
+    return max(0.0, min(s.lapse_at_s for s in session.suspects.values()) - time.monotonic())
+
+
+async def declare_lapsed(session: RunSession, now_index: int | None = None) -> bool:
+    """Declare lost every suspect whose lease has surely lapsed (and agent `now_index` at once:
+    its replacement is held until its lease lapses), all of them before the first
+    replacement is placed (placing one may take long: a cut-off cluster), then replace them
+    while the run has time left. False when none was due."""
+    now = time.monotonic()
+    due = [s for s in session.suspects.values() if s.lapse_at_s <= now or s.ev.index == now_index]
+    for s in due:
+        del session.suspects[s.ev.index]
+    declared = [(s, _declare(session, s)) for s in due]
+    for s, loss in declared:
+        # The run's time, read after each placement: a slow one may have used it up.
+        now_s = (session.now_ns() - session.start_wall_ns) / 1e9
+        if not session.stop_event.is_set() and now_s < session.plan.duration_s:
+            await _replace(session, s, loss)
+        else:
+            loss["replaced"] = False
+            loss.update(session.ledger.lose(s.ev.index, None, _run_ns(session, s.lapse_at_s)))
+            session.writer.append_alert(loss)
+    return bool(due)
+
+
+def _declare(session: RunSession, s: Suspect) -> dict:
+    ev = s.ev
+    now_s = (session.now_ns() - session.start_wall_ns) / 1e9
     node = next(
         (a.node for a in reversed(session.fleet.agents) if a.index == ev.index and a.incarnation == ev.incarnation),
         None,
     )
-    loss = loss_record(ev, now_s, last_s, session.plan.count, node)
+    loss = loss_record(ev, now_s, s.last_s, session.plan.count, node)
     session.lost.append(loss)
     session.progress(f"LOST agent {ev.index}.{ev.incarnation} at {now_s:.1f}s: {ev.reason} {ev.detail}")
-    if not session.stop_event.is_set() and now_s < session.plan.duration_s:
-        await _replace(session, ev, loss)
-    else:
-        loss["replaced"] = False
-        loss.update(session.ledger.lose(ev.index, None))
-        session.writer.append_alert(loss)
-    return True
+    return loss
 
 
-async def _replace(session: RunSession, ev: AgentLost, loss: dict) -> None:
+async def _replace(session: RunSession, s: Suspect, loss: dict) -> None:
+    ev = s.ev
     new = dataclasses.replace(session.specs[ev.index], incarnation=ev.incarnation + 1)
-    hold_s = _replacement_hold_s(session, ev)
+    hold_s = max(0.0, s.lapse_at_s - time.monotonic())  # declared after the lapse: ~0
     resume_ns = session.now_ns() - session.start_wall_ns + int(hold_s * 1e9)
+    lapsed_ns = _run_ns(session, s.lapse_at_s)
     try:
         info = await session.fleet.replace(new, grace_s=session.silence_s, hold_s=hold_s, resume_ns=resume_ns)
     except Exception as exc:  # PlacementError, or the cluster is going away
         loss["replaced"] = False
-        loss.update(session.ledger.lose(ev.index, None))
+        loss.update(session.ledger.lose(ev.index, None, lapsed_ns))
         session.writer.append_alert(loss)
         session.progress(f"ABORT: agent {ev.index} cannot be replaced: {exc}")
         session.on_abort(f"lost agent {ev.index} could not be replaced: {exc}")
@@ -83,18 +136,23 @@ async def _replace(session: RunSession, ev: AgentLost, loss: dict) -> None:
         replacement_incarnation=new.incarnation,
         replaced_at_s=round((session.now_ns() - session.start_wall_ns) / 1e9, 3),
         replacement_node=info.node,
-        **session.ledger.lose(ev.index, resume_ns),
+        **session.ledger.lose(ev.index, resume_ns, lapsed_ns),
     )
     session.restoring[ev.index] = loss
     session.writer.append_alert(loss)
     session.progress(f"agent {ev.index} replaced (incarnation {new.incarnation}) on node {info.node[:12]}")
 
 
-def _replacement_hold_s(session: RunSession, ev: AgentLost) -> float:
-    """How long the replacement of a lost agent must wait before it sends: until the
-    lost agent's lease has certainly lapsed (agents/lease.py). Its lease ends at most a
-    term after it sent the last batch we received; no batch: a term after now at most."""
+def _lease_lapsed_at(session: RunSession, ev: AgentLost) -> float:
+    """time.monotonic() by which the agent's lease has surely lapsed (agents/lease.py): it
+    ends at most a term after it sent the last batch we received (+ margin); no batch: a
+    term after now at most."""
     hold_s = replacement_hold_s(session.specs[ev.index].flush_interval_s)
     last_batch_at = getattr(session.fleet, "last_batch_at", None)
     at = last_batch_at(ev.index, ev.incarnation) if last_batch_at is not None else None
-    return hold_s if at is None else max(0.0, at + hold_s - time.monotonic())
+    return (time.monotonic() if at is None else at) + hold_s
+
+
+def _run_ns(session: RunSession, at_s: float) -> int:
+    """A time.monotonic() reading as nanoseconds into the run (the session's clock)."""
+    return session.now_ns() - session.start_wall_ns - int((time.monotonic() - at_s) * 1e9)

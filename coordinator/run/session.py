@@ -34,6 +34,7 @@ from horde.coordinator.measure.resources import NodeSeries, ResourceSeries
 from horde.coordinator.plan import Plan, build_plan
 from horde.coordinator.report.text import junit_xml
 from horde.coordinator.run import losses
+from horde.coordinator.run.drive import drive
 from horde.coordinator.run.fleet import connect_cluster, silence_s
 from horde.coordinator.run.ledger import LoadLedger
 from horde.coordinator.run.live import format_line
@@ -96,7 +97,7 @@ async def run(
         await session.start()
         stop_task = asyncio.create_task(session.stop_fleet_when_asked())
         try:
-            await _drive(session, fleet.events().__aiter__())
+            await drive(session, fleet.events().__aiter__())
         finally:
             stop_task.cancel()
             await asyncio.gather(stop_task, return_exceptions=True)
@@ -104,29 +105,6 @@ async def run(
     finally:
         await session.close()
     return session.finish()
-
-
-async def _drive(session: RunSession, events: Any) -> None:
-    """The fleet's events to the session's steps, until the stream ends or the time is up."""
-    while True:
-        try:
-            ev = await asyncio.wait_for(events.__anext__(), session.wait_budget_s())
-        except StopAsyncIteration:
-            break
-        except asyncio.TimeoutError:
-            session.on_timeout()
-            break
-        fresh = True  # False: a dropped batch or a stale loss, nothing new to close
-        if isinstance(ev, BatchReceived):
-            fresh = session.on_batch(ev)
-            if session.faulty:  # bad batches made an agent faulty: lost and replaced like any loss
-                fresh = await session.lose_faulty() or fresh
-        elif isinstance(ev, AgentEnded):
-            session.on_agent_ended(ev)
-        elif isinstance(ev, AgentLost):
-            fresh = await session.on_agent_lost(ev)
-        if fresh:
-            session.close_ready_windows()
 
 
 def _no_progress(line: str) -> None:
@@ -183,6 +161,7 @@ class RunSession:
         self.watermarks: dict[int, int] = {}  # live agents -> their latest watermark
         self.restoring: dict[int, dict] = {}  # agent index -> its loss record, until the replacement's first batch
         self.lost: list[dict] = []
+        self.suspects: dict[int, losses.Suspect] = {}  # reported lost, declared once its lease lapsed
         self.closed_until_ns = 0  # every window ending at or before this is closed
         self.silence_s = silence_s(scenario)
         self.start_wall_ns = 0
@@ -322,10 +301,13 @@ class RunSession:
         losses.note_bad_batch(self, index, exc)
 
     async def lose_faulty(self) -> bool:
-        """Declare the faulty agents lost (on_agent_lost: recorded, fenced and replaced)."""
+        """Declare the faulty agents lost at once (alive, answering, and killed now), their
+        replacements held until the lease of each has lapsed."""
         fresh = False
         while self.faulty:
-            fresh = await self.on_agent_lost(self.faulty.pop(0)) or fresh
+            ev = self.faulty.pop(0)
+            if losses.suspect_agent(self, ev):
+                fresh = await self.declare_lapsed(now=ev.index) or True
         return fresh
 
     def on_agent_ended(self, ev: AgentEnded) -> None:
@@ -333,11 +315,20 @@ class RunSession:
             self.watermarks.pop(ev.index, None)
 
     async def on_agent_lost(self, ev: AgentLost) -> bool:
-        """Record a lost agent and start its replacement (while the run has time left).
-        False when the loss is of an agent already replaced."""
-        if not await losses.lose_agent(self, ev):
+        """A lost agent: suspected at once (windows close without it), declared lost and
+        replaced once its lease has surely lapsed (declare_lapsed; run/losses.py).
+        False when the loss is of an agent already replaced or suspected."""
+        if not losses.suspect_agent(self, ev):
             return False
-        if not self.watermarks and not self.stop_event.is_set():
+        await self.declare_lapsed()
+        return True
+
+    async def declare_lapsed(self, now: int | None = None) -> bool:
+        """Declare lost (and replace) the suspects whose leases have surely lapsed, and agent
+        `now` whatever its lease. False: none."""
+        if not await losses.declare_lapsed(self, now):
+            return False
+        if not self.watermarks and not self.suspects and not self.stop_event.is_set():
             self._end_as(Outcome.ERROR, "every agent was lost")
         return True
 

@@ -309,6 +309,47 @@ def test_a_batch_resets_the_silence_clock(clock: Clock) -> None:
     _run(main())
 
 
+def test_two_silent_agents_are_both_lost_even_when_one_ping_hangs_for_ever(clock: Clock) -> None:
+    """A ping to an unreachable node may never return and ignore its cancellation (a Ray call
+    while the coordinator's node is cut off): it must time out, and must not hold back the
+    verdict on the other agent (both were lost only at the heal, issue 12)."""
+    stubborn_cancels = 0
+    released = asyncio.Event()  # only the test's end lets the stubborn ping go
+
+    async def hangs_for_ever() -> object:
+        nonlocal stubborn_cancels
+        while not released.is_set():
+            try:
+                await released.wait()
+            except asyncio.CancelledError:  # refuses to be cancelled, like a call nobody answers
+                stubborn_cancels += 1
+        return "too late"
+
+    async def main() -> None:
+        probe_timeout_s = 0.05  # real seconds: the loop's clock bounds the ping
+        fan = FanIn(SILENCE_S, probe_timeout_s=probe_timeout_s, hung_factor=1000.0)
+        stuck, cut = Agent(), Agent()
+        other = Probe("silent")
+        fan.add(0, 0, stuck.stream, probe=hangs_for_ever)
+        fan.add(1, 0, cut.stream, probe=other)
+        events = await Events.reading(fan)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        clock.now = SILENCE_S + EPS  # both go silent at once
+        items = await events.finished()  # both lost: the fan-in ends
+        took_s = loop.time() - began
+        assert sorted((e.index, e.reason) for e in items) == [(0, "silent"), (1, "silent")]
+        assert all("no answer to a ping" in e.detail for e in items)
+        assert stuck.cancelled and cut.cancelled
+        assert stubborn_cancels >= 1  # the hanging ping was cancelled and did not block
+        # Bound: a look (<= 0.1 s), the ping's timeout, and scheduling slack; far below a hang.
+        assert took_s < 10 * (0.1 + probe_timeout_s)
+        released.set()
+        await fan.close()
+
+    _run(main())
+
+
 def test_a_slow_agent_that_answers_pings_and_then_sends_is_never_lost(clock: Clock) -> None:
     async def main() -> None:
         fan = FanIn(SILENCE_S)

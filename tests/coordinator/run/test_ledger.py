@@ -70,6 +70,39 @@ def test_a_lost_agent_s_arrivals_are_missed_or_lost_and_the_identity_holds():
     assert totals["planned"] == totals["sent"] + totals["missed"] + totals["unsent"]
 
 
+def test_what_a_lost_agent_had_planned_until_its_lease_lapsed_is_lost_and_the_rest_missed():
+    ledger = LoadLedger(_specs(), counts_arrivals=True)
+    ledger.batch(0, 25, _readings(), 5 * S, final=True)
+    # agent 1 reported 4 samples by 1.0 s (one in flight); its lease surely lapsed at 1.5 s:
+    # up to then it may have sent 0.2 ... 1.4 (7 planned), after it nothing: 1.6 ... 2.0 missed
+    ledger.batch(1, 4, _readings(in_flight=1), 1 * S, final=False)
+    loss = ledger.lose(1, int(2.05 * S), lapsed_ns=int(1.5 * S))
+    assert loss == {"lost_samples": 7 - 4, "missed_from_s": 1.5, "missed_until_s": 2.05, "missed": 3}
+    ledger.batch(1, 15, _readings(), 5 * S, final=True)
+    t = ledger.totals()
+    assert (t["lost"], t["missed"], t["sent"]) == (3, 3, 25 + 4 + 3 + 15)
+    assert t["planned"] == t["sent"] + t["missed"] + t["unsent"] == 50
+
+
+@pytest.mark.parametrize(
+    "lapsed_s, resume_s, lost, missed",
+    [
+        # 3 reported by 1.0 s, of 0.2 ... 0.8 planned: the 4th was in flight
+        (0.5, 2.05, 1, 6),  # a lapse before its last report counts from the report: its in-flight one
+        (3.0, 2.05, 7, 0),  # a lapse after the replacement's resume point stops there (10 planned)
+        (3.0, None, 11, 11),  # not replaced: lost up to the lapse (0.2 ... 2.8: 14 - 3), missed after
+    ],
+)
+def test_the_lapse_is_bounded_by_the_last_report_and_the_resume_point(lapsed_s, resume_s, lost, missed):
+    ledger = LoadLedger(_specs(), counts_arrivals=True)
+    ledger.batch(1, 3, _readings(in_flight=1), 1 * S, final=False)
+    resume_ns = None if resume_s is None else int(resume_s * S)
+    loss = ledger.lose(1, resume_ns, lapsed_ns=int(lapsed_s * S))
+    assert (loss["lost_samples"], loss["missed"]) == (lost, missed)
+    planned = planned_arrivals(_specs()[1], 0, resume_ns)
+    assert 3 + loss["lost_samples"] + loss["missed"] == planned
+
+
 def test_an_unreplaced_loss_misses_to_the_end_and_a_fenced_agents_final_batch_loses_nothing():
     ledger = LoadLedger(_specs(), counts_arrivals=True)
     # a fenced agent's final batch: its dropped requests are interrupted, not lost

@@ -12,20 +12,49 @@ import signal
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from horde.agents.lease import replacement_hold_s
 from horde.agents.samples import ErrorClass, GeneratorReadings, SampleBuffer, encode_batch
 from horde.cluster.events import AgentEnded, AgentInfo, AgentLost, BatchReceived, ClusterShape, NodeShape
 from horde.coordinator.bundle.outcome import Outcome
 from horde.coordinator.bundle.store import read_bundle
 from horde.coordinator.plan import build_plan
+from horde.coordinator.run import losses
 from horde.coordinator.run.session import RunOptions, RunSession, run
 from horde.coordinator.run.target import Target
 from horde.coordinator.scenario.load import parse_scenario
 
 S = 1_000_000_000
 URL = "http://127.0.0.1:9"  # never contacted: the fleet is canned
+HOLD_S = replacement_hold_s(1.0)  # a lost agent's lease has surely lapsed this long after its last batch (flush 1 s)
+
+
+class Clock:
+    """run/losses.py's monotonic clock, moved by the test (when a lost agent's lease lapses)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(losses, "time", SimpleNamespace(monotonic=c.monotonic))
+    return c
+
+
+async def _lose(s: RunSession, clock: Clock, ev: AgentLost) -> bool:
+    """Report `ev`, then let its lease lapse and the session declare it."""
+    fresh = await s.on_agent_lost(ev)
+    clock.now += HOLD_S
+    await s.declare_lapsed()
+    return fresh
 
 
 def _scenario_text(agents: int, duration_s: int, thresholds: str) -> str:
@@ -210,7 +239,7 @@ def test_a_stale_or_malformed_batch_is_dropped(tmp_path):
     assert [a["kind"] for a in _alerts(s)] == ["bad_batch", "bad_batch"]
 
 
-def test_a_lost_agent_is_recorded_replaced_and_restored(tmp_path):
+def test_a_lost_agent_is_recorded_replaced_and_restored(tmp_path, clock):
     h = Harness(tmp_path, agents=2, duration_s=10)
 
     async def go():
@@ -220,8 +249,8 @@ def test_a_lost_agent_is_recorded_replaced_and_restored(tmp_path):
         s.on_batch(_batch(0, from_s=0, to_s=2, n=20))
         s.on_batch(_batch(1, from_s=0, to_s=2, n=20))
         s.close_ready_windows()
-        fresh = await s.on_agent_lost(AgentLost(index=1, incarnation=0, reason="died", detail="exit 9"))
-        stale_again = await s.on_agent_lost(AgentLost(index=1, incarnation=0, reason="died"))
+        fresh = await _lose(s, clock, AgentLost(index=1, incarnation=0, reason="died", detail="exit 9"))
+        stale_again = await _lose(s, clock, AgentLost(index=1, incarnation=0, reason="died"))
         late_old = s.on_batch(_batch(1, inc=0, seq=1, from_s=2, to_s=3, n=5))  # the dead one's late batch
         new_first = s.on_batch(_batch(1, inc=1, seq=0, from_s=3, to_s=4, n=8))
         return s, fresh, stale_again, late_old, new_first
@@ -243,14 +272,14 @@ def test_a_lost_agent_is_recorded_replaced_and_restored(tmp_path):
     assert s.agg.snapshot().requests == 48  # 20 + 20 + 8: the stale batch is not counted
 
 
-def test_a_loss_that_cannot_be_replaced_aborts_the_run(tmp_path):
+def test_a_loss_that_cannot_be_replaced_aborts_the_run(tmp_path, clock):
     h = Harness(tmp_path, agents=2, duration_s=10, fleet=CannedFleet(replace_error=RuntimeError("no room")))
 
     async def go():
         s = h.session()
         await s.start()
         s.now_ns = lambda: s.start_wall_ns + 2 * S
-        await s.on_agent_lost(AgentLost(index=0, incarnation=0, reason="node lost"))
+        await _lose(s, clock, AgentLost(index=0, incarnation=0, reason="node lost"))
         return s
 
     s = asyncio.run(go())
@@ -261,14 +290,14 @@ def test_a_loss_that_cannot_be_replaced_aborts_the_run(tmp_path):
     assert any(line.startswith("ABORT: agent 0 cannot be replaced") for line in h.lines)
 
 
-def test_losing_the_last_agent_after_the_planned_end_is_an_error_without_replacement(tmp_path):
+def test_losing_the_last_agent_after_the_planned_end_is_an_error_without_replacement(tmp_path, clock):
     h = Harness(tmp_path, agents=1, duration_s=5)
 
     async def go():
         s = h.session()
         await s.start()
         s.now_ns = lambda: s.start_wall_ns + 6 * S  # past the planned 5 s: no replacement
-        await s.on_agent_lost(AgentLost(index=0, incarnation=0, reason="silent"))
+        await _lose(s, clock, AgentLost(index=0, incarnation=0, reason="silent"))
         return s
 
     s = asyncio.run(go())
@@ -399,41 +428,109 @@ def test_summary_and_manifest_keep_their_keys_in_order(tmp_path):
 
 
 class _TimedFleet(CannedFleet):
-    """A fleet that says when each agent's last batch arrived (time.monotonic())."""
+    """A fleet that says when each agent's last batch arrived (the test's monotonic clock)."""
 
-    def __init__(self, ago_s: float) -> None:
+    def __init__(self, clock: Clock, ago_s: float) -> None:
         super().__init__()
-        self.ago_s = ago_s
+        self.clock, self.ago_s = clock, ago_s
+        self.noticed_at = clock.now
 
     def last_batch_at(self, index: int, incarnation: int) -> float | None:
-        return time.monotonic() - self.ago_s
+        return self.noticed_at - self.ago_s
 
 
 @pytest.mark.parametrize("ago_s", [None, 1.0])
-def test_a_replacement_waits_out_the_lost_agents_lease_and_its_loss_is_accounted(tmp_path, ago_s):
-    from horde.agents.lease import replacement_hold_s
+def test_a_loss_is_declared_once_its_lease_has_lapsed_and_accounted(tmp_path, clock, ago_s):
     from horde.coordinator.run.ledger import planned_arrivals
 
-    fleet = CannedFleet() if ago_s is None else _TimedFleet(ago_s)
+    fleet = CannedFleet() if ago_s is None else _TimedFleet(clock, ago_s)
     h = Harness(tmp_path, agents=2, duration_s=10, fleet=fleet)
+    noticed_at = clock.now
+    # no batch arrival known: a whole hold from the notice; else the rest of it from that arrival
+    lapse_s = HOLD_S if ago_s is None else HOLD_S - ago_s
+
+    async def go():
+        s = h.session()
+        await s.start()
+        s.now_ns = lambda: s.start_wall_ns + 3 * S + int((clock.now - noticed_at) * S)  # noticed 3 s in
+        s.on_batch(_batch(0, from_s=0, to_s=2, n=6))
+        s.on_batch(_batch(1, from_s=0, to_s=2, n=6))
+        assert await s.on_agent_lost(AgentLost(index=1, incarnation=0, reason="silent"))
+        suspected = (list(s.lost), list(fleet.replaced), _alerts(s))
+        s.on_batch(_batch(0, seq=1, from_s=2, to_s=3, n=3))
+        s.close_ready_windows()  # windows go on without the suspect
+        windows_closed_s = s.closed_until_ns / S
+        clock.now = noticed_at + lapse_s - 0.01
+        early = await s.declare_lapsed()
+        clock.now = noticed_at + lapse_s + 0.001
+        declared = await s.declare_lapsed()
+        return s, suspected, windows_closed_s, early, declared
+
+    s, suspected, windows_closed_s, early, declared = asyncio.run(go())
+    assert suspected == ([], [], []) and h.fleet.forgotten == [(1, 0)]  # killed at once, declared later
+    assert windows_closed_s == 3.0
+    assert (early, declared) == (False, True)
+    ((hold_s, resume_ns),) = fleet.holds
+    assert hold_s == 0.0  # declared after the lapse: the replacement sends at once
+    lapsed_s = 3 + lapse_s
+    assert resume_ns == pytest.approx(lapsed_s * S, abs=2e6)
+    (loss,) = s.lost
+    assert loss["at_s"] == pytest.approx(lapsed_s, abs=0.01)
+    assert loss["missed_from_s"] == pytest.approx(lapsed_s, abs=0.002)
+    assert loss["missed_until_s"] == round(resume_ns / 1e9, 3)
+    # what it had planned until its lease lapsed may have gone out unreported; nothing after
+    assert loss["lost_samples"] + loss["missed"] == planned_arrivals(h.plan.agents[1], 0, resume_ns) - 6
+    assert loss["lost_samples"] > 0 and loss["missed"] <= 1  # missed: its arrivals in the last 1 ms
+    assert next(a for a in _alerts(s) if a["kind"] == "agent_lost")["lost_samples"] == loss["lost_samples"]
+
+
+def test_agents_lost_together_are_all_declared_before_any_replacement_is_placed(tmp_path, clock):
+    """Placing a replacement may take long (a cut-off cluster): it must not delay the others' declaration."""
+    order: list[str] = []
+
+    class SlowFleet(CannedFleet):
+        async def replace(self, spec, grace_s, hold_s=0.0, resume_ns=None):
+            order.append(f"replace {spec.index}")
+            return await super().replace(spec, grace_s, hold_s, resume_ns)
+
+    h = Harness(tmp_path, agents=3, duration_s=10, fleet=SlowFleet())
 
     async def go():
         s = h.session()
         await s.start()
         s.now_ns = lambda: s.start_wall_ns + 3 * S
-        s.on_batch(_batch(1, from_s=0, to_s=2, n=6))
-        await s.on_agent_lost(AgentLost(index=1, incarnation=0, reason="silent"))
+        s.progress = lambda line: order.append("LOST") if line.startswith("LOST") else None
+        await s.on_agent_lost(AgentLost(index=0, incarnation=0, reason="silent"))
+        await s.on_agent_lost(AgentLost(index=2, incarnation=0, reason="ray_error"))
+        clock.now += HOLD_S
+        assert await s.declare_lapsed()
         return s
 
     s = asyncio.run(go())
-    full_hold_s = replacement_hold_s(1.0)  # flush_interval 1s
-    ((hold_s, resume_ns),) = fleet.holds
-    # no batch arrival known: a whole term from now; else the rest of it from that arrival
-    expected_s = full_hold_s if ago_s is None else full_hold_s - ago_s
-    assert hold_s == pytest.approx(expected_s, abs=0.2)
-    assert resume_ns == 3 * S + int(hold_s * 1e9)
-    (loss,) = s.lost
-    assert loss["missed_from_s"] == 2.0 and loss["missed_until_s"] == round(resume_ns / 1e9, 3)
-    assert loss["lost_samples"] == 0
-    assert loss["missed"] == planned_arrivals(h.plan.agents[1], 0, resume_ns) - 6
-    assert next(a for a in _alerts(s) if a["kind"] == "agent_lost")["missed"] == loss["missed"]
+    assert order == ["LOST", "LOST", "replace 0", "replace 2"]
+    assert [loss["agent"] for loss in s.lost] == [0, 2] and s.suspects == {}
+    assert s.outcome is Outcome.PASSED
+
+
+def test_run_declares_a_suspect_between_events_and_reads_its_replacement(tmp_path, clock, monkeypatch):
+    """The drive loop declares a suspect when its lease lapses, while the stream is quiet, and
+    reads the replacement's stream even when the lost agent's was the last one."""
+
+    class ReplacingFleet(CannedFleet):
+        def __init__(self) -> None:
+            super().__init__(events=[AgentLost(index=0, incarnation=0, reason="silent")])
+
+        async def replace(self, spec, grace_s, hold_s=0.0, resume_ns=None):
+            info = await super().replace(spec, grace_s, hold_s, resume_ns)
+            self._events = [_batch(0, inc=1, seq=0, from_s=0, to_s=3, n=9, final=True)]
+            return info
+
+    monkeypatch.setattr(losses, "replacement_hold_s", lambda flush_s: 0.05)
+    clock.monotonic = time.monotonic  # real time: the loop waits for the lapse
+    monkeypatch.setattr(losses, "time", time)
+    h = Harness(tmp_path, agents=1, duration_s=3, fleet=ReplacingFleet())
+    result = asyncio.run(run(h.loaded, h.plan, h.shape, h.fleet, h.options, h.target))
+    b = read_bundle(result.bundle)
+    assert h.fleet.replaced == [(0, 1)]
+    assert [loss["agent"] for loss in b.summary["lost_agents"]] == [0]
+    assert b.summary["total"]["requests"] == 9
