@@ -327,10 +327,11 @@ class History:
         marks = ", ".join("?" for _ in ids)
         endpoints: dict[int, dict[str, dict[str, float | None]]] = {i: {} for i in ids}
         for e in self._query(f"SELECT * FROM run_endpoints WHERE run_id IN ({marks}) ORDER BY rowid", ids):
-            endpoints[e["run_id"]][e["endpoint"]] = {c: e[c] for c in HEADLINE}
+            # .setdefault: a damaged index can answer a run_id that was not asked for
+            endpoints.setdefault(e["run_id"], {})[e["endpoint"]] = {c: e[c] for c in HEADLINE}
         thresholds: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
         for t in self._query(f"SELECT * FROM run_thresholds WHERE run_id IN ({marks}) ORDER BY run_id, position", ids):
-            thresholds[t["run_id"]].append(
+            thresholds.setdefault(t["run_id"], []).append(
                 {
                     "expr": t["expr"],
                     "endpoint": t["endpoint"],

@@ -177,3 +177,12 @@ def test_a_renamed_column_is_a_clear_error(tmp_path: Path, filled: tuple[Path, P
     assert "not a usable history file" in history_cli(results)
     with pytest.raises(HistoryError, match=f"not a usable history file: .*{column}"):
         History(results / DEFAULT_FILENAME)
+
+
+def test_a_damaged_index_answering_a_run_it_was_not_asked_for(tmp_path: Path, filled: tuple[Path, Path]) -> None:
+    # hypothesis found it: two flipped bytes (seed 3493) made run_endpoints answer run_id -52
+    rng = random.Random(3493)
+    data = bytearray((filled[0] / DEFAULT_FILENAME).read_bytes())
+    for _ in range(2):
+        data[rng.randrange(len(data))] = rng.randrange(256)
+    history_cli(with_db(tmp_path, bytes(data)))

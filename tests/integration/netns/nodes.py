@@ -31,14 +31,16 @@ def script(name: str) -> str:
 def node_env(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of every Ray process and horde run of the cluster: one private HOME
     (Ray 2.60 keeps its auth token there), no usage stats, no metrics exporter."""
-    env = dict(base if base is not None else os.environ)
+    # Nothing of this process's own Ray: ray.init (the session's embedded Ray, in the full
+    # suite) exports RAY_AUTH_MODE=token and others, which a `ray start` in a namespace
+    # would take up (and refuse to start without that cluster's token).
+    env = {k: v for k, v in (base if base is not None else os.environ).items() if not k.startswith("RAY_")}
     env.update(
         HOME=str(home),
         RAY_USAGE_STATS_ENABLED="0",
         RAY_enable_metrics_collection="0",
         PYTHONUNBUFFERED="1",
     )
-    env.pop("RAY_ADDRESS", None)
     return env
 
 
