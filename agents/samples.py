@@ -52,6 +52,9 @@ class ErrorClass(IntEnum):
     TOO_LARGE = 8  # response over the size cap
     OTHER = 9  # anything else the engine could not classify
     POLL_EXHAUSTED = 10  # a flow's polled step never met its condition within its bound
+    USER_ERROR = 11  # a Python user's code raised, or called client.fail() (issue 15)
+    DATA_EXHAUSTED = 12  # a data file's `unique` rows ran out (issue 15)
+    TLS = 13  # the TLS handshake failed: certificate not verified, or no client certificate accepted
 
     @property
     def label(self) -> str:

@@ -7,7 +7,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from horde.agents.samples import RECORD, SAMPLE_DTYPE, BatchFormatError, GeneratorReadings, decode_batch, encode_batch
+from horde.agents.samples import (
+    RECORD,
+    SAMPLE_DTYPE,
+    BatchFormatError,
+    ErrorClass,
+    GeneratorReadings,
+    decode_batch,
+    encode_batch,
+)
 from horde.coordinator.measure.batch_check import (
     FAULTY_AFTER,
     SLACK_NS,
@@ -65,7 +73,7 @@ def test_a_good_batch_passes() -> None:
         ("end_ns", S - 1),  # before its send
         ("status", 1000),
         ("status", 65535),
-        ("error", 11),  # no such error class
+        ("error", len(ErrorClass)),  # no such error class
         ("error", 255),
     ],
 )
