@@ -7,6 +7,15 @@ failed request (the failure is an error class), and is used from one event loop.
 Engines:
 - ``aiohttp``: full HTTP via aiohttp.ClientSession (TLS, redirects, cookies, any body).
 - ``fast``: the lean HTTP/1.1 keep-alive engine (agents/fast_http.py), for plain requests.
+
+Client options (docs/scenarios.md): both engines take the scenario's `tls` (agents/tls.py).
+The aiohttp engine alone serves an entry with its own `timeout`, `follow_redirects: true`,
+`cookies: true` or `${data...}` references (coordinator/plan.py routes them here).
+
+Cookies: one connection pool, and one cookie jar per virtual user. A closed-model user
+(`request(index, user=j)`) has a session of its own over the shared connector, made when
+it first sends and dropped by `end_user(j)`; a request without a user (open model: each
+arrival is a new visitor) keeps no cookies at all.
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ from typing import Protocol
 import aiohttp
 from yarl import URL
 
+from horde.agents.data import DataExhausted, DataFeeds, fill_data
 from horde.agents.samples import ErrorClass
-from horde.agents.spec import DEFAULT_LIMITS, Limits, RequestTemplate
+from horde.agents.spec import DEFAULT_LIMITS, DEFAULT_TLS, Limits, RequestTemplate, TlsSpec
+from horde.agents.tls import is_default, is_tls_error, make_ssl_context
 
 Result = tuple[int, int, int]  # (status or 0, response body bytes, ErrorClass)
 
@@ -100,6 +111,8 @@ def classify_exception(exc: BaseException) -> int:
         return ErrorClass.TIMEOUT
     if isinstance(exc, ResponseTooLarge):
         return ErrorClass.TOO_LARGE
+    if is_tls_error(exc):  # before CONNECT: aiohttp's certificate errors are connector errors too
+        return ErrorClass.TLS
     if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
         return ErrorClass.CONNECT
     if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)):
@@ -116,7 +129,7 @@ def classify_exception(exc: BaseException) -> int:
 
 
 class AiohttpEngine:
-    """Full-featured engine on one aiohttp.ClientSession."""
+    """Full-featured engine on one connection pool (aiohttp.TCPConnector)."""
 
     name = "aiohttp"
 
@@ -128,6 +141,8 @@ class AiohttpEngine:
         timeout_s: float,
         connect_timeout_s: float,
         limits: Limits = DEFAULT_LIMITS,
+        tls: TlsSpec = DEFAULT_TLS,
+        data: DataFeeds | None = None,
     ) -> None:
         self._templates = tuple(templates)
         self._max_connections = max_connections
@@ -140,18 +155,33 @@ class AiohttpEngine:
         # The whole-request timeout already bounds a head when it is the shorter one: no
         # timer per request then (the default: both 10 s).
         self._head_timeout_s = limits.header_timeout_s if limits.header_timeout_s < timeout_s else None
-        self._session: aiohttp.ClientSession | None = None
+        self._ssl = True if is_default(tls) else make_ssl_context(tls)
+        self._data = data
+        self._connector: aiohttp.TCPConnector | None = None
+        self._session: aiohttp.ClientSession | None = None  # requests of no user: no cookies
+        self._users: dict[int, aiohttp.ClientSession] = {}  # a cookie jar per virtual user
         # Pre-built per-template call arguments: the URL parsed once (yarl), no per-request dicts.
         self._prepared: list[tuple[str, URL, dict[str, str] | None, bytes | None]] = [
             (t.method, URL(t.url), dict(t.headers) or None, t.body) for t in self._templates
         ]
+        # Per template: None, or the keyword arguments that differ from the plain case.
+        self._extra: list[dict | None] = [self._extra_of(t) for t in self._templates]
+        self._needs_data = [bool(t.data) for t in self._templates]
 
-    async def open(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300, force_close=False
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
+    def _extra_of(self, t: RequestTemplate) -> dict | None:
+        extra: dict = {}
+        if t.timeout_s is not None:
+            connect_s = min(self._timeout.connect or t.timeout_s, t.timeout_s)
+            extra["timeout"] = aiohttp.ClientTimeout(total=t.timeout_s, connect=connect_s)
+        if t.follow_redirects:
+            extra["allow_redirects"] = True
+        return extra or None
+
+    def _new_session(self, jar: aiohttp.abc.AbstractCookieJar) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=self._connector,
+            connector_owner=False,  # every session shares the one pool; close() closes it
+            cookie_jar=jar,
             timeout=self._timeout,
             auto_decompress=False,  # measure bytes on the wire, don't spend CPU inflating them
             skip_auto_headers=("User-Agent",),
@@ -161,12 +191,57 @@ class AiohttpEngine:
             read_bufsize=READ_BUFSIZE,
         )
 
-    async def request(self, index: int) -> Result:
-        method, url, headers, body = self._prepared[index]
-        session = self._session
+    async def open(self) -> None:
+        self._connector = aiohttp.TCPConnector(
+            limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300, force_close=False, ssl=self._ssl
+        )
+        self._session = self._new_session(aiohttp.DummyCookieJar())
+
+    def _user_session(self, user: int) -> aiohttp.ClientSession:
+        session = self._users.get(user)
+        if session is None:
+            # unsafe: the target is most often an IP address (127.0.0.1), whose cookies
+            # aiohttp's default jar would drop.
+            session = self._users[user] = self._new_session(aiohttp.CookieJar(unsafe=True))
+        return session
+
+    def end_user(self, user: int) -> None:
+        """User `user` left: its cookies go (a new user in its slot starts without them)."""
+        session = self._users.pop(user, None)
+        if session is not None:
+            session.detach()  # the pool stays open for the others
+
+    def _filled(self, index: int) -> tuple[str, URL, dict[str, str] | None, bytes | None]:
+        """Template `index` with one row of each data file it refers to (DataExhausted: none left)."""
+        method, _url, headers, body = self._prepared[index]
+        assert self._data is not None, "a template refers to data but the agent has none"
+        rows = self._data.rows_for(self._templates[index].data)
+        return (
+            method,
+            URL(fill_data(self._templates[index].url, rows)),
+            {k: fill_data(v, rows) for k, v in headers.items()} if headers else None,
+            fill_data(body.decode(), rows).encode() if body is not None else None,
+        )
+
+    async def request(self, index: int, user: int = -1) -> Result:
+        """Send template `index` as virtual user `user` (its cookie jar), or as no one (-1)."""
+        if self._needs_data[index]:
+            try:
+                method, url, headers, body = self._filled(index)
+            except DataExhausted:
+                return 0, 0, ErrorClass.DATA_EXHAUSTED
+        else:
+            method, url, headers, body = self._prepared[index]
+        session = self._session if user < 0 else self._user_session(user)
         assert session is not None, "engine not opened"
+        extra = self._extra[index]
         try:
-            sending = session.request(method, url, headers=headers, data=body, allow_redirects=False)
+            if extra is None:
+                sending = session.request(method, url, headers=headers, data=body, allow_redirects=False)
+            else:
+                sending = session.request(
+                    method, url, headers=headers, data=body, **{"allow_redirects": False, **extra}
+                )
             if self._head_timeout_s is None:
                 resp = await sending
             else:  # the head alone: connect + send + head (a task per request, only when asked for)
@@ -190,9 +265,15 @@ class AiohttpEngine:
         return resp.status, nbytes, ErrorClass.OK
 
     async def close(self) -> None:
+        for session in self._users.values():
+            session.detach()
+        self._users.clear()
         if self._session is not None:
-            await self._session.close()
+            self._session.detach()
             self._session = None
+        if self._connector is not None:
+            await self._connector.close()
+            self._connector = None
 
     def abort_all(self) -> None:
         """Fencing: every connection of the pool, idle or in use, reset at once (linger_reset,
@@ -200,10 +281,9 @@ class AiohttpEngine:
         pool; the session is closed as usual by close()."""
         from horde.agents.fast_http import linger_reset  # the lean engine module holds it (no aiohttp there)
 
-        session = self._session
-        if session is None:
+        connector = self._connector
+        if connector is None:
             return
-        connector = session.connector
         protos = list(getattr(connector, "_acquired", ()))
         for idle in getattr(connector, "_conns", {}).values():
             protos.extend(proto for proto, _ in idle)
@@ -222,6 +302,8 @@ def make_engine(
     timeout_s: float,
     connect_timeout_s: float,
     limits: Limits = DEFAULT_LIMITS,
+    tls: TlsSpec = DEFAULT_TLS,
+    data: DataFeeds | None = None,
 ) -> Engine:
     """Build the named engine over `templates` (indexes passed to request() refer to them)."""
     if name == "aiohttp":
@@ -231,6 +313,8 @@ def make_engine(
             timeout_s=timeout_s,
             connect_timeout_s=connect_timeout_s,
             limits=limits,
+            tls=tls,
+            data=data,
         )
     if name == "fast":
         from horde.agents.fast_http import FastEngine  # the lean engine; imported only when chosen
@@ -241,5 +325,6 @@ def make_engine(
             timeout_s=timeout_s,
             connect_timeout_s=connect_timeout_s,
             limits=limits,
+            ssl_context=None if is_default(tls) else make_ssl_context(tls),
         )
     raise ValueError(f"unknown engine {name!r} (expected 'aiohttp' or 'fast')")

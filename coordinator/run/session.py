@@ -71,7 +71,13 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
     try:
         cluster = connect_cluster(scenario, options)
         target = starting.result()
-        plan = build_plan(scenario, target.url, cluster.shape.cpus, supports_fast=_fast_supports())
+        plan = build_plan(
+            scenario,
+            target.url,
+            cluster.shape.cpus,
+            supports_fast=_fast_supports(),
+            attachments=getattr(loaded, "attachments", None),  # the files it names (tls, data)
+        )
         return asyncio.run(run(loaded, plan, cluster.shape, cluster.make_fleet(plan), options, target))
     finally:
         starting.close()  # stops the automaton, also when the run failed before taking it

@@ -4,6 +4,7 @@ Scenario, or every problem with its key path."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import os
 import re
@@ -20,6 +21,7 @@ from pydantic import (
     ValidationError,
 )
 
+from horde.coordinator.scenario.attachments import AttachmentError, Attachments, read_attachments
 from horde.coordinator.scenario.models import (
     _NAME_MESSAGE,
     REDACTED,
@@ -60,6 +62,8 @@ class LoadedScenario:
     source: str  # where it came from (the file path)
     as_run: dict[str, Any]  # the data after interpolation and overrides, secrets redacted
     redactor: Redactor = field(default_factory=Redactor)  # the redaction rule with this scenario's ${ENV} values
+    # The files it names (tls, data), read by load_scenario; parse_scenario reads none.
+    attachments: Attachments = field(default_factory=Attachments)
 
 
 def load_scenario(
@@ -71,7 +75,18 @@ def load_scenario(
     """Read, interpolate (env defaults to os.environ), override and validate a scenario file."""
     source = os.fspath(path)
     text = _read_text(source)
-    return parse_scenario(text, source=source, overrides=overrides, env=os.environ if env is None else env)
+    loaded = parse_scenario(text, source=source, overrides=overrides, env=os.environ if env is None else env)
+    return with_attachments(loaded)
+
+
+def with_attachments(loaded: LoadedScenario) -> LoadedScenario:
+    """`loaded` with the files its scenario names read, relative to its source file
+    (coordinator/scenario/attachments.py); ScenarioError lists every bad file."""
+    try:
+        attachments = read_attachments(loaded.scenario, loaded.source)
+    except AttachmentError as exc:
+        raise ScenarioError([Problem(path, loaded.redactor.text(msg)) for path, msg in exc.problems]) from None
+    return dataclasses.replace(loaded, attachments=attachments)
 
 
 MAX_SCENARIO_BYTES = 1024 * 1024
@@ -211,6 +226,7 @@ def _kind(value: Any) -> str:
 # Interpolation.
 _REFERENCE = re.compile(r"(\$?)\$\{([^}]*)(\}?)")
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+_DATA_REFERENCE = re.compile(r"data\.[A-Za-z0-9_-]+\.[^}]+")
 
 
 def _flow_captures(data: Any) -> dict[int, set[str]]:
@@ -244,6 +260,8 @@ def _interpolate(data: Any, env: Mapping[str, str]) -> tuple[Any, set[Loc], list
             if not m.group(3):
                 problems.append((loc, "unclosed '${': expected ${NAME} or ${NAME:-default}"))
                 return ""
+            if _DATA_REFERENCE.fullmatch(m.group(2)):
+                return m.group(0)  # a data file's column, filled per request at run time (agents/data.py)
             var = _VARIABLE.fullmatch(m.group(2))
             if var is None:
                 problems.append((loc, f"invalid reference {m.group(0)!r}: expected ${{NAME}} or ${{NAME:-default}}"))
