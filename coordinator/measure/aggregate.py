@@ -24,7 +24,10 @@ from horde.coordinator.measure.histogram import Histogram, histograms_by_group
 
 N_ERROR_CLASSES = len(ErrorClass)
 DEFAULT_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
-_OTHER = int(ErrorClass.OTHER)
+# The clamp keeps a sample's error class in range (batch_check already refuses unknown
+# ones); it is the last known class, not OTHER, so that user_error, data_exhausted and tls
+# keep their own names.
+_OTHER = N_ERROR_CLASSES - 1
 _CHUNK = 1 << 18  # samples per vectorised pass (keeps int64 group sums exact)
 
 
