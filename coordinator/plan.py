@@ -18,7 +18,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from horde.agents.spec import AgentSpec, DataFeed, FlowStepTemplate, FlowTemplate, RequestTemplate, Stage, TlsSpec
 from horde.agents.stages import Profile, level_to_users, users_for_agent
@@ -36,6 +36,9 @@ class Plan:
     stage_ends_ns: tuple[int, ...]
     duration_s: float
     engines: dict[str, str]  # request name -> engine that serves it
+    tls_verify: bool = True  # False: the scenario turned certificate verification off
+    data_files: dict[str, dict] = field(default_factory=dict)  # name -> {file, order, rows}
+    data_uses: dict[str, tuple[str, ...]] = field(default_factory=dict)  # entry -> data files it takes a row of
 
     @property
     def count(self) -> int:
@@ -258,4 +261,9 @@ def build_plan(
         stage_ends_ns=tuple(ends),
         duration_s=profile.duration_s,
         engines={t.name: ("flow" if f is not None else t.engine) for t, f in zip(templates, flows)},
+        tls_verify=tls.verify,
+        data_files={
+            t.name: {"file": t.file, "order": t.order, "rows": len(t.rows), "sha256": t.sha256} for t in tables
+        },
+        data_uses={t.name: (f.data if f is not None else t.data) for t, f in zip(templates, flows) if (f or t).data},
     )

@@ -34,6 +34,7 @@ from horde.coordinator.measure.resources import NodeSeries, ResourceSeries
 from horde.coordinator.plan import Plan, build_plan
 from horde.coordinator.report.text import junit_xml
 from horde.coordinator.run import losses
+from horde.coordinator.run.client_info import client_summary
 from horde.coordinator.run.drive import drive
 from horde.coordinator.run.fleet import connect_cluster, silence_s
 from horde.coordinator.run.ledger import LoadLedger
@@ -462,5 +463,7 @@ class RunSession:
         )
         summary.update(summary_extra)
         summary["load"] = self.ledger.totals()
+        if not plan.tls_verify or plan.data_files:  # the client options' section (run/client_info.py)
+            summary["client"] = client_summary(plan, summary["endpoints"])
         self.windows.add_spikes(summary)
         return summary

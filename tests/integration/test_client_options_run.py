@@ -15,6 +15,8 @@ import pytest
 from aiohttp import web
 
 from horde.automaton.app import build_app
+from horde.coordinator.bundle.store import read_bundle
+from horde.coordinator.report.text import text_summary
 from horde.coordinator.run.session import RunOptions, run_scenario
 from horde.coordinator.scenario.load import load_scenario
 from tests.agents.tls_certs import make_certs, serve_in_thread
@@ -33,7 +35,9 @@ def _run(path: Path, tmp_path: Path, *, in_process: bool = True) -> dict:
         load_scenario(path),
         RunOptions(in_process=in_process, out_dir=str(tmp_path / "out"), install_signal_handlers=False),
     )
-    return result.summary
+    summary = dict(result.summary)
+    summary["text"] = text_summary(read_bundle(result.bundle))
+    return summary
 
 
 def _https_scenario(tmp_path: Path, url: str, tls: str, path: str = "/health") -> Path:
@@ -65,6 +69,10 @@ def test_an_https_automaton_with_a_self_signed_certificate(tmp_path):
         }
     for name in ("off", "ca"):
         assert runs[name]["total"]["requests"] == 20 and runs[name]["total"]["errors"] == 0, name
+    assert runs["off"]["client"]["tls_verify"] is False
+    assert any("verification is off" in w for w in runs["off"]["client"]["warnings"])
+    assert "WARNING  TLS certificate verification is off" in runs["off"]["text"]
+    assert "client" not in runs["ca"]  # verification on and no data files: nothing to say
     failed = runs["default"]["total"]
     assert failed["requests"] == failed["errors"] == 20
     assert failed["errors_by_class"] == {"tls": 20}  # not connect: the service answered, horde refused it
@@ -241,6 +249,9 @@ def test_unique_rows_over_a_three_agent_run(ray_cluster, tmp_path):
     assert set(seen) <= set(rows)
     assert len(seen) == use["requests"] - exhausted  # the rows consumed are exactly the ones the target saw
     assert exhausted >= 20  # 120 requests, 100 rows
+    accounts = summary["client"]["data"]["accounts"]
+    assert accounts["rows"] == 100 and accounts["rows_used"] == len(seen) and accounts["ran_out"] is True
+    assert any("'accounts' ran out" in w for w in summary["client"]["warnings"])
 
 
 @pytest.mark.timeout(120)
