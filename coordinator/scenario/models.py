@@ -216,6 +216,10 @@ def scenario_json_schema() -> dict[str, Any]:
             {"$ref": "#/$defs/Target"},
         ]
     }
+    props["data"]["patternProperties"] = {
+        pattern: {"anyOf": [{"type": "string", "description": "a data file's path (order: cycle)"}, ref]}
+        for pattern, ref in props["data"]["patternProperties"].items()
+    }
     props["thresholds"]["items"] = {
         "anyOf": [
             {"type": "string", "description": "a threshold expression"},
