@@ -354,7 +354,7 @@ class TrafficAgent:
                     try:
                         # a closed-model user's cookie jar (agents/http.py); none in the open model
                         if self.spec.model == "closed":
-                            status, nbytes, err = await self._send[ep](ep, slot)  # type: ignore[call-arg]
+                            status, nbytes, err = await self._send[ep](ep, slot)  # type: ignore[call-arg]  # the aiohttp engine: request(index, user)
                         else:
                             status, nbytes, err = await self._send[ep](ep)
                     finally:

@@ -1,10 +1,10 @@
 """The files a scenario names (`tls` certificates, `data` files), read once by the coordinator.
 
-Paths are relative to the scenario file. Every file is bounded (size, rows, columns, cell
-length) and must be a regular file; every problem names the key path and the file, and the
-line for a data file (`data.accounts.file: accounts.csv:3: 3 fields, the header has 2`).
-What is read travels to the agents inside their AgentSpecs (coordinator/plan.py): nodes
-need not hold the files.
+Paths are relative to the scenario file (load.py reads them; this module parses). Every
+file is bounded (size, rows, columns, cell length) and must be a regular file; every
+problem names the key path and the file, and the line for a data file
+(`data.accounts.file: accounts.csv:3: 3 fields, the header has 2`). What is read travels
+to the agents inside their AgentSpecs (coordinator/plan.py): nodes need not hold the files.
 
 Data files:
 - CSV (`.csv`, or `format: csv`): the first row names the columns; every row has as many
@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
-import os
-import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from horde.agents.spec import DEFAULT_TLS, TlsSpec
 from horde.coordinator.scenario.requests import data_refs
@@ -81,33 +78,21 @@ class AttachmentError(Exception):
         self.problems = problems
 
 
-def read_bounded(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, at most `limit`; OSError/ValueError with a reason otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ValueError("not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise ValueError(f"larger than {limit} bytes, the limit")
-    return data
+# read(path relative to the scenario file, byte limit) -> the bytes; OSError or ValueError
+# with a reason (load.py's reader: a regular file, at most the limit).
+ReadFile = Callable[[str, int], bytes]
 
 
-def read_attachments(scenario, scenario_file: str) -> Attachments:
-    """Read what `scenario` names, relative to `scenario_file`'s folder; AttachmentError lists
-    every problem."""
-    base = Path(scenario_file).parent
+def read_attachments(scenario, read: ReadFile) -> Attachments:
+    """Read what `scenario` names through `read`; AttachmentError lists every problem. Pure
+    but for what `read` does."""
     problems: list[tuple[str, str]] = []
 
     def pem(key: str, rel: str | None) -> str | None:
         if rel is None:
             return None
         try:
-            text = read_bounded(base / rel, MAX_PEM_BYTES).decode("ascii")
+            text = read(rel, MAX_PEM_BYTES).decode("ascii")
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             problems.append((f"tls.{key}", f"{rel}: cannot read: {_reason(exc)}"))
             return None
@@ -123,7 +108,7 @@ def read_attachments(scenario, scenario_file: str) -> Attachments:
     for name, spec in scenario.data.items():
         where = f"data.{name}.file"
         try:
-            raw = read_bounded(base / spec.file, MAX_DATA_FILE_BYTES)
+            raw = read(spec.file, MAX_DATA_FILE_BYTES)
         except (OSError, ValueError) as exc:
             problems.append((where, f"{spec.file}: cannot read: {_reason(exc)}"))
             continue
@@ -184,7 +169,7 @@ def _text(raw: bytes) -> str:
 
 
 def _csv_rows(raw: bytes) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
-    reader = csv.reader(io.StringIO(_text(raw), newline=""))
+    reader = csv.reader(_text(raw).splitlines(keepends=True))
     rows: list[tuple[str, ...]] = []
     columns: tuple[str, ...] | None = None
     try:

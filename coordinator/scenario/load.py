@@ -82,14 +82,35 @@ def load_scenario(
 def with_attachments(loaded: LoadedScenario) -> LoadedScenario:
     """`loaded` with the files its scenario names read, relative to its source file
     (coordinator/scenario/attachments.py); ScenarioError lists every bad file."""
+    base = os.path.dirname(loaded.source)
+
+    def read(rel: str, limit: int) -> bytes:
+        return _read_bounded(os.path.join(base, rel), limit)
+
     try:
-        attachments = read_attachments(loaded.scenario, loaded.source)
+        attachments = read_attachments(loaded.scenario, read)
     except AttachmentError as exc:
         raise ScenarioError([Problem(path, loaded.redactor.text(msg)) for path, msg in exc.problems]) from None
     return dataclasses.replace(loaded, attachments=attachments)
 
 
 MAX_SCENARIO_BYTES = 1024 * 1024
+
+
+def _read_bounded(path: str, limit: int) -> bytes:
+    """A regular file's bytes, at most `limit` (opened without blocking, checked before any
+    read, as the scenario file is); OSError or ValueError with the reason."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes, the limit")
+    return data
 
 
 def _read_text(source: str) -> str:
