@@ -29,10 +29,9 @@ from typing import Any
 import aiohttp
 
 from horde.agents.data import DataExhausted, DataFeeds
-from horde.agents.http import classify_exception, read_body
+from horde.agents.http import classify_exception, new_connector, read_body, user_session
 from horde.agents.samples import ErrorClass, classify_status
 from horde.agents.spec import DEFAULT_LIMITS, DEFAULT_TLS, FlowStepTemplate, FlowTemplate, Limits, TlsSpec
-from horde.agents.tls import is_default, make_ssl_context
 
 # ${var} (a capture) or ${data.NAME.COLUMN} (a data file's column, agents/data.py)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*|data\.[A-Za-z0-9_-]+\.[^}]+)\}")
@@ -78,26 +77,18 @@ class FlowRunner:
         # None: the whole-step timeout is the shorter and bounds the head too.
         self._head_timeout_s = limits.header_timeout_s if limits.header_timeout_s < timeout_s else None
         self._max_connections = max_connections
-        self._ssl = True if is_default(tls) else make_ssl_context(tls)
+        self._tls = tls
         self._data = data
         self._connector: aiohttp.TCPConnector | None = None
         self._users: dict[int, aiohttp.ClientSession] = {}  # closed model: a cookie jar per user
         self._now = clock_ns  # ns since the run's start instant
 
     async def open(self) -> None:
-        self._connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ssl=self._ssl)
+        self._connector = new_connector(self._max_connections, self._tls)
 
     def _new_session(self) -> aiohttp.ClientSession:
         assert self._connector is not None, "flow runner not opened"
-        return aiohttp.ClientSession(
-            connector=self._connector,
-            connector_owner=False,  # one pool for every user's session
-            cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: keep cookies of IP-address hosts too
-            timeout=self._timeout,
-            auto_decompress=False,
-            max_line_size=self._limits.max_header_bytes,  # as the aiohttp engine (agents/http.py)
-            max_field_size=self._limits.max_header_bytes,
-        )
+        return user_session(self._connector, timeout=self._timeout, limits=self._limits)
 
     def end_user(self, user: int) -> None:
         """User `user` left: its cookies go."""

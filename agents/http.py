@@ -128,6 +128,38 @@ def classify_exception(exc: BaseException) -> int:
     return ErrorClass.OTHER
 
 
+def new_connector(max_connections: int, tls: TlsSpec = DEFAULT_TLS) -> aiohttp.TCPConnector:
+    """An agent's pool of aiohttp connections, with the scenario's TLS (agents/tls.py). Shared
+    by the sessions of all its virtual users (`user_session`); from inside the event loop."""
+    ssl = True if is_default(tls) else make_ssl_context(tls)
+    return aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, ttl_dns_cache=300, force_close=False, ssl=ssl)
+
+
+def user_session(
+    connector: aiohttp.BaseConnector, *, timeout: aiohttp.ClientTimeout, limits: Limits, cookies: bool = True
+) -> aiohttp.ClientSession:
+    """One virtual user's session over a shared pool: a cookie jar of its own (`cookies`), or
+    none at all. Closing it leaves the pool open (`detach()` it; the pool's owner closes the
+    pool). The settings every engine, flow and Python user share: bodies counted as they
+    come (not inflated), response heads capped as `limits` says, `User-Agent: horde`."""
+    # unsafe: keep cookies of IP-address hosts too (the target is often 127.0.0.1)
+    jar = aiohttp.CookieJar(unsafe=True) if cookies else aiohttp.DummyCookieJar()
+    return aiohttp.ClientSession(
+        connector=connector,
+        connector_owner=False,
+        cookie_jar=jar,
+        timeout=timeout,
+        auto_decompress=False,  # measure bytes on the wire, don't spend CPU inflating them
+        skip_auto_headers=("User-Agent",),
+        headers={"User-Agent": "horde"},
+        # aiohttp caps each head line, not the head: 128 lines (its default) of at most
+        # max_header_bytes bound what it holds (the lean engine caps the head: both say protocol)
+        max_line_size=limits.max_header_bytes,
+        max_field_size=limits.max_header_bytes,
+        read_bufsize=READ_BUFSIZE,
+    )
+
+
 class AiohttpEngine:
     """Full-featured engine on one connection pool (aiohttp.TCPConnector)."""
 
@@ -147,15 +179,12 @@ class AiohttpEngine:
         self._templates = tuple(templates)
         self._max_connections = max_connections
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
-        # aiohttp caps each head line, not the head: 128 lines (its default) of at most
-        # max_header_bytes bound what it holds; a longer line is `protocol`, as a head over
-        # max_header_bytes is on the lean engine.
-        self._limits = limits
+        self._limits = limits  # response caps (see user_session)
         self._max_body = limits.max_response_bytes
         # The whole-request timeout already bounds a head when it is the shorter one: no
         # timer per request then (the default: both 10 s).
         self._head_timeout_s = limits.header_timeout_s if limits.header_timeout_s < timeout_s else None
-        self._ssl = True if is_default(tls) else make_ssl_context(tls)
+        self._tls = tls
         self._data = data
         self._connector: aiohttp.TCPConnector | None = None
         self._session: aiohttp.ClientSession | None = None  # requests of no user: no cookies
@@ -177,32 +206,15 @@ class AiohttpEngine:
             extra["allow_redirects"] = True
         return extra or None
 
-    def _new_session(self, jar: aiohttp.abc.AbstractCookieJar) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            connector=self._connector,
-            connector_owner=False,  # every session shares the one pool; close() closes it
-            cookie_jar=jar,
-            timeout=self._timeout,
-            auto_decompress=False,  # measure bytes on the wire, don't spend CPU inflating them
-            skip_auto_headers=("User-Agent",),
-            headers={"User-Agent": "horde"},
-            max_line_size=self._limits.max_header_bytes,
-            max_field_size=self._limits.max_header_bytes,
-            read_bufsize=READ_BUFSIZE,
-        )
-
     async def open(self) -> None:
-        self._connector = aiohttp.TCPConnector(
-            limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300, force_close=False, ssl=self._ssl
-        )
-        self._session = self._new_session(aiohttp.DummyCookieJar())
+        self._connector = new_connector(self._max_connections, self._tls)
+        self._session = user_session(self._connector, timeout=self._timeout, limits=self._limits, cookies=False)
 
     def _user_session(self, user: int) -> aiohttp.ClientSession:
         session = self._users.get(user)
         if session is None:
-            # unsafe: the target is most often an IP address (127.0.0.1), whose cookies
-            # aiohttp's default jar would drop.
-            session = self._users[user] = self._new_session(aiohttp.CookieJar(unsafe=True))
+            assert self._connector is not None, "engine not opened"
+            session = self._users[user] = user_session(self._connector, timeout=self._timeout, limits=self._limits)
         return session
 
     def end_user(self, user: int) -> None:
