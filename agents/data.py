@@ -43,14 +43,18 @@ class DataExhausted(Exception):
         self.name = name
 
 
+_DRAWS = 4096  # random order: row indexes drawn this many at a time (one numpy call, not one per row)
+
+
 class _Feed:
-    __slots__ = ("spec", "pos", "used", "exhausted")
+    __slots__ = ("spec", "pos", "used", "exhausted", "draws")
 
     def __init__(self, spec: DataFeed, start: int) -> None:
         self.spec = spec
         self.pos = start
         self.used = 0
         self.exhausted = 0  # requests refused for want of a row
+        self.draws: list[int] = []
 
 
 class DataFeeds:
@@ -94,7 +98,9 @@ class DataFeeds:
             feed.exhausted += 1
             raise DataExhausted(name)
         elif order == "random":
-            row = rows[int(self._rng.integers(len(rows)))]
+            if not feed.draws:
+                feed.draws = self._rng.integers(len(rows), size=_DRAWS).tolist()
+            row = rows[feed.draws.pop()]
         else:
             row = rows[feed.pos % len(rows)]
             feed.pos += 1
