@@ -181,7 +181,8 @@ def _csv_rows(raw: bytes) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]
                 columns = _check_columns([f.strip() for f in fields], line)
                 continue
             if len(fields) != len(columns):
-                raise ValueError(f"{line}: {len(fields)} fields, the header has {len(columns)}")
+                n = len(fields)
+                raise ValueError(f"{line}: {n} field{'' if n == 1 else 's'}, the header has {len(columns)}")
             row = tuple(fields)
             _check_row(row, line, len(rows))
             rows.append(row)

@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import os
 import re
+import ssl
 import stat
 import types
 import typing
@@ -21,6 +22,7 @@ from pydantic import (
     ValidationError,
 )
 
+from horde.agents.tls import make_ssl_context
 from horde.coordinator.scenario.attachments import AttachmentError, Attachments, read_attachments
 from horde.coordinator.scenario.models import (
     _NAME_MESSAGE,
@@ -91,6 +93,15 @@ def with_attachments(loaded: LoadedScenario) -> LoadedScenario:
         attachments = read_attachments(loaded.scenario, read)
     except AttachmentError as exc:
         raise ScenarioError([Problem(path, loaded.redactor.text(msg)) for path, msg in exc.problems]) from None
+    if attachments.tls.ca_pem or attachments.tls.cert_pem:
+        # The agents build the same context: a CA or a key that does not load fails here,
+        # before any agent starts (the message names no key material).
+        try:
+            make_ssl_context(attachments.tls)
+        except (ssl.SSLError, ValueError) as exc:
+            which = "tls.cert" if attachments.tls.cert_pem else "tls.ca"
+            reason = getattr(exc, "reason", None) or str(exc).split(" (_ssl")[0] or type(exc).__name__
+            raise ScenarioError([Problem(which, f"the TLS files do not load: {reason}")]) from None
     return dataclasses.replace(loaded, attachments=attachments)
 
 

@@ -16,6 +16,9 @@ from horde.coordinator.run.client_info import VERIFY_OFF, client_summary
 from horde.coordinator.scenario.attachments import MAX_DATA_COLUMNS, DataTable
 from horde.coordinator.scenario.load import ScenarioError, load_scenario
 from horde.coordinator.scenario.models import scenario_json_schema
+from tests.agents.tls_certs import make_certs
+
+CERTS = make_certs()
 
 BASE = "http://127.0.0.1:8080"
 
@@ -97,7 +100,7 @@ def test_a_reference_to_an_unknown_data_file(tmp_path):
 
 def test_tls_files_are_read_relative_to_the_scenario_and_checked(tmp_path):
     (tmp_path / "certs").mkdir()
-    (tmp_path / "certs" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    (tmp_path / "certs" / "ca.pem").write_text(CERTS.ca_pem)
     (tmp_path / "certs" / "key.pem").write_text("not a key")
     ok = _write(tmp_path, "tls: {ca: certs/ca.pem}\nrequests: [{name: a, path: /}]\n")
     assert load_scenario(ok, env={}).attachments.tls.ca_pem.startswith("-----BEGIN CERTIFICATE")
@@ -107,13 +110,31 @@ def test_tls_files_are_read_relative_to_the_scenario_and_checked(tmp_path):
     assert any("tls.key" in p and "cert and key together" in p for p in _problems(half))
 
 
-def test_the_key_path_is_redacted_in_the_scenario_as_run(tmp_path):
-    (tmp_path / "c.pem").write_text("-----BEGIN CERTIFICATE-----\n")
-    (tmp_path / "k.pem").write_text("-----BEGIN PRIVATE KEY-----\nSECRETSECRET\n")
+def test_the_key_is_kept_out_of_reprs_and_the_scenario_as_run(tmp_path):
+    (tmp_path / "c.pem").write_text(CERTS.client_pem)
+    (tmp_path / "k.pem").write_text(CERTS.client_key_pem)
     path = _write(tmp_path, "tls: {cert: c.pem, key: k.pem}\nrequests: [{name: a, path: /}]\n")
     loaded = load_scenario(path, env={})
-    assert "SECRETSECRET" not in repr(loaded.attachments) and "SECRETSECRET" not in str(loaded.as_run)
-    assert "SECRETSECRET" in (loaded.attachments.tls.key_pem or "")
+    secret = CERTS.client_key_pem.splitlines()[1]
+    assert secret not in repr(loaded.attachments) and secret not in str(loaded.as_run)
+    assert loaded.attachments.tls.key_pem == CERTS.client_key_pem
+
+
+@pytest.mark.parametrize(
+    "files, tls, expected",
+    [
+        ({"ca.pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}, "{ca: ca.pem}", "tls.ca"),
+        # a client certificate with another certificate's key
+        ({"c.pem": CERTS.client_pem, "k.pem": CERTS.server_key_pem}, "{cert: c.pem, key: k.pem}", "tls.cert"),
+    ],
+)
+def test_tls_files_that_do_not_load_fail_validation(tmp_path, files, tls, expected):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    path = _write(tmp_path, f"tls: {tls}\nrequests: [{{name: a, path: /}}]\n")
+    (problem,) = _problems(path)
+    assert problem.startswith(f"{expected}: the TLS files do not load: ")
+    assert "PRIVATE" not in problem
 
 
 def test_entries_with_client_options_go_to_aiohttp(tmp_path):
