@@ -109,48 +109,36 @@ MAX_SCENARIO_BYTES = 1024 * 1024
 
 
 def _read_bounded(path: str, limit: int) -> bytes:
-    """A regular file's bytes, at most `limit` (opened without blocking, checked before any
-    read, as the scenario file is); OSError or ValueError with the reason."""
+    """A regular file's bytes, at most `limit`; OSError or ValueError saying why not. Opened
+    without blocking and checked with fstat before any read, so a FIFO, a device
+    (/dev/zero, /dev/urandom) or a directory is refused at once rather than waited on or
+    read without end. For the scenario and the files it names (tls, data)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-    finally:
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
+        raise ValueError(f"not a regular file ({'a directory' if stat.S_ISDIR(mode) else 'a pipe, socket or device'})")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
     if len(data) > limit:
-        raise ValueError(f"larger than {limit} bytes, the limit")
+        raise ValueError(f"larger than {limit} bytes" + (" (1 MiB)" if limit == 1 << 20 else "") + ", the limit")
     return data
 
 
 def _read_text(source: str) -> str:
-    """A regular file's UTF-8 text, at most MAX_SCENARIO_BYTES. Opened without blocking and
-    checked with fstat before any read, so a FIFO, a device (/dev/zero, /dev/urandom) or a
-    directory is refused at once rather than waited on or read without end."""
+    """The scenario file's UTF-8 text, at most MAX_SCENARIO_BYTES (`_read_bounded`)."""
     shown = source if source.isprintable() else repr(source)
 
     def fail(reason: str) -> ScenarioError:
         return ScenarioError([Problem(shown, f"cannot read the scenario: {reason}")])
 
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = _read_bounded(source, MAX_SCENARIO_BYTES)
     except OSError as exc:
         raise fail(exc.strerror or str(exc)) from None
-    except ValueError as exc:  # a NUL in the name
-        raise fail(str(exc)) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = "a directory" if stat.S_ISDIR(mode) else "a pipe, socket or device"
-        raise fail(f"not a regular file ({kind})")
-    with os.fdopen(fd, "rb") as f:
-        try:
-            data = f.read(MAX_SCENARIO_BYTES + 1)
-        except OSError as exc:
-            raise fail(exc.strerror or str(exc)) from None
-    if len(data) > MAX_SCENARIO_BYTES:
-        raise fail(f"larger than {MAX_SCENARIO_BYTES} bytes (1 MiB), the limit for a scenario file")
+    except ValueError as exc:  # not a regular file, too large, or a NUL in the name
+        text = str(exc)
+        raise fail(text + " for a scenario file" if text.endswith(", the limit") else text) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

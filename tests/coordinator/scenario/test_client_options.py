@@ -89,7 +89,7 @@ def test_a_missing_file_a_directory_and_an_unknown_column(tmp_path):
     )
     problems = _problems(path)
     assert "data.gone.file: missing.csv: cannot read: No such file or directory" in problems
-    assert "data.d.file: dir.csv: cannot read: not a regular file" in problems
+    assert "data.d.file: dir.csv: cannot read: not a regular file (a directory)" in problems
     assert "requests[0]: ${data.acc.nick}: acc has no column 'nick' (user)" in problems
 
 
