@@ -31,7 +31,9 @@ How it stays cheap:
   find none wait in FIFO order for a released connection or a free slot.
 
 Error classes (the engine closes a connection after any error):
-- CONNECT: connection refused/unreachable, DNS failure, TLS handshake failure.
+- CONNECT: connection refused/unreachable, DNS failure.
+- TLS: the TLS handshake failed (certificate not verified, or refused by the server);
+  the context comes from the scenario's `tls` (agents/tls.py, through make_engine).
 - TIMEOUT: no connection (pool wait + connect) within `connect_timeout_s`, the response
   head not in within `limits.header_timeout_s` of sending (when that is the shorter), or
   the whole response not in within `timeout_s` of sending (both checked by a periodic
@@ -74,6 +76,7 @@ _RESET = int(ErrorClass.RESET)
 _PROTOCOL = int(ErrorClass.PROTOCOL)
 _TOO_LARGE = int(ErrorClass.TOO_LARGE)
 _OTHER = int(ErrorClass.OTHER)
+_TLS = int(ErrorClass.TLS)
 _EARLY_CLOSE = -1  # internal: the connection closed before any byte of the response
 _HEAD_DONE = -2  # internal: the head of a HEAD response is complete (see on_headers_complete)
 
@@ -841,6 +844,8 @@ class FastEngine:
 def _classify_connect_error(exc: BaseException) -> int:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return _TIMEOUT
-    if isinstance(exc, (OSError, ssl.SSLError)):  # refused, unreachable, DNS (gaierror), TLS handshake
+    if isinstance(exc, ssl.SSLError):  # verification failed or handshake refused: tls, as aiohttp's (agents/tls.py)
+        return _TLS
+    if isinstance(exc, OSError):  # refused, unreachable, DNS (gaierror)
         return _CONNECT
     return _OTHER

@@ -27,6 +27,36 @@ DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
+class TlsSpec:
+    """The scenario's `tls`, with its files already read by the coordinator (nodes may not
+    have them): PEM text, never paths. `key_pem` is a secret: kept out of repr, and never
+    written anywhere (agents/tls.py loads it through a private temporary file)."""
+
+    verify: bool = True
+    ca_pem: str | None = None  # trust these CAs (in addition to none: only these)
+    cert_pem: str | None = None  # client certificate chain, for mutual TLS
+    key_pem: str | None = field(default=None, repr=False)
+
+
+DEFAULT_TLS = TlsSpec()
+
+
+@dataclass(frozen=True)
+class DataFeed:
+    """One data file of the scenario, as this agent takes it (agents/data.py).
+
+    `rows` is the whole file for `cycle` and `random`; for `unique`, only this agent's
+    share (rows r with r % count == index, plan.py), so no row is used twice in the run.
+    """
+
+    name: str
+    order: str  # "unique" | "cycle" | "random"
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...] = field(repr=False)
+    total_rows: int = 0  # rows in the file (all agents)
+
+
+@dataclass(frozen=True)
 class RequestTemplate:
     """One entry of the request mix, resolved to a full URL."""
 
@@ -37,6 +67,10 @@ class RequestTemplate:
     body: bytes | None = None  # pre-serialised (JSON bodies are encoded once, at plan time)
     expect: frozenset[int] = frozenset()  # empty: any 2xx/3xx
     engine: str = "aiohttp"  # the engine that serves this entry: "aiohttp" or "fast"
+    timeout_s: float | None = None  # this entry's whole-request timeout (None: the agent's)
+    follow_redirects: bool = False
+    cookies: bool = False  # takes part in its virtual user's cookie session (aiohttp)
+    data: tuple[str, ...] = ()  # data feeds its url, headers or body refer to (${data.NAME.COLUMN})
 
 
 @dataclass(frozen=True)
@@ -54,6 +88,8 @@ class FlowStepTemplate:
     until: tuple[str, object] | None = None  # (dot path, value): poll until it is equal
     every_s: float = 0.1
     max_polls: int = 50
+    timeout_s: float | None = None  # this step's whole-request timeout (None: the agent's)
+    follow_redirects: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +97,7 @@ class FlowTemplate:
     name: str
     endpoint: int  # the whole flow's endpoint index (its total time and success)
     steps: tuple[FlowStepTemplate, ...]
+    data: tuple[str, ...] = ()  # data feeds its steps refer to: one row of each per iteration
 
 
 @dataclass(frozen=True)
@@ -103,6 +140,8 @@ class AgentSpec:
     # Aligned with `requests`: the flow of a mix entry that is a flow, None for a plain request.
     flows: tuple[FlowTemplate | None, ...] = ()
     limits: Limits = DEFAULT_LIMITS  # response caps, for every engine and flow of the agent
+    tls: TlsSpec = DEFAULT_TLS  # for every https request, probe aside (agents/tls.py)
+    data: tuple[DataFeed, ...] = ()  # the scenario's data files, this agent's share (agents/data.py)
 
     @property
     def duration_s(self) -> float:

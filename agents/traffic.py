@@ -42,6 +42,7 @@ from collections.abc import Callable
 import numpy as np
 
 from horde.agents.arrivals import ConstantArrivals, PoissonArrivals
+from horde.agents.data import DataFeeds
 from horde.agents.flows import FlowRunner
 from horde.agents.http import Engine, make_engine
 from horde.agents.lease import Lease, LeaseLapsed
@@ -158,11 +159,17 @@ class TrafficAgent:
         self._thinks = hi > 0  # False: users send back to back, no draw per request
 
         names = sorted({t.engine for t in spec.requests})
+        # The scenario's data files, this agent's share: one source for every engine, flow and user.
+        self.data = DataFeeds(
+            spec.data, index=spec.index, count=spec.count, incarnation=spec.incarnation, seed=spec.seed
+        )
         kw = dict(
             max_connections=spec.max_connections,
             timeout_s=spec.timeout_s,
             connect_timeout_s=spec.connect_timeout_s,
             limits=spec.limits,
+            tls=spec.tls,
+            data=self.data,
         )
         self._engines = {n: engine_factory(n, spec.requests, **kw) for n in names}
         self._send = [self._engines[t.engine].request for t in spec.requests]
@@ -180,6 +187,8 @@ class TrafficAgent:
                 connect_timeout_s=spec.connect_timeout_s,
                 clock_ns=self._now,
                 limits=spec.limits,
+                tls=spec.tls,
+                data=self.data,
             )
             if any(f is not None for f in self._flows)
             else None
@@ -335,7 +344,7 @@ class TrafficAgent:
                     if self._now() >= self._lease_until:
                         self._lapse()
                         return
-                    await self._run_flow(flow, intended)
+                    await self._run_flow(flow, intended, slot if self.spec.model == "closed" else -1)
                 else:
                     sent = time.monotonic_ns() - self._mono_start
                     if sent >= self._lease_until:
@@ -343,7 +352,11 @@ class TrafficAgent:
                         return
                     self._in_flight += 1
                     try:
-                        status, nbytes, err = await self._send[ep](ep)
+                        # a closed-model user's cookie jar (agents/http.py); none in the open model
+                        if self.spec.model == "closed":
+                            status, nbytes, err = await self._send[ep](ep, slot)  # type: ignore[call-arg]  # the aiohttp engine: request(index, user)
+                        else:
+                            status, nbytes, err = await self._send[ep](ep)
                     finally:
                         self._in_flight -= 1
                     self._record(ep, intended, sent, status, nbytes, err, queued)
@@ -354,11 +367,11 @@ class TrafficAgent:
             ep, intended = nxt
             queued = False
 
-    async def _run_flow(self, flow: FlowTemplate, intended: int) -> None:
+    async def _run_flow(self, flow: FlowTemplate, intended: int, user: int = -1) -> None:
         self._in_flight += 1
         try:
             runner = self._flow_runner  # exists whenever the spec has a flow entry
-            await runner.run(flow, intended, self._record_done, self._sleep_until)  # type: ignore[union-attr]  # see above
+            await runner.run(flow, intended, self._record_done, self._sleep_until, user)  # type: ignore[union-attr]  # see above
         finally:
             self._in_flight -= 1
 
@@ -675,6 +688,12 @@ class TrafficAgent:
         self._user_send(j, intended)
 
     def _user_leave(self, j: int) -> None:
+        for e in self._engines.values():  # its cookies go with it (agents/http.py)
+            end_user = getattr(e, "end_user", None)
+            if end_user is not None:
+                end_user(j)
+        if self._flow_runner is not None:
+            self._flow_runner.end_user(j)
         self._active[j] = False
         self._users -= 1
         if self._users == 0 and (self._stopping or self._allowed == 0):

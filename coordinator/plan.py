@@ -3,18 +3,27 @@
 The split is exact, like k6's execution segments: users are dealt out by global user
 index (1000 users over 3 agents is 334 + 333 + 333), arrivals by global arrival index,
 connection caps by integer division with the remainder spread over the first agents.
+A `unique` data file is dealt the same way: row r to agent r % count, so no row is used
+twice in the run (agents/data.py says what a replacement agent takes).
+
+Engines: under `auto` (and `fast` too) an entry with its own `timeout`,
+`follow_redirects`, `cookies: true` or a `${data...}` reference is served by aiohttp: the
+lean engine sends pre-encoded bytes with one timeout for all, keeps no cookies and never
+follows a redirect.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from horde.agents.spec import AgentSpec, FlowStepTemplate, FlowTemplate, RequestTemplate, Stage
+from horde.agents.spec import AgentSpec, DataFeed, FlowStepTemplate, FlowTemplate, RequestTemplate, Stage, TlsSpec
 from horde.agents.stages import Profile, level_to_users, users_for_agent
 
+_DATA_REF = re.compile(r"\$\{data\.([A-Za-z0-9_-]+)\.[^}]+\}")
 COORDINATOR_CPUS = 1.0  # what `agents: auto` leaves for the coordinator (and an embedded target)
 
 
@@ -27,6 +36,9 @@ class Plan:
     stage_ends_ns: tuple[int, ...]
     duration_s: float
     engines: dict[str, str]  # request name -> engine that serves it
+    tls_verify: bool = True  # False: the scenario turned certificate verification off
+    data_files: dict[str, dict] = field(default_factory=dict)  # name -> {file, order, rows}
+    data_uses: dict[str, tuple[str, ...]] = field(default_factory=dict)  # entry -> data files it takes a row of
 
     @property
     def count(self) -> int:
@@ -69,6 +81,32 @@ def _encode_body(json_body, body: str | None, headers: dict[str, str]) -> bytes 
     return body.encode() if body is not None else None
 
 
+def _data_names(text: str) -> tuple[str, ...]:
+    return tuple(sorted({m.group(1) for m in _DATA_REF.finditer(text)}))
+
+
+def _texts(path: str, headers: dict[str, str], body: bytes | None) -> str:
+    return " ".join([path, *headers.values(), body.decode() if body is not None else ""])
+
+
+def _needs_aiohttp(t: RequestTemplate) -> bool:
+    return t.timeout_s is not None or t.follow_redirects or t.cookies or bool(t.data)
+
+
+def data_feeds(tables, index: int, count: int) -> tuple[DataFeed, ...]:
+    """Agent `index`'s view of the data files: all rows, or for `unique` rows r % count == index."""
+    return tuple(
+        DataFeed(
+            name=t.name,
+            order=t.order,
+            columns=t.columns,
+            rows=t.rows[index::count] if t.order == "unique" else t.rows,
+            total_rows=len(t.rows),
+        )
+        for t in tables
+    )
+
+
 def build_templates(
     scenario, base_url: str, supports_fast: Callable[[RequestTemplate], bool] | None
 ) -> tuple[RequestTemplate, ...]:
@@ -81,6 +119,7 @@ def build_templates(
             continue
         headers = dict(r.headers)
         body = _encode_body(r.json, r.body, headers)
+        follow = r.follow_redirects if r.follow_redirects is not None else getattr(scenario, "follow_redirects", False)
         t = RequestTemplate(
             name=r.name,
             method=r.method,
@@ -89,9 +128,15 @@ def build_templates(
             body=body,
             expect=frozenset(r.expect),
             engine="aiohttp",
+            timeout_s=r.timeout,
+            follow_redirects=follow,
+            cookies=r.cookies,
+            data=_data_names(_texts(r.path, headers, body)),
         )
         wanted = scenario.engine
-        if wanted == "fast" or (wanted == "auto" and supports_fast is not None and supports_fast(t)):
+        if _needs_aiohttp(t):
+            pass
+        elif wanted == "fast" or (wanted == "auto" and supports_fast is not None and supports_fast(t)):
             t = RequestTemplate(**{**t.__dict__, "engine": "fast"})
         out.append(t)
     return tuple(out)
@@ -109,9 +154,14 @@ def build_flows(scenario, base_url: str) -> tuple[tuple[FlowTemplate | None, ...
             flows.append(None)
             continue
         steps = []
+        names: set[str] = set()
         for st in r.flow:
             headers = dict(st.headers)
             body = _encode_body(st.json, st.body, headers)
+            names.update(_data_names(_texts(st.path, headers, body)))
+            follow = st.follow_redirects
+            if follow is None:
+                follow = getattr(scenario, "follow_redirects", False)
             steps.append(
                 FlowStepTemplate(
                     name=st.name,
@@ -125,10 +175,12 @@ def build_flows(scenario, base_url: str) -> tuple[tuple[FlowTemplate | None, ...
                     until=(st.until.path, st.until.equals) if st.until is not None else None,
                     every_s=st.every,
                     max_polls=st.max_polls,
+                    timeout_s=st.timeout,
+                    follow_redirects=follow,
                 )
             )
             step_names.append(f"{r.name}/{st.name}")
-        flows.append(FlowTemplate(name=r.name, endpoint=i, steps=tuple(steps)))
+        flows.append(FlowTemplate(name=r.name, endpoint=i, steps=tuple(steps), data=tuple(sorted(names))))
     return tuple(flows), tuple(step_names)
 
 
@@ -139,7 +191,13 @@ def build_plan(
     *,
     supports_fast: Callable[[RequestTemplate], bool] | None = None,
     agents: int | None = None,
+    attachments=None,
 ) -> Plan:
+    """`attachments`: the files the scenario names, already read (LoadedScenario.attachments);
+    None: none (a scenario without tls files or data)."""
+    verify = getattr(getattr(scenario, "tls", None), "verify", True)  # (tests hand in stand-ins)
+    tls = attachments.tls if attachments is not None else TlsSpec(verify=verify)
+    tables = attachments.data if attachments is not None else ()
     wl = scenario.workload
     n = agents if agents is not None else agent_count(scenario.agents, cluster_cpus)
     names = stage_names(wl.stages)
@@ -183,6 +241,8 @@ def build_plan(
             engine=scenario.engine,
             flows=flows,
             limits=scenario.limits.to_agent(),
+            tls=tls,
+            data=data_feeds(tables, i, n),
         )
         for i in range(n)
     )
@@ -201,4 +261,9 @@ def build_plan(
         stage_ends_ns=tuple(ends),
         duration_s=profile.duration_s,
         engines={t.name: ("flow" if f is not None else t.engine) for t, f in zip(templates, flows)},
+        tls_verify=tls.verify,
+        data_files={
+            t.name: {"file": t.file, "order": t.order, "rows": len(t.rows), "sha256": t.sha256} for t in tables
+        },
+        data_uses={t.name: (f.data if f is not None else t.data) for t, f in zip(templates, flows) if (f or t).data},
     )

@@ -225,6 +225,7 @@ class Summary(Record):
     soak: dict[str, Any] | None = None  # open: analysis/soak.py's verdicts (runs of 30+ windows)
     spikes: list[dict[str, Any]] | None = None  # open: analysis/spike.py's records (plans with spikes)
     load: Load | None = None  # None: a bundle from before
+    client: dict[str, Any] | None = None  # open: run/client_info.py (tls_verify, warnings, data files); None: not used
 
 
 # -- manifest.json --------------------------------------------------------------------------

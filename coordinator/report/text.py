@@ -58,6 +58,8 @@ def text_summary(bundle: Bundle) -> str:
     classes = {k: v for k, v in t.errors_by_class.items() if k != "ok"}
     if classes:
         lines.append("  errors by class: " + ", ".join(f"{k} {v}" for k, v in classes.items()))
+    for warning in (s.client or {}).get("warnings", []):  # run/client_info.py
+        lines.append(f"  WARNING  {warning}")
     g = s.generator
     sat = "SATURATED: " + "; ".join(g.reasons) if g.saturated else "kept up"
     cpu = g.cpu_us_per_request

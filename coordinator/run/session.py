@@ -34,6 +34,7 @@ from horde.coordinator.measure.resources import NodeSeries, ResourceSeries
 from horde.coordinator.plan import Plan, build_plan
 from horde.coordinator.report.text import junit_xml
 from horde.coordinator.run import losses
+from horde.coordinator.run.client_info import client_summary
 from horde.coordinator.run.drive import drive
 from horde.coordinator.run.fleet import connect_cluster, silence_s
 from horde.coordinator.run.ledger import LoadLedger
@@ -71,7 +72,13 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
     try:
         cluster = connect_cluster(scenario, options)
         target = starting.result()
-        plan = build_plan(scenario, target.url, cluster.shape.cpus, supports_fast=_fast_supports())
+        plan = build_plan(
+            scenario,
+            target.url,
+            cluster.shape.cpus,
+            supports_fast=_fast_supports(),
+            attachments=getattr(loaded, "attachments", None),  # the files it names (tls, data)
+        )
         return asyncio.run(run(loaded, plan, cluster.shape, cluster.make_fleet(plan), options, target))
     finally:
         starting.close()  # stops the automaton, also when the run failed before taking it
@@ -456,5 +463,7 @@ class RunSession:
         )
         summary.update(summary_extra)
         summary["load"] = self.ledger.totals()
+        if not plan.tls_verify or plan.data_files:  # the client options' section (run/client_info.py)
+            summary["client"] = client_summary(plan, summary["endpoints"])
         self.windows.add_spikes(summary)
         return summary

@@ -4,9 +4,11 @@ Scenario, or every problem with its key path."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import os
 import re
+import ssl
 import stat
 import types
 import typing
@@ -20,6 +22,8 @@ from pydantic import (
     ValidationError,
 )
 
+from horde.agents.tls import make_ssl_context
+from horde.coordinator.scenario.attachments import AttachmentError, Attachments, read_attachments
 from horde.coordinator.scenario.models import (
     _NAME_MESSAGE,
     REDACTED,
@@ -60,6 +64,8 @@ class LoadedScenario:
     source: str  # where it came from (the file path)
     as_run: dict[str, Any]  # the data after interpolation and overrides, secrets redacted
     redactor: Redactor = field(default_factory=Redactor)  # the redaction rule with this scenario's ${ENV} values
+    # The files it names (tls, data), read by load_scenario; parse_scenario reads none.
+    attachments: Attachments = field(default_factory=Attachments)
 
 
 def load_scenario(
@@ -71,39 +77,68 @@ def load_scenario(
     """Read, interpolate (env defaults to os.environ), override and validate a scenario file."""
     source = os.fspath(path)
     text = _read_text(source)
-    return parse_scenario(text, source=source, overrides=overrides, env=os.environ if env is None else env)
+    loaded = parse_scenario(text, source=source, overrides=overrides, env=os.environ if env is None else env)
+    return with_attachments(loaded)
+
+
+def with_attachments(loaded: LoadedScenario) -> LoadedScenario:
+    """`loaded` with the files its scenario names read, relative to its source file
+    (coordinator/scenario/attachments.py); ScenarioError lists every bad file."""
+    base = os.path.dirname(loaded.source)
+
+    def read(rel: str, limit: int) -> bytes:
+        return _read_bounded(os.path.join(base, rel), limit)
+
+    try:
+        attachments = read_attachments(loaded.scenario, read)
+    except AttachmentError as exc:
+        raise ScenarioError([Problem(path, loaded.redactor.text(msg)) for path, msg in exc.problems]) from None
+    if attachments.tls.ca_pem or attachments.tls.cert_pem:
+        # The agents build the same context: a CA or a key that does not load fails here,
+        # before any agent starts (the message names no key material).
+        try:
+            make_ssl_context(attachments.tls)
+        except (ssl.SSLError, ValueError) as exc:
+            which = "tls.cert" if attachments.tls.cert_pem else "tls.ca"
+            reason = getattr(exc, "reason", None) or str(exc).split(" (_ssl")[0] or type(exc).__name__
+            raise ScenarioError([Problem(which, f"the TLS files do not load: {reason}")]) from None
+    return dataclasses.replace(loaded, attachments=attachments)
 
 
 MAX_SCENARIO_BYTES = 1024 * 1024
 
 
+def _read_bounded(path: str, limit: int) -> bytes:
+    """A regular file's bytes, at most `limit`; OSError or ValueError saying why not. Opened
+    without blocking and checked with fstat before any read, so a FIFO, a device
+    (/dev/zero, /dev/urandom) or a directory is refused at once rather than waited on or
+    read without end. For the scenario and the files it names (tls, data)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ValueError(f"not a regular file ({'a directory' if stat.S_ISDIR(mode) else 'a pipe, socket or device'})")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes" + (" (1 MiB)" if limit == 1 << 20 else "") + ", the limit")
+    return data
+
+
 def _read_text(source: str) -> str:
-    """A regular file's UTF-8 text, at most MAX_SCENARIO_BYTES. Opened without blocking and
-    checked with fstat before any read, so a FIFO, a device (/dev/zero, /dev/urandom) or a
-    directory is refused at once rather than waited on or read without end."""
+    """The scenario file's UTF-8 text, at most MAX_SCENARIO_BYTES (`_read_bounded`)."""
     shown = source if source.isprintable() else repr(source)
 
     def fail(reason: str) -> ScenarioError:
         return ScenarioError([Problem(shown, f"cannot read the scenario: {reason}")])
 
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = _read_bounded(source, MAX_SCENARIO_BYTES)
     except OSError as exc:
         raise fail(exc.strerror or str(exc)) from None
-    except ValueError as exc:  # a NUL in the name
-        raise fail(str(exc)) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = "a directory" if stat.S_ISDIR(mode) else "a pipe, socket or device"
-        raise fail(f"not a regular file ({kind})")
-    with os.fdopen(fd, "rb") as f:
-        try:
-            data = f.read(MAX_SCENARIO_BYTES + 1)
-        except OSError as exc:
-            raise fail(exc.strerror or str(exc)) from None
-    if len(data) > MAX_SCENARIO_BYTES:
-        raise fail(f"larger than {MAX_SCENARIO_BYTES} bytes (1 MiB), the limit for a scenario file")
+    except ValueError as exc:  # not a regular file, too large, or a NUL in the name
+        text = str(exc)
+        raise fail(text + " for a scenario file" if text.endswith(", the limit") else text) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -211,6 +246,7 @@ def _kind(value: Any) -> str:
 # Interpolation.
 _REFERENCE = re.compile(r"(\$?)\$\{([^}]*)(\}?)")
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+_DATA_REFERENCE = re.compile(r"data\.[A-Za-z0-9_-]+\.[^}]+")
 
 
 def _flow_captures(data: Any) -> dict[int, set[str]]:
@@ -244,6 +280,8 @@ def _interpolate(data: Any, env: Mapping[str, str]) -> tuple[Any, set[Loc], list
             if not m.group(3):
                 problems.append((loc, "unclosed '${': expected ${NAME} or ${NAME:-default}"))
                 return ""
+            if _DATA_REFERENCE.fullmatch(m.group(2)):
+                return m.group(0)  # a data file's column, filled per request at run time (agents/data.py)
             var = _VARIABLE.fullmatch(m.group(2))
             if var is None:
                 problems.append((loc, f"invalid reference {m.group(0)!r}: expected ${{NAME}} or ${{NAME:-default}}"))

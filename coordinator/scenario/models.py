@@ -33,6 +33,9 @@ A scenario, with the forms each key accepts::
     output: results
     seed: 1
     engine: auto                        # auto | fast | aiohttp
+    tls: {verify: true, ca: ca.pem, cert: client.pem, key: client.key}   # client.py
+    follow_redirects: false             # each entry and flow step may set its own, and `timeout`
+    data: {accounts: {file: accounts.csv, order: unique}}   # rows as ${data.accounts.user}
 
 Durations are seconds as a number, or strings such as "250ms", "1m30s"; the models keep
 float seconds under the same key names (`timeout` is seconds, `Stall.every_s` too).
@@ -63,6 +66,7 @@ from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, mo
 from horde.coordinator.judge.alert_rules import EACH_ENDPOINT, AlertRule
 from horde.coordinator.judge.alert_section import AlertSection, rules_of
 from horde.coordinator.judge.thresholds import ScopedThreshold
+from horde.coordinator.scenario.client import DataFile, TlsOptions
 from horde.coordinator.scenario.fields import (  # noqa: F401 - names other modules import from here
     _NAME_MESSAGE,
     _SENSITIVE_NAME,
@@ -85,6 +89,7 @@ from horde.coordinator.scenario.requests import (  # noqa: F401
     PollUntil,
     RequestEntry,
     _body_problems,
+    data_refs,
 )
 from horde.coordinator.scenario.rules import (
     ThresholdEntry,
@@ -149,6 +154,10 @@ class Scenario(_Model):
     alerts: AlertSection | None = None
     # Response caps for every request, probe and flow step (coordinator/scenario/limits.py).
     limits: Limits = Field(default_factory=lambda: Limits.model_validate({}))
+    # HTTP client options (coordinator/scenario/client.py, docs/scenarios.md).
+    tls: TlsOptions = Field(default_factory=lambda: TlsOptions.model_validate({}))
+    follow_redirects: bool = False  # the default of every entry and step (each may set its own)
+    data: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)], DataFile] = Field({}, max_length=64)
 
     @field_validator("requests")
     @classmethod
@@ -167,6 +176,11 @@ class Scenario(_Model):
                 problems.append((("thresholds", i, "endpoint"), p))
             if entry.stage is not None and (p := _stage_problem(entry.stage, stage_names)):
                 problems.append((("thresholds", i, "stage"), p))
+        for i, request in enumerate(self.requests):
+            for loc, name, _column in data_refs(request):
+                if name not in self.data:
+                    known = ", ".join(sorted(self.data)) or "none: add a `data` section"
+                    problems.append((("requests", i, *loc), f"${{data.{name}...}} names no data file (known: {known})"))
         for i, alert in enumerate(self.alerts or ()):
             endpoint = getattr(alert, "endpoint", None)
             if endpoint not in (None, EACH_ENDPOINT) and (p := _endpoint_problem(endpoint, names)):
@@ -201,6 +215,10 @@ def scenario_json_schema() -> dict[str, Any]:
             {"type": "string", "description": "'embedded' or an http(s) URL"},
             {"$ref": "#/$defs/Target"},
         ]
+    }
+    props["data"]["patternProperties"] = {
+        pattern: {"anyOf": [{"type": "string", "description": "a data file's path (order: cycle)"}, ref]}
+        for pattern, ref in props["data"]["patternProperties"].items()
     }
     props["thresholds"]["items"] = {
         "anyOf": [

@@ -64,6 +64,8 @@ class FlowStep(_Model):
     until: PollUntil | None = None  # repeat this step until the condition holds
     every: Duration = Field(0.1, gt=0)  # time between polls
     max_polls: int = Field(50, ge=1, le=MAX_POLLS)  # the bound: after this many, the flow fails (poll_exhausted)
+    timeout: Duration | None = Field(None, gt=0)  # this step's timeout (None: the scenario's)
+    follow_redirects: bool | None = None  # None: the scenario's (false unless set)
 
     @field_validator("path")
     @classmethod
@@ -89,6 +91,26 @@ class FlowStep(_Model):
 
 
 _FLOW_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${data.NAME.COLUMN}: a column of one of the scenario's data files (checked by Scenario).
+DATA_REF = re.compile(r"\$\{data\.([A-Za-z0-9_-]+)\.([^}]+)\}")
+
+
+def entry_texts(path: str, headers: dict[str, str], body: str | None, json_body: Any) -> str:
+    """The parts of a request that may hold ${...} references, as one text."""
+    return " ".join([path, *headers.values(), body or "", json.dumps(json_body) if json_body is not None else ""])
+
+
+def data_refs(entry: RequestEntry) -> list[tuple[Loc, str, str]]:
+    """Every ${data.NAME.COLUMN} of an entry: (where, NAME, COLUMN)."""
+    out: list[tuple[Loc, str, str]] = []
+    if entry.flow is not None:
+        for i, st in enumerate(entry.flow):
+            text = entry_texts(st.path, st.headers, st.body, st.json_body)
+            out.extend((("flow", i), n, c) for n, c in DATA_REF.findall(text))
+    elif entry.path is not None:
+        text = entry_texts(entry.path, entry.headers, entry.body, entry.json_body)
+        out.extend(((), n, c) for n, c in DATA_REF.findall(text))
+    return out
 
 
 class RequestEntry(_Model):
@@ -103,6 +125,9 @@ class RequestEntry(_Model):
     body: str | None = None
     weight: float = Field(1.0, gt=0, le=MAX_WEIGHT)
     expect: list[Annotated[int, Field(ge=100, le=599)]] = []
+    timeout: Duration | None = Field(None, gt=0)  # this entry's timeout (None: the scenario's)
+    follow_redirects: bool | None = None  # None: the scenario's (false unless set)
+    cookies: bool = False  # a plain request that carries its virtual user's cookies (served by aiohttp)
 
     @field_validator("path")
     @classmethod
@@ -139,14 +164,7 @@ class RequestEntry(_Model):
             )
             captured: set[str] = set()
             for i, step in enumerate(self.flow):
-                text = " ".join(
-                    [
-                        step.path,
-                        *step.headers.values(),
-                        step.body or "",
-                        json.dumps(step.json_body) if step.json_body is not None else "",
-                    ]
-                )
+                text = entry_texts(step.path, step.headers, step.body, step.json_body)
                 for var in _FLOW_VAR.findall(text):
                     if var not in captured:
                         problems.append((("flow", i), f"${{{var}}} is not captured by an earlier step"))

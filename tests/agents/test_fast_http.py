@@ -313,7 +313,7 @@ def test_https(run, tmp_path) -> None:
     got, untrusted, stats = run(main())
     assert got == [(200, 5, OK), (200, 1000, OK)] * 3
     assert stats.connections == 1
-    assert untrusted == (0, 0, CONNECT)  # certificate verification failure
+    assert untrusted == (0, 0, ErrorClass.TLS)  # certificate verification failure: tls, not connect
 
 
 # --------------------------------------------------------------------------- raw server
