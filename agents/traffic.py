@@ -131,8 +131,8 @@ class TrafficAgent:
         self._exhausted = False
         self._free: list[int] | None = None
         self._full_since = -1  # since when every slot has been busy (-1: one is free)
-        # Arrivals, think times, flow sleeps and the loop-lag probe wait on these (a
-        # timerfd: microsecond sends, agents/timers.py); made on the agent's loop in run().
+        # Arrivals, think times and flow sleeps wait on these (a timerfd: microsecond
+        # sends, agents/timers.py); made on the agent's loop in run().
         self._timer_kind = timers
         self._timers: Timers | None = None
         self._timer: TimerHandle | None = None
@@ -688,12 +688,13 @@ class TrafficAgent:
     # -- self-monitoring and flushing -----------------------------------------------------
 
     async def _watch_loop_lag(self) -> None:
-        # On the send timers: the lag read is the loop's own, not a whole-ms timer's rounding.
+        # A loop timer, not the send timers: a 50 ms probe needs no microseconds, and the
+        # send timers wake a long sleep 150 us early and spin (agents/timers.py LEAD_NS),
+        # 3 ms of CPU a second at 20 probes. Its reading includes up to ~1 ms of rounding.
         period_ns = int(_LOOP_LAG_PERIOD_S * 1e9)
-        timers = self._timers
         while True:
             t0 = time.monotonic_ns()
-            await sleep_until(timers, t0 + period_ns)  # type: ignore[arg-type]  # set by run()
+            await asyncio.sleep(_LOOP_LAG_PERIOD_S)
             lag = time.monotonic_ns() - t0 - period_ns
             if lag < 0:
                 lag = 0
