@@ -11,6 +11,9 @@ Python 3.11 has no os.timerfd_create, so it is called through ctypes on libc.
 Three kinds (make_timers), all with call_at(due_ns, callback, *args) -> handle.cancel():
 - "precise": the timerfd. Costs one timerfd_settime when the earliest deadline moves
   earlier, and one read(8) per wake-up; an idle wait is a blocked epoll_wait (no CPU).
+  A deadline under NEAR_NS away is spun to on the loop's next turn instead, and one over
+  LEAD_AFTER_NS away wakes the loop LEAD_NS early and spins the rest (both measured in
+  bench/send_lag.py; the figures are in docs/measurement.md).
 - "spin": the fallback where there is no timerfd (not Linux, or ctypes fails): a loop
   timer to about SPIN_NS before the deadline, then call_soon turns of the loop until it
   is due. Each wait burns a core for up to ~2 ms (the spin plus the loop timer's own
@@ -41,6 +44,9 @@ SPIN_NS = 1_000_000  # the spin fallback hands over from a loop timer this long 
 # spinning the rest. Arming a timer 30 us ahead cost 29 us of CPU here (a virtual
 # machine's timer reprogramming) against 1.8 us for a far one; a spin that short is cheaper.
 NEAR_NS = 30_000
+# A wake-up after a long sleep (an idle core, a cold cache) was 150-250 us late, after a
+# short one 30-70 us: a deadline over LEAD_AFTER_NS away wakes LEAD_NS early and spins
+# the rest. Each ends a sleep of over 4.85 ms, so at most ~200 a second: 3% of a core at worst.
 LEAD_NS = 150_000
 LEAD_AFTER_NS = 5_000_000
 
@@ -141,8 +147,9 @@ class _HeapTimers:
         return handle
 
     def _wake_near_or_at(self, due_ns: int) -> None:
-        if due_ns - _mono() > NEAR_NS:
-            self._wake_at(due_ns)
+        now = _mono()
+        if due_ns - now > NEAR_NS:
+            self._wake_at(due_ns, now)
         elif self._soon is None:
             self._soon = self._loop.call_soon(self._run_soon)
 
@@ -182,7 +189,7 @@ class _HeapTimers:
         if heap and not self._closed:
             self._wake_near_or_at(heap[0][0])
 
-    def _wake_at(self, due_ns: int) -> None:
+    def _wake_at(self, due_ns: int, now: int) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -203,13 +210,13 @@ class SpinTimers(_HeapTimers):
         self._loop_handle: asyncio.Handle | None = None
         self._wake_ns = 0  # when the pending loop handle is meant for (0: none)
 
-    def _wake_at(self, due_ns: int) -> None:
+    def _wake_at(self, due_ns: int, now: int) -> None:
         if self._loop_handle is not None:
             if self._wake_ns <= due_ns:
                 return  # already waking in time
             self._loop_handle.cancel()
         self._wake_ns = due_ns
-        delay = due_ns - _mono() - SPIN_NS
+        delay = due_ns - now - SPIN_NS
         if delay >= 1_000_000:  # whole ms, rounded down: it hands over before the deadline
             self._loop_handle = self._loop.call_later((delay // 1_000_000) / 1000, self._tick)
         else:
@@ -278,9 +285,9 @@ class TimerfdTimers(_HeapTimers):
             os.close(fd)
             raise
 
-    def _wake_at(self, due_ns: int) -> None:
+    def _wake_at(self, due_ns: int, now: int) -> None:
         # A long sleep ends slowly (an idle core, a cold cache): wake LEAD_NS early and spin.
-        lead = due_ns - _mono() > LEAD_AFTER_NS
+        lead = due_ns - now > LEAD_AFTER_NS
         at = due_ns - LEAD_NS if lead else due_ns
         armed = self._armed_ns
         if armed and armed <= at:
