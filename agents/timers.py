@@ -165,6 +165,7 @@ class _HeapTimers:
         self._running = True
         try:
             now = _mono()
+            ran = False
             while heap:
                 due, _, handle = heap[0]
                 if handle.cancelled:
@@ -172,10 +173,15 @@ class _HeapTimers:
                     continue
                 if due > now:
                     now = _mono()  # the callbacks took time: more may be due now
-                    if due - now > spin_ns:
-                        break
-                    while now < due:  # near: spin rather than sleep (see NEAR_NS)
-                        now = _mono()
+                    if due > now:
+                        # Spin only before the first callback of a turn: after one, a near
+                        # deadline waits for the loop's next turn (call_soon), so the loop
+                        # reads its sockets between sends however dense the schedule.
+                        if ran or due - now > spin_ns:
+                            break
+                        while now < due:  # near: spin rather than sleep (see NEAR_NS)
+                            now = _mono()
+                ran = True
                 pop(heap)
                 handle.cancelled = True  # ran: a later cancel() is a no-op
                 try:

@@ -5,6 +5,7 @@ Behaviour only; how late the timers fire is measured in bench/send_lag.py."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -189,3 +190,40 @@ def test_closed_timers_refuse_new_calls(loop) -> None:
             timers.call_at(time.monotonic_ns(), print)
 
     loop.run_until_complete(main())
+
+
+def test_a_dense_schedule_lets_the_loop_turn_between_callbacks(loop) -> None:
+    """Deadlines 20 us apart are spun to, but not one after another in a single turn: the
+    loop gets to its sockets (here: another task) between them."""
+
+    async def main() -> list[int]:
+        timers = make_timers(asyncio.get_running_loop(), "precise")
+        turns = 0
+        seen: list[int] = []
+        done = asyncio.get_running_loop().create_future()
+
+        async def other_task() -> None:
+            nonlocal turns
+            while not done.done():
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(other_task())
+        start = time.monotonic_ns() + 2_000_000
+
+        def fire(k: int) -> None:
+            seen.append(turns)
+            if k < 100:
+                timers.call_at(time.monotonic_ns() + 20_000, fire, k + 1)  # never overdue when set
+            else:
+                done.set_result(None)
+
+        timers.call_at(start, fire, 0)
+        await asyncio.wait_for(done, 5)
+        await task
+        timers.close()
+        return seen
+
+    seen = loop.run_until_complete(main())
+    turned = sum(b > a for a, b in itertools.pairwise(seen))
+    assert turned >= 20  # spinning from one callback to the next in one turn gives 0
