@@ -57,6 +57,7 @@ from horde.agents.samples import (
 )
 from horde.agents.spec import AgentSpec, FlowTemplate
 from horde.agents.stages import Profile, level_to_users, users_for_agent
+from horde.agents.timers import TimerHandle, Timers, make_timers, sleep_until
 
 # An engine's callback-driven send: submit(template index, token, done(token, status, bytes, error)).
 _Submit = Callable[[int, int, Callable[[int, int, int, int], None]], None]
@@ -74,17 +75,6 @@ _USER_CONTROL_PERIOD_S = 0.05
 _NO_LEASE_NS = 1 << 62  # an agent run without a lease (tests, benchmarks): never lapses
 
 
-def _timer_delay_s(delay_ns: int) -> float:
-    """A loop-timer delay for something due in `delay_ns` (> 0): whole milliseconds,
-    rounded up. Loop timers count whole milliseconds, and uvloop runs a delay under half
-    a millisecond as call_soon: waiting for something 200 us away would spin the loop
-    (a core at 100%) until it is due. Rounded up, a timer fires at most ~1 ms after its
-    time (wrk2's timers have the same resolution) and the latency, measured from the
-    intended time, includes that. A busy agent sends sooner: a completion sends whatever
-    is due at once."""
-    return -(-delay_ns // 1_000_000) / 1000
-
-
 class TrafficAgent:
     def __init__(
         self,
@@ -92,7 +82,10 @@ class TrafficAgent:
         *,
         engine_factory: Callable[..., Engine] = make_engine,
         lease_term_s: float | None = None,
+        timers: str | None = None,
     ) -> None:
+        """`timers`: how sends wait for their time (agents/timers.py; None: $HORDE_SEND_TIMERS
+        or "precise"); "ms", the old whole-millisecond loop timers, is for benchmarking."""
         self.spec = spec
         # Fencing (agents/lease.py): with a term, the agent sends only while its host acks
         # its batches. The hot path compares a clock reading it already took with
@@ -139,12 +132,16 @@ class TrafficAgent:
         self._exhausted = False
         self._free: list[int] | None = None
         self._full_since = -1  # since when every slot has been busy (-1: one is free)
-        self._timer: asyncio.TimerHandle | None = None
+        # Arrivals, think times and flow sleeps wait on these (a timerfd: microsecond
+        # sends, agents/timers.py); made on the agent's loop in run().
+        self._timer_kind = timers
+        self._timers: Timers | None = None
+        self._timer: TimerHandle | None = None
         self._timer_at = 0
         # closed model
         self._active: list[bool] = []
         self._allowed = 0
-        self._thinking: dict[int, asyncio.TimerHandle] = {}
+        self._thinking: dict[int, TimerHandle] = {}
         self._closed_cb = self._closed_done  # bound once: the engines keep it per request
         self._open_cb = self._open_done
 
@@ -231,6 +228,7 @@ class TrafficAgent:
             self._lease = Lease(self._lease_term_ns, self._now())
             self._lease_until = self._lease.until_ns
         self._cpu0 = self._probe.read()[0]
+        self._timers = timers = make_timers(asyncio.get_running_loop(), self._timer_kind)
         for e in self._engines.values():
             await e.open()
         if self._flow_runner is not None:
@@ -259,6 +257,7 @@ class TrafficAgent:
                 await e.close()
             if self._flow_runner is not None:
                 await self._flow_runner.close()
+            timers.close()  # its timerfd: nothing waits on it once the drive has ended
         if self._fenced:  # the host reports the agent lost (it stopped on its own)
             raise LeaseLapsed(
                 f"agent {self.spec.index}.{self.spec.incarnation}: no batch acknowledged for "
@@ -377,16 +376,11 @@ class TrafficAgent:
 
     async def _sleep_until(self, t_ns: int) -> bool:
         """Sleep until t_ns; False if the agent was stopped meanwhile (flows' polling)."""
-        delay = t_ns - self._now()
-        if delay > 0:
+        if t_ns > self._now():
             task = asyncio.current_task()
             self._sleepers.add(task)  # type: ignore[arg-type]  # always inside a task
-            try:
-                # Loop timers have millisecond resolution and may fire a little early;
-                # a request must never leave before its intended time.
-                while delay > 0:
-                    await asyncio.sleep(_timer_delay_s(delay))
-                    delay = t_ns - self._now()
+            try:  # never early (agents/timers.py): a request never leaves before its time
+                await sleep_until(self._timers, t_ns + self._mono_start)  # type: ignore[arg-type]  # set by run()
             except asyncio.CancelledError:
                 if self._stopping:
                     return False
@@ -521,7 +515,7 @@ class TrafficAgent:
                 return
             self._timer.cancel()
         self._timer_at = t
-        self._timer = asyncio.get_running_loop().call_later(_timer_delay_s(t - now), self._on_timer)
+        self._timer = self._timers.call_at(t + self._mono_start, self._on_timer)  # type: ignore[union-attr]  # set by run()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -677,13 +671,10 @@ class TrafficAgent:
         if self._stopping or j >= self._allowed:
             self._user_leave(j)
             return
-        delay = intended - self._now()
-        self._thinking[j] = asyncio.get_running_loop().call_later(_timer_delay_s(delay), self._user_wake, j, intended)
+        # Never early (agents/timers.py): the user sends at or after `intended`.
+        self._thinking[j] = self._timers.call_at(intended + self._mono_start, self._user_wake, j, intended)  # type: ignore[union-attr]  # set by run()
 
     def _user_wake(self, j: int, intended: int) -> None:
-        if self._now() < intended:  # loop timers may fire a little early
-            self._user_think(j, intended)
-            return
         del self._thinking[j]
         self._user_send(j, intended)
 
@@ -716,6 +707,9 @@ class TrafficAgent:
     # -- self-monitoring and flushing -----------------------------------------------------
 
     async def _watch_loop_lag(self) -> None:
+        # A loop timer, not the send timers: a 50 ms probe needs no microseconds, and the
+        # send timers wake a long sleep 150 us early and spin (agents/timers.py LEAD_NS),
+        # 3 ms of CPU a second at 20 probes. Its reading includes up to ~1 ms of rounding.
         period_ns = int(_LOOP_LAG_PERIOD_S * 1e9)
         while True:
             t0 = time.monotonic_ns()

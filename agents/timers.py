@@ -1,0 +1,367 @@
+"""Timers finer than the event loop's, for one event loop: when sends leave.
+
+asyncio's and uvloop's timers count whole milliseconds (uvloop runs a delay under half a
+millisecond as call_soon), so a send due at a given microsecond left 0.7-1.1 ms late at
+the median and up to 10 ms late at p99 (issue 14). Here a heap of deadlines (monotonic
+ns, time.monotonic_ns's clock) is served by ONE Linux timerfd (CLOCK_MONOTONIC, armed at
+the earliest deadline with TFD_TIMER_ABSTIME) that the loop watches with add_reader: the
+kernel wakes the loop at the deadline's microsecond, and nothing runs before its time.
+Python 3.11 has no os.timerfd_create, so it is called through ctypes on libc.
+
+Three kinds (make_timers), all with call_at(due_ns, callback, *args) -> handle.cancel():
+- "precise": the timerfd. Costs one timerfd_settime when the earliest deadline moves
+  earlier, and one read(8) per wake-up; an idle wait is a blocked epoll_wait (no CPU).
+  A deadline under NEAR_NS away is spun to on the loop's next turn instead, and one over
+  LEAD_AFTER_NS away wakes the loop LEAD_NS early and spins the rest (both measured in
+  bench/send_lag.py; the figures are in docs/measurement.md).
+- "spin": the fallback where there is no timerfd (not Linux, or ctypes fails): a loop
+  timer to about SPIN_NS before the deadline, then call_soon turns of the loop until it
+  is due. Each wait burns a core for up to ~2 ms (the spin plus the loop timer's own
+  lateness), so near-continuous at 500/s and above.
+- "ms": whole-millisecond loop timers, rounded up: horde's timers before issue 14, kept
+  to measure against (bench/send_lag.py; HORDE_SEND_TIMERS=ms). Up to ~1 ms late.
+
+Every kind checks the clock when a timer fires and waits again if it is early: a callback
+never runs before its due time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import heapq
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+KINDS = ("precise", "spin", "ms")
+ENV_KIND = "HORDE_SEND_TIMERS"  # for benchmarking: "ms" selects the old whole-ms timers
+SPIN_NS = 1_000_000  # the spin fallback hands over from a loop timer this long before a deadline
+# A deadline nearer than this is not given to the kernel: the loop's next turn runs it,
+# spinning the rest. Arming a timer 30 us ahead cost 29 us of CPU here (a virtual
+# machine's timer reprogramming) against 1.8 us for a far one; a spin that short is cheaper.
+NEAR_NS = 30_000
+# A wake-up after a long sleep (an idle core, a cold cache) was 150-250 us late, after a
+# short one 30-70 us: a deadline over LEAD_AFTER_NS away wakes LEAD_NS early and spins
+# the rest. Each ends a sleep of over 4.85 ms, so at most ~200 a second: 3% of a core at worst.
+LEAD_NS = 150_000
+LEAD_AFTER_NS = 5_000_000
+
+_mono = time.monotonic_ns
+_CLOCK_MONOTONIC = 1
+_TFD_TIMER_ABSTIME = 1
+_PR_SET_TIMERSLACK = 29
+
+
+class TimerHandle:
+    """A scheduled callback; cancel() before it runs and it never runs."""
+
+    __slots__ = ("due_ns", "callback", "args", "cancelled", "_loop_handle")
+
+    def __init__(self, due_ns: int, callback: Callable[..., Any], args: tuple) -> None:
+        self.due_ns = due_ns
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+        self._loop_handle: asyncio.TimerHandle | None = None  # "ms" kind only
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._loop_handle is not None:
+            self._loop_handle.cancel()
+            self._loop_handle = None
+
+
+class Timers(Protocol):
+    kind: str
+
+    def call_at(self, due_ns: int, callback: Callable[..., Any], *args: Any) -> TimerHandle: ...
+
+    def close(self) -> None: ...
+
+
+def _ms_delay_s(delay_ns: int) -> float:
+    """A loop-timer delay for something `delay_ns` away: whole milliseconds, rounded up."""
+    return -(-delay_ns // 1_000_000) / 1000 if delay_ns > 0 else 0.0
+
+
+def _report(loop: asyncio.AbstractEventLoop, exc: Exception, callback: Callable) -> None:
+    loop.call_exception_handler({"message": f"timer callback {callback!r} raised", "exception": exc})
+
+
+class MsTimers:
+    """Whole-millisecond loop timers (the old way): one loop timer per call, rounded up."""
+
+    kind = "ms"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def call_at(self, due_ns: int, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        handle = TimerHandle(due_ns, callback, args)
+        self._schedule(handle)
+        return handle
+
+    def _schedule(self, handle: TimerHandle) -> None:
+        handle._loop_handle = self._loop.call_later(_ms_delay_s(handle.due_ns - _mono()), self._fire, handle)
+
+    def _fire(self, handle: TimerHandle) -> None:
+        handle._loop_handle = None
+        if handle.cancelled:
+            return
+        if _mono() < handle.due_ns:  # loop timers may fire a little early
+            self._schedule(handle)
+            return
+        handle.cancelled = True  # ran: a later cancel() is a no-op
+        handle.callback(*handle.args)
+
+    def close(self) -> None:
+        pass
+
+
+class _HeapTimers:
+    """A heap of deadlines served by one wake-up source; subclasses say how to wake."""
+
+    kind = ""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[int, int, TimerHandle]] = []
+        self._seq = 0
+        self._running = False  # inside _run_due: re-arm once at its end
+        self._closed = False
+        self._soon: asyncio.Handle | None = None  # a near deadline: _run_due on the loop's next turn
+
+    def call_at(self, due_ns: int, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        if self._closed:
+            raise RuntimeError("timers closed")
+        handle = TimerHandle(due_ns, callback, args)
+        self._seq += 1
+        heap = self._heap
+        heapq.heappush(heap, (due_ns, self._seq, handle))
+        if not self._running and heap[0][2] is handle:
+            self._wake_near_or_at(due_ns)
+        return handle
+
+    def _wake_near_or_at(self, due_ns: int) -> None:
+        now = _mono()
+        if due_ns - now > NEAR_NS:
+            self._wake_at(due_ns, now)
+        elif self._soon is None:
+            self._soon = self._loop.call_soon(self._run_soon)
+
+    def _run_soon(self) -> None:
+        self._soon = None
+        self._run_due()
+
+    def _run_due(self, spin_ns: int = NEAR_NS) -> None:
+        """Run every callback that is due (none early), spinning for one due within
+        `spin_ns`, then wake again for the next."""
+        heap = self._heap
+        pop = heapq.heappop
+        self._running = True
+        try:
+            now = _mono()
+            ran = False
+            while heap:
+                due, _, handle = heap[0]
+                if handle.cancelled:
+                    pop(heap)
+                    continue
+                if due > now:
+                    now = _mono()  # the callbacks took time: more may be due now
+                    if due > now:
+                        # Spin only before the first callback of a turn: after one, a near
+                        # deadline waits for the loop's next turn (call_soon), so the loop
+                        # reads its sockets between sends however dense the schedule.
+                        if ran or due - now > spin_ns:
+                            break
+                        while now < due:  # near: spin rather than sleep (see NEAR_NS)
+                            now = _mono()
+                ran = True
+                pop(heap)
+                handle.cancelled = True  # ran: a later cancel() is a no-op
+                try:
+                    handle.callback(*handle.args)
+                except Exception as exc:  # one failing callback must not stop the others
+                    _report(self._loop, exc, handle.callback)
+        finally:
+            self._running = False
+        while heap and heap[0][2].cancelled:
+            pop(heap)
+        if heap and not self._closed:
+            self._wake_near_or_at(heap[0][0])
+
+    def _wake_at(self, due_ns: int, now: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closed = True
+        self._heap.clear()
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
+
+
+class SpinTimers(_HeapTimers):
+    """The fallback: a loop timer to ~SPIN_NS before the deadline, then call_soon spins."""
+
+    kind = "spin"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._loop_handle: asyncio.Handle | None = None
+        self._wake_ns = 0  # when the pending loop handle is meant for (0: none)
+
+    def _wake_at(self, due_ns: int, now: int) -> None:
+        if self._loop_handle is not None:
+            if self._wake_ns <= due_ns:
+                return  # already waking in time
+            self._loop_handle.cancel()
+        self._wake_ns = due_ns
+        delay = due_ns - now - SPIN_NS
+        if delay >= 1_000_000:  # whole ms, rounded down: it hands over before the deadline
+            self._loop_handle = self._loop.call_later((delay // 1_000_000) / 1000, self._tick)
+        else:
+            self._loop_handle = self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self._loop_handle = None
+        self._wake_ns = 0
+        self._run_due()  # wakes again (spins) if the next deadline is still ahead
+
+    def close(self) -> None:
+        if self._loop_handle is not None:
+            self._loop_handle.cancel()
+            self._loop_handle = None
+        super().close()
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    """libc with timerfd_create / timerfd_settime / prctl typed; raises OSError without them."""
+    global _LIBC
+    if _LIBC is None:
+        if not sys.platform.startswith("linux"):
+            raise OSError("timerfd is Linux only")
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        lib.timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.timerfd_create.restype = ctypes.c_int
+        lib.timerfd_settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p]
+        lib.timerfd_settime.restype = ctypes.c_int
+        lib.prctl.restype = ctypes.c_int
+        _LIBC = lib
+    return _LIBC
+
+
+class TimerfdTimers(_HeapTimers):
+    """The heap served by one timerfd: the kernel wakes the loop at the earliest deadline."""
+
+    kind = "precise"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        lib = _libc()
+        fd = lib.timerfd_create(_CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "timerfd_create failed")
+        self._fd = fd
+        self._settime = lib.timerfd_settime
+        self._spec = _Itimerspec()
+        self._value = self._spec.it_value
+        self._spec_ptr = ctypes.pointer(self._spec)
+        self._armed_ns = 0  # when the kernel wakes us (0: not armed, or it fired)
+        self._lead = False  # it wakes us LEAD_NS early
+        try:
+            loop.add_reader(fd, self._on_readable)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _wake_at(self, due_ns: int, now: int) -> None:
+        # A long sleep ends slowly (an idle core, a cold cache): wake LEAD_NS early and spin.
+        lead = due_ns - now > LEAD_AFTER_NS
+        at = due_ns - LEAD_NS if lead else due_ns
+        armed = self._armed_ns
+        if armed and armed <= at:
+            return  # the kernel wakes us in time already
+        self._armed_ns = at = max(at, 1)  # an it_value of 0 would disarm it
+        self._lead = lead
+        value = self._value
+        value.tv_sec, value.tv_nsec = divmod(at, 1_000_000_000)
+        if self._settime(self._fd, _TFD_TIMER_ABSTIME, self._spec_ptr, None) < 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+
+    def _on_readable(self) -> None:
+        try:
+            os.read(self._fd, 8)  # the expiry count; reading it clears readability
+        except BlockingIOError:  # re-armed after it fired: nothing to read yet
+            pass
+        self._armed_ns = 0
+        self._run_due(NEAR_NS + LEAD_NS if self._lead else NEAR_NS)
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        try:
+            if not self._loop.is_closed():
+                self._loop.remove_reader(fd)
+        finally:
+            os.close(fd)
+            super().close()
+
+
+def make_timers(loop: asyncio.AbstractEventLoop, kind: str | None = None) -> Timers:
+    """Timers for `loop` (the running one): `kind` or $HORDE_SEND_TIMERS, default "precise";
+    "precise" falls back to "spin" where there is no timerfd."""
+    kind = kind or os.environ.get(ENV_KIND) or "precise"
+    if kind not in KINDS:
+        raise ValueError(f"{ENV_KIND}: {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "ms":
+        return MsTimers(loop)
+    if kind == "precise":
+        try:
+            return TimerfdTimers(loop)
+        except (OSError, AttributeError, NotImplementedError):  # no timerfd here: spin instead
+            pass
+    return SpinTimers(loop)
+
+
+def set_timer_slack_ns(slack_ns: int) -> bool:
+    """The calling thread's timer slack (prctl PR_SET_TIMERSLACK; Linux default 50 us): how
+    late the kernel may run its sleeps' timeouts to batch wake-ups. False where unsupported."""
+    try:
+        return _libc().prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(slack_ns), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+async def sleep_until(timers: Timers, due_ns: int) -> None:
+    """Wait until monotonic `due_ns` on `timers` (never earlier); cancellable."""
+    if _mono() >= due_ns:
+        return
+    fut = asyncio.get_running_loop().create_future()
+    handle = timers.call_at(due_ns, _wake, fut)
+    try:
+        await fut
+    finally:
+        handle.cancel()
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)

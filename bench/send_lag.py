@@ -1,0 +1,221 @@
+"""horde's own send lag (sent - intended) and CPU, by timer kind, in one run.
+
+    python bench/send_lag.py [--kinds ms,precise,spin] [--rates 1,10,100,1000,5000]
+                             [--seconds 3] [--slow-seconds 20] [--slack-ns N] [--json rows.json]
+
+One TrafficAgent in this process (no Ray, no coordinator) on uvloop, the lean engine, 64
+in flight, against a raw asyncio server in a subprocess on 127.0.0.1 that answers every
+request at once ("ok"). Per rate of the open model (constant arrivals; 1/s runs
+--slow-seconds, the others --seconds) and then for a closed model (20 users, think time
+uniform 5-15 ms, --seconds), each timer kind of agents/timers.py runs in turn (kinds
+interleaved per row, so they share the machine's load):
+
+- ms: whole-millisecond loop timers, rounded up (horde before issue 14; HORDE_SEND_TIMERS=ms)
+- precise: one timerfd, the heap of deadlines (the default)
+- spin: the fallback without timerfd (loop timer to ~1 ms before, then call_soon spins)
+
+Printed per run: requests sent, send lag p50 / p99 / max (us), the process's CPU per
+request (us; this process is the agent alone, the server is another) and its CPU as a
+share of one core over the run (the cost of waiting, at low rates). The send lag is read
+from the agent's own slot state as each request goes to the engine (a thin wrapper
+around the engine's submit, the same cost for every kind), so it is exactly what the
+agent records. --slack-ns sets the agent thread's timer slack (prctl PR_SET_TIMERSLACK;
+Linux's default is 50000) to see whether it matters. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from horde.agents.http import make_engine
+from horde.agents.runner import new_event_loop
+from horde.agents.spec import AgentSpec, RequestTemplate, Stage
+from horde.agents.timers import KINDS, set_timer_slack_ns
+from horde.agents.traffic import TrafficAgent
+
+DEFAULT_RATES = (1, 10, 100, 1000, 5000)
+CLOSED_USERS = 20
+CLOSED_THINK_S = (0.005, 0.015)
+
+# The target: answers each request as soon as its head is in, on uvloop, in its own process.
+SERVER = r"""
+import asyncio, sys
+try:
+    import uvloop; uvloop.install()
+except ImportError:
+    pass
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+class P(asyncio.Protocol):
+    def connection_made(self, t): self.t = t; self.buf = b""
+    def data_received(self, d):
+        self.buf += d
+        n = self.buf.count(b"\r\n\r\n")
+        if n:
+            self.buf = self.buf[self.buf.rfind(b"\r\n\r\n") + 4:]
+            self.t.write(RESP * n)
+async def main():
+    srv = await asyncio.get_running_loop().create_server(P, "127.0.0.1", 0, backlog=1024)
+    print(srv.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+class _Tap:
+    """The engine, with each submit's send lag taken from the agent's slot state first."""
+
+    def __init__(self, engine: Any, lags_ns: list[int]) -> None:
+        self._engine = engine
+        self._real_submit = engine.submit
+        self._lags = lags_ns
+        self.agent: TrafficAgent | None = None
+
+    def submit(self, ep: int, slot: int, done: Any) -> None:
+        agent = self.agent
+        self._lags.append(agent._slot_sent[slot] - agent._slot_intended[slot])  # type: ignore[union-attr]
+        self._real_submit(ep, slot, done)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+@dataclasses.dataclass
+class Row:
+    model: str
+    rate_per_s: float
+    kind: str
+    seconds: float
+    sent: int
+    lag_p50_us: float
+    lag_p99_us: float
+    lag_max_us: float
+    cpu_us_per_request: float
+    cpu_core_pct: float
+
+
+def _spec(url: str, model: str, level: float, seconds: float) -> AgentSpec:
+    return AgentSpec(
+        index=0,
+        count=1,
+        incarnation=0,
+        model=model,
+        arrivals="constant",
+        start_level=level,
+        stages=(Stage(seconds, level, "hold"),),
+        requests=(RequestTemplate("ok", "GET", url + "/", engine="fast"),),
+        weights=(1.0,),
+        think_time_s=CLOSED_THINK_S if model == "closed" else (0.0, 0.0),
+        max_in_flight=64,
+        max_connections=64,
+        graceful_stop_s=2.0,
+        engine="fast",
+    )
+
+
+def run_one(url: str, model: str, level: float, seconds: float, kind: str) -> Row:
+    lags: list[int] = []
+    taps: list[_Tap] = []
+
+    def factory(name: str, requests: Any, **kw: Any) -> Any:
+        tap = _Tap(make_engine(name, requests, **kw), lags)
+        taps.append(tap)
+        return tap
+
+    agent = TrafficAgent(_spec(url, model, level, seconds), engine_factory=factory, timers=kind)
+    for tap in taps:
+        tap.agent = agent
+    loop = new_event_loop()
+    try:
+        start_ns = time.time_ns() + 200_000_000
+        t0, c0 = time.monotonic(), time.process_time()
+        loop.run_until_complete(agent.run(start_ns, lambda _b: None))
+        wall_s, cpu_s = time.monotonic() - t0, time.process_time() - c0
+    finally:
+        loop.close()
+    a = np.asarray(lags, dtype=np.int64) / 1000.0
+    if not len(a):
+        a = np.zeros(1)
+    return Row(
+        model=model,
+        rate_per_s=level,
+        kind=kind,
+        seconds=seconds,
+        sent=len(lags),
+        lag_p50_us=float(np.percentile(a, 50)),
+        lag_p99_us=float(np.percentile(a, 99)),
+        lag_max_us=float(a.max()),
+        cpu_us_per_request=cpu_s / max(1, len(lags)) * 1e6,
+        cpu_core_pct=100.0 * cpu_s / wall_s,
+    )
+
+
+def _start_server() -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.strip().isdigit():
+        proc.kill()
+        raise SystemExit(f"send_lag: the target did not start (printed {line!r})")
+    return proc, f"http://127.0.0.1:{int(line)}"
+
+
+def _print(row: Row) -> None:
+    label = f"open {row.rate_per_s:g}/s" if row.model == "open" else f"closed {CLOSED_USERS} users"
+    print(
+        f"{label:<18} {row.kind:<8} {row.sent:>7} {row.lag_p50_us:>9.1f} {row.lag_p99_us:>9.1f} "
+        f"{row.lag_max_us:>9.1f} {row.cpu_us_per_request:>10.1f} {row.cpu_core_pct:>7.1f}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kinds", default="ms,precise,spin", help=f"timer kinds, of {','.join(KINDS)}")
+    ap.add_argument("--rates", default=",".join(str(r) for r in DEFAULT_RATES))
+    ap.add_argument("--seconds", type=float, default=3.0, help="per open-model rate above 1/s, and the closed model")
+    ap.add_argument("--slow-seconds", type=float, default=20.0, help="the 1/s run (and any rate under 1/s)")
+    ap.add_argument("--slack-ns", type=int, default=None, help="this thread's timer slack (default: leave it)")
+    ap.add_argument("--no-closed", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here")
+    args = ap.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        ap.error(f"--kinds: {', '.join(bad)} not one of {', '.join(KINDS)}")
+    rates = [float(r) for r in args.rates.split(",") if r]
+    if args.slack_ns is not None and not set_timer_slack_ns(args.slack_ns):
+        print("send_lag: could not set the timer slack", file=sys.stderr)
+    proc, url = _start_server()
+    rows: list[Row] = []
+    try:
+        head = ("load", "timers", "sent", "p50 us", "p99 us", "max us", "cpu us/req", "core %")
+        print("{:<18} {:<8} {:>7} {:>9} {:>9} {:>9} {:>10} {:>7}".format(*head))
+        plan = [("open", r, args.slow_seconds if r <= 1 else args.seconds) for r in rates]
+        if not args.no_closed:
+            plan.append(("closed", float(CLOSED_USERS), args.seconds))
+        for model, level, seconds in plan:
+            for kind in kinds:
+                row = run_one(url, model, level, seconds, kind)
+                rows.append(row)
+                _print(row)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    if args.json:
+        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
