@@ -225,6 +225,7 @@ class Summary(Record):
     soak: dict[str, Any] | None = None  # open: analysis/soak.py's verdicts (runs of 30+ windows)
     spikes: list[dict[str, Any]] | None = None  # open: analysis/spike.py's records (plans with spikes)
     load: Load | None = None  # None: a bundle from before
+    user_errors: dict[str, int] = Field(default_factory=dict)  # open: exception type -> iterations (Python users)
 
 
 # -- manifest.json --------------------------------------------------------------------------

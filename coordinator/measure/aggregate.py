@@ -25,6 +25,14 @@ from horde.coordinator.measure.histogram import Histogram, histograms_by_group
 N_ERROR_CLASSES = len(ErrorClass)
 DEFAULT_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
 _OTHER = int(ErrorClass.OTHER)
+
+
+def _known_class(error: np.ndarray) -> np.ndarray:
+    """Error classes as counted: one this version does not know is `other` (the classes past
+    OTHER, poll_exhausted, user_error, data_exhausted and tls, are known and kept)."""
+    return np.where(error < N_ERROR_CLASSES, error, _OTHER)
+
+
 _CHUNK = 1 << 18  # samples per vectorised pass (keeps int64 group sums exact)
 
 
@@ -88,7 +96,7 @@ class Stats:
         self.latency.record_many(end - intended)
         self.service_time.record_many(end - sent)
         self.send_lag.record_many(sent - intended)
-        by_class = np.bincount(np.minimum(samples["error"], _OTHER), minlength=N_ERROR_CLASSES)
+        by_class = np.bincount(_known_class(samples["error"]), minlength=N_ERROR_CLASSES)
         self.errors_by_class += by_class
         self.requests += len(samples)
         self.errors += len(samples) - int(by_class[ErrorClass.OK])
@@ -339,7 +347,7 @@ class Aggregator:
         latency = histograms_by_group(end - intended, group, n_groups)
         service = histograms_by_group(end - sent, group, n_groups)
         lag = histograms_by_group(sent - intended, group, n_groups)
-        error = np.minimum(samples["error"], _OTHER).astype(np.int64)
+        error = _known_class(samples["error"]).astype(np.int64)
         by_class = np.bincount(group * N_ERROR_CLASSES + error, minlength=n_groups * N_ERROR_CLASSES)
         by_class = by_class.reshape(n_groups, N_ERROR_CLASSES)
         nbytes = np.zeros(n_groups, dtype=np.int64)
