@@ -284,6 +284,13 @@ class AgentInfo(Record):
     host: str = ""
 
 
+class UserCodeFile(Record):
+    entry: str  # the mix entry
+    file: str  # as the scenario names it
+    class_name: str
+    sha256: str
+
+
 class Manifest(Record):
     horde_version: str | None = None
     bundle_format: int = BUNDLE_FORMAT  # absent only in hand-made bundles: read as format 1
@@ -302,6 +309,7 @@ class Manifest(Record):
     agents: list[AgentInfo] = Field(default_factory=list)
     versions: dict[str, str] = Field(default_factory=dict)  # open: component -> version
     argv: list[str] = Field(default_factory=list)
+    user_code: list[UserCodeFile] = Field(default_factory=list)  # Python users' files, as every agent loaded them
 
     @property
     def scenario_name(self) -> str | None:
