@@ -362,8 +362,12 @@ class TrafficAgent:
                     if self._now() >= self._lease_until:
                         self._lapse()
                         return
-                    if user is not None:
-                        await self._run_user(user, slot, intended)
+                    if user is not None:  # a Python user's iteration (agents/users.py)
+                        self._in_flight += 1
+                        try:
+                            await self._user_runner.iterate(user, slot, intended)  # type: ignore[union-attr]  # exists with a user entry
+                        finally:
+                            self._in_flight -= 1
                     else:
                         await self._run_flow(flow, intended)  # type: ignore[arg-type]  # not None here
                 else:
@@ -389,13 +393,6 @@ class TrafficAgent:
         try:
             runner = self._flow_runner  # exists whenever the spec has a flow entry
             await runner.run(flow, intended, self._record_done, self._sleep_until)  # type: ignore[union-attr]  # see above
-        finally:
-            self._in_flight -= 1
-
-    async def _run_user(self, user: UserTemplate, slot: int, intended: int) -> None:
-        self._in_flight += 1
-        try:
-            await self._user_runner.iterate(user, slot, intended)  # type: ignore[union-attr]  # exists with a user entry
         finally:
             self._in_flight -= 1
 

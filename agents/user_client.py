@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json as _json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -34,6 +34,7 @@ from horde.agents.samples import ERROR_LABELS, ErrorClass, classify_status
 Record = Callable[[int, int, int, int, int, int], None]  # (endpoint, intended, sent, status, nbytes, err)
 DataSource = Callable[[str], dict[str, str]]
 
+_ANY: frozenset[int] = frozenset()  # no `expect`: any 2xx or 3xx
 MAX_LEAN_REQUESTS = 1024  # distinct lean requests (method, URL, headers, body) an agent pre-encodes
 USER_ERROR_KEYS = 32  # distinct exception type names kept per agent; more fold into "other"
 FAIL_KEY = "client.fail"
@@ -131,6 +132,7 @@ class UserClient:
         self._names = names
         self._other = other
         self._jar = aiohttp.CookieJar(unsafe=True)  # this user's own sessions (IP hosts included)
+        self._cookies = False  # the jar holds something: requests then go through aiohttp
         self._due = 0
         self.first_sent = -1
         self.status = 0
@@ -163,93 +165,104 @@ class UserClient:
         """Send one request and wait for its response. `path` is relative to the target;
         `expect`: the statuses that count as OK (default: any 2xx or 3xx); `read`: keep the
         body and headers even when the lean engine could have sent it."""
+        # Every request of a scripted user passes here: kept lean (bench/python_users.py).
         io = self._io
-        method = method.upper()
-        query = path.find("?")
-        key = name or f"{method} {path if query < 0 else path[:query]}"
-        ep = self._names.get(key, self._other)
-        url = io.base_url + path
+        key = name
+        if key is None:
+            query = path.find("?")
+            key = f"{method.upper()} {path if query < 0 else path[:query]}"
         if params:
-            url += ("&" if query >= 0 else "?") + urlencode(params, doseq=True)
-        ok_statuses = frozenset(expect or ())
+            path += ("&" if "?" in path else "?") + urlencode(params, doseq=True)
+        ep = self._names.get(key, self._other)
         index = None
-        plain = io.fast is not None and not read and json is None and not isinstance(data, Mapping)
-        if plain and (not len(self._jar) or not self._jar.filter_cookies(URL(url))):
-            index = self._lean_index(method, url, headers, data)
+        if (
+            io.fast is not None
+            and json is None
+            and not read
+            and not self._cookies
+            and (data is None or data.__class__ is bytes or data.__class__ is str)
+        ):
+            lean_key = (method, path, tuple(headers.items()) if headers else (), data)
+            index = io.lean.get(lean_key, -1)
+            if index == -1:
+                index = self._add_lean(lean_key)
         intended = self._due
         sent = io.now()
         if self.first_sent < 0:
             self.first_sent = sent
+        body = resp_headers = None
         if index is not None:
             status, nbytes, err = await io.fast.request(index)
-            resp = Response(status, err, None, None)
         else:
-            status, nbytes, err, resp = await self._aiohttp(method, url, json, data, headers)
+            url = io.base_url + path
+            status, nbytes, err, body, resp_headers = await self._aiohttp(method, url, json, data, headers)
         if not err:
-            err = classify_status(status, ok_statuses)
-            resp.error = ERROR_LABELS[err] if err else ""
+            if expect is None:
+                if not 200 <= status < 400:
+                    err = classify_status(status, _ANY)
+            elif status not in expect:
+                err = classify_status(status, frozenset(expect))
         io.record(ep, intended, sent, status, nbytes, err)
         self._due = io.now()
         self.status = status
         self.nbytes += nbytes
         if err and not self.error:
             self.error = err
-        return resp
+        return Response(status, err, body, resp_headers)
 
-    def _lean_index(self, method: str, url: str, headers: Mapping[str, str] | None, data: Any) -> int | None:
+    def _add_lean(self, key: tuple) -> int | None:
+        """Pre-encode a new lean request; None (aiohttp sends it) when the engine cannot or
+        the agent has as many as it keeps."""
         io = self._io
-        body = data.encode() if isinstance(data, str) else data
-        hdrs = tuple(headers.items()) if headers else ()
-        key = (method, url, hdrs, body)
-        try:
-            return io.lean[key]
-        except KeyError:
-            pass
-        if len(io.lean) >= MAX_LEAN_REQUESTS:  # bounded: past the cap, aiohttp sends the new ones
+        if len(io.lean) >= MAX_LEAN_REQUESTS:
             return None
-        io.lean[key] = index = io.fast.add_request(method, url, hdrs, body)
+        method, path, headers, data = key
+        body = data.encode() if isinstance(data, str) else data
+        io.lean[key] = index = io.fast.add_request(method.upper(), io.base_url + path, headers, body)
         return index
 
     async def _aiohttp(
         self, method: str, url: str, json: Any, data: Any, headers: Mapping[str, str] | None
-    ) -> tuple[int, int, int, Response]:
+    ) -> tuple[int, int, int, bytes | None, Mapping[str, str] | None]:
         io = self._io
         target = URL(url)
         hdrs = dict(headers) if headers else {}
-        cookies = self._jar.filter_cookies(target)
-        if cookies:
-            hdrs["Cookie"] = "; ".join(f"{k}={m.value}" for k, m in cookies.items())
+        if self._cookies:
+            cookies = self._jar.filter_cookies(target)
+            if cookies:
+                hdrs["Cookie"] = "; ".join(f"{k}={m.value}" for k, m in cookies.items())
         try:
             sending = io.session.request(
-                method, target, headers=hdrs or None, json=json, data=data, allow_redirects=False
+                method.upper(), target, headers=hdrs or None, json=json, data=data, allow_redirects=False
             )
             resp = await (sending if io.head_timeout_s is None else asyncio.wait_for(sending, io.head_timeout_s))
             async with resp:
                 if resp.status < 100:
-                    return 0, 0, ErrorClass.PROTOCOL, Response(0, ErrorClass.PROTOCOL, None, None)
+                    return 0, 0, ErrorClass.PROTOCOL, None, None
                 body = await read_body(resp, io.max_response_bytes)
-                self._jar.update_cookies(resp.cookies, resp.url)
-                return resp.status, len(body), 0, Response(resp.status, 0, body, resp.headers)
+                if resp.cookies:
+                    self._jar.update_cookies(resp.cookies, resp.url)
+                    self._cookies = True  # from now on this user's requests carry them (aiohttp)
+                return resp.status, len(body), 0, body, resp.headers
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # every failure is a sample, as in the engines
-            code = classify_exception(exc)
-            return 0, 0, code, Response(0, code, None, None)
+            return 0, 0, classify_exception(exc), None, None
 
-    async def get(self, path: str, **kw: Any) -> Response:
-        return await self.request("GET", path, **kw)
+    def get(self, path: str, **kw: Any) -> Coroutine[Any, Any, Response]:
+        return self.request("GET", path, **kw)
 
-    async def post(self, path: str, **kw: Any) -> Response:
-        return await self.request("POST", path, **kw)
+    def post(self, path: str, **kw: Any) -> Coroutine[Any, Any, Response]:
+        return self.request("POST", path, **kw)
 
-    async def put(self, path: str, **kw: Any) -> Response:
-        return await self.request("PUT", path, **kw)
+    def put(self, path: str, **kw: Any) -> Coroutine[Any, Any, Response]:
+        return self.request("PUT", path, **kw)
 
-    async def patch(self, path: str, **kw: Any) -> Response:
-        return await self.request("PATCH", path, **kw)
+    def patch(self, path: str, **kw: Any) -> Coroutine[Any, Any, Response]:
+        return self.request("PATCH", path, **kw)
 
-    async def delete(self, path: str, **kw: Any) -> Response:
-        return await self.request("DELETE", path, **kw)
+    def delete(self, path: str, **kw: Any) -> Coroutine[Any, Any, Response]:
+        return self.request("DELETE", path, **kw)
 
     # -- the rest
 

@@ -156,12 +156,13 @@ def check_user_file(file: str, class_name: str, shown: str | None = None) -> lis
 
 
 class _VirtualUser:
-    __slots__ = ("obj", "client", "started")
+    __slots__ = ("obj", "client", "started", "cut")
 
     def __init__(self, obj: Any, client: UserClient) -> None:
         self.obj = obj
         self.client = client
         self.started = False
+        self.cut = False  # the watchdog cancelled its iteration (timeout)
 
 
 async def _call(fn: Any, client: UserClient) -> None:
@@ -193,6 +194,7 @@ class UserRunner:
         # Loaded now: before the start instant, on every node (UserCodeError stops the agent).
         self._classes = {t.name: load_user_class(t.path, t.class_name, t.source, t.sha256) for t in users if t}
         self._names = {t.name: dict(t.requests) for t in users if t}
+        self._timeout_ns = {t.name: int(t.timeout_s * 1e9) for t in users if t}
         self._record = record
         self._clock = clock_ns
         self._sleep_until = sleep_until
@@ -207,6 +209,9 @@ class UserRunner:
         self._fast: Any = None
         self._io: UserIO | None = None
         self._vus: dict[tuple[str, int], _VirtualUser] = {}
+        self._running: dict[asyncio.Task, tuple[int, _VirtualUser]] = {}  # iterations -> (deadline ns, user)
+        self._tick_s = min(0.1, max(0.005, min(t.timeout_s for t in users if t) / 20))
+        self._watchdog: asyncio.TimerHandle | None = None
         self.errors: dict[str, int] = {}  # exception type name -> iterations it ended (since last taken)
 
     async def open(self) -> None:
@@ -230,6 +235,7 @@ class UserRunner:
                 limits=limits,
             )
             await self._fast.open()
+        self._watchdog = asyncio.get_running_loop().call_later(self._tick_s, self._watch)
         total = self._timeout.total or 10.0
         self._io = UserIO(
             base_url=self._base,
@@ -246,6 +252,9 @@ class UserRunner:
     async def close(self) -> None:
         """on_stop for every user that started (bounded; its requests go unrecorded), then
         the connections."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         started = [vu for vu in self._vus.values() if vu.started]
         self._vus.clear()
         if started and self._session is not None and not self._session.closed:
@@ -285,31 +294,50 @@ class UserRunner:
         out, self.errors = self.errors, {}
         return out
 
+    def _watch(self) -> None:
+        """The iteration timeout: one periodic sweep cancels the iterations past their
+        deadline (a timer per iteration would cost more than the rest of its overhead)."""
+        now = self._clock()
+        for task, (deadline, vu) in list(self._running.items()):
+            if now >= deadline and not vu.cut:
+                vu.cut = True
+                task.cancel()
+        self._watchdog = asyncio.get_running_loop().call_later(self._tick_s, self._watch)
+
     async def iterate(self, t: UserTemplate, slot: int, intended: int) -> None:
         """One iteration of user `slot`, due at `intended`: its requests are recorded as they
         end, the iteration as one sample of its own endpoint (not when the agent stopped it)."""
-        vu = self._user(t, slot)
+        vu = self._vus.get((t.name, slot)) or self._user(t, slot)
         client = vu.client
         client.begin(intended)
         err = 0
-        limit = asyncio.timeout(t.timeout_s)
+        task = asyncio.current_task()
+        running = self._running
+        running[task] = (self._clock() + self._timeout_ns[t.name], vu)  # type: ignore[index]  # always in a task
         try:
-            async with limit:
-                if not vu.started:
-                    vu.started = True
-                    if hasattr(vu.obj, "on_start"):
-                        await _call(vu.obj.on_start, client)
-                await vu.obj.run(client)
+            if not vu.started:
+                vu.started = True
+                if hasattr(vu.obj, "on_start"):
+                    await _call(vu.obj.on_start, client)
+            await vu.obj.run(client)
         except Stopped:
             return
+        except asyncio.CancelledError:
+            if not vu.cut:  # the agent's own cancel: passed on
+                raise
+            err = ErrorClass.TIMEOUT
         except Exception as exc:  # user code: contained, classified, its type counted
-            if isinstance(exc, TimeoutError) and limit.expired():
-                err = ErrorClass.TIMEOUT
-            elif client.error == ErrorClass.DATA_EXHAUSTED:
+            if client.error == ErrorClass.DATA_EXHAUSTED:
                 err = ErrorClass.DATA_EXHAUSTED
             else:
                 err = ErrorClass.USER_ERROR
                 self._count(type(exc).__name__)
+        finally:
+            del running[task]  # type: ignore[arg-type]  # see above
+            if vu.cut:  # cancelled by the watchdog (even if the user code swallowed it)
+                vu.cut = False
+                task.uncancel()  # type: ignore[union-attr]  # see above
+                err = ErrorClass.TIMEOUT
         if not err and client.failures:
             err = ErrorClass.USER_ERROR
             self._count(FAIL_KEY)
