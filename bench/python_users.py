@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     lean, python, locust = (rows[k]["cpu_us_per_request"] for k in ("lean", "python", "locust"))
     print(f"{'generator':<10} {'us CPU/request':>15} {'requests (short, long)':>24}")
     for name, row in rows.items():
-        print(f"{name:<10} {row['cpu_us_per_request']:>15.1f} {str(row['requests']):>24}")
+        print(f"{name:<10} {row['cpu_us_per_request']:>15.1f} {row['requests']!s:>24}")
     print(f"python / lean   = {python / lean:.2f}  (required <= 3)")
     print(f"python / locust = {python / locust:.2f}  (required <= 0.2)")
     if args.json:
