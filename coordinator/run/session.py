@@ -459,9 +459,10 @@ class RunSession:
             self.sends,
             nodes_summary,
             bad_batches=self.bad_batches.total,
-            user_errors=self.user_errors,
         )
         summary.update(summary_extra)
         summary["load"] = self.ledger.totals()
+        # Python users: the iterations an exception ended, by type (client.fail: "client.fail")
+        summary["user_errors"] = dict(sorted(self.user_errors.items()))
         self.windows.add_spikes(summary)
         return summary

@@ -87,7 +87,6 @@ def build_summary(
     sends: SendCounter,
     nodes_summary: dict,
     bad_batches: int = 0,
-    user_errors: dict[str, int] | None = None,
 ) -> dict:
     total = stats_for(None, None, None)
     generator = generator_verdict(totals, total.requests)
@@ -120,8 +119,6 @@ def build_summary(
         "sends": {"bin_s": SendCounter.BIN_NS / 1e9, "counts": sends.counts()},
         "late_samples": agg.late_samples,
         "engines": plan.engines,
-        # Python users: iterations ended by an exception, by type (client.fail: "client.fail")
-        "user_errors": dict(sorted((user_errors or {}).items())),
     }
 
 
