@@ -309,3 +309,63 @@ def test_plain_requests_in_user_code_go_through_the_lean_engine(tmp_path):
         assert seen["fast"] is None
     finally:
         UserRunner.open = real_open  # type: ignore[method-assign]
+
+
+def test_open_model_arrivals_reuse_pooled_user_objects(tmp_path):
+    samples, errors, eps = _run_agent(
+        tmp_path,
+        """
+        class U:
+            async def on_start(self, client):
+                await client.get("/ok", name="start")
+
+            async def run(self, client):
+                await client.get("/ok", name="a")
+        """,
+        '{name: u, user: "users/u.py:U", requests: [start, a]}',
+        OPEN_10,
+    )
+    # one arrival at a time: every iteration ran on the same free slot's object, so
+    # on_start ran once, not once per arrival
+    assert len(_by(samples, eps, "u")) == len(_by(samples, eps, "u/a")) == 10
+    assert len(_by(samples, eps, "u/start")) == 1
+
+
+class _Exhausted(Exception):
+    """Stands in for agents/data.py's "unique rows ran out" (matched by its name)."""
+
+
+def test_client_data_takes_rows_and_an_exhausted_feed_is_its_own_class(tmp_path, monkeypatch):
+    """client.data() with a fake feed (agents/data.py's DataFeeds.next is wired in at merge)."""
+    from horde.agents.users import UserRunner
+
+    rows = iter([{"user": "ann"}, {"user": "bob"}])
+    asked: list[str] = []
+
+    def feed(name: str) -> dict[str, str]:
+        asked.append(name)
+        try:
+            return next(rows)
+        except StopIteration:
+            raise _Exhausted(name) from None
+
+    class WithData(UserRunner):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **{**kw, "data": feed})
+
+    monkeypatch.setattr("horde.agents.users.UserRunner", WithData)  # the agent imports it when it builds
+    samples, errors, eps = _run_agent(
+        tmp_path,
+        """
+        class U:
+            async def run(self, client):
+                row = client.data("accounts")
+                await client.post("/login", json=row, name="login")
+        """,
+        '{name: u, user: "users/u.py:U", requests: [login]}',
+        "{model: open, start: 4, stages: [{duration: 1s, target: 4}]}",
+    )
+    assert asked == ["accounts"] * 4
+    classes = sorted(s[5] for s in _by(samples, eps, "u"))
+    assert classes == [ErrorClass.OK] * 2 + [ErrorClass.DATA_EXHAUSTED] * 2
+    assert len(_by(samples, eps, "u/login")) == 2 and errors == {}
