@@ -171,6 +171,16 @@ async def _call(fn: Any, client: UserClient) -> None:
         await out
 
 
+async def _quietly(vu: _VirtualUser) -> None:
+    """on_stop, whose failures nobody can act on any more (the run's figures are complete)."""
+    try:
+        await _call(vu.obj.on_stop, vu.client)
+    except asyncio.CancelledError:
+        raise
+    except BaseException:  # Stopped, or the user's own error: the agent is ending
+        pass
+
+
 class UserRunner:
     """Runs the iterations of an agent's Python users. Has the engines' lifecycle (open,
     close, abort_all), so the agent opens, fences and closes it with its engines."""
@@ -258,9 +268,12 @@ class UserRunner:
         started = [vu for vu in self._vus.values() if vu.started]
         self._vus.clear()
         if started and self._session is not None and not self._session.closed:
-            stops = [_call(vu.obj.on_stop, vu.client) for vu in started if hasattr(vu.obj, "on_stop")]
+            stops = [asyncio.ensure_future(_quietly(vu)) for vu in started if hasattr(vu.obj, "on_stop")]
             if stops:
-                await asyncio.wait([asyncio.ensure_future(s) for s in stops], timeout=self._timeout.total or 10.0)
+                _, late = await asyncio.wait(stops, timeout=self._timeout.total or 10.0)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
         if self._fast is not None:
             await self._fast.close()
         if self._session is not None:

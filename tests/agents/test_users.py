@@ -77,6 +77,9 @@ def test_a_lean_response_says_how_to_read_its_body():
 # -- iterations against a plain aiohttp app ---------------------------------------------------
 
 
+BYES: list[str | None] = []  # /bye's callers (on_stop), by session cookie
+
+
 def _app() -> web.Application:
     async def login(request: web.Request) -> web.Response:
         who = (await request.json())["user"]
@@ -101,6 +104,10 @@ def _app() -> web.Application:
     async def missing(request: web.Request) -> web.Response:
         return web.Response(status=404)
 
+    async def bye(request: web.Request) -> web.Response:
+        BYES.append(request.cookies.get("sid"))
+        return web.Response(text="bye")
+
     app = web.Application()
     app.router.add_post("/login", login)
     app.router.add_get("/me", me)
@@ -108,6 +115,7 @@ def _app() -> web.Application:
     app.router.add_get("/hang", hang)
     app.router.add_get("/slow", slow)
     app.router.add_get("/missing", missing)
+    app.router.add_get("/bye", bye)
     return app
 
 
@@ -239,6 +247,7 @@ def test_an_iteration_that_never_returns_is_cut_off_as_a_timeout(tmp_path):
 
 
 def test_two_closed_model_users_keep_separate_sessions(tmp_path):
+    BYES.clear()
     samples, errors, eps = _run_agent(
         tmp_path,
         """
@@ -254,6 +263,9 @@ def test_two_closed_model_users_keep_separate_sessions(tmp_path):
                 r = await client.get("/me", name="me")
                 assert r.json()["sid"] == self.me, (r.json(), self.me)
                 await client.sleep(0.02)
+
+            async def on_stop(self, client):
+                await client.get("/bye")
         """,
         '{name: acct, user: "users/u.py:U", requests: [login, me]}',
         "{model: closed, start: 2, stages: [{duration: 1s, target: 2}]}",
@@ -263,6 +275,7 @@ def test_two_closed_model_users_keep_separate_sessions(tmp_path):
     me = _by(samples, eps, "acct/me")
     assert len(me) >= 10 and all(s[5] == ErrorClass.OK for s in me)
     assert all(s[5] == ErrorClass.OK for s in _by(samples, eps, "acct"))
+    assert sorted(BYES) == ["user-0", "user-1"]  # on_stop once per user, with its own session
 
 
 def test_reading_a_lean_response_is_a_user_error_named_by_type(tmp_path):
