@@ -121,6 +121,7 @@ class UserIO:
         self.head_timeout_s = head_timeout_s
         self.data = data
         self.lean: dict[tuple, int | None] = {}  # request key -> the lean engine's index (None: it cannot)
+        self.fenced = False  # the agent's lease lapsed: no request may leave any more
 
 
 class UserClient:
@@ -186,6 +187,8 @@ class UserClient:
             index = io.lean.get(lean_key, -1)
             if index == -1:
                 index = self._add_lean(lean_key)
+        if io.fenced:  # nothing is sent after a lease lapsed (agents/lease.py)
+            raise Stopped()
         intended = self._due
         sent = io.now()
         if self.first_sent < 0:

@@ -281,9 +281,12 @@ class UserRunner:
             self._session = None
 
     def abort_all(self) -> None:
-        """Fencing: reset every connection at once (as the engines do)."""
+        """Fencing: no request leaves any more, and every connection is reset at once (as
+        the engines do)."""
         from horde.agents.http import AiohttpEngine
 
+        if self._io is not None:
+            self._io.fenced = True
         AiohttpEngine.abort_all(self)  # type: ignore[arg-type]  # it reads only self._session
         if self._fast is not None:
             self._fast.abort_all()

@@ -382,3 +382,67 @@ def test_client_data_takes_rows_and_an_exhausted_feed_is_its_own_class(tmp_path,
     classes = sorted(s[5] for s in _by(samples, eps, "u"))
     assert classes == [ErrorClass.OK] * 2 + [ErrorClass.DATA_EXHAUSTED] * 2
     assert len(_by(samples, eps, "u/login")) == 2 and errors == {}
+
+
+def test_a_fenced_user_runner_sends_nothing_more():
+    """After the lease lapsed (abort_all), user code's next request ends its iteration
+    unrecorded and never reaches the target."""
+    import hashlib
+
+    from horde.agents.spec import Limits, UserTemplate
+    from horde.agents.users import UserRunner
+
+    source = "class U:\n    async def run(self, client):\n        await client.get('/ok', name='a')\n"
+    hits: list[str] = []
+
+    async def main() -> list[tuple]:
+        async def ok(request: web.Request) -> web.Response:
+            hits.append(request.path)
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_get("/ok", ok)
+        server = web.AppRunner(app)
+        await server.setup()
+        site = web.TCPSite(server, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        t = UserTemplate(
+            name="u",
+            path="u.py",
+            class_name="U",
+            source=source,
+            sha256=hashlib.sha256(source.encode()).hexdigest(),
+            endpoint=0,
+            base_url=url,
+            requests=(("a", 1),),
+            other=2,
+        )
+        records: list[tuple] = []
+
+        async def sleep_until(t_ns: int) -> bool:
+            return True
+
+        runner = UserRunner(
+            (t,),
+            record=lambda *r: records.append(r),
+            clock_ns=time.monotonic_ns,
+            sleep_until=sleep_until,
+            max_connections=4,
+            timeout_s=5.0,
+            connect_timeout_s=1.0,
+            limits=Limits(),
+        )
+        await runner.open()
+        try:
+            await runner.iterate(t, 0, time.monotonic_ns())
+            runner.abort_all()
+            await runner.iterate(t, 0, time.monotonic_ns())
+        finally:
+            await runner.close()
+            await server.cleanup()
+        return records
+
+    records = asyncio.run(main())
+    assert [r[0] for r in records] == [1, 0]  # the request and its iteration, before the fence only
+    assert hits == ["/ok"]
