@@ -122,6 +122,7 @@ class UserIO:
         self.data = data
         self.lean: dict[tuple, int | None] = {}  # request key -> the lean engine's index (None: it cannot)
         self.fenced = False  # the agent's lease lapsed: no request may leave any more
+        self.loop = asyncio.get_running_loop()
 
 
 class UserClient:
@@ -134,6 +135,8 @@ class UserClient:
         self._other = other
         self._jar = aiohttp.CookieJar(unsafe=True)  # this user's own sessions (IP hosts included)
         self._cookies = False  # the jar holds something: requests then go through aiohttp
+        self._token = 0  # the lean request in flight (answers to an abandoned one are ignored)
+        self._waiting: asyncio.Future | None = None
         self._due = 0
         self.first_sent = -1
         self.status = 0
@@ -195,7 +198,13 @@ class UserClient:
             self.first_sent = sent
         body = resp_headers = None
         if index is not None:
-            status, nbytes, err = await io.fast.request(index)
+            # The lean engine's submit() with this user's own callback: no closure and no
+            # coroutine per request. A cancelled wait (the iteration's timeout) leaves the
+            # request to the engine's own timeout; its late answer is ignored (token).
+            self._token = token = self._token + 1
+            self._waiting = fut = io.loop.create_future()
+            io.fast.submit(index, token, self._answered)
+            status, nbytes, err = await fut
         else:
             url = io.base_url + path
             status, nbytes, err, body, resp_headers = await self._aiohttp(method, url, json, data, headers)
@@ -212,6 +221,11 @@ class UserClient:
         if err and not self.error:
             self.error = err
         return Response(status, err, body, resp_headers)
+
+    def _answered(self, token: int, status: int, nbytes: int, err: int) -> None:
+        fut = self._waiting
+        if token == self._token and fut is not None and not fut.done():
+            fut.set_result((status, nbytes, err))
 
     def _add_lean(self, key: tuple) -> int | None:
         """Pre-encode a new lean request; None (aiohttp sends it) when the engine cannot or
