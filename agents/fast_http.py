@@ -840,6 +840,21 @@ class FastEngine:
         self._conns.add(conn)
         return conn
 
+    # -- ad-hoc requests (Python virtual users, agents/user_client.py)
+
+    def add_request(
+        self, method: str, url: str, headers: tuple[tuple[str, str], ...] = (), body: bytes | None = None
+    ) -> int | None:
+        """Pre-encode one more request, not from the plan's templates; its index for
+        submit() / request(), or None when this engine cannot send it (aiohttp then does).
+        The caller bounds how many it adds (each one is kept for the agent's life)."""
+        t = RequestTemplate(name="", method=method, url=url, headers=headers, body=body)
+        if unsupported_reason(t) is not None:
+            return None
+        close = any(n.lower() == "connection" and v.strip().lower() == "close" for n, v in headers)
+        self._prepared.append(_Prepared(encode_request(t), self._origin(url), method == "HEAD", close))
+        return len(self._prepared) - 1
+
 
 def _classify_connect_error(exc: BaseException) -> int:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):

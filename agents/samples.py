@@ -159,6 +159,8 @@ class Batch:
     readings: GeneratorReadings = field(default_factory=GeneratorReadings)
     final: bool = False
     engine: str = ""
+    # Python users (issue 15): iterations ended by an exception, by its type name, this batch.
+    user_errors: dict[str, int] = field(default_factory=dict)
 
 
 _READING_KEYS = tuple(GeneratorReadings.__dataclass_fields__)
@@ -174,9 +176,12 @@ def encode_batch(
     readings: GeneratorReadings,
     final: bool = False,
     engine: str = "",
+    user_errors: dict[str, int] | None = None,
 ) -> bytes:
+    extra = {"uerr": user_errors} if user_errors else {}
     return msgpack.packb(
         {
+            **extra,
             "v": FORMAT_VERSION,
             "agent": agent,
             "inc": incarnation,
@@ -199,6 +204,8 @@ class BatchFormatError(ValueError):
 MAX_BATCH_RECORDS = 1 << 22  # ~4.2 M samples (138 MB): 40 s of 100k requests/s from one agent
 MAX_PAYLOAD_BYTES = MAX_BATCH_RECORDS * RECORD.size + 65_536  # the records plus the header
 MAX_ENGINE_CHARS = 256
+MAX_USER_ERROR_TYPES = 33  # agents/user_client.py keeps 32 names and "other"
+MAX_USER_ERROR_NAME = 128
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _FLOAT_READINGS = frozenset({"cpu_s", "level"})
 # The unpacker's own caps: a claimed length over these fails before a list, map, str or bytes is made.
@@ -241,6 +248,17 @@ def _readings(gen: Any) -> GeneratorReadings:
     return GeneratorReadings(**values)
 
 
+def _user_errors(value: Any) -> dict[str, int]:
+    """The optional `uerr` map: exception type name -> count, bounded in size and range."""
+    if not isinstance(value, dict) or len(value) > MAX_USER_ERROR_TYPES:
+        raise BatchFormatError(f"batch field 'uerr': expected a map of at most {MAX_USER_ERROR_TYPES} entries")
+    for k, v in value.items():
+        name_ok = isinstance(k, str) and 0 < len(k) <= MAX_USER_ERROR_NAME
+        if not name_ok or type(v) is not int or not 0 <= v <= _I64_MAX:
+            raise BatchFormatError("batch field 'uerr': expected type names of at most 128 characters and counts")
+    return value
+
+
 def decode_batch(payload: bytes) -> Batch:
     """A batch from its wire form, every header field and reading checked for type and range.
 
@@ -280,6 +298,7 @@ def decode_batch(payload: bytes) -> Batch:
         readings=_readings(m.get("gen")),
         final=final,
         engine=engine,
+        user_errors=_user_errors(m.get("uerr", {})),
     )
 
 

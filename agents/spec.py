@@ -101,6 +101,23 @@ class FlowTemplate:
 
 
 @dataclass(frozen=True)
+class UserTemplate:
+    """A Python virtual user (agents/users.py): its code travels in the spec, so every node
+    gets exactly the file the coordinator read (checked against `sha256` before use)."""
+
+    name: str  # the mix entry's name: the whole iteration's endpoint
+    path: str  # the file as the scenario named it (tracebacks and messages show it)
+    class_name: str
+    source: str  # the file's text
+    sha256: str
+    endpoint: int  # the iteration's endpoint index
+    base_url: str = ""  # the target: request paths are relative to it
+    requests: tuple[tuple[str, int], ...] = ()  # declared request name -> its endpoint index
+    other: int = 0  # the endpoint of every request not declared (`name/other`)
+    timeout_s: float = 10.0  # an iteration still running after this is cut off (timeout)
+
+
+@dataclass(frozen=True)
 class Stage:
     duration_s: float
     target: float  # level at the end of the stage (rate per second, or users)
@@ -142,6 +159,8 @@ class AgentSpec:
     limits: Limits = DEFAULT_LIMITS  # response caps, for every engine and flow of the agent
     tls: TlsSpec = DEFAULT_TLS  # for every https request, probe aside (agents/tls.py)
     data: tuple[DataFeed, ...] = ()  # the scenario's data files, this agent's share (agents/data.py)
+    # Aligned with `requests`: the Python user of a mix entry that is one, else None (issue 15).
+    users: tuple[UserTemplate | None, ...] = ()
 
     @property
     def duration_s(self) -> float:

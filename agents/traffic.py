@@ -38,6 +38,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -55,9 +56,12 @@ from horde.agents.samples import (
     classify_status,
     encode_batch,
 )
-from horde.agents.spec import AgentSpec, FlowTemplate
+from horde.agents.spec import AgentSpec, FlowTemplate, UserTemplate
 from horde.agents.stages import Profile, level_to_users, users_for_agent
 from horde.agents.timers import TimerHandle, Timers, make_timers, sleep_until
+
+if TYPE_CHECKING:
+    from horde.agents.users import UserRunner
 
 # An engine's callback-driven send: submit(template index, token, done(token, status, bytes, error)).
 _Submit = Callable[[int, int, Callable[[int, int, int, int], None]], None]
@@ -190,8 +194,32 @@ class TrafficAgent:
             if any(f is not None for f in self._flows)
             else None
         )
+        # Python users (agents/users.py): loaded here, before the start instant, so that a
+        # user file that does not load stops the agent before it sends anything. The runner
+        # joins the engines: opened, fenced and closed with them.
+        self._user_of: tuple[UserTemplate | None, ...] = tuple(spec.users) or (None,) * len(spec.requests)
+        self._user_runner: UserRunner | None = None
+        if any(u is not None for u in self._user_of):
+            from horde.agents.users import UserRunner
+
+            self._user_runner = UserRunner(
+                self._user_of,
+                record=self._record_done,
+                clock_ns=self._now,
+                sleep_until=self._sleep_until,
+                max_connections=spec.max_connections,
+                timeout_s=spec.timeout_s,
+                connect_timeout_s=spec.connect_timeout_s,
+                limits=spec.limits,
+                lean=spec.engine != "aiohttp",
+                data=self.data.next if self.data.names() else None,
+                tls=spec.tls,
+            )
+            self._engines[UserRunner.name] = self._user_runner  # type: ignore[assignment]  # has the lifecycle
         # Plain: sent by submit() and completed by callback; the rest by a task each.
-        self._plain = [f is None and sub is not None for f, sub in zip(self._flows, self._submit)]
+        self._plain = [
+            f is None and u is None and sub is not None for f, u, sub in zip(self._flows, self._user_of, self._submit)
+        ]
 
     # -- clock ---------------------------------------------------------------------------
 
@@ -339,11 +367,20 @@ class TrafficAgent:
         while True:
             try:
                 flow = self._flows[ep]
-                if flow is not None:
+                user = self._user_of[ep]
+                if flow is not None or user is not None:
                     if self._now() >= self._lease_until:
                         self._lapse()
                         return
-                    await self._run_flow(flow, intended, slot if self.spec.model == "closed" else -1)
+                    if user is not None:  # a Python user's iteration (agents/users.py)
+                        self._in_flight += 1
+                        try:
+                            await self._user_runner.iterate(user, slot, intended)  # type: ignore[union-attr]  # exists with a user entry
+                        finally:
+                            self._in_flight -= 1
+                    else:
+                        user_slot = slot if self.spec.model == "closed" else -1
+                        await self._run_flow(flow, intended, user_slot)  # type: ignore[arg-type]  # not None here
                 else:
                     sent = time.monotonic_ns() - self._mono_start
                     if sent >= self._lease_until:
@@ -769,6 +806,7 @@ class TrafficAgent:
             readings=readings,
             final=final,
             engine=",".join(sorted(self._engines)),
+            user_errors=self._user_runner.take_errors() if self._user_runner is not None else None,
         )
         self._seq += 1
         return payload

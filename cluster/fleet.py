@@ -74,6 +74,17 @@ class PlacementError(RuntimeError):
     pass
 
 
+def _creation_error(exc: BaseException) -> str:
+    """The agent's own one-line reason (a Python user file that does not load names its file
+    and line: agents/users.py UserCodeError), not Ray's traceback."""
+    text = str(exc)
+    marker = "UserCodeError: "
+    if marker in text:
+        return text[text.rindex(marker) + len(marker) :].strip().splitlines()[0][:500]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else type(exc).__name__
+
+
 class RayFleet:
     """Fleet on the connected Ray cluster, agents spread over nodes."""
 
@@ -105,6 +116,10 @@ class RayFleet:
         refs = [a.ready.remote() for a in actors]
         try:
             infos = await asyncio.wait_for(asyncio.gather(*refs), self._ready_timeout_s)
+        except RayActorError as exc:  # an agent could not be built: nothing is sent anywhere
+            for a in actors:
+                _kill(a)
+            raise PlacementError(f"an agent could not be built: {_creation_error(exc)}") from None
         except (asyncio.TimeoutError, GetTimeoutError) as exc:
             for a in actors:
                 _kill(a)

@@ -122,9 +122,12 @@ def prepare_job(
     working_dir: str | os.PathLike[str] | None = None,
     runtime_env_extra: Mapping[str, Any] | None = None,
     job_id: str | None = None,
+    user_files: Sequence[str] = (),
 ) -> PreparedJob:
     """The job `submit` sends, without sending it: entrypoint, runtime_env, metadata, and the
-    files (the scenario when it lies outside working_dir, the overrides) to put in working_dir."""
+    files (the scenario when it lies outside working_dir, the overrides) to put in working_dir.
+    `user_files`: the scenario's Python user files, relative to it; they travel in the
+    working_dir upload too (beside a copy of the scenario when the upload would miss one)."""
     wd = Path(working_dir or _default_working_dir()).resolve()
     if not wd.is_dir():
         raise JobsError(f"working_dir {wd} is not a directory")
@@ -139,11 +142,15 @@ def prepare_job(
         raise JobsError(f"job id {job_id!r}: use letters, digits, '-', '_' and '.' only")
     job_dir = f"{JOB_FILES_DIR}/{job_id}"
     job_files: dict[str, str] = {}
-    if scenario.is_relative_to(wd) and _shipped_with(wd, scenario.relative_to(wd)):
+    # The upload carries the scenario (and its Python user files) when all of them are in
+    # working_dir and not ignored; otherwise they travel as this job's files, side by side.
+    if _travels(wd, scenario) and all(_travels(wd, scenario.parent / f) for f in user_files):
         scenario_arg = scenario.relative_to(wd).as_posix()
     else:
         scenario_arg = f"{job_dir}/{scenario.name}"
         job_files[scenario_arg] = scenario.read_text()
+        for f in user_files:
+            job_files[f"{job_dir}/{_inside(f)}"] = (scenario.parent / f).read_text()
     set_file = None
     if overrides:
         set_file = f"{job_dir}/{OVERRIDES_FILE}"
@@ -184,6 +191,22 @@ def _job_files(working_dir: Path, job_files: Mapping[str, str]) -> Iterator[None
         for path in sorted(made, key=lambda d: len(d.parts), reverse=True):
             with contextlib.suppress(OSError):  # not empty (another submit's) or already gone
                 path.rmdir()
+
+
+def _travels(working_dir: Path, path: Path) -> bool:
+    path = path.resolve()
+    return path.is_relative_to(working_dir) and _shipped_with(working_dir, path.relative_to(working_dir))
+
+
+def _inside(user_file: str) -> str:
+    """A user file's path beside the scenario's copy: relative and inside its folder."""
+    parts = Path(user_file).parts
+    if Path(user_file).is_absolute() or ".." in parts:
+        raise JobsError(
+            f"user file {user_file}: outside the scenario's folder and not in working_dir; "
+            "put it beside the scenario (or in working_dir) to submit it"
+        )
+    return Path(*parts).as_posix()
 
 
 def _default_working_dir() -> Path:

@@ -139,6 +139,7 @@ def submit(
     runtime_env_extra: Mapping[str, Any] | None = None,
     job_id: str | None = None,
     token: str | None = None,
+    user_files: Sequence[str] = (),
 ) -> str:
     """Submit `horde run SCENARIO --set-file ... --out OUT_DIR/<job id>` as a Ray job; return its id.
 
@@ -156,6 +157,7 @@ def submit(
         working_dir=working_dir,
         runtime_env_extra=runtime_env_extra,
         job_id=job_id,
+        user_files=user_files,
     )
     client = _client(address, token)
     runtime_env = dict(job.runtime_env)

@@ -20,7 +20,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from horde.agents.spec import AgentSpec, DataFeed, FlowStepTemplate, FlowTemplate, RequestTemplate, Stage, TlsSpec
+from horde.agents.spec import (
+    AgentSpec,
+    DataFeed,
+    FlowStepTemplate,
+    FlowTemplate,
+    RequestTemplate,
+    Stage,
+    TlsSpec,
+    UserTemplate,
+)
 from horde.agents.stages import Profile, level_to_users, users_for_agent
 
 _DATA_REF = re.compile(r"\$\{data\.([A-Za-z0-9_-]+)\.[^}]+\}")
@@ -114,7 +123,7 @@ def build_templates(
     base = base_url.rstrip("/")
     out = []
     for r in scenario.requests:
-        if getattr(r, "flow", None):
+        if getattr(r, "flow", None) or getattr(r, "user", None):
             out.append(RequestTemplate(name=r.name, method="GET", url=base + "/", engine="aiohttp"))
             continue
         headers = dict(r.headers)
@@ -150,7 +159,7 @@ def build_flows(scenario, base_url: str) -> tuple[tuple[FlowTemplate | None, ...
     step_names: list[str] = []
     n = len(scenario.requests)
     for i, r in enumerate(scenario.requests):
-        if not getattr(r, "flow", None):
+        if not getattr(r, "flow", None) or getattr(r, "user", None):
             flows.append(None)
             continue
         steps = []
@@ -184,6 +193,38 @@ def build_flows(scenario, base_url: str) -> tuple[tuple[FlowTemplate | None, ...
     return tuple(flows), tuple(step_names)
 
 
+def build_users(scenario, base_url: str, first: int) -> tuple[tuple[UserTemplate | None, ...], tuple[str, ...]]:
+    """User templates aligned with the mix entries, and the endpoint names they add
+    (`user/<request>` for each declared request, then `user/other`), numbered from `first`."""
+    users: list[UserTemplate | None] = []
+    names: list[str] = []
+    for i, r in enumerate(scenario.requests):
+        code = getattr(r, "code", None) if getattr(r, "user", None) else None
+        if code is None:
+            if getattr(r, "user", None):  # parsed from text: load_scenario reads the file
+                raise ValueError(f"user entry {r.name!r}: its file was not read (load the scenario from its file)")
+            users.append(None)
+            continue
+        subs = r.endpoint_names()
+        eps = list(range(first + len(names), first + len(names) + len(subs)))
+        users.append(
+            UserTemplate(
+                name=r.name,
+                path=code.path,
+                class_name=r.class_name,
+                source=code.source,
+                sha256=code.sha256,
+                endpoint=i,
+                base_url=base_url.rstrip("/"),
+                requests=tuple(zip(r.requests, eps[:-1])),
+                other=eps[-1],
+                timeout_s=r.timeout if r.timeout is not None else scenario.timeout,
+            )
+        )
+        names += subs
+    return tuple(users), tuple(names)
+
+
 def build_plan(
     scenario,
     base_url: str,
@@ -207,6 +248,7 @@ def build_plan(
     profile = Profile(float(wl.start), stages)
     templates = build_templates(scenario, base_url, supports_fast)
     flows, step_names = build_flows(scenario, base_url)
+    users, user_names = build_users(scenario, base_url, len(scenario.requests) + len(step_names))
     peak = max([float(wl.start)] + [s.target for s in stages])
 
     if wl.model == "closed":
@@ -240,6 +282,7 @@ def build_plan(
             seed=scenario.seed,
             engine=scenario.engine,
             flows=flows,
+            users=users if any(u is not None for u in users) else (),
             limits=scenario.limits.to_agent(),
             tls=tls,
             data=data_feeds(tables, i, n),
@@ -256,11 +299,14 @@ def build_plan(
     return Plan(
         agents=specs,
         cpus_per_agent=round(cpus_per_agent, 4),
-        endpoints=tuple(r.name for r in scenario.requests) + step_names,
+        endpoints=tuple(r.name for r in scenario.requests) + step_names + user_names,
         stage_names=names,
         stage_ends_ns=tuple(ends),
         duration_s=profile.duration_s,
-        engines={t.name: ("flow" if f is not None else t.engine) for t, f in zip(templates, flows)},
+        engines={
+            t.name: ("flow" if f is not None else "python" if u is not None else t.engine)
+            for t, f, u in zip(templates, flows, users)
+        },
         tls_verify=tls.verify,
         data_files={
             t.name: {"file": t.file, "order": t.order, "rows": len(t.rows), "sha256": t.sha256} for t in tables

@@ -226,6 +226,7 @@ class Summary(Record):
     spikes: list[dict[str, Any]] | None = None  # open: analysis/spike.py's records (plans with spikes)
     load: Load | None = None  # None: a bundle from before
     client: dict[str, Any] | None = None  # open: run/client_info.py (tls_verify, warnings, data files); None: not used
+    user_errors: dict[str, int] = Field(default_factory=dict)  # open: exception type -> iterations (Python users)
 
 
 # -- manifest.json --------------------------------------------------------------------------
@@ -284,6 +285,13 @@ class AgentInfo(Record):
     host: str = ""
 
 
+class UserCodeFile(Record):
+    entry: str  # the mix entry
+    file: str  # as the scenario names it
+    class_name: str
+    sha256: str
+
+
 class Manifest(Record):
     horde_version: str | None = None
     bundle_format: int = BUNDLE_FORMAT  # absent only in hand-made bundles: read as format 1
@@ -302,6 +310,7 @@ class Manifest(Record):
     agents: list[AgentInfo] = Field(default_factory=list)
     versions: dict[str, str] = Field(default_factory=dict)  # open: component -> version
     argv: list[str] = Field(default_factory=list)
+    user_code: list[UserCodeFile] = Field(default_factory=list)  # Python users' files, as every agent loaded them
 
     @property
     def scenario_name(self) -> str | None:

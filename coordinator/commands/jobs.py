@@ -38,9 +38,18 @@ def submit(file, overrides, address, job_id, out_dir) -> None:
     """Submit the scenario FILE to a Ray cluster as a job; print the job id."""
     from horde.cluster.jobs import submit as submit_job
 
-    load_or_exit(file, tuple(overrides))  # an invalid scenario fails here, before anything is sent
+    loaded = load_or_exit(file, tuple(overrides))  # an invalid scenario fails here, before anything is sent
+    user_files = tuple(r.file for r in loaded.scenario.requests if getattr(r, "user", None))  # travel with it
     click.echo(
-        _jobs_call(submit_job, file, address=address, overrides=tuple(overrides), out_dir=out_dir, job_id=job_id)
+        _jobs_call(
+            submit_job,
+            file,
+            address=address,
+            overrides=tuple(overrides),
+            out_dir=out_dir,
+            job_id=job_id,
+            user_files=user_files,
+        )
     )
 
 

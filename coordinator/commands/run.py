@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from horde.coordinator.bundle.outcome import EXIT_ERROR
+from horde.coordinator.bundle.outcome import EXIT_ERROR, EXIT_INVALID_SCENARIO
 from horde.coordinator.commands.common import err, load_or_exit, set_file_overrides
 
 
@@ -104,11 +104,26 @@ def validate(file, overrides) -> None:
     """Check the scenario FILE without running it; list every problem with its key path."""
     loaded = load_or_exit(file, tuple(overrides))
     s = loaded.scenario
+    _check_users_or_exit(file, s)
     target = "embedded automaton" if s.target.is_embedded else loaded.redactor.url(s.target.url)
     click.echo(
         f"{file}: valid ({s.name}: {s.workload.model} model, {len(s.workload.stages)} stage(s), "
         f"{len(s.requests)} request(s), {len(s.thresholds)} threshold(s), target {target})"
     )
+
+
+def _check_users_or_exit(file, scenario) -> None:
+    """Import each Python user's class in a subprocess; every problem with its file and line."""
+    from horde.coordinator.scenario.user_code import check_user_code
+    from horde.coordinator.scenario.users import UserEntry
+
+    users = [(i, r) for i, r in enumerate(scenario.requests) if isinstance(r, UserEntry)]
+    problems = check_user_code(users) if users else []
+    if problems:
+        err(f"invalid scenario {file}: {len(problems)} problem(s)")
+        for where, message in problems:
+            err(f"  {where}: {message}")
+        sys.exit(EXIT_INVALID_SCENARIO)
 
 
 @click.command()

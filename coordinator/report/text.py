@@ -60,6 +60,8 @@ def text_summary(bundle: Bundle) -> str:
         lines.append("  errors by class: " + ", ".join(f"{k} {v}" for k, v in classes.items()))
     for warning in (s.client or {}).get("warnings", []):  # run/client_info.py
         lines.append(f"  WARNING  {warning}")
+    if s.user_errors:  # Python users: the exceptions that ended iterations, by type
+        lines.append("  user errors: " + ", ".join(f"{k} {v}" for k, v in s.user_errors.items()))
     g = s.generator
     sat = "SATURATED: " + "; ".join(g.reasons) if g.saturated else "kept up"
     cpu = g.cpu_us_per_request

@@ -101,6 +101,12 @@ def build_manifest(
             "platform": platform.platform(),
         },
         "argv": redacted_argv(sys.argv, redactor),
+        # Python users: each file as the agents got it (agents/users.py checks the hash)
+        "user_code": [
+            {"entry": u.name, "file": u.path, "class_name": u.class_name, "sha256": u.sha256}
+            for u in (plan.agents[0].users if plan.agents else ())
+            if u is not None
+        ],
     }
     manifest["target"] = _RedactedTarget(redactor, manifest["target"])
     return manifest

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from horde.agents.samples import BatchFormatError, decode_batch
+from horde.agents.samples import MAX_USER_ERROR_TYPES, BatchFormatError, decode_batch
 from horde.cluster.events import AgentEnded, AgentLost, BatchReceived, ClusterShape
 from horde.coordinator.bundle.outcome import Outcome
 from horde.coordinator.bundle.store import BundleWriter
@@ -140,7 +140,7 @@ class RunSession:
             plan.endpoints,
             plan.stage_ends_ns,
             plan.stage_names,
-            not_in_total=[name for name, engine in plan.engines.items() if engine == "flow"],
+            not_in_total=[name for name, engine in plan.engines.items() if engine in ("flow", "python")],
             keep_windows=int(longest_window_s) + 60,
         )
         self.live = LiveEvaluator([t.rule() for t in scenario.thresholds])
@@ -149,9 +149,10 @@ class RunSession:
         self.sends = SendCounter()
         self.checker = BatchChecker(RunBounds(endpoints=len(plan.endpoints)))
         self.bad_batches = BadBatches()
+        self.user_errors: dict[str, int] = {}  # exception type name -> iterations it ended
         self.faulty: list[AgentLost] = []  # agents to declare lost as faulty (lose_faulty)
         # planned = sent + missed + unsent (run/ledger.py); one sample per arrival unless flows
-        self.ledger = LoadLedger(list(plan.agents), counts_arrivals="flow" not in plan.engines.values())
+        self.ledger = LoadLedger(list(plan.agents), counts_arrivals=not {"flow", "python"} & set(plan.engines.values()))
         self.node_series = NodeSeries()
         self.run_metrics: RunMetrics | None = None
         if options.prometheus_port is not None:
@@ -290,6 +291,11 @@ class RunSession:
         self.sends.add(b.samples["sent_ns"])
         self.totals[agent_label(b.agent, b.incarnation)].add(b.readings, b.watermark_ns, b.engine)
         self.ledger.batch(b.agent, len(b.samples), b.readings, b.watermark_ns, b.final)
+        for name, n in b.user_errors.items():  # Python users' exception types (bounded per batch)
+            if name in self.user_errors or len(self.user_errors) < MAX_USER_ERROR_TYPES:
+                self.user_errors[name] = self.user_errors.get(name, 0) + n
+            else:
+                self.user_errors["other"] = self.user_errors.get("other", 0) + n
         if b.agent in self.restoring:
             loss = self.restoring.pop(b.agent)
             loss["restored_at_s"] = round(b.watermark_ns / 1e9, 3)
@@ -465,5 +471,7 @@ class RunSession:
         summary["load"] = self.ledger.totals()
         if not plan.tls_verify or plan.data_files:  # the client options' section (run/client_info.py)
             summary["client"] = client_summary(plan, summary["endpoints"])
+        # Python users: the iterations an exception ended, by type (client.fail: "client.fail")
+        summary["user_errors"] = dict(sorted(self.user_errors.items()))
         self.windows.add_spikes(summary)
         return summary

@@ -36,6 +36,8 @@ from horde.coordinator.scenario.models import (
 )
 from horde.coordinator.scenario.redact import Redactor, _is_secret, _sensitive_header, redact
 from horde.coordinator.scenario.safe_yaml import parse_yaml, value_problems, yaml_value
+from horde.coordinator.scenario.user_code import attach_user_code
+from horde.coordinator.scenario.users import OTHER, UserEntry
 from horde.coordinator.units import parse_duration
 
 # --- loading ------------------------------------------------------------------------------
@@ -78,6 +80,9 @@ def load_scenario(
     source = os.fspath(path)
     text = _read_text(source)
     loaded = parse_scenario(text, source=source, overrides=overrides, env=os.environ if env is None else env)
+    problems = attach_user_code(loaded.scenario, os.path.dirname(os.path.abspath(source)))
+    if problems:
+        raise ScenarioError([Problem(where, msg) for where, msg in problems])
     return with_attachments(loaded)
 
 
@@ -417,10 +422,21 @@ def _reference_context(data: dict[str, Any]) -> dict[str, Any]:
         value = entry.get("name") if isinstance(entry, dict) else None
         return value if isinstance(value, str) else ""
 
+    names = None
+    if isinstance(requests, list):
+        names = [n for n in map(name, requests) if n]
+        names += [f"{name(r)}/{sub}" for r in requests if isinstance(r, dict) and "user" in r for sub in _declared(r)]
     return {
-        "request_names": [n for n in map(name, requests) if n] if isinstance(requests, list) else None,
+        "request_names": names,
         "stage_names": [name(s) for s in stages] if isinstance(stages, list) else None,
     }
+
+
+def _declared(entry: dict[str, Any]) -> list[str]:
+    """A raw user entry's sub-endpoint names (its declared requests, then `other`)."""
+    requests = entry.get("requests")
+    declared = [r for r in requests if isinstance(r, str)] if isinstance(requests, list) else []
+    return [*declared, OTHER]
 
 
 def _raw_cross_problems(data: dict[str, Any]) -> list[Problem]:
@@ -463,6 +479,8 @@ def _validation_problems(exc: ValidationError, data: dict[str, Any], secrets: se
     problems: list[Problem] = []
     for error in exc.errors(include_url=False):
         loc: Loc = tuple(error["loc"])
+        if len(loc) > 2 and loc[0] == "requests" and loc[2] in ("request", "user"):
+            loc = loc[:2] + loc[3:]  # the mix entry's union tag (models.MixEntry) is no key
         if error["type"] == "horde_problems":
             problems.extend(Problem(_format_loc(loc + sub), msg) for sub, msg in error["ctx"]["problems"])
             continue
@@ -477,7 +495,7 @@ def _message(error: Mapping[str, Any], loc: Loc, data: dict[str, Any], secrets: 
     if kind == "missing":
         return "required key is missing"
     if kind == "extra_forbidden":
-        return _unknown_key_message(loc)
+        return _unknown_key_message(loc, data)
     if kind == "string_pattern_mismatch":
         msg = _NAME_MESSAGE
     elif kind == "too_short" and error.get("ctx", {}).get("min_length") == 1:
@@ -492,8 +510,13 @@ def _message(error: Mapping[str, Any], loc: Loc, data: dict[str, Any], secrets: 
     return msg
 
 
-def _unknown_key_message(loc: Loc) -> str:
+def _unknown_key_message(loc: Loc, data: dict[str, Any]) -> str:
     model = _model_at(loc[:-1])
+    if len(loc) == 3 and loc[0] == "requests" and isinstance(loc[1], int):
+        entries = data.get("requests")
+        entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else None
+        if isinstance(entry, dict) and "user" in entry:
+            model = UserEntry
     known = [field.alias or name for name, field in model.model_fields.items()] if model else []
     key = str(loc[-1]) if loc else ""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)

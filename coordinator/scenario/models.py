@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, WithJsonSchema, field_validator, model_validator
 
 from horde.coordinator.judge.alert_rules import EACH_ENDPOINT, AlertRule
 from horde.coordinator.judge.alert_section import AlertSection, rules_of
@@ -106,6 +106,7 @@ from horde.coordinator.scenario.target import (  # noqa: F401
     Target,
     TargetFaults,
 )
+from horde.coordinator.scenario.users import UserEntry
 from horde.coordinator.scenario.workload import (  # noqa: F401
     StageEntry,
     ThinkTime,
@@ -114,6 +115,20 @@ from horde.coordinator.scenario.workload import (  # noqa: F401
 )
 
 # --- scenario -----------------------------------------------------------------------------
+
+
+def _entry_kind(value: Any) -> str:
+    if isinstance(value, UserEntry) or (isinstance(value, dict) and "user" in value):
+        return "user"
+    return "request"
+
+
+# A mix entry: a request or flow, or a Python user (an entry with a `user` key). The loader
+# drops the tag from key paths (requests[0].path, not requests[0].request.path).
+MixEntry = Annotated[
+    Annotated[RequestEntry, Tag("request")] | Annotated[UserEntry, Tag("user")],
+    Discriminator(_entry_kind),
+]
 
 
 def _agents(value: Any) -> Any:
@@ -131,7 +146,7 @@ class Scenario(_Model):
     name: Name = Field(max_length=80)
     description: str = ""
     target: Target
-    requests: list[RequestEntry] = Field(min_length=1)
+    requests: list[MixEntry] = Field(min_length=1)
     workload: Workload
     agents: Annotated[
         int | Literal["auto"],
@@ -161,7 +176,7 @@ class Scenario(_Model):
 
     @field_validator("requests")
     @classmethod
-    def _unique_request_names(cls, requests: list[RequestEntry]) -> list[RequestEntry]:
+    def _unique_request_names(cls, requests: list[RequestEntry | UserEntry]) -> list[RequestEntry | UserEntry]:
         if problems := _unique_name_problems([entry.name for entry in requests], "requests"):
             raise _problems(problems)
         return requests
@@ -169,6 +184,7 @@ class Scenario(_Model):
     @model_validator(mode="after")
     def _known_references(self) -> Scenario:
         names = [r.name for r in self.requests]
+        names += [n for r in self.requests if isinstance(r, UserEntry) for n in r.endpoint_names()]
         stage_names = [s.name for s in self.workload.stages]
         problems: list[tuple[Loc, str]] = []
         for i, entry in enumerate(self.thresholds):

@@ -100,9 +100,12 @@ def entry_texts(path: str, headers: dict[str, str], body: str | None, json_body:
     return " ".join([path, *headers.values(), body or "", json.dumps(json_body) if json_body is not None else ""])
 
 
-def data_refs(entry: RequestEntry) -> list[tuple[Loc, str, str]]:
-    """Every ${data.NAME.COLUMN} of an entry: (where, NAME, COLUMN)."""
+def data_refs(entry: Any) -> list[tuple[Loc, str, str]]:
+    """Every ${data.NAME.COLUMN} of an entry: (where, NAME, COLUMN). A Python user's entry
+    has none (its code reads rows with client.data())."""
     out: list[tuple[Loc, str, str]] = []
+    if not isinstance(entry, RequestEntry):
+        return out
     if entry.flow is not None:
         for i, st in enumerate(entry.flow):
             text = entry_texts(st.path, st.headers, st.body, st.json_body)

@@ -131,7 +131,7 @@ def scenario_operations(requests: Iterable[Any]) -> tuple[tuple[Operation, ...],
     ops: list[Operation] = []
     flows: list[str] = []
     for r in requests:
-        if r.flow is not None:
+        if getattr(r, "flow", None) is not None or getattr(r, "user", None):  # flows and Python users
             flows.append(r.name)
             continue
         ops.append(

@@ -43,7 +43,10 @@ PURE = (
     "coordinator/plan.py",
     "coordinator/units.py",
 )
-PURE_EXCEPT = {"coordinator/scenario/load.py"}  # reads the scenario file and the environment
+PURE_EXCEPT = {
+    "coordinator/scenario/load.py",  # reads the scenario file and the environment
+    "coordinator/scenario/user_code.py",  # reads Python user files, imports them in a subprocess
+}
 IMPURE_MODULES = {
     "time",
     "datetime",

@@ -87,6 +87,8 @@ def assert_runnable(loaded: LoadedScenario) -> None:
     assert 1 <= w.max_in_flight <= MAX_IN_FLIGHT
     assert math.isfinite(sum(r.weight for r in s.requests)) and all(0 < r.weight <= MAX_WEIGHT for r in s.requests)
     for r in s.requests:
+        if getattr(r, "user", None):  # a Python user entry has no headers of its own
+            continue
         for name, value in [*r.headers.items(), *(h for step in r.flow or () for h in step.headers.items())]:
             assert name and not any(c in name for c in ":\r\n \t\0") and "\r" not in value and "\n" not in value
     for d in (s.timeout, s.connect_timeout, w.graceful_stop):

@@ -404,6 +404,7 @@ def test_summary_and_manifest_keep_their_keys_in_order(tmp_path):
         "alerts",
         "time",
         "load",
+        "user_errors",
     ]
     manifest = json.loads((result.bundle / "manifest.json").read_text())
     assert list(manifest) == [
@@ -419,6 +420,7 @@ def test_summary_and_manifest_keep_their_keys_in_order(tmp_path):
         "plan",
         "versions",
         "argv",
+        "user_code",
         "agents",
         "start_wall_ns",
         "stop_reason",
