@@ -457,7 +457,7 @@ def test_open_rate_reads_the_summary() -> None:
     assert (got["requests"], got["errors"], got["run_s"]) == (160000, 2, 8.0)
     assert got["rps"] == pytest.approx(20000.0)
     assert got["agent_cpu_s"] == 4.0 and got["agent_us_per_request"] == pytest.approx(25.0)
-    assert (got["late_sends"], got["queued_sends"], got["unsent"]) == (120, 7, 3)
+    assert (got["late_sends"], got["generator_queued_sends"], got["unsent"]) == (120, 7, 3)
     assert (got["latency_p50_ms"], got["latency_p99_ms"]) == (0.412, 3.25)
     assert got["saturated"] and got["saturation_reasons"] == ["agent 0 used 95% of a core"]
 
@@ -469,7 +469,7 @@ def test_open_rate_summary_without_optional_parts() -> None:
     got = read_summary({"total": {"requests": 50}, "generator": {"late_sends": 1}}, seconds=5)
     assert (got["requests"], got["errors"], got["run_s"], got["rps"]) == (50, 0, 5.0, 10.0)
     assert got["agent_cpu_s"] is None and got["agent_us_per_request"] is None
-    assert (got["late_sends"], got["queued_sends"]) == (1, None)
+    assert (got["late_sends"], got["generator_queued_sends"]) == (1, None)
     assert (got["latency_p50_ms"], got["latency_p99_ms"]) == (None, None)
     assert not got["saturated"]
 
@@ -487,7 +487,7 @@ def test_open_rate_table_and_rates() -> None:
         rps=5000.0,
         agent_us_per_request=30.0,
         late_sends=0,
-        queued_sends=2,
+        generator_queued_sends=2,
         latency_p50_ms=0.3,
         latency_p99_ms=1.5,
         steady_parts_us_per_request={"agent": 28.0, "driver": 5.0},

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 BUNDLE_FORMAT = 1  # bundle_format this horde writes
 READABLE_FORMATS = frozenset({1})  # bundle_format values this horde reads
@@ -129,7 +129,9 @@ class GeneratorAgent(Record):
     peak_rss_mb: float = 0.0
     loop_lag_max_ms: float = 0.0
     late_sends: int = 0
-    queued_sends: int = 0
+    # Sends over 10 ms late because every one of the agent's own max_in_flight slots was busy;
+    # bundles before it call this "queued_sends".
+    generator_queued_sends: int = Field(0, validation_alias=AliasChoices("generator_queued_sends", "queued_sends"))
     send_lag_max_ms: float = 0.0
     interrupted: int = 0
     unsent: int = 0
@@ -143,7 +145,9 @@ class Generator(Record):
     cpu_s: float | None = None
     cpu_us_per_request: float | None = None
     late_sends: int = 0
-    queued_sends: int = 0
+    # Sends over 10 ms late because every one of the agent's own max_in_flight slots was busy;
+    # bundles before it call this "queued_sends".
+    generator_queued_sends: int = Field(0, validation_alias=AliasChoices("generator_queued_sends", "queued_sends"))
     interrupted: int = 0
     unsent: int = 0
     bad_batches: int = 0  # batches refused by the checks (coordinator/measure/batch_check.py)

@@ -1,11 +1,15 @@
 """Sample batches -> per-window, per-endpoint and per-stage statistics.
 
 A sample's window is chosen by when it completed (``end_ns // window_ns``), its stage by
-when it was meant to be sent (the stage that planned it). Each batch is grouped with numpy
-by (window, endpoint, stage) and every group lands in two accumulators with one histogram
-merge each: the window's per-endpoint ``Stats`` and the cumulative (endpoint, stage)
-``Stats``. Closed windows are kept in sparse form, so memory grows with windows x
-endpoints, never with requests.
+when it was meant to be sent (the stage that planned it). Agents group their records so
+before they send (agents/aggregate.py: an ``Aggregate`` per batch); a raw batch
+(HORDE_SAMPLES=raw) is grouped here with numpy the same way. Every (window, endpoint,
+stage) group lands in two accumulators: the window's per-endpoint ``Stats`` and the
+cumulative (endpoint, stage) ``Stats``; the two paths give the same figures, bucket for
+bucket (tests/coordinator/measure/test_aggregated_batches.py). Beside them, per (endpoint,
+stage), the latency with the generator-queue wait taken out (``generator_queueing``).
+Closed windows are kept in sparse form, so memory grows with windows x endpoints, never
+with requests.
 
 Pure: no clock, no I/O. The caller decides when windows close (``close_until`` with the
 agents' low watermark, ``close_all`` at the end of the run).
@@ -19,156 +23,22 @@ from typing import Any
 
 import numpy as np
 
-from horde.agents.samples import ERROR_LABELS, SAMPLE_DTYPE, Batch, ErrorClass, GeneratorReadings
+from horde.agents.samples import (
+    ERROR_MASK,
+    GENERATOR_QUEUED,
+    SAMPLE_DTYPE,
+    Aggregate,
+    Batch,
+    ErrorClass,
+    GeneratorReadings,
+)
 from horde.coordinator.measure.histogram import Histogram, histograms_by_group
+from horde.coordinator.measure.stats import DEFAULT_QUANTILES, N_ERROR_CLASSES, Stats, quantile_key
 
-N_ERROR_CLASSES = len(ErrorClass)
-DEFAULT_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
+__all__ = ["DEFAULT_QUANTILES", "N_ERROR_CLASSES", "Aggregator", "Stats", "Window", "quantile_key"]
+
 _OTHER = int(ErrorClass.OTHER)
 _CHUNK = 1 << 18  # samples per vectorised pass (keeps int64 group sums exact)
-
-
-def quantile_key(q: float) -> str:
-    """0.5 -> "p50", 0.999 -> "p99.9"."""
-    return f"p{round(q * 100, 6):g}"
-
-
-def _ms(ns: float | int | None) -> float | None:
-    return None if ns is None else round(ns / 1e6, 3)
-
-
-def _histogram_ms(h: Histogram, quantiles: Sequence[float]) -> dict[str, Any]:
-    values = h.quantiles(quantiles)
-    out: dict[str, Any] = {quantile_key(q): _ms(values[q]) for q in quantiles}
-    out["max"] = _ms(h.max_ns)
-    out["min"] = _ms(h.min_ns)
-    out["mean"] = _ms(h.mean_ns())
-    out["overflow"] = h.overflow  # values above the trackable range: counted, never dropped
-    return out
-
-
-class Stats:
-    """Counts and histograms of one scope (an endpoint, a stage, a window, or all).
-
-    ``merge`` combines scopes that cover the same span of time (endpoints of one window):
-    ``duration_s`` becomes the larger of the two. Whoever merges consecutive spans sets
-    ``duration_s`` for the result (``Aggregator.recent`` and ``snapshot`` do).
-    """
-
-    __slots__ = ("requests", "errors", "errors_by_class", "bytes", "latency", "service_time", "send_lag", "duration_s")
-    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
-
-    def __init__(self, duration_s: float = 0.0) -> None:
-        self.requests = 0
-        self.errors = 0  # samples whose error class is not OK
-        self.errors_by_class = np.zeros(N_ERROR_CLASSES, dtype=np.int64)
-        self.bytes = 0
-        self.latency = Histogram()  # end - intended: coordinated-omission corrected
-        self.service_time = Histogram()  # end - sent
-        self.send_lag = Histogram()  # sent - intended: how late the generator sent
-        self.duration_s = float(duration_s)
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    def add_samples(self, samples: np.ndarray) -> None:
-        """Fold SAMPLE_DTYPE records in (vectorised)."""
-        if samples.dtype != SAMPLE_DTYPE:
-            raise TypeError(f"samples must have SAMPLE_DTYPE, got {samples.dtype}")
-        if len(samples) == 0:
-            return
-        end = samples["end_ns"]
-        intended = samples["intended_ns"]
-        sent = samples["sent_ns"]
-        self.latency.record_many(end - intended)
-        self.service_time.record_many(end - sent)
-        self.send_lag.record_many(sent - intended)
-        by_class = np.bincount(np.minimum(samples["error"], _OTHER), minlength=N_ERROR_CLASSES)
-        self.errors_by_class += by_class
-        self.requests += len(samples)
-        self.errors += len(samples) - int(by_class[ErrorClass.OK])
-        self.bytes += int(samples["bytes"].sum(dtype=np.uint64))
-
-    def merge(self, other: Stats) -> Stats:
-        self.requests += other.requests
-        self.errors += other.errors
-        self.errors_by_class += other.errors_by_class
-        self.bytes += other.bytes
-        self.latency.merge(other.latency)
-        self.service_time.merge(other.service_time)
-        self.send_lag.merge(other.send_lag)
-        self.duration_s = max(self.duration_s, other.duration_s)
-        return self
-
-    def copy(self) -> Stats:
-        s = Stats(self.duration_s)
-        return s.merge(self)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Stats):
-            return NotImplemented
-        return (
-            self.requests == other.requests
-            and self.errors == other.errors
-            and bool(np.array_equal(self.errors_by_class, other.errors_by_class))
-            and self.bytes == other.bytes
-            and self.duration_s == other.duration_s
-            and self.latency == other.latency
-            and self.service_time == other.service_time
-            and self.send_lag == other.send_lag
-        )
-
-    def __repr__(self) -> str:
-        return f"Stats(requests={self.requests}, errors={self.errors}, duration_s={self.duration_s})"
-
-    def to_dict(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, Any]:
-        """JSON-ready snapshot; the keys thresholds and reports read. Times in ms (3
-        decimals), None where there is no sample."""
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "error_rate": self.error_rate,
-            "rps": round(self.rps, 3),
-            "duration_s": self.duration_s,
-            "bytes": self.bytes,
-            "errors_by_class": {ERROR_LABELS[i]: int(n) for i, n in enumerate(self.errors_by_class.tolist()) if n},
-            "latency_ms": _histogram_ms(self.latency, quantiles),
-            "service_time_ms": _histogram_ms(self.service_time, quantiles),
-            "send_lag_ms": _histogram_ms(self.send_lag, quantiles),
-        }
-
-    def to_sparse(self) -> dict[str, Any]:
-        """msgpack-friendly storage form; ``from_sparse`` restores it exactly."""
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "errors_by_class": self.errors_by_class.tolist(),
-            "bytes": self.bytes,
-            "duration_s": self.duration_s,
-            "latency": self.latency.to_sparse(),
-            "service_time": self.service_time.to_sparse(),
-            "send_lag": self.send_lag.to_sparse(),
-        }
-
-    @classmethod
-    def from_sparse(cls, d: dict[str, Any]) -> Stats:
-        s = cls(d["duration_s"])
-        by_class = list(d["errors_by_class"])
-        if len(by_class) > N_ERROR_CLASSES:
-            raise ValueError(f"{len(by_class)} error classes, this version knows {N_ERROR_CLASSES}")
-        s.errors_by_class[: len(by_class)] = by_class
-        s.requests = int(d["requests"])
-        s.errors = int(d["errors"])
-        s.bytes = int(d["bytes"])
-        s.latency = Histogram.from_sparse(d["latency"])
-        s.service_time = Histogram.from_sparse(d["service_time"])
-        s.send_lag = Histogram.from_sparse(d["send_lag"])
-        return s
 
 
 def _merged(parts: Iterable[Stats], duration_s: float) -> Stats:
@@ -181,7 +51,7 @@ def _merged(parts: Iterable[Stats], duration_s: float) -> Stats:
 
 # Per-window generator readings: which fields combine how across the batches of a window.
 _READINGS_MAX = ("loop_lag_max_ns", "send_lag_max_ns")
-_READINGS_SUM = ("late_sends", "interrupted", "unsent", "queued_sends")
+_READINGS_SUM = ("late_sends", "interrupted", "unsent", "generator_queued_sends")
 _READINGS_LAST = ("cpu_s", "rss_bytes", "loop_lag_mean_ns", "in_flight", "users", "level")
 
 
@@ -271,6 +141,9 @@ class Aggregator:
         self._window_s = self.window_ns / 1e9
         # cumulative[e][s]
         self._cumulative = [[Stats() for _ in self.stage_names] for _ in self.endpoints]
+        # Latency with the generator-queue wait taken out, and the requests that waited, per (e, s).
+        self._unqueued = [[Histogram() for _ in self.stage_names] for _ in self.endpoints]
+        self._generator_queued = np.zeros((len(self.endpoints), len(self.stage_names)), dtype=np.int64)
         self._open: dict[int, dict[int, Stats]] = {}  # window index -> endpoint index -> Stats
         self._open_readings: dict[int, dict[int, dict[str, Any]]] = {}  # window -> agent -> readings
         self._closed: dict[int, _ClosedWindow] = {}
@@ -296,6 +169,8 @@ class Aggregator:
         if batch.final:
             self._final.add(agent)
         self._add_readings(batch)
+        if batch.agg is not None:
+            self._add_aggregate(batch.agg, agent, batch.seq)
         for start in range(0, len(samples), _CHUNK):
             self._add_samples(samples[start : start + _CHUNK])
 
@@ -336,14 +211,22 @@ class Aggregator:
             group = group.ravel()
         n_groups = len(present)
 
-        latency = histograms_by_group(end - intended, group, n_groups)
+        latency_ns = end - intended
+        latency = histograms_by_group(latency_ns, group, n_groups)
         service = histograms_by_group(end - sent, group, n_groups)
         lag = histograms_by_group(sent - intended, group, n_groups)
-        error = np.minimum(samples["error"], _OTHER).astype(np.int64)
+        flags = samples["error"]
+        error = np.minimum(flags & ERROR_MASK, _OTHER).astype(np.int64)
         by_class = np.bincount(group * N_ERROR_CLASSES + error, minlength=n_groups * N_ERROR_CLASSES)
         by_class = by_class.reshape(n_groups, N_ERROR_CLASSES)
         nbytes = np.zeros(n_groups, dtype=np.int64)
         np.add.at(nbytes, group, samples["bytes"].astype(np.int64))
+        queued = (flags & GENERATOR_QUEUED) != 0
+        unqueued = latency
+        queued_per_group = np.zeros(n_groups, dtype=np.int64)
+        if bool(queued.any()):
+            queued_per_group = np.bincount(group[queued], minlength=n_groups)
+            unqueued = histograms_by_group(np.where(queued, end - sent, latency_ns), group, n_groups)
 
         for g, k in enumerate(present.tolist()):
             s_idx = k % n_s
@@ -355,23 +238,77 @@ class Aggregator:
             part.errors = part.requests - int(by_class[g, ErrorClass.OK])
             part.bytes = int(nbytes[g])
             part.latency, part.service_time, part.send_lag = latency[g], service[g], lag[g]
+            self._unqueued[e_idx][s_idx].merge(unqueued[g])
+            self._generator_queued[e_idx, s_idx] += int(queued_per_group[g])
             self._cumulative[e_idx][s_idx].merge(part)  # copies, never keeps, part's arrays
-            if w_idx > self._last_data_window:
-                self._last_data_window = w_idx
+            self._fold_window(w_idx, e_idx, part)
+
+    def _fold_window(self, w_idx: int, e_idx: int, part: Stats) -> None:
+        """One group's stats into its window (open, or a closed one as a late part); `part` may be kept."""
+        if w_idx > self._last_data_window:
+            self._last_data_window = w_idx
+        if w_idx >= self._next_close:
+            per_endpoint = self._open.setdefault(w_idx, {})
+            target = per_endpoint.get(e_idx)
+            if target is None:
+                per_endpoint[e_idx] = part  # the first group of a window becomes its stats
+            else:
+                target.merge(part)
+        else:
+            self.late_samples += part.requests
+            stored = self._closed.get(w_idx)
+            if stored is not None:
+                old = stored.stats.get(e_idx)
+                merged = Stats.from_sparse(old) if old is not None else Stats(self._window_s)
+                stored.stats[e_idx] = merged.merge(part).to_sparse()
+
+    def _add_aggregate(self, agg: Aggregate, agent: int, seq: int) -> None:
+        """An agent's aggregated batch: each group's histograms are added bucket by bucket
+        into the cumulative (endpoint, stage) stats and into its window's endpoint stats."""
+        groups = agg.groups
+        if len(groups) == 0:
+            return
+        if int(groups["endpoint"].max()) >= self._n_endpoints or int(groups["stage"].max()) >= self._n_stages:
+            raise ValueError(
+                f"agent {agent} batch {seq}: a group's endpoint or stage index is beyond this run's "
+                f"{self._n_endpoints} endpoints and {self._n_stages} stages"
+            )
+        lat, svc, lag = agg.latency, agg.service_time, agg.send_lag
+        unq = agg.latency_unqueued if agg.latency_unqueued is not None else lat
+        windows = groups["window"].tolist()
+        endpoints = groups["endpoint"].tolist()
+        stages = groups["stage"].tolist()
+        requests = groups["requests"].tolist()
+        nbytes = groups["bytes"].tolist()
+        queued = groups["generator_queued"].tolist()
+        errors = groups["errors"].astype(np.int64)
+        open_windows = self._open
+        for g in range(len(groups)):
+            w_idx, e_idx, s_idx = windows[g], endpoints[g], stages[g]
             if w_idx >= self._next_close:
-                per_endpoint = self._open.setdefault(w_idx, {})
+                per_endpoint = open_windows.setdefault(w_idx, {})
                 target = per_endpoint.get(e_idx)
                 if target is None:
-                    per_endpoint[e_idx] = part  # the first group of a window becomes its stats
-                else:
-                    target.merge(part)
+                    target = per_endpoint[e_idx] = Stats(self._window_s)
+                targets = (self._cumulative[e_idx][s_idx], target)
+                if w_idx > self._last_data_window:
+                    self._last_data_window = w_idx
             else:
-                self.late_samples += part.requests
-                stored = self._closed.get(w_idx)
-                if stored is not None:
-                    old = stored.stats.get(e_idx)
-                    merged = Stats.from_sparse(old) if old is not None else Stats(self._window_s)
-                    stored.stats[e_idx] = merged.merge(part).to_sparse()
+                late = Stats(self._window_s)
+                targets = (self._cumulative[e_idx][s_idx], late)
+            n_ok = int(errors[g, ErrorClass.OK])
+            for t in targets:
+                t.requests += requests[g]
+                t.errors += requests[g] - n_ok
+                t.errors_by_class += errors[g]
+                t.bytes += nbytes[g]
+                t.latency.add_group(lat, g)
+                t.service_time.add_group(svc, g)
+                t.send_lag.add_group(lag, g)
+            self._unqueued[e_idx][s_idx].add_group(unq, g)
+            self._generator_queued[e_idx, s_idx] += queued[g]
+            if w_idx < self._next_close:
+                self._fold_window(w_idx, e_idx, targets[1])
 
     # -- windows -----------------------------------------------------------------------
 
@@ -452,6 +389,17 @@ class Aggregator:
             begin = int(self._stage_ends[s - 1]) if s else 0
             duration_s = (int(self._stage_ends[s]) - begin) / 1e9
         return _merged((self._cumulative[e][s] for e in endpoints for s in stages), duration_s)
+
+    def generator_queueing(self, endpoint: str | None = None, stage: str | None = None) -> tuple[int, Histogram]:
+        """(requests of the scope that waited for a free slot of their own agent, the scope's
+        latency with that wait taken out: from the send instead of the intended time)."""
+        endpoints = self._endpoint_index(endpoint)
+        stages = list(range(self._n_stages)) if stage is None else [self.stage_names.index(stage)]
+        out = Histogram()
+        for e in endpoints:
+            for s in stages:
+                out.merge(self._unqueued[e][s])
+        return int(self._generator_queued[np.ix_(endpoints, stages)].sum()), out
 
     def recent(self, n_windows: int, endpoint: str | None = None) -> Stats:
         """Merged stats of the last ``n_windows`` closed windows (sliding evaluation);

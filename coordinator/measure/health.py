@@ -21,7 +21,7 @@ class AgentTotals:
     peak_rss_bytes: int = 0
     loop_lag_max_ns: int = 0
     late_sends: int = 0
-    queued_sends: int = 0
+    generator_queued_sends: int = 0  # late because every one of the agent's own slots was busy
     send_lag_max_ns: int = 0
     interrupted: int = 0
     unsent: int = 0
@@ -36,7 +36,7 @@ class AgentTotals:
         self.peak_rss_bytes = max(self.peak_rss_bytes, readings.rss_bytes)
         self.loop_lag_max_ns = max(self.loop_lag_max_ns, readings.loop_lag_max_ns)
         self.late_sends += readings.late_sends
-        self.queued_sends += getattr(readings, "queued_sends", 0)
+        self.generator_queued_sends += getattr(readings, "generator_queued_sends", 0)
         self.send_lag_max_ns = max(self.send_lag_max_ns, readings.send_lag_max_ns)
         self.interrupted += readings.interrupted
         self.unsent += readings.unsent
@@ -65,7 +65,7 @@ def generator_verdict(agents: dict[str, AgentTotals], requests: int) -> dict:
             "peak_rss_mb": round(a.peak_rss_bytes / 2**20, 1),
             "loop_lag_max_ms": round(a.loop_lag_max_ns / 1e6, 3),
             "late_sends": a.late_sends,
-            "queued_sends": a.queued_sends,
+            "generator_queued_sends": a.generator_queued_sends,
             "send_lag_max_ms": round(a.send_lag_max_ns / 1e6, 3),
             "interrupted": a.interrupted,
             "unsent": a.unsent,
@@ -84,9 +84,10 @@ def generator_verdict(agents: dict[str, AgentTotals], requests: int) -> dict:
         "cpu_s": round(total_cpu, 3),
         "cpu_us_per_request": round(total_cpu / requests * 1e6, 2) if requests else None,
         "late_sends": late,
-        # Sends that waited for a free sender because the target held them all: visible in
-        # latency (coordinated omission corrected), not a sign of generator saturation.
-        "queued_sends": sum(a.queued_sends for a in agents.values()),
+        # Sends that waited for a free slot of horde's own max_in_flight (generator queueing):
+        # visible in latency (coordinated omission corrected), not a sign of generator
+        # saturation, and not the target's time either (service time leaves it out).
+        "generator_queued_sends": sum(a.generator_queued_sends for a in agents.values()),
         "interrupted": sum(a.interrupted for a in agents.values()),
         "unsent": sum(a.unsent for a in agents.values()),
     }

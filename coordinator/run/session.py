@@ -140,7 +140,7 @@ class RunSession:
         self.totals: dict[str, AgentTotals] = {}
         self.resources = ResourceSeries()
         self.sends = SendCounter()
-        self.checker = BatchChecker(RunBounds(endpoints=len(plan.endpoints)))
+        self.checker = BatchChecker(RunBounds(endpoints=len(plan.endpoints), stages=len(plan.stage_names)))
         self.bad_batches = BadBatches()
         self.faulty: list[AgentLost] = []  # agents to declare lost as faulty (lose_faulty)
         # planned = sent + missed + unsent (run/ledger.py); one sample per arrival unless flows
@@ -280,9 +280,9 @@ class RunSession:
         if self.bad_batches.is_faulty(b.agent, b.incarnation):
             return False  # declared faulty: nothing more of it counts
         self.agg.add(b)
-        self.sends.add(b.samples["sent_ns"])
+        self.sends.add_counts(*b.send_bins())
         self.totals[agent_label(b.agent, b.incarnation)].add(b.readings, b.watermark_ns, b.engine)
-        self.ledger.batch(b.agent, len(b.samples), b.readings, b.watermark_ns, b.final)
+        self.ledger.batch(b.agent, b.requests, b.readings, b.watermark_ns, b.final)
         if b.agent in self.restoring:
             loss = self.restoring.pop(b.agent)
             loss["restored_at_s"] = round(b.watermark_ns / 1e9, 3)

@@ -38,6 +38,16 @@ class SendCounter:
             self._counts = np.concatenate([self._counts, np.zeros(len(c) - len(self._counts), np.int64)])
         self._counts[: len(c)] += c
 
+    def add_counts(self, first_bin: int, counts) -> None:
+        """Sends an agent counted itself: counts[i] in bin first_bin + i (an aggregated batch)."""
+        np = self._np
+        if len(counts) == 0:
+            return
+        end = first_bin + len(counts)
+        if end > len(self._counts):
+            self._counts = np.concatenate([self._counts, np.zeros(end - len(self._counts), np.int64)])
+        self._counts[first_bin:end] += counts
+
     def counts(self) -> list[int]:
         return self._counts.tolist()
 

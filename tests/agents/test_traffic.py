@@ -155,7 +155,7 @@ def test_latency_includes_queueing_that_service_time_does_not():
     assert latency.max() > 3 * service.max()
     # The target held the only sender: those sends were queued (the target's doing), not
     # late (the generator's).
-    assert sum(b.readings.queued_sends for b in batches) >= 10
+    assert sum(b.readings.generator_queued_sends for b in batches) >= 10
     assert sum(b.readings.late_sends for b in batches) <= 2
 
 
