@@ -101,13 +101,8 @@ def check_aggregate(agg: Aggregate, bounds: RunBounds, low: int, high: int) -> N
     total = int(requests.sum())
     if total > bounds.max_records:
         raise BatchFormatError(f"batch field 'agg.grp': {total} requests, over {bounds.max_records}")
-    if int(agg.sends.sum(dtype=np.int64)) != total:
-        raise BatchFormatError(
-            f"batch field 'agg.sends': {int(agg.sends.sum(dtype=np.int64))} sends, but {total} requests"
-        )
-    if len(agg.sends) and (agg.sends_first_bin + len(agg.sends)) * SEND_BIN_NS > high + SEND_BIN_NS:
-        raise BatchFormatError(f"batch field 'agg.sb': sends counted after the run's end ({high} ns)")
     if len(groups) == 0:
+        _check_sends(agg, total, high)
         return
     top_window = max(high, 0) // agg.window_ns
     for name, top in (("endpoint", bounds.endpoints - 1), ("stage", bounds.stages - 1), ("window", top_window)):
@@ -124,9 +119,19 @@ def check_aggregate(agg: Aggregate, bounds: RunBounds, low: int, high: int) -> N
     keys = (groups["window"] * bounds.endpoints + groups["endpoint"]) * bounds.stages + groups["stage"]
     if len(np.unique(keys)) != len(keys):
         raise BatchFormatError("batch field 'agg.grp': a (window, endpoint, stage) group twice")
+    _check_sends(agg, total, high)
     span = high - low
     for kind, h in zip(HIST_KINDS, agg.histograms()):
         _check_grouped(h, f"agg.h.{kind}", requests, span)
+
+
+def _check_sends(agg: Aggregate, total: int, high: int) -> None:
+    if int(agg.sends.sum(dtype=np.int64)) != total:
+        raise BatchFormatError(
+            f"batch field 'agg.sends': {int(agg.sends.sum(dtype=np.int64))} sends, but {total} requests"
+        )
+    if len(agg.sends) and (agg.sends_first_bin + len(agg.sends)) * SEND_BIN_NS > high + SEND_BIN_NS:
+        raise BatchFormatError(f"batch field 'agg.sb': sends counted after the run's end ({high} ns)")
 
 
 def _check_grouped(h: GroupedHistograms, name: str, requests: np.ndarray, span_ns: int) -> None:

@@ -141,7 +141,11 @@ def test_totals_from_readings() -> None:
     rows = [
         # (readings, watermark_ns, engine)
         (GeneratorReadings(cpu_s=0.5, rss_bytes=100, loop_lag_max_ns=7, late_sends=2, send_lag_max_ns=30), 2 * S, ""),
-        (GeneratorReadings(cpu_s=1.5, rss_bytes=300, loop_lag_max_ns=3, generator_queued_sends=4, interrupted=1), 3 * S, "fast"),
+        (
+            GeneratorReadings(cpu_s=1.5, rss_bytes=300, loop_lag_max_ns=3, generator_queued_sends=4, interrupted=1),
+            3 * S,
+            "fast",
+        ),
         (
             GeneratorReadings(cpu_s=1.2, rss_bytes=200, late_sends=1, unsent=6, send_lag_max_ns=10),
             1 * S,
@@ -154,7 +158,8 @@ def test_totals_from_readings() -> None:
     assert t.peak_rss_bytes == 300  # peak, not last
     assert t.loop_lag_max_ns == 7
     assert t.send_lag_max_ns == 30
-    assert (t.late_sends, t.generator_queued_sends, t.interrupted, t.unsent) == (3, 4, 1, 6)  # per-interval counts: summed
+    # per-interval counts: summed
+    assert (t.late_sends, t.generator_queued_sends, t.interrupted, t.unsent) == (3, 4, 1, 6)
     assert t.batches == 3
     assert t.first_watermark_ns == 2 * S  # the first batch's, even though a later one is smaller
     assert t.last_watermark_ns == 3 * S  # the largest seen: a late batch does not move it back
