@@ -24,8 +24,9 @@ arrival goes out as soon as a slot is free: a completion sends the next due arri
 its callback, and one timer (re-armed for the next arrival, at most one per loop tick)
 releases arrivals while slots are idle. When every slot is busy the next arrival waits,
 and its latency (measured from the intended time) shows the wait: coordinated omission is
-corrected, as in wrk2. Such an arrival counts as `queued` (the target held every slot);
-one sent late while a slot was free counts as `late` (the generator's own fault).
+corrected, as in wrk2. Such an arrival counts as generator-queued (horde's own
+max_in_flight held it back; its record is flagged GENERATOR_QUEUED); one sent late while
+a slot was free counts as `late` (the generator's own fault).
 
 Closed model: one slot per virtual user, started and stopped as the planned user count of
 this agent's share changes; a user's intended send time is when its think time ended, so

@@ -138,6 +138,18 @@ class GeneratorAgent(Record):
     engines: list[str] = Field(default_factory=list)
 
 
+class GeneratorQueueingScope(Record):
+    requests: int = 0  # requests that waited for a free slot of their own agent
+    latency_ms_without: dict[str, float | None] = Field(default_factory=dict)  # the wait taken out
+    moved: dict[str, float | None] = Field(default_factory=dict)  # (with - without) / without, per percentile
+
+
+class GeneratorQueueing(Record):
+    warn_above: float = 0.05
+    scopes: dict[str, GeneratorQueueingScope] = Field(default_factory=dict)  # "total" and endpoints
+    warning: str | None = None
+
+
 class Generator(Record):
     saturated: bool = False
     reasons: list[str] = Field(default_factory=list)
@@ -151,6 +163,7 @@ class Generator(Record):
     interrupted: int = 0
     unsent: int = 0
     bad_batches: int = 0  # batches refused by the checks (coordinator/measure/batch_check.py)
+    generator_queueing: GeneratorQueueing | None = None  # absent in bundles before issue 14
 
 
 class SeriesSummary(Record):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from horde.agents.samples import GeneratorReadings
@@ -12,8 +13,10 @@ from horde.coordinator.measure.health import (
     LATE_FRACTION_SATURATED,
     LOOP_LAG_SATURATED_NS,
     AgentTotals,
+    generator_queueing,
     generator_verdict,
 )
+from horde.coordinator.measure.histogram import Histogram
 
 S = 1_000_000_000  # ns per second
 
@@ -175,3 +178,34 @@ def test_totals_accept_readings_without_generator_queued_sends() -> None:
     t = AgentTotals()
     t.add(old, 1, "")
     assert (t.generator_queued_sends, t.batches, t.engines) == (0, 1, set())
+
+
+def _hist(values_ms) -> Histogram:
+    h = Histogram()
+    h.record_many(np.asarray([int(v * 1e6) for v in values_ms], dtype=np.int64))
+    return h
+
+
+def test_generator_queueing_that_moves_a_percentile_is_warned_about() -> None:
+    # 100 requests of 10 ms; the slowest 5 waited 90 ms for a free slot of their own agent.
+    without = _hist([10] * 100)
+    with_wait = _hist([10] * 95 + [100] * 5)
+    out = generator_queueing({"total": (with_wait, without, 5)})
+    scope = out["scopes"]["total"]
+    assert scope["requests"] == 5
+    assert scope["latency_ms_without"]["p99"] == pytest.approx(10.0, rel=0.01)
+    assert abs(scope["moved"]["p50"]) < 0.01 and scope["moved"]["p99"] > 5  # within a bucket; 10x
+    assert out["warning"] and "p99" in out["warning"] and "5 requests" in out["warning"]
+
+
+@pytest.mark.parametrize(
+    "with_ms, queued",
+    [
+        ([10] * 99 + [10.3], 1),  # moved 3%: under the 5% line
+        ([10] * 100, 0),  # nothing waited
+    ],
+)
+def test_generator_queueing_under_the_line_is_not_warned_about(with_ms, queued) -> None:
+    out = generator_queueing({"total": (_hist(with_ms), _hist([10] * 100), queued)})
+    assert out["warning"] is None
+    assert ("total" in out["scopes"]) is bool(queued)
