@@ -32,6 +32,7 @@ from horde.agents.samples import (
     ErrorClass,
     GeneratorReadings,
 )
+from horde.coordinator.measure.blocks import StatsBlock, select_groups
 from horde.coordinator.measure.histogram import Histogram, histograms_by_group
 from horde.coordinator.measure.stats import DEFAULT_QUANTILES, N_ERROR_CLASSES, Stats, quantile_key
 
@@ -140,11 +141,17 @@ class Aggregator:
         self._n_stages = len(self.stage_names)
         self._window_s = self.window_ns / 1e9
         # cumulative[e][s]
-        self._cumulative = [[Stats() for _ in self.stage_names] for _ in self.endpoints]
+        # cumulative[e][s]: rows e * n_stages + s of one block (coordinator/measure/blocks.py)
+        n_s = self._n_stages
+        self._cum = StatsBlock(self._n_endpoints * n_s, 0.0, extra=("latency_unqueued",))
+        self._cumulative = [[self._cum.stats(e * n_s + s) for s in range(n_s)] for e in range(self._n_endpoints)]
         # Latency with the generator-queue wait taken out, and the requests that waited, per (e, s).
-        self._unqueued = [[Histogram() for _ in self.stage_names] for _ in self.endpoints]
+        self._unqueued = [
+            [self._cum.histogram("latency_unqueued", e * n_s + s) for s in range(n_s)] for e in range(self._n_endpoints)
+        ]
         self._generator_queued = np.zeros((len(self.endpoints), len(self.stage_names)), dtype=np.int64)
-        self._open: dict[int, dict[int, Stats]] = {}  # window index -> endpoint index -> Stats
+        self._open: dict[int, dict[int, Stats]] = {}  # window index -> endpoint index -> Stats (its block's)
+        self._open_blocks: dict[int, StatsBlock] = {}  # window index -> its endpoints' block
         self._open_readings: dict[int, dict[int, dict[str, Any]]] = {}  # window -> agent -> readings
         self._closed: dict[int, _ClosedWindow] = {}
         self._next_close = 0  # every window below this index has been closed
@@ -248,12 +255,7 @@ class Aggregator:
         if w_idx > self._last_data_window:
             self._last_data_window = w_idx
         if w_idx >= self._next_close:
-            per_endpoint = self._open.setdefault(w_idx, {})
-            target = per_endpoint.get(e_idx)
-            if target is None:
-                per_endpoint[e_idx] = part  # the first group of a window becomes its stats
-            else:
-                target.merge(part)
+            self._window_block(w_idx).stats(e_idx).merge(part)
         else:
             self.late_samples += part.requests
             stored = self._closed.get(w_idx)
@@ -262,53 +264,44 @@ class Aggregator:
                 merged = Stats.from_sparse(old) if old is not None else Stats(self._window_s)
                 stored.stats[e_idx] = merged.merge(part).to_sparse()
 
+    def _window_block(self, w_idx: int) -> StatsBlock:
+        block = self._open_blocks.get(w_idx)
+        if block is None:
+            block = self._open_blocks[w_idx] = StatsBlock(self._n_endpoints, self._window_s)
+            self._open[w_idx] = block.stats_by_row
+        return block
+
     def _add_aggregate(self, agg: Aggregate, agent: int, seq: int) -> None:
-        """An agent's aggregated batch: each group's histograms are added bucket by bucket
-        into the cumulative (endpoint, stage) stats and into its window's endpoint stats."""
+        """An agent's aggregated batch: its groups' buckets are added with one np.add.at per
+        histogram kind into the cumulative (endpoint, stage) block and into each open
+        window's endpoint block; groups of windows already closed are late."""
         groups = agg.groups
         if len(groups) == 0:
             return
-        if int(groups["endpoint"].max()) >= self._n_endpoints or int(groups["stage"].max()) >= self._n_stages:
+        endpoints = groups["endpoint"].astype(np.int64)
+        stages = groups["stage"].astype(np.int64)
+        if int(endpoints.max()) >= self._n_endpoints or int(stages.max()) >= self._n_stages:
             raise ValueError(
                 f"agent {agent} batch {seq}: a group's endpoint or stage index is beyond this run's "
                 f"{self._n_endpoints} endpoints and {self._n_stages} stages"
             )
-        lat, svc, lag = agg.latency, agg.service_time, agg.send_lag
-        unq = agg.latency_unqueued if agg.latency_unqueued is not None else lat
-        windows = groups["window"].tolist()
-        endpoints = groups["endpoint"].tolist()
-        stages = groups["stage"].tolist()
-        requests = groups["requests"].tolist()
-        nbytes = groups["bytes"].tolist()
-        queued = groups["generator_queued"].tolist()
-        errors = groups["errors"].astype(np.int64)
-        open_windows = self._open
-        for g in range(len(groups)):
-            w_idx, e_idx, s_idx = windows[g], endpoints[g], stages[g]
+        windows = groups["window"].astype(np.int64)
+        self._cum.add_aggregate(
+            agg, endpoints * self._n_stages + stages, extra={"latency_unqueued": "latency_unqueued"}
+        )
+        np.add.at(self._generator_queued, (endpoints, stages), groups["generator_queued"].astype(np.int64))
+        self._last_data_window = max(self._last_data_window, int(windows.max()))
+        for w_idx in np.unique(windows).tolist():
+            mask = windows == w_idx
+            part = agg if bool(mask.all()) else select_groups(agg, mask)
             if w_idx >= self._next_close:
-                per_endpoint = open_windows.setdefault(w_idx, {})
-                target = per_endpoint.get(e_idx)
-                if target is None:
-                    target = per_endpoint[e_idx] = Stats(self._window_s)
-                targets = (self._cumulative[e_idx][s_idx], target)
-                if w_idx > self._last_data_window:
-                    self._last_data_window = w_idx
-            else:
-                late = Stats(self._window_s)
-                targets = (self._cumulative[e_idx][s_idx], late)
-            n_ok = int(errors[g, ErrorClass.OK])
-            for t in targets:
-                t.requests += requests[g]
-                t.errors += requests[g] - n_ok
-                t.errors_by_class += errors[g]
-                t.bytes += nbytes[g]
-                t.latency.add_group(lat, g)
-                t.service_time.add_group(svc, g)
-                t.send_lag.add_group(lag, g)
-            self._unqueued[e_idx][s_idx].add_group(unq, g)
-            self._generator_queued[e_idx, s_idx] += queued[g]
-            if w_idx < self._next_close:
-                self._fold_window(w_idx, e_idx, targets[1])
+                self._window_block(w_idx).add_aggregate(part, part.groups["endpoint"].astype(np.int64))
+            else:  # late: one endpoint's stats at a time into the stored window
+                for e_idx in np.unique(part.groups["endpoint"]).tolist():
+                    late = StatsBlock(1, self._window_s)
+                    mine = part.groups["endpoint"] == e_idx
+                    late.add_aggregate(select_groups(part, mine), np.zeros(int(mine.sum()), dtype=np.int64))
+                    self._fold_window(w_idx, e_idx, late.stats(0))
 
     # -- windows -----------------------------------------------------------------------
 
@@ -319,6 +312,7 @@ class Aggregator:
         closed: list[Window] = []
         for index in range(self._next_close, upto):
             per_endpoint = self._open.pop(index, {})
+            self._open_blocks.pop(index, None)
             generator = self._open_readings.pop(index, {})
             window = self._make_window(index, per_endpoint, generator)
             self._closed[index] = _ClosedWindow(

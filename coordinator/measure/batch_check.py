@@ -154,8 +154,9 @@ def _check_grouped(h: GroupedHistograms, name: str, requests: np.ndarray, span_n
         if int(h.cnt.min()) == 0:
             raise BatchFormatError(f"batch field {name!r}.cnt: a bucket counted 0 times")
         # Ascending within a group: a descent may only be where a group begins.
-        descents = np.flatnonzero(np.diff(h.idx.astype(np.int64)) <= 0) + 1
-        if len(descents) and not bool(np.isin(descents, h.offsets).all()):
+        starts = np.zeros(len(h.idx) + 1, dtype=bool)
+        starts[h.offsets] = True
+        if bool((np.diff(h.idx.astype(np.int64)) <= 0)[~starts[1:-1]].any()):
             raise BatchFormatError(f"batch field {name!r}.idx: a group's bucket indices not ascending")
     cumulative = np.concatenate([[0], np.cumsum(h.cnt, dtype=np.int64)])
     in_buckets = cumulative[h.offsets[1:]] - cumulative[h.offsets[:-1]]

@@ -164,23 +164,28 @@ class Histogram:
     def add_group(self, grouped: GroupedHistograms, g: int) -> Histogram:
         """Add group `g` of an agent's grouped histograms (agents/histogram.py); returns self.
         The same as recording that group's values here."""
-        row = grouped.scalars[g]
-        n = int(row["count"])
-        if n == 0:
-            return self
-        a, b = int(grouped.offsets[g]), int(grouped.offsets[g + 1])
-        if b > a:
-            counts = self._writable()
-            idx = grouped.idx[a:b]
-            counts[idx] += grouped.cnt[a:b]  # ascending, distinct indices: no np.add.at needed
-        lo, hi = int(row["min"]), int(row["max"])
-        self.count += n
-        self.overflow += int(row["overflow"])
-        self.clamped += int(row["clamped"])
-        self.sum_ns += int(row["sum"])
-        self.min_ns = lo if self.min_ns is None or lo < self.min_ns else self.min_ns
-        self.max_ns = hi if self.max_ns is None or hi > self.max_ns else self.max_ns
-        return self
+        return GroupColumns(grouped).add_into(self, g)
+
+    def add_buckets(
+        self, idx: np.ndarray, cnt: np.ndarray, count: int, overflow: int, clamped: int, lo: int, hi: int, total: int
+    ) -> None:
+        """Add counts at distinct counts indices `idx`, and the figures a bucket array cannot
+        give (count, overflow, clamped, min, max, sum of the values added)."""
+        if count == 0:
+            return
+        if len(idx):
+            counts = self._counts
+            if counts is _NO_COUNTS:
+                counts = self._counts = np.zeros(COUNTS_LEN, dtype=np.int64)
+            counts[idx] += cnt  # distinct indices: no np.add.at needed
+        self.count += count
+        self.overflow += overflow
+        self.clamped += clamped
+        self.sum_ns += total
+        if self.min_ns is None or lo < self.min_ns:
+            self.min_ns = lo
+        if self.max_ns is None or hi > self.max_ns:
+            self.max_ns = hi
 
     # -- combining ---------------------------------------------------------------------
 
@@ -341,6 +346,56 @@ class Histogram:
         if int(cnt.sum()) + h.overflow != h.count:
             raise ValueError("sparse histogram counts do not add up to its count")
         return h
+
+
+class GroupColumns:
+    """An agent's grouped histograms as Python lists and int64 arrays, converted once per
+    batch, so that adding a group into a histogram costs one fancy add and a few int ops."""
+
+    __slots__ = ("count", "overflow", "clamped", "lo", "hi", "total", "offsets", "idx", "cnt")
+
+    def __init__(self, grouped: GroupedHistograms, with_buckets: bool = True) -> None:
+        sc = grouped.scalars
+        self.count: list[int] = sc["count"].tolist()
+        self.overflow: list[int] = sc["overflow"].tolist()
+        self.clamped: list[int] = sc["clamped"].tolist()
+        self.lo: list[int] = sc["min"].tolist()
+        self.hi: list[int] = sc["max"].tolist()
+        self.total: list[int] = sc["sum"].tolist()
+        self.offsets: list[int] = grouped.offsets.tolist() if with_buckets else []
+        self.idx = grouped.idx.astype(np.intp) if with_buckets else grouped.idx
+        self.cnt = grouped.cnt.astype(np.int64) if with_buckets else grouped.cnt
+
+    def add_into(self, h: Histogram, g: int) -> Histogram:
+        """Group g, buckets and figures, into `h`."""
+        a, b = self.offsets[g], self.offsets[g + 1]
+        h.add_buckets(
+            self.idx[a:b],
+            self.cnt[a:b],
+            self.count[g],
+            self.overflow[g],
+            self.clamped[g],
+            self.lo[g],
+            self.hi[g],
+            self.total[g],
+        )
+        return h
+
+    def add_figures(self, h: Histogram, g: int) -> None:
+        """Group g's figures alone into `h` (count, overflow, clamped, min, max, sum), its
+        buckets added by the caller (coordinator/measure/blocks.py)."""
+        n = self.count[g]
+        if n == 0:
+            return
+        h.count += n
+        h.overflow += self.overflow[g]
+        h.clamped += self.clamped[g]
+        h.sum_ns += self.total[g]
+        lo, hi = self.lo[g], self.hi[g]
+        if h.min_ns is None or lo < h.min_ns:
+            h.min_ns = lo
+        if h.max_ns is None or hi > h.max_ns:
+            h.max_ns = hi
 
 
 def histograms_by_group(values_ns: np.ndarray, group: np.ndarray, n_groups: int) -> list[Histogram]:
