@@ -498,3 +498,31 @@ def test_open_rate_table_and_rates() -> None:
     assert row.split() == ["5000", "50000", "0", "5000", "-", "30.0", "28.0", "0", "2", "0.30", "1.50", "-"]
     assert "25000/s: failed: killed after 190s" in text
     assert "5000/s: steady us/req by process: agent 28.0, driver 5.0" in text
+
+
+def test_coordinator_sim_batches_pass_the_coordinators_checks() -> None:
+    # What the simulated agents replay is what real agents send: it passes the checks and
+    # lands in the aggregator, window by window (no Ray here: the actor class is plain).
+    import asyncio
+
+    from bench.coordinator_sim import S, SimAgents
+    from horde.agents.samples import decode_batch
+    from horde.coordinator.measure.aggregate import Aggregator
+    from horde.coordinator.measure.batch_check import BatchChecker, RunBounds
+
+    sim = SimAgents([0, 2])
+    assert sim.prepare(2000, 10) == 3
+
+    async def collect():
+        return [p async for p in sim.stream(0, 3)]  # start in the past: no waiting
+
+    payloads = asyncio.run(collect())
+    agg = Aggregator([f"e{i}" for i in range(10)], [10**13], ["main"])
+    checker = BatchChecker(RunBounds(endpoints=10, stages=1))
+    for p in payloads:
+        b = decode_batch(p)
+        checker.check(b, sender=b.agent, incarnations={0: 0, 2: 0}, now_ns=4 * S)
+        agg.add(b)
+    assert len(payloads) == 6
+    assert agg.snapshot().requests == 6 * 2000
+    assert [w.total.requests > 0 for w in agg.close_until(3 * S)] == [True, True, True]
