@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from horde.agents.histogram import group_histograms
+from horde.agents.histogram import CHUNK, GroupedHistogramBuilder, group_histograms
 from horde.agents.samples import (
     ERROR_MASK,
     GENERATOR_QUEUED,
@@ -58,26 +58,26 @@ def stage_ends_ns(stages: Sequence[Stage]) -> np.ndarray:
 
 def aggregate_records(samples: np.ndarray, stage_ends: np.ndarray, window_ns: int = WINDOW_NS) -> Aggregate:
     """SAMPLE_DTYPE records -> their Aggregate. Raises OverflowError when a group's sum of
-    times does not fit in 64 bits (send that batch raw)."""
+    times does not fit in 64 bits (send that batch raw). Two passes of CHUNK records: the
+    group keys, then the histograms (temporaries that fit in cache are ~3x faster)."""
     if samples.dtype != SAMPLE_DTYPE:
         raise TypeError(f"samples must have SAMPLE_DTYPE, got {samples.dtype}")
-    n_s = len(stage_ends)
-    end = samples["end_ns"]
-    intended = samples["intended_ns"]
-    sent = samples["sent_ns"]
-    first_bin, sends = send_bins(sent)
-    if len(samples) == 0:
+    n = len(samples)
+    first_bin, sends = send_bins(samples["sent_ns"])
+    if n == 0:
         empty = group_histograms(np.empty(0, np.int64), np.empty(0, np.int64), 0)
         return Aggregate(window_ns, np.empty(0, GROUP_DTYPE), empty, empty, empty, None, first_bin, sends)
-    window = np.maximum(end // window_ns, 0)
-    stage = np.minimum(np.searchsorted(stage_ends, intended, side="right"), n_s - 1)
-    endpoint = samples["endpoint"].astype(np.int64)
-    n_e = int(endpoint.max()) + 1
-    w_min = int(window.min())
-    n_windows = int(window.max()) - w_min + 1
-    key = ((window - w_min) * n_e + endpoint) * n_s + stage
-    n_keys = n_windows * n_e * n_s
-    if n_keys <= 4 * len(samples) + 4096:
+    n_s = len(stage_ends)
+    n_e = int(samples["endpoint"].max()) + 1
+    w_min = max(int(samples["end_ns"].min()) // window_ns, 0)
+    key = np.empty(n, dtype=np.int64)
+    for a in range(0, n, CHUNK):
+        c = samples[a : a + CHUNK]
+        window = np.maximum(c["end_ns"] // window_ns, 0) - w_min
+        stage = np.minimum(np.searchsorted(stage_ends, c["intended_ns"], side="right"), n_s - 1)
+        key[a : a + CHUNK] = (window * n_e + c["endpoint"]) * n_s + stage
+    n_keys = (int(key.max()) // (n_e * n_s) + 1) * n_e * n_s
+    if n_keys <= 4 * n + 4096:
         # Few possible keys (a flush spans a window or two): a counting pass and a lookup
         # table group in O(n), no sort.
         per_key = np.bincount(key, minlength=n_keys)
@@ -92,32 +92,45 @@ def aggregate_records(samples: np.ndarray, stage_ends: np.ndarray, window_ns: in
     n_groups = len(present)
 
     flags = samples["error"]
-    error = np.minimum(flags & ERROR_MASK, _OTHER).astype(np.int64)
     queued = (flags & GENERATOR_QUEUED) != 0
+    any_queued = bool(queued.any())
     groups = np.zeros(n_groups, dtype=GROUP_DTYPE)
     groups["window"] = present // (n_s * n_e) + w_min
     groups["endpoint"] = (present // n_s) % n_e
     groups["stage"] = present % n_s
     groups["requests"] = requests
+    error = np.minimum(flags & ERROR_MASK, _OTHER).astype(np.int64)
     groups["errors"] = np.bincount(group * N_ERROR_CLASSES + error, minlength=n_groups * N_ERROR_CLASSES).reshape(
         n_groups, N_ERROR_CLASSES
     )
     nbytes = np.zeros(n_groups, dtype=np.uint64)
     np.add.at(nbytes, group, samples["bytes"].astype(np.uint64))
     groups["bytes"] = nbytes
-
-    latency = end - intended
-    unqueued = None
-    if bool(queued.any()):
+    if any_queued:
         groups["generator_queued"] = np.bincount(group[queued], minlength=n_groups)
-        unqueued = group_histograms(np.where(queued, end - sent, latency), group, n_groups)
+
+    latency = GroupedHistogramBuilder(n_groups, n)
+    service = GroupedHistogramBuilder(n_groups, n)
+    lag = GroupedHistogramBuilder(n_groups, n)
+    unqueued = GroupedHistogramBuilder(n_groups, n) if any_queued else None
+    for a in range(0, n, CHUNK):
+        c = samples[a : a + CHUNK]
+        g = group[a : a + CHUNK]
+        end, intended, sent = c["end_ns"], c["intended_ns"], c["sent_ns"]
+        lat = end - intended
+        svc = end - sent
+        latency.add(lat, g)
+        service.add(svc, g)
+        lag.add(sent - intended, g)
+        if unqueued is not None:
+            unqueued.add(np.where(queued[a : a + CHUNK], svc, lat), g)
     return Aggregate(
         window_ns=window_ns,
         groups=groups,
-        latency=group_histograms(latency, group, n_groups),
-        service_time=group_histograms(end - sent, group, n_groups),
-        send_lag=group_histograms(sent - intended, group, n_groups),
-        latency_unqueued=unqueued,
+        latency=latency.finish(),
+        service_time=service.finish(),
+        send_lag=lag.finish(),
+        latency_unqueued=None if unqueued is None else unqueued.finish(),
         sends_first_bin=first_bin,
         sends=sends,
     )

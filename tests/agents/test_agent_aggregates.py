@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from horde.agents.aggregate import aggregate_records, stage_ends_ns
-from horde.agents.histogram import HIGHEST_TRACKABLE_NS, group_histograms
+from horde.agents.histogram import CHUNK, HIGHEST_TRACKABLE_NS, group_histograms
 from horde.agents.runner import AgentRunner
 from horde.agents.samples import GENERATOR_QUEUED, SAMPLE_DTYPE, Batch, decode_batch, encode_batch
 from horde.agents.spec import AgentSpec, RequestTemplate, Stage
@@ -59,6 +59,18 @@ def test_many_sparse_groups_take_the_sorting_path() -> None:
     groups = rng.integers(0, 2000, 500)
     values = rng.integers(0, 10**9, 500)
     assert _grouped_as_histograms(values, groups, 2000) == histograms_by_group(values, groups, 2000)
+
+
+@pytest.mark.parametrize("n_groups", [3, 300])  # the dense and the sorting path
+def test_values_over_several_chunks_are_the_coordinators_histograms(n_groups) -> None:
+    rng = np.random.default_rng(4)
+    n = 3 * CHUNK + 17
+    groups = rng.integers(0, n_groups, n)
+    values = rng.lognormal(np.log(5e6), 1.5, n).astype(np.int64) - 1000
+    values[::997] = HIGHEST_TRACKABLE_NS + 3
+    got = _grouped_as_histograms(values, groups, n_groups)
+    assert got == histograms_by_group(values, groups, n_groups)
+    assert sum(h.clamped for h in got) > 0 and sum(h.overflow for h in got) > 0
 
 
 def test_a_sum_beyond_64_bits_is_refused_not_wrapped() -> None:
