@@ -68,6 +68,7 @@ def test_values_over_several_chunks_are_the_coordinators_histograms(n_groups) ->
     groups = rng.integers(0, n_groups, n)
     values = rng.lognormal(np.log(5e6), 1.5, n).astype(np.int64) - 1000
     values[::997] = HIGHEST_TRACKABLE_NS + 3
+    values[5::1001] = -5
     got = _grouped_as_histograms(values, groups, n_groups)
     assert got == histograms_by_group(values, groups, n_groups)
     assert sum(h.clamped for h in got) > 0 and sum(h.overflow for h in got) > 0
