@@ -113,6 +113,7 @@ async def coordinate(actors, n_agents: int, groups: int, seconds: int) -> dict:
     sends = SendCounter()
     incarnations = dict.fromkeys(range(n_agents), 0)
     marks = dict.fromkeys(range(n_agents), 0)
+    finals: set[int] = set()
     start_wall_ns = time.time_ns() + S // 2
     figures = {"requests": 0, "bytes": 0, "lags_s": []}
 
@@ -123,8 +124,11 @@ async def coordinate(actors, n_agents: int, groups: int, seconds: int) -> dict:
         sends.add_counts(*b.send_bins())
         figures["requests"] += b.requests
         figures["bytes"] += len(payload)
-        marks[b.agent] = b.watermark_ns if not b.final else 1 << 62
-        for w in agg.close_until(min(marks.values())):
+        marks[b.agent] = b.watermark_ns
+        if b.final:
+            finals.add(b.agent)
+        live = [m for a, m in marks.items() if a not in finals]
+        for w in agg.close_until(min(live)) if live else agg.close_all():
             w.to_dict()
             for st in w.by_endpoint.values():
                 st.to_sparse()

@@ -301,6 +301,7 @@ class Aggregator:
                     late = StatsBlock(1, self._window_s)
                     mine = part.groups["endpoint"] == e_idx
                     late.add_aggregate(select_groups(part, mine), np.zeros(int(mine.sum()), dtype=np.int64))
+                    late.sync()
                     self._fold_window(w_idx, e_idx, late.stats(0))
 
     # -- windows -----------------------------------------------------------------------
@@ -311,8 +312,10 @@ class Aggregator:
         upto = watermark_ns // self.window_ns  # windows [.., upto) end at or before it
         closed: list[Window] = []
         for index in range(self._next_close, upto):
+            block = self._open_blocks.pop(index, None)
+            if block is not None:
+                block.sync()
             per_endpoint = self._open.pop(index, {})
-            self._open_blocks.pop(index, None)
             generator = self._open_readings.pop(index, {})
             window = self._make_window(index, per_endpoint, generator)
             self._closed[index] = _ClosedWindow(
@@ -369,6 +372,7 @@ class Aggregator:
     def snapshot(self, endpoint: str | None = None, stage: str | None = None) -> Stats:
         """Cumulative stats of a scope. duration_s: a stage's planned duration for a stage
         scope, else 0 .. end of the last window with samples (at least one window)."""
+        self._cum.sync()
         endpoints = self._endpoint_index(endpoint)
         if stage is None:
             stages = list(range(self._n_stages))
@@ -387,6 +391,7 @@ class Aggregator:
     def generator_queueing(self, endpoint: str | None = None, stage: str | None = None) -> tuple[int, Histogram]:
         """(requests of the scope that waited for a free slot of their own agent, the scope's
         latency with that wait taken out: from the send instead of the intended time)."""
+        self._cum.sync()
         endpoints = self._endpoint_index(endpoint)
         stages = list(range(self._n_stages)) if stage is None else [self.stage_names.index(stage)]
         out = Histogram()

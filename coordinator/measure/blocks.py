@@ -23,17 +23,33 @@ from horde.coordinator.measure.stats import N_ERROR_CLASSES, Stats
 KINDS = ("latency", "service_time", "send_lag")
 
 
+_SYNC_SUM_NS = 1 << 61  # pending sums are written out before they could pass int64
+
+
 class StatsBlock:
     """`rows` scopes of `duration_s`; ``extra`` names further histograms kept per row
-    (``histogram(name, row)``), such as the latency with the generator-queue wait taken out."""
+    (``histogram(name, row)``), such as the latency with the generator-queue wait taken out.
+
+    An aggregated batch's bucket counts land in the rows at once; its per-group figures
+    (requests, errors, bytes; each histogram's count, overflow, clamped, min, max, sum)
+    wait in pending int64 arrays until ``sync()`` writes them into the rows' Stats as exact
+    Python ints. Whoever reads a row's Stats calls ``sync()`` first (the aggregator does).
+    """
 
     def __init__(self, rows: int, duration_s: float, extra: tuple[str, ...] = ()) -> None:
         self.rows = rows
         self.duration_s = duration_s
-        self._counts = {k: np.zeros((rows, COUNTS_LEN), dtype=np.int64) for k in (*KINDS, *extra)}
+        self._names = (*KINDS, *extra)
+        self._counts = {k: np.zeros((rows, COUNTS_LEN), dtype=np.int64) for k in self._names}
         self._errors = np.zeros((rows, N_ERROR_CLASSES), dtype=np.int64)
         self.stats_by_row: dict[int, Stats] = {}
         self._extra: dict[str, dict[int, Histogram]] = {k: {} for k in extra}
+        # pending figures: per row requests, errors, bytes; per histogram count, overflow, clamped, sum, min, max
+        self._p_scope = np.zeros((rows, 3), dtype=np.int64)
+        self._p_hist = {k: np.zeros((rows, 4), dtype=np.int64) for k in self._names}
+        self._p_min = {k: np.full(rows, np.iinfo(np.int64).max, dtype=np.int64) for k in self._names}
+        self._p_max = {k: np.full(rows, -1, dtype=np.int64) for k in self._names}
+        self._pending_rows: set[int] = set()
 
     def stats(self, row: int) -> Stats:
         s = self.stats_by_row.get(row)
@@ -52,37 +68,93 @@ class StatsBlock:
             h._counts = self._counts[name][row]
         return h
 
+    def sync(self) -> None:
+        """Write the pending figures into the rows' Stats and histograms."""
+        if not self._pending_rows:
+            return
+        rows = sorted(self._pending_rows)
+        scope = self._p_scope[rows].tolist()
+        for row, (requests, errors, nbytes) in zip(rows, scope):
+            s = self.stats(row)
+            s.requests += requests
+            s.errors += errors
+            s.bytes += nbytes
+        for name in self._names:
+            figures = self._p_hist[name][rows].tolist()
+            mins = self._p_min[name][rows].tolist()
+            maxs = self._p_max[name][rows].tolist()
+            for row, (count, overflow, clamped, total), lo, hi in zip(rows, figures, mins, maxs):
+                if count == 0:
+                    continue
+                h = getattr(self.stats(row), name) if name in KINDS else self.histogram(name, row)
+                h.count += count
+                h.overflow += overflow
+                h.clamped += clamped
+                h.sum_ns += total
+                if h.min_ns is None or lo < h.min_ns:
+                    h.min_ns = lo
+                if h.max_ns is None or hi > h.max_ns:
+                    h.max_ns = hi
+            self._p_hist[name][rows] = 0
+            self._p_min[name][rows] = np.iinfo(np.int64).max
+            self._p_max[name][rows] = -1
+        self._p_scope[rows] = 0
+        self._pending_rows.clear()
+
     def add_aggregate(self, agg: Aggregate, group_rows: np.ndarray, extra: dict[str, str] | None = None) -> None:
         """Add the groups of `agg` (group g into row group_rows[g]; rows may repeat).
         `extra` maps an extra histogram of this block to the aggregate's kind it takes."""
         group_rows = np.asarray(group_rows, dtype=np.int64)
-        rows = group_rows.tolist()
         groups = agg.groups
-        requests = groups["requests"].tolist()
-        nbytes = groups["bytes"].tolist()
+        requests = groups["requests"].astype(np.int64)
         errors = groups["errors"].astype(np.int64)
-        np.add.at(self._errors, group_rows, errors)
-        n_ok = errors[:, 0].tolist()
-        for g, row in enumerate(rows):
-            s = self.stats(row)
-            s.requests += requests[g]
-            s.errors += requests[g] - n_ok[g]
-            s.bytes += nbytes[g]
         sources = {k: getattr(agg, k) for k in KINDS}
         for name, kind in (extra or {}).items():
             sources[name] = getattr(agg, kind) if getattr(agg, kind) is not None else agg.latency
+        top = max(int(g.scalars["sum"].max()) for g in sources.values())
+        if top >= _SYNC_SUM_NS or any(int(self._p_hist[n][:, 3].max()) >= _SYNC_SUM_NS - top for n in sources):
+            self.sync()
+            if top >= _SYNC_SUM_NS:  # one group's sum alone is that large: figures one by one
+                self._add_figures_now(sources, group_rows)
+                self._add_buckets(sources, group_rows, errors)
+                scope = np.stack([requests, requests - errors[:, 0], groups["bytes"].astype(np.int64)], axis=1)
+                self._pending_rows.update(group_rows.tolist())
+                np.add.at(self._p_scope, group_rows, scope)
+                return
+        self._add_buckets(sources, group_rows, errors)
+        scope = np.stack([requests, requests - errors[:, 0], groups["bytes"].astype(np.int64)], axis=1)
+        np.add.at(self._p_scope, group_rows, scope)
+        for name, grouped in sources.items():
+            sc = grouped.scalars
+            figures = np.stack(
+                [
+                    sc["count"].astype(np.int64),
+                    sc["overflow"].astype(np.int64),
+                    sc["clamped"].astype(np.int64),
+                    sc["sum"],
+                ],
+                axis=1,
+            )
+            np.add.at(self._p_hist[name], group_rows, figures)
+            np.minimum.at(self._p_min[name], group_rows, sc["min"])
+            np.maximum.at(self._p_max[name], group_rows, sc["max"])
+        self._pending_rows.update(group_rows.tolist())
+
+    def _add_buckets(self, sources: dict, group_rows: np.ndarray, errors: np.ndarray) -> None:
+        np.add.at(self._errors, group_rows, errors)
         for name, grouped in sources.items():
             if len(grouped.idx):
                 flat = self._counts[name].reshape(-1)
                 bucket_rows = np.repeat(group_rows, np.diff(grouped.offsets))
                 np.add.at(flat, bucket_rows * COUNTS_LEN + grouped.idx, grouped.cnt.astype(np.int64))
+
+    def _add_figures_now(self, sources: dict, group_rows: np.ndarray) -> None:
+        rows = group_rows.tolist()
+        for name, grouped in sources.items():
             cols = GroupColumns(grouped, with_buckets=False)
-            if name in KINDS:
-                for g, row in enumerate(rows):
-                    cols.add_figures(getattr(self.stats_by_row[row], name), g)
-            else:
-                for g, row in enumerate(rows):
-                    cols.add_figures(self.histogram(name, row), g)
+            for g, row in enumerate(rows):
+                h = getattr(self.stats(row), name) if name in KINDS else self.histogram(name, row)
+                cols.add_figures(h, g)
 
 
 def _select_grouped(grouped, mask: np.ndarray):
