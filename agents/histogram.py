@@ -102,7 +102,6 @@ def index_of_value(value: int) -> int:
     return (bucket << SUB_BUCKET_HALF_COUNT_MAGNITUDE) + (value >> (bucket + UNIT_MAGNITUDE))
 
 
-LAYOUT: dict[str, int] = {"lowest": LOWEST_DISCERNIBLE_NS, "highest": HIGHEST_TRACKABLE_NS, "sig": SIGNIFICANT_FIGURES}
 # Exact int64 sums need chunking: 2**18 values of at most 2**44 sum below 2**63.
 SUM_CHUNK = 1 << 18
 I64_MAX = int(np.iinfo(np.int64).max)

@@ -26,6 +26,9 @@ BUNDLE_FORMAT = 1  # bundle_format this horde writes
 READABLE_FORMATS = frozenset({1})  # bundle_format values this horde reads
 
 
+_QUEUED_NAMES = AliasChoices("generator_queued_sends", "queued_sends")  # the second: bundles before issue 14
+
+
 class Record(BaseModel):
     """A fixed-shape bundle record; item access by JSON key for dict-era callers."""
 
@@ -131,7 +134,9 @@ class GeneratorAgent(Record):
     late_sends: int = 0
     # Sends over 10 ms late because every one of the agent's own max_in_flight slots was busy;
     # bundles before it call this "queued_sends".
-    generator_queued_sends: int = Field(0, validation_alias=AliasChoices("generator_queued_sends", "queued_sends"))
+    generator_queued_sends: int = Field(
+        default=0, validation_alias=AliasChoices("generator_queued_sends", "queued_sends")
+    )
     send_lag_max_ms: float = 0.0
     interrupted: int = 0
     unsent: int = 0
@@ -159,7 +164,9 @@ class Generator(Record):
     late_sends: int = 0
     # Sends over 10 ms late because every one of the agent's own max_in_flight slots was busy;
     # bundles before it call this "queued_sends".
-    generator_queued_sends: int = Field(0, validation_alias=AliasChoices("generator_queued_sends", "queued_sends"))
+    generator_queued_sends: int = Field(
+        default=0, validation_alias=AliasChoices("generator_queued_sends", "queued_sends")
+    )
     interrupted: int = 0
     unsent: int = 0
     bad_batches: int = 0  # batches refused by the checks (coordinator/measure/batch_check.py)

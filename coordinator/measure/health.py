@@ -100,6 +100,10 @@ def generator_verdict(agents: dict[str, AgentTotals], requests: int) -> dict:
     }
 
 
+def _ms(ns: int | None) -> float | None:
+    return None if ns is None else round(ns / 1e6, 3)
+
+
 def _pkey(q: float) -> str:
     return f"p{round(q * 100, 6):g}"
 
@@ -128,9 +132,7 @@ def generator_queueing(
             moved[_pkey(q)] = round((a - b) / b, 4) if b > 0 else (0.0 if a == 0 else None)
         out["scopes"][name] = {
             "requests": queued,
-            "latency_ms_without": {
-                _pkey(q): None if without[q] is None else round(without[q] / 1e6, 3) for q in quantiles
-            },
+            "latency_ms_without": {_pkey(q): _ms(without[q]) for q in quantiles},
             "moved": moved,
         }
         for key, m in moved.items():
