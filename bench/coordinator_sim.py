@@ -159,6 +159,7 @@ def run_step(ray, actors, n_agents: int, groups: int, rate: int, seconds: int) -
         "cpu_us_per_m": f["cpu_s"] / f["requests"] * 1e12 if f["requests"] else None,
         "bytes_per_agent_s": f["bytes"] / seconds / n_agents,
         "lag_max_s": max(lags) if lags else None,
+        "lags_s": [round(x, 2) for x in f["lags_s"]],
         "on_time": bool(lags) and max(lags) <= FLUSH_NS / S,
         "cpu_fraction": cpu_per_s,
         "ceiling": total_rate / cpu_per_s if cpu_per_s > 0 else None,
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--rates", default="5000,20000,40000", help="per-agent requests/s, raised step by step")
     ap.add_argument("--seconds", type=int, default=4, help="flush intervals per step")
     ap.add_argument("--actors", type=int, default=4, help="Ray actors hosting the simulated agents")
+    ap.add_argument("--lags", action="store_true", help="print how late each window closed (s), in order")
     args = ap.parse_args()
 
     from horde.cluster.connect import connect
@@ -195,7 +197,7 @@ def main() -> None:
                         f"{r['agents']:>6}  {r['groups']:>18}  {r['rate']:>12,}  {r['cpu_fraction']:>14.0%}"
                         f"  {r['cpu_us_per_m']:>12,.0f}  {r['bytes_per_agent_s']:>17,.0f}"
                         f"  {r['lag_max_s']:>16.3f} s  {'yes' if r['on_time'] else 'LATE':>7}"
-                        f"  {r['ceiling']:>22,.0f}",
+                        f"  {r['ceiling']:>22,.0f}" + (f"   lags {r['lags_s']}" if args.lags else ""),
                         flush=True,
                     )
                     if not r["on_time"]:
