@@ -97,10 +97,12 @@ def _stream(n: int = 4000, seed: int = 2) -> np.ndarray:
     return s[np.argsort(s["end_ns"], kind="stable")]
 
 
-def _replay(batches: list[Batch], aggregated: bool, ends: np.ndarray) -> Aggregator:
+def _replay(batches: list[Batch], aggregated: bool | str, ends: np.ndarray) -> Aggregator:
+    """`aggregated`: False (raw), True, or "mixed" (every other batch raw, as when a batch
+    falls back to raw or one agent runs with HORDE_SAMPLES=raw)."""
     agg = Aggregator(["a", "b"], ends.tolist(), ["one", "two", "three"][: len(ends)])
-    for b in batches:
-        if aggregated:
+    for i, b in enumerate(batches):
+        if aggregated is True or (aggregated == "mixed" and i % 2):
             b = Batch(
                 b.agent, b.incarnation, b.seq, b.watermark_ns, b.samples[:0], agg=aggregate_records(b.samples, ends)
             )
@@ -137,6 +139,7 @@ def test_a_stream_with_overflow_queueing_and_late_samples_aggregates_the_same() 
     batches.append(Batch(1, 0, 0, int(s["end_ns"][-1]), early))
     raw, agg = _replay(batches, False, ends), _replay(batches, True, ends)
     _compare(raw, agg)
+    _compare(raw, _replay(batches, "mixed", ends))
     assert raw.late_samples == 50
     assert raw.snapshot().latency.overflow == 3 + int(
         (early["end_ns"] - early["intended_ns"] > HIGHEST_TRACKABLE_NS).sum()
