@@ -24,8 +24,9 @@ arrival goes out as soon as a slot is free: a completion sends the next due arri
 its callback, and one timer (re-armed for the next arrival, at most one per loop tick)
 releases arrivals while slots are idle. When every slot is busy the next arrival waits,
 and its latency (measured from the intended time) shows the wait: coordinated omission is
-corrected, as in wrk2. Such an arrival counts as `queued` (the target held every slot);
-one sent late while a slot was free counts as `late` (the generator's own fault).
+corrected, as in wrk2. Such an arrival counts as generator-queued (horde's own
+max_in_flight held it back; its record is flagged GENERATOR_QUEUED); one sent late while
+a slot was free counts as `late` (the generator's own fault).
 
 Closed model: one slot per virtual user, started and stopped as the planned user count of
 this agent's share changes; a user's intended send time is when its think time ended, so
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from horde.agents.aggregate import aggregate_records, raw_samples_requested, stage_ends_ns
 from horde.agents.arrivals import ConstantArrivals, PoissonArrivals
 from horde.agents.data import DataFeeds
 from horde.agents.flows import FlowRunner
@@ -49,6 +51,7 @@ from horde.agents.http import Engine, make_engine
 from horde.agents.lease import Lease, LeaseLapsed
 from horde.agents.probe import ProcessProbe
 from horde.agents.samples import (
+    GENERATOR_QUEUED,
     LATE_SEND_NS,
     RECORD,
     GeneratorReadings,
@@ -101,6 +104,8 @@ class TrafficAgent:
         self._resume_ns: int | None = None
         self._profile = Profile(spec.start_level, spec.stages)
         self._buf = SampleBuffer()
+        self._stage_ends = stage_ends_ns(spec.stages)  # batches are aggregated per stage (_batch)
+        self._raw_samples = raw_samples_requested()  # HORDE_SAMPLES=raw: every sample is sent (debugging)
         self._probe = ProcessProbe()
         self._seq = 0
         self._stopping = False
@@ -333,14 +338,16 @@ class TrafficAgent:
             err = classify_status(status, self._expect[ep])
         lag = sent - intended
         if lag > LATE_SEND_NS:
-            # Late because every sender was busy (the target holds them) is not the
-            # generator's fault; late while a sender was free is.
+            # Late because every one of the agent's slots was busy (generator queueing, the
+            # max_in_flight cap) is not the generator lagging; late while a slot was free is.
             if queued:
                 self._queued += 1
             else:
                 self._late += 1
         if lag > self._send_lag_max:
             self._send_lag_max = lag
+        if queued:
+            err |= GENERATOR_QUEUED
         self._buf.record(ep, intended, sent, end, status, err, nbytes)
 
     def _record_done(self, ep: int, intended: int, sent: int, status: int, nbytes: int, err: int) -> None:
@@ -567,6 +574,8 @@ class TrafficAgent:
         ep = self._slot_ep[slot]
         if not err and status not in self._ok_status[ep]:
             err = classify_status(status, self._expect[ep])
+        if self._slot_queued[slot]:  # every slot was busy at its intended time: generator queueing
+            err |= GENERATOR_QUEUED
         buf = self._buf
         i = buf.count
         if i == buf.capacity:
@@ -783,7 +792,7 @@ class TrafficAgent:
             loop_lag_max_ns=self._lag_max,
             loop_lag_mean_ns=self._lag_sum // self._lag_n if self._lag_n else 0,
             late_sends=self._late,
-            queued_sends=self._queued,
+            generator_queued_sends=self._queued,
             send_lag_max_ns=self._send_lag_max,
             in_flight=self._requests_in_flight(),
             users=self._users,
@@ -797,13 +806,25 @@ class TrafficAgent:
         self._send_lag_max = 0
         if self._lease is not None:
             self._lease.sent(self._seq, self._now())
+        # Every record so far ended before now: the watermark covers them all.
+        watermark_ns = self._now()
+        records, agg = None, None
+        if not self._raw_samples:
+            try:
+                agg = aggregate_records(self._buf.view(), self._stage_ends)
+            except OverflowError:  # a group's sum of times beyond 64 bits: this batch goes raw
+                agg = None
+        if agg is None:
+            records = self._buf.take()
+        self._buf.clear()
         payload = encode_batch(
             agent=self.spec.index,
             incarnation=self.spec.incarnation,
             seq=self._seq,
-            watermark_ns=self._now(),
-            records=self._buf.take(),
+            watermark_ns=watermark_ns,
             readings=readings,
+            records=records,
+            agg=agg,
             final=final,
             engine=",".join(sorted(self._engines)),
             user_errors=self._user_runner.take_errors() if self._user_runner is not None else None,

@@ -34,7 +34,7 @@ def _client(engine: str, url: str, in_flight: int, seconds: float, max_response_
     import psutil
     import uvloop
 
-    from horde.agents.samples import ErrorClass, decode_batch
+    from horde.agents.samples import ERROR_MASK, ErrorClass, decode_batch
     from horde.agents.spec import AgentSpec, Limits, RequestTemplate, Stage
     from horde.agents.traffic import TrafficAgent
 
@@ -76,7 +76,12 @@ def _client(engine: str, url: str, in_flight: int, seconds: float, max_response_
     sampler.join()
     classes: collections.Counter[str] = collections.Counter()
     for b in batches:
-        for err in decode_batch(b).samples["error"]:
+        batch = decode_batch(b)
+        if batch.agg is not None:  # the default: error classes counted per group
+            for cls, n in enumerate(batch.agg.groups["errors"].sum(axis=0).tolist()):
+                if n:
+                    classes[ErrorClass(cls).label] += n
+        for err in batch.samples["error"] & ERROR_MASK:  # HORDE_SAMPLES=raw
             classes[ErrorClass(int(err)).label] += 1
     return {
         "engine": engine,

@@ -149,7 +149,7 @@ async def _run_agent(url: str, requests: int, connections: int) -> Measured:
     batches: list[bytes] = []
     measured = await _measured_phase(_agent_phase, agent, batches)
     global _agent_samples
-    _agent_samples = sum(len(decode_batch(b).samples) for b in batches)
+    _agent_samples = sum(decode_batch(b).requests for b in batches)
     return measured
 
 

@@ -10,7 +10,7 @@ run pinned to --generator-cpu and measured by bench/meter.py as in cpu_per_reque
 (whose metered run, steady window and per-process split are reused here, not copied).
 
 Per rate, read back from the bundle's summary.json: requests, errors, the achieved rate,
-the agent's CPU (from its start of traffic), late and queued sends, latency p50 / p99 of
+the agent's CPU (from its start of traffic), late and generator-queued sends, latency p50 / p99 of
 the whole run; from outside: the agent process's CPU per request over the steady window
 (/proc, against nginx's own request count). Asserts nothing: it prints a table.
 """
@@ -70,13 +70,14 @@ def _number(value: Any) -> float | None:
 
 def summary_sends(summary: dict[str, Any]) -> dict[str, int | None]:
     """The generator's send counters from summary["generator"]: late_sends (> 10 ms late
-    although a sender was free: the generator lagged), queued_sends (waited because every
-    sender was busy: the target held them), interrupted, unsent. None where absent."""
+    although a sender was free: the generator lagged), generator_queued_sends (waited because
+    every one of the agent's own slots was busy; "queued_sends" in older bundles),
+    interrupted, unsent. None where absent."""
     generator = summary.get("generator")
     generator = generator if isinstance(generator, dict) else {}
     out: dict[str, int | None] = {}
-    for key in ("late_sends", "queued_sends", "interrupted", "unsent"):
-        value = _number(generator.get(key))
+    for key in ("late_sends", "generator_queued_sends", "interrupted", "unsent"):
+        value = _number(generator.get(key, generator.get("queued_sends") if key == "generator_queued_sends" else None))
         out[key] = None if value is None else int(value)
     return out
 
@@ -133,7 +134,7 @@ class RateRun:
     agent_cpu_s: float | None = None
     agent_us_per_request: float | None = None
     late_sends: int | None = None
-    queued_sends: int | None = None
+    generator_queued_sends: int | None = None
     interrupted: int | None = None
     unsent: int | None = None
     latency_p50_ms: float | None = None
@@ -231,7 +232,7 @@ HEAD = (
     "agent us/req",
     "steady agent us/req",
     "late sends",
-    "queued sends",
+    "generator-queued sends",
     "p50 ms",
     "p99 ms",
     "other on gen CPU",
@@ -256,7 +257,7 @@ def format_table(runs: list[RateRun]) -> str:
                 _fmt(r.agent_us_per_request, ".1f"),
                 _fmt(r.steady_agent_us_per_request, ".1f"),
                 _fmt(r.late_sends, "d"),
-                _fmt(r.queued_sends, "d"),
+                _fmt(r.generator_queued_sends, "d"),
                 _fmt(r.latency_p50_ms, ".2f"),
                 _fmt(r.latency_p99_ms, ".2f"),
                 "-" if r.other_util is None else f"{100 * r.other_util:.0f}%",

@@ -457,7 +457,7 @@ def test_open_rate_reads_the_summary() -> None:
     assert (got["requests"], got["errors"], got["run_s"]) == (160000, 2, 8.0)
     assert got["rps"] == pytest.approx(20000.0)
     assert got["agent_cpu_s"] == 4.0 and got["agent_us_per_request"] == pytest.approx(25.0)
-    assert (got["late_sends"], got["queued_sends"], got["unsent"]) == (120, 7, 3)
+    assert (got["late_sends"], got["generator_queued_sends"], got["unsent"]) == (120, 7, 3)
     assert (got["latency_p50_ms"], got["latency_p99_ms"]) == (0.412, 3.25)
     assert got["saturated"] and got["saturation_reasons"] == ["agent 0 used 95% of a core"]
 
@@ -469,7 +469,7 @@ def test_open_rate_summary_without_optional_parts() -> None:
     got = read_summary({"total": {"requests": 50}, "generator": {"late_sends": 1}}, seconds=5)
     assert (got["requests"], got["errors"], got["run_s"], got["rps"]) == (50, 0, 5.0, 10.0)
     assert got["agent_cpu_s"] is None and got["agent_us_per_request"] is None
-    assert (got["late_sends"], got["queued_sends"]) == (1, None)
+    assert (got["late_sends"], got["generator_queued_sends"]) == (1, None)
     assert (got["latency_p50_ms"], got["latency_p99_ms"]) == (None, None)
     assert not got["saturated"]
 
@@ -487,7 +487,7 @@ def test_open_rate_table_and_rates() -> None:
         rps=5000.0,
         agent_us_per_request=30.0,
         late_sends=0,
-        queued_sends=2,
+        generator_queued_sends=2,
         latency_p50_ms=0.3,
         latency_p99_ms=1.5,
         steady_parts_us_per_request={"agent": 28.0, "driver": 5.0},
@@ -498,3 +498,31 @@ def test_open_rate_table_and_rates() -> None:
     assert row.split() == ["5000", "50000", "0", "5000", "-", "30.0", "28.0", "0", "2", "0.30", "1.50", "-"]
     assert "25000/s: failed: killed after 190s" in text
     assert "5000/s: steady us/req by process: agent 28.0, driver 5.0" in text
+
+
+def test_coordinator_sim_batches_pass_the_coordinators_checks() -> None:
+    # What the simulated agents replay is what real agents send: it passes the checks and
+    # lands in the aggregator, window by window (no Ray here: the actor class is plain).
+    import asyncio
+
+    from bench.coordinator_sim import S, SimAgents
+    from horde.agents.samples import decode_batch
+    from horde.coordinator.measure.aggregate import Aggregator
+    from horde.coordinator.measure.batch_check import BatchChecker, RunBounds
+
+    sim = SimAgents([0, 2])
+    assert sim.prepare(2000, 10) == 3
+
+    async def collect():
+        return [p async for p in sim.stream(0, 3)]  # start in the past: no waiting
+
+    payloads = asyncio.run(collect())
+    agg = Aggregator([f"e{i}" for i in range(10)], [10**13], ["main"])
+    checker = BatchChecker(RunBounds(endpoints=10, stages=1))
+    for p in payloads:
+        b = decode_batch(p)
+        checker.check(b, sender=b.agent, incarnations={0: 0, 2: 0}, now_ns=4 * S)
+        agg.add(b)
+    assert len(payloads) == 6
+    assert agg.snapshot().requests == 6 * 2000
+    assert [w.total.requests > 0 for w in agg.close_until(3 * S)] == [True, True, True]

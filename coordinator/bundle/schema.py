@@ -20,10 +20,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 BUNDLE_FORMAT = 1  # bundle_format this horde writes
 READABLE_FORMATS = frozenset({1})  # bundle_format values this horde reads
+
+
+_QUEUED_NAMES = AliasChoices("generator_queued_sends", "queued_sends")  # the second: bundles before issue 14
 
 
 class Record(BaseModel):
@@ -129,11 +132,27 @@ class GeneratorAgent(Record):
     peak_rss_mb: float = 0.0
     loop_lag_max_ms: float = 0.0
     late_sends: int = 0
-    queued_sends: int = 0
+    # Sends over 10 ms late because every one of the agent's own max_in_flight slots was busy;
+    # bundles before it call this "queued_sends".
+    generator_queued_sends: int = Field(
+        default=0, validation_alias=AliasChoices("generator_queued_sends", "queued_sends")
+    )
     send_lag_max_ms: float = 0.0
     interrupted: int = 0
     unsent: int = 0
     engines: list[str] = Field(default_factory=list)
+
+
+class GeneratorQueueingScope(Record):
+    requests: int = 0  # requests that waited for a free slot of their own agent
+    latency_ms_without: dict[str, float | None] = Field(default_factory=dict)  # the wait taken out
+    moved: dict[str, float | None] = Field(default_factory=dict)  # (with - without) / without, per percentile
+
+
+class GeneratorQueueing(Record):
+    warn_above: float = 0.05
+    scopes: dict[str, GeneratorQueueingScope] = Field(default_factory=dict)  # "total" and endpoints
+    warning: str | None = None
 
 
 class Generator(Record):
@@ -143,10 +162,15 @@ class Generator(Record):
     cpu_s: float | None = None
     cpu_us_per_request: float | None = None
     late_sends: int = 0
-    queued_sends: int = 0
+    # Sends over 10 ms late because every one of the agent's own max_in_flight slots was busy;
+    # bundles before it call this "queued_sends".
+    generator_queued_sends: int = Field(
+        default=0, validation_alias=AliasChoices("generator_queued_sends", "queued_sends")
+    )
     interrupted: int = 0
     unsent: int = 0
     bad_batches: int = 0  # batches refused by the checks (coordinator/measure/batch_check.py)
+    generator_queueing: GeneratorQueueing | None = None  # absent in bundles before issue 14
 
 
 class SeriesSummary(Record):

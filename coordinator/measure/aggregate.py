@@ -1,11 +1,15 @@
 """Sample batches -> per-window, per-endpoint and per-stage statistics.
 
 A sample's window is chosen by when it completed (``end_ns // window_ns``), its stage by
-when it was meant to be sent (the stage that planned it). Each batch is grouped with numpy
-by (window, endpoint, stage) and every group lands in two accumulators with one histogram
-merge each: the window's per-endpoint ``Stats`` and the cumulative (endpoint, stage)
-``Stats``. Closed windows are kept in sparse form, so memory grows with windows x
-endpoints, never with requests.
+when it was meant to be sent (the stage that planned it). Agents group their records so
+before they send (agents/aggregate.py: an ``Aggregate`` per batch); a raw batch
+(HORDE_SAMPLES=raw) is grouped here with numpy the same way. Every (window, endpoint,
+stage) group lands in two accumulators: the window's per-endpoint ``Stats`` and the
+cumulative (endpoint, stage) ``Stats``; the two paths give the same figures, bucket for
+bucket (tests/coordinator/measure/test_aggregated_batches.py). Beside them, per (endpoint,
+stage), the latency with the generator-queue wait taken out (``generator_queueing``).
+Closed windows are kept in sparse form, so memory grows with windows x endpoints, never
+with requests.
 
 Pure: no clock, no I/O. The caller decides when windows close (``close_until`` with the
 agents' low watermark, ``close_all`` at the end of the run).
@@ -19,164 +23,24 @@ from typing import Any
 
 import numpy as np
 
-from horde.agents.samples import ERROR_LABELS, SAMPLE_DTYPE, Batch, ErrorClass, GeneratorReadings
+from horde.agents.samples import (
+    ERROR_MASK,
+    GENERATOR_QUEUED,
+    SAMPLE_DTYPE,
+    Aggregate,
+    Batch,
+    ErrorClass,
+    GeneratorReadings,
+    known_classes,
+)
+from horde.coordinator.measure.blocks import StatsBlock, select_groups
 from horde.coordinator.measure.histogram import Histogram, histograms_by_group
+from horde.coordinator.measure.stats import DEFAULT_QUANTILES, N_ERROR_CLASSES, Stats, quantile_key
 
-N_ERROR_CLASSES = len(ErrorClass)
-DEFAULT_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
-_OTHER = int(ErrorClass.OTHER)
-
-
-def _known_classes(error: np.ndarray) -> np.ndarray:
-    """Error classes as counted: one this version does not know counts as other (the
-    classes after other, user_error, data_exhausted and tls, keep their own names)."""
-    return np.where(error < N_ERROR_CLASSES, error, _OTHER)
+__all__ = ["DEFAULT_QUANTILES", "N_ERROR_CLASSES", "Aggregator", "Stats", "Window", "quantile_key"]
 
 
 _CHUNK = 1 << 18  # samples per vectorised pass (keeps int64 group sums exact)
-
-
-def quantile_key(q: float) -> str:
-    """0.5 -> "p50", 0.999 -> "p99.9"."""
-    return f"p{round(q * 100, 6):g}"
-
-
-def _ms(ns: float | int | None) -> float | None:
-    return None if ns is None else round(ns / 1e6, 3)
-
-
-def _histogram_ms(h: Histogram, quantiles: Sequence[float]) -> dict[str, Any]:
-    values = h.quantiles(quantiles)
-    out: dict[str, Any] = {quantile_key(q): _ms(values[q]) for q in quantiles}
-    out["max"] = _ms(h.max_ns)
-    out["min"] = _ms(h.min_ns)
-    out["mean"] = _ms(h.mean_ns())
-    out["overflow"] = h.overflow  # values above the trackable range: counted, never dropped
-    return out
-
-
-class Stats:
-    """Counts and histograms of one scope (an endpoint, a stage, a window, or all).
-
-    ``merge`` combines scopes that cover the same span of time (endpoints of one window):
-    ``duration_s`` becomes the larger of the two. Whoever merges consecutive spans sets
-    ``duration_s`` for the result (``Aggregator.recent`` and ``snapshot`` do).
-    """
-
-    __slots__ = ("requests", "errors", "errors_by_class", "bytes", "latency", "service_time", "send_lag", "duration_s")
-    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
-
-    def __init__(self, duration_s: float = 0.0) -> None:
-        self.requests = 0
-        self.errors = 0  # samples whose error class is not OK
-        self.errors_by_class = np.zeros(N_ERROR_CLASSES, dtype=np.int64)
-        self.bytes = 0
-        self.latency = Histogram()  # end - intended: coordinated-omission corrected
-        self.service_time = Histogram()  # end - sent
-        self.send_lag = Histogram()  # sent - intended: how late the generator sent
-        self.duration_s = float(duration_s)
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    def add_samples(self, samples: np.ndarray) -> None:
-        """Fold SAMPLE_DTYPE records in (vectorised)."""
-        if samples.dtype != SAMPLE_DTYPE:
-            raise TypeError(f"samples must have SAMPLE_DTYPE, got {samples.dtype}")
-        if len(samples) == 0:
-            return
-        end = samples["end_ns"]
-        intended = samples["intended_ns"]
-        sent = samples["sent_ns"]
-        self.latency.record_many(end - intended)
-        self.service_time.record_many(end - sent)
-        self.send_lag.record_many(sent - intended)
-        by_class = np.bincount(_known_classes(samples["error"]), minlength=N_ERROR_CLASSES)
-        self.errors_by_class += by_class
-        self.requests += len(samples)
-        self.errors += len(samples) - int(by_class[ErrorClass.OK])
-        self.bytes += int(samples["bytes"].sum(dtype=np.uint64))
-
-    def merge(self, other: Stats) -> Stats:
-        self.requests += other.requests
-        self.errors += other.errors
-        self.errors_by_class += other.errors_by_class
-        self.bytes += other.bytes
-        self.latency.merge(other.latency)
-        self.service_time.merge(other.service_time)
-        self.send_lag.merge(other.send_lag)
-        self.duration_s = max(self.duration_s, other.duration_s)
-        return self
-
-    def copy(self) -> Stats:
-        s = Stats(self.duration_s)
-        return s.merge(self)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Stats):
-            return NotImplemented
-        return (
-            self.requests == other.requests
-            and self.errors == other.errors
-            and bool(np.array_equal(self.errors_by_class, other.errors_by_class))
-            and self.bytes == other.bytes
-            and self.duration_s == other.duration_s
-            and self.latency == other.latency
-            and self.service_time == other.service_time
-            and self.send_lag == other.send_lag
-        )
-
-    def __repr__(self) -> str:
-        return f"Stats(requests={self.requests}, errors={self.errors}, duration_s={self.duration_s})"
-
-    def to_dict(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, Any]:
-        """JSON-ready snapshot; the keys thresholds and reports read. Times in ms (3
-        decimals), None where there is no sample."""
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "error_rate": self.error_rate,
-            "rps": round(self.rps, 3),
-            "duration_s": self.duration_s,
-            "bytes": self.bytes,
-            "errors_by_class": {ERROR_LABELS[i]: int(n) for i, n in enumerate(self.errors_by_class.tolist()) if n},
-            "latency_ms": _histogram_ms(self.latency, quantiles),
-            "service_time_ms": _histogram_ms(self.service_time, quantiles),
-            "send_lag_ms": _histogram_ms(self.send_lag, quantiles),
-        }
-
-    def to_sparse(self) -> dict[str, Any]:
-        """msgpack-friendly storage form; ``from_sparse`` restores it exactly."""
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "errors_by_class": self.errors_by_class.tolist(),
-            "bytes": self.bytes,
-            "duration_s": self.duration_s,
-            "latency": self.latency.to_sparse(),
-            "service_time": self.service_time.to_sparse(),
-            "send_lag": self.send_lag.to_sparse(),
-        }
-
-    @classmethod
-    def from_sparse(cls, d: dict[str, Any]) -> Stats:
-        s = cls(d["duration_s"])
-        by_class = list(d["errors_by_class"])
-        if len(by_class) > N_ERROR_CLASSES:
-            raise ValueError(f"{len(by_class)} error classes, this version knows {N_ERROR_CLASSES}")
-        s.errors_by_class[: len(by_class)] = by_class
-        s.requests = int(d["requests"])
-        s.errors = int(d["errors"])
-        s.bytes = int(d["bytes"])
-        s.latency = Histogram.from_sparse(d["latency"])
-        s.service_time = Histogram.from_sparse(d["service_time"])
-        s.send_lag = Histogram.from_sparse(d["send_lag"])
-        return s
 
 
 def _merged(parts: Iterable[Stats], duration_s: float) -> Stats:
@@ -189,7 +53,7 @@ def _merged(parts: Iterable[Stats], duration_s: float) -> Stats:
 
 # Per-window generator readings: which fields combine how across the batches of a window.
 _READINGS_MAX = ("loop_lag_max_ns", "send_lag_max_ns")
-_READINGS_SUM = ("late_sends", "interrupted", "unsent", "queued_sends")
+_READINGS_SUM = ("late_sends", "interrupted", "unsent", "generator_queued_sends")
 _READINGS_LAST = ("cpu_s", "rss_bytes", "loop_lag_mean_ns", "in_flight", "users", "level")
 
 
@@ -278,8 +142,17 @@ class Aggregator:
         self._n_stages = len(self.stage_names)
         self._window_s = self.window_ns / 1e9
         # cumulative[e][s]
-        self._cumulative = [[Stats() for _ in self.stage_names] for _ in self.endpoints]
-        self._open: dict[int, dict[int, Stats]] = {}  # window index -> endpoint index -> Stats
+        # cumulative[e][s]: rows e * n_stages + s of one block (coordinator/measure/blocks.py)
+        n_s = self._n_stages
+        self._cum = StatsBlock(self._n_endpoints * n_s, 0.0, extra=("latency_unqueued",))
+        self._cumulative = [[self._cum.stats(e * n_s + s) for s in range(n_s)] for e in range(self._n_endpoints)]
+        # Latency with the generator-queue wait taken out, and the requests that waited, per (e, s).
+        self._unqueued = [
+            [self._cum.histogram("latency_unqueued", e * n_s + s) for s in range(n_s)] for e in range(self._n_endpoints)
+        ]
+        self._generator_queued = np.zeros((len(self.endpoints), len(self.stage_names)), dtype=np.int64)
+        self._open: dict[int, dict[int, Stats]] = {}  # window index -> endpoint index -> Stats (its block's)
+        self._open_blocks: dict[int, StatsBlock] = {}  # window index -> its endpoints' block
         self._open_readings: dict[int, dict[int, dict[str, Any]]] = {}  # window -> agent -> readings
         self._closed: dict[int, _ClosedWindow] = {}
         self._next_close = 0  # every window below this index has been closed
@@ -304,6 +177,8 @@ class Aggregator:
         if batch.final:
             self._final.add(agent)
         self._add_readings(batch)
+        if batch.agg is not None:
+            self._add_aggregate(batch.agg, agent, batch.seq)
         for start in range(0, len(samples), _CHUNK):
             self._add_samples(samples[start : start + _CHUNK])
 
@@ -344,14 +219,22 @@ class Aggregator:
             group = group.ravel()
         n_groups = len(present)
 
-        latency = histograms_by_group(end - intended, group, n_groups)
+        latency_ns = end - intended
+        latency = histograms_by_group(latency_ns, group, n_groups)
         service = histograms_by_group(end - sent, group, n_groups)
         lag = histograms_by_group(sent - intended, group, n_groups)
-        error = _known_classes(samples["error"]).astype(np.int64)
+        flags = samples["error"]
+        error = known_classes(flags & ERROR_MASK).astype(np.int64)
         by_class = np.bincount(group * N_ERROR_CLASSES + error, minlength=n_groups * N_ERROR_CLASSES)
         by_class = by_class.reshape(n_groups, N_ERROR_CLASSES)
         nbytes = np.zeros(n_groups, dtype=np.int64)
         np.add.at(nbytes, group, samples["bytes"].astype(np.int64))
+        queued = (flags & GENERATOR_QUEUED) != 0
+        unqueued = latency
+        queued_per_group = np.zeros(n_groups, dtype=np.int64)
+        if bool(queued.any()):
+            queued_per_group = np.bincount(group[queued], minlength=n_groups)
+            unqueued = histograms_by_group(np.where(queued, end - sent, latency_ns), group, n_groups)
 
         for g, k in enumerate(present.tolist()):
             s_idx = k % n_s
@@ -363,23 +246,64 @@ class Aggregator:
             part.errors = part.requests - int(by_class[g, ErrorClass.OK])
             part.bytes = int(nbytes[g])
             part.latency, part.service_time, part.send_lag = latency[g], service[g], lag[g]
+            self._unqueued[e_idx][s_idx].merge(unqueued[g])
+            self._generator_queued[e_idx, s_idx] += int(queued_per_group[g])
             self._cumulative[e_idx][s_idx].merge(part)  # copies, never keeps, part's arrays
-            if w_idx > self._last_data_window:
-                self._last_data_window = w_idx
+            self._fold_window(w_idx, e_idx, part)
+
+    def _fold_window(self, w_idx: int, e_idx: int, part: Stats) -> None:
+        """One group's stats into its window (open, or a closed one as a late part); `part` may be kept."""
+        if w_idx > self._last_data_window:
+            self._last_data_window = w_idx
+        if w_idx >= self._next_close:
+            self._window_block(w_idx).stats(e_idx).merge(part)
+        else:
+            self.late_samples += part.requests
+            stored = self._closed.get(w_idx)
+            if stored is not None:
+                old = stored.stats.get(e_idx)
+                merged = Stats.from_sparse(old) if old is not None else Stats(self._window_s)
+                stored.stats[e_idx] = merged.merge(part).to_sparse()
+
+    def _window_block(self, w_idx: int) -> StatsBlock:
+        block = self._open_blocks.get(w_idx)
+        if block is None:
+            block = self._open_blocks[w_idx] = StatsBlock(self._n_endpoints, self._window_s)
+            self._open[w_idx] = block.stats_by_row
+        return block
+
+    def _add_aggregate(self, agg: Aggregate, agent: int, seq: int) -> None:
+        """An agent's aggregated batch: its groups' buckets are added with one np.add.at per
+        histogram kind into the cumulative (endpoint, stage) block and into each open
+        window's endpoint block; groups of windows already closed are late."""
+        groups = agg.groups
+        if len(groups) == 0:
+            return
+        endpoints = groups["endpoint"].astype(np.int64)
+        stages = groups["stage"].astype(np.int64)
+        if int(endpoints.max()) >= self._n_endpoints or int(stages.max()) >= self._n_stages:
+            raise ValueError(
+                f"agent {agent} batch {seq}: a group's endpoint or stage index is beyond this run's "
+                f"{self._n_endpoints} endpoints and {self._n_stages} stages"
+            )
+        windows = groups["window"].astype(np.int64)
+        self._cum.add_aggregate(
+            agg, endpoints * self._n_stages + stages, extra={"latency_unqueued": "latency_unqueued"}
+        )
+        np.add.at(self._generator_queued, (endpoints, stages), groups["generator_queued"].astype(np.int64))
+        self._last_data_window = max(self._last_data_window, int(windows.max()))
+        for w_idx in np.unique(windows).tolist():
+            mask = windows == w_idx
+            part = agg if bool(mask.all()) else select_groups(agg, mask)
             if w_idx >= self._next_close:
-                per_endpoint = self._open.setdefault(w_idx, {})
-                target = per_endpoint.get(e_idx)
-                if target is None:
-                    per_endpoint[e_idx] = part  # the first group of a window becomes its stats
-                else:
-                    target.merge(part)
-            else:
-                self.late_samples += part.requests
-                stored = self._closed.get(w_idx)
-                if stored is not None:
-                    old = stored.stats.get(e_idx)
-                    merged = Stats.from_sparse(old) if old is not None else Stats(self._window_s)
-                    stored.stats[e_idx] = merged.merge(part).to_sparse()
+                self._window_block(w_idx).add_aggregate(part, part.groups["endpoint"].astype(np.int64))
+            else:  # late: one endpoint's stats at a time into the stored window
+                for e_idx in np.unique(part.groups["endpoint"]).tolist():
+                    late = StatsBlock(1, self._window_s)
+                    mine = part.groups["endpoint"] == e_idx
+                    late.add_aggregate(select_groups(part, mine), np.zeros(int(mine.sum()), dtype=np.int64))
+                    late.sync()
+                    self._fold_window(w_idx, e_idx, late.stats(0))
 
     # -- windows -----------------------------------------------------------------------
 
@@ -389,6 +313,9 @@ class Aggregator:
         upto = watermark_ns // self.window_ns  # windows [.., upto) end at or before it
         closed: list[Window] = []
         for index in range(self._next_close, upto):
+            block = self._open_blocks.pop(index, None)
+            if block is not None:
+                block.sync()
             per_endpoint = self._open.pop(index, {})
             generator = self._open_readings.pop(index, {})
             window = self._make_window(index, per_endpoint, generator)
@@ -446,6 +373,7 @@ class Aggregator:
     def snapshot(self, endpoint: str | None = None, stage: str | None = None) -> Stats:
         """Cumulative stats of a scope. duration_s: a stage's planned duration for a stage
         scope, else 0 .. end of the last window with samples (at least one window)."""
+        self._cum.sync()
         endpoints = self._endpoint_index(endpoint)
         if stage is None:
             stages = list(range(self._n_stages))
@@ -460,6 +388,18 @@ class Aggregator:
             begin = int(self._stage_ends[s - 1]) if s else 0
             duration_s = (int(self._stage_ends[s]) - begin) / 1e9
         return _merged((self._cumulative[e][s] for e in endpoints for s in stages), duration_s)
+
+    def generator_queueing(self, endpoint: str | None = None, stage: str | None = None) -> tuple[int, Histogram]:
+        """(requests of the scope that waited for a free slot of their own agent, the scope's
+        latency with that wait taken out: from the send instead of the intended time)."""
+        self._cum.sync()
+        endpoints = self._endpoint_index(endpoint)
+        stages = list(range(self._n_stages)) if stage is None else [self.stage_names.index(stage)]
+        out = Histogram()
+        for e in endpoints:
+            for s in stages:
+                out.merge(self._unqueued[e][s])
+        return int(self._generator_queued[np.ix_(endpoints, stages)].sum()), out
 
     def recent(self, n_windows: int, endpoint: str | None = None) -> Stats:
         """Merged stats of the last ``n_windows`` closed windows (sliding evaluation);

@@ -2,10 +2,13 @@
 
 `decode_batch` (agents/samples.py) checks what a batch is on its own: the map, each header
 field's type and range, the readings, the record bytes. What only the run knows is checked
-here before anything is aggregated: the sender and its incarnation, the sequence, the sample
-columns (endpoint index, status and error class ranges, times within the run plus slack,
-end at or after send) and the record count. The stage of a sample is derived from its
-intended time, so bounding the times bounds the stage index too.
+here before anything is aggregated: the sender and its incarnation, the sequence, and
+either the sample columns of a raw batch (endpoint index, status and error class ranges,
+times within the run plus slack, end at or after send, the record count; a raw sample's
+stage is derived from its intended time, so bounding the times bounds the stage index) or
+an aggregated batch's groups (``check_aggregate``: window, endpoint and stage indices in
+range, every count consistent with the others, bucket indices within the layout, times
+within the run's span, the sends per 100 ms adding up to the requests).
 
 Every column check is one numpy reduction over the whole column, not a loop over samples:
 a check must not make ingest measurably slower per sample (bench/ingest.py).
@@ -17,7 +20,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from horde.agents.samples import MAX_BATCH_RECORDS, Batch, BatchFormatError, ErrorClass
+import numpy as np
+
+from horde.agents.histogram import COUNTS_LEN, GroupedHistograms
+from horde.agents.samples import (
+    ERROR_MASK,
+    HIST_KINDS,
+    MAX_BATCH_RECORDS,
+    SEND_BIN_NS,
+    Aggregate,
+    Batch,
+    BatchFormatError,
+    ErrorClass,
+)
 
 SLACK_NS = 30_000_000_000  # clock skew between hosts and batches still in flight: 30 s either side of the run
 # A status is three digits (0: no response). 1..99 is let through: the target, not the agent,
@@ -35,6 +50,7 @@ class RunBounds:
     """What a batch of this run may hold."""
 
     endpoints: int  # endpoint indices are below this (the plan's request mix)
+    stages: int = 1  # stage indices (of an aggregated batch's groups) are below this
     slack_ns: int = SLACK_NS
     max_records: int = MAX_BATCH_RECORDS
 
@@ -48,6 +64,9 @@ def check_samples(batch: Batch, bounds: RunBounds, now_ns: int) -> None:
     low, high = -bounds.slack_ns, now_ns + bounds.slack_ns
     if not low <= batch.watermark_ns <= high:
         raise BatchFormatError(f"batch field 'wm': {batch.watermark_ns} outside the run [{low}, {high}] ns")
+    if batch.agg is not None:
+        check_aggregate(batch.agg, bounds, low, high)
+        return
     s = batch.samples
     if len(s) > bounds.max_records:
         raise BatchFormatError(f"batch field 'rec': {len(s)} records, over {bounds.max_records}")
@@ -57,7 +76,8 @@ def check_samples(batch: Batch, bounds: RunBounds, now_ns: int) -> None:
     # can be crossed are read: unsigned columns have no lower one, and with end >= sent
     # checked, min(sent) and max(end) bound both columns.
     for name, high_u in (("endpoint", bounds.endpoints - 1), ("error", N_ERROR_CLASSES - 1), ("status", MAX_STATUS)):
-        top = int(s[name].max())
+        column = s[name] & ERROR_MASK if name == "error" else s[name]  # less the generator-queued flag
+        top = int(column.max())
         if top > high_u:
             raise _out_of_range(name, top, 0, high_u)
     intended = s["intended_ns"]
@@ -72,6 +92,76 @@ def check_samples(batch: Batch, bounds: RunBounds, now_ns: int) -> None:
         raise _out_of_range("end_ns", last, low, high)
     if bool((s["end_ns"] < s["sent_ns"]).any()):  # a compare, not a difference: nothing overflows
         raise BatchFormatError("sample field 'end_ns': before its 'sent_ns'")
+
+
+def check_aggregate(agg: Aggregate, bounds: RunBounds, low: int, high: int) -> None:
+    """An aggregated batch against itself and the run; times of the run lie in [low, high] ns."""
+    groups = agg.groups
+    requests = groups["requests"].astype(np.int64)
+    total = int(requests.sum())
+    if total > bounds.max_records:
+        raise BatchFormatError(f"batch field 'agg.grp': {total} requests, over {bounds.max_records}")
+    if len(groups) == 0:
+        _check_sends(agg, total, high)
+        return
+    top_window = max(high, 0) // agg.window_ns
+    for name, top in (("endpoint", bounds.endpoints - 1), ("stage", bounds.stages - 1), ("window", top_window)):
+        column = groups[name]
+        if int(column.min()) < 0 or int(column.max()) > top:
+            bad = int(column.min()) if int(column.min()) < 0 else int(column.max())
+            raise BatchFormatError(f"batch field 'agg.grp.{name}': {bad} outside [0, {top}]")
+    if int(requests.min()) < 1:
+        raise BatchFormatError("batch field 'agg.grp.requests': a group without requests")
+    if bool((groups["generator_queued"].astype(np.int64) > requests).any()):
+        raise BatchFormatError("batch field 'agg.grp.generator_queued': more than the group's requests")
+    if bool((groups["errors"].astype(np.int64).sum(axis=1) != requests).any()):
+        raise BatchFormatError("batch field 'agg.grp.errors': the error classes do not add up to the requests")
+    keys = (groups["window"] * bounds.endpoints + groups["endpoint"]) * bounds.stages + groups["stage"]
+    if len(np.unique(keys)) != len(keys):
+        raise BatchFormatError("batch field 'agg.grp': a (window, endpoint, stage) group twice")
+    _check_sends(agg, total, high)
+    span = high - low
+    for kind, h in zip(HIST_KINDS, agg.histograms()):
+        _check_grouped(h, f"agg.h.{kind}", requests, span)
+
+
+def _check_sends(agg: Aggregate, total: int, high: int) -> None:
+    if int(agg.sends.sum(dtype=np.int64)) != total:
+        raise BatchFormatError(
+            f"batch field 'agg.sends': {int(agg.sends.sum(dtype=np.int64))} sends, but {total} requests"
+        )
+    if len(agg.sends) and (agg.sends_first_bin + len(agg.sends)) * SEND_BIN_NS > high + SEND_BIN_NS:
+        raise BatchFormatError(f"batch field 'agg.sb': sends counted after the run's end ({high} ns)")
+
+
+def _check_grouped(h: GroupedHistograms, name: str, requests: np.ndarray, span_ns: int) -> None:
+    sc = h.scalars
+    if bool((sc["count"].astype(np.int64) != requests).any()):
+        raise BatchFormatError(f"batch field {name!r}.count: not the group's requests")
+    count = requests
+    if bool((sc["overflow"] > sc["count"]).any()) or bool((sc["clamped"] > sc["count"]).any()):
+        raise BatchFormatError(f"batch field {name!r}: overflow or clamped over the count")
+    lo, hi = sc["min"], sc["max"]
+    if int(lo.min()) < 0 or bool((lo > hi).any()) or int(hi.max()) > span_ns:
+        raise BatchFormatError(f"batch field {name!r}.min/max: outside [0, {span_ns}] ns or min over max")
+    # In float64 (a product may pass 2**63), with a hair of slack for its rounding.
+    sums, n = sc["sum"].astype(np.float64), count.astype(np.float64)
+    if bool((sums < lo * n * (1 - 1e-9) - 1).any()) or bool((sums > hi * n * (1 + 1e-9) + 1).any()):
+        raise BatchFormatError(f"batch field {name!r}.sum: outside count x [min, max]")
+    if len(h.idx):
+        if int(h.idx.max()) >= COUNTS_LEN:
+            raise BatchFormatError(f"batch field {name!r}.idx: {int(h.idx.max())} outside [0, {COUNTS_LEN - 1}]")
+        if int(h.cnt.min()) == 0:
+            raise BatchFormatError(f"batch field {name!r}.cnt: a bucket counted 0 times")
+        # Ascending within a group: a descent may only be where a group begins.
+        starts = np.zeros(len(h.idx) + 1, dtype=bool)
+        starts[h.offsets] = True
+        if bool((np.diff(h.idx.astype(np.int64)) <= 0)[~starts[1:-1]].any()):
+            raise BatchFormatError(f"batch field {name!r}.idx: a group's bucket indices not ascending")
+    cumulative = np.concatenate([[0], np.cumsum(h.cnt, dtype=np.int64)])
+    in_buckets = cumulative[h.offsets[1:]] - cumulative[h.offsets[:-1]]
+    if bool((in_buckets + sc["overflow"] != count).any()):
+        raise BatchFormatError(f"batch field {name!r}.cnt: bucket counts and overflow do not add up to the count")
 
 
 class BatchChecker:

@@ -13,6 +13,9 @@ recorded with a few numpy passes (``record_many``, ``histograms_by_group``), whi
 lets the coordinator ingest millions of samples per second per core. Histograms with no
 in-range count share one read-only zero array until first written.
 
+The layout itself lives in agents/histogram.py, which agents aggregate with before they
+send (``add_group`` takes one group of their columns in).
+
 Nothing is clipped silently: negative values are recorded as 0 and counted in
 ``clamped``; values above ``HIGHEST_TRACKABLE_NS`` are counted in ``overflow`` (and in
 ``count``), and a quantile that falls among them reports the exact ``max_ns``.
@@ -26,33 +29,37 @@ from typing import Any
 
 import numpy as np
 
-LOWEST_DISCERNIBLE_NS = 1
-HIGHEST_TRACKABLE_NS = 2**44  # ~4.9 hours
-SIGNIFICANT_FIGURES = 2
+from horde.agents.histogram import (
+    BUCKET_COUNT,
+    COUNTS_LEN,
+    HIGHEST_TRACKABLE_NS,
+    LAYOUT,
+    LOWEST_DISCERNIBLE_NS,
+    MAX_RELATIVE_ERROR,
+    SIGNIFICANT_FIGURES,
+    SUB_BUCKET_HALF_COUNT,
+    GroupedHistograms,
+    counts_index,
+    highest_equivalent_value,
+    index_of_value,
+    value_from_index,
+)
 
-# HdrHistogram's constructor arithmetic, spelled out for the layout above.
-UNIT_MAGNITUDE = LOWEST_DISCERNIBLE_NS.bit_length() - 1  # floor(log2(lowest)) = 0
-_SUB_BUCKET_COUNT_MAGNITUDE = (2 * 10**SIGNIFICANT_FIGURES - 1).bit_length()  # ceil(log2(200)) = 8
-SUB_BUCKET_HALF_COUNT_MAGNITUDE = _SUB_BUCKET_COUNT_MAGNITUDE - 1  # 7
-SUB_BUCKET_COUNT = 1 << _SUB_BUCKET_COUNT_MAGNITUDE  # 256
-SUB_BUCKET_HALF_COUNT = SUB_BUCKET_COUNT // 2  # 128
-SUB_BUCKET_MASK = (SUB_BUCKET_COUNT - 1) << UNIT_MAGNITUDE  # 255
-
-
-def _bucket_count(highest: int) -> int:
-    smallest_untrackable = SUB_BUCKET_COUNT << UNIT_MAGNITUDE
-    buckets = 1
-    while smallest_untrackable <= highest:
-        smallest_untrackable <<= 1
-        buckets += 1
-    return buckets
-
-
-BUCKET_COUNT = _bucket_count(HIGHEST_TRACKABLE_NS)  # 38
-COUNTS_LEN = (BUCKET_COUNT + 1) * SUB_BUCKET_HALF_COUNT  # 4992
-MAX_RELATIVE_ERROR = 1 / SUB_BUCKET_HALF_COUNT
-
-LAYOUT: dict[str, int] = {"lowest": LOWEST_DISCERNIBLE_NS, "highest": HIGHEST_TRACKABLE_NS, "sig": SIGNIFICANT_FIGURES}
+__all__ = [
+    "BUCKET_COUNT",
+    "COUNTS_LEN",
+    "HIGHEST_TRACKABLE_NS",
+    "LAYOUT",
+    "LOWEST_DISCERNIBLE_NS",
+    "MAX_RELATIVE_ERROR",
+    "SIGNIFICANT_FIGURES",
+    "SUB_BUCKET_HALF_COUNT",
+    "Histogram",
+    "counts_index",
+    "highest_equivalent_value",
+    "histograms_by_group",
+    "value_from_index",
+]
 
 # Exact int64 sums need chunking: 2**18 values of at most 2**44 sum below 2**63.
 _SUM_CHUNK = 1 << 18
@@ -63,49 +70,6 @@ _I64_MAX = np.iinfo(np.int64).max
 # 40 KB array (fresh pages are what dominates when many histograms are alive at once).
 _NO_COUNTS = np.zeros(COUNTS_LEN, dtype=np.int64)
 _NO_COUNTS.flags.writeable = False
-
-
-def counts_index(values_ns: np.ndarray) -> np.ndarray:
-    """HdrHistogram counts index of each value (int64 array in, int64 array out).
-
-    Same integer formula as HdrHistogram: ``bucket = bitlen(v | sub_bucket_mask) - 8``,
-    ``sub = v >> bucket``, ``index = (bucket + 1) * 128 + sub - 128``. The bit length
-    comes from the float64 exponent, exact for 0 <= v < 2**53; indices of values above
-    ``HIGHEST_TRACKABLE_NS`` may lie beyond ``COUNTS_LEN``.
-    """
-    v = np.asarray(values_ns, dtype=np.int64)
-    # The biased float64 exponent of x >= 1 is floor(log2 x) + 1023, so bit length = it - 1022.
-    bit_length = ((v | SUB_BUCKET_MASK).astype(np.float64).view(np.int64) >> 52) - 1022
-    bucket = bit_length - (UNIT_MAGNITUDE + SUB_BUCKET_HALF_COUNT_MAGNITUDE + 1)
-    # (bucket + 1) * half_count + (sub - half_count) == bucket * half_count + sub
-    return (bucket << SUB_BUCKET_HALF_COUNT_MAGNITUDE) + (v >> (bucket + UNIT_MAGNITUDE))
-
-
-def _bucket_of_index(index: np.ndarray) -> np.ndarray:
-    return np.maximum((index >> SUB_BUCKET_HALF_COUNT_MAGNITUDE) - 1, 0)
-
-
-def value_from_index(index: np.ndarray | int) -> np.ndarray:
-    """Lowest value counted at each counts index (HdrHistogram's get_value_from_index)."""
-    i = np.asarray(index, dtype=np.int64)
-    bucket = (i >> SUB_BUCKET_HALF_COUNT_MAGNITUDE) - 1
-    sub = (i & (SUB_BUCKET_HALF_COUNT - 1)) + SUB_BUCKET_HALF_COUNT
-    first = bucket < 0
-    sub = np.where(first, sub - SUB_BUCKET_HALF_COUNT, sub)
-    bucket = np.where(first, 0, bucket)
-    return sub << (bucket + UNIT_MAGNITUDE)
-
-
-def highest_equivalent_value(index: np.ndarray | int) -> np.ndarray:
-    """Highest value counted at each counts index (inclusive)."""
-    i = np.asarray(index, dtype=np.int64)
-    return value_from_index(i) + (np.int64(1) << (_bucket_of_index(i) + UNIT_MAGNITUDE)) - 1
-
-
-def _index_of(value: int) -> int:
-    """counts_index for one Python int (the scalar path of ``record``)."""
-    bucket = (value | SUB_BUCKET_MASK).bit_length() - (UNIT_MAGNITUDE + SUB_BUCKET_HALF_COUNT_MAGNITUDE + 1)
-    return (bucket << SUB_BUCKET_HALF_COUNT_MAGNITUDE) + (value >> (bucket + UNIT_MAGNITUDE))
 
 
 def _exact_sum(values: np.ndarray) -> int:
@@ -161,7 +125,7 @@ class Histogram:
         if v > HIGHEST_TRACKABLE_NS:
             self.overflow += 1
         else:
-            self._writable()[_index_of(v)] += 1
+            self._writable()[index_of_value(v)] += 1
         self.count += 1
         self.sum_ns += v
         self.min_ns = v if self.min_ns is None or v < self.min_ns else self.min_ns
@@ -196,6 +160,32 @@ class Histogram:
         self.count += n
         self.min_ns = lo if self.min_ns is None or lo < self.min_ns else self.min_ns
         self.max_ns = hi if self.max_ns is None or hi > self.max_ns else self.max_ns
+
+    def add_group(self, grouped: GroupedHistograms, g: int) -> Histogram:
+        """Add group `g` of an agent's grouped histograms (agents/histogram.py); returns self.
+        The same as recording that group's values here."""
+        return GroupColumns(grouped).add_into(self, g)
+
+    def add_buckets(
+        self, idx: np.ndarray, cnt: np.ndarray, count: int, overflow: int, clamped: int, lo: int, hi: int, total: int
+    ) -> None:
+        """Add counts at distinct counts indices `idx`, and the figures a bucket array cannot
+        give (count, overflow, clamped, min, max, sum of the values added)."""
+        if count == 0:
+            return
+        if len(idx):
+            counts = self._counts
+            if counts is _NO_COUNTS:
+                counts = self._counts = np.zeros(COUNTS_LEN, dtype=np.int64)
+            counts[idx] += cnt  # distinct indices: no np.add.at needed
+        self.count += count
+        self.overflow += overflow
+        self.clamped += clamped
+        self.sum_ns += total
+        if self.min_ns is None or lo < self.min_ns:
+            self.min_ns = lo
+        if self.max_ns is None or hi > self.max_ns:
+            self.max_ns = hi
 
     # -- combining ---------------------------------------------------------------------
 
@@ -356,6 +346,56 @@ class Histogram:
         if int(cnt.sum()) + h.overflow != h.count:
             raise ValueError("sparse histogram counts do not add up to its count")
         return h
+
+
+class GroupColumns:
+    """An agent's grouped histograms as Python lists and int64 arrays, converted once per
+    batch, so that adding a group into a histogram costs one fancy add and a few int ops."""
+
+    __slots__ = ("count", "overflow", "clamped", "lo", "hi", "total", "offsets", "idx", "cnt")
+
+    def __init__(self, grouped: GroupedHistograms, with_buckets: bool = True) -> None:
+        sc = grouped.scalars
+        self.count: list[int] = sc["count"].tolist()
+        self.overflow: list[int] = sc["overflow"].tolist()
+        self.clamped: list[int] = sc["clamped"].tolist()
+        self.lo: list[int] = sc["min"].tolist()
+        self.hi: list[int] = sc["max"].tolist()
+        self.total: list[int] = sc["sum"].tolist()
+        self.offsets: list[int] = grouped.offsets.tolist() if with_buckets else []
+        self.idx = grouped.idx.astype(np.intp) if with_buckets else grouped.idx
+        self.cnt = grouped.cnt.astype(np.int64) if with_buckets else grouped.cnt
+
+    def add_into(self, h: Histogram, g: int) -> Histogram:
+        """Group g, buckets and figures, into `h`."""
+        a, b = self.offsets[g], self.offsets[g + 1]
+        h.add_buckets(
+            self.idx[a:b],
+            self.cnt[a:b],
+            self.count[g],
+            self.overflow[g],
+            self.clamped[g],
+            self.lo[g],
+            self.hi[g],
+            self.total[g],
+        )
+        return h
+
+    def add_figures(self, h: Histogram, g: int) -> None:
+        """Group g's figures alone into `h` (count, overflow, clamped, min, max, sum), its
+        buckets added by the caller (coordinator/measure/blocks.py)."""
+        n = self.count[g]
+        if n == 0:
+            return
+        h.count += n
+        h.overflow += self.overflow[g]
+        h.clamped += self.clamped[g]
+        h.sum_ns += self.total[g]
+        lo, hi = self.lo[g], self.hi[g]
+        if h.min_ns is None or lo < h.min_ns:
+            h.min_ns = lo
+        if h.max_ns is None or hi > h.max_ns:
+            h.max_ns = hi
 
 
 def histograms_by_group(values_ns: np.ndarray, group: np.ndarray, n_groups: int) -> list[Histogram]:

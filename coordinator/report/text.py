@@ -68,6 +68,8 @@ def text_summary(bundle: Bundle) -> str:
     lines.append(f"  generator {cpu if cpu is not None else '-'} us CPU/request, {sat}")
     if g.late_sends or g.interrupted or g.unsent:
         lines.append(f"  late sends {g.late_sends}, interrupted {g.interrupted}, unsent {g.unsent}")
+    if g.generator_queueing is not None and g.generator_queueing.warning:
+        lines.append(f"  WARNING: {g.generator_queueing.warning}")
     for lost in s.lost_agents:
         lines.append(
             f"  LOST agent {lost.agent} (incarnation {lost.incarnation}) at {lost.at_s or 0:.1f}s: {lost.reason}"

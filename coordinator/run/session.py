@@ -147,7 +147,7 @@ class RunSession:
         self.totals: dict[str, AgentTotals] = {}
         self.resources = ResourceSeries()
         self.sends = SendCounter()
-        self.checker = BatchChecker(RunBounds(endpoints=len(plan.endpoints)))
+        self.checker = BatchChecker(RunBounds(endpoints=len(plan.endpoints), stages=len(plan.stage_names)))
         self.bad_batches = BadBatches()
         self.user_errors: dict[str, int] = {}  # exception type name -> iterations it ended
         self.faulty: list[AgentLost] = []  # agents to declare lost as faulty (lose_faulty)
@@ -288,9 +288,9 @@ class RunSession:
         if self.bad_batches.is_faulty(b.agent, b.incarnation):
             return False  # declared faulty: nothing more of it counts
         self.agg.add(b)
-        self.sends.add(b.samples["sent_ns"])
+        self.sends.add_counts(*b.send_bins())
         self.totals[agent_label(b.agent, b.incarnation)].add(b.readings, b.watermark_ns, b.engine)
-        self.ledger.batch(b.agent, len(b.samples), b.readings, b.watermark_ns, b.final)
+        self.ledger.batch(b.agent, b.requests, b.readings, b.watermark_ns, b.final)
         for name, n in b.user_errors.items():  # Python users' exception types (bounded per batch)
             if name in self.user_errors or len(self.user_errors) < MAX_USER_ERROR_TYPES:
                 self.user_errors[name] = self.user_errors.get(name, 0) + n

@@ -12,7 +12,7 @@ from horde.cluster.events import AgentLost
 from horde.coordinator.bundle.outcome import Outcome
 from horde.coordinator.judge.thresholds import Abort
 from horde.coordinator.measure.aggregate import Aggregator
-from horde.coordinator.measure.health import generator_verdict
+from horde.coordinator.measure.health import generator_queueing, generator_verdict
 from horde.coordinator.measure.resources import ResourceSeries
 from horde.coordinator.plan import Plan
 
@@ -37,6 +37,16 @@ class SendCounter:
         if len(c) > len(self._counts):
             self._counts = np.concatenate([self._counts, np.zeros(len(c) - len(self._counts), np.int64)])
         self._counts[: len(c)] += c
+
+    def add_counts(self, first_bin: int, counts) -> None:
+        """Sends an agent counted itself: counts[i] in bin first_bin + i (an aggregated batch)."""
+        np = self._np
+        if len(counts) == 0:
+            return
+        end = first_bin + len(counts)
+        if end > len(self._counts):
+            self._counts = np.concatenate([self._counts, np.zeros(end - len(self._counts), np.int64)])
+        self._counts[first_bin:end] += counts
 
     def counts(self) -> list[int]:
         return self._counts.tolist()
@@ -91,6 +101,11 @@ def build_summary(
     total = stats_for(None, None, None)
     generator = generator_verdict(totals, total.requests)
     generator["bad_batches"] = bad_batches  # batches refused by the checks (run/session.py on_bad_batch)
+    scopes = {}
+    for e in (None, *plan.endpoints):
+        queued, unqueued = agg.generator_queueing(endpoint=e)
+        scopes["total" if e is None else e] = (agg.snapshot(endpoint=e).latency, unqueued, queued)
+    generator["generator_queueing"] = generator_queueing(scopes)
     for node in nodes_summary.get("saturated", []):
         info = nodes_summary["nodes"][node]
         if info["agents"]:

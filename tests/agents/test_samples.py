@@ -41,7 +41,7 @@ READINGS = GeneratorReadings(
     level=23.5,
     interrupted=29,
     unsent=31,
-    queued_sends=37,
+    generator_queued_sends=37,
 )
 
 
@@ -52,7 +52,7 @@ def _payload(records: bytes = b"", **kw) -> bytes:
 
 
 def _map(**changes) -> bytes:
-    """A version-1 batch map with some keys changed (a value of `...` removes the key)."""
+    """A raw batch map (the current version) with some keys changed (a value of `...` removes the key)."""
     m = msgpack.unpackb(_payload(), raw=False)
     for k, v in changes.items():
         if v is ...:
@@ -202,7 +202,7 @@ _readings = st.builds(
     level=st.floats(0, 1e9, allow_nan=False),
     interrupted=st.integers(0, 2**31),
     unsent=st.integers(0, 2**40),
-    queued_sends=st.integers(0, 2**40),
+    generator_queued_sends=st.integers(0, 2**40),
 )
 
 
@@ -254,8 +254,9 @@ def test_round_trip_property(records, readings, agent, incarnation, seq, waterma
         (b"\xc1", "not a msgpack batch"),  # a byte msgpack never uses
         (_payload(RECORD.pack(1, 2, 3, 4, 200, 0, 5))[:-7], "not a msgpack batch"),  # truncated
         (_payload() + b"\x00", "not a msgpack batch"),  # trailing bytes after the map
-        (msgpack.packb([1, 2, 3]), "unsupported batch format version None"),  # not a map
-        (msgpack.packb("hello"), "unsupported batch format version None"),
+        (msgpack.packb([1, 2, 3]), "not a map"),
+        (msgpack.packb("hello"), "not a map"),
+        (_map(v=1), "unsupported batch format version 1 .this coordinator reads 2"),  # an older agent
         (_map(v=FORMAT_VERSION + 1), f"unsupported batch format version {FORMAT_VERSION + 1}"),  # a newer agent
         (_map(v=0), "unsupported batch format version 0"),
         (_map(v="1"), "unsupported batch format version '1'"),  # the version must be the integer

@@ -22,6 +22,13 @@ from horde.agents.traffic import TrafficAgent
 from horde.automaton.launch import start_automaton
 
 
+@pytest.fixture(autouse=True)
+def _raw_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read every sample, so the agents send them raw (HORDE_SAMPLES=raw);
+    tests/agents/test_agent_aggregates.py covers the default, aggregated batches."""
+    monkeypatch.setenv("HORDE_SAMPLES", "raw")
+
+
 def _timerfds() -> int:
     n = 0
     for fd in os.listdir("/proc/self/fd"):

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from horde.agents.runner import AgentRunner
-from horde.agents.samples import ErrorClass, decode_batch
+from horde.agents.samples import ERROR_MASK, GENERATOR_QUEUED, ErrorClass, decode_batch
 from horde.agents.spec import AgentSpec, RequestTemplate, Stage
 
 
@@ -45,9 +45,12 @@ _ENGINE = {"name": "aiohttp"}
 
 
 @pytest.fixture(autouse=True, params=["aiohttp", "fast"])
-def engine(request: pytest.FixtureRequest):
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     """Every agent test runs on both engines: the lean one drives plain requests by
-    callbacks, the aiohttp one by a task per request (two code paths in the agent)."""
+    callbacks, the aiohttp one by a task per request (two code paths in the agent).
+    These tests read every sample, so the agents send them raw (HORDE_SAMPLES=raw);
+    tests/agents/test_agent_aggregates.py covers the default, aggregated batches."""
+    monkeypatch.setenv("HORDE_SAMPLES", "raw")
     _ENGINE["name"] = request.param
     yield request.param
     _ENGINE["name"] = "aiohttp"
@@ -153,10 +156,15 @@ def test_latency_includes_queueing_that_service_time_does_not():
     assert np.median(service) < 120
     assert latency.max() > 5 * np.median(service)  # the queue is visible in latency
     assert latency.max() > 3 * service.max()
-    # The target held the only sender: those sends were queued (the target's doing), not
-    # late (the generator's).
-    assert sum(b.readings.queued_sends for b in batches) >= 10
+    # The agent's only slot was busy: those sends were generator-queued (horde's own cap held
+    # them back), not late (a generator short of CPU), and each such sample says so.
+    assert sum(b.readings.generator_queued_sends for b in batches) >= 10
     assert sum(b.readings.late_sends for b in batches) <= 2
+    queued = (s["error"] & GENERATOR_QUEUED) != 0
+    assert queued.sum() >= 10
+    assert (s["error"] & ERROR_MASK == ErrorClass.OK).all()  # the flag leaves the error class alone
+    # Without the generator-queue wait, those requests' latency is their service time.
+    assert (latency[queued] > service[queued]).all()
 
 
 @pytest.mark.timeout(30)

@@ -20,6 +20,14 @@ from horde.agents.users import UserCodeError, check_user_file, load_user_class
 from horde.coordinator.plan import build_plan
 from horde.coordinator.scenario.load import load_scenario
 
+
+@pytest.fixture(autouse=True)
+def _raw_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read every sample, so the agents send them raw (HORDE_SAMPLES=raw);
+    tests/agents/test_agent_aggregates.py covers the default, aggregated batches."""
+    monkeypatch.setenv("HORDE_SAMPLES", "raw")
+
+
 # -- loading and checking -------------------------------------------------------------------
 
 

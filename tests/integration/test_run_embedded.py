@@ -138,7 +138,7 @@ def test_stall_shows_in_latency_not_in_service_time(ray_cluster, tmp_path):
     # The sends that waited behind the frozen target are counted as queued (target-bound),
     # not as the generator's own lateness.
     g = summary["generator"]
-    assert g["queued_sends"] > 100 and g["queued_sends"] > 5 * g["late_sends"]
+    assert g["generator_queued_sends"] > 100 and g["generator_queued_sends"] > 5 * g["late_sends"]
     assert t["requests"] >= 1700
     assert t["latency_ms"]["p99"] > 500  # the stall, seen from the intended send time
     assert t["service_time_ms"]["p99"] < 100  # the target's own time per request

@@ -172,3 +172,14 @@ def test_the_writer_checks_what_it_writes(tmp_path: Path) -> None:
     )
     assert json.loads((path / "summary.json").read_text()) == summary  # written as given
     assert read_bundle(path).summary.total.duration_s == 1.0
+
+
+def test_an_old_bundles_queued_sends_read_as_generator_queued_sends() -> None:
+    from horde.coordinator.bundle.schema import Generator, GeneratorAgent
+
+    old = Generator.model_validate({"queued_sends": 7, "agents": {"0": {"queued_sends": 3}}})
+    assert old.generator_queued_sends == 7 and old.agents["0"].generator_queued_sends == 3
+    assert old.generator_queueing is None  # not measured before issue 14
+    new = Generator.model_validate({"generator_queued_sends": 5})
+    assert new.generator_queued_sends == 5
+    assert GeneratorAgent().generator_queued_sends == 0

@@ -155,3 +155,118 @@ def test_bad_batches_are_counted_kept_up_to_a_bound_and_make_an_incarnation_faul
     record, faulty = bad.add(0, 0, 3.0, err)  # the fifth of the run: over the kept records, still counted
     assert (record, faulty, bad.total) == (None, False, FAULTY_AFTER + 2)
     assert bad.add(7, None, 3.0, err)[1] is False  # no incarnation known: never "faulty"
+
+
+# -- aggregated batches ----------------------------------------------------------------------
+
+
+def _agg_batch():
+    """A good aggregated batch: two endpoints, two stages (ends 5 s, 20 s), two windows."""
+    from horde.agents.aggregate import aggregate_records
+
+    rows = [
+        (0, 1 * S, 1 * S + 5, 1 * S + 900, 200, 0, 10),
+        (1, 1 * S, 1 * S + 9, 1 * S + 2_000_000, 503, ErrorClass.HTTP_5XX, 3),
+        (1, 6 * S, 6 * S + 2, 7 * S, 200, 0, 4),
+        (1, 6 * S, 6 * S + 3, 7 * S + 5, 200, 0x80, 4),  # generator-queued
+    ]
+    records = np.frombuffer(b"".join(RECORD.pack(*r) for r in rows), dtype=SAMPLE_DTYPE)
+    agg = aggregate_records(records, np.asarray([5 * S, 20 * S]))
+    payload = encode_batch(agent=0, incarnation=0, seq=0, watermark_ns=8 * S, agg=agg, readings=GeneratorReadings())
+    return decode_batch(payload)
+
+
+AGG_BOUNDS = RunBounds(endpoints=2, stages=2)
+
+
+def _groups_with(name: str, value, row: int = 0):
+    b = _agg_batch()
+    g = b.agg.groups.copy()
+    g[name][row] = value
+    return dataclasses.replace(b, agg=dataclasses.replace(b.agg, groups=g))
+
+
+def _sends_with(change, first_bin: int | None = None):
+    b = _agg_batch()
+    sends = b.agg.sends.copy()
+    change(sends)
+    first = b.agg.sends_first_bin if first_bin is None else first_bin
+    return dataclasses.replace(b, agg=dataclasses.replace(b.agg, sends=sends, sends_first_bin=first))
+
+
+def _hist_with(part: str, change):
+    b = _agg_batch()
+    h = b.agg.latency
+    if part == "scalars":
+        sc = h.scalars.copy()
+        change(sc)
+        h = dataclasses.replace(h, scalars=sc)
+    else:
+        arr = getattr(h, part).copy()
+        change(arr)
+        h = dataclasses.replace(h, **{part: arr})
+    return dataclasses.replace(b, agg=dataclasses.replace(b.agg, latency=h))
+
+
+def test_a_good_aggregated_batch_passes() -> None:
+    b = _agg_batch()
+    assert b.requests == 4 and len(b.agg.groups) == 3 and b.agg.latency_unqueued is not None
+    check_samples(b, AGG_BOUNDS, NOW_NS)
+
+
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: _groups_with("endpoint", 2), "agg.grp.endpoint"),
+        (lambda: _groups_with("stage", 2), "agg.grp.stage"),
+        (lambda: _groups_with("window", 41), "agg.grp.window"),  # beyond the run (10 s + 30 s slack)
+        (lambda: _groups_with("window", -1), "agg.grp.window"),
+        (lambda: _groups_with("requests", 0), "agg.grp.requests"),
+        (lambda: _sends_with(lambda a: a.__setitem__(0, a[0] + 1)), "agg.sends"),  # more sends than requests
+        (lambda: _sends_with(lambda a: None, first_bin=401), "agg.sb"),  # sends after the run's end
+        (lambda: _groups_with("generator_queued", 5), "agg.grp.generator_queued"),
+        (lambda: _groups_with("errors", [0] * 14), "agg.grp.errors"),
+        (lambda: _groups_with("endpoint", 1, row=0), "agg.grp"),  # the same group twice
+        (lambda: _hist_with("scalars", lambda sc: sc["count"].__setitem__(0, 7)), "agg.h.latency'.count"),
+        (lambda: _hist_with("scalars", lambda sc: sc["overflow"].__setitem__(0, 9)), "agg.h.latency"),
+        (lambda: _hist_with("scalars", lambda sc: sc["min"].__setitem__(0, -1)), "agg.h.latency'.min/max"),
+        (lambda: _hist_with("scalars", lambda sc: sc["max"].__setitem__(0, 10**15)), "agg.h.latency'.min/max"),
+        (lambda: _hist_with("scalars", lambda sc: sc["sum"].__setitem__(0, 10**12)), "agg.h.latency'.sum"),
+        (lambda: _hist_with("idx", lambda a: a.__setitem__(0, 5000)), "agg.h.latency'.idx"),
+        (lambda: _hist_with("cnt", lambda a: a.__setitem__(0, 0)), "agg.h.latency'.cnt"),
+        (lambda: _hist_with("cnt", lambda a: a.__setitem__(0, 2)), "agg.h.latency'.cnt"),
+    ],
+    ids=[
+        "endpoint",
+        "stage",
+        "window-late",
+        "window-negative",
+        "no-requests",
+        "sends",
+        "sends-late",
+        "queued",
+        "errors",
+        "duplicate",
+        "count",
+        "overflow",
+        "min",
+        "max",
+        "sum",
+        "idx",
+        "cnt-zero",
+        "cnt-sum",
+    ],
+)
+def test_a_bad_aggregate_is_refused_naming_its_field(make, field) -> None:
+    with pytest.raises(BatchFormatError, match=field.replace(".", r"\.").replace("/", "/")):
+        check_samples(make(), AGG_BOUNDS, NOW_NS)
+
+
+def test_an_older_batch_format_is_refused_clearly() -> None:
+    import msgpack
+
+    payload = encode_batch(agent=0, incarnation=0, seq=0, watermark_ns=S, records=b"", readings=GeneratorReadings())
+    m = msgpack.unpackb(payload, raw=False)
+    m["v"] = 1
+    with pytest.raises(BatchFormatError, match="version 1 .this coordinator reads 2"):
+        decode_batch(msgpack.packb(m, use_bin_type=True))

@@ -17,8 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from horde.agents.aggregate import aggregate_records
 from horde.agents.samples import (
     FORMAT_VERSION,
+    GROUP_DTYPE,
     RECORD,
     SAMPLE_DTYPE,
     BatchFormatError,
@@ -41,7 +43,7 @@ FUZZ = settings(max_examples=100, deadline=None)
 def _ingest(payload: bytes) -> bool:
     """The session's path for one batch; True when it was aggregated. Only BatchFormatError may escape."""
     agg = Aggregator(ENDPOINTS, [30 * S, 90 * S], ["warm", "main"])
-    checker = BatchChecker(RunBounds(endpoints=len(ENDPOINTS)))
+    checker = BatchChecker(RunBounds(endpoints=len(ENDPOINTS), stages=2))
     try:
         b = decode_batch(payload)
         checker.check(b, sender=0, incarnations={0: 0}, now_ns=NOW_NS)
@@ -49,7 +51,7 @@ def _ingest(payload: bytes) -> bool:
         assert str(exc) and "\n" not in str(exc)  # a one-line reason
         return False
     agg.add(b)
-    SendCounter().add(b.samples["sent_ns"])
+    SendCounter().add_counts(*b.send_bins())
     AgentTotals().add(b.readings, b.watermark_ns, b.engine)
     agg.close_until(b.watermark_ns)
     agg.close_all()
@@ -220,3 +222,94 @@ def test_float_readings(value, i) -> None:
     m["gen"][i] = value
     ok = _bounded(_pack(m))
     assert ok == (math.isfinite(value) and 0 <= value < 1e18)
+
+
+# -- aggregated batches (the default form) ---------------------------------------------------
+
+
+def _good_agg_map(rows: list[tuple]) -> dict:
+    records = np.frombuffer(b"".join(RECORD.pack(*r) for r in rows), dtype=SAMPLE_DTYPE)
+    payload = encode_batch(
+        agent=0,
+        incarnation=0,
+        seq=0,
+        watermark_ns=NOW_NS,
+        agg=aggregate_records(records, np.asarray([30 * S, 90 * S])),
+        readings=GeneratorReadings(cpu_s=1.5, rss_bytes=10**8, in_flight=3, level=10.0),
+        engine="fast",
+    )
+    return msgpack.unpackb(payload, raw=False)
+
+
+def test_a_good_aggregated_batch_is_aggregated() -> None:
+    assert _ingest(_pack(_good_agg_map([(0, S, S, 2 * S, 200, 0, 1), (2, 40 * S, 41 * S, 42 * S, 503, 5, 9)])))
+    assert _ingest(_pack(_good_agg_map([])))
+
+
+@FUZZ
+@given(
+    st.lists(_row, max_size=20),
+    st.sampled_from(["win", "grp", "h", "sb", "sends"]),
+    st.one_of(_garbage, st.just(...)),
+)
+def test_one_aggregate_field_replaced_by_garbage_or_removed(rows, key, value) -> None:
+    m = _good_agg_map(rows)
+    if value is ...:
+        del m["agg"][key]
+    else:
+        m["agg"][key] = value
+    _bounded(_pack(m))
+
+
+@FUZZ
+@given(st.lists(_row, min_size=1, max_size=20), st.data())
+def test_one_aggregate_column_value_set_to_an_extreme(rows, data) -> None:
+    m = _good_agg_map(rows)
+    agg = m["agg"]
+    kind = data.draw(st.integers(-2, len(agg["h"]) * 4 - 1))
+    if kind == -2:  # a group column
+        arr = np.frombuffer(agg["grp"], dtype=GROUP_DTYPE).copy()
+        name = data.draw(st.sampled_from([n for n in GROUP_DTYPE.names if n != "errors"] + ["errors"]))
+        row = data.draw(st.integers(0, len(arr) - 1))
+        column = arr[name][row]
+        info = np.iinfo(arr[name].dtype)
+        value = min(max(data.draw(_extreme), info.min), info.max)
+        if name == "errors":
+            column[data.draw(st.integers(0, column.shape[0] - 1))] = value
+        else:
+            arr[name][row] = value
+        agg["grp"] = arr.tobytes()
+    elif kind == -1:  # the sends
+        arr = np.frombuffer(agg["sends"], dtype="<u4").copy()
+        arr[data.draw(st.integers(0, len(arr) - 1))] = data.draw(st.integers(0, 2**32 - 1))
+        agg["sends"] = arr.tobytes()
+    else:  # a histogram column: scalars, offsets, idx or cnt
+        h, part = agg["h"][kind // 4], kind % 4
+        raw = bytearray(h[part])
+        if raw:
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] = data.draw(st.integers(0, 255))
+        h[part] = bytes(raw)
+    _bounded(_pack(m))
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda a: a.__setitem__("win", 10**8), "'agg.win'"),
+        (lambda a: a.__setitem__("grp", a["grp"][:-1]), "'agg.grp'"),
+        (lambda a: a["h"].pop(), "'agg.h"),
+        (lambda a: a["h"][0].__setitem__(2, a["h"][0][2][:-2]), "'agg.h.latency'"),
+        (lambda a: a.__setitem__("sends", a["sends"] + b"\x01\x00\x00\x00"), "'agg.sends'"),
+        (lambda a: a.__setitem__("sb", -1), "'agg.sb'"),
+    ],
+    ids=["window", "torn-groups", "two-histograms", "torn-idx", "sends-over-requests", "bin-negative"],
+)
+def test_a_bad_aggregate_names_its_field(mutate, field) -> None:
+    m = _good_agg_map([(0, S, S, 2 * S, 200, 0, 1), (1, 2 * S, 2 * S, 3 * S, 200, 0, 1)])
+    mutate(m["agg"])
+    agg = Aggregator(ENDPOINTS, [30 * S, 90 * S], ["warm", "main"])
+    checker = BatchChecker(RunBounds(endpoints=len(ENDPOINTS), stages=2))
+    with pytest.raises(BatchFormatError, match=field.replace("(", r"\(")):
+        checker.check(decode_batch(_pack(m)), sender=0, incarnations={0: 0}, now_ns=NOW_NS)
+    assert agg.snapshot().requests == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from horde.agents.samples import GeneratorReadings
@@ -12,8 +13,10 @@ from horde.coordinator.measure.health import (
     LATE_FRACTION_SATURATED,
     LOOP_LAG_SATURATED_NS,
     AgentTotals,
+    generator_queueing,
     generator_verdict,
 )
+from horde.coordinator.measure.histogram import Histogram
 
 S = 1_000_000_000  # ns per second
 
@@ -44,7 +47,7 @@ def test_the_thresholds_are_what_the_docs_say() -> None:
         (_agent(late_sends=10), 1000, []),  # 1.0% late: at the line, not over
         (_agent(late_sends=11), 1000, ["11 of 1000 sends (1.1%) left more than 10 ms late"]),
         (_agent(late_sends=5), 0, []),  # no requests: no fraction, no division by zero
-        (_agent(queued_sends=900), 1000, []),  # waiting on a busy target is not generator lag
+        (_agent(generator_queued_sends=900), 1000, []),  # waiting on a busy target is not generator lag
         (_agent(cpu_s=5.0, elapsed_s=0.0), 1000, []),  # no elapsed time: no CPU fraction to judge
         (_agent(cpu_s=5.0, elapsed_s=-1.0), 1000, []),  # no batch since it began (clock skew): no fraction
     ],
@@ -94,7 +97,7 @@ def test_no_agents_is_a_healthy_empty_verdict() -> None:
         "cpu_s": 0.0,
         "cpu_us_per_request": None,
         "late_sends": 0,
-        "queued_sends": 0,
+        "generator_queued_sends": 0,
         "interrupted": 0,
         "unsent": 0,
     }
@@ -107,13 +110,13 @@ def test_totals_and_per_agent_figures() -> None:
         peak_rss_bytes=150 * 2**20,
         loop_lag_max_ns=12_345_678,
         late_sends=3,
-        queued_sends=7,
+        generator_queued_sends=7,
         send_lag_max_ns=20_000_000,
         interrupted=2,
         unsent=4,
         engines={"fast", "aiohttp"},
     )
-    b = _agent(cpu_s=1.0, elapsed_s=8.0, queued_sends=1, interrupted=1, unsent=1)
+    b = _agent(cpu_s=1.0, elapsed_s=8.0, generator_queued_sends=1, interrupted=1, unsent=1)
     v = generator_verdict({"0": a, "1": b}, 3000)
     assert v["agents"]["0"] == {
         "cpu_s": 2.0,
@@ -121,7 +124,7 @@ def test_totals_and_per_agent_figures() -> None:
         "peak_rss_mb": 150.0,
         "loop_lag_max_ms": 12.346,
         "late_sends": 3,
-        "queued_sends": 7,
+        "generator_queued_sends": 7,
         "send_lag_max_ms": 20.0,
         "interrupted": 2,
         "unsent": 4,
@@ -129,7 +132,7 @@ def test_totals_and_per_agent_figures() -> None:
     }
     assert v["cpu_s"] == 3.0
     assert v["cpu_us_per_request"] == 1000.0  # 3 CPU seconds over 3000 requests
-    assert (v["late_sends"], v["queued_sends"], v["interrupted"], v["unsent"]) == (3, 8, 3, 5)
+    assert (v["late_sends"], v["generator_queued_sends"], v["interrupted"], v["unsent"]) == (3, 8, 3, 5)
     assert v["saturated"] is False
 
 
@@ -141,7 +144,11 @@ def test_totals_from_readings() -> None:
     rows = [
         # (readings, watermark_ns, engine)
         (GeneratorReadings(cpu_s=0.5, rss_bytes=100, loop_lag_max_ns=7, late_sends=2, send_lag_max_ns=30), 2 * S, ""),
-        (GeneratorReadings(cpu_s=1.5, rss_bytes=300, loop_lag_max_ns=3, queued_sends=4, interrupted=1), 3 * S, "fast"),
+        (
+            GeneratorReadings(cpu_s=1.5, rss_bytes=300, loop_lag_max_ns=3, generator_queued_sends=4, interrupted=1),
+            3 * S,
+            "fast",
+        ),
         (
             GeneratorReadings(cpu_s=1.2, rss_bytes=200, late_sends=1, unsent=6, send_lag_max_ns=10),
             1 * S,
@@ -154,7 +161,8 @@ def test_totals_from_readings() -> None:
     assert t.peak_rss_bytes == 300  # peak, not last
     assert t.loop_lag_max_ns == 7
     assert t.send_lag_max_ns == 30
-    assert (t.late_sends, t.queued_sends, t.interrupted, t.unsent) == (3, 4, 1, 6)  # per-interval counts: summed
+    # per-interval counts: summed
+    assert (t.late_sends, t.generator_queued_sends, t.interrupted, t.unsent) == (3, 4, 1, 6)
     assert t.batches == 3
     assert t.first_watermark_ns == 2 * S  # the first batch's, even though a later one is smaller
     assert t.last_watermark_ns == 3 * S  # the largest seen: a late batch does not move it back
@@ -162,11 +170,42 @@ def test_totals_from_readings() -> None:
     assert t.began_ns == 5 * S
 
 
-def test_totals_accept_readings_without_queued_sends() -> None:
-    # Readings from an agent that predates `queued_sends` (a plain object without it).
+def test_totals_accept_readings_without_generator_queued_sends() -> None:
+    # Readings from an agent that predates `generator_queued_sends` (a plain object without it).
     old = SimpleNamespace(
         cpu_s=1.0, rss_bytes=1, loop_lag_max_ns=0, late_sends=0, send_lag_max_ns=0, interrupted=0, unsent=0
     )
     t = AgentTotals()
     t.add(old, 1, "")
-    assert (t.queued_sends, t.batches, t.engines) == (0, 1, set())
+    assert (t.generator_queued_sends, t.batches, t.engines) == (0, 1, set())
+
+
+def _hist(values_ms) -> Histogram:
+    h = Histogram()
+    h.record_many(np.asarray([int(v * 1e6) for v in values_ms], dtype=np.int64))
+    return h
+
+
+def test_generator_queueing_that_moves_a_percentile_is_warned_about() -> None:
+    # 100 requests of 10 ms; the slowest 5 waited 90 ms for a free slot of their own agent.
+    without = _hist([10] * 100)
+    with_wait = _hist([10] * 95 + [100] * 5)
+    out = generator_queueing({"total": (with_wait, without, 5)})
+    scope = out["scopes"]["total"]
+    assert scope["requests"] == 5
+    assert scope["latency_ms_without"]["p99"] == pytest.approx(10.0, rel=0.01)
+    assert abs(scope["moved"]["p50"]) < 0.01 and scope["moved"]["p99"] > 5  # within a bucket; 10x
+    assert out["warning"] and "p99" in out["warning"] and "5 requests" in out["warning"]
+
+
+@pytest.mark.parametrize(
+    "with_ms, queued",
+    [
+        ([10] * 99 + [10.3], 1),  # moved 3%: under the 5% line
+        ([10] * 100, 0),  # nothing waited
+    ],
+)
+def test_generator_queueing_under_the_line_is_not_warned_about(with_ms, queued) -> None:
+    out = generator_queueing({"total": (_hist(with_ms), _hist([10] * 100), queued)})
+    assert out["warning"] is None
+    assert ("total" in out["scopes"]) is bool(queued)

@@ -1,0 +1,181 @@
+"""Stats of many scopes whose bucket counts and error classes are rows of shared matrices.
+
+The aggregator keeps its cumulative (endpoint, stage) stats in one block and each open
+window's endpoint stats in another. An agent's aggregated batch then lands with one
+``np.add.at`` per histogram kind for all of its groups (``add_aggregate``), instead of a
+numpy call per group: the coordinator's cost per batch follows its groups' buckets, not
+numpy's per-call overhead. The ``Stats`` of a row is an ordinary ``Stats`` whose histogram
+counts and error classes are views of the block's rows, so every reader and ``merge`` work
+on it unchanged. The matrices are ``np.zeros`` (calloc): rows never written take no memory.
+
+Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from horde.agents.histogram import COUNTS_LEN
+from horde.agents.samples import Aggregate
+from horde.coordinator.measure.histogram import GroupColumns, Histogram
+from horde.coordinator.measure.stats import N_ERROR_CLASSES, Stats
+
+KINDS = ("latency", "service_time", "send_lag")
+
+
+_SYNC_SUM_NS = 1 << 61  # pending sums are written out before they could pass int64
+
+
+class StatsBlock:
+    """`rows` scopes of `duration_s`; ``extra`` names further histograms kept per row
+    (``histogram(name, row)``), such as the latency with the generator-queue wait taken out.
+
+    An aggregated batch's bucket counts land in the rows at once; its per-group figures
+    (requests, errors, bytes; each histogram's count, overflow, clamped, min, max, sum)
+    wait in pending int64 arrays until ``sync()`` writes them into the rows' Stats as exact
+    Python ints. Whoever reads a row's Stats calls ``sync()`` first (the aggregator does).
+    """
+
+    def __init__(self, rows: int, duration_s: float, extra: tuple[str, ...] = ()) -> None:
+        self.rows = rows
+        self.duration_s = duration_s
+        self._names = (*KINDS, *extra)
+        self._counts = {k: np.zeros((rows, COUNTS_LEN), dtype=np.int64) for k in self._names}
+        self._errors = np.zeros((rows, N_ERROR_CLASSES), dtype=np.int64)
+        self.stats_by_row: dict[int, Stats] = {}
+        self._extra: dict[str, dict[int, Histogram]] = {k: {} for k in extra}
+        # pending figures: per row requests, errors, bytes; per histogram count, overflow, clamped, sum, min, max
+        self._p_scope = np.zeros((rows, 3), dtype=np.int64)
+        self._p_hist = {k: np.zeros((rows, 4), dtype=np.int64) for k in self._names}
+        self._p_min = {k: np.full(rows, np.iinfo(np.int64).max, dtype=np.int64) for k in self._names}
+        self._p_max = {k: np.full(rows, -1, dtype=np.int64) for k in self._names}
+        self._pending_rows: set[int] = set()
+
+    def stats(self, row: int) -> Stats:
+        s = self.stats_by_row.get(row)
+        if s is None:
+            s = Stats(self.duration_s)
+            s.errors_by_class = self._errors[row]
+            for kind in KINDS:
+                getattr(s, kind)._counts = self._counts[kind][row]
+            self.stats_by_row[row] = s
+        return s
+
+    def histogram(self, name: str, row: int) -> Histogram:
+        h = self._extra[name].get(row)
+        if h is None:
+            h = self._extra[name][row] = Histogram()
+            h._counts = self._counts[name][row]
+        return h
+
+    def sync(self) -> None:
+        """Write the pending figures into the rows' Stats and histograms."""
+        if not self._pending_rows:
+            return
+        rows = sorted(self._pending_rows)
+        scope = self._p_scope[rows].tolist()
+        for row, (requests, errors, nbytes) in zip(rows, scope):
+            s = self.stats(row)
+            s.requests += requests
+            s.errors += errors
+            s.bytes += nbytes
+        for name in self._names:
+            figures = self._p_hist[name][rows].tolist()
+            mins = self._p_min[name][rows].tolist()
+            maxs = self._p_max[name][rows].tolist()
+            for row, (count, overflow, clamped, total), lo, hi in zip(rows, figures, mins, maxs):
+                if count == 0:
+                    continue
+                h = getattr(self.stats(row), name) if name in KINDS else self.histogram(name, row)
+                h.count += count
+                h.overflow += overflow
+                h.clamped += clamped
+                h.sum_ns += total
+                if h.min_ns is None or lo < h.min_ns:
+                    h.min_ns = lo
+                if h.max_ns is None or hi > h.max_ns:
+                    h.max_ns = hi
+            self._p_hist[name][rows] = 0
+            self._p_min[name][rows] = np.iinfo(np.int64).max
+            self._p_max[name][rows] = -1
+        self._p_scope[rows] = 0
+        self._pending_rows.clear()
+
+    def add_aggregate(self, agg: Aggregate, group_rows: np.ndarray, extra: dict[str, str] | None = None) -> None:
+        """Add the groups of `agg` (group g into row group_rows[g]; rows may repeat).
+        `extra` maps an extra histogram of this block to the aggregate's kind it takes."""
+        group_rows = np.asarray(group_rows, dtype=np.int64)
+        groups = agg.groups
+        requests = groups["requests"].astype(np.int64)
+        errors = groups["errors"].astype(np.int64)
+        sources = {k: getattr(agg, k) for k in KINDS}
+        for name, kind in (extra or {}).items():
+            sources[name] = getattr(agg, kind) if getattr(agg, kind) is not None else agg.latency
+        top = max(int(g.scalars["sum"].max()) for g in sources.values())
+        if top >= _SYNC_SUM_NS or any(int(self._p_hist[n][:, 3].max()) >= _SYNC_SUM_NS - top for n in sources):
+            self.sync()
+            if top >= _SYNC_SUM_NS:  # one group's sum alone is that large: figures one by one
+                self._add_figures_now(sources, group_rows)
+                self._add_buckets(sources, group_rows, errors)
+                scope = np.stack([requests, requests - errors[:, 0], groups["bytes"].astype(np.int64)], axis=1)
+                self._pending_rows.update(group_rows.tolist())
+                np.add.at(self._p_scope, group_rows, scope)
+                return
+        self._add_buckets(sources, group_rows, errors)
+        scope = np.stack([requests, requests - errors[:, 0], groups["bytes"].astype(np.int64)], axis=1)
+        np.add.at(self._p_scope, group_rows, scope)
+        for name, grouped in sources.items():
+            sc = grouped.scalars
+            figures = np.stack(
+                [
+                    sc["count"].astype(np.int64),
+                    sc["overflow"].astype(np.int64),
+                    sc["clamped"].astype(np.int64),
+                    sc["sum"],
+                ],
+                axis=1,
+            )
+            np.add.at(self._p_hist[name], group_rows, figures)
+            np.minimum.at(self._p_min[name], group_rows, sc["min"])
+            np.maximum.at(self._p_max[name], group_rows, sc["max"])
+        self._pending_rows.update(group_rows.tolist())
+
+    def _add_buckets(self, sources: dict, group_rows: np.ndarray, errors: np.ndarray) -> None:
+        np.add.at(self._errors, group_rows, errors)
+        for name, grouped in sources.items():
+            if len(grouped.idx):
+                flat = self._counts[name].reshape(-1)
+                bucket_rows = np.repeat(group_rows, np.diff(grouped.offsets))
+                np.add.at(flat, bucket_rows * COUNTS_LEN + grouped.idx, grouped.cnt.astype(np.int64))
+
+    def _add_figures_now(self, sources: dict, group_rows: np.ndarray) -> None:
+        rows = group_rows.tolist()
+        for name, grouped in sources.items():
+            cols = GroupColumns(grouped, with_buckets=False)
+            for g, row in enumerate(rows):
+                h = getattr(self.stats(row), name) if name in KINDS else self.histogram(name, row)
+                cols.add_figures(h, g)
+
+
+def _select_grouped(grouped, mask: np.ndarray):
+    from horde.agents.histogram import GroupedHistograms
+
+    sizes = np.diff(grouped.offsets)
+    keep = np.repeat(mask, sizes)
+    offsets = np.concatenate([[0], np.cumsum(sizes[mask])]).astype(np.int64)
+    return GroupedHistograms(grouped.scalars[mask], offsets, grouped.idx[keep], grouped.cnt[keep])
+
+
+def select_groups(agg: Aggregate, mask: np.ndarray) -> Aggregate:
+    """The groups of `agg` where `mask` is True (the sends are left as they are)."""
+    unqueued = agg.latency_unqueued
+    return Aggregate(
+        window_ns=agg.window_ns,
+        groups=agg.groups[mask],
+        latency=_select_grouped(agg.latency, mask),
+        service_time=_select_grouped(agg.service_time, mask),
+        send_lag=_select_grouped(agg.send_lag, mask),
+        latency_unqueued=None if unqueued is None else _select_grouped(unqueued, mask),
+        sends_first_bin=agg.sends_first_bin,
+        sends=agg.sends,
+    )
