@@ -61,6 +61,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from horde.agents.samples import MAX_BYTES, ErrorClass
 from horde.agents.spec import DEFAULT_LIMITS, Limits, RequestTemplate
+from horde.agents.stamped import READ_SIZE, available, open_stamped
 from horde.agents.wire import DEFAULT_HEADERS, encode_request, supports, unsupported_reason  # noqa: F401 (re-exported)
 
 DEFAULT_MAX_RESPONSE_BYTES = DEFAULT_LIMITS.max_response_bytes
@@ -288,6 +289,7 @@ class _Connection(asyncio.Protocol):
         return False  # close; connection_lost decides what the EOF meant
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.engine.rx_ns = 0  # a completion here (EOF-delimited body) is read on the agent's clock
         self.closed = True
         self.keep_alive = False
         if self.done is not None:
@@ -360,6 +362,16 @@ class _Connection(asyncio.Protocol):
         return probe.runs_to_eof
 
 
+class _UnstampedConnection(_Connection):
+    """A connection read through uvloop's transport (TLS, or stamps off): no kernel stamp."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        self.engine.rx_ns = 0
+        _Connection.data_received(self, data)
+
+
 class _FramingProbe:
     """Re-reads a response head to learn its framing; only when a connection closes mid-body."""
 
@@ -418,9 +430,17 @@ class FastEngine:
         max_header_bytes: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        rx_stamps: bool | None = None,
     ) -> None:
         """`limits` caps every response; `max_response_bytes` / `max_header_bytes`, when
-        given, override its two sizes."""
+        given, override its two sizes. `rx_stamps`: read plain-http responses through
+        agents/stamped.py, for kernel receive times (None: where available)."""
+        # The end time of the response being called back: CLOCK_MONOTONIC ns of the
+        # kernel's arrival of its last packet, set right before each done() call; 0 when
+        # unknown (TLS, errors, stamps off): the caller then reads its own clock.
+        self.rx_ns = 0
+        self.rx_stamps = available() if rx_stamps is None else rx_stamps
+        self.rx_view = memoryview(bytearray(READ_SIZE if self.rx_stamps else 0))  # StampedTransport reads here
         if max_response_bytes is None:
             max_response_bytes = limits.max_response_bytes
         if max_header_bytes is None:
@@ -642,6 +662,7 @@ class FastEngine:
             conn.abort()
             return
         conn.done = None
+        self.rx_ns = 0
         if code == _EARLY_CLOSE and conn.reused and not self._closed:
             # The server closed a kept-alive connection as we wrote to it: nothing of
             # ours was answered, so send it once more on a new connection in the same slot.
@@ -653,7 +674,12 @@ class FastEngine:
 
     def _defer(self, done: Done, token: int, code: int) -> None:
         loop = self._loop or asyncio.get_running_loop()
-        loop.call_soon(done, token, 0, 0, code)
+        loop.call_soon(self._call_failed, done, token, code)
+
+    def _call_failed(self, done: Done, token: int, code: int) -> None:
+        """done() for a request that got no response (no kernel stamp)."""
+        self.rx_ns = 0
+        done(token, 0, 0, code)
 
     def _spawn(self, coro) -> None:
         """Run one request's slow path (connect, wait for a slot, retry) as a task."""
@@ -668,7 +694,7 @@ class FastEngine:
         finally:
             self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # always inside its task
         if got.__class__ is int:
-            done(token, 0, 0, got)
+            self._call_failed(done, token, got)  # type: ignore[arg-type]  # an error class
         elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]  # not an int: a _Connection
             self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]  # not an int: a _Connection
 
@@ -679,7 +705,7 @@ class FastEngine:
         finally:
             self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # always inside its task
         if got.__class__ is int:
-            done(token, 0, 0, got)
+            self._call_failed(done, token, got)  # type: ignore[arg-type]  # an error class
         elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]  # not an int: a _Connection
             self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]  # a _Connection; fresh: ends as RESET
 
@@ -799,15 +825,17 @@ class FastEngine:
         if timeout_s <= 0:
             self._free_slot()
             return _TIMEOUT
-        attempt = loop.create_task(
-            loop.create_connection(
-                lambda: _Connection(self, origin),
+        if origin.ssl is None and self.rx_stamps:
+            opening = open_stamped(loop, lambda: _Connection(self, origin), origin.host, origin.port, self)
+        else:
+            opening = loop.create_connection(  # type: ignore[assignment]  # the same (transport, protocol) shape
+                lambda: _UnstampedConnection(self, origin),
                 origin.host,
                 origin.port,
                 ssl=origin.ssl,
                 server_hostname=origin.server_hostname,
             )
-        )
+        attempt = loop.create_task(opening)
         expired: list[bool] = []
 
         def expire() -> None:
