@@ -61,7 +61,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from horde.agents.samples import MAX_BYTES, ErrorClass
 from horde.agents.spec import DEFAULT_LIMITS, Limits, RequestTemplate
-from horde.agents.stamped import READ_SIZE, available, open_stamped
+from horde.agents.stamped import READ_SIZE, available, clock_offset, open_stamped
 from horde.agents.wire import DEFAULT_HEADERS, encode_request, supports, unsupported_reason  # noqa: F401 (re-exported)
 
 DEFAULT_MAX_RESPONSE_BYTES = DEFAULT_LIMITS.max_response_bytes
@@ -216,7 +216,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # create_connection's are stream Transports
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:  # type: ignore[override]
         done = self.done
         if done is None:
             # Bytes nobody asked for (e.g. a 408 before an idle close): the connection is
@@ -262,7 +262,8 @@ class _Connection(asyncio.Protocol):
                 # Only the head is needed, and it is at most max_head bytes: a first piece
                 # that is mostly body is not kept whole while the body streams in (1000
                 # big responses in flight would hold 1000 read buffers).
-                self.head_data = head = data if len(data) <= self.max_head else data[: self.max_head + 1]
+                # A copy: a stamped connection's `data` is a view of a buffer the next read reuses.
+                self.head_data = head = bytes(data[: self.max_head + 1])
             else:
                 if head.__class__ is not bytearray:
                     self.head_data = head = bytearray(head)
@@ -367,7 +368,7 @@ class _UnstampedConnection(_Connection):
 
     __slots__ = ()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:  # type: ignore[override]
         self.engine.rx_ns = 0
         _Connection.data_received(self, data)
 
@@ -441,6 +442,7 @@ class FastEngine:
         self.rx_ns = 0
         self.rx_stamps = available() if rx_stamps is None else rx_stamps
         self.rx_view = memoryview(bytearray(READ_SIZE if self.rx_stamps else 0))  # StampedTransport reads here
+        self.rx_offset_ns = clock_offset()  # realtime - monotonic, refreshed every sweep tick
         if max_response_bytes is None:
             max_response_bytes = limits.max_response_bytes
         if max_header_bytes is None:
@@ -506,6 +508,7 @@ class FastEngine:
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        self.rx_offset_ns = clock_offset()
         if self._sweeper is None:
             self._tick0_s = self._loop.time() - self._tick * self._tick_s
             self._sweeper = self._loop.call_later(self._tick_s, self._sweep)
@@ -515,6 +518,7 @@ class FastEngine:
         # reads (1000 endless bodies) runs the sweep late, and a count would stretch
         # every timeout by as much.
         now_tick = int((self._loop.time() - self._tick0_s) / self._tick_s)  # type: ignore[union-attr]  # after open()
+        self.rx_offset_ns = clock_offset()  # kernel stamps (realtime) to monotonic: see agents/stamped.py
         self._tick = tick = max(self._tick + 1, now_tick)
         limit = self._timeout_ticks
         head_limit = self._head_timeout_ticks

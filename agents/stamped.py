@@ -10,12 +10,14 @@ give no ancillary data, so a plain-http connection of the lean engine reads thro
 `StampedTransport` instead: a raw non-blocking socket, `loop.add_reader`, and
 `sock.recvmsg_into` into the engine's read buffer.
 
-The stamp is CLOCK_REALTIME. It becomes the agent's CLOCK_MONOTONIC by its age, read
-right after the read: ``monotonic_now - (realtime_now - stamp)``. The error is the gap
-between the two clock reads (well under a microsecond) plus any realtime step in that gap;
-no offset is kept, so a slewed or stepped realtime clock between reads costs nothing. An
-age outside [0, 10 s) (a realtime step back, a bogus stamp) gives no stamp (0), and the
-agent reads its own clock as before.
+The stamp is CLOCK_REALTIME. It becomes the agent's CLOCK_MONOTONIC by subtracting the
+offset realtime - monotonic, which the engine measures when it opens and again at every
+sweep tick (at most every 100 ms; `clock_offset()`: a realtime read bracketed by two
+monotonic reads, error under a microsecond). No clock is read per response. Between two
+refreshes the offset drifts by the realtime clock's slew, at most 500 ppm (adjtime's
+limit), so under 50 us per 100 ms tick, typically under 1 us (NTP corrects a few ppm); a
+realtime step (someone sets the clock) skews the stamps of at most one tick, and the next
+refresh corrects it.
 
 TLS connections keep uvloop's transport (the TLS layer sits between the socket and the
 response): their end time is the user-space read, as is every connection's when stamps
@@ -39,10 +41,15 @@ SO_TIMESTAMPNS = int(getattr(socket, "SO_TIMESTAMPNS", 35))
 _TIMESPEC = struct.Struct("@ll")
 _ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 READ_SIZE = 256 * 1024  # one read at most (uvloop reads up to 256 KiB too)
-MAX_AGE_NS = 10_000_000_000  # an older "stamp" is not believed
-_time_ns = time.time_ns
-_mono_ns = time.monotonic_ns
 _unpack = _TIMESPEC.unpack_from
+
+
+def clock_offset() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC now, ns (the realtime read bracketed by two monotonic ones)."""
+    before = time.monotonic_ns()
+    real = time.time_ns()
+    after = time.monotonic_ns()
+    return real - (before + after) // 2
 
 
 def available() -> bool:
@@ -54,6 +61,7 @@ class StampSink(Protocol):
     """What a transport writes each read's stamp to (the engine): CLOCK_MONOTONIC ns, 0 unknown."""
 
     rx_ns: int
+    rx_offset_ns: int  # CLOCK_REALTIME - CLOCK_MONOTONIC, refreshed by the sink (clock_offset())
     rx_view: memoryview  # the read buffer, shared by the connections of one engine (one thread)
 
 
@@ -65,7 +73,7 @@ class StampedTransport(asyncio.Transport):
     `abort()`/`close()`, an EOF or a socket error, as uvloop's transports do.
     """
 
-    __slots__ = ("_sock", "_fd", "_loop", "_protocol", "_sink", "_closed", "_wbuf", "_bufs")
+    __slots__ = ("_sock", "_fd", "_loop", "_protocol", "_sink", "_closed", "_wbuf", "_bufs", "_recv", "_send", "_data")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.Protocol, sink: StampSink
@@ -78,12 +86,15 @@ class StampedTransport(asyncio.Transport):
         self._closed = False
         self._wbuf = bytearray()
         self._bufs = [sink.rx_view]
+        self._recv = sock.recvmsg_into  # bound once: two lookups fewer per read and write
+        self._send = sock.send
+        self._data = protocol.data_received
         protocol.connection_made(self)
         loop.add_reader(self._fd, self._read_ready)
 
     def _read_ready(self) -> None:
         try:
-            n, anc, _flags, _addr = self._sock.recvmsg_into(self._bufs, _ANC_SIZE)
+            n, anc, _flags, _addr = self._recv(self._bufs, _ANC_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:  # reset, and the like
@@ -96,11 +107,11 @@ class StampedTransport(asyncio.Transport):
         sink = self._sink
         if anc:
             sec, nsec = _unpack(anc[0][2])
-            age = _time_ns() - (sec * 1_000_000_000 + nsec)
-            sink.rx_ns = _mono_ns() - age if 0 <= age < MAX_AGE_NS else 0
+            sink.rx_ns = sec * 1_000_000_000 + nsec - sink.rx_offset_ns
         else:
             sink.rx_ns = 0
-        self._protocol.data_received(sink.rx_view[:n].tobytes())
+        # A view of the shared buffer, valid until the next read: the protocol copies what it keeps.
+        self._data(sink.rx_view[:n])
 
     def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
         if self._closed:
@@ -109,7 +120,7 @@ class StampedTransport(asyncio.Transport):
             self._wbuf += data
             return
         try:
-            sent = self._sock.send(data)
+            sent = self._send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:  # as uvloop: the failure arrives as connection_lost(exc)
