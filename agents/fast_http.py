@@ -216,7 +216,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # create_connection's are stream Transports
 
-    def data_received(self, data: bytes | memoryview) -> None:  # type: ignore[override]
+    def data_received(self, data: bytes | memoryview) -> None:
         done = self.done
         if done is None:
             # Bytes nobody asked for (e.g. a 408 before an idle close): the connection is
@@ -368,7 +368,7 @@ class _UnstampedConnection(_Connection):
 
     __slots__ = ()
 
-    def data_received(self, data: bytes | memoryview) -> None:  # type: ignore[override]
+    def data_received(self, data: bytes | memoryview) -> None:
         self.engine.rx_ns = 0
         _Connection.data_received(self, data)
 
@@ -698,7 +698,7 @@ class FastEngine:
         finally:
             self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # always inside its task
         if got.__class__ is int:
-            self._call_failed(done, token, got)  # type: ignore[arg-type]  # an error class
+            self._call_failed(done, token, got)
         elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]  # not an int: a _Connection
             self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]  # not an int: a _Connection
 
@@ -709,7 +709,7 @@ class FastEngine:
         finally:
             self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # always inside its task
         if got.__class__ is int:
-            self._call_failed(done, token, got)  # type: ignore[arg-type]  # an error class
+            self._call_failed(done, token, got)
         elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]  # not an int: a _Connection
             self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]  # a _Connection; fresh: ends as RESET
 

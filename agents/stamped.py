@@ -33,7 +33,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 # Linux: SO_TIMESTAMPNS (the "old" value, a native 64-bit timespec on 64-bit platforms);
 # CPython does not export it. The control message it produces has the same type number.
@@ -42,6 +42,9 @@ _TIMESPEC = struct.Struct("@ll")
 _ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 READ_SIZE = 256 * 1024  # one read at most (uvloop reads up to 256 KiB too)
 _unpack = _TIMESPEC.unpack_from
+
+
+_P = TypeVar("_P", bound=asyncio.Protocol)
 
 
 def clock_offset() -> int:
@@ -111,9 +114,9 @@ class StampedTransport(asyncio.Transport):
         else:
             sink.rx_ns = 0
         # A view of the shared buffer, valid until the next read: the protocol copies what it keeps.
-        self._data(sink.rx_view[:n])
+        self._data(sink.rx_view[:n])  # type: ignore[arg-type]  # the lean engine's protocol takes views
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise RuntimeError("write on a closed transport")
         if self._wbuf:
@@ -142,7 +145,7 @@ class StampedTransport(asyncio.Transport):
         if not self._wbuf:
             self._loop.remove_writer(self._fd)
 
-    def _close(self, exc: BaseException | None) -> None:
+    def _close(self, exc: Exception | None) -> None:
         if self._closed:
             return
         self._closed = True
@@ -176,11 +179,11 @@ class StampedTransport(asyncio.Transport):
 
 async def open_stamped(
     loop: asyncio.AbstractEventLoop,
-    protocol_factory: Callable[[], asyncio.Protocol],
+    protocol_factory: Callable[[], _P],
     host: str,
     port: int,
     sink: StampSink,
-) -> tuple[StampedTransport, asyncio.Protocol]:
+) -> tuple[StampedTransport, _P]:
     """A TCP connection to (host, port) read through StampedTransport (create_connection's shape)."""
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     error: OSError = OSError(f"no address for {host}:{port}")
