@@ -23,13 +23,21 @@ class _Done:
 
 _DONE = _Done()
 SETTLE_S = 2.0  # at most this long for the agent's leftover tasks to end once cancelled
+
+
 # The agent's scheduling priority (nice) over what shares its core: Ray's daemons, the
 # coordinator, the node monitor. The agent's clock readings (send times, and end times
 # where the kernel gives no receive stamp) wait for it to be scheduled; at -10 its CFS
 # weight is ~9x a default task's. Lowering nice needs CAP_SYS_NICE (root, or a container
 # granted it); without it the agent runs at its default priority and says so (priority()).
 # Never a real-time policy: a loop that spins would starve the node.
-AGENT_NICE = int(os.environ.get("HORDE_AGENT_NICE", "-10"))
+_NICE_TEXT = os.environ.get("HORDE_AGENT_NICE", "-10")
+_NICE_PROBLEM: str | None = None
+try:
+    AGENT_NICE = max(-20, min(19, int(_NICE_TEXT)))
+except ValueError:  # the default rather than an agent that cannot start; raise_priority() reports it
+    AGENT_NICE = -10
+    _NICE_PROBLEM = f"HORDE_AGENT_NICE={_NICE_TEXT[:40]!r} is not a whole number; -10 used"
 
 
 def raise_priority(whole_process: bool = False, nice: int = AGENT_NICE) -> dict:
@@ -60,6 +68,8 @@ def raise_priority(whole_process: bool = False, nice: int = AGENT_NICE) -> dict:
     out: dict = {"nice": now, "threads": done}
     if error is not None and done < len(tids):
         out["error"] = error
+    elif _NICE_PROBLEM is not None:
+        out["error"] = _NICE_PROBLEM
     return out
 
 
