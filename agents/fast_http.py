@@ -63,6 +63,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from horde.agents.samples import MAX_BYTES, ErrorClass
 from horde.agents.spec import DEFAULT_LIMITS, Limits, RequestTemplate
+from horde.agents.stamped import READ_SIZE, available, clock_offset, open_stamped
 from horde.agents.wire import DEFAULT_HEADERS, encode_request, supports, unsupported_reason  # noqa: F401 (re-exported)
 
 DEFAULT_MAX_RESPONSE_BYTES = DEFAULT_LIMITS.max_response_bytes
@@ -218,7 +219,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # create_connection's are stream Transports
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         done = self.done
         if done is None:
             # Bytes nobody asked for (e.g. a 408 before an idle close): the connection is
@@ -264,7 +265,8 @@ class _Connection(asyncio.Protocol):
                 # Only the head is needed, and it is at most max_head bytes: a first piece
                 # that is mostly body is not kept whole while the body streams in (1000
                 # big responses in flight would hold 1000 read buffers).
-                self.head_data = head = data if len(data) <= self.max_head else data[: self.max_head + 1]
+                # A copy: a stamped connection's `data` is a view of a buffer the next read reuses.
+                self.head_data = head = bytes(data[: self.max_head + 1])
             else:
                 if head.__class__ is not bytearray:
                     self.head_data = head = bytearray(head)
@@ -291,6 +293,7 @@ class _Connection(asyncio.Protocol):
         return False  # close; connection_lost decides what the EOF meant
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.engine.rx_ns = 0  # a completion here (EOF-delimited body) is read on the agent's clock
         self.closed = True
         self.keep_alive = False
         if self.done is not None:
@@ -363,6 +366,16 @@ class _Connection(asyncio.Protocol):
         return probe.runs_to_eof
 
 
+class _UnstampedConnection(_Connection):
+    """A connection read through uvloop's transport (TLS, or stamps off): no kernel stamp."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        self.engine.rx_ns = 0
+        _Connection.data_received(self, data)
+
+
 class _FramingProbe:
     """Re-reads a response head to learn its framing; only when a connection closes mid-body."""
 
@@ -421,9 +434,18 @@ class FastEngine:
         max_header_bytes: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        rx_stamps: bool | None = None,
     ) -> None:
         """`limits` caps every response; `max_response_bytes` / `max_header_bytes`, when
-        given, override its two sizes."""
+        given, override its two sizes. `rx_stamps`: read plain-http responses through
+        agents/stamped.py, for kernel receive times (None: where available)."""
+        # The end time of the response being called back: CLOCK_MONOTONIC ns of the
+        # kernel's arrival of its last packet, set right before each done() call; 0 when
+        # unknown (TLS, errors, stamps off): the caller then reads its own clock.
+        self.rx_ns = 0
+        self.rx_stamps = available() if rx_stamps is None else rx_stamps
+        self.rx_view = memoryview(bytearray(READ_SIZE if self.rx_stamps else 0))  # StampedTransport reads here
+        self.rx_offset_ns = clock_offset()  # realtime - monotonic, refreshed every sweep tick
         if max_response_bytes is None:
             max_response_bytes = limits.max_response_bytes
         if max_header_bytes is None:
@@ -489,6 +511,7 @@ class FastEngine:
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        self.rx_offset_ns = clock_offset()
         if self._sweeper is None:
             self._tick0_s = self._loop.time() - self._tick * self._tick_s
             self._sweeper = self._loop.call_later(self._tick_s, self._sweep)
@@ -498,6 +521,7 @@ class FastEngine:
         # reads (1000 endless bodies) runs the sweep late, and a count would stretch
         # every timeout by as much.
         now_tick = int((self._loop.time() - self._tick0_s) / self._tick_s)  # type: ignore[union-attr]  # after open()
+        self.rx_offset_ns = clock_offset()  # kernel stamps (realtime) to monotonic: see agents/stamped.py
         self._tick = tick = max(self._tick + 1, now_tick)
         limit = self._timeout_ticks
         head_limit = self._head_timeout_ticks
@@ -645,6 +669,7 @@ class FastEngine:
             conn.abort()
             return
         conn.done = None
+        self.rx_ns = 0
         if code == _EARLY_CLOSE and conn.reused and not self._closed:
             # The server closed a kept-alive connection as we wrote to it: nothing of
             # ours was answered, so send it once more on a new connection in the same slot.
@@ -656,7 +681,12 @@ class FastEngine:
 
     def _defer(self, done: Done, token: int, code: int) -> None:
         loop = self._loop or asyncio.get_running_loop()
-        loop.call_soon(done, token, 0, 0, code)
+        loop.call_soon(self._call_failed, done, token, code)
+
+    def _call_failed(self, done: Done, token: int, code: int) -> None:
+        """done() for a request that got no response (no kernel stamp)."""
+        self.rx_ns = 0
+        done(token, 0, 0, code)
 
     def _spawn(self, coro) -> None:
         """Run one request's slow path (connect, wait for a slot, retry) as a task."""
@@ -671,7 +701,7 @@ class FastEngine:
         finally:
             self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # always inside its task
         if got.__class__ is int:
-            done(token, 0, 0, got)
+            self._call_failed(done, token, got)
         elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]  # not an int: a _Connection
             self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]  # not an int: a _Connection
 
@@ -682,7 +712,7 @@ class FastEngine:
         finally:
             self._task_done.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # always inside its task
         if got.__class__ is int:
-            done(token, 0, 0, got)
+            self._call_failed(done, token, got)
         elif not got.start(prepared, token, done, self._tick):  # type: ignore[union-attr]  # not an int: a _Connection
             self._failed(got, _EARLY_CLOSE)  # type: ignore[arg-type]  # a _Connection; fresh: ends as RESET
 
@@ -802,15 +832,17 @@ class FastEngine:
         if timeout_s <= 0:
             self._free_slot()
             return _TIMEOUT
-        attempt = loop.create_task(
-            loop.create_connection(
-                lambda: _Connection(self, origin),
+        if origin.ssl is None and self.rx_stamps:
+            opening = open_stamped(loop, lambda: _Connection(self, origin), origin.host, origin.port, self)
+        else:
+            opening = loop.create_connection(  # type: ignore[assignment]  # the same (transport, protocol) shape
+                lambda: _UnstampedConnection(self, origin),
                 origin.host,
                 origin.port,
                 ssl=origin.ssl,
                 server_hostname=origin.server_hostname,
             )
-        )
+        attempt = loop.create_task(opening)
         expired: list[bool] = []
 
         def expire() -> None:

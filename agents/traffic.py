@@ -178,6 +178,9 @@ class TrafficAgent:
             data=self.data,
         )
         self._engines = {n: engine_factory(n, spec.requests, **kw) for n in names}
+        # The lean engine (only it calls _open_done/_closed_done back): its rx_ns is the
+        # kernel's receive time of the response being called back, 0 when unknown.
+        self._stamps = self._engines.get("fast")
         self._send = [self._engines[t.engine].request for t in spec.requests]
         # None where the engine has no submit(); called only for the plain entries (_plain below).
         submits = [getattr(self._engines[t.engine], "submit", None) for t in spec.requests]
@@ -570,7 +573,7 @@ class TrafficAgent:
         Written out inline as _closed_done; the send lag was taken when it was sent."""
         if self._finished:
             return
-        end = _mono() - self._mono_start
+        end = (self._stamps.rx_ns or _mono()) - self._mono_start  # type: ignore[union-attr]  # see __init__
         ep = self._slot_ep[slot]
         if not err and status not in self._ok_status[ep]:
             err = classify_status(status, self._expect[ep])
@@ -679,7 +682,7 @@ class TrafficAgent:
         engine, and a back-to-back user has no send lag to measure."""
         if self._finished:
             return
-        end = _mono() - self._mono_start
+        end = (self._stamps.rx_ns or _mono()) - self._mono_start  # type: ignore[union-attr]  # see __init__
         ep = self._slot_ep[j]
         if not err and status not in self._ok_status[ep]:
             err = classify_status(status, self._expect[ep])

@@ -31,9 +31,12 @@ class TrafficAgentActor:
 
     def __init__(self, spec: AgentSpec) -> None:
         from horde.agents.probe import raise_fd_limit
-        from horde.agents.runner import AgentRunner
+        from horde.agents.runner import AgentRunner, raise_priority
 
         raise_fd_limit()
+        # Every thread of this process above Ray's daemons and the coordinator on the node
+        # (the agent's loop thread sets its own again); see agents/runner.py AGENT_NICE.
+        self._priority = raise_priority(whole_process=True)
         # Fenced unless the coordinator acks its batches: a partitioned node's agent, or
         # every agent of a dead coordinator, stops within the term (agents/lease.py).
         self._runner = AgentRunner(spec, lease_term_s=lease_term_s(spec.flush_interval_s))
@@ -43,6 +46,7 @@ class TrafficAgentActor:
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
             "host": socket.gethostname(),
+            "priority": self._priority,
         }
 
     async def stream(self, start_wall_ns: int, resume_ns: int | None = None):
