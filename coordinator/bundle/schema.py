@@ -205,6 +205,17 @@ class Load(Record):
     unsent: int = 0
 
 
+class Cpu(Record):
+    """horde's own CPU seconds per phase of the run (coordinator/run/cpu_phases.py); None: not reached."""
+
+    startup_s: float | None = None
+    steady_s: float | None = None
+    per_request_us: float | None = None  # steady_s per request sent
+    shutdown_s: float | None = None
+    analyses_s: float | None = None
+    scope: str = ""  # "coordinator+ray": with the Ray this run started; "coordinator": an attached Ray's not counted
+
+
 class Summary(Record):
     outcome: str = ""
     stop_reason: str = ""
@@ -225,6 +236,7 @@ class Summary(Record):
     soak: dict[str, Any] | None = None  # open: analysis/soak.py's verdicts (runs of 30+ windows)
     spikes: list[dict[str, Any]] | None = None  # open: analysis/spike.py's records (plans with spikes)
     load: Load | None = None  # None: a bundle from before
+    cpu: Cpu | None = None  # None: a bundle from before
 
 
 # -- manifest.json --------------------------------------------------------------------------

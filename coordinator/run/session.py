@@ -34,8 +34,9 @@ from horde.coordinator.measure.resources import NodeSeries, ResourceSeries
 from horde.coordinator.plan import Plan, build_plan
 from horde.coordinator.report.text import junit_xml
 from horde.coordinator.run import losses
+from horde.coordinator.run.cpu_phases import CpuPhases
 from horde.coordinator.run.drive import drive
-from horde.coordinator.run.fleet import connect_cluster, silence_s
+from horde.coordinator.run.fleet import ClusterStarting, connect_cluster, silence_s
 from horde.coordinator.run.ledger import LoadLedger
 from horde.coordinator.run.live import format_line
 from horde.coordinator.run.manifest import build_manifest
@@ -58,25 +59,46 @@ from horde.coordinator.scenario.load import LoadedScenario
 
 __all__ = ["Progress", "RunError", "RunOptions", "RunResult", "RunSession", "run", "run_scenario"]
 
-START_LEAD_S = 1.0  # the common start instant is this far after the agents are ready
+# The common start instant is this far after the agents are ready: time for the fleet's call
+# that begins each agent's stream to reach it. On this machine (in-process, the embedded Ray,
+# the warm head of `horde up`) that is a local call; a cluster's nodes may be a WAN away.
+START_LEAD_S = 1.0
+LOCAL_START_LEAD_S = 0.25
 WINDOW_S = 1.0  # the aggregator's window
 
 
-def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> RunResult:
-    """Run a loaded scenario to the end and write its bundle. Blocking."""
+def start_lead_s(kind: str) -> float:
+    return START_LEAD_S if kind == "attached" else LOCAL_START_LEAD_S
+
+
+def run_scenario(
+    loaded: LoadedScenario, options: RunOptions | None = None, cluster_starting: ClusterStarting | None = None
+) -> RunResult:
+    """Run a loaded scenario to the end and write its bundle. Blocking.
+
+    `cluster_starting`: the cluster, already being connected on a thread (the CLI starts it
+    before it imports the run's modules); None: connected here, while the target starts.
+    """
     options = options or RunOptions()
     scenario = loaded.scenario
     cluster = None
+    cpu = CpuPhases()
     starting = start_target_in_background(scenario)  # the automaton starts while Ray starts
     try:
-        cluster = connect_cluster(scenario, options)
+        cluster = cluster_starting.result() if cluster_starting is not None else connect_cluster(scenario, options)
         target = starting.result()
+        if target.process is not None:
+            cpu.exclude_pid = target.process.pid
         plan = build_plan(scenario, target.url, cluster.shape.cpus, supports_fast=_fast_supports())
-        return asyncio.run(run(loaded, plan, cluster.shape, cluster.make_fleet(plan), options, target))
+        return asyncio.run(
+            run(loaded, plan, cluster.shape, cluster.make_fleet(plan), options, target, release=cluster.close, cpu=cpu)
+        )
     finally:
         starting.close()  # stops the automaton, also when the run failed before taking it
         if cluster is not None:
             cluster.close()
+        elif cluster_starting is not None:
+            cluster_starting.close()
 
 
 def _fast_supports() -> Any:
@@ -88,10 +110,23 @@ def _fast_supports() -> Any:
 
 
 async def run(
-    loaded: LoadedScenario, plan: Plan, shape: ClusterShape, fleet: Any, options: RunOptions, target: Target
+    loaded: LoadedScenario,
+    plan: Plan,
+    shape: ClusterShape,
+    fleet: Any,
+    options: RunOptions,
+    target: Target,
+    release: Callable[[], None] | None = None,
+    cpu: CpuPhases | None = None,
 ) -> RunResult:
-    """Drive one RunSession: start the agents, hand each fleet event to its step, write the bundle."""
+    """Drive one RunSession: start the agents, hand each fleet event to its step, write the bundle.
+
+    `release`: stops what the run no longer needs once its agents have stopped (the Ray it
+    started), before the bundle is written, so that the bundle's `cpu` counts the stop.
+    """
     session = RunSession(loaded, plan, shape, fleet, options, target)
+    if cpu is not None:
+        session.cpu = cpu
     session.install_signal_handlers()
     try:
         await session.start()
@@ -104,6 +139,12 @@ async def run(
         session.on_stream_end()
     finally:
         await session.close()
+        if release is not None:
+            try:
+                release()
+            except Exception as exc:  # the bundle matters more than a clean stop of Ray
+                session.progress(f"warning: stopping Ray failed: {type(exc).__name__}: {exc}")
+        session.cpu.mark("stopped")
     return session.finish()
 
 
@@ -171,6 +212,8 @@ class RunSession:
         self.stop_reason = ""
         self.stop_event = asyncio.Event()
         self._signals: list[int] = []
+        self.cpu = CpuPhases()  # the run's CPU outside its steady state (run/cpu_phases.py)
+        self.start_lead_s = start_lead_s(shape.kind)
 
     # -- start and stop --------------------------------------------------------------------
 
@@ -192,10 +235,11 @@ class RunSession:
             raise RunError(f"agents could not start: {exc}") from exc
         manifest["agents"] = [i.__dict__ for i in infos]
         writer.write_manifest(manifest)
-        self.start_wall_ns = self.now_ns() + int(START_LEAD_S * 1e9)
+        self.start_wall_ns = self.now_ns() + int(self.start_lead_s * 1e9)
         manifest["start_wall_ns"] = self.start_wall_ns
         writer.write_manifest(manifest)
-        self.fleet.begin(self.start_wall_ns, grace_s=START_LEAD_S + 2.0)
+        self.fleet.begin(self.start_wall_ns, grace_s=self.start_lead_s + 2.0)
+        self.cpu.mark("started")
         for s in plan.agents:
             self.watermarks[s.index] = 0
             self.incarnations[s.index] = 0
@@ -215,7 +259,7 @@ class RunSession:
             f"({shape.cpus:g} CPUs), {plan.duration_s:g}s planned; bundle {writer.path}"
         )
         graceful_s = self.scenario.workload.graceful_stop
-        self.hard_deadline_s = time.monotonic() + START_LEAD_S + plan.duration_s + graceful_s + 30.0
+        self.hard_deadline_s = time.monotonic() + self.start_lead_s + plan.duration_s + graceful_s + 30.0
 
     async def stop_fleet_when_asked(self) -> None:
         await self.stop_event.wait()
@@ -341,6 +385,7 @@ class RunSession:
 
     def on_stream_end(self) -> None:
         """The stream ended: close what is left, and end the alerts still firing."""
+        self.cpu.mark("steady_end")
         self.on_windows(self.agg.close_all())
         self.windows.finish_alerts(self.closed_until_ns / 1e9)
 
@@ -397,6 +442,8 @@ class RunSession:
         if self.outcome is Outcome.PASSED and any(not r["ok"] for r in th_results):
             self.outcome = Outcome.THRESHOLDS_FAILED
         summary = self._summary(th_results)
+        self.cpu.mark("analysed")
+        summary["cpu"] = self.cpu.summary(summary["load"]["sent"])
         ended = datetime.now(timezone.utc)
         manifest = self.manifest
         manifest.update(
