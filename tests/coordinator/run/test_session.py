@@ -404,6 +404,7 @@ def test_summary_and_manifest_keep_their_keys_in_order(tmp_path):
         "alerts",
         "time",
         "load",
+        "cpu",
     ]
     manifest = json.loads((result.bundle / "manifest.json").read_text())
     assert list(manifest) == [
