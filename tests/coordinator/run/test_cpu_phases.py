@@ -16,9 +16,24 @@ from horde.coordinator.run.session import run
 from tests.coordinator.run.test_session import CannedFleet, Harness, _batch
 
 
+class _Reader:
+    """Canned whole-tree readings; own CPU and stop watches are not used by these cases."""
+
+    def __init__(self, values):
+        self._it = iter(values)
+
+    def total(self, exclude_pid=None):
+        return next(self._it), False
+
+    def own(self):
+        return 0.0
+
+    def watch(self, exclude_pid=None):
+        return None
+
+
 def _reader(values):
-    it = iter(values)
-    return lambda exclude_pid: (next(it), False)
+    return _Reader(values)
 
 
 @pytest.mark.parametrize(
@@ -26,19 +41,19 @@ def _reader(values):
     [
         # every boundary reached: each phase is the difference of its two readings
         (
-            ["started", "steady_end", "stopped", "analysed"],
-            [2.0, 2.5, 2.75, 3.0],
+            ["started", "steady_end", "stopped"],
+            [2.0, 2.5, 2.75],
             1000,
-            {"startup_s": 2.0, "steady_s": 0.5, "per_request_us": 500.0, "shutdown_s": 0.25, "analyses_s": 0.25},
+            {"startup_s": 2.0, "steady_s": 0.5, "per_request_us": 500.0, "shutdown_s": 0.25},
         ),
         # a run that ended before its agents began: only what was reached
-        (["stopped", "analysed"], [1.5, 1.5], 0, {"startup_s": None, "steady_s": None, "per_request_us": None}),
+        (["stopped"], [1.5], 0, {"startup_s": None, "steady_s": None, "per_request_us": None, "shutdown_s": None}),
         # no request sent: no per-request figure, the steady CPU still counts
         (["started", "steady_end"], [1.0, 1.25], 0, {"steady_s": 0.25, "per_request_us": None, "shutdown_s": None}),
     ],
 )
 def test_phases_are_differences_of_the_readings(marks, readings, requests, expected):
-    cpu = CpuPhases(read=_reader(readings))
+    cpu = CpuPhases(_reader(readings))
     for m in marks:
         cpu.mark(m)
     summary = cpu.summary(requests)
@@ -47,7 +62,7 @@ def test_phases_are_differences_of_the_readings(marks, readings, requests, expec
 
 
 def test_a_phase_marked_twice_keeps_its_first_reading_and_names_are_checked():
-    cpu = CpuPhases(read=_reader([1.0, 9.0]))
+    cpu = CpuPhases(_reader([1.0, 9.0]))
     cpu.mark("started")
     cpu.mark("started")  # not read again
     assert cpu.readings == {"started": 1.0}
@@ -66,13 +81,13 @@ def test_reading_counts_a_live_child_unless_it_is_the_excluded_target():
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "done"
         read = HordeCpu()
-        without, _ = HordeCpu()(exclude_pid=child.pid)
-        with_child, counted = read(None)
+        without, _ = HordeCpu().total(exclude_pid=child.pid)
+        with_child, counted = read.total(None)
         assert counted
         assert with_child - without >= 0.25  # the child's own 0.3 s of CPU (less clock granularity)
         child.kill()
         child.wait()  # reaped: its CPU is in this process's children times now
-        after, _ = read(None)
+        after, _ = read.total(None)
         assert after >= with_child  # readings never go down
     finally:
         if child.poll() is None:
@@ -93,3 +108,19 @@ def test_a_canned_run_reports_its_cpu_in_the_summary(tmp_path):
     assert set(cpu) == {"startup_s", "steady_s", "per_request_us", "shutdown_s", "analyses_s", "scope"}
     assert cpu["startup_s"] >= t0 - 0.001 > 0  # all of this process's CPU up to the start instant
     assert all(cpu[k] is not None and cpu[k] >= 0 for k in ("steady_s", "shutdown_s", "analyses_s"))
+
+
+def test_a_stop_is_watched_while_the_stopped_process_burns_cpu_and_exits():
+    cpu = CpuPhases()
+    cpu.mark("started")
+    cpu.mark("steady_end")  # the stop watch starts here
+    child = subprocess.Popen([sys.executable, "-c", _BURN], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "done"
+    time.sleep(0.2)  # sampled at least once after its burn
+    child.kill()
+    child.wait()
+    cpu.mark("stopped")
+    cpu.mark("analysed")
+    summary = cpu.summary(10)
+    assert summary["shutdown_s"] >= 0.25  # the child's 0.3 s, though it is gone
+    assert summary["analyses_s"] is not None and summary["analyses_s"] >= 0
