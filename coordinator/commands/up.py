@@ -136,9 +136,13 @@ def warm_address() -> str | None:
             "starting an embedded Ray (`horde down` clears it)"
         )
         return None
-    err(f"horde: attached to the warm Ray of `horde up` at {head.address} (pid {head.pid}); `horde down` stops it")
-    # Ray reads the auth mode from the environment: the head's, so that this driver sends its token
+    # Ray reads its auth mode from the environment once, when it is imported: the head's mode must
+    # be there first, so that this driver sends the token (`horde run` imports Ray after this).
+    if "ray._raylet" in sys.modules and os.environ.get("RAY_AUTH_MODE", "token") != head.auth:
+        err("warning: Ray is already loaded here with another auth mode than the warm Ray's; starting an embedded Ray")
+        return None
     os.environ["RAY_AUTH_MODE"] = head.auth
+    err(f"horde: attached to the warm Ray of `horde up` at {head.address} (pid {head.pid}); `horde down` stops it")
     return head.address
 
 
