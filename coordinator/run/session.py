@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from horde.agents.samples import BatchFormatError, decode_batch
 from horde.cluster.events import AgentEnded, AgentLost, BatchReceived, ClusterShape
@@ -41,7 +41,6 @@ from horde.coordinator.run.ledger import LoadLedger
 from horde.coordinator.run.live import format_line
 from horde.coordinator.run.manifest import build_manifest
 from horde.coordinator.run.options import Progress, RunOptions, RunResult
-from horde.coordinator.run.prometheus import RunMetrics
 from horde.coordinator.run.summary import (
     ScopeView,
     SendCounter,
@@ -53,15 +52,16 @@ from horde.coordinator.run.summary import (
     threshold_dict,
 )
 from horde.coordinator.run.target import RunError, Target, start_target_in_background
-from horde.coordinator.run.target_probe import TargetProbe
 from horde.coordinator.run.windows import ALERT_WINDOWS, WindowRecorder
 from horde.coordinator.scenario.load import LoadedScenario
 
+if TYPE_CHECKING:
+    from horde.coordinator.run.prometheus import RunMetrics
+
 __all__ = ["Progress", "RunError", "RunOptions", "RunResult", "RunSession", "run", "run_scenario"]
 
-# The common start instant is this far after the agents are ready: time for the fleet's call
-# that begins each agent's stream to reach it. On this machine (in-process, the embedded Ray,
-# the warm head of `horde up`) that is a local call; a cluster's nodes may be a WAN away.
+# The common start instant is this far after the agents are ready: time for the call that begins
+# each agent's stream to reach it. Local on this machine (in-process, embedded, `horde up`).
 START_LEAD_S = 1.0
 LOCAL_START_LEAD_S = 0.25
 WINDOW_S = 1.0  # the aggregator's window
@@ -74,11 +74,8 @@ def start_lead_s(kind: str) -> float:
 def run_scenario(
     loaded: LoadedScenario, options: RunOptions | None = None, cluster_starting: ClusterStarting | None = None
 ) -> RunResult:
-    """Run a loaded scenario to the end and write its bundle. Blocking.
-
-    `cluster_starting`: the cluster, already being connected on a thread (the CLI starts it
-    before it imports the run's modules); None: connected here, while the target starts.
-    """
+    """Run a loaded scenario to the end and write its bundle. Blocking. `cluster_starting`: the
+    cluster already being connected on a thread (by the CLI); None: connected here."""
     options = options or RunOptions()
     scenario = loaded.scenario
     cluster = None
@@ -120,10 +117,7 @@ async def run(
     cpu: CpuPhases | None = None,
 ) -> RunResult:
     """Drive one RunSession: start the agents, hand each fleet event to its step, write the bundle.
-
-    `release`: stops what the run no longer needs once its agents have stopped (the Ray it
-    started), before the bundle is written, so that the bundle's `cpu` counts the stop.
-    """
+    `release` stops the Ray the run started once its agents have, so the bundle's `cpu` counts it."""
     session = RunSession(loaded, plan, shape, fleet, options, target)
     if cpu is not None:
         session.cpu = cpu
@@ -189,6 +183,8 @@ class RunSession:
         self.node_series = NodeSeries()
         self.run_metrics: RunMetrics | None = None
         if options.prometheus_port is not None:
+            from horde.coordinator.run.prometheus import RunMetrics  # prometheus_client: only when asked for
+
             self.run_metrics = RunMetrics(host=options.prometheus_host, port=options.prometheus_port)
             self.progress(f"live metrics at {self.run_metrics.start()}")
         alert_engine = AlertEngine(parse_rules(getattr(scenario, "alerts", None)), source=scenario.name)
@@ -248,6 +244,8 @@ class RunSession:
             self.fleet.monitor_nodes(self.node_series.add)
         metrics_url = self.target.metrics_url
         if metrics_url:
+            from horde.coordinator.run.target_probe import TargetProbe  # aiohttp's client: only with a /metrics
+
             probe = TargetProbe(metrics_url=metrics_url)
             manifest["target"]["metrics"] = metrics_url
             self.probe_task = asyncio.create_task(
