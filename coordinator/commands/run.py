@@ -61,7 +61,7 @@ def run(file, target, overrides, set_file, out_dir, address, in_process, embedde
     overrides = set_file_overrides(set_file) + tuple(overrides) + ((f"target={target}",) if target else ())
     loaded = load_or_exit(file, overrides)
     warm = None
-    if not (address or in_process or embedded):
+    if not (address or in_process or embedded or os.environ.get("RAY_ADDRESS")):  # RAY_ADDRESS: inside a Ray job
         from horde.coordinator.commands.up import warm_address
 
         warm = warm_address()
