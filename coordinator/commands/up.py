@@ -152,7 +152,7 @@ def start_head(num_cpus: int | None) -> WarmHead:
 
     directory = state_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log = files.open_append(directory / "head.log", "ab")
+    log = files.open_append(directory / "head.log", "ab", perm=0o600)
     cmd = [sys.executable, "-m", "horde.cluster.head"] + (["--num-cpus", str(num_cpus)] if num_cpus else [])
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True, text=True
