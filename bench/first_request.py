@@ -1,15 +1,22 @@
 """Time from `horde run` (process start) to the first request at the target.
 
 A local aiohttp target on a thread notes when its first request arrives; `horde run`
-starts as a subprocess (its own embedded Ray unless --address is given).
+starts as a subprocess (its own embedded Ray unless --address or --warm is given). Each run
+also prints the CPU its summary reports outside the steady state (summary.json `cpu`).
 
     python bench/first_request.py [--repeat 3] [--address ADDR]
+    python bench/first_request.py --warm [--repeat 3]   # `horde up` first, `horde down` after
+
+--warm uses a state directory of its own (HORDE_STATE_DIR), so it never touches a warm Ray
+the user has up.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -67,10 +74,47 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--address", default=None)
+    ap.add_argument("--warm", action="store_true", help="attach to a warm Ray started by `horde up` for the bench")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="horde-first-"))
     scen = tmp / "s.yaml"
     scen.write_text(textwrap.dedent(SCENARIO))
+    env = dict(os.environ)
+    if args.warm:
+        env["HORDE_STATE_DIR"] = str(tmp / "state")
+        up = subprocess.run(_horde("up"), capture_output=True, text=True, timeout=180, env=env)
+        print(up.stdout.strip() or up.stderr.strip())
+        if up.returncode != 0:
+            return
+    else:
+        env["HORDE_STATE_DIR"] = str(tmp / "no-state")  # never attach to a warm Ray the user has up
+    try:
+        results = _runs(args, scen, tmp, env)
+    finally:
+        if args.warm:
+            down = subprocess.run(_horde("down"), capture_output=True, text=True, timeout=120, env=env)
+            print(down.stdout.strip() or down.stderr.strip())
+    if results:
+        how = (
+            "warm Ray of `horde up`"
+            if args.warm
+            else "attached to " + args.address
+            if args.address
+            else "embedded Ray started by the run"
+        )
+        print(f"time to first request: median {statistics.median(results):.2f} s over {len(results)} runs ({how})")
+
+
+def _horde(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "horde.coordinator.cli", *argv]
+
+
+def _cpu(out: Path) -> dict:
+    bundles = sorted((p for p in out.iterdir() if (p / "summary.json").exists()), key=lambda p: p.stat().st_mtime)
+    return json.loads((bundles[-1] / "summary.json").read_text()).get("cpu") or {} if bundles else {}
+
+
+def _runs(args, scen: Path, tmp: Path, env: dict) -> list[float]:
     results = []
     for i in range(args.repeat):
         target = Target()
@@ -90,17 +134,16 @@ def main() -> None:
         if args.address:
             cmd += ["--address", args.address]
         t0 = time.monotonic()
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
         if target.first is None:
             print(f"run {i + 1}: no request arrived (exit {r.returncode})\n{r.stderr[-2000:]}")
             continue
         results.append(target.first - t0)
-        print(f"run {i + 1}: first request {target.first - t0:.2f} s after `horde run` started (exit {r.returncode})")
-    if results:
-        print(
-            f"time to first request: median {statistics.median(results):.2f} s over {len(results)} runs"
-            f" ({'attached to ' + args.address if args.address else 'embedded Ray started by the run'})"
-        )
+        cpu = _cpu(tmp / "out")
+        figures = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "scope")
+        first_s = target.first - t0
+        print(f"run {i + 1}: first request {first_s:.2f} s after `horde run` started; cpu: {figures}")
+    return results
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -10,11 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
-import ray._private.ray_constants as ray_constants
-
 from horde.cluster.events import ClusterShape, NodeShape
 from horde.cluster.shipping import JOB_ID_ENV, horde_py_module
+
+# `import ray` costs ~0.4 s of CPU: it happens in connect(), which `horde run` calls on a
+# thread of its own while the rest of the run starts (coordinator/run/fleet.py), not when the
+# run's modules are imported.
 
 # Ray's own metrics (the Prometheus/Grafana export of every Ray process) stall a traffic
 # agent's event loop: measured on 2 cores, an agent at 5000 requests/s saw 50-100 ms loop
@@ -44,12 +46,20 @@ class Connection:
     owned: bool  # True when this process started Ray and must shut it down
 
     def close(self) -> None:
+        import ray
+
         if self.owned and ray.is_initialized():
             ray.shutdown()
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None) -> Connection:
-    """Reuse an initialised Ray, attach to `address`, or start an embedded single-node Ray."""
+def connect(address: str | None = None, *, num_cpus: int | None = None, ship_horde: bool = True) -> Connection:
+    """Reuse an initialised Ray, attach to `address`, or start an embedded single-node Ray.
+
+    `ship_horde=False`: the cluster's workers import horde from this machine's own files (the
+    loopback head of `horde up`, started with this process's import path), so nothing is shipped.
+    """
+    import ray
+
     if ray.is_initialized():
         return Connection(shape=cluster_shape("attached" if address else "embedded"), owned=False)
     kwargs: dict = dict(
@@ -66,10 +76,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Conne
             # driver must take 127.0.0.1 as its node address too, or ray.init waits forever for
             # a raylet on the machine's routable address.
             kwargs["_node_ip_address"] = LOOPBACK
-        if address and os.environ.get(JOB_ID_ENV):
+        if address and (os.environ.get(JOB_ID_ENV) or not ship_horde):
+            # a horde job (its runtime_env already ships horde), or the warm head of `horde up`
             with _loopback_node_ip() if _is_loopback(address) else contextlib.nullcontext():
-                ray.init(address=address, **kwargs)  # a horde job: its runtime_env already ships horde
-            kind = "attached"
+                ray.init(address=address, **kwargs)
+            kind = "attached" if ship_horde else "warm"
         elif address:
             with (
                 horde_py_module() as horde_dir,
@@ -79,7 +90,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Conne
             kind = "attached"
         else:
             # address="local": always a new instance, never a `ray start` cluster found on this machine
-            with _loopback_node_ip(), _quiet_token_auth_notice(), _token_file_for_owner_only():
+            with _loopback_node_ip(), _quiet_token_auth_notice(), _token_file_for_owner_only(), lean_head():
                 ray.init(
                     address="local",
                     num_cpus=num_cpus or os.cpu_count() or 1,
@@ -109,15 +120,57 @@ def ray_binding(kind: str) -> dict | None:
     """How the Ray of a run listens, for the manifest (None: no Ray, an in-process fleet).
 
     `host` is the address Ray's servers on this machine bind to: 127.0.0.1 for the embedded
-    Ray; for an attached cluster, every interface (`ray start` chose the node addresses).
+    Ray and the warm head of `horde up`; for an attached cluster, every interface (`ray start`
+    chose the node addresses).
     `auth` is Ray's token-auth mode, on unless the user exported RAY_AUTH_MODE=disabled.
     """
-    if kind not in ("embedded", "attached"):
+    if kind not in ("embedded", "warm", "attached"):
         return None
     return {
-        "host": LOOPBACK if kind == "embedded" else ALL_INTERFACES,
+        "host": ALL_INTERFACES if kind == "attached" else LOOPBACK,
         "auth": os.environ.get("RAY_AUTH_MODE", "token").lower(),
     }
+
+
+# What `ray.dashboard.optional_deps` imports: Ray imports that module (~1 s of CPU on a loaded
+# 2-core machine) only to learn whether they are installed, to start its dashboard processes
+# with or without them. horde requires ray[default], so finding them is enough.
+_DASHBOARD_DEPS = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelemetry", "prometheus_client", "pydantic")
+
+
+def _dashboard_deps_missing() -> ImportError | None:
+    for name in _DASHBOARD_DEPS:
+        if importlib.util.find_spec(name) is None:
+            return ImportError(f"No module named {name!r}")
+    return None
+
+
+@contextlib.contextmanager
+def lean_head() -> Iterator[None]:
+    """Start a head node that has what a horde run uses, and no more.
+
+    Left out while ray.init starts it: the autoscaler's monitor process (a single-node Ray
+    for one machine never scales; ~0.5 s of CPU at start and a poll loop after it), and the
+    import of Ray's dashboard dependencies into this process (found instead of imported).
+    Each is a private name of Ray 2.60 (tests/cluster/test_lean_head.py checks they exist):
+    where one is gone, the head starts as Ray starts it by default, only slower.
+    """
+    import ray._private.node as ray_node
+    import ray._private.utils as ray_utils
+
+    patches = [
+        (ray_node.Node, "start_monitor", lambda self: None),
+        (ray_utils, "get_dashboard_dependency_error", _dashboard_deps_missing),
+    ]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches if hasattr(obj, name)]
+    for obj, name, new in patches:
+        if hasattr(obj, name):
+            setattr(obj, name, new)
+    try:
+        yield
+    finally:
+        for obj, name, old in saved:
+            setattr(obj, name, old)
 
 
 @contextlib.contextmanager
@@ -130,6 +183,8 @@ def _loopback_node_ip() -> Iterator[None]:
     at each call, and once the node runs, its address comes from the node, so the switch is
     needed only while ray.init starts it.
     """
+    import ray._private.ray_constants as ray_constants
+
     before = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
@@ -165,9 +220,15 @@ def _token_file_for_owner_only() -> Iterator[None]:
                 path.unlink()
 
 
+# Ray's logger that says, when ray.init runs on a thread (as `horde run` starts it), that it set
+# no SIGTERM handler: horde's run sets its own.
+_WORKER_LOGGER = "ray._private.worker"
+
+
 class _DropTokenAuthNotice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled")
+        message = record.getMessage()
+        return not message.startswith(("Token authentication is enabled", "SIGTERM handler is not set"))
 
 
 @contextlib.contextmanager
@@ -179,15 +240,19 @@ def _quiet_token_auth_notice() -> Iterator[None]:
     on, and Ray's other warnings (auth disabled, say) still print.
     """
     notice_filter = _DropTokenAuthNotice()
-    auth_logger = logging.getLogger(_AUTH_LOGGER)
-    auth_logger.addFilter(notice_filter)
+    loggers = [logging.getLogger(_AUTH_LOGGER), logging.getLogger(_WORKER_LOGGER)]
+    for logger in loggers:
+        logger.addFilter(notice_filter)
     try:
         yield
     finally:
-        auth_logger.removeFilter(notice_filter)
+        for logger in loggers:
+            logger.removeFilter(notice_filter)
 
 
 def cluster_shape(kind: str, address: str = "") -> ClusterShape:
+    import ray
+
     nodes = []
     for n in ray.nodes():
         res = n.get("Resources", {})

@@ -10,7 +10,7 @@ import sys
 import click
 
 from horde.coordinator.bundle.outcome import EXIT_ERROR
-from horde.coordinator.commands import bundles, history, jobs, run, target, workflows
+from horde.coordinator.commands import bundles, history, jobs, run, target, up, workflows
 from horde.coordinator.commands.common import err as _err
 from horde.coordinator.commands.workflows import BENCH_GROUPS
 
@@ -64,6 +64,8 @@ for _command in (
     workflows.stress,
     run.schema,
     target.target,
+    up.up,
+    up.down,
 ):
     cli.add_command(_command)
 

@@ -19,8 +19,8 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
+from horde.coordinator.analysis.lazy_scipy import sps
 from horde.coordinator.measure.histogram import COUNTS_LEN, HIGHEST_TRACKABLE_NS, Histogram, highest_equivalent_value
 
 DEFAULT_ALPHA = 0.01

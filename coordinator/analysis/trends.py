@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
+
+from horde.coordinator.analysis.lazy_scipy import sps
 
 MAX_POINTS = 2000
 

@@ -229,6 +229,17 @@ class Load(Record):
     unsent: int = 0
 
 
+class Cpu(Record):
+    """horde's own CPU seconds per phase of the run (coordinator/run/cpu_phases.py); None: not reached."""
+
+    startup_s: float | None = None
+    steady_s: float | None = None
+    per_request_us: float | None = None  # steady_s per request sent
+    shutdown_s: float | None = None
+    analyses_s: float | None = None
+    scope: str = ""  # "coordinator+ray": with the Ray this run started; "coordinator": an attached Ray's not counted
+
+
 class Summary(Record):
     outcome: str = ""
     stop_reason: str = ""
@@ -251,6 +262,7 @@ class Summary(Record):
     load: Load | None = None  # None: a bundle from before
     client: dict[str, Any] | None = None  # open: run/client_info.py (tls_verify, warnings, data files); None: not used
     user_errors: dict[str, int] = Field(default_factory=dict)  # open: exception type -> iterations (Python users)
+    cpu: Cpu | None = None  # None: a bundle from before
 
 
 # -- manifest.json --------------------------------------------------------------------------

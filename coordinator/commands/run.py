@@ -36,6 +36,11 @@ from horde.coordinator.commands.common import err, load_or_exit, set_file_overri
     help="Attach to this Ray cluster instead of starting an embedded one.",
 )
 @click.option("--in-process", is_flag=True, help="Run agents in this process without Ray (debugging, baselines).")
+@click.option(
+    "--embedded",
+    is_flag=True,
+    help="Start an embedded Ray for this run even when the warm Ray of `horde up` is up.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No live view or progress lines; only the summary.")
 @click.option(
     "--prometheus-port",
@@ -44,29 +49,45 @@ from horde.coordinator.commands.common import err, load_or_exit, set_file_overri
     metavar="PORT",
     help="Serve live run metrics in Prometheus format on 127.0.0.1:PORT (0: any free port).",
 )
-def run(file, target, overrides, set_file, out_dir, address, in_process, quiet, prometheus_port) -> None:
-    """Run the scenario FILE and write a result bundle."""
-    from horde.coordinator.bundle.store import read_bundle
-    from horde.coordinator.report.text import text_summary
-    from horde.coordinator.run.live import choose_view
-    from horde.coordinator.run.session import RunError, RunOptions, run_scenario
+def run(file, target, overrides, set_file, out_dir, address, in_process, embedded, quiet, prometheus_port) -> None:
+    """Run the scenario FILE and write a result bundle.
+
+    Without --address it attaches to the warm Ray of `horde up` when that is up (and says so),
+    else it starts an embedded Ray for the run.
+    """
+    from horde.coordinator.run.fleet import ClusterStarting
+    from horde.coordinator.run.options import RunOptions
 
     overrides = set_file_overrides(set_file) + tuple(overrides) + ((f"target={target}",) if target else ())
     loaded = load_or_exit(file, overrides)
+    warm = None
+    if not (address or in_process or embedded or os.environ.get("RAY_ADDRESS")):  # RAY_ADDRESS: inside a Ray job
+        from horde.coordinator.commands.up import warm_address
+
+        warm = warm_address()
+    options = RunOptions(address=address or warm, warm=warm is not None, in_process=in_process, out_dir=out_dir)
+    # Ray starts (or is attached to) on a thread now, while the rest of the run is imported
+    # and the target starts: its start is mostly waiting on its own processes.
+    starting = ClusterStarting(loaded.scenario, options)
+    try:
+        from horde.coordinator.run.live import choose_view
+        from horde.coordinator.run.session import run_scenario  # noqa: F401  (imported while Ray starts)
+    except BaseException:
+        starting.close()
+        raise
     redact = loaded.redactor.text
     view = choose_view(loaded.scenario.name, quiet=quiet, redact=redact)
+    options.progress, options.on_window, options.prometheus_port = view.message, view.window, prometheus_port
+    _run(loaded, options, starting, view, redact)
+
+
+def _run(loaded, options, starting, view, redact) -> None:
+    from horde.coordinator.bundle.store import read_bundle
+    from horde.coordinator.report.text import text_summary
+    from horde.coordinator.run.session import RunError, run_scenario
+
     try:
-        result = run_scenario(
-            loaded,
-            RunOptions(
-                address=address,
-                in_process=in_process,
-                out_dir=out_dir,
-                progress=view.message,
-                on_window=view.window,
-                prometheus_port=prometheus_port,
-            ),
-        )
+        result = run_scenario(loaded, options, cluster_starting=starting)
     except RunError as exc:
         view.close()
         err(redact(f"error: {exc}"))

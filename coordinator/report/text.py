@@ -66,6 +66,11 @@ def text_summary(bundle: Bundle) -> str:
     sat = "SATURATED: " + "; ".join(g.reasons) if g.saturated else "kept up"
     cpu = g.cpu_us_per_request
     lines.append(f"  generator {cpu if cpu is not None else '-'} us CPU/request, {sat}")
+    if (c := s.cpu) is not None and c.startup_s is not None:  # horde's CPU outside the steady state
+        lines.append(
+            f"  horde CPU ({c.scope}): startup {c.startup_s}s, steady {c.steady_s}s ({c.per_request_us} us/request),"
+            f" shutdown {c.shutdown_s}s, analyses {c.analyses_s}s"
+        )
     if g.late_sends or g.interrupted or g.unsent:
         lines.append(f"  late sends {g.late_sends}, interrupted {g.interrupted}, unsent {g.unsent}")
     if g.generator_queueing is not None and g.generator_queueing.warning:

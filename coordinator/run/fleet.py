@@ -1,7 +1,9 @@
-"""The cluster a run's agents go to: threads of this process (in-process), or Ray (embedded or attached)."""
+"""The cluster a run's agents go to: threads of this process (in-process), or Ray (embedded,
+the warm head of `horde up`, or attached)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +52,7 @@ def connect_cluster(scenario: Any, options: RunOptions) -> Cluster:
     from horde.cluster.fleet import RayFleet
 
     try:
-        connection = connect(options.address)
+        connection = connect(options.address, ship_horde=not options.warm)
     except ClusterError as exc:
         raise RunError(str(exc)) from exc
     return Cluster(
@@ -63,3 +65,66 @@ def connect_cluster(scenario: Any, options: RunOptions) -> Cluster:
         ),
         connection,
     )
+
+
+class ClusterStarting:
+    """connect_cluster on a thread: Ray starts (seconds, mostly waiting on its processes) while
+    the caller imports the run's modules and starts the target. `result()` waits for it.
+
+    The thread lives until close(): Ray starts its processes with a parent-death signal
+    (prctl PR_SET_PDEATHSIG), which Linux sends when the *thread* that started them ends.
+    """
+
+    def __init__(self, scenario: Any, options: RunOptions) -> None:
+        self._cluster: Cluster | None = None
+        self._error: BaseException | None = None
+        self._connected = threading.Event()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(
+            target=self._connect, args=(scenario, options), name="horde-cluster", daemon=True
+        )
+        self._thread.start()
+
+    def _connect(self, scenario: Any, options: RunOptions) -> None:
+        try:
+            self._cluster = connect_cluster(scenario, options)
+        except BaseException as exc:  # handed to result(); a thread must not die with it
+            self._error = exc
+            return
+        finally:
+            self._connected.set()
+        self._closed.wait()
+
+    def result(self) -> Cluster:
+        """The connected cluster. Raises RunError if Ray could not be started or reached."""
+        self._connected.wait()
+        if self._error is not None:
+            if isinstance(self._error, RunError) or not isinstance(self._error, Exception):
+                raise self._error
+            raise RunError(f"the cluster did not start: {type(self._error).__name__}: {self._error}")
+        assert self._cluster is not None
+        cluster = self._cluster
+        closed = self._closed
+
+        def close() -> None:
+            try:
+                cluster.close()
+            finally:
+                closed.set()
+
+        return Cluster(cluster.shape, cluster.make_fleet, _Closer(close))
+
+    def close(self) -> None:
+        """Stop what was started, waiting for the start to end (a run that failed before taking it)."""
+        self._connected.wait()
+        try:
+            if self._cluster is not None:
+                self._cluster.close()
+        finally:
+            self._closed.set()
+            self._thread.join()
+
+
+@dataclass
+class _Closer:
+    close: Callable[[], None]

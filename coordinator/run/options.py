@@ -14,6 +14,7 @@ Progress = Callable[[str], None]
 @dataclass
 class RunOptions:
     address: str | None = None  # Ray address; None = embedded
+    warm: bool = False  # `address` is the loopback head of `horde up`: its workers import horde from this machine
     in_process: bool = False  # agents on threads of this process, no Ray
     out_dir: str | None = None  # overrides scenario.output
     progress: Progress | None = None

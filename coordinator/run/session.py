@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from horde.agents.samples import MAX_USER_ERROR_TYPES, BatchFormatError, decode_batch
 from horde.cluster.events import AgentEnded, AgentLost, BatchReceived, ClusterShape
@@ -35,13 +35,13 @@ from horde.coordinator.plan import Plan, build_plan
 from horde.coordinator.report.text import junit_xml
 from horde.coordinator.run import losses
 from horde.coordinator.run.client_info import client_summary
+from horde.coordinator.run.cpu_phases import CpuPhases
 from horde.coordinator.run.drive import drive
-from horde.coordinator.run.fleet import connect_cluster, silence_s
+from horde.coordinator.run.fleet import ClusterStarting, connect_cluster, silence_s
 from horde.coordinator.run.ledger import LoadLedger
 from horde.coordinator.run.live import format_line
 from horde.coordinator.run.manifest import build_manifest
 from horde.coordinator.run.options import Progress, RunOptions, RunResult
-from horde.coordinator.run.prometheus import RunMetrics
 from horde.coordinator.run.summary import (
     ScopeView,
     SendCounter,
@@ -53,25 +53,40 @@ from horde.coordinator.run.summary import (
     threshold_dict,
 )
 from horde.coordinator.run.target import RunError, Target, start_target_in_background
-from horde.coordinator.run.target_probe import TargetProbe
 from horde.coordinator.run.windows import ALERT_WINDOWS, WindowRecorder
 from horde.coordinator.scenario.load import LoadedScenario
 
+if TYPE_CHECKING:
+    from horde.coordinator.run.prometheus import RunMetrics
+
 __all__ = ["Progress", "RunError", "RunOptions", "RunResult", "RunSession", "run", "run_scenario"]
 
-START_LEAD_S = 1.0  # the common start instant is this far after the agents are ready
+# The common start instant is this far after the agents are ready: time for the call that begins
+# each agent's stream to reach it. Local on this machine (in-process, embedded, `horde up`).
+START_LEAD_S = 1.0
+LOCAL_START_LEAD_S = 0.25
 WINDOW_S = 1.0  # the aggregator's window
 
 
-def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> RunResult:
-    """Run a loaded scenario to the end and write its bundle. Blocking."""
+def start_lead_s(kind: str) -> float:
+    return START_LEAD_S if kind == "attached" else LOCAL_START_LEAD_S
+
+
+def run_scenario(
+    loaded: LoadedScenario, options: RunOptions | None = None, cluster_starting: ClusterStarting | None = None
+) -> RunResult:
+    """Run a loaded scenario to the end and write its bundle. Blocking. `cluster_starting`: the
+    cluster already being connected on a thread (by the CLI); None: connected here."""
     options = options or RunOptions()
     scenario = loaded.scenario
     cluster = None
+    cpu = CpuPhases()
     starting = start_target_in_background(scenario)  # the automaton starts while Ray starts
     try:
-        cluster = connect_cluster(scenario, options)
+        cluster = cluster_starting.result() if cluster_starting is not None else connect_cluster(scenario, options)
         target = starting.result()
+        if target.process is not None:
+            cpu.exclude_pid = target.process.pid
         plan = build_plan(
             scenario,
             target.url,
@@ -79,11 +94,15 @@ def run_scenario(loaded: LoadedScenario, options: RunOptions | None = None) -> R
             supports_fast=_fast_supports(),
             attachments=getattr(loaded, "attachments", None),  # the files it names (tls, data)
         )
-        return asyncio.run(run(loaded, plan, cluster.shape, cluster.make_fleet(plan), options, target))
+        return asyncio.run(
+            run(loaded, plan, cluster.shape, cluster.make_fleet(plan), options, target, release=cluster.close, cpu=cpu)
+        )
     finally:
         starting.close()  # stops the automaton, also when the run failed before taking it
         if cluster is not None:
             cluster.close()
+        elif cluster_starting is not None:
+            cluster_starting.close()
 
 
 def _fast_supports() -> Any:
@@ -95,10 +114,20 @@ def _fast_supports() -> Any:
 
 
 async def run(
-    loaded: LoadedScenario, plan: Plan, shape: ClusterShape, fleet: Any, options: RunOptions, target: Target
+    loaded: LoadedScenario,
+    plan: Plan,
+    shape: ClusterShape,
+    fleet: Any,
+    options: RunOptions,
+    target: Target,
+    release: Callable[[], None] | None = None,
+    cpu: CpuPhases | None = None,
 ) -> RunResult:
-    """Drive one RunSession: start the agents, hand each fleet event to its step, write the bundle."""
+    """Drive one RunSession: start the agents, hand each fleet event to its step, write the bundle.
+    `release` stops the Ray the run started once its agents have, so the bundle's `cpu` counts it."""
     session = RunSession(loaded, plan, shape, fleet, options, target)
+    if cpu is not None:
+        session.cpu = cpu
     session.install_signal_handlers()
     try:
         await session.start()
@@ -111,6 +140,12 @@ async def run(
         session.on_stream_end()
     finally:
         await session.close()
+        if release is not None:
+            try:
+                release()
+            except Exception as exc:  # the bundle matters more than a clean stop of Ray
+                session.progress(f"warning: stopping Ray failed: {type(exc).__name__}: {exc}")
+        session.cpu.mark("stopped")
     return session.finish()
 
 
@@ -156,6 +191,8 @@ class RunSession:
         self.node_series = NodeSeries()
         self.run_metrics: RunMetrics | None = None
         if options.prometheus_port is not None:
+            from horde.coordinator.run.prometheus import RunMetrics  # prometheus_client: only when asked for
+
             self.run_metrics = RunMetrics(host=options.prometheus_host, port=options.prometheus_port)
             self.progress(f"live metrics at {self.run_metrics.start()}")
         alert_engine = AlertEngine(parse_rules(getattr(scenario, "alerts", None)), source=scenario.name)
@@ -179,6 +216,8 @@ class RunSession:
         self.stop_reason = ""
         self.stop_event = asyncio.Event()
         self._signals: list[int] = []
+        self.cpu = CpuPhases()  # the run's CPU outside its steady state (run/cpu_phases.py)
+        self.start_lead_s = start_lead_s(shape.kind)
 
     # -- start and stop --------------------------------------------------------------------
 
@@ -200,10 +239,11 @@ class RunSession:
             raise RunError(f"agents could not start: {exc}") from exc
         manifest["agents"] = [i.__dict__ for i in infos]
         writer.write_manifest(manifest)
-        self.start_wall_ns = self.now_ns() + int(START_LEAD_S * 1e9)
+        self.start_wall_ns = self.now_ns() + int(self.start_lead_s * 1e9)
         manifest["start_wall_ns"] = self.start_wall_ns
         writer.write_manifest(manifest)
-        self.fleet.begin(self.start_wall_ns, grace_s=START_LEAD_S + 2.0)
+        self.fleet.begin(self.start_wall_ns, grace_s=self.start_lead_s + 2.0)
+        self.cpu.mark("started")
         for s in plan.agents:
             self.watermarks[s.index] = 0
             self.incarnations[s.index] = 0
@@ -212,6 +252,8 @@ class RunSession:
             self.fleet.monitor_nodes(self.node_series.add)
         metrics_url = self.target.metrics_url
         if metrics_url:
+            from horde.coordinator.run.target_probe import TargetProbe  # aiohttp's client: only with a /metrics
+
             probe = TargetProbe(metrics_url=metrics_url)
             manifest["target"]["metrics"] = metrics_url
             self.probe_task = asyncio.create_task(
@@ -223,7 +265,7 @@ class RunSession:
             f"({shape.cpus:g} CPUs), {plan.duration_s:g}s planned; bundle {writer.path}"
         )
         graceful_s = self.scenario.workload.graceful_stop
-        self.hard_deadline_s = time.monotonic() + START_LEAD_S + plan.duration_s + graceful_s + 30.0
+        self.hard_deadline_s = time.monotonic() + self.start_lead_s + plan.duration_s + graceful_s + 30.0
 
     async def stop_fleet_when_asked(self) -> None:
         await self.stop_event.wait()
@@ -354,6 +396,7 @@ class RunSession:
 
     def on_stream_end(self) -> None:
         """The stream ended: close what is left, and end the alerts still firing."""
+        self.cpu.mark("steady_end")
         self.on_windows(self.agg.close_all())
         self.windows.finish_alerts(self.closed_until_ns / 1e9)
 
@@ -410,6 +453,8 @@ class RunSession:
         if self.outcome is Outcome.PASSED and any(not r["ok"] for r in th_results):
             self.outcome = Outcome.THRESHOLDS_FAILED
         summary = self._summary(th_results)
+        self.cpu.mark("analysed")
+        summary["cpu"] = self.cpu.summary(summary["load"]["sent"])
         ended = datetime.now(timezone.utc)
         manifest = self.manifest
         manifest.update(

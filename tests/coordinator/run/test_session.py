@@ -405,6 +405,7 @@ def test_summary_and_manifest_keep_their_keys_in_order(tmp_path):
         "time",
         "load",
         "user_errors",
+        "cpu",
     ]
     manifest = json.loads((result.bundle / "manifest.json").read_text())
     assert list(manifest) == [
