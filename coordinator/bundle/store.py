@@ -3,8 +3,11 @@
 Layout of `<output>/<scenario>-<UTC timestamp>/`:
   manifest.json        scenario as run (secrets redacted), versions, cluster, start/end, outcome
   summary.json         per endpoint and per stage figures, thresholds, generator health
-  windows.jsonl        one line per closed 1-second window (appended as windows close)
-  windows.msgpack      the same windows' histograms and counts (a stream of msgpack maps)
+  windows.jsonl        one line per closed 1-second window (appended as windows close; format 2:
+                       one gzip stream, flushed per window)
+  windows.msgpack      the same windows' histograms and counts (a stream of msgpack maps; format 2:
+                       compact histograms, one gzip stream flushed per window; codec.py)
+  sends.msgpack        actual sends per 100 ms, handed off as the run goes (format 2)
   histograms.msgpack   cumulative histograms per endpoint x stage (mergeable; exact counts)
   alerts.jsonl         alerts and agent losses as they happened
   junit.xml            one test case per threshold
@@ -17,6 +20,7 @@ window written up to its last flush.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -32,6 +36,17 @@ import numpy as np
 from pydantic import ValidationError
 
 from horde.coordinator import files
+from horde.coordinator.bundle.codec import (
+    GZIP_MAGIC,
+    GzipAppender,
+    StreamDamage,
+    gunzip_bounded,
+    gunzip_chunks,
+    pack_histogram_entries,
+    pack_window_record,
+    unpack_stats,
+    unpack_window_record,
+)
 from horde.coordinator.bundle.schema import (
     BUNDLE_FORMAT,
     READABLE_FORMATS,
@@ -51,15 +66,17 @@ BUNDLE_FILES = (
     "summary.json",
     "windows.jsonl",
     "windows.msgpack",
+    "sends.msgpack",
     "histograms.msgpack",
     "alerts.jsonl",
     "junit.xml",
 )
 
 
-def _dump_json(path: Path, data: Any) -> None:
+def _dump_json(path: Path, data: Any, *, indent: int | None = 2) -> None:
     with files.replacing(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
+        separators = (",", ":") if indent is None else None
+        json.dump(data, f, indent=indent, separators=separators, sort_keys=False, default=_json_default)
         f.write("\n")
 
 
@@ -96,8 +113,9 @@ class BundleWriter:
         self.path = final.with_name(final.name + INCOMPLETE_SUFFIX)
         self.path.mkdir()
         # Open for the whole run (appended and flushed per record); closed by finish().
-        self._windows = files.open_append(self.path / "windows.jsonl", "a")
-        self._window_hists = files.open_append(self.path / "windows.msgpack", "ab")
+        self._windows = GzipAppender(files.open_append(self.path / "windows.jsonl", "ab"))
+        self._window_hists = GzipAppender(files.open_append(self.path / "windows.msgpack", "ab"))
+        self._sends = files.open_append(self.path / "sends.msgpack", "ab")
         self._alerts = files.open_append(self.path / "alerts.jsonl", "a")
 
     def write_manifest(self, manifest: dict) -> None:
@@ -107,10 +125,18 @@ class BundleWriter:
     def append_window(self, window: dict, histograms: dict) -> None:
         line = json.dumps(window, default=_json_default)
         _checked_json(Window, line, "windows.jsonl")
-        self._windows.write(line + "\n")
-        self._windows.flush()
-        self._window_hists.write(msgpack.packb(histograms, use_bin_type=True))
-        self._window_hists.flush()
+        self._windows.write(line.encode("utf-8") + b"\n")
+        self._window_hists.write(msgpack.packb(pack_window_record(histograms), use_bin_type=True))
+
+    def append_sends(self, first_bin: int, counts: np.ndarray) -> None:
+        """Sends per 100 ms bin from `first_bin` on (run/summary.py SendCounter's hand-off)."""
+        self._sends.write(msgpack.packb(_sends_record(first_bin, counts), use_bin_type=True))
+        self._sends.flush()
+
+    def sends(self) -> dict[str, Any]:
+        """The sends handed off so far, read back (`{"bin_s", "counts"}`: spike analysis at the end)."""
+        self._sends.flush()
+        return {"bin_s": 0.1, "counts": _read_sends(self.path / "sends.msgpack", [])}
 
     def append_alert(self, alert: dict) -> None:
         self._alerts.write(json.dumps(alert, default=_json_default) + "\n")
@@ -121,11 +147,12 @@ class BundleWriter:
         # bundle as a killed coordinator would (windows intact, still `.incomplete`).
         _checked(Summary, summary, "summary.json")
         _checked(Manifest, manifest, "manifest.json")
-        for f in (self._windows, self._window_hists, self._alerts):
+        for f in (self._windows, self._window_hists, self._sends, self._alerts):
             f.close()
-        files.write_bytes(self.path / "histograms.msgpack", msgpack.packb(histograms, use_bin_type=True))
+        files.write_bytes(self.path / "histograms.msgpack", pack_histogram_entries(histograms))
         files.write_text(self.path / "junit.xml", junit_xml)
-        _dump_json(self.path / "summary.json", summary)
+        # Compact (one line, `jq .` shows it indented): a third of a wide run's summary was indentation.
+        _dump_json(self.path / "summary.json", summary, indent=None)
         _dump_json(self.path / "manifest.json", manifest)  # last: its presence with an outcome marks a finished bundle
         os.replace(self.path, files.refuse_link(self.final_path))
         self.path = self.final_path
@@ -187,30 +214,65 @@ class Bundle:
             except ValidationError as exc:
                 self.problems.append(f"windows.jsonl: line {n}: {first_problem(exc)}")
 
+    def window_count(self) -> int:
+        """How many windows windows.jsonl holds (its non-blank lines; streamed, nothing parsed)."""
+        p = self.path / "windows.jsonl"
+        if not p.exists():
+            return 0
+        n = 0
+        try:
+            n = sum(1 for line in _lines(_stream(p)[1]) if line.strip())
+        except StreamDamage:
+            pass
+        return n
+
     def window_histograms(self) -> Iterator[dict]:
-        """windows.msgpack's records in order (`{"index", "endpoints": {name: stats}}`). A
-        record that does not fit is skipped and noted in `problems`; a stream that cannot be
-        decoded further (damage) ends there, noted too. A torn last record (a killed
-        coordinator) ends it quietly."""
+        """windows.msgpack's records in order (`{"index", "endpoints": {name: stats}}`, the
+        format-1 sparse form whichever format the file holds). A record that does not fit is
+        skipped and noted in `problems`; a stream that cannot be decoded further (damage)
+        ends there, noted too. A torn last record (a killed coordinator) ends it quietly.
+        Streamed: a long run's windows never need to fit in memory at once."""
         p = self.path / "windows.msgpack"
         if not p.exists():
             return
-        with _open_regular(p) as f:  # streamed: a long run's windows need not fit in memory at once
-            unpacker = msgpack.Unpacker(f, raw=False)
-            n = 0
-            while True:
-                n += 1
-                try:
-                    item = unpacker.unpack()
-                except msgpack.OutOfData:
-                    return
-                except (ValueError, TypeError, msgpack.UnpackException) as exc:  # FormatError, StackError, bad UTF-8
-                    self.problems.append(f"windows.msgpack: record {n}: not msgpack ({exc}); the rest is ignored")
-                    return
-                if why := _window_record_problem(item):
-                    self.problems.append(f"windows.msgpack: record {n}: {why}")
-                    continue
-                yield item
+        unpacker = msgpack.Unpacker(raw=False)
+        n = 0
+        compact, chunks = _stream(p)
+        try:
+            for chunk in chunks:
+                unpacker.feed(chunk)
+                while True:
+                    try:
+                        item = unpacker.unpack()
+                    except msgpack.OutOfData:
+                        break
+                    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # FormatError, StackError, UTF-8
+                        self.problems.append(
+                            f"windows.msgpack: record {n + 1}: not msgpack ({exc}); the rest is ignored"
+                        )
+                        return
+                    n += 1
+                    try:
+                        item = unpack_window_record(item) if compact else item
+                    except ValueError as exc:
+                        self.problems.append(f"windows.msgpack: record {n}: {exc}")
+                        continue
+                    if why := _window_record_problem(item):
+                        self.problems.append(f"windows.msgpack: record {n}: {why}")
+                        continue
+                    yield item
+        except StreamDamage as exc:
+            self.problems.append(f"windows.msgpack: after record {n}: {exc}; the rest is ignored")
+
+    def sends(self) -> dict[str, Any]:
+        """Actual sends per 100 ms bin from the start instant: `{"bin_s", "counts"}` (counts a
+        numpy array). Format 1 kept them in summary.json; format 2 in sends.msgpack, whose
+        records add up (a record that does not fit is skipped and noted in `problems`)."""
+        given = self.summary.sends if self.summary is not None else None
+        bin_s = given.bin_s if given is not None else 0.1
+        if given is not None and given.counts:
+            return {"bin_s": bin_s, "counts": np.asarray(given.counts, dtype=np.int64)}
+        return {"bin_s": bin_s, "counts": _read_sends(self.path / "sends.msgpack", self.problems)}
 
     def histograms(self) -> list[dict]:
         """histograms.msgpack: `[{"endpoint", "stage", "stats"}]`. Written once at the end, so
@@ -218,13 +280,20 @@ class Bundle:
         p = self.path / "histograms.msgpack"
         if not p.exists():
             return []
+        data = _read_bytes(p)
+        compact = data.startswith(GZIP_MAGIC)  # format 2
         try:
-            entries = msgpack.unpackb(_read_bytes(p), raw=False)
+            entries = msgpack.unpackb(gunzip_bounded(data, MAX_FILE_BYTES) if compact else data, raw=False)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise BundleError(f"{p}: not readable msgpack: {exc}") from None
         if not isinstance(entries, list):
             raise BundleError(f"{p}: expected a list of entries, got {type(entries).__name__}")
         for i, entry in enumerate(entries):
+            if compact and isinstance(entry, dict):
+                try:
+                    entry["stats"] = unpack_stats(entry.get("stats"))
+                except ValueError as exc:
+                    raise BundleError(f"{p}: entry {i}: {exc}") from None
             if why := _histogram_entry_problem(entry):
                 raise BundleError(f"{p}: entry {i}: {why}")
         return entries
@@ -276,14 +345,47 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
+_CHUNK = 1 << 16
+
+
+def _stream(path: Path) -> tuple[bool, Iterator[bytes]]:
+    """(compressed, the file's bytes chunk by chunk, decompressed when the file is a gzip
+    stream: format 2). Iterating raises StreamDamage where a gzip stream is damaged."""
+    f = _open_regular(path)
+    first = f.read(_CHUNK)
+
+    def rest() -> Iterator[bytes]:
+        with f:
+            while chunk := f.read(_CHUNK):
+                yield chunk
+
+    if first.startswith(GZIP_MAGIC):
+        return True, gunzip_chunks(rest(), first)
+    return False, itertools.chain((first,) if first else (), rest())
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The lines of a byte stream, each with its newline (a last line without one: torn)."""
+    tail = b""
+    for chunk in chunks:
+        parts = (tail + chunk).split(b"\n")
+        tail = parts.pop()
+        for part in parts:
+            yield part + b"\n"
+    if tail:
+        yield tail
+
+
 def _jsonl(path: Path, problems: list[str], *, quiet_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
-    """(line number, object) per line of a .jsonl file; a line that is not a JSON object
-    is noted in problems and skipped. quiet_torn_tail: an unterminated last line that is not
-    JSON (a coordinator killed mid-write) is skipped without a note."""
+    """(line number, object) per line of a .jsonl file (plain, or one gzip stream); a line
+    that is not a JSON object is noted in problems and skipped. quiet_torn_tail: an
+    unterminated last line that is not JSON (a coordinator killed mid-write) is skipped
+    without a note. A gzip stream damaged past some line ends there, noted."""
     if not path.exists():
         return
-    with _open_regular(path) as f:
-        for n, raw in enumerate(f, 1):
+    n = 0
+    try:
+        for n, raw in enumerate(_lines(_stream(path)[1]), 1):
             if not raw.strip():
                 continue
             try:
@@ -296,6 +398,49 @@ def _jsonl(path: Path, problems: list[str], *, quiet_torn_tail: bool = False) ->
                 problems.append(f"{path.name}: line {n}: not an object")
                 continue
             yield n, record
+    except StreamDamage as exc:
+        problems.append(f"{path.name}: after line {n}: {exc}; the rest is ignored")
+
+
+MAX_SEND_BINS = 10_000_000  # 100 ms bins: 11.5 days, longer than any run horde plans
+
+
+def _sends_record(first_bin: int, counts: np.ndarray) -> dict[str, Any]:
+    width = 4 if not len(counts) or int(counts.max()) < 2**32 else 8
+    return {"bin": int(first_bin), "w": width, "c": counts.astype("<u4" if width == 4 else "<i8").tobytes()}
+
+
+def _read_sends(path: Path, problems: list[str]) -> np.ndarray:
+    total = np.zeros(0, dtype=np.int64)
+    used = n = 0
+    if not path.exists():
+        return total
+    with _open_regular(path) as f:
+        unpacker = msgpack.Unpacker(f, raw=False)
+        while True:
+            try:
+                item = unpacker.unpack()
+            except msgpack.OutOfData:
+                return total[:used]
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                problems.append(f"sends.msgpack: record {n + 1}: not msgpack ({exc}); the rest is ignored")
+                return total[:used]
+            n += 1
+            first, width, data = (item.get(k) for k in ("bin", "w", "c")) if isinstance(item, dict) else (None,) * 3
+            if not (_is_int(first) and width in (4, 8) and isinstance(data, bytes) and len(data) % width == 0):
+                problems.append(f"sends.msgpack: record {n}: not a sends record")
+                continue
+            counts = np.frombuffer(data, dtype="<u4" if width == 4 else "<i8").astype(np.int64)
+            end = first + len(counts)
+            if first < 0 or end > MAX_SEND_BINS or (len(counts) and int(counts.min()) < 0):
+                problems.append(f"sends.msgpack: record {n}: bins out of range")
+                continue
+            if end > len(total):
+                grown = np.zeros(max(end, 2 * len(total)), dtype=np.int64)
+                grown[: len(total)] = total
+                total = grown
+            total[first:end] += counts
+            used = max(used, end)
 
 
 def _is_int(v: Any) -> bool:

@@ -139,7 +139,7 @@ class RunSession:
         self.live = LiveEvaluator([t.rule() for t in scenario.thresholds])
         self.totals: dict[str, AgentTotals] = {}
         self.resources = ResourceSeries()
-        self.sends = SendCounter()
+        self.sends = SendCounter(sink=self.writer.append_sends)  # the run's sends stream to the bundle
         self.checker = BatchChecker(RunBounds(endpoints=len(plan.endpoints)))
         self.bad_batches = BadBatches()
         self.faulty: list[AgentLost] = []  # agents to declare lost as faulty (lose_faulty)
