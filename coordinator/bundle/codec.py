@@ -30,6 +30,7 @@ from horde.coordinator.measure.histogram import COUNTS_LEN, LAYOUT
 GZIP_MAGIC = b"\x1f\x8b"
 _WIDTHS = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<i8"}
 _GZIP_WBITS = 31  # zlib's gzip container: `zcat windows.jsonl` reads it
+_SLICE = 4096
 _LEVEL = 6  # measured: level 9 saves under 2% more at twice the CPU
 
 
@@ -164,16 +165,20 @@ def gunzip_chunks(chunks: Iterable[bytes], first: bytes = b"") -> Iterator[bytes
     that ends early (a killed coordinator's last flush) just ends; StreamDamage when the
     bytes are not gzip or fail its checks."""
     z = zlib.decompressobj(_GZIP_WBITS)
-    for chunk in itertools.chain((first,), chunks):
-        while chunk:
-            try:
-                out = z.decompress(chunk, 1 << 20)
-            except zlib.error as exc:
-                raise StreamDamage(f"not a gzip stream past this point ({exc})") from None
-            if out:
-                yield out
-            chunk = z.unconsumed_tail
-            if z.eof:
-                if z.unused_data.strip(b"\0"):
-                    raise StreamDamage("bytes after the end of the gzip stream")
-                return
+    for whole in itertools.chain((first,), chunks):
+        # Fed 4 kB at a time: zlib raises without what it decoded in the call, so damage
+        # loses at most the windows of one slice before it.
+        for at in range(0, len(whole), _SLICE):
+            chunk = whole[at : at + _SLICE]
+            while chunk:
+                try:
+                    out = z.decompress(chunk, 1 << 18)  # 256 kB out at a time, whatever the ratio
+                except zlib.error as exc:
+                    raise StreamDamage(f"not a gzip stream past this point ({exc})") from None
+                if out:
+                    yield out
+                chunk = z.unconsumed_tail
+                if z.eof:
+                    if z.unused_data.strip(b"\0") or whole[at + _SLICE :].strip(b"\0"):
+                        raise StreamDamage("bytes after the end of the gzip stream")
+                    return
