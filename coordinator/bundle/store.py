@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import msgpack
 import numpy as np
@@ -113,8 +113,8 @@ class BundleWriter:
         self.path = final.with_name(final.name + INCOMPLETE_SUFFIX)
         self.path.mkdir()
         # Open for the whole run (appended and flushed per record); closed by finish().
-        self._windows = GzipAppender(files.open_append(self.path / "windows.jsonl", "ab"))
-        self._window_hists = GzipAppender(files.open_append(self.path / "windows.msgpack", "ab"))
+        self._windows = GzipAppender(cast(BinaryIO, files.open_append(self.path / "windows.jsonl", "ab")))
+        self._window_hists = GzipAppender(cast(BinaryIO, files.open_append(self.path / "windows.msgpack", "ab")))
         self._sends = files.open_append(self.path / "sends.msgpack", "ab")
         self._alerts = files.open_append(self.path / "alerts.jsonl", "a")
 
@@ -410,6 +410,18 @@ def _sends_record(first_bin: int, counts: np.ndarray) -> dict[str, Any]:
     return {"bin": int(first_bin), "w": width, "c": counts.astype("<u4" if width == 4 else "<i8").tobytes()}
 
 
+def _sends_fields(item: Any) -> tuple[int, np.ndarray] | None:
+    """(first bin, counts) of a sends.msgpack record, or None when it is not one."""
+    if not isinstance(item, dict):
+        return None
+    first, width, data = item.get("bin"), item.get("w"), item.get("c")
+    if not (isinstance(first, int) and _is_int(first) and width in (4, 8) and isinstance(data, bytes)):
+        return None
+    if len(data) % width:
+        return None
+    return first, np.frombuffer(data, dtype="<u4" if width == 4 else "<i8").astype(np.int64)
+
+
 def _read_sends(path: Path, problems: list[str]) -> np.ndarray:
     total = np.zeros(0, dtype=np.int64)
     used = n = 0
@@ -426,11 +438,11 @@ def _read_sends(path: Path, problems: list[str]) -> np.ndarray:
                 problems.append(f"sends.msgpack: record {n + 1}: not msgpack ({exc}); the rest is ignored")
                 return total[:used]
             n += 1
-            first, width, data = (item.get(k) for k in ("bin", "w", "c")) if isinstance(item, dict) else (None,) * 3
-            if not (_is_int(first) and width in (4, 8) and isinstance(data, bytes) and len(data) % width == 0):
+            parsed = _sends_fields(item)
+            if parsed is None:
                 problems.append(f"sends.msgpack: record {n}: not a sends record")
                 continue
-            counts = np.frombuffer(data, dtype="<u4" if width == 4 else "<i8").astype(np.int64)
+            first, counts = parsed
             end = first + len(counts)
             if first < 0 or end > MAX_SEND_BINS or (len(counts) and int(counts.min()) < 0):
                 problems.append(f"sends.msgpack: record {n}: bins out of range")
