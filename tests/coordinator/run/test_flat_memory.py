@@ -22,8 +22,10 @@ import pytest
 
 from horde.agents.samples import SAMPLE_DTYPE, GeneratorReadings, encode_batch
 from horde.cluster.events import AgentInfo, BatchReceived, ClusterShape, NodeShape
+from horde.coordinator.analysis.soak import SoakSeries
 from horde.coordinator.plan import build_plan
 from horde.coordinator.run.session import RunOptions, RunSession
+from horde.coordinator.run.summary import SendCounter
 from horde.coordinator.run.target import Target
 from horde.coordinator.scenario.load import parse_scenario
 
@@ -133,3 +135,36 @@ def test_the_coordinator_retains_nothing_per_window_once_its_bounds_are_reached(
     # Bounded: what is left is allocator noise, under 5% of the control's growth
     # (at 5 bytes a window, a 72-hour run would grow 1.3 MB).
     assert per_window < control * 0.05, (per_window, control)
+
+
+def test_sends_handed_off_add_up_to_every_send_and_memory_keeps_only_the_last_bins() -> None:
+    handed: list[tuple[int, np.ndarray]] = []
+    sends = SendCounter(sink=lambda first, counts: handed.append((first, counts.copy())))
+    rng = np.random.default_rng(3)
+    every = []
+    for w in range(1000):  # 1,000 s: 10,000 bins of 100 ms
+        sent = w * S + rng.integers(0, S, 50)
+        if w % 100 == 99:  # a straggler for a bin handed off long ago
+            sent = np.append(sent, 5 * S)
+        every.append(sent)
+        sends.add(sent)
+        assert len(sends.counts()) <= 2 * SendCounter.RETAIN_BINS + 10
+    summary = sends.summary()
+    total = np.zeros(10_000, dtype=np.int64)
+    for first, counts in handed:
+        total[first : first + len(counts)] += counts
+    expected = np.bincount(np.concatenate(every) // SendCounter.BIN_NS, minlength=10_000)
+    assert total.tolist() == expected.tolist()
+    assert summary == {"bin_s": 0.1, "file": "sends.msgpack", "bins": 10_000, "sends": int(expected.sum())}
+
+
+def test_a_soak_series_keeps_at_most_its_points_and_the_same_slope() -> None:
+    from horde.coordinator.analysis.trends import theil_sen
+
+    s = SoakSeries(max_points=256)
+    for w in range(10_000):
+        s.add({"end_s": w + 1.0, "coordinator": {"rss_bytes": 1e8 + 1000.0 * w + (w % 7) * 50.0}})
+    t, v = s.t_s["coordinator_rss"], s.values["coordinator_rss"]
+    assert 128 <= len(t) < 256 and len(t) == len(v)
+    assert list(t) == sorted(t) and t[0] < 100 and t[-1] > 9_900
+    assert theil_sen(list(t), list(v))[0] == pytest.approx(1000.0, rel=1e-3)
