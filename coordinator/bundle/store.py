@@ -195,8 +195,8 @@ class Bundle:
         return self.manifest.complete and not self.path.name.endswith(INCOMPLETE_SUFFIX)
 
     def skipped_records(self) -> list[str]:
-        """Every record the stream readers skip (reads windows.jsonl, windows.msgpack and
-        alerts.jsonl once more; `problems` is left as it was)."""
+        """Every record the stream readers skip (reads windows.jsonl, windows.msgpack,
+        sends.msgpack and alerts.jsonl once more; `problems` is left as it was)."""
         kept = self.problems
         self.problems = []
         try:
@@ -204,6 +204,7 @@ class Bundle:
                 pass
             for _ in self.window_histograms():
                 pass
+            self.sends()
             self.alerts()
             return self.problems
         finally:
