@@ -10,10 +10,18 @@ the whole series.
 
     python bench/soak_memory.py [--minutes 10] [--mark 2] [--rate 200] [--json out.json]
 
-A second part (`--state`, on by default) shows where coordinator growth comes from: the
-aggregator's retained state measured with tracemalloc while synthetic batches for the
-same rate and endpoints are folded into `--minutes` of one-second windows, once as
-run.py builds it (every closed window kept) and once with `keep_windows` bounded.
+A second part (on unless `--no-state`) shows what the coordinator retains per window
+without waiting hours: a RunSession over a canned fleet (no Ray, no target) is fed canned
+batches for `--state-windows` one-second windows (20,000 by default, 5.6 hours of run) and
+tracemalloc reads what it holds after a quarter of them and at the end; the sites that grew
+most in between are printed. Flat means under a few bytes a window.
+
+A third part (on unless `--no-sizes`) writes canned bundles, three endpoints at 400/s for
+`--size-windows` seconds and the wide case (200 endpoints at 5000/s for 30 s), and prints
+each file's size and the MB per hour of run, beside what format 1 would have written
+for the same records (docs/bundle-format.md, docs/scale.md).
+
+    python bench/soak_memory.py --no-run --state-windows 20000 --size-windows 600
 """
 
 from __future__ import annotations
@@ -89,9 +97,9 @@ def memory_figures(bundle: Path, mark_s: float, end_s: float | None = None) -> d
     """Per process: readings at mark_s and at end_s (default: the last window), growth
     after the mark, and the leak verdict of the series up to end_s."""
     from horde.coordinator.analysis.trends import generator_rss_series, leak_verdict, theil_sen, window_series
+    from horde.coordinator.bundle.store import read_bundle
 
-    with open(bundle / "windows.jsonl") as f:
-        windows = [json.loads(line) for line in f if line.strip()]
+    windows = [w.model_dump(by_alias=True, mode="json") for w in read_bundle(bundle).windows()]
     series = {"coordinator": window_series(windows, "coordinator", "rss_bytes")}
     series.update({f"agent {a}": s for a, s in generator_rss_series(windows).items()})
     out: dict[str, Any] = {}
@@ -127,46 +135,163 @@ def memory_figures(bundle: Path, mark_s: float, end_s: float | None = None) -> d
     return out
 
 
-def aggregator_state(minutes: float, rate: float, keep_windows: int | None) -> dict[str, float]:
-    """Bytes the Aggregator retains after `minutes` of one-second windows (tracemalloc)."""
+class _CannedFleet:
+    """The fleet interface RunSession uses, with nothing behind it (batches are handed in)."""
+
+    agents: list = []
+
+    async def start(self, specs):  # type: ignore[no-untyped-def]
+        from horde.cluster.events import AgentInfo
+
+        self.agents = [AgentInfo(s.index, s.incarnation, 1000 + s.index, "node-0", "host") for s in specs]
+        return list(self.agents)
+
+    def begin(self, start_wall_ns: int, grace_s: float) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def canned_session(out: str, windows: int, rate: float, endpoints: int, stages: int = 1) -> Any:
+    """A RunSession over a canned fleet (no Ray, no target) and a function feeding it window w."""
+    import asyncio
+
     import numpy as np
 
-    from horde.agents.samples import SAMPLE_DTYPE, GeneratorReadings, decode_batch, encode_batch
-    from horde.coordinator.measure.aggregate import Aggregator
+    from horde.agents.samples import SAMPLE_DTYPE, GeneratorReadings, encode_batch
+    from horde.cluster.events import BatchReceived, ClusterShape, NodeShape
+    from horde.coordinator.plan import build_plan
+    from horde.coordinator.run.session import RunOptions, RunSession
+    from horde.coordinator.run.target import Target
+    from horde.coordinator.scenario.load import parse_scenario
 
-    rng = np.random.default_rng(0)
-    n_windows = int(minutes * 60)
-    per_window = max(1, int(rate))
-    tracemalloc.start()
-    agg = Aggregator(
-        [f"e{i}" for i in range(ENDPOINTS)], [n_windows * 1_000_000_000], ["hold"], keep_windows=keep_windows
+    url = "http://127.0.0.1:9"  # never contacted
+    reqs = "\n".join(f"  - {{name: e{i}, method: GET, path: /e{i}, expect: [200]}}" for i in range(endpoints))
+    per = max(1, windows // stages)
+    st = ", ".join(f"{{name: s{i}, duration: {per}s, target: {rate}}}" for i in range(stages))
+    text = (
+        f"name: canned\ntarget: {url}\nrequests:\n{reqs}\nworkload:\n  model: open\n  stages: [{st}]\n"
+        "agents: 1\nflush_interval: 1s\nthresholds: ['error_rate < 1%']\n"
     )
-    base = tracemalloc.get_traced_memory()[0]
-    marks = {}
-    for w in range(n_windows):
-        s = np.zeros(per_window, SAMPLE_DTYPE)
+    loaded = parse_scenario(text, source="canned")
+    plan = build_plan(loaded.scenario, url, 4.0, supports_fast=None)
+    shape = ClusterShape("in-process", "", (NodeShape("local", "host", 4.0),))
+    opts = RunOptions(out_dir=out, progress=lambda line: None, install_signal_handlers=False, on_window=lambda i: None)
+    session = RunSession(loaded, plan, shape, _CannedFleet(), opts, Target(url=url, metrics_url=None))
+    asyncio.run(session.start())
+    rng = np.random.default_rng(0)
+    n = max(1, int(rate))
+    now = [0]
+    session.now_ns = lambda: session.start_wall_ns + (now[0] + 1) * 1_000_000_000
+
+    def feed(w: int, final: bool = False) -> None:
+        now[0] = w
+        s = np.zeros(n, SAMPLE_DTYPE)
         t0 = w * 1_000_000_000
-        s["endpoint"] = rng.integers(0, ENDPOINTS, per_window)
-        s["intended_ns"] = t0 + np.sort(rng.integers(0, 900_000_000, per_window))
-        s["sent_ns"] = s["intended_ns"] + 50_000
-        s["end_ns"] = s["sent_ns"] + rng.lognormal(np.log(3e6), 0.5, per_window).astype(np.int64)
+        s["endpoint"] = rng.integers(0, endpoints, n)
+        s["intended_ns"] = t0 + np.sort(rng.integers(0, 900_000_000, n))
+        s["sent_ns"] = s["intended_ns"] + rng.integers(0, 100_000, n)
+        s["end_ns"] = s["sent_ns"] + rng.lognormal(np.log(3e6), 0.5, n).astype(np.int64)
         s["status"] = 200
-        batch = decode_batch(
-            encode_batch(
-                agent=0,
-                incarnation=0,
-                seq=w,
-                watermark_ns=t0 + 1_000_000_000,
-                records=s.tobytes(),
-                readings=GeneratorReadings(cpu_s=float(w)),
-            )
+        s["bytes"] = 120
+        payload = encode_batch(
+            agent=0,
+            incarnation=0,
+            seq=w,
+            watermark_ns=t0 + 1_000_000_000,
+            records=s.tobytes(),
+            readings=GeneratorReadings(cpu_s=0.01 * w, rss_bytes=50_000_000, level=float(rate)),
+            final=final,
+            engine="fast",
         )
-        agg.add(batch)
-        agg.close_until(t0 + 1_000_000_000 - 1)
-        if w + 1 in (60, 120, n_windows):
-            marks[w + 1] = (tracemalloc.get_traced_memory()[0] - base) / MIB
-    tracemalloc.stop()
-    return {f"after_{k}_windows_mib": v for k, v in marks.items()}
+        if not session.on_batch(BatchReceived(index=0, payload=payload)):
+            raise RuntimeError(f"canned batch {w} was refused")
+        session.close_ready_windows()
+
+    return session, feed
+
+
+def session_state(windows: int, rate: float, endpoints: int, marks: tuple[int, ...], out: str) -> dict[str, Any]:
+    """Bytes the coordinator's RunSession retains (tracemalloc, after a collection) at each
+    mark while canned batches fill `windows` one-second windows, and the sites that grew
+    most between the first and the last mark."""
+    import gc
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        session, feed = canned_session(tmp, windows, rate, endpoints)
+        tracemalloc.start(3)
+        base = tracemalloc.get_traced_memory()[0]
+        at: dict[int, float] = {}
+        first_snap = None
+        t0 = time.process_time()
+        for w in range(windows):
+            feed(w)
+            if w + 1 in marks:
+                gc.collect()
+                at[w + 1] = (tracemalloc.get_traced_memory()[0] - base) / MIB
+                if first_snap is None:
+                    first_snap = tracemalloc.take_snapshot()
+        cpu_ms = (time.process_time() - t0) * 1e3 / windows
+        growth = []
+        if first_snap is not None:
+            diff = tracemalloc.take_snapshot().compare_to(first_snap, "lineno")
+            growth = [f"{d.size_diff / 1024:+.1f} KiB {d.traceback[0]}" for d in diff[:5]]
+        tracemalloc.stop()
+        asyncio_close(session)
+    return {"retained_mib": at, "coordinator_ms_per_window": cpu_ms, "top_growth": growth}
+
+
+def asyncio_close(session: Any) -> None:
+    import asyncio
+
+    session.on_stream_end()
+    asyncio.run(session.close())
+
+
+def bundle_size(windows: int, rate: float, endpoints: int, out: str, stages: int = 1) -> dict[str, Any]:
+    """Bytes per file of a canned run's bundle (this horde's format), and what format 1
+    (plain windows.jsonl, 12-byte sparse buckets, sends in summary.json) would have written."""
+    import tempfile
+
+    import msgpack
+
+    from horde.coordinator.bundle.store import read_bundle
+
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        session, feed = canned_session(tmp, windows, rate, endpoints, stages)
+        for w in range(windows):
+            feed(w, final=w == windows - 1)
+        session.on_stream_end()
+        import asyncio
+
+        asyncio.run(session.close())
+        path = session.finish().bundle
+        sizes = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != "report.html"}
+        b = read_bundle(path)
+        v1_jsonl = sum(len(json.dumps(w.model_dump(by_alias=True, mode="json"))) + 1 for w in b.windows())
+        v1_msgpack = sum(len(msgpack.packb(r, use_bin_type=True)) for r in b.window_histograms())
+        v1_sends = len(json.dumps(b.sends()["counts"].tolist()))
+        v1_summary = len(json.dumps(json.loads((path / "summary.json").read_text()), indent=2)) + v1_sends
+        v1_hists = len(msgpack.packb(b.histograms(), use_bin_type=True))
+    total = sum(sizes.values())
+    replaced = ("windows.jsonl", "windows.msgpack", "sends.msgpack", "summary.json", "histograms.msgpack")
+    v1_total = total - sum(sizes.get(k, 0) for k in replaced) + v1_jsonl + v1_msgpack + v1_summary + v1_hists
+    return {
+        "windows": windows,
+        "rate_per_s": rate,
+        "endpoints": endpoints,
+        "bytes": sizes,
+        "total_bytes": total,
+        "mb_per_hour": total / windows * 3600 / 1e6,
+        "format1_windows_jsonl": v1_jsonl,
+        "format1_windows_msgpack": v1_msgpack,
+        "format1_summary_json": v1_summary,
+        "format1_histograms_msgpack": v1_hists,
+        "format1_total_bytes": v1_total,
+        "format1_mb_per_hour": v1_total / windows * 3600 / 1e6,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=200.0, help="Requests per second (steady).")
     ap.add_argument("--out", default="results", help="Where the bundle goes.")
     ap.add_argument("--json", default=None, help="Also write the figures here.")
-    ap.add_argument("--no-run", dest="run", action="store_false", help="Only the aggregator-state part.")
-    ap.add_argument("--no-state", dest="state", action="store_false", help="Only the run.")
+    ap.add_argument("--no-run", dest="run", action="store_false", help="Skip the real-time run.")
+    ap.add_argument("--no-state", dest="state", action="store_false", help="Skip the canned-session memory part.")
+    ap.add_argument("--no-sizes", dest="sizes", action="store_false", help="Skip the bundle-size part.")
+    ap.add_argument("--state-windows", type=int, default=20000, help="Canned one-second windows to retain state over.")
+    ap.add_argument("--state-rate", type=float, default=20.0, help="Samples per canned window.")
+    ap.add_argument("--state-endpoints", type=int, default=3)
+    ap.add_argument("--size-windows", type=int, default=600, help="Windows of the three-endpoint size run.")
     ap.add_argument("--bundle", default=None, help="Read this bundle instead of running (give its --minutes too).")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -210,16 +340,41 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     if args.state:
-        t0 = time.monotonic()
-        kept_all = aggregator_state(args.minutes, args.rate, None)
-        bounded = aggregator_state(args.minutes, args.rate, 120)
-        figures["aggregator_state"] = {"keep_all": kept_all, "keep_120": bounded}
+        n = args.state_windows
+        marks = (n // 4, n)
+        st = session_state(n, args.state_rate, args.state_endpoints, marks, args.out)
+        figures["session_state"] = st
+        a, b = (st["retained_mib"][m] for m in marks)
         print(
-            f"\naggregator state (tracemalloc, {ENDPOINTS} endpoints, {args.rate:g} samples/s,"
-            f" {args.minutes:g} min of windows; {time.monotonic() - t0:.0f} s to measure)"
+            f"\ncoordinator state (tracemalloc, RunSession fed canned batches: {args.state_endpoints} endpoints,"
+            f" {args.state_rate:g} samples/s, {n} one-second windows; {st['coordinator_ms_per_window']:.1f} ms CPU"
+            " a window, tracing on; loaded machine)"
         )
-        for label, marks in (("every window kept (run.py today)", kept_all), ("keep_windows=120", bounded)):
-            print(f"  {label:<34} " + "  ".join(f"{k.split('_')[1]} windows {v:7.2f} MiB" for k, v in marks.items()))
+        print(
+            f"  retained after {marks[0]} windows {a:7.3f} MiB, after {marks[1]} {b:7.3f} MiB:"
+            f" {(b - a) * MIB / (marks[1] - marks[0]):+.1f} bytes a window"
+            f" ({(b - a) * 3600 / (marks[1] - marks[0]):+.3f} MiB per hour of run)"
+        )
+        for line in st["top_growth"]:
+            print(f"    {line}")
+
+    if args.sizes:
+        figures["bundle_sizes"] = rows = [
+            bundle_size(args.size_windows, 400, 3, args.out, stages=2),
+            bundle_size(30, 5000, 200, args.out, stages=2),
+        ]
+        print("\nbundle size (canned runs through RunSession; format 1 re-encoded from the same records)")
+        print(
+            f"  {'run':<28} {'total':>10} {'MB/h':>7} {'summary':>9} {'format 1':>10} {'MB/h':>7} {'summary':>9}  files"
+        )
+        for r in rows:
+            label = f"{r['endpoints']} endpoints {r['rate_per_s']:g}/s {r['windows']} s"
+            files_ = ", ".join(f"{k} {v / 1e3:.1f} kB" for k, v in r["bytes"].items() if v > 2000)
+            print(
+                f"  {label:<28} {r['total_bytes'] / 1e6:8.2f}MB {r['mb_per_hour']:7.2f}"
+                f" {r['bytes']['summary.json'] / 1e3:7.1f}kB {r['format1_total_bytes'] / 1e6:8.2f}MB"
+                f" {r['format1_mb_per_hour']:7.2f} {r['format1_summary_json'] / 1e3:7.1f}kB  {files_}"
+            )
 
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

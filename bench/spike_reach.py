@@ -82,7 +82,7 @@ def main() -> None:
                 t0 = time.monotonic()
                 result = run_scenario(loaded, RunOptions(out_dir=str(out), install_signal_handlers=False))
                 bundle = read_bundle(result.bundle)
-                [spike] = spikes_for_run(loaded.scenario.workload, list(bundle.windows()), result.summary["sends"])
+                [spike] = spikes_for_run(loaded.scenario.workload, list(bundle.windows()), bundle.sends())
                 ttr = spike["time_to_90_s"]
                 rows.setdefault(factor, []).append(ttr)
                 gen = result.summary["generator"]

@@ -35,19 +35,40 @@ def _dig(d: Any, path: tuple[str, ...]) -> float | None:
     return d if isinstance(d, (int, float)) and not isinstance(d, bool) else None
 
 
+MAX_POINTS = 2048  # per series; Theil-Sen compares every pair (2 M pairs, ~16 MB at the end, at most)
+
+
 @dataclass
 class SoakSeries:
     """Per-window scalars of a run: one accumulator, add() per closed window. Stored as
-    array('d') (8 bytes a value): a long soak must not grow the coordinator it measures."""
+    array('d') (8 bytes a value) and bounded: once a series holds MAX_POINTS points, pairs
+    of neighbours are averaged into one and later windows are averaged `stride` at a time,
+    so a 72-hour soak keeps at most MAX_POINTS points a series (one every 2 minutes), not a
+    point a second. A long soak must not grow the coordinator it measures."""
 
     t_s: dict[str, array] = field(default_factory=dict)
     values: dict[str, array] = field(default_factory=dict)
+    max_points: int = MAX_POINTS
+    _pending: dict[str, list[float]] = field(default_factory=dict)  # name -> [sum t, sum v, windows]
+    _stride: dict[str, int] = field(default_factory=dict)  # windows per stored point
 
     def _put(self, name: str, t: float, v: float | None) -> None:
         if v is None:
             return
-        self.t_s.setdefault(name, array("d")).append(t)
-        self.values.setdefault(name, array("d")).append(float(v))
+        acc = self._pending.setdefault(name, [0.0, 0.0, 0])
+        acc[0] += t
+        acc[1] += float(v)
+        acc[2] += 1
+        stride = self._stride.get(name, 1)
+        if acc[2] < stride:
+            return
+        ts, vs = self.t_s.setdefault(name, array("d")), self.values.setdefault(name, array("d"))
+        ts.append(acc[0] / stride)
+        vs.append(acc[1] / stride)
+        acc[:] = [0.0, 0.0, 0]
+        if len(ts) >= self.max_points:
+            self.t_s[name], self.values[name] = _halved(ts), _halved(vs)
+            self._stride[name] = stride * 2
 
     def add(self, window: dict) -> None:
         t = float(window.get("end_s", window.get("index", 0) + 1))
@@ -57,6 +78,14 @@ class SoakSeries:
         for agent, r in (window.get("generator") or {}).items():
             label = agent if not r.get("incarnation") else f"{agent}#{r['incarnation']}"
             self._put(f"agent_rss:{label}", t, r.get("rss_bytes") or None)
+
+
+def _halved(a: array) -> array:
+    """Neighbouring pairs averaged (an odd last point kept as it is)."""
+    out = array("d", ((a[i] + a[i + 1]) / 2 for i in range(0, len(a) - 1, 2)))
+    if len(a) % 2:
+        out.append(a[-1])
+    return out
 
 
 def analyse(series: SoakSeries, *, time_scale: float = 1.0) -> dict:

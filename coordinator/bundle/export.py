@@ -29,7 +29,7 @@ import io
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -214,8 +214,20 @@ def _base_time_s(bundle: Bundle) -> float:
         return 0.0
 
 
-def _window_spans(bundle: Bundle) -> dict[int, tuple[float, float]]:
-    return {w.index: (w.start_s, w.end_s) for w in bundle.windows()}
+def _window_spans(bundle: Bundle) -> Callable[[int], tuple[float, float]]:
+    """index -> (start_s, end_s) from windows.jsonl, read alongside the histograms (both are in
+    index order), so a long run's spans are never all in memory; (index, index + 1) where a
+    window's line is missing."""
+    lines = iter(bundle.windows())
+    current: list = [next(lines, None)]
+
+    def span(index: int) -> tuple[float, float]:
+        while current[0] is not None and current[0].index < index:
+            current[0] = next(lines, None)
+        w = current[0]
+        return (w.start_s, w.end_s) if w is not None and w.index == index else (float(index), float(index + 1))
+
+    return span
 
 
 def window_series(
@@ -236,32 +248,36 @@ def window_series(
 def hdr_interval_log(bundle: Bundle, endpoint: str | None = None, series: str = "latency") -> str:
     """The per-window histograms of ``series`` (latency, service_time or send_lag) of one
     endpoint, or of all endpoints merged, as an HdrHistogram interval log."""
+    return "".join(line + "\n" for line in hdr_log_lines(bundle, endpoint, series))
+
+
+def hdr_log_lines(bundle: Bundle, endpoint: str | None = None, series: str = "latency") -> Iterator[str]:
+    """hdr_interval_log's lines, one window at a time (a comment line at the end counts the
+    values above the layout's range, which the format cannot hold)."""
+    if series not in SERIES:
+        raise ValueError(f"series must be one of {', '.join(SERIES)}, not {series!r}")
     base = _base_time_s(bundle)
-    spans = _window_spans(bundle)
-    lines: list[str] = []
-    overflow = 0
-    for index, h in window_series(bundle, endpoint, series):
-        start, end = spans.get(index, (float(index), float(index + 1)))
-        overflow += h.overflow
-        max_ms = (h.max_ns or 0) / MAX_VALUE_DIVISOR
-        lines.append(f"{start:.3f},{end - start:.3f},{max_ms:.3f},{encode_histogram(h)}")
     name = bundle.manifest.scenario_name or "?"
     scope = f"endpoint {endpoint}" if endpoint is not None else "all endpoints"
     started = datetime.fromtimestamp(base, timezone.utc).isoformat() if base else "unknown"
-    head = [
+    yield from (
         f"#[Histogram log format version {LOG_FORMAT_VERSION}]",
         f"#[horde {_one_line(name)}: {series}, {_one_line(scope)}; one interval per window]",
         "#[Values in nanoseconds; Interval_Max in milliseconds (max value divisor 1000000.0)]",
         f"#[Layout: lowest 1, highest {HIGHEST_TRACKABLE_NS}, {SIGNIFICANT_FIGURES} significant figures]",
-    ]
-    if overflow:
-        head.append(f"#[{overflow} values above {HIGHEST_TRACKABLE_NS} ns are not representable and left out]")
-    head += [
         f"#[StartTime: {base:.3f} (seconds since epoch), {started}]",
         f"#[BaseTime: {base:.3f} (seconds since epoch)]",
         '"StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"',
-    ]
-    return "\n".join(head + lines) + "\n"
+    )
+    span = _window_spans(bundle)
+    overflow = 0
+    for index, h in window_series(bundle, endpoint, series):
+        start, end = span(index)
+        overflow += h.overflow
+        max_ms = (h.max_ns or 0) / MAX_VALUE_DIVISOR
+        yield f"{start:.3f},{end - start:.3f},{max_ms:.3f},{encode_histogram(h)}"
+    if overflow:
+        yield f"#[{overflow} values above {HIGHEST_TRACKABLE_NS} ns are not representable and left out]"
 
 
 def _one_line(s: object) -> str:
@@ -279,5 +295,10 @@ def write_hdr_log(bundle_path: str | Path, endpoint: str | None = None, series: 
     """Write ``<series>[-<endpoint>].hlog`` into the bundle; returns its path."""
     bundle = read_bundle(bundle_path)
     path = bundle.path / hdr_log_name(endpoint, series)
-    files.write_text(path, hdr_interval_log(bundle, endpoint, series))
+    lines = hdr_log_lines(bundle, endpoint, series)
+    first = next(lines)  # a bad series fails here, before the file is begun
+    with files.replacing(path, "w") as f:  # streamed, one window at a time
+        f.write(first + "\n")
+        for line in lines:
+            f.write(line + "\n")
     return path

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-BUNDLE_FORMAT = 1  # bundle_format this horde writes
-READABLE_FORMATS = frozenset({1})  # bundle_format values this horde reads
+BUNDLE_FORMAT = 2  # bundle_format this horde writes (2: compact, gzip-streamed windows; sends.msgpack)
+READABLE_FORMATS = frozenset({1, 2})  # bundle_format values this horde reads
 
 
 _QUEUED_NAMES = AliasChoices("generator_queued_sends", "queued_sends")  # the second: bundles before issue 14
@@ -208,7 +208,10 @@ class Nodes(Record):
 
 class Sends(Record):
     bin_s: float = 0.1
-    counts: list[int] = Field(default_factory=list)
+    counts: list[int] = Field(default_factory=list)  # format 1: every bin; format 2: empty (see `file`)
+    file: str | None = None  # format 2: "sends.msgpack", the bins as the run handed them off
+    bins: int | None = None  # format 2: how many bins the file covers
+    sends: int | None = None  # format 2: all sends counted
 
 
 class TimeInfo(Record):

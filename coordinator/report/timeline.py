@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from horde.coordinator.bundle.schema import Stats as ScopeStats
@@ -88,13 +87,6 @@ class Timeline:
         return [p.quantiles.get(scope, {}).get(name) for p in self.points]
 
 
-def _count_lines(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
 def endpoint_order(bundle: Bundle) -> list[str]:
     """Endpoint names in the scenario's order: from the summary, else the plan, else the scenario."""
     names: list[str] = []
@@ -123,7 +115,7 @@ def _window_quantiles(d: ScopeStats) -> dict[str, float | None]:
 
 def build_timeline(bundle: Bundle, max_points: int = MAX_POINTS) -> Timeline:
     """Stream the bundle's windows into at most ``max_points`` points."""
-    n_lines = _count_lines(bundle.path / "windows.jsonl")
+    n_lines = bundle.window_count()
     group = max(1, math.ceil(n_lines / max_points))
     scopes = endpoint_order(bundle)
     seen_scopes = set(scopes)

@@ -10,6 +10,7 @@ from typing import Any
 
 from horde.cluster.connect import ray_binding
 from horde.cluster.events import ClusterShape
+from horde.coordinator.bundle.schema import BUNDLE_FORMAT
 from horde.coordinator.plan import Plan
 from horde.coordinator.scenario.load import LoadedScenario
 from horde.coordinator.scenario.redact import Redactor
@@ -70,7 +71,7 @@ def build_manifest(
     redactor = getattr(loaded, "redactor", None) or Redactor()  # tests hand in stand-ins
     manifest: dict[str, Any] = {
         "horde_version": __version__,
-        "bundle_format": 1,
+        "bundle_format": BUNDLE_FORMAT,
         "scenario": loaded.as_run,
         "scenario_file": str(loaded.source),
         "outcome": "running",

@@ -181,7 +181,7 @@ class RunSession:
         self.live = LiveEvaluator([t.rule() for t in scenario.thresholds])
         self.totals: dict[str, AgentTotals] = {}
         self.resources = ResourceSeries()
-        self.sends = SendCounter()
+        self.sends = SendCounter(sink=self.writer.append_sends)  # the run's sends stream to the bundle
         self.checker = BatchChecker(RunBounds(endpoints=len(plan.endpoints), stages=len(plan.stage_names)))
         self.bad_batches = BadBatches()
         self.user_errors: dict[str, int] = {}  # exception type name -> iterations it ended

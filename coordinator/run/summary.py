@@ -7,6 +7,10 @@ the fleet's batches; what they return goes into the bundle and the live view unc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
+
 from horde.agents.stages import Profile
 from horde.cluster.events import AgentLost
 from horde.coordinator.bundle.outcome import Outcome
@@ -18,38 +22,82 @@ from horde.coordinator.plan import Plan
 
 
 class SendCounter:
-    """Actual sends per 100 ms (all endpoints): how fast the generator reached a planned level."""
+    """Actual sends per 100 ms (all endpoints): how fast the generator reached a planned level.
+
+    Memory holds only the last RETAIN_BINS bins: older ones go to `sink(first_bin, counts)`
+    (the bundle's sends.msgpack) once the newest send is RETAIN_BINS past them, and a
+    straggler for a bin already handed off goes there as a one-bin record (records add up).
+    A 72-hour run keeps ~20 s of bins, not 2.6 million. Without a sink every bin is kept
+    (tests, tools that want the whole series in memory)."""
 
     BIN_NS = 100_000_000
+    RETAIN_BINS = 1200  # 2 minutes: a response may complete (and be reported) this long after its send
 
-    def __init__(self) -> None:
-        import numpy as np
-
-        self._np = np
+    def __init__(self, sink: Callable[[int, np.ndarray], None] | None = None) -> None:
+        self._sink = sink
+        self._base = 0  # bin index of self._counts[0]; every bin below it went to the sink
         self._counts = np.zeros(0, dtype=np.int64)
+        self._held = 0  # bins in use at the front of self._counts
+        self.total = 0
 
-    def add(self, sent_ns) -> None:
-        np = self._np
+    def add(self, sent_ns: np.ndarray) -> None:
+        """Raw samples' send times (ns of run time; a send before the start counts in bin 0)."""
         if len(sent_ns) == 0:
             return
         bins = np.maximum(sent_ns, 0) // self.BIN_NS
-        c = np.bincount(bins)
-        if len(c) > len(self._counts):
-            self._counts = np.concatenate([self._counts, np.zeros(len(c) - len(self._counts), np.int64)])
-        self._counts[: len(c)] += c
+        first = int(bins.min())
+        self.add_counts(first, np.bincount(bins - first))
 
-    def add_counts(self, first_bin: int, counts) -> None:
-        """Sends an agent counted itself: counts[i] in bin first_bin + i (an aggregated batch)."""
-        np = self._np
+    def add_counts(self, first_bin: int, counts: np.ndarray) -> None:
+        """Sends already counted per bin: counts[i] in bin first_bin + i (an agent's
+        aggregated batch, or add() above)."""
+        counts = np.asarray(counts, dtype=np.int64)
         if len(counts) == 0:
             return
-        end = first_bin + len(counts)
+        self.total += int(counts.sum())
+        first_bin = max(int(first_bin), 0)
+        late = max(0, min(self._base - first_bin, len(counts)))  # bins already handed off (a sink's; base is 0 without)
+        if late and self._sink is not None:
+            for k in np.flatnonzero(counts[:late]):  # a straggler: a one-bin record (records add up)
+                self._sink(first_bin + int(k), counts[k : k + 1].copy())
+        counts, first_bin = counts[late:], first_bin + late
+        if len(counts) == 0:
+            return
+        start = first_bin - self._base
+        end = start + len(counts)
         if end > len(self._counts):
-            self._counts = np.concatenate([self._counts, np.zeros(end - len(self._counts), np.int64)])
-        self._counts[first_bin:end] += counts
+            grown = np.zeros(max(end, 2 * len(self._counts)), np.int64)
+            grown[: len(self._counts)] = self._counts
+            self._counts = grown
+        self._counts[start:end] += counts
+        self._held = max(self._held, end)
+        if self._sink is not None and self._held > 2 * self.RETAIN_BINS:
+            self._hand_off(self._held - self.RETAIN_BINS)
+
+    def _hand_off(self, n_bins: int) -> None:
+        assert self._sink is not None
+        self._sink(self._base, self._counts[:n_bins].copy())
+        kept = self._counts[n_bins : self._held]
+        self._counts = np.zeros(max(len(kept), 1) * 2, np.int64)
+        self._counts[: len(kept)] = kept
+        self._base += n_bins
+        self._held -= n_bins
+
+    def finish(self) -> None:
+        """Hand every bin still held to the sink (the end of the run)."""
+        if self._sink is not None and self._held:
+            self._hand_off(self._held)
 
     def counts(self) -> list[int]:
-        return self._counts.tolist()
+        """The bins still held (all of them without a sink)."""
+        return self._counts[: self._held].tolist()
+
+    def summary(self) -> dict:
+        """summary.json's `sends`: the series itself without a sink, else where it went."""
+        if self._sink is None:
+            return {"bin_s": self.BIN_NS / 1e9, "counts": self.counts()}
+        self.finish()
+        return {"bin_s": self.BIN_NS / 1e9, "file": "sends.msgpack", "bins": self._base, "sends": self.total}
 
 
 class ScopeView:
@@ -131,7 +179,7 @@ def build_summary(
         "lost_agents": lost,
         "target_resources": resources.summary(),
         "nodes": nodes_summary,
-        "sends": {"bin_s": SendCounter.BIN_NS / 1e9, "counts": sends.counts()},
+        "sends": sends.summary(),
         "late_samples": agg.late_samples,
         "engines": plan.engines,
     }

@@ -44,9 +44,10 @@ class WindowRecorder:
         self.writer, self.alert_engine, self.progress = writer, alert_engine, progress
         self.profile = Profile(plan.agents[0].start_level, plan.agents[0].stages)
         self.soak_series = SoakSeries()
-        # Kept only when the plan has spikes: the spike analysis reads every window at the end.
+        # Kept only when the plan has spikes: the spike analysis reads every window at the end,
+        # so each keeps what it reads (its bounds and totals, its merged histograms sparse).
         self.spike_windows: list[dict] | None = [] if find_spikes(self.profile) else None
-        self.spike_totals: dict[int, object] = {}
+        self.spike_totals: dict[int, dict] = {}
         self.cumulative = {"requests": 0, "errors": 0}
         self.agent_cpu: dict[str, tuple[float, int]] = {}  # agent label -> (cpu_s, window) last seen
         self.alerts_log: list[dict] = []  # resolved alerts, for the summary
@@ -59,8 +60,8 @@ class WindowRecorder:
         wd["coordinator"] = {"rss_bytes": float(self._me.memory_info().rss)}
         self.soak_series.add(wd)
         if self.spike_windows is not None:
-            self.spike_windows.append(wd)
-            self.spike_totals[w.index] = w.total
+            self.spike_windows.append({k: wd[k] for k in ("index", "start_s", "end_s", "total")})
+            self.spike_totals[w.index] = w.total.to_sparse()
         self._observe_alerts(w, wd)
         wd["nodes"] = self.node_series.window(w.index)
         self.writer.append_window(
@@ -104,7 +105,7 @@ class WindowRecorder:
             summary["spikes"] = spikes_for_run(
                 self.profile,
                 self.spike_windows,
-                summary["sends"],
+                self.writer.sends(),
                 model=self.plan.agents[0].model,
                 histograms=self.spike_totals,
             )

@@ -301,7 +301,7 @@ def find_breaking_point(
         steps,
         windows,
         hists,
-        result.summary.get("sends", {}),
+        bundle.sends(),  # summary.json (format 1) or sends.msgpack (format 2)
         break_rules,
         model=model,
         max_in_flight=search.scenario.workload.max_in_flight,

@@ -6,6 +6,7 @@ found a regression), never a traceback."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import shutil
@@ -97,7 +98,8 @@ def test_a_bad_middle_line_is_skipped_counted_and_the_later_lines_read(good: Pat
 
 def test_a_torn_last_line_is_skipped_quietly(good: Path, tmp_path: Path) -> None:
     bundle = shutil.copytree(good, tmp_path / "bundle")
-    lines = (bundle / "windows.jsonl").read_text().splitlines()
+    lines = gzip.decompress((bundle / "windows.jsonl").read_bytes()).decode().splitlines()  # format 2: gzip
+    # a plain (format 1) file, torn
     (bundle / "windows.jsonl").write_text("\n".join(lines) + "\n" + lines[0][:20])
     b = read_bundle(bundle)
     assert len(list(b.windows())) == len(lines) and b.problems == []
@@ -145,7 +147,9 @@ def damage(good: Path, dest: Path, kind: str, name: str, seed: int) -> Path:
         f.write_text(json.dumps(_replace_somewhere(json.loads(data), rng, rng.choice(WRONG))))
     elif kind == "types" and name == "histograms.msgpack":
         value = rng.choice([v for v in WRONG if not (isinstance(v, int) and v > 2**64)])
-        f.write_bytes(msgpack.packb(_replace_somewhere(msgpack.unpackb(data), rng, value)))
+        zipped = data.startswith(b"\x1f\x8b")  # format 2: one gzip member
+        entries = _replace_somewhere(msgpack.unpackb(gzip.decompress(data) if zipped else data), rng, value)
+        f.write_bytes(gzip.compress(msgpack.packb(entries)) if zipped else msgpack.packb(entries))
     elif kind == "types":  # a .jsonl or the windows' msgpack stream: a bad record in the middle
         lines = data.split(b"\n")
         lines[len(lines) // 2] = rng.choice([b"{", b"[1]", b'{"index": "x"}', b"\xff\xfe", b"1" * 5000])

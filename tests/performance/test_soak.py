@@ -15,7 +15,6 @@ is x 3600 / compression).
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import pytest
 
 from horde.coordinator.analysis.trends import generator_rss_series, leak_verdict, trend, window_series
 from horde.coordinator.bundle.outcome import Outcome
+from horde.coordinator.bundle.store import read_bundle
 from horde.coordinator.run.session import RunOptions, RunResult, run_scenario
 from horde.coordinator.scenario.load import load_scenario
 
@@ -51,8 +51,8 @@ def at(url: str) -> str:
 
 
 def windows_of(result: RunResult) -> list[dict]:
-    with open(result.bundle / "windows.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    # Through the reader: windows.jsonl is a gzip stream since bundle format 2.
+    return [w.model_dump(by_alias=True, mode="json") for w in read_bundle(result.bundle).windows()]
 
 
 def leak_figures(soak: dict) -> dict:

@@ -23,7 +23,7 @@ def spike_analysis(loaded, result):
         for sparse in h["endpoints"].values():
             total.merge(Stats.from_sparse(sparse))
         hists[int(h["index"])] = total
-    return spikes_for_run(loaded.scenario.workload, list(b.windows()), result.summary["sends"], histograms=hists)
+    return spikes_for_run(loaded.scenario.workload, list(b.windows()), b.sends(), histograms=hists)
 
 
 def brief(s):
