@@ -79,6 +79,7 @@ _mono = time.monotonic_ns
 _ARRIVAL_CHUNK = 4096
 _LOOP_LAG_PERIOD_S = 0.05
 _USER_CONTROL_PERIOD_S = 0.05
+_FLUSH_YIELD_NS = 3_000_000  # a flush waits for a send due within this (see _flush_every_interval)
 _NO_LEASE_NS = 1 << 62  # an agent run without a lease (tests, benchmarks): never lapses
 
 
@@ -778,6 +779,11 @@ class TrafficAgent:
             delay = k * interval - self._now()
             if delay > 0:
                 await asyncio.sleep(delay / 1e9)
+            # A send due in the next moment goes first: building the batch would hold it
+            # back (constant arrivals at 1/s, 2/s... fall on the flush instants).
+            due = self._timer_at - self._now() if self._timer is not None else -1
+            if 0 <= due < _FLUSH_YIELD_NS:
+                await asyncio.sleep(due / 1e9 + 0.001)
             if self._now() >= self._lease_until:  # nothing sent or in flight after a lapse
                 self._lapse()
                 return
