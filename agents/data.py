@@ -19,6 +19,9 @@ Orders:
   predecessor's share: the lost agent may have used any part of it in requests it never
   reported, so the rest of that share goes unused rather than risk a row twice.
 
+Every row handed out and every refusal is counted where it happens (`next`), whichever
+engine, flow or Python user asked; `take_counts` gives what is new since the last batch.
+
 Pure apart from the generator's state: no clock, no I/O.
 """
 
@@ -47,14 +50,15 @@ _DRAWS = 4096  # random order: row indexes drawn this many at a time (one numpy 
 
 
 class _Feed:
-    __slots__ = ("spec", "pos", "used", "exhausted", "draws")
+    __slots__ = ("spec", "pos", "used", "exhausted", "draws", "told_used", "told_exhausted")
 
     def __init__(self, spec: DataFeed, start: int) -> None:
         self.spec = spec
         self.pos = start
-        self.used = 0
+        self.used = 0  # rows handed out
         self.exhausted = 0  # requests refused for want of a row
         self.draws: list[int] = []
+        self.told_used = self.told_exhausted = 0  # what take_counts has already reported
 
 
 class DataFeeds:
@@ -117,6 +121,17 @@ class DataFeeds:
         out = {}
         for name, f in self._feeds.items():
             out[name] = {"used": f.used, "exhausted": f.exhausted, "share": len(f.spec.rows)}
+        return out
+
+    def take_counts(self) -> dict[str, list[int]]:
+        """Per file with something new: [rows handed out, refusals for want of a row] since the
+        last call (each agent batch carries them: the batch field `data`, agents/samples.py)."""
+        out = {}
+        for name, f in self._feeds.items():
+            used, exhausted = f.used - f.told_used, f.exhausted - f.told_exhausted
+            if used or exhausted:
+                out[name] = [used, exhausted]
+                f.told_used, f.told_exhausted = f.used, f.exhausted
         return out
 
 

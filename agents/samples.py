@@ -227,6 +227,8 @@ class Batch:
     engine: str = ""
     # Python users (issue 15): iterations ended by an exception, by its type name, this batch.
     user_errors: dict[str, int] = field(default_factory=dict)
+    # Data files (agents/data.py): name -> [rows handed out, requests refused for want of a row], this batch.
+    data_rows: dict[str, list[int]] = field(default_factory=dict)
     agg: Aggregate | None = None  # the records, aggregated (the default form)
 
     @property
@@ -267,6 +269,7 @@ def encode_batch(
     final: bool = False,
     engine: str = "",
     user_errors: dict[str, int] | None = None,
+    data_rows: dict[str, list[int]] | None = None,
 ) -> bytes:
     """Exactly one of `records` (raw) and `agg` (aggregated)."""
     if (records is None) == (agg is None):
@@ -287,6 +290,8 @@ def encode_batch(
         m["rec"] = records
     if user_errors:
         m["uerr"] = user_errors
+    if data_rows:
+        m["data"] = data_rows
     return msgpack.packb(m, use_bin_type=True)
 
 
@@ -313,6 +318,8 @@ MAX_PAYLOAD_BYTES = MAX_BATCH_RECORDS * RECORD.size + 65_536  # the records plus
 MAX_ENGINE_CHARS = 256
 MAX_USER_ERROR_TYPES = 33  # agents/user_client.py keeps 32 names and "other"
 MAX_USER_ERROR_NAME = 128
+MAX_DATA_FILES = 64  # a scenario names at most 64 (coordinator/scenario/models.py); the run checks its own count
+MAX_DATA_NAME = 128
 MAX_GROUPS = 1 << 20  # (window, endpoint, stage) groups in one aggregated batch
 MAX_BUCKETS = 1 << 23  # non-zero buckets of one histogram kind over all groups
 MAX_SEND_BINS = 1 << 16  # 100 ms bins one batch may span (~1.8 h)
@@ -369,6 +376,22 @@ def _user_errors(value: Any) -> dict[str, int]:
     return value
 
 
+def _data_rows(value: Any) -> dict[str, list[int]]:
+    """The optional `data` map: data file name -> [rows handed out, refusals], bounded in size
+    and range (the names against the scenario's files: coordinator/measure/batch_check.py)."""
+    if not isinstance(value, dict) or len(value) > MAX_DATA_FILES:
+        raise BatchFormatError(f"batch field 'data': expected a map of at most {MAX_DATA_FILES} entries")
+    for k, v in value.items():
+        name_ok = isinstance(k, str) and 0 < len(k) <= MAX_DATA_NAME
+        counts_ok = isinstance(v, list) and len(v) == 2 and all(type(n) is int and 0 <= n <= _I64_MAX for n in v)
+        if not name_ok or not counts_ok:
+            raise BatchFormatError(
+                f"batch field 'data': expected file names of at most {MAX_DATA_NAME} characters, "
+                "each with [rows used, exhausted] as non-negative integers"
+            )
+    return value
+
+
 def decode_batch(payload: bytes) -> Batch:
     """A batch from its wire form, every header field and reading checked for type and range.
 
@@ -416,6 +439,7 @@ def decode_batch(payload: bytes) -> Batch:
         final=final,
         engine=engine,
         user_errors=_user_errors(m.get("uerr", {})),
+        data_rows=_data_rows(m.get("data", {})),
         agg=agg,
     )
 

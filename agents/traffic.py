@@ -837,6 +837,7 @@ class TrafficAgent:
             final=final,
             engine=",".join(sorted(self._engines)),
             user_errors=self._user_runner.take_errors() if self._user_runner is not None else None,
+            data_rows=self.data.take_counts(),
         )
         self._seq += 1
         return payload

@@ -8,7 +8,8 @@ times within the run plus slack, end at or after send, the record count; a raw s
 stage is derived from its intended time, so bounding the times bounds the stage index) or
 an aggregated batch's groups (``check_aggregate``: window, endpoint and stage indices in
 range, every count consistent with the others, bucket indices within the layout, times
-within the run's span, the sends per 100 ms adding up to the requests).
+within the run's span, the sends per 100 ms adding up to the requests), and that the
+data-row counts name only the scenario's data files.
 
 Every column check is one numpy reduction over the whole column, not a loop over samples:
 a check must not make ingest measurably slower per sample (bench/ingest.py).
@@ -53,10 +54,25 @@ class RunBounds:
     stages: int = 1  # stage indices (of an aggregated batch's groups) are below this
     slack_ns: int = SLACK_NS
     max_records: int = MAX_BATCH_RECORDS
+    data_files: frozenset[str] = frozenset()  # the scenario's data files: a batch's `data` names only these
 
 
 def _out_of_range(name: str, value: int, low: int, high: int) -> BatchFormatError:
     return BatchFormatError(f"sample field {name!r}: {value} outside [{low}, {high}]")
+
+
+def check_data_rows(batch: Batch, bounds: RunBounds) -> None:
+    """The batch's `data` counts name only the scenario's data files (so at most that many)."""
+    rows = batch.data_rows
+    if not rows:
+        return
+    if len(rows) > len(bounds.data_files):
+        raise BatchFormatError(
+            f"batch field 'data': {len(rows)} data files, but the scenario has {len(bounds.data_files)}"
+        )
+    unknown = sorted(set(rows) - bounds.data_files)
+    if unknown:
+        raise BatchFormatError(f"batch field 'data': {unknown[0]!r} is not a data file of the scenario")
 
 
 def check_samples(batch: Batch, bounds: RunBounds, now_ns: int) -> None:
@@ -193,6 +209,7 @@ class BatchChecker:
         if batch.seq <= last:
             raise StaleBatchError(f"batch field 'seq': {batch.seq} after {last} (a duplicate or old batch)")
         check_samples(batch, self.bounds, now_ns)
+        check_data_rows(batch, self.bounds)
         self._last_seq[key] = batch.seq
 
 

@@ -6,14 +6,16 @@
       data:
         accounts: {file: accounts.csv, order: unique, rows: 100, rows_used: 100, exhausted: 20, ran_out: true}
 
-Rows used are counted from the samples: a request (or a flow iteration) that refers to a
-data file took one row of it, unless it failed as data_exhausted. A flow iteration cut off
-by the end of the run took a row but is not recorded, and rows a Python user takes with
-`client.data()` are not tied to an endpoint: for those the count is a lower bound. Pure.
+Rows are counted where they are taken: each agent counts the rows its data files hand out
+and the requests refused for want of one (agents/data.py), whether a YAML entry, a flow
+iteration or a Python user's `client.data()` asked, and each batch carries the counts since
+the last (the batch field `data`); the session sums them. A lost agent's rows taken after
+its last batch are never reported: they are not in the count. Pure.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from horde.coordinator.plan import Plan
@@ -21,18 +23,11 @@ from horde.coordinator.plan import Plan
 VERIFY_OFF = "TLS certificate verification is off (tls.verify: false): the target's identity was not checked"
 
 
-def client_summary(plan: Plan, endpoints: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """`endpoints`: the summary's per-endpoint figures (Stats.to_dict)."""
+def client_summary(plan: Plan, data_rows: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    """`data_rows`: data file -> [rows used, exhausted], summed over the run's batches."""
     data: dict[str, dict[str, Any]] = {}
     for name, info in plan.data_files.items():
-        used = exhausted = 0
-        for entry, files in plan.data_uses.items():
-            if name not in files or entry not in endpoints:
-                continue
-            stats = endpoints[entry]
-            out = int(stats.get("errors_by_class", {}).get("data_exhausted", 0))
-            exhausted += out
-            used += int(stats.get("requests", 0)) - out
+        used, exhausted = data_rows.get(name, (0, 0))
         data[name] = {**info, "rows_used": used, "exhausted": exhausted, "ran_out": exhausted > 0}
     warnings = [] if plan.tls_verify else [VERIFY_OFF]
     for name, d in data.items():

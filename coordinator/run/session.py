@@ -182,9 +182,11 @@ class RunSession:
         self.totals: dict[str, AgentTotals] = {}
         self.resources = ResourceSeries()
         self.sends = SendCounter(sink=self.writer.append_sends)  # the run's sends stream to the bundle
-        self.checker = BatchChecker(RunBounds(endpoints=len(plan.endpoints), stages=len(plan.stage_names)))
+        bounds = RunBounds(len(plan.endpoints), len(plan.stage_names), data_files=frozenset(plan.data_files))
+        self.checker = BatchChecker(bounds)
         self.bad_batches = BadBatches()
         self.user_errors: dict[str, int] = {}  # exception type name -> iterations it ended
+        self.data_rows = {name: [0, 0] for name in plan.data_files}  # file -> [rows used, exhausted], as measured
         self.faulty: list[AgentLost] = []  # agents to declare lost as faulty (lose_faulty)
         # planned = sent + missed + unsent (run/ledger.py); one sample per arrival unless flows
         self.ledger = LoadLedger(list(plan.agents), counts_arrivals=not {"flow", "python"} & set(plan.engines.values()))
@@ -338,6 +340,9 @@ class RunSession:
                 self.user_errors[name] = self.user_errors.get(name, 0) + n
             else:
                 self.user_errors["other"] = self.user_errors.get("other", 0) + n
+        for name, (used, exhausted) in b.data_rows.items():  # names checked: the scenario's data files
+            self.data_rows[name][0] += used
+            self.data_rows[name][1] += exhausted
         if b.agent in self.restoring:
             loss = self.restoring.pop(b.agent)
             loss["restored_at_s"] = round(b.watermark_ns / 1e9, 3)
@@ -515,7 +520,7 @@ class RunSession:
         summary.update(summary_extra)
         summary["load"] = self.ledger.totals()
         if not plan.tls_verify or plan.data_files:  # the client options' section (run/client_info.py)
-            summary["client"] = client_summary(plan, summary["endpoints"])
+            summary["client"] = client_summary(plan, self.data_rows)
         # Python users: the iterations an exception ended, by type (client.fail: "client.fail")
         summary["user_errors"] = dict(sorted(self.user_errors.items()))
         self.windows.add_spikes(summary)

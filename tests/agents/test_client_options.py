@@ -286,6 +286,21 @@ def test_unique_rows_run_out_with_data_exhausted():
     assert feeds.counts() == {"acc": {"used": 3, "exhausted": 1, "share": 3}}
 
 
+def test_rows_are_counted_where_they_are_taken_and_reported_once():
+    feeds = DataFeeds([_feed("unique", 3), _feed("cycle", name="c"), _feed("random", name="r")], seed=5)
+    assert feeds.take_counts() == {}  # nothing taken, nothing to report
+    feeds.next("acc"), feeds.next("c"), feeds.next("c")
+    assert feeds.take_counts() == {"acc": [1, 0], "c": [2, 0]}
+    assert feeds.take_counts() == {}  # since the last call: none
+    for _ in range(4):
+        try:
+            feeds.rows_for(["acc", "r"])  # r is drawn only while acc has a row
+        except DataExhausted:
+            pass
+    assert feeds.take_counts() == {"acc": [2, 2], "r": [2, 0]}
+    assert feeds.counts()["acc"] == {"used": 3, "exhausted": 2, "share": 3}  # the totals are unchanged
+
+
 def test_a_replacement_agent_takes_none_of_its_predecessors_unique_rows():
     feeds = DataFeeds([_feed("unique"), _feed("cycle", name="c")], index=0, count=1, incarnation=1)
     with pytest.raises(DataExhausted):

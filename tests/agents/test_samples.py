@@ -14,6 +14,7 @@ from horde.agents import samples
 from horde.agents.samples import (
     FORMAT_VERSION,
     MAX_BYTES,
+    MAX_DATA_FILES,
     MAX_PAYLOAD_BYTES,
     RECORD,
     SAMPLE_DTYPE,
@@ -310,6 +311,38 @@ def test_a_version_1_map_with_a_bad_field_is_a_batch_format_error_naming_it(payl
     with pytest.raises(BatchFormatError, match=field.replace("(", r"\(")) as info:
         decode_batch(payload)
     assert "\n" not in str(info.value)  # one line
+
+
+def test_the_data_row_counts_round_trip_and_are_left_out_when_none() -> None:
+    b = decode_batch(_payload(data_rows={"accounts": [7, 2], "p": [0, 1]}))
+    assert b.data_rows == {"accounts": [7, 2], "p": [0, 1]}
+    assert "data" not in msgpack.unpackb(_payload(data_rows={}), raw=False)
+    assert decode_batch(_payload()).data_rows == {}
+    with pytest.raises(BatchFormatError):  # more files than a scenario may name (the unpacker's cap, too)
+        decode_batch(_payload(data_rows={f"f{i}": [1, 0] for i in range(MAX_DATA_FILES + 1)}))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param([1, 2], id="not-a-map"),
+        pytest.param({"x" * 129: [1, 0]}, id="name-too-long"),
+        pytest.param({"": [1, 0]}, id="name-empty"),
+        pytest.param({"a": [-1, 0]}, id="used-negative"),
+        pytest.param({"a": [0, -3]}, id="exhausted-negative"),
+        pytest.param({"a": [1]}, id="one-count"),
+        pytest.param({"a": [1, 0, 0]}, id="three-counts"),
+        pytest.param({"a": [1.5, 0]}, id="a-float"),
+        pytest.param({"a": [True, 0]}, id="a-boolean"),
+        pytest.param({"a": 3}, id="a-number"),
+    ],
+)
+def test_a_bad_data_row_count_is_a_batch_format_error_naming_the_field(data) -> None:
+    m = msgpack.unpackb(_payload(), raw=False)
+    m["data"] = data
+    with pytest.raises(BatchFormatError, match="batch field 'data'") as info:
+        decode_batch(msgpack.packb(m, use_bin_type=True))
+    assert "\n" not in str(info.value)
 
 
 def test_an_oversize_payload_is_refused_before_it_is_unpacked() -> None:

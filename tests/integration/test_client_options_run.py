@@ -1,7 +1,8 @@
 """The HTTP client options in whole runs: HTTPS targets (the automaton and a plain aiohttp
 app) with a private CA, a self-signed certificate and mutual TLS; separate cookie sessions
 per closed-model user; per-entry timeouts and redirects under `engine: auto`; `unique` data
-rows over a three-agent run on the session's embedded Ray."""
+rows over a three-agent run on the session's embedded Ray, and rows a Python user takes
+counted in the summary."""
 
 from __future__ import annotations
 
@@ -260,6 +261,40 @@ def test_unique_rows_over_a_three_agent_run(ray_cluster, tmp_path):
     accounts = summary["client"]["data"]["accounts"]
     assert accounts["rows"] == 100 and accounts["rows_used"] == len(seen) and accounts["ran_out"] is True
     assert any("'accounts' ran out" in w for w in summary["client"]["warnings"])
+
+
+@pytest.mark.timeout(120)
+def test_rows_a_python_user_takes_are_counted_in_the_summary(tmp_path):
+    rows = [f"user{i:03d}" for i in range(40)]
+    (tmp_path / "accounts.csv").write_text("user\n" + "\n".join(rows) + "\n")
+    (tmp_path / "taker.py").write_text(
+        "class Taker:\n"
+        "    async def run(self, client):\n"
+        "        row = client.data('accounts')\n"
+        "        await client.get(f\"/use/{row['user']}\", name='use')\n"
+    )
+    seen: list[str] = []
+    with serve_in_thread(_recording_app(seen)) as url:
+        path = _scenario(
+            tmp_path,
+            f"""
+            name: taker
+            target: {url}
+            data: {{accounts: {{file: accounts.csv, order: unique}}}}
+            requests:
+              - {{name: take, user: "taker.py:Taker", requests: [use]}}
+            workload: {{model: open, start: 30, stages: [{{duration: 2s, target: 30}}]}}
+            agents: 1
+            """,
+        )
+        summary = _run(path, tmp_path)
+    take = summary["endpoints"]["take"]
+    assert take["requests"] == 60  # 30 iterations a second for 2 s
+    assert sorted(seen) == rows  # every row once, and only the rows
+    accounts = summary["client"]["data"]["accounts"]
+    assert accounts["rows_used"] == len(seen) == 40  # counted where taken: the target saw exactly these
+    assert accounts["exhausted"] == take["errors_by_class"]["data_exhausted"] == 20
+    assert accounts["ran_out"] is True
 
 
 @pytest.mark.timeout(120)

@@ -124,6 +124,24 @@ def test_a_duplicate_or_old_sequence_is_stale_and_a_bad_batch_does_not_advance_i
     c.check(_batch(inc=1, seq=0), sender=0, incarnations={0: 1}, now_ns=NOW_NS)
 
 
+def test_data_row_counts_name_only_the_scenarios_data_files() -> None:
+    bounds = dataclasses.replace(BOUNDS, data_files=frozenset({"acc", "p"}))
+    c = BatchChecker(bounds)
+    inc = {0: 0}
+    good = dataclasses.replace(_batch(seq=0), data_rows={"acc": [5, 0], "p": [1, 2]})
+    c.check(good, sender=0, incarnations=inc, now_ns=NOW_NS)
+    three = dataclasses.replace(_batch(seq=1), data_rows={"acc": [1, 0], "p": [1, 0], "q": [1, 0]})
+    with pytest.raises(BatchFormatError, match="'data': 3 data files, but the scenario has 2"):
+        c.check(three, sender=0, incarnations=inc, now_ns=NOW_NS)
+    unknown = dataclasses.replace(_batch(seq=1), data_rows={"acc": [1, 0], "zz": [1, 0]})
+    with pytest.raises(BatchFormatError, match="'data': 'zz' is not a data file of the scenario"):
+        c.check(unknown, sender=0, incarnations=inc, now_ns=NOW_NS)
+    # a scenario without data files: any count is bad, none is fine
+    with pytest.raises(BatchFormatError, match="'data'"):
+        BatchChecker(BOUNDS).check(good, sender=0, incarnations=inc, now_ns=NOW_NS)
+    BatchChecker(BOUNDS).check(_batch(), sender=0, incarnations=inc, now_ns=NOW_NS)
+
+
 def test_a_strange_status_from_the_target_is_not_the_agents_fault() -> None:
     # "HTTP/1.1 042 ..." parses as 42: the target chose it, so the batch is good.
     check_samples(_with("status", 42), BOUNDS, NOW_NS)

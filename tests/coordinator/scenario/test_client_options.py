@@ -210,18 +210,17 @@ def test_unique_rows_are_dealt_without_overlap_and_all_of_them(rows, agents):
     assert all(spec.data[1].rows == cycle.rows for spec in plan.agents)  # cycle: every agent the whole file
 
 
-def test_client_summary_counts_rows_and_warns():
+def test_client_summary_reports_the_measured_rows_and_warns():
     class _Plan:
         tls_verify = False
-        data_files = {"acc": {"file": "acc.csv", "order": "unique", "rows": 10, "sha256": "x"}}
-        data_uses = {"fed": ("acc",), "flow": ("acc",)}
+        data_files = {
+            "acc": {"file": "acc.csv", "order": "unique", "rows": 10, "sha256": "x"},
+            "idle": {"file": "idle.csv", "order": "cycle", "rows": 4, "sha256": "y"},
+        }
 
-    endpoints = {
-        "fed": {"requests": 8, "errors_by_class": {"data_exhausted": 2}},
-        "flow": {"requests": 5, "errors_by_class": {"data_exhausted": 1}},
-        "other": {"requests": 100, "errors_by_class": {"data_exhausted": 50}},  # takes no row
-    }
-    out = client_summary(_Plan(), endpoints)  # type: ignore[arg-type]
+    # the session's sums of the batches' `data` counts; a file no batch named took no row
+    out = client_summary(_Plan(), {"acc": [10, 3]})  # type: ignore[arg-type]
+    assert out["data"]["idle"] == {**_Plan.data_files["idle"], "rows_used": 0, "exhausted": 0, "ran_out": False}
     assert out["data"]["acc"] == {
         "file": "acc.csv",
         "order": "unique",
