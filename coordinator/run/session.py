@@ -34,7 +34,6 @@ from horde.coordinator.measure.resources import NodeSeries, ResourceSeries
 from horde.coordinator.plan import Plan, build_plan
 from horde.coordinator.report.text import junit_xml
 from horde.coordinator.run import losses
-from horde.coordinator.run.client_info import client_summary
 from horde.coordinator.run.cpu_phases import CpuPhases
 from horde.coordinator.run.drive import drive
 from horde.coordinator.run.fleet import ClusterStarting, connect_cluster, silence_s
@@ -47,9 +46,9 @@ from horde.coordinator.run.summary import (
     SendCounter,
     abort_record,
     agent_label,
-    build_summary,
     histogram_records,
     restored_record,
+    session_summary,
     threshold_dict,
 )
 from horde.coordinator.run.target import RunError, Target, start_target_in_background
@@ -457,7 +456,7 @@ class RunSession:
         th_results = [threshold_dict(r) for r in self.live.evaluate_final(self.stats_for)]
         if self.outcome is Outcome.PASSED and any(not r["ok"] for r in th_results):
             self.outcome = Outcome.THRESHOLDS_FAILED
-        summary = self._summary(th_results)
+        summary = session_summary(self, th_results)
         self.cpu.mark("analysed")
         summary["cpu"] = self.cpu.summary(summary["load"]["sent"])
         ended = datetime.now(timezone.utc)
@@ -486,42 +485,3 @@ class RunSession:
         except Exception as exc:  # the report is a view of the bundle: never fail the run for it
             self.progress(f"warning: report.html was not written: {type(exc).__name__}: {exc}")
         return RunResult(outcome=self.outcome, bundle=path, summary=summary)
-
-    def _summary(self, th_results: list[dict]) -> dict:
-        plan = self.plan
-        compression = float(getattr(self.scenario, "time_compression", 1.0) or 1.0)
-        summary_extra: dict[str, Any] = {
-            "alerts": self.windows.alerts_log,
-            "time": {
-                "compression": compression,
-                "real_duration_s": plan.duration_s,
-                "simulated_duration_s": plan.duration_s * compression,
-            },
-            **self.windows.soak(compression),
-        }
-        agent_nodes: dict[str, list[str]] = {}
-        for a in getattr(self.fleet, "agents", []):
-            agent_nodes.setdefault(a.node, []).append(agent_label(a.index, a.incarnation))
-        nodes_summary = self.node_series.summary(agent_nodes)
-        summary = build_summary(
-            self.stats_for,
-            self.agg,
-            plan,
-            self.totals,
-            self.lost,
-            th_results,
-            self.outcome,
-            self.stop_reason,
-            self.resources,
-            self.sends,
-            nodes_summary,
-            bad_batches=self.bad_batches.total,
-        )
-        summary.update(summary_extra)
-        summary["load"] = self.ledger.totals()
-        if not plan.tls_verify or plan.data_files:  # the client options' section (run/client_info.py)
-            summary["client"] = client_summary(plan, self.data_rows)
-        # Python users: the iterations an exception ended, by type (client.fail: "client.fail")
-        summary["user_errors"] = dict(sorted(self.user_errors.items()))
-        self.windows.add_spikes(summary)
-        return summary

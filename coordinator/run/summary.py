@@ -8,6 +8,7 @@ the fleet's batches; what they return goes into the bundle and the live view unc
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +20,10 @@ from horde.coordinator.measure.aggregate import Aggregator
 from horde.coordinator.measure.health import generator_queueing, generator_verdict
 from horde.coordinator.measure.resources import ResourceSeries
 from horde.coordinator.plan import Plan
+from horde.coordinator.run.client_info import client_summary
+
+if TYPE_CHECKING:
+    from horde.coordinator.run.session import RunSession
 
 
 class SendCounter:
@@ -277,3 +282,44 @@ def abort_record(a: Abort) -> dict:
         "reason": a.reason,
         "observed": a.verdict.observed,
     }
+
+
+def session_summary(self: RunSession, th_results: list[dict]) -> dict:
+    """summary.json's content for a finished session (RunSession.finish)."""
+    plan = self.plan
+    compression = float(getattr(self.scenario, "time_compression", 1.0) or 1.0)
+    summary_extra: dict[str, Any] = {
+        "alerts": self.windows.alerts_log,
+        "time": {
+            "compression": compression,
+            "real_duration_s": plan.duration_s,
+            "simulated_duration_s": plan.duration_s * compression,
+        },
+        **self.windows.soak(compression),
+    }
+    agent_nodes: dict[str, list[str]] = {}
+    for a in getattr(self.fleet, "agents", []):
+        agent_nodes.setdefault(a.node, []).append(agent_label(a.index, a.incarnation))
+    nodes_summary = self.node_series.summary(agent_nodes)
+    summary = build_summary(
+        self.stats_for,
+        self.agg,
+        plan,
+        self.totals,
+        self.lost,
+        th_results,
+        self.outcome,
+        self.stop_reason,
+        self.resources,
+        self.sends,
+        nodes_summary,
+        bad_batches=self.bad_batches.total,
+    )
+    summary.update(summary_extra)
+    summary["load"] = self.ledger.totals()
+    if not plan.tls_verify or plan.data_files:  # the client options' section (run/client_info.py)
+        summary["client"] = client_summary(plan, self.data_rows)
+    # Python users: the iterations an exception ended, by type (client.fail: "client.fail")
+    summary["user_errors"] = dict(sorted(self.user_errors.items()))
+    self.windows.add_spikes(summary)
+    return summary
