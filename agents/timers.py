@@ -12,7 +12,8 @@ Three kinds (make_timers), all with call_at(due_ns, callback, *args) -> handle.c
 - "precise": the timerfd. Costs one timerfd_settime when the earliest deadline moves
   earlier, and one read(8) per wake-up; an idle wait is a blocked epoll_wait (no CPU).
   A deadline under NEAR_NS away is spun to on the loop's next turn instead, and one over
-  LEAD_AFTER_NS away wakes the loop LEAD_NS early and spins the rest (both measured in
+  LEAD_AFTER_NS away wakes the loop early (LEAD_NS at first, then adapted to the kernel's
+  measured lateness, at most MAX_LEAD_NS) and spins the rest (both measured in
   bench/send_lag.py; the figures are in docs/measurement.md).
 - "spin": the fallback where there is no timerfd (not Linux, or ctypes fails): a loop
   timer to about SPIN_NS before the deadline, then call_soon turns of the loop until it
@@ -49,6 +50,11 @@ NEAR_NS = 30_000
 # the rest. Each ends a sleep of over 4.85 ms, so at most ~200 a second: 3% of a core at worst.
 LEAD_NS = 150_000
 LEAD_AFTER_NS = 5_000_000
+# The early wake adapts to how late the kernel's wake-ups after a long sleep actually are
+# (an idle virtual machine was ~300-450 us late at 1-10 sends a second): twice their
+# running mean plus 50 us, never under LEAD_NS, never over MAX_LEAD_NS (at most 1 ms of
+# spinning per sleep of over 5 ms: under 20% of a core at the densest, ~0.1% at 1/s).
+MAX_LEAD_NS = 1_000_000
 
 _mono = time.monotonic_ns
 _CLOCK_MONOTONIC = 1
@@ -284,7 +290,9 @@ class TimerfdTimers(_HeapTimers):
         self._value = self._spec.it_value
         self._spec_ptr = ctypes.pointer(self._spec)
         self._armed_ns = 0  # when the kernel wakes us (0: not armed, or it fired)
-        self._lead = False  # it wakes us LEAD_NS early
+        self._lead = False  # it wakes us self.lead_ns early
+        self.lead_ns = LEAD_NS  # the early wake for a long sleep (adapted in _on_readable)
+        self._late_mean_ns = LEAD_NS // 2  # running mean of how late those wake-ups were
         try:
             loop.add_reader(fd, self._on_readable)
         except BaseException:
@@ -294,7 +302,7 @@ class TimerfdTimers(_HeapTimers):
     def _wake_at(self, due_ns: int, now: int) -> None:
         # A long sleep ends slowly (an idle core, a cold cache): wake LEAD_NS early and spin.
         lead = due_ns - now > LEAD_AFTER_NS
-        at = due_ns - LEAD_NS if lead else due_ns
+        at = due_ns - self.lead_ns if lead else due_ns
         armed = self._armed_ns
         if armed and armed <= at:
             return  # the kernel wakes us in time already
@@ -310,8 +318,12 @@ class TimerfdTimers(_HeapTimers):
             os.read(self._fd, 8)  # the expiry count; reading it clears readability
         except BlockingIOError:  # re-armed after it fired: nothing to read yet
             pass
-        self._armed_ns = 0
-        self._run_due(NEAR_NS + LEAD_NS if self._lead else NEAR_NS)
+        armed, self._armed_ns = self._armed_ns, 0
+        if self._lead:
+            late = _mono() - armed  # the kernel's lateness after a long sleep
+            self._late_mean_ns += (max(late, 0) - self._late_mean_ns) >> 3
+            self.lead_ns = min(MAX_LEAD_NS, max(LEAD_NS, 2 * self._late_mean_ns + 50_000))
+        self._run_due(NEAR_NS + self.lead_ns if self._lead else NEAR_NS)
 
     def close(self) -> None:
         if self._fd < 0:

@@ -14,7 +14,15 @@ import pytest
 
 from horde.agents import timers as timers_mod
 from horde.agents.runner import new_event_loop
-from horde.agents.timers import KINDS, SpinTimers, TimerfdTimers, make_timers, sleep_until
+from horde.agents.timers import (
+    KINDS,
+    LEAD_NS,
+    MAX_LEAD_NS,
+    SpinTimers,
+    TimerfdTimers,
+    make_timers,
+    sleep_until,
+)
 
 LINUX = sys.platform.startswith("linux")
 
@@ -227,3 +235,26 @@ def test_a_dense_schedule_lets_the_loop_turn_between_callbacks(loop) -> None:
     seen = loop.run_until_complete(main())
     turned = sum(b > a for a, b in itertools.pairwise(seen))
     assert turned >= 20  # spinning from one callback to the next in one turn gives 0
+
+
+@pytest.mark.skipif(not LINUX, reason="timerfd is Linux only")
+def test_the_early_wake_adapts_to_how_late_the_kernel_wakes_within_its_bounds(loop) -> None:
+    t = TimerfdTimers(loop)
+    try:
+
+        def wake(late_ns: int, times: int) -> None:
+            for _ in range(times):
+                t._lead = True
+                t._armed_ns = time.monotonic_ns() - late_ns  # the kernel woke us this late
+                t._on_readable()
+
+        assert t.lead_ns == LEAD_NS
+        wake(400_000, 60)  # an idle machine: long sleeps end ~400 us late
+        assert 700_000 < t.lead_ns <= MAX_LEAD_NS
+        wake(5_000_000, 60)  # far later: the spin stays bounded
+        assert t.lead_ns == MAX_LEAD_NS
+        wake(0, 120)  # wake-ups on time again: back to the floor
+        assert t.lead_ns == LEAD_NS
+        assert t.call_at(time.monotonic_ns() + 10**9, lambda: None)  # still serves deadlines
+    finally:
+        t.close()
