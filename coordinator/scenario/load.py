@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ValidationError,
@@ -26,7 +25,6 @@ from horde.agents.tls import make_ssl_context
 from horde.coordinator.scenario.attachments import AttachmentError, Attachments, read_attachments
 from horde.coordinator.scenario.models import (
     _NAME_MESSAGE,
-    REDACTED,
     Loc,
     Scenario,
     _body_problems,
@@ -34,8 +32,15 @@ from horde.coordinator.scenario.models import (
     _unique_name_problems,
     _workload_problems,
 )
-from horde.coordinator.scenario.redact import Redactor, _is_secret, _sensitive_header, redact
-from horde.coordinator.scenario.safe_yaml import parse_yaml, value_problems, yaml_value
+from horde.coordinator.scenario.overrides import (
+    describe_kind,
+    override_label,
+    parse_override,
+    sensitive_key_text,
+    set_path,
+)
+from horde.coordinator.scenario.redact import Redactor, _is_secret, redact
+from horde.coordinator.scenario.safe_yaml import parse_yaml, value_problems
 from horde.coordinator.scenario.user_code import attach_user_code
 from horde.coordinator.scenario.users import OTHER, UserEntry
 from horde.coordinator.units import parse_duration
@@ -165,9 +170,9 @@ def parse_scenario(
     parsed_overrides = []
     for text_ in overrides:
         try:
-            parsed_overrides.append((text_, *_parse_override(text_)))
+            parsed_overrides.append((text_, *parse_override(text_)))
         except ValueError as exc:
-            problems.append(Problem(_override_label(text_), str(exc)))
+            problems.append(Problem(override_label(text_), str(exc)))
 
     data, yaml_problems = _read_yaml(text, source)
     if data is None:
@@ -180,9 +185,9 @@ def parse_scenario(
 
     for text_, loc, value in parsed_overrides:
         try:
-            _set_path(data, loc, value)
+            set_path(data, loc, value)
         except ValueError as exc:
-            problems.append(Problem(_override_label(text_), str(exc)))
+            problems.append(Problem(override_label(text_), str(exc)))
             continue
         secrets = {s for s in secrets if s[: len(loc)] != loc}
 
@@ -217,7 +222,7 @@ def _redactor(text: str, overrides: Sequence[str], env: Mapping[str, str]) -> Re
     values = [env[name] for name in set(_REFERENCED.findall(text)) if env.get(name)]
     for text_ in overrides:
         key, sep, raw = text_.partition("=")
-        if sep and _sensitive_key_text(key):
+        if sep and sensitive_key_text(key):
             values.append(raw.strip().strip("'\""))
     return Redactor.of(values)
 
@@ -238,14 +243,8 @@ def _read_yaml(text: str, source: str) -> tuple[dict[str, Any] | None, list[Prob
     if data is None:
         return None, [*problems, Problem(source, f"the scenario is empty; expected {expected}")]
     if not isinstance(data, dict):
-        return None, [*problems, Problem(source, f"expected {expected} at the top, got {_kind(data)}")]
+        return None, [*problems, Problem(source, f"expected {expected} at the top, got {describe_kind(data)}")]
     return data, problems
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
 
 
 # Interpolation.
@@ -327,89 +326,6 @@ def _interpolate(data: Any, env: Mapping[str, str]) -> tuple[Any, set[Loc], list
         return node
 
     return walk(data, ()), secrets, problems
-
-
-# Overrides: bounded so that a key and its value nest no deeper than a file may
-# (MAX_SET_KEY_PARTS + the value's own MAX_DEPTH).
-MAX_SET_KEY_CHARS = 256
-MAX_SET_KEY_PARTS = 16
-MAX_SET_VALUE_CHARS = 65536
-_OVERRIDE_KEY = re.compile(r"\.?([^.\[\]=\s]+)|\[(\d+)\]")
-
-
-def _override_label(text: str) -> str:
-    key, sep, _ = text.partition("=")
-    if sep and _sensitive_key_text(key):
-        text = f"{key}={REDACTED}"
-    if not text.isprintable():  # a control character would act on the terminal it is printed to
-        text = text.encode("unicode_escape").decode("ascii")
-    return f"--set {text}" if len(text) <= 100 else f"--set {text[:97]}..."
-
-
-def _sensitive_key_text(key: str) -> bool:
-    parts = [part for part in re.split(r"[.\[\]]", key.strip()) if part]
-    return bool(parts) and _sensitive_header(parts[-1])
-
-
-def _parse_override(text: str) -> tuple[Loc, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep:
-        raise ValueError("expected KEY=VALUE, e.g. workload.stages[0].target=10")
-    key = key.strip()
-    if len(key) > MAX_SET_KEY_CHARS:
-        raise ValueError(f"the key is longer than {MAX_SET_KEY_CHARS} characters")
-    if len(raw) > MAX_SET_VALUE_CHARS:
-        raise ValueError(f"the value is longer than {MAX_SET_VALUE_CHARS} characters")
-    loc: list[str | int] = []
-    pos = 0
-    while pos < len(key):
-        m = _OVERRIDE_KEY.match(key, pos)
-        if (
-            m is None
-            or (pos == 0 and (not m.group(1) or key.startswith(".")))
-            or (pos > 0 and m.group(1) and key[pos] != ".")
-        ):
-            raise ValueError(
-                f"invalid key {key!r} at character {pos + 1}: expected dotted names with [index], "
-                "e.g. workload.stages[0].target"
-            )
-        loc.append(m.group(1) if m.group(1) else int(m.group(2)))
-        pos = m.end()
-    if not loc:
-        raise ValueError("empty key: expected KEY=VALUE, e.g. workload.stages[0].target=10")
-    if len(loc) > MAX_SET_KEY_PARTS:
-        raise ValueError(f"the key is {len(loc)} levels deep; at most {MAX_SET_KEY_PARTS}")
-    try:
-        value = yaml_value(raw)
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ValueError(f"the value is not valid YAML: {problem}") from None
-    return tuple(loc), value
-
-
-def _set_path(data: dict[str, Any], loc: Loc, value: Any) -> None:
-    node: Any = data
-    for depth, part in enumerate(loc):
-        last = depth == len(loc) - 1
-        here = _format_loc(loc[:depth]) or "the top level"
-        if isinstance(part, int):
-            if not isinstance(node, list):
-                raise ValueError(f"{here} is {_kind(node)}, not a list: cannot use [{part}]")
-            if part > len(node):
-                raise ValueError(
-                    f"index [{part}] is out of range: {here} has {len(node)} entries (use [{len(node)}] to append)"
-                )
-            if part == len(node):
-                node.append(None if last else ([] if isinstance(loc[depth + 1], int) else {}))
-        else:
-            if not isinstance(node, dict):
-                raise ValueError(f"{here} is {_kind(node)}, not a mapping: cannot set {part!r} in it")
-            if part not in node and not last:
-                node[part] = [] if isinstance(loc[depth + 1], int) else {}
-        if last:
-            node[part] = value
-        else:
-            node = node[part]
 
 
 # Validation errors -> problems.
