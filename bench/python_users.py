@@ -59,7 +59,12 @@ AGENT = textwrap.dedent("""
     n = 0
     for p in out:
         b = decode_batch(p)
-        n += sum(1 for e in b.samples["endpoint"].tolist() if "/" in names[e] or len(names) == 1)
+        if b.agg is not None:  # aggregated (the default): requests per (window, endpoint, stage)
+            g = b.agg.groups
+            pairs = zip(g["endpoint"].tolist(), g["requests"].tolist())
+            n += sum(int(r) for e, r in pairs if "/" in names[e] or len(names) == 1)
+        else:
+            n += sum(1 for e in b.samples["endpoint"].tolist() if "/" in names[e] or len(names) == 1)
     print("REQUESTS", n)
 """)
 
