@@ -87,14 +87,7 @@ class StatsBlock:
                 if count == 0:
                     continue
                 h = getattr(self.stats(row), name) if name in KINDS else self.histogram(name, row)
-                h.count += count
-                h.overflow += overflow
-                h.clamped += clamped
-                h.sum_ns += total
-                if h.min_ns is None or lo < h.min_ns:
-                    h.min_ns = lo
-                if h.max_ns is None or hi > h.max_ns:
-                    h.max_ns = hi
+                h.add_figures(count, overflow, clamped, lo, hi, total)
             self._p_hist[name][rows] = 0
             self._p_min[name][rows] = np.iinfo(np.int64).max
             self._p_max[name][rows] = -1

@@ -178,6 +178,11 @@ class Histogram:
             if counts is _NO_COUNTS:
                 counts = self._counts = np.zeros(COUNTS_LEN, dtype=np.int64)
             counts[idx] += cnt  # distinct indices: no np.add.at needed
+        self.add_figures(count, overflow, clamped, lo, hi, total)
+
+    def add_figures(self, count: int, overflow: int, clamped: int, lo: int, hi: int, total: int) -> None:
+        """Add the figures a bucket array cannot give (count, overflow, clamped, min, max and
+        the sum of the values added), for buckets added elsewhere (measure/blocks.py)."""
         self.count += count
         self.overflow += overflow
         self.clamped += clamped
