@@ -15,7 +15,6 @@ directory can be moved or copied whole.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sqlite3
@@ -40,99 +39,14 @@ from horde.coordinator.bundle.schema import Summary, as_manifest, as_summary
 # split) imports the text from here; it may import it from report.history_text instead.
 from horde.coordinator.report.history_text import text_history as text_history
 from horde.coordinator.report.history_text import text_track as text_track
+from horde.coordinator.workflows.history_schema import SCHEMA, SCHEMA_VERSION, check_row_types, expected_columns
 
-SCHEMA_VERSION = 1
 DEFAULT_FILENAME = "history.sqlite3"
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    bundle_path TEXT NOT NULL UNIQUE,
-    scenario TEXT NOT NULL,
-    started TEXT,
-    ended TEXT,
-    outcome TEXT,
-    complete INTEGER NOT NULL,
-    duration_s REAL,
-    {", ".join(f"{c} REAL" for c in HEADLINE)},
-    thresholds_total INTEGER,
-    thresholds_failed INTEGER,
-    saturated INTEGER,
-    target_memory_max_bytes REAL,
-    horde_version TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_by_scenario ON runs (scenario, started);
-CREATE TABLE IF NOT EXISTS run_endpoints (
-    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-    endpoint TEXT NOT NULL,
-    {", ".join(f"{c} REAL" for c in HEADLINE)},
-    PRIMARY KEY (run_id, endpoint)
-);
-CREATE TABLE IF NOT EXISTS run_thresholds (
-    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-    position INTEGER NOT NULL,
-    expr TEXT NOT NULL,
-    endpoint TEXT,
-    stage TEXT,
-    ok INTEGER NOT NULL,
-    observed REAL,
-    observed_text TEXT,
-    PRIMARY KEY (run_id, position)
-);
-CREATE TABLE IF NOT EXISTS metrics (
-    source TEXT NOT NULL,
-    name TEXT NOT NULL,
-    t_wall_s REAL NOT NULL,
-    value REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS metrics_by_name ON metrics (source, name, t_wall_s);
-CREATE TABLE IF NOT EXISTS alerts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    source TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    level TEXT NOT NULL,
-    start,
-    "end",
-    peak,
-    data TEXT NOT NULL,
-    UNIQUE (source, rule, level, start)
-);
-"""
+BUSY_TIMEOUT_S = 30.0  # how long to wait for another process's write lock
 
 
 class HistoryError(RuntimeError):
     pass
-
-
-@functools.cache
-def _expected_columns() -> dict[str, frozenset[str]]:
-    """The columns of each table as _SCHEMA makes them (read from a scratch in-memory copy)."""
-    db = sqlite3.connect(":memory:")
-    try:
-        db.executescript(_SCHEMA)
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return {t: frozenset(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in tables}
-    finally:
-        db.close()
-
-
-BUSY_TIMEOUT_S = 30.0  # how long to wait for another process's write lock
-
-
-def _check_row_types(d: dict[str, Any]) -> None:
-    """SQLite stores any type in any column: a run row's numbers must be numbers (or NULL)
-    and its texts texts before they are formatted."""
-    for col in (*HEADLINE, "duration_s", "thresholds_total", "thresholds_failed", "target_memory_max_bytes"):
-        v = d.get(col)
-        if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
-            raise ValueError(f"{col} is {type(v).__name__} {str(v)[:40]!r}, not a number")
-    for col in ("bundle_path", "scenario"):
-        if not isinstance(d.get(col), str):
-            raise ValueError(f"{col} is not text")
-    for col in ("started", "ended", "outcome", "horde_version"):
-        if d.get(col) is not None and not isinstance(d[col], str):
-            raise ValueError(f"{col} is not text")
 
 
 def _summary_from_windows(bundle: Any) -> Summary | None:
@@ -174,7 +88,7 @@ class History:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._tx():
-                for stmt in _SCHEMA.split(";"):
+                for stmt in SCHEMA.split(";"):
                     if stmt.strip():
                         self._db.execute(stmt)
                 row = self._db.execute("SELECT version FROM schema_version").fetchone()
@@ -199,7 +113,7 @@ class History:
     def _check_columns(self) -> None:
         """Every table has the columns horde reads: a damaged schema (a flipped byte renames
         a column) is a clear error here, not a KeyError in a later query."""
-        for table, wanted in _expected_columns().items():
+        for table, wanted in expected_columns().items():
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})").fetchall()}
             if missing := wanted - have:
                 raise HistoryError(
@@ -345,7 +259,7 @@ class History:
         for r in rows:
             d = dict(r)
             try:
-                _check_row_types(d)
+                check_row_types(d)
                 d["complete"] = bool(d["complete"])
                 d["saturated"] = None if d["saturated"] is None else bool(d["saturated"])
                 d["bundle_path"] = self._absolute(d["bundle_path"])
