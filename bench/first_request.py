@@ -109,9 +109,9 @@ def _horde(*argv: str) -> list[str]:
     return [sys.executable, "-m", "horde.coordinator.cli", *argv]
 
 
-def _cpu(out: Path) -> dict:
+def _newest(out: Path, name: str) -> dict:
     bundles = sorted((p for p in out.iterdir() if (p / "summary.json").exists()), key=lambda p: p.stat().st_mtime)
-    return json.loads((bundles[-1] / "summary.json").read_text()).get("cpu") or {} if bundles else {}
+    return json.loads((bundles[-1] / name).read_text()) if bundles else {}
 
 
 def _runs(args, scen: Path, tmp: Path, env: dict) -> list[float]:
@@ -139,10 +139,13 @@ def _runs(args, scen: Path, tmp: Path, env: dict) -> list[float]:
             print(f"run {i + 1}: no request arrived (exit {r.returncode})\n{r.stderr[-2000:]}")
             continue
         results.append(target.first - t0)
-        cpu = _cpu(tmp / "out")
+        cpu = _newest(tmp / "out", "summary.json").get("cpu") or {}
+        pool = (_newest(tmp / "out", "manifest.json").get("cluster") or {}).get("pool")
         figures = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "scope")
         first_s = target.first - t0
         print(f"run {i + 1}: first request {first_s:.2f} s after `horde run` started; cpu: {figures}")
+        if pool:
+            print(f"       agents: {pool}")
     return results
 
 

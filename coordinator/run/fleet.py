@@ -13,6 +13,8 @@ from horde.coordinator.plan import Plan
 from horde.coordinator.run.options import RunOptions
 from horde.coordinator.run.target import RunError
 
+POOL_HOLD_MARGIN_S = 600.0
+
 
 def silence_s(scenario: Any) -> float:
     # An agent silent for 1.5 flush intervals is pinged; no answer within half an interval
@@ -62,9 +64,16 @@ def connect_cluster(scenario: Any, options: RunOptions) -> Cluster:
             ready_timeout_s=options.ready_timeout_s,
             silence_s=1.5 * scenario.flush_interval,
             probe_timeout_s=0.5 * scenario.flush_interval,
+            # the warm head of `horde up` keeps agents warm (cluster/pool.py): leased for the run's
+            # planned length and a margin, given back at its end
+            pool_hold_s=_pool_hold_s(plan, scenario) if options.warm else None,
         ),
         connection,
     )
+
+
+def _pool_hold_s(plan: Plan, scenario: Any) -> float:
+    return plan.duration_s + scenario.workload.graceful_stop + POOL_HOLD_MARGIN_S
 
 
 class ClusterStarting:

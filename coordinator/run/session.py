@@ -239,6 +239,8 @@ class RunSession:
         except Exception as exc:
             raise RunError(f"agents could not start: {exc}") from exc
         manifest["agents"] = [i.__dict__ for i in infos]
+        if getattr(self.fleet, "pool_note", ""):  # agents leased from the pool of `horde up`
+            manifest["cluster"]["pool"] = self.fleet.pool_note
         writer.write_manifest(manifest)
         self.start_wall_ns = self.now_ns() + int(self.start_lead_s * 1e9)
         manifest["start_wall_ns"] = self.start_wall_ns
