@@ -82,7 +82,10 @@ def run_scenario(
     cpu = CpuPhases()
     starting = start_target_in_background(scenario)  # the automaton starts while Ray starts
     try:
-        cluster = cluster_starting.result() if cluster_starting is not None else connect_cluster(scenario, options)
+        if cluster_starting is not None:
+            cluster = cluster_starting.result(scenario)
+        else:
+            cluster = connect_cluster(scenario, options)
         target = starting.result()
         if target.process is not None:
             cpu.exclude_pid = target.process.pid
