@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 
 from horde.agents.spec import AgentSpec
@@ -174,3 +176,30 @@ class AgentRunner:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+
+# Threads that run an agent (AgentRunner.stream names them so), and the modules that Python
+# users' files are loaded into (agents/users.py load_user_class).
+_AGENT_THREAD_PREFIX = "horde-agent-"
+_USER_MODULE_PREFIX = "horde_user_"
+
+
+def reset_for_reuse(runner: AgentRunner | None, timeout_s: float = SETTLE_S + 1.0) -> bool:
+    """Make this process ready to host another run's agent (a pooled Ray actor, cluster/pool.py).
+
+    Stops `runner`'s agent, waits (blocking, at most `timeout_s`) for every agent thread of the
+    process to end, and drops the modules that Python users' files were loaded into (their
+    module-level state). Everything else an agent holds (endpoint tables, data feeds, lease
+    and fence, batch sequence, stamps, send timers) lives in its AgentRunner and TrafficAgent,
+    which the next run builds anew from its own spec. False: an agent thread still runs; the
+    process must not host another agent.
+    """
+    if runner is not None:
+        runner.stop()
+    deadline = time.monotonic() + timeout_s
+    for t in threading.enumerate():
+        if t.name.startswith(_AGENT_THREAD_PREFIX) and t is not threading.current_thread():
+            t.join(max(0.0, deadline - time.monotonic()))
+    for name in [m for m in sys.modules if m.startswith(_USER_MODULE_PREFIX)]:
+        sys.modules.pop(name, None)
+    return not any(t.is_alive() and t.name.startswith(_AGENT_THREAD_PREFIX) for t in threading.enumerate())

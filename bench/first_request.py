@@ -6,6 +6,7 @@ also prints the CPU its summary reports outside the steady state (summary.json `
 
     python bench/first_request.py [--repeat 3] [--address ADDR]
     python bench/first_request.py --warm [--repeat 3]   # `horde up` first, `horde down` after
+    python bench/first_request.py --warm --pool 0       # the warm Ray without its agent pool
 
 --warm uses a state directory of its own (HORDE_STATE_DIR), so it never touches a warm Ray
 the user has up.
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--address", default=None)
     ap.add_argument("--warm", action="store_true", help="attach to a warm Ray started by `horde up` for the bench")
+    ap.add_argument("--pool", type=int, default=None, help="with --warm: `horde up --pool N` (default: up's own)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="horde-first-"))
     scen = tmp / "s.yaml"
@@ -82,7 +84,8 @@ def main() -> None:
     env = dict(os.environ)
     if args.warm:
         env["HORDE_STATE_DIR"] = str(tmp / "state")
-        up = subprocess.run(_horde("up"), capture_output=True, text=True, timeout=180, env=env)
+        pool = [] if args.pool is None else ["--pool", str(args.pool)]
+        up = subprocess.run(_horde("up", *pool), capture_output=True, text=True, timeout=180, env=env)
         print(up.stdout.strip() or up.stderr.strip())
         if up.returncode != 0:
             return
@@ -109,9 +112,9 @@ def _horde(*argv: str) -> list[str]:
     return [sys.executable, "-m", "horde.coordinator.cli", *argv]
 
 
-def _cpu(out: Path) -> dict:
+def _newest(out: Path, name: str) -> dict:
     bundles = sorted((p for p in out.iterdir() if (p / "summary.json").exists()), key=lambda p: p.stat().st_mtime)
-    return json.loads((bundles[-1] / "summary.json").read_text()).get("cpu") or {} if bundles else {}
+    return json.loads((bundles[-1] / name).read_text()) if bundles else {}
 
 
 def _runs(args, scen: Path, tmp: Path, env: dict) -> list[float]:
@@ -139,10 +142,13 @@ def _runs(args, scen: Path, tmp: Path, env: dict) -> list[float]:
             print(f"run {i + 1}: no request arrived (exit {r.returncode})\n{r.stderr[-2000:]}")
             continue
         results.append(target.first - t0)
-        cpu = _cpu(tmp / "out")
+        cpu = _newest(tmp / "out", "summary.json").get("cpu") or {}
+        pool = (_newest(tmp / "out", "manifest.json").get("cluster") or {}).get("pool")
         figures = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "scope")
         first_s = target.first - t0
         print(f"run {i + 1}: first request {first_s:.2f} s after `horde run` started; cpu: {figures}")
+        if pool:
+            print(f"       agents: {pool}")
     return results
 
 

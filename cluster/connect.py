@@ -145,22 +145,46 @@ def _dashboard_deps_missing() -> ImportError | None:
     return None
 
 
+def _no_api_server(self, **_kwargs) -> None:
+    """Node.start_api_server for the lean head: no API server process (lean_head)."""
+
+
+def _free_agent_port(params_cls: type) -> type:
+    """Ray's RayParams with the dashboard agent's HTTP port free (0) unless one is given."""
+
+    class FreeAgentPortParams(params_cls):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs.setdefault("dashboard_agent_listen_port", 0)
+            super().__init__(*args, **kwargs)
+
+    return FreeAgentPortParams
+
+
 @contextlib.contextmanager
 def lean_head() -> Iterator[None]:
     """Start a head node that has what a horde run uses, and no more.
 
     Left out while ray.init starts it: the autoscaler's monitor process (a single-node Ray
-    for one machine never scales; ~0.5 s of CPU at start and a poll loop after it), and the
-    import of Ray's dashboard dependencies into this process (found instead of imported).
+    for one machine never scales; ~0.5 s of CPU at start and a poll loop after it); the API
+    server (Ray's dashboard head, started even with include_dashboard=False for its job and
+    state APIs, which horde does not use: ~0.8 s of CPU, and ray.init polls until it is up
+    before it starts the raylet); and the import of Ray's dashboard dependencies into this
+    process (found instead of imported). The dashboard agent's HTTP port is picked free
+    (0) instead of Ray's fixed 52365: when another Ray on the machine holds that port (a
+    `horde up`, a second run), the agent retries its bind for 3.3 s and the raylet, waiting
+    for the agent, registers that much later (docs/start.md).
     Each is a private name of Ray 2.60 (tests/cluster/test_lean_head.py checks they exist):
     where one is gone, the head starts as Ray starts it by default, only slower.
     """
     import ray._private.node as ray_node
+    import ray._private.parameter as ray_parameter
     import ray._private.utils as ray_utils
 
     patches = [
         (ray_node.Node, "start_monitor", lambda self: None),
+        (ray_node.Node, "start_api_server", _no_api_server),
         (ray_utils, "get_dashboard_dependency_error", _dashboard_deps_missing),
+        (ray_parameter, "RayParams", _free_agent_port(ray_parameter.RayParams)),
     ]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches if hasattr(obj, name)]
     for obj, name, new in patches:

@@ -23,13 +23,15 @@ from horde.cluster.fanin import FanIn, held
 
 if TYPE_CHECKING:
     from horde.cluster.nodes import NodeMonitors
+    from horde.cluster.pool import PoolLease
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
 class TrafficAgentActor:
     """Thin actor: hands the work to horde.agents.runner.AgentRunner (plain Python, tested without Ray)."""
 
-    def __init__(self, spec: AgentSpec) -> None:
+    def __init__(self, spec: AgentSpec | None) -> None:
+        """`spec` None: a pooled agent (cluster/pool.py), given its spec by configure()."""
         from horde.agents.probe import raise_fd_limit
         from horde.agents.runner import AgentRunner, raise_priority
 
@@ -37,9 +39,31 @@ class TrafficAgentActor:
         # Every thread of this process above Ray's daemons and the coordinator on the node
         # (the agent's loop thread sets its own again); see agents/runner.py AGENT_NICE.
         self._priority = raise_priority(whole_process=True)
-        # Fenced unless the coordinator acks its batches: a partitioned node's agent, or
-        # every agent of a dead coordinator, stops within the term (agents/lease.py).
-        self._runner = AgentRunner(spec, lease_term_s=lease_term_s(spec.flush_interval_s))
+        self._runner: AgentRunner | None = None
+        self._code = ""
+        if spec is not None:
+            self._runner = _new_runner(spec)
+        else:
+            from horde.cluster.pool import code_hash
+
+            self._code = code_hash()  # the code this process imported, checked by each run
+
+    async def configure(self, spec: AgentSpec, code: str) -> dict:
+        """A pooled agent takes a run's spec: a clean host (reset), then a new runner. Raises when
+        this process runs other horde code than the run's (`code`), or did not settle."""
+        if code != self._code:
+            raise RuntimeError("this pooled agent runs other horde code than the run")
+        if not await self.reset():
+            raise RuntimeError("this pooled agent's last run did not settle")
+        self._runner = _new_runner(spec)
+        return await self.ready()
+
+    async def reset(self) -> bool:
+        """End the last run's agent and its state (agents/runner.py reset_for_reuse)."""
+        from horde.agents.runner import reset_for_reuse
+
+        runner, self._runner = self._runner, None
+        return await asyncio.to_thread(reset_for_reuse, runner)
 
     async def ready(self) -> dict:
         return {
@@ -50,17 +74,34 @@ class TrafficAgentActor:
         }
 
     async def stream(self, start_wall_ns: int, resume_ns: int | None = None):
+        if self._runner is None:
+            raise RuntimeError("this agent has no spec (a pooled agent not configured)")
         async for payload in self._runner.stream(start_wall_ns, resume_ns):
             yield payload
 
     async def ack(self, seq: int) -> None:
-        self._runner.ack(seq)
+        if self._runner is not None:
+            self._runner.ack(seq)
 
     async def lease_stats(self) -> dict:
-        return self._runner.lease_stats()
+        return self._runner.lease_stats() if self._runner is not None else {}
 
     async def stop(self) -> None:
-        self._runner.stop()
+        if self._runner is not None:
+            self._runner.stop()
+
+
+def _new_runner(spec: AgentSpec):
+    from horde.agents.runner import AgentRunner
+
+    # Fenced unless the coordinator acks its batches: a partitioned node's agent, or
+    # every agent of a dead coordinator, stops within the term (agents/lease.py).
+    return AgentRunner(spec, lease_term_s=lease_term_s(spec.flush_interval_s))
+
+
+def agent_options(cpus: float) -> dict:
+    """The options of every traffic agent actor: a run's own and the pool's (cluster/pool.py)."""
+    return {"num_cpus": cpus, "scheduling_strategy": "SPREAD"}
 
 
 def _name_error(exc: BaseException) -> tuple[str, str]:
@@ -99,8 +140,15 @@ class RayFleet:
         ready_timeout_s: float = 60.0,
         silence_s: float = 1.5,
         probe_timeout_s: float = 0.5,
+        pool_hold_s: float | None = None,
     ) -> None:
+        """`pool_hold_s`: lease agents from the pool of `horde up` (cluster/pool.py) for at most
+        this long (the run's planned length and a margin); None: create every agent."""
         self._cpus = cpus_per_agent
+        self._pool_hold_s = pool_hold_s
+        self._lease: PoolLease | None = None
+        self._lease_code = ""
+        self.pool_note = ""  # how many agents came from the pool, and why not more
         self._ready_timeout_s = ready_timeout_s
         self._fanin = FanIn(silence_s, _name_error, probe_timeout_s=probe_timeout_s)
         self._actors: dict[int, tuple[int, ray.actor.ActorHandle]] = {}
@@ -109,32 +157,69 @@ class RayFleet:
         self._monitors: NodeMonitors | None = None
 
     async def start(self, specs: Sequence[AgentSpec]) -> list[AgentInfo]:
-        actors = [
-            TrafficAgentActor.options(  # type: ignore[attr-defined]  # @ray.remote made it an ActorClass; mypy sees the plain class
-                num_cpus=self._cpus,
-                scheduling_strategy="SPREAD",
-                name=None,
-            ).remote(s)
-            for s in specs
-        ]
-        refs = [a.ready.remote() for a in actors]
+        pooled = await self._lease_pooled(specs)
+        fresh = [s for s in specs if s.index not in pooled]
+        actors = {s.index: self._new_actor(s) for s in fresh}
+        refs = {s.index: actors[s.index].ready.remote() for s in fresh}
+        if pooled:
+            by_index = {s.index: s for s in specs}
+            tried = [(i, a, a.configure.remote(by_index[i], self._lease_code)) for i, a in pooled.items()]
+            got = await asyncio.gather(*(r for _, _, r in tried), return_exceptions=True)
+            for (i, a, _), info in zip(tried, got):
+                if isinstance(info, BaseException):  # not usable after all: a new agent instead
+                    self._drop_pooled(a)
+                    actors[i] = self._new_actor(by_index[i])
+                    refs[i] = actors[i].ready.remote()
+                else:
+                    actors[i] = a
+                    refs[i] = _done(info)
+        order = [s.index for s in specs]
         try:
-            infos = await asyncio.wait_for(asyncio.gather(*refs), self._ready_timeout_s)
+            infos = await asyncio.wait_for(asyncio.gather(*(refs[i] for i in order)), self._ready_timeout_s)
         except RayActorError as exc:  # an agent could not be built: nothing is sent anywhere
-            for a in actors:
-                _kill(a)
+            self._kill_all(actors.values())
             raise PlacementError(f"an agent could not be built: {_creation_error(exc)}") from None
         except (asyncio.TimeoutError, GetTimeoutError) as exc:
-            for a in actors:
-                _kill(a)
+            self._kill_all(actors.values())
             raise PlacementError(
                 f"{len(specs)} agents of {self._cpus:g} CPU each could not be placed within "
                 f"{self._ready_timeout_s:.0f}s (cluster resources: {ray.available_resources()})"
             ) from exc
-        for s, a, info in zip(specs, actors, infos):
-            self._actors[s.index] = (s.incarnation, a)
+        for s, info in zip(specs, infos):
+            self._actors[s.index] = (s.incarnation, actors[s.index])
             self.agents.append(AgentInfo(s.index, s.incarnation, info["pid"], info["node"], info["host"]))
         return list(self.agents)
+
+    def _new_actor(self, spec: AgentSpec):
+        options = TrafficAgentActor.options  # type: ignore[attr-defined]  # @ray.remote made it an ActorClass; mypy sees the plain class
+        return options(**agent_options(self._cpus)).remote(spec)
+
+    async def _lease_pooled(self, specs: Sequence[AgentSpec]) -> dict[int, ray.actor.ActorHandle]:
+        """Agents of the pool for the specs without Python users (a user's module may keep state)."""
+        if self._pool_hold_s is None:
+            return {}
+        from horde.cluster.pool import code_hash, lease_agents
+
+        eligible = [s for s in specs if not s.users]
+        self._lease_code = await asyncio.to_thread(code_hash)
+        self._lease = await lease_agents(len(eligible), self._cpus, self._pool_hold_s, self._lease_code)
+        if self._lease is None:
+            self.pool_note = "no agent pool on this Ray"
+            return {}
+        got = dict(zip((s.index for s in eligible), self._lease.actors))
+        self.pool_note = f"{len(got)} of {len(specs)} agent(s) from the pool of `horde up`" + (
+            f" ({self._lease.why})" if self._lease.why else ""
+        )
+        return got
+
+    def _drop_pooled(self, actor) -> None:
+        if self._lease is not None:
+            self._lease.drop(actor)
+        _kill(actor)
+
+    def _kill_all(self, actors) -> None:
+        for a in actors:
+            self._drop_pooled(a)
 
     def begin(self, start_wall_ns: int, grace_s: float) -> None:
         self._start_wall_ns = start_wall_ns
@@ -170,9 +255,8 @@ class RayFleet:
         hold_until_s = time.monotonic() + hold_s
         old = self._actors.pop(spec.index, None)
         if old is not None:
-            _kill(old[1])  # a frozen or partitioned agent must not come back and send load
-        options = TrafficAgentActor.options  # type: ignore[attr-defined]  # @ray.remote made it an ActorClass; mypy sees the plain class
-        actor = options(num_cpus=self._cpus, scheduling_strategy="SPREAD").remote(spec)
+            self._drop_pooled(old[1])  # a frozen or partitioned agent must not come back and send load
+        actor = self._new_actor(spec)
         try:
             info = await asyncio.wait_for(actor.ready.remote(), self._ready_timeout_s)
         except (asyncio.TimeoutError, GetTimeoutError, RayError) as exc:
@@ -191,7 +275,7 @@ class RayFleet:
         """A lost agent: make sure its actor is gone (it may only be frozen)."""
         cur = self._actors.get(index)
         if cur is not None and cur[0] == incarnation:
-            _kill(cur[1])
+            self._drop_pooled(cur[1])
 
     def monitor_nodes(self, on_reading) -> None:
         """One resource monitor per node, streaming from the common start instant."""
@@ -211,9 +295,14 @@ class RayFleet:
         if self._monitors is not None:
             await self._monitors.close()
         await self._fanin.close()
+        pooled = set(map(id, self._lease.actors)) if self._lease is not None else set()
         for _, a in self._actors.values():
-            _kill(a)
+            if id(a) not in pooled:
+                _kill(a)
         self._actors.clear()
+        if self._lease is not None:  # stopped by stop(); the keeper resets them before reuse
+            await self._lease.give_back()
+            self._lease = None
 
 
 def _kill(actor) -> None:
@@ -221,6 +310,10 @@ def _kill(actor) -> None:
         ray.kill(actor, no_restart=True)
     except Exception:  # already dead, or its node is gone
         pass
+
+
+async def _done(value):
+    return value
 
 
 async def _refs_to_payloads(gen) -> AsyncIterator[bytes]:

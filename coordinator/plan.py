@@ -66,6 +66,12 @@ def agent_count(requested: int | str, cluster_cpus: float) -> int:
     return int(requested)
 
 
+def agent_cpus(cluster_cpus: float, n: int) -> float:
+    """The CPUs each of `n` agents reserves on a cluster of `cluster_cpus` (the coordinator's left)."""
+    usable = max(0.1, cluster_cpus - COORDINATOR_CPUS) if cluster_cpus > COORDINATOR_CPUS else cluster_cpus
+    return round(min(1.0, max(0.05, usable / n)), 4)
+
+
 def stage_names(stages) -> tuple[str, ...]:
     """Given names, and `stage-N` for unnamed stages (never clashing with a given name)."""
     given = {s.name for s in stages if s.name}
@@ -294,11 +300,9 @@ def build_plan(
     for s in stages:
         acc += s.duration_s
         ends.append(int(round(acc * 1e9)))
-    usable = max(0.1, cluster_cpus - COORDINATOR_CPUS) if cluster_cpus > COORDINATOR_CPUS else cluster_cpus
-    cpus_per_agent = min(1.0, max(0.05, usable / n))
     return Plan(
         agents=specs,
-        cpus_per_agent=round(cpus_per_agent, 4),
+        cpus_per_agent=agent_cpus(cluster_cpus, n),
         endpoints=tuple(r.name for r in scenario.requests) + step_names + user_names,
         stage_names=names,
         stage_ends_ns=tuple(ends),

@@ -299,6 +299,7 @@ class Cluster(Record):
     cpus: float = 0.0
     nodes: list[ClusterNode] = Field(default_factory=list)
     ray_binding: RayBinding | None = None  # None: no Ray (in-process), or a bundle from before
+    pool: str = ""  # the warm Ray of `horde up`: how many agents came from its pool, and why not more
 
 
 class PlanStage(Record):

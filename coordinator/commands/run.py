@@ -59,16 +59,25 @@ def run(file, target, overrides, set_file, out_dir, address, in_process, embedde
     from horde.coordinator.run.options import RunOptions
 
     overrides = set_file_overrides(set_file) + tuple(overrides) + ((f"target={target}",) if target else ())
-    loaded = load_or_exit(file, overrides)
     warm = None
     if not (address or in_process or embedded or os.environ.get("RAY_ADDRESS")):  # RAY_ADDRESS: inside a Ray job
         from horde.coordinator.commands.up import warm_address
 
         warm = warm_address()
     options = RunOptions(address=address or warm, warm=warm is not None, in_process=in_process, out_dir=out_dir)
-    # Ray starts (or is attached to) on a thread now, while the rest of the run is imported
-    # and the target starts: its start is mostly waiting on its own processes.
-    starting = ClusterStarting(loaded.scenario, options)
+    # Ray starts (or is attached to) on a thread, while the rest of the run is imported and the
+    # target starts: its start is mostly waiting on its own processes. Attaching (the warm Ray,
+    # --address) starts nothing that a bad scenario would have to wait for, so it begins before
+    # the scenario is read; an embedded Ray only once the scenario is valid.
+    attach = bool(options.address or os.environ.get("RAY_ADDRESS")) and not in_process
+    starting = ClusterStarting(options) if attach else None
+    try:
+        loaded = load_or_exit(file, overrides)
+    except BaseException:
+        if starting is not None:
+            starting.close()
+        raise
+    starting = starting or ClusterStarting(options)
     try:
         from horde.coordinator.run.live import choose_view
         from horde.coordinator.run.session import run_scenario  # noqa: F401  (imported while Ray starts)

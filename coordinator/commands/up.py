@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
@@ -54,6 +54,7 @@ class WarmHead:
     horde_path: str
     ray_version: str
     python: str
+    pool: dict = field(default_factory=dict)  # the agent pool: keeper and agent PIDs, or its error
 
 
 def _identity() -> dict[str, str]:
@@ -83,7 +84,8 @@ def read_state() -> WarmHead | None:
     path = state_path()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return WarmHead(**{k: data[k] for k in WarmHead.__dataclass_fields__})
+        optional = {"pool"}  # absent from records of an older horde
+        return WarmHead(**{k: data[k] for k in WarmHead.__dataclass_fields__ if k not in optional or k in data})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -146,14 +148,29 @@ def warm_address() -> str | None:
     return head.address
 
 
-def start_head(num_cpus: int | None) -> WarmHead:
-    """Start cluster/head.py and record it. Raises RuntimeError if it did not come up."""
+def default_pool(num_cpus: int | None) -> tuple[int, float]:
+    """The pool that serves `agents: auto` on the warm head (and any run whose agents reserve as
+    much): that many agents, of that many CPUs each (coordinator/plan.py)."""
+    from horde.coordinator.plan import agent_count, agent_cpus
+
+    cpus = float(num_cpus or os.cpu_count() or 1)
+    n = agent_count("auto", cpus)
+    return n, agent_cpus(cpus, n)
+
+
+def start_head(num_cpus: int | None, pool: int | None = None) -> WarmHead:
+    """Start cluster/head.py (and its agent pool: `pool` agents, None: default_pool) and record
+    it. Raises RuntimeError if it did not come up."""
     from horde.coordinator import files
 
     directory = state_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = files.open_append(directory / "head.log", "ab", perm=0o600)
     cmd = [sys.executable, "-m", "horde.cluster.head"] + (["--num-cpus", str(num_cpus)] if num_cpus else [])
+    size, cpus = default_pool(num_cpus)
+    size = size if pool is None else pool
+    if size > 0:
+        cmd += ["--pool", str(size), "--pool-cpus", str(cpus)]
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True, text=True
     )
@@ -175,6 +192,7 @@ def start_head(num_cpus: int | None) -> WarmHead:
         create_time=psutil.Process(proc.pid).create_time(),
         session_dir=info.get("session_dir", ""),
         auth=str(info.get("auth", "token")),
+        pool=info.get("pool") or {},
         **_identity(),
     )
     files.write_text(state_path(), json.dumps(asdict(head), indent=2) + "\n", perm=0o600)
@@ -225,7 +243,13 @@ def _safe_create_time(p: psutil.Process) -> float | None:
 
 @click.command()
 @click.option("--num-cpus", type=int, default=None, help="CPUs the warm Ray offers (default: this machine's).")
-def up(num_cpus: int | None) -> None:
+@click.option(
+    "--pool",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Traffic agents kept warm for runs (default: as many as `agents: auto` uses; 0: none).",
+)
+def up(num_cpus: int | None, pool: int | None) -> None:
     """Start a warm, loopback-only Ray that `horde run` attaches to until `horde down`."""
     try:
         head = read_state()
@@ -240,11 +264,17 @@ def up(num_cpus: int | None) -> None:
         err(f"error: a stale warm Ray is recorded ({reason}); run `horde down` first")
         sys.exit(EXIT_ERROR)
     try:
-        head = start_head(num_cpus)
+        head = start_head(num_cpus, pool)
     except RuntimeError as exc:
         err(f"error: {exc}")
         sys.exit(EXIT_ERROR)
-    click.echo(f"horde: warm Ray up at {head.address} (pid {head.pid}, 127.0.0.1 only); `horde run` attaches to it")
+    if head.pool.get("error"):
+        err(f"warning: the agent pool did not start ({head.pool['error']}); runs create their agents")
+    pooled = len(head.pool.get("agents", []))
+    click.echo(
+        f"horde: warm Ray up at {head.address} (pid {head.pid}, 127.0.0.1 only, {pooled} pooled agent(s)); "
+        "`horde run` attaches to it"
+    )
 
 
 @click.command()

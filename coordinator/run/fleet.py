@@ -13,6 +13,8 @@ from horde.coordinator.plan import Plan
 from horde.coordinator.run.options import RunOptions
 from horde.coordinator.run.target import RunError
 
+POOL_HOLD_MARGIN_S = 600.0
+
 
 def silence_s(scenario: Any) -> float:
     # An agent silent for 1.5 flush intervals is pinged; no answer within half an interval
@@ -35,59 +37,77 @@ class Cluster:
 
 def connect_cluster(scenario: Any, options: RunOptions) -> Cluster:
     """Connect to the run's cluster. Raises RunError when Ray cannot be reached."""
+    shape, connection = _open(options)
+    return Cluster(shape, fleet_factory(scenario, options), connection)
+
+
+def _open(options: RunOptions) -> tuple[ClusterShape, Any]:
+    """The cluster's shape and the Ray connection opened (None: in-process, no Ray)."""
     if options.in_process:
         import os
         import socket
-
-        from horde.cluster.local import LocalFleet
 
         shape = ClusterShape(
             kind="in-process",
             address="",
             nodes=(NodeShape(node="local", host=socket.gethostname(), cpus=float(os.cpu_count() or 1)),),
         )
-        return Cluster(shape, lambda plan: LocalFleet(silence_s=silence_s(scenario)))
+        return shape, None
 
     from horde.cluster.connect import ClusterError, connect
-    from horde.cluster.fleet import RayFleet
 
     try:
         connection = connect(options.address, ship_horde=not options.warm)
     except ClusterError as exc:
         raise RunError(str(exc)) from exc
-    return Cluster(
-        connection.shape,
-        lambda plan: RayFleet(
-            cpus_per_agent=plan.cpus_per_agent,
-            ready_timeout_s=options.ready_timeout_s,
-            silence_s=1.5 * scenario.flush_interval,
-            probe_timeout_s=0.5 * scenario.flush_interval,
-        ),
-        connection,
+    return connection.shape, connection
+
+
+def fleet_factory(scenario: Any, options: RunOptions) -> Callable[[Plan], Any]:
+    """The fleet for a plan of this scenario: LocalFleet in-process, else RayFleet."""
+    if options.in_process:
+        from horde.cluster.local import LocalFleet
+
+        return lambda plan: LocalFleet(silence_s=silence_s(scenario))
+
+    from horde.cluster.fleet import RayFleet
+
+    return lambda plan: RayFleet(
+        cpus_per_agent=plan.cpus_per_agent,
+        ready_timeout_s=options.ready_timeout_s,
+        silence_s=1.5 * scenario.flush_interval,
+        probe_timeout_s=0.5 * scenario.flush_interval,
+        # the warm head of `horde up` keeps agents warm (cluster/pool.py): leased for the run's
+        # planned length and a margin, given back at its end
+        pool_hold_s=_pool_hold_s(plan, scenario) if options.warm else None,
     )
 
 
+def _pool_hold_s(plan: Plan, scenario: Any) -> float:
+    return plan.duration_s + scenario.workload.graceful_stop + POOL_HOLD_MARGIN_S
+
+
 class ClusterStarting:
-    """connect_cluster on a thread: Ray starts (seconds, mostly waiting on its processes) while
-    the caller imports the run's modules and starts the target. `result()` waits for it.
+    """The cluster connected on a thread: Ray starts, or is attached to (seconds, mostly waiting
+    on its processes), while the caller loads the scenario, imports the run's modules and starts
+    the target. `result(scenario)` waits for it.
 
     The thread lives until close(): Ray starts its processes with a parent-death signal
     (prctl PR_SET_PDEATHSIG), which Linux sends when the *thread* that started them ends.
     """
 
-    def __init__(self, scenario: Any, options: RunOptions) -> None:
-        self._cluster: Cluster | None = None
+    def __init__(self, options: RunOptions) -> None:
+        self._options = options
+        self._opened: tuple[ClusterShape, Any] | None = None
         self._error: BaseException | None = None
         self._connected = threading.Event()
         self._closed = threading.Event()
-        self._thread = threading.Thread(
-            target=self._connect, args=(scenario, options), name="horde-cluster", daemon=True
-        )
+        self._thread = threading.Thread(target=self._connect, args=(options,), name="horde-cluster", daemon=True)
         self._thread.start()
 
-    def _connect(self, scenario: Any, options: RunOptions) -> None:
+    def _connect(self, options: RunOptions) -> None:
         try:
-            self._cluster = connect_cluster(scenario, options)
+            self._opened = _open(options)
         except BaseException as exc:  # handed to result(); a thread must not die with it
             self._error = exc
             return
@@ -95,31 +115,33 @@ class ClusterStarting:
             self._connected.set()
         self._closed.wait()
 
-    def result(self) -> Cluster:
-        """The connected cluster. Raises RunError if Ray could not be started or reached."""
+    def result(self, scenario: Any) -> Cluster:
+        """The connected cluster, its fleets for `scenario`. Raises RunError if Ray could not be
+        started or reached."""
         self._connected.wait()
         if self._error is not None:
             if isinstance(self._error, RunError) or not isinstance(self._error, Exception):
                 raise self._error
             raise RunError(f"the cluster did not start: {type(self._error).__name__}: {self._error}")
-        assert self._cluster is not None
-        cluster = self._cluster
+        assert self._opened is not None
+        shape, connection = self._opened
         closed = self._closed
 
         def close() -> None:
             try:
-                cluster.close()
+                if connection is not None:
+                    connection.close()
             finally:
                 closed.set()
 
-        return Cluster(cluster.shape, cluster.make_fleet, _Closer(close))
+        return Cluster(shape, fleet_factory(scenario, self._options), _Closer(close))
 
     def close(self) -> None:
         """Stop what was started, waiting for the start to end (a run that failed before taking it)."""
         self._connected.wait()
         try:
-            if self._cluster is not None:
-                self._cluster.close()
+            if self._opened is not None and self._opened[1] is not None:
+                self._opened[1].close()
         finally:
             self._closed.set()
             self._thread.join()

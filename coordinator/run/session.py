@@ -82,7 +82,10 @@ def run_scenario(
     cpu = CpuPhases()
     starting = start_target_in_background(scenario)  # the automaton starts while Ray starts
     try:
-        cluster = cluster_starting.result() if cluster_starting is not None else connect_cluster(scenario, options)
+        if cluster_starting is not None:
+            cluster = cluster_starting.result(scenario)
+        else:
+            cluster = connect_cluster(scenario, options)
         target = starting.result()
         if target.process is not None:
             cpu.exclude_pid = target.process.pid
@@ -239,6 +242,8 @@ class RunSession:
         except Exception as exc:
             raise RunError(f"agents could not start: {exc}") from exc
         manifest["agents"] = [i.__dict__ for i in infos]
+        if getattr(self.fleet, "pool_note", ""):  # agents leased from the pool of `horde up`
+            manifest["cluster"]["pool"] = self.fleet.pool_note
         writer.write_manifest(manifest)
         self.start_wall_ns = self.now_ns() + int(self.start_lead_s * 1e9)
         manifest["start_wall_ns"] = self.start_wall_ns

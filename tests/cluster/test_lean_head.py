@@ -4,6 +4,7 @@ the installed Ray, or the head silently starts as Ray's default (slower) one."""
 from __future__ import annotations
 
 import ray._private.node as ray_node
+import ray._private.parameter as ray_parameter
 import ray._private.utils as ray_utils
 
 from horde.cluster.connect import _dashboard_deps_missing, lean_head
@@ -11,15 +12,31 @@ from horde.cluster.connect import _dashboard_deps_missing, lean_head
 
 def test_the_names_lean_head_replaces_exist_in_this_ray():
     assert callable(ray_node.Node.start_monitor)
+    assert callable(ray_node.Node.start_api_server)
     assert callable(ray_utils.get_dashboard_dependency_error)
+    # the dashboard agent's HTTP port is a RayParams argument, Ray's fixed port its default
+    params = ray_parameter.RayParams()
+    assert params.dashboard_agent_listen_port == 52365
+
+
+def _names():
+    return (
+        ray_node.Node.start_monitor,
+        ray_node.Node.start_api_server,
+        ray_utils.get_dashboard_dependency_error,
+        ray_parameter.RayParams,
+    )
 
 
 def test_lean_head_replaces_them_only_while_it_lasts():
-    before = (ray_node.Node.start_monitor, ray_utils.get_dashboard_dependency_error)
+    before = _names()
     with lean_head():
         assert ray_utils.get_dashboard_dependency_error is _dashboard_deps_missing
         assert ray_node.Node.start_monitor is not before[0]
-    assert (ray_node.Node.start_monitor, ray_utils.get_dashboard_dependency_error) == before
+        assert ray_node.Node.start_api_server is not before[1]
+        assert ray_parameter.RayParams().dashboard_agent_listen_port == 0  # a free port, picked by the agent
+        assert ray_parameter.RayParams(dashboard_agent_listen_port=8000).dashboard_agent_listen_port == 8000
+    assert _names() == before
 
 
 def test_the_dashboard_dependencies_are_found_without_importing_them():
