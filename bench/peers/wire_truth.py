@@ -7,17 +7,21 @@ outside its handler (reading and parsing the request, writing the answer), and e
 client sees that too. What no client can do better than is the time between the request
 and the response on the wire: this process reads every TCP packet to or from PORT on the
 loopback interface with the kernel's receive stamp (SO_TIMESTAMPNS, the same stamp the
-client's socket reads), and per connection pairs each request (the packet that starts with
+same clock as the client's socket reads), and per connection pairs each request (the packet that starts with
 a method) with the response that follows it (from the packet that starts "HTTP/" to the
 last packet of the response before the next request). Per request it records the last
 response packet's stamp minus the request's last packet's stamp, in ns.
 
 A classic BPF filter in the kernel passes only TCP packets of PORT with a payload, so the
-rest of the machine's loopback traffic never reaches this process. Each packet is seen
-once (the incoming copy, whose stamp the receiving socket gets too; loopback shows
-it twice). Commands on stdin, one a line: `get`
-prints {"ns": [...], "dropped": n} (the times since the last `get`) as one JSON line and
-forgets them; EOF ends the process. The first line on stdout is `ready`.
+rest of the machine's loopback traffic, and the port's handshakes and bare ACKs, never
+reach this process (it runs on the target's core). A packet socket bound to IPv4 gets the
+incoming copy of each loopback packet only. Its stamp is 2-6 us later than the one the
+receiving TCP socket reads for the same packet (measured here, at both ends of a
+request), so a wire time is within a few us of what the two sockets' stamps would give.
+
+Commands on stdin, one a line: `get` prints {"ns": [...], "dropped": n} (the times since
+the last `get`) as one JSON line and forgets them; EOF ends the process. The first line on
+stdout is `ready`.
 """
 
 from __future__ import annotations
@@ -43,25 +47,34 @@ _UNTIMED = -1
 
 
 def bpf_tcp_port(port: int) -> bytes:
-    """Classic BPF (as `tcpdump -dd 'ip and tcp port PORT'` on a cooked IPv4 socket whose
-    data starts at the IP header): accept TCP packets whose source or destination port is
-    `port`, whole; drop the rest."""
+    """Classic BPF for a cooked IPv4 packet socket (data starts at the IP header): accept
+    whole the TCP packets whose source or destination port is `port` and that carry a
+    payload (IP total length > IP + TCP header lengths); drop the rest (handshakes, bare ACKs,
+    every other port), so that they never wake this process."""
 
     def op(code: int, jt: int, jf: int, k: int) -> bytes:
         return struct.pack("HBBI", code, jt, jf, k)
 
     prog = [
-        op(0x30, 0, 0, 9),  # ldb [9]           ip protocol
-        op(0x15, 0, 8, 6),  # jeq #6 (tcp)      else drop
-        op(0x28, 0, 0, 6),  # ldh [6]           flags + fragment offset
-        op(0x45, 6, 0, 0x1FFF),  # jset #0x1fff  a later fragment: drop
-        op(0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf)  ip header length
-        op(0x48, 0, 0, 0),  # ldh [x+0]         source port
-        op(0x15, 2, 0, port),  # jeq port       accept
-        op(0x48, 0, 0, 2),  # ldh [x+2]         destination port
-        op(0x15, 0, 1, port),  # jeq port       accept, else drop
-        op(0x06, 0, 0, 0x40000),  # ret #262144  accept
-        op(0x06, 0, 0, 0),  # ret #0            drop
+        op(0x30, 0, 0, 9),  # 0  ldb [9]            ip protocol
+        op(0x15, 0, 16, 6),  # 1  jeq #6 (tcp)      else drop
+        op(0x28, 0, 0, 6),  # 2  ldh [6]            flags + fragment offset
+        op(0x45, 14, 0, 0x1FFF),  # 3  jset #0x1fff  a later fragment: drop
+        op(0xB1, 0, 0, 0),  # 4  ldxb 4*([0]&0xf)   x = ip header length
+        op(0x48, 0, 0, 0),  # 5  ldh [x+0]          source port
+        op(0x15, 2, 0, port),  # 6  jeq port        to the payload check
+        op(0x48, 0, 0, 2),  # 7  ldh [x+2]          destination port
+        op(0x15, 0, 9, port),  # 8  jeq port        else drop
+        op(0x50, 0, 0, 12),  # 9  ldb [x+12]        tcp data offset (high nibble)
+        op(0x54, 0, 0, 0xF0),  # 10 and #0xf0
+        op(0x74, 0, 0, 2),  # 11 rsh #2             tcp header length
+        op(0x0C, 0, 0, 0),  # 12 add x              + ip header length
+        op(0x02, 0, 0, 0),  # 13 st M[0]
+        op(0x28, 0, 0, 2),  # 14 ldh [2]            ip total length
+        op(0x61, 0, 0, 0),  # 15 ldx M[0]
+        op(0x2D, 0, 1, 0),  # 16 jgt x              a payload: accept, else drop
+        op(0x06, 0, 0, 0x40000),  # 17 ret #262144  accept
+        op(0x06, 0, 0, 0),  # 18 ret #0             drop
     ]
     return b"".join(prog)
 
