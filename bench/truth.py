@@ -1,6 +1,6 @@
 """How close each generator's latency is to the target's own truth, as ratios in one run.
 
-    python bench/truth.py [--seconds 10] [--rate 200] [--stall-seconds 10] [--runs 1]
+    python bench/truth.py [--seconds 10] [--rate 200] [--stall-seconds 10] [--runs 3] [--no-wire]
 
 The known-delay case: bench/peers/delay_target.py (aiohttp, answers after --delay-ms 20)
 pinned to --target-cpu; each generator in turn, its whole process tree pinned to
@@ -349,7 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rate", type=float, default=200.0, help="known-delay requests/s (default 200)")
     ap.add_argument("--delay-ms", type=float, default=20.0, help="the target's delay (default 20)")
     ap.add_argument("--generators", default=",".join(GENERATORS), help=f"subset of {','.join(GENERATORS)}")
-    ap.add_argument("--runs", type=int, default=1, help="repeat the known-delay case (default 1)")
+    ap.add_argument("--runs", type=int, default=3, help="repeat the known-delay case; medians over runs (default 3)")
     ap.add_argument("--stall-seconds", type=float, default=10.0, help="stall run per setting; 0: no stall case")
     ap.add_argument("--stall-rate", type=float, default=100.0)
     ap.add_argument("--freeze-s", type=float, default=1.0)
