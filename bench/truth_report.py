@@ -65,7 +65,11 @@ class Row:
 
 
 def _f(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    """`value` formatted with `spec`; "-" right-aligned to the spec's width when None."""
+    if value is None:
+        width = "".join(c for c in spec.lstrip("+").split(".")[0] if c.isdigit())
+        return "-".rjust(int(width or 1))
+    return format(value, spec)
 
 
 def format_table(rows: list[Row]) -> str:
