@@ -35,6 +35,7 @@ from horde.agents.samples import (
 )
 from horde.coordinator.measure.blocks import StatsBlock, select_groups
 from horde.coordinator.measure.histogram import Histogram, histograms_by_group
+from horde.coordinator.measure.sliding import SlidingSum
 from horde.coordinator.measure.stats import DEFAULT_QUANTILES, N_ERROR_CLASSES, Stats, quantile_key
 
 __all__ = ["DEFAULT_QUANTILES", "N_ERROR_CLASSES", "Aggregator", "Stats", "Window", "quantile_key"]
@@ -107,6 +108,8 @@ class Aggregator:
 
     ``keep_windows`` bounds how many closed windows stay stored (None: all of them);
     a late sample for a window already dropped still counts in the cumulative stats.
+    ``sliding``: the spans (in windows) ``recent`` is asked for on every window, such as the
+    alert rules' 10: each is kept as a running sum (measure/sliding.py) instead of re-merged.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class Aggregator:
         window_ns: int = 1_000_000_000,
         keep_windows: int | None = None,
         not_in_total: Sequence[str] = (),
+        sliding: Sequence[int] = (),
     ) -> None:
         """`not_in_total`: endpoints that are not HTTP requests of their own (a flow's whole-flow
         entry, whose steps are counted already): kept per endpoint, left out of totals."""
@@ -160,6 +164,9 @@ class Aggregator:
         self._watermarks: dict[int, int] = {}
         self._final: set[int] = set()
         self.late_samples = 0
+        if keep_windows is not None and any(n > keep_windows for n in sliding):
+            raise ValueError("a sliding span longer than keep_windows: the window leaving it would be gone")
+        self._sliding = {n: SlidingSum(n, self._n_endpoints, self._in_total) for n in sorted(set(sliding))}
 
     # -- ingest ------------------------------------------------------------------------
 
@@ -264,6 +271,11 @@ class Aggregator:
                 old = stored.stats.get(e_idx)
                 merged = Stats.from_sparse(old) if old is not None else Stats(self._window_s)
                 stored.stats[e_idx] = merged.merge(part).to_sparse()
+                if self._sliding:
+                    late = part.to_sparse()
+                    for n, sums in self._sliding.items():
+                        if w_idx >= self._next_close - n:  # still in that span
+                            sums.add(w_idx, e_idx, late)
 
     def _window_block(self, w_idx: int) -> StatsBlock:
         block = self._open_blocks.get(w_idx)
@@ -319,15 +331,27 @@ class Aggregator:
             per_endpoint = self._open.pop(index, {})
             generator = self._open_readings.pop(index, {})
             window = self._make_window(index, per_endpoint, generator)
-            self._closed[index] = _ClosedWindow(
+            stored = self._closed[index] = _ClosedWindow(
                 stats={e: s.to_sparse() for e, s in per_endpoint.items()}, generator=generator
             )
+            self._slide(index, stored)
             closed.append(window)
         self._next_close = max(self._next_close, upto)
         if self.keep_windows is not None:
             for index in [i for i in self._closed if i < self._next_close - self.keep_windows]:
                 del self._closed[index]
         return closed
+
+    def _slide(self, index: int, stored: _ClosedWindow) -> None:
+        """Window `index` closed: it enters each running sum, the window n before it leaves."""
+        for n, sums in self._sliding.items():
+            leaving = self._closed.get(index - n)
+            if leaving is not None:
+                for e, d in leaving.stats.items():
+                    sums.remove(e, d)
+            sums.start_window(index)
+            for e, d in stored.stats.items():
+                sums.add(index, e, d)
 
     def close_all(self) -> list[Window]:
         """Close every window that holds samples or readings (end of run)."""
@@ -401,13 +425,18 @@ class Aggregator:
                 out.merge(self._unqueued[e][s])
         return int(self._generator_queued[np.ix_(endpoints, stages)].sum()), out
 
-    def recent(self, n_windows: int, endpoint: str | None = None) -> Stats:
+    def recent(self, n_windows: int, endpoint: str | None = None, exact: bool = False) -> Stats:
         """Merged stats of the last ``n_windows`` closed windows (sliding evaluation);
-        duration_s covers those windows (fewer when fewer have closed)."""
+        duration_s covers those windows (fewer when fewer have closed). From the running sum
+        when ``n_windows`` is one of ``sliding``, unless `exact` asks for the re-merge."""
         if n_windows <= 0:
             raise ValueError("n_windows must be positive")
         first = max(0, self._next_close - n_windows)
         endpoints = self._endpoint_index(endpoint)
+        sums = None if exact else self._sliding.get(n_windows)
+        if sums is not None:
+            row = sums.total_row if endpoint is None else endpoints[0]
+            return sums.stats(row, (self._next_close - first) * self._window_s)
         parts: list[Stats] = []
         for index in range(first, self._next_close):
             stored = self._closed.get(index)
