@@ -42,6 +42,7 @@ __all__ = ["DEFAULT_QUANTILES", "N_ERROR_CLASSES", "Aggregator", "Stats", "Windo
 
 
 _CHUNK = 1 << 18  # samples per vectorised pass (keeps int64 group sums exact)
+WINDOWS_PER_BLOCK = 4  # open windows that share one StatsBlock
 
 
 def _merged(parts: Iterable[Stats], duration_s: float) -> Stats:
@@ -155,8 +156,10 @@ class Aggregator:
             [self._cum.histogram("latency_unqueued", e * n_s + s) for s in range(n_s)] for e in range(self._n_endpoints)
         ]
         self._generator_queued = np.zeros((len(self.endpoints), len(self.stage_names)), dtype=np.int64)
-        self._open: dict[int, dict[int, Stats]] = {}  # window index -> endpoint index -> Stats (its block's)
-        self._open_blocks: dict[int, StatsBlock] = {}  # window index -> its endpoints' block
+        # Open windows' endpoint stats: WINDOWS_PER_BLOCK consecutive windows share one block
+        # (window w, endpoint e at row (w % WINDOWS_PER_BLOCK) * endpoints + e), so an agent's
+        # batch, whose groups span a window or two, lands in one add per block, not one per window.
+        self._open_blocks: dict[int, StatsBlock] = {}  # w // WINDOWS_PER_BLOCK -> its block
         self._open_readings: dict[int, dict[int, dict[str, Any]]] = {}  # window -> agent -> readings
         self._closed: dict[int, _ClosedWindow] = {}
         self._next_close = 0  # every window below this index has been closed
@@ -263,7 +266,7 @@ class Aggregator:
         if w_idx > self._last_data_window:
             self._last_data_window = w_idx
         if w_idx >= self._next_close:
-            self._window_block(w_idx).stats(e_idx).merge(part)
+            self._window_block(w_idx).stats(self._window_row(w_idx, e_idx)).merge(part)
         else:
             self.late_samples += part.requests
             stored = self._closed.get(w_idx)
@@ -278,11 +281,15 @@ class Aggregator:
                             sums.add(w_idx, e_idx, late)
 
     def _window_block(self, w_idx: int) -> StatsBlock:
-        block = self._open_blocks.get(w_idx)
+        key = w_idx // WINDOWS_PER_BLOCK
+        block = self._open_blocks.get(key)
         if block is None:
-            block = self._open_blocks[w_idx] = StatsBlock(self._n_endpoints, self._window_s)
-            self._open[w_idx] = block.stats_by_row
+            block = self._open_blocks[key] = StatsBlock(WINDOWS_PER_BLOCK * self._n_endpoints, self._window_s)
         return block
+
+    def _window_row(self, w_idx: int, e_idx: Any) -> Any:
+        """The row of (window, endpoint) in its window block (ints or arrays)."""
+        return (w_idx % WINDOWS_PER_BLOCK) * self._n_endpoints + e_idx
 
     def _add_aggregate(self, agg: Aggregate, agent: int, seq: int) -> None:
         """An agent's aggregated batch: its groups' buckets are added with one np.add.at per
@@ -303,12 +310,19 @@ class Aggregator:
             agg, endpoints * self._n_stages + stages, extra={"latency_unqueued": "latency_unqueued"}
         )
         np.add.at(self._generator_queued, (endpoints, stages), groups["generator_queued"].astype(np.int64))
-        self._last_data_window = max(self._last_data_window, int(windows.max()))
+        w_lo, w_hi = int(windows.min()), int(windows.max())
+        self._last_data_window = max(self._last_data_window, w_hi)
+        if w_lo >= self._next_close and w_lo // WINDOWS_PER_BLOCK == w_hi // WINDOWS_PER_BLOCK:
+            # The usual batch: every group in open windows of one block, added at once.
+            self._window_block(w_lo).add_aggregate(agg, self._window_row(windows, endpoints))
+            return
         for w_idx in np.unique(windows).tolist():
             mask = windows == w_idx
             part = agg if bool(mask.all()) else select_groups(agg, mask)
             if w_idx >= self._next_close:
-                self._window_block(w_idx).add_aggregate(part, part.groups["endpoint"].astype(np.int64))
+                self._window_block(w_idx).add_aggregate(
+                    part, self._window_row(w_idx, part.groups["endpoint"].astype(np.int64))
+                )
             else:  # late: one endpoint's stats at a time into the stored window
                 for e_idx in np.unique(part.groups["endpoint"]).tolist():
                     late = StatsBlock(1, self._window_s)
@@ -325,10 +339,16 @@ class Aggregator:
         upto = watermark_ns // self.window_ns  # windows [.., upto) end at or before it
         closed: list[Window] = []
         for index in range(self._next_close, upto):
-            block = self._open_blocks.pop(index, None)
+            key, slot = divmod(index, WINDOWS_PER_BLOCK)
+            # A block's last window takes it: the closed windows' Stats keep its rows alive.
+            block = self._open_blocks.pop(key, None) if slot == WINDOWS_PER_BLOCK - 1 else self._open_blocks.get(key)
+            per_endpoint: dict[int, Stats] = {}
             if block is not None:
                 block.sync()
-            per_endpoint = self._open.pop(index, {})
+                base = slot * self._n_endpoints
+                per_endpoint = {
+                    row - base: st for row, st in block.stats_by_row.items() if base <= row < base + self._n_endpoints
+                }
             generator = self._open_readings.pop(index, {})
             window = self._make_window(index, per_endpoint, generator)
             stored = self._closed[index] = _ClosedWindow(
@@ -355,7 +375,7 @@ class Aggregator:
 
     def close_all(self) -> list[Window]:
         """Close every window that holds samples or readings (end of run)."""
-        pending = list(self._open) + list(self._open_readings)
+        pending = [w for w in [self._last_data_window, *self._open_readings] if w >= self._next_close]
         if not pending:
             return []
         return self.close_until((max(pending) + 1) * self.window_ns)
