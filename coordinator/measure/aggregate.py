@@ -86,6 +86,8 @@ class Window:
     by_endpoint: dict[str, Stats]  # endpoints with samples in this window
     total: Stats
     generator: dict[int, dict[str, Any]] = field(default_factory=dict)  # agent -> readings
+    # by_endpoint in Stats.to_sparse() form, as the aggregator stored it at close (None: not made)
+    sparse: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, Any]:
         return {
@@ -354,6 +356,7 @@ class Aggregator:
             stored = self._closed[index] = _ClosedWindow(
                 stats={e: s.to_sparse() for e, s in per_endpoint.items()}, generator=generator
             )
+            window.sparse = {self.endpoints[e]: stored.stats[e] for e in sorted(stored.stats)}
             self._slide(index, stored)
             closed.append(window)
         self._next_close = max(self._next_close, upto)

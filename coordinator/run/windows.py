@@ -64,9 +64,8 @@ class WindowRecorder:
             self.spike_totals[w.index] = w.total.to_sparse()
         self._observe_alerts(w, wd)
         wd["nodes"] = self.node_series.window(w.index)
-        self.writer.append_window(
-            wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}}
-        )
+        sparse = w.sparse if w.sparse is not None else {k: v.to_sparse() for k, v in w.by_endpoint.items()}
+        self.writer.append_window(wd, {"index": w.index, "endpoints": sparse})
         return window_info(w, self.plan, self.profile, self.cumulative, self.agent_cpu, self.alert_engine, lost)
 
     def _observe_alerts(self, w: Any, wd: dict) -> None:
