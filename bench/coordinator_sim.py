@@ -2,7 +2,7 @@
 
     python bench/coordinator_sim.py [--agents 8,64,256] [--groups 10,1000]
                                     [--rates 5000,20000,40000] [--seconds 4] [--actors 4]
-                                    [--flush-s 1] [--exact-alerts] [--lags]
+                                    [--flush-s 1] [--exact-alerts] [--no-ack] [--lags]
 
 Simulated agents are Ray actors replaying realistic aggregated batches (no HTTP): each
 actor hosts several simulated agents, each with its own agent index and batch stream
@@ -12,7 +12,9 @@ synthetic records at the step's per-agent rate (lognormal latencies, 1% errors, 
 code (agents/aggregate.py); every flush interval (`--flush-s`, 1 s as scenarios default
 to; 2 s is `flush_interval: 2s`) it stamps each of its agents' batch with its windows,
 sequence and watermark and yields it from a Ray streaming generator, as the real fleet
-does. The coordinator (this process) runs the session's ingest path: decode_batch,
+does, and the coordinator acks each batch as it arrives (the lease: one fire-and-forget actor
+call per batch, as cluster/fanin.py; `--no-ack` leaves it out). The coordinator (this
+process) runs the session's ingest path: decode_batch,
 BatchChecker.check, Aggregator.add, SendCounter.add_counts, close_until the agents' low
 watermark, and for every closed window the work WindowRecorder does with it
 (Window.to_dict, its sparse histograms, and the alert rules over the last 10 windows of the
@@ -84,6 +86,9 @@ class SimAgents:
         self.indices = indices
         self.templates: list = []
 
+    def ack(self, agent: int, seq: int) -> None:
+        """The coordinator's per-batch lease ack (cluster/fleet.py sends one per batch received)."""
+
     def prepare(self, rate: int, groups: int, flush_s: int) -> int:
         # A few distinct batch streams per actor, shared round-robin by its agents.
         self.templates = [make_template(rate, groups, self.indices[0] * 7 + k, flush_s) for k in range(3)]
@@ -110,7 +115,9 @@ class SimAgents:
                 )
 
 
-async def coordinate(actors, n_agents: int, groups: int, seconds: int, flush_s: int, exact_alerts: bool) -> dict:
+async def coordinate(
+    actors, n_agents: int, groups: int, seconds: int, flush_s: int, exact_alerts: bool, ack: bool = True
+) -> dict:
     """The coordinator's side of one step; returns its figures."""
     from horde.agents.samples import decode_batch
     from horde.coordinator.judge.alerts import metrics_from_stats
@@ -169,8 +176,13 @@ async def coordinate(actors, n_agents: int, groups: int, seconds: int, flush_s: 
         figures["window_cpu_s"] += time.thread_time() - c1
 
     async def consume(actor) -> None:
+        seq = 0
         async for ref in actor.stream.remote(start_wall_ns, seconds // flush_s, flush_s):
-            ingest(await ref)
+            payload = await ref
+            if ack:  # as cluster/fanin.py does for the real fleet: fire and forget, before ingest
+                actor.ack.remote(0, seq)
+                seq += 1
+            ingest(payload)
 
     c0 = time.process_time()
     t0 = time.thread_time()
@@ -181,9 +193,11 @@ async def coordinate(actors, n_agents: int, groups: int, seconds: int, flush_s: 
     return figures
 
 
-def run_step(ray, actors, n_agents: int, groups: int, rate: int, seconds: int, flush_s: int, exact: bool) -> dict:
+def run_step(
+    ray, actors, n_agents: int, groups: int, rate: int, seconds: int, flush_s: int, exact: bool, ack: bool
+) -> dict:
     ray.get([a.prepare.remote(rate, groups, flush_s) for a in actors])
-    f = asyncio.run(coordinate(actors, n_agents, groups, seconds, flush_s, exact))
+    f = asyncio.run(coordinate(actors, n_agents, groups, seconds, flush_s, exact, ack))
     total_rate = n_agents * rate
     lags = f["lags_s"][flush_s:] or f["lags_s"]  # the first flush's windows wait for the step to start
     busy = f["busy_s"][flush_s:] or f["busy_s"]
@@ -219,6 +233,7 @@ def main() -> None:
     ap.add_argument("--lags", action="store_true", help="print how late each window closed (s), in order")
     ap.add_argument("--flush-s", type=int, default=1, help="seconds between an agent's batches (flush_interval)")
     ap.add_argument("--exact-alerts", action="store_true", help="alert rules re-merge 10 windows (the old way)")
+    ap.add_argument("--no-ack", action="store_true", help="leave out the per-batch lease ack the real fleet sends")
     args = ap.parse_args()
 
     from horde.cluster.connect import connect
@@ -237,7 +252,17 @@ def main() -> None:
             actors = [sim.remote(list(range(i, n_agents, n_actors))) for i in range(n_actors)]
             for groups in [int(x) for x in args.groups.split(",")]:
                 for rate in [int(x) for x in args.rates.split(",")]:
-                    r = run_step(ray, actors, n_agents, groups, rate, args.seconds, args.flush_s, args.exact_alerts)
+                    r = run_step(
+                        ray,
+                        actors,
+                        n_agents,
+                        groups,
+                        rate,
+                        args.seconds,
+                        args.flush_s,
+                        args.exact_alerts,
+                        not args.no_ack,
+                    )
                     print(
                         f"{r['agents']:>6}  {r['groups']:>18}  {r['rate']:>12,}  {r['cpu_fraction']:>14.0%}"
                         f"  {r['cpu_us_per_m'] / 1000:>12,.1f}  {r['ms_per_batch']:>10.2f}  {r['ms_per_window']:>11.1f}"
