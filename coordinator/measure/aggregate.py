@@ -17,7 +17,7 @@ agents' low watermark, ``close_all`` at the end of the run).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -378,10 +378,20 @@ class Aggregator:
 
     def close_all(self) -> list[Window]:
         """Close every window that holds samples or readings (end of run)."""
+        return self.close_until(self._end_of_data_ns())
+
+    def _end_of_data_ns(self) -> int:
         pending = [w for w in [self._last_data_window, *self._open_readings] if w >= self._next_close]
-        if not pending:
-            return []
-        return self.close_until((max(pending) + 1) * self.window_ns)
+        return (max(pending) + 1) * self.window_ns if pending else 0
+
+    def close_each(self, watermark_ns: int | None = None) -> Iterator[Window]:
+        """close_until(watermark_ns) (None: close_all) one window at a time: each window is
+        closed only once the caller has taken the one before, so what the caller reads then
+        (``recent``, ``snapshot``) covers the windows up to that one, however many close at
+        once (an agent that flushes every 2 s lets two windows close together)."""
+        upto = (self._end_of_data_ns() if watermark_ns is None else watermark_ns) // self.window_ns
+        while self._next_close < upto:
+            yield from self.close_until((self._next_close + 1) * self.window_ns)
 
     def _make_window(self, index: int, per_endpoint: dict[int, Stats], generator: dict[int, dict[str, Any]]) -> Window:
         by_endpoint = {self.endpoints[e]: per_endpoint[e] for e in sorted(per_endpoint)}

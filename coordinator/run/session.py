@@ -409,12 +409,12 @@ class RunSession:
     def close_ready_windows(self) -> None:
         """Close every window all live agents have reported past."""
         if self.watermarks:
-            self.on_windows(self.agg.close_until(min(self.watermarks.values())))
+            self.on_windows(self.agg.close_each(min(self.watermarks.values())))
 
     def on_stream_end(self) -> None:
         """The stream ended: close what is left, and end the alerts still firing."""
         self.cpu.mark("steady_end")
-        self.on_windows(self.agg.close_all())
+        self.on_windows(self.agg.close_each())
         self.windows.finish_alerts(self.closed_until_ns / 1e9)
 
     def on_windows(self, windows: Any) -> None:

@@ -110,3 +110,18 @@ def test_a_window_leaving_the_span_takes_its_minimum_with_it() -> None:
 def test_a_span_longer_than_the_windows_kept_is_refused() -> None:
     with pytest.raises(ValueError, match="keep_windows"):
         Aggregator(ENDPOINTS, STAGE_ENDS, STAGES, keep_windows=5, sliding=(10,))
+
+
+def test_close_each_closes_a_window_only_once_the_one_before_was_taken() -> None:
+    """Two windows closing together (2 s flushes): what is read at each covers up to it."""
+    agg = Aggregator(ENDPOINTS, STAGE_ENDS, STAGES, window_ns=S, sliding=(10,))
+    rows = _samples(np.random.default_rng(5), 400, 0, 4 * S)
+    rows = rows[rows["end_ns"] < 4 * S]
+    agg.add(_batch(0, 0, 4 * S, rows, True))
+    seen = []
+    for w in agg.close_each(4 * S):
+        assert agg.closed_windows == w.index + 1
+        seen.append((w.index, agg.recent(10).requests, agg.recent(10, exact=True).requests))
+    ends = rows["end_ns"]
+    assert seen == [(i, int((ends < (i + 1) * S).sum()), int((ends < (i + 1) * S).sum())) for i in range(4)]
+    assert list(agg.close_each()) == []  # nothing left with data
