@@ -17,9 +17,10 @@ call per batch, as cluster/fanin.py; `--no-ack` leaves it out). The coordinator 
 process) runs the session's ingest path: decode_batch,
 BatchChecker.check, Aggregator.add, SendCounter.add_counts, close_until the agents' low
 watermark, and for every closed window the work WindowRecorder does with it
-(Window.to_dict, its sparse histograms, and the alert rules over the last 10 windows of the
-total and of every endpoint: running sums, or with `--exact-alerts` the re-merge of 10
-windows per endpoint that the session did before).
+(Window.to_dict, its sparse histograms, and the default alert rules over the last 10
+windows of the total and of every endpoint: running sums and only the metrics the rules
+read, or with `--exact-alerts` the re-merge of 10 windows per endpoint and every metric, as
+the session did before).
 
 Per step it prints the coordinator's CPU per million requests (its whole process: Ray's
 driver threads included), the main thread's CPU per batch and per window (the session's
@@ -120,7 +121,7 @@ async def coordinate(
 ) -> dict:
     """The coordinator's side of one step; returns its figures."""
     from horde.agents.samples import decode_batch
-    from horde.coordinator.judge.alerts import metrics_from_stats
+    from horde.coordinator.judge.alerts import DEFAULT_RULES, AlertEngine, metrics_from_stats
     from horde.coordinator.measure.aggregate import Aggregator
     from horde.coordinator.measure.batch_check import BatchChecker, RunBounds
     from horde.coordinator.run.summary import SendCounter
@@ -144,13 +145,21 @@ async def coordinate(
         i = bisect.bisect_right(marks_cpu, (t_ns, float("inf"))) - 1
         return marks_cpu[i][1] if i >= 0 else 0.0
 
+    engine = AlertEngine(DEFAULT_RULES)  # a scenario without an `alerts:` section
+
     def window_work(w) -> None:
         """What WindowRecorder.record does with a closed window, less the writing."""
         w.to_dict()
         _ = w.sparse if w.sparse is not None else {k: v.to_sparse() for k, v in w.by_endpoint.items()}
-        m = metrics_from_stats(agg.recent(ALERT_WINDOWS, exact=exact_alerts))
-        for e in names:
-            m.update(metrics_from_stats(agg.recent(ALERT_WINDOWS, endpoint=e, exact=exact_alerts), e))
+        if exact_alerts:  # as the recorder did before: re-merged, every metric of every scope
+            m = metrics_from_stats(agg.recent(ALERT_WINDOWS, exact=True))
+            for e in names:
+                m.update(metrics_from_stats(agg.recent(ALERT_WINDOWS, endpoint=e, exact=True), e))
+        else:  # as run/windows.py does: running sums, only the scopes and metrics the rules read
+            m = metrics_from_stats(agg.recent(ALERT_WINDOWS), only=engine.reads(None)) if engine.reads(None) else {}
+            for e in names:
+                m.update(metrics_from_stats(agg.recent(ALERT_WINDOWS, endpoint=e), e, only=engine.reads(e)))
+        engine.observe(float(w.index + 1), m)
 
     def ingest(payload: bytes) -> None:
         c0 = time.thread_time()

@@ -69,10 +69,15 @@ class WindowRecorder:
         return window_info(w, self.plan, self.profile, self.cumulative, self.agent_cpu, self.alert_engine, lost)
 
     def _observe_alerts(self, w: Any, wd: dict) -> None:
-        # The same warning / critical rules as `horde monitor`, over the last 10 windows.
-        m = metrics_from_stats(self.agg.recent(ALERT_WINDOWS))
+        # The same warning / critical rules as `horde monitor`, over the last 10 windows; only
+        # the scopes and metrics some rule reads are computed (observe() ignores the others).
+        engine = self.alert_engine
+        m: dict = {}
+        if engine.reads(None):
+            m.update(metrics_from_stats(self.agg.recent(ALERT_WINDOWS), only=engine.reads(None)))
         for e in self.plan.endpoints:
-            m.update(metrics_from_stats(self.agg.recent(ALERT_WINDOWS, endpoint=e), e))
+            if engine.reads(e):
+                m.update(metrics_from_stats(self.agg.recent(ALERT_WINDOWS, endpoint=e), e, only=engine.reads(e)))
         m.update(wd["target"])
         for ev in self.alert_engine.observe(float(w.index + 1), m):
             self._record_alert_event(ev)
