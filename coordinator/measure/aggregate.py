@@ -289,7 +289,7 @@ class Aggregator:
             block = self._open_blocks[key] = StatsBlock(WINDOWS_PER_BLOCK * self._n_endpoints, self._window_s)
         return block
 
-    def _window_row(self, w_idx: int, e_idx: Any) -> Any:
+    def _window_row(self, w_idx: Any, e_idx: Any) -> Any:
         """The row of (window, endpoint) in its window block (ints or arrays)."""
         return (w_idx % WINDOWS_PER_BLOCK) * self._n_endpoints + e_idx
 

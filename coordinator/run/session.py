@@ -52,7 +52,7 @@ from horde.coordinator.run.summary import (
     threshold_dict,
 )
 from horde.coordinator.run.target import RunError, Target, start_target_in_background
-from horde.coordinator.run.windows import ALERT_WINDOWS, WindowRecorder
+from horde.coordinator.run.windows import ALERT_WINDOWS, WindowRecorder, sliding_spans, span_windows
 from horde.coordinator.scenario.load import LoadedScenario
 
 if TYPE_CHECKING:
@@ -65,9 +65,6 @@ __all__ = ["Progress", "RunError", "RunOptions", "RunResult", "RunSession", "run
 START_LEAD_S = 1.0
 LOCAL_START_LEAD_S = 0.25
 WINDOW_S = 1.0  # the aggregator's window
-# Sliding spans up to this many windows are kept as running sums; a longer one is re-merged when
-# read (its per-window minimum and maximum slots would cost span x endpoints x 48 bytes).
-MAX_SLIDING_SUM = 300
 
 
 def start_lead_s(kind: str) -> float:
@@ -151,11 +148,6 @@ async def run(
     return session.finish()
 
 
-def _span_windows(window_s: float) -> int:
-    """How many windows a sliding span of `window_s` covers (stats_for asks recent() for these)."""
-    return max(1, round(window_s))
-
-
 def _no_progress(line: str) -> None:
     pass
 
@@ -184,11 +176,7 @@ class RunSession:
             plan.stage_names,
             not_in_total=[name for name, engine in plan.engines.items() if engine in ("flow", "python")],
             keep_windows=int(longest_window_s) + 60,
-            # what recent() is asked for on every window, kept as running sums (measure/sliding.py)
-            sliding=[
-                ALERT_WINDOWS,
-                *(n for t in scenario.thresholds if t.window and (n := _span_windows(t.window)) <= MAX_SLIDING_SUM),
-            ],
+            sliding=sliding_spans(scenario.thresholds),  # kept as running sums (measure/sliding.py)
         )
         self.live = LiveEvaluator([t.rule() for t in scenario.thresholds])
         self.totals: dict[str, AgentTotals] = {}
@@ -445,7 +433,7 @@ class RunSession:
         if stage is not None and stage not in plan.stage_names:
             stage = plan.stage_names[self.scenario.stage_index(stage)]  # an index given as text
         if window_s:
-            n = _span_windows(window_s)
+            n = span_windows(window_s)
             newest = self.closed_until_ns // 1_000_000_000 - 1
             return ScopeView(self.agg.recent(n, endpoint=endpoint), self.resources, newest - n + 1, newest)
         s = self.agg.snapshot(endpoint=endpoint, stage=stage)

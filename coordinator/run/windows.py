@@ -25,6 +25,20 @@ from horde.coordinator.run.summary import window_info
 
 ALERT_WINDOWS = 10  # alert rules look at the last 10 s
 SOAK_MIN_WINDOWS = 30  # leak and trend verdicts need at least this many windows
+# Sliding spans up to this many windows are kept as running sums; a longer one is re-merged when
+# read (its per-window minimum and maximum slots would cost span x endpoints x 48 bytes).
+MAX_SLIDING_SUM = 300
+
+
+def span_windows(window_s: float) -> int:
+    """How many windows a sliding span of `window_s` covers (what the session asks recent() for)."""
+    return max(1, round(window_s))
+
+
+def sliding_spans(thresholds: Any) -> list[int]:
+    """The spans recent() is asked for on every window: the alert rules' and the sliding thresholds'."""
+    spans = (span_windows(t.window) for t in thresholds if t.window)
+    return [ALERT_WINDOWS, *(n for n in spans if n <= MAX_SLIDING_SUM)]
 
 
 class WindowRecorder:
