@@ -12,11 +12,11 @@ synthetic records at the step's per-agent rate (lognormal latencies, 1% errors, 
 code (agents/aggregate.py); every flush interval (`--flush-s`, 1 s as scenarios default
 to; 2 s is `flush_interval: 2s`) it stamps each of its agents' batch with its windows,
 sequence and watermark and yields it from a Ray streaming generator, as the real fleet
-does, and the coordinator acks each batch as it arrives (the lease: one fire-and-forget actor
-call per batch, as cluster/fanin.py; `--no-ack` leaves it out). The coordinator (this
-process) runs the session's ingest path: decode_batch,
-BatchChecker.check, Aggregator.add, SendCounter.add_counts, close_until the agents' low
-watermark, and for every closed window the work WindowRecorder does with it
+does, and the coordinator acks each batch as it arrives (the lease: one fire-and-forget
+actor call per batch, as cluster/fanin.py; `--no-ack` leaves it out). The coordinator (this
+process) runs the session's ingest path: decode_batch, BatchChecker.check, Aggregator.add,
+SendCounter.add_counts, close_each up to the agents' low watermark, and for every closed
+window the work WindowRecorder does with it
 (Window.to_dict, its sparse histograms, and the default alert rules over the last 10
 windows of the total and of every endpoint: running sums and only the metrics the rules
 read, or with `--exact-alerts` the re-merge of 10 windows per endpoint and every metric, as
@@ -26,10 +26,10 @@ Per step it prints the coordinator's CPU per million requests (its whole process
 driver threads included), the main thread's CPU per batch and per window (the session's
 own work, without Ray's), the bytes per second per agent, how late the last window closed
 after its end (on time: within one flush interval), how busy the coordinator's main thread
-was over those lags (busy: the share of the time from a window's end to its close it spent
-working; the rest it waited for the last agent's batch to arrive, i.e. for the producers),
-and the projected one-core ceiling
-(the aggregate rate at which this process would use a whole core). The machine has 2 cores
+was over those lags (busy: the share of the time from a window's end to its close its CPU
+counted; the rest it waited: for the last agent's batch, i.e. the producers, or for the
+interpreter lock held by Ray's driver threads), and the projected one-core ceiling (the
+aggregate rate at which this process would use a whole core). The machine has 2 cores
 shared by the actors and the coordinator, so a step can be late because the actors took the
 CPU: the CPU per million requests is the steadier figure.
 """
@@ -177,7 +177,7 @@ async def coordinate(
         c1 = time.thread_time()
         figures["batch_cpu_s"] += c1 - c0
         figures["batches"] += 1
-        for w in agg.close_until(min(live)) if live else agg.close_all():
+        for w in agg.close_each(min(live) if live else None):
             window_work(w)
             now_ns = time.time_ns() - start_wall_ns
             figures["lags_s"].append((now_ns - w.end_ns) / 1e9)
