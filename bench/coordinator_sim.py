@@ -2,23 +2,34 @@
 
     python bench/coordinator_sim.py [--agents 8,64,256] [--groups 10,1000]
                                     [--rates 5000,20000,40000] [--seconds 4] [--actors 4]
+                                    [--flush-s 1] [--exact-alerts] [--no-ack] [--lags]
 
 Simulated agents are Ray actors replaying realistic aggregated batches (no HTTP): each
 actor hosts several simulated agents, each with its own agent index and batch stream
 (256 actor processes would not fit this machine). For each step an actor aggregates
 synthetic records at the step's per-agent rate (lognormal latencies, 1% errors, spread over
 `groups` endpoints in one stage, a few crossing into the next window) with the agents' own
-code (agents/aggregate.py); every flush interval (1 s) it stamps each of its agents' batch
-with its window, sequence and watermark and yields it from a Ray streaming generator, as
-the real fleet does. The coordinator (this process) runs the session's ingest path:
-decode_batch, BatchChecker.check, Aggregator.add, SendCounter.add_counts, close_until the
-agents' low watermark, and for every closed window the work WindowRecorder does with it
-(Window.to_dict and each endpoint's Stats.to_sparse).
+code (agents/aggregate.py); every flush interval (`--flush-s`, 1 s as scenarios default
+to; 2 s is `flush_interval: 2s`) it stamps each of its agents' batch with its windows,
+sequence and watermark and yields it from a Ray streaming generator, as the real fleet
+does, and the coordinator acks each batch as it arrives (the lease: one fire-and-forget
+actor call per batch, as cluster/fanin.py; `--no-ack` leaves it out). The coordinator (this
+process) runs the session's ingest path: decode_batch, BatchChecker.check, Aggregator.add,
+SendCounter.add_counts, close_each up to the agents' low watermark, and for every closed
+window the work WindowRecorder does with it
+(Window.to_dict, its sparse histograms, and the default alert rules over the last 10
+windows of the total and of every endpoint: running sums and only the metrics the rules
+read, or with `--exact-alerts` the re-merge of 10 windows per endpoint and every metric, as
+the session did before).
 
 Per step it prints the coordinator's CPU per million requests (its whole process: Ray's
-driver threads included), the bytes per second per agent, how late the last window closed
-after its end (on time: within one flush interval), and the projected one-core ceiling
-(the aggregate rate at which this process would use a whole core). The machine has 2 cores
+driver threads included), the main thread's CPU per batch and per window (the session's
+own work, without Ray's), the bytes per second per agent, how late the last window closed
+after its end (on time: within one flush interval), how busy the coordinator's main thread
+was over those lags (busy: the share of the time from a window's end to its close its CPU
+counted; the rest it waited: for the last agent's batch, i.e. the producers, or for the
+interpreter lock held by Ray's driver threads), and the projected one-core ceiling (the
+aggregate rate at which this process would use a whole core). The machine has 2 cores
 shared by the actors and the coordinator, so a step can be late because the actors took the
 CPU: the CPU per million requests is the steadier figure.
 """
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import sys
 import time
 from pathlib import Path
@@ -37,30 +49,30 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 S = 1_000_000_000
-FLUSH_NS = S
 STAGE_ENDS_NS = [10**13]  # one stage: the groups are the endpoints
 
 
-def make_template(rate: int, groups: int, seed: int):
-    """One agent's aggregate for one second at `rate` requests/s over `groups` endpoints."""
+def make_template(rate: int, groups: int, seed: int, flush_s: int = 1):
+    """One agent's aggregate for one flush of `flush_s` seconds at `rate` requests/s over `groups` endpoints."""
     from horde.agents.aggregate import aggregate_records
     from horde.agents.samples import SAMPLE_DTYPE
 
     rng = np.random.default_rng(seed)
-    s = np.zeros(rate, SAMPLE_DTYPE)
-    s["endpoint"] = rng.integers(0, groups, rate)
-    s["intended_ns"] = np.sort(rng.integers(0, S, rate))
-    s["sent_ns"] = s["intended_ns"] + rng.exponential(100_000, rate).astype(np.int64)
-    s["end_ns"] = s["sent_ns"] + rng.lognormal(np.log(5e6), 0.8, rate).astype(np.int64)
+    n = rate * flush_s
+    s = np.zeros(n, SAMPLE_DTYPE)
+    s["endpoint"] = rng.integers(0, groups, n)
+    s["intended_ns"] = np.sort(rng.integers(0, flush_s * S, n))
+    s["sent_ns"] = s["intended_ns"] + rng.exponential(100_000, n).astype(np.int64)
+    s["end_ns"] = s["sent_ns"] + rng.lognormal(np.log(5e6), 0.8, n).astype(np.int64)
     s["status"] = 200
-    err = rng.random(rate) < 0.01
+    err = rng.random(n) < 0.01
     s["error"][err] = rng.integers(1, 6, int(err.sum()))
-    s["bytes"] = rng.integers(100, 5000, rate)
+    s["bytes"] = rng.integers(100, 5000, n)
     return aggregate_records(s, np.asarray(STAGE_ENDS_NS))
 
 
 def stamped(template, window: int):
-    """The template moved to `window` (its groups' windows and its send bins)."""
+    """The template moved on by `window` windows (its groups' windows and its send bins)."""
     import dataclasses
 
     groups = template.groups.copy()
@@ -75,16 +87,19 @@ class SimAgents:
         self.indices = indices
         self.templates: list = []
 
-    def prepare(self, rate: int, groups: int) -> int:
+    def ack(self, agent: int, seq: int) -> None:
+        """The coordinator's per-batch lease ack (cluster/fleet.py sends one per batch received)."""
+
+    def prepare(self, rate: int, groups: int, flush_s: int) -> int:
         # A few distinct batch streams per actor, shared round-robin by its agents.
-        self.templates = [make_template(rate, groups, seed=self.indices[0] * 7 + k) for k in range(3)]
+        self.templates = [make_template(rate, groups, self.indices[0] * 7 + k, flush_s) for k in range(3)]
         return len(self.templates)
 
-    async def stream(self, start_wall_ns: int, seconds: int):
+    async def stream(self, start_wall_ns: int, flushes: int, flush_s: int):
         from horde.agents.samples import GeneratorReadings, encode_batch
 
-        for t in range(seconds):
-            delay = (start_wall_ns + (t + 1) * FLUSH_NS - time.time_ns()) / 1e9
+        for t in range(flushes):
+            delay = (start_wall_ns + (t + 1) * flush_s * S - time.time_ns()) / 1e9
             if delay > 0:
                 await asyncio.sleep(delay)
             for agent in self.indices:
@@ -93,31 +108,62 @@ class SimAgents:
                     agent=agent,
                     incarnation=0,
                     seq=t,
-                    watermark_ns=(t + 1) * FLUSH_NS,
+                    watermark_ns=(t + 1) * flush_s * S,
                     readings=GeneratorReadings(cpu_s=0.5 * (t + 1), rss_bytes=80_000_000, level=1.0),
-                    agg=stamped(tpl, t),
-                    final=t == seconds - 1,
+                    agg=stamped(tpl, t * flush_s),
+                    final=t == flushes - 1,
                     engine="fast",
                 )
 
 
-async def coordinate(actors, n_agents: int, groups: int, seconds: int) -> dict:
+async def coordinate(
+    actors, n_agents: int, groups: int, seconds: int, flush_s: int, exact_alerts: bool, ack: bool = True
+) -> dict:
     """The coordinator's side of one step; returns its figures."""
     from horde.agents.samples import decode_batch
+    from horde.coordinator.judge.alerts import DEFAULT_RULES, AlertEngine, metrics_from_stats
     from horde.coordinator.measure.aggregate import Aggregator
     from horde.coordinator.measure.batch_check import BatchChecker, RunBounds
     from horde.coordinator.run.summary import SendCounter
+    from horde.coordinator.run.windows import ALERT_WINDOWS
 
-    agg = Aggregator([f"e{i}" for i in range(groups)], STAGE_ENDS_NS, ["main"], keep_windows=60)
+    names = [f"e{i}" for i in range(groups)]
+    agg = Aggregator(names, STAGE_ENDS_NS, ["main"], keep_windows=60, sliding=() if exact_alerts else [ALERT_WINDOWS])
     checker = BatchChecker(RunBounds(endpoints=groups, stages=1))
     sends = SendCounter()
     incarnations = dict.fromkeys(range(n_agents), 0)
     marks = dict.fromkeys(range(n_agents), 0)
     finals: set[int] = set()
     start_wall_ns = time.time_ns() + S // 2
-    figures = {"requests": 0, "bytes": 0, "lags_s": []}
+    figures = {"requests": 0, "bytes": 0, "lags_s": [], "batch_cpu_s": 0.0, "batches": 0, "window_cpu_s": 0.0}
+    # (run time ns, the main thread's CPU so far) at each batch's start: how busy the
+    # coordinator was between a window's end and its close (busy_s), against waiting for batches.
+    marks_cpu: list[tuple[int, float]] = []
+    busy_s: list[float] = []
+
+    def cpu_at(t_ns: int) -> float:
+        i = bisect.bisect_right(marks_cpu, (t_ns, float("inf"))) - 1
+        return marks_cpu[i][1] if i >= 0 else 0.0
+
+    engine = AlertEngine(DEFAULT_RULES)  # a scenario without an `alerts:` section
+
+    def window_work(w) -> None:
+        """What WindowRecorder.record does with a closed window, less the writing."""
+        w.to_dict()
+        _ = w.sparse if w.sparse is not None else {k: v.to_sparse() for k, v in w.by_endpoint.items()}
+        if exact_alerts:  # as the recorder did before: re-merged, every metric of every scope
+            m = metrics_from_stats(agg.recent(ALERT_WINDOWS, exact=True))
+            for e in names:
+                m.update(metrics_from_stats(agg.recent(ALERT_WINDOWS, endpoint=e, exact=True), e))
+        else:  # as run/windows.py does: running sums, only the scopes and metrics the rules read
+            m = metrics_from_stats(agg.recent(ALERT_WINDOWS), only=engine.reads(None)) if engine.reads(None) else {}
+            for e in names:
+                m.update(metrics_from_stats(agg.recent(ALERT_WINDOWS, endpoint=e), e, only=engine.reads(e)))
+        engine.observe(float(w.index + 1), m)
 
     def ingest(payload: bytes) -> None:
+        c0 = time.thread_time()
+        marks_cpu.append((time.time_ns() - start_wall_ns, c0 - t0))
         b = decode_batch(payload)
         checker.check(b, sender=b.agent, incarnations=incarnations, now_ns=time.time_ns() - start_wall_ns)
         agg.add(b)
@@ -128,28 +174,43 @@ async def coordinate(actors, n_agents: int, groups: int, seconds: int) -> dict:
         if b.final:
             finals.add(b.agent)
         live = [m for a, m in marks.items() if a not in finals]
-        for w in agg.close_until(min(live)) if live else agg.close_all():
-            w.to_dict()
-            for st in w.by_endpoint.values():
-                st.to_sparse()
-            figures["lags_s"].append((time.time_ns() - start_wall_ns - w.end_ns) / 1e9)
+        c1 = time.thread_time()
+        figures["batch_cpu_s"] += c1 - c0
+        figures["batches"] += 1
+        for w in agg.close_each(min(live) if live else None):
+            window_work(w)
+            now_ns = time.time_ns() - start_wall_ns
+            figures["lags_s"].append((now_ns - w.end_ns) / 1e9)
+            busy_s.append(time.thread_time() - t0 - cpu_at(w.end_ns))
+        figures["window_cpu_s"] += time.thread_time() - c1
 
     async def consume(actor) -> None:
-        async for ref in actor.stream.remote(start_wall_ns, seconds):
-            ingest(await ref)
+        seq = 0
+        async for ref in actor.stream.remote(start_wall_ns, seconds // flush_s, flush_s):
+            payload = await ref
+            if ack:  # as cluster/fanin.py does for the real fleet: fire and forget, before ingest
+                actor.ack.remote(0, seq)
+                seq += 1
+            ingest(payload)
 
     c0 = time.process_time()
+    t0 = time.thread_time()
     await asyncio.gather(*(consume(a) for a in actors))
     agg.close_all()
     figures["cpu_s"] = time.process_time() - c0
+    figures["busy_s"] = busy_s
     return figures
 
 
-def run_step(ray, actors, n_agents: int, groups: int, rate: int, seconds: int) -> dict:
-    ray.get([a.prepare.remote(rate, groups) for a in actors])
-    f = asyncio.run(coordinate(actors, n_agents, groups, seconds))
+def run_step(
+    ray, actors, n_agents: int, groups: int, rate: int, seconds: int, flush_s: int, exact: bool, ack: bool
+) -> dict:
+    ray.get([a.prepare.remote(rate, groups, flush_s) for a in actors])
+    f = asyncio.run(coordinate(actors, n_agents, groups, seconds, flush_s, exact, ack))
     total_rate = n_agents * rate
-    lags = f["lags_s"][1:] or f["lags_s"]  # window 0 waits for the step to start
+    lags = f["lags_s"][flush_s:] or f["lags_s"]  # the first flush's windows wait for the step to start
+    busy = f["busy_s"][flush_s:] or f["busy_s"]
+    late = [(lag, b) for lag, b in zip(lags, busy) if lag > 0]
     cpu_per_s = f["cpu_s"] / seconds
     return {
         "agents": n_agents,
@@ -160,7 +221,12 @@ def run_step(ray, actors, n_agents: int, groups: int, rate: int, seconds: int) -
         "bytes_per_agent_s": f["bytes"] / seconds / n_agents,
         "lag_max_s": max(lags) if lags else None,
         "lags_s": [round(x, 2) for x in f["lags_s"]],
-        "on_time": bool(lags) and max(lags) <= FLUSH_NS / S,
+        "on_time": bool(lags) and max(lags) <= flush_s,
+        # of the time between a window's end and its close, the share the coordinator's main
+        # thread was working (the rest it waited for the last agent's batch to arrive)
+        "busy_share": sum(b for _, b in late) / sum(lag for lag, _ in late) if late else None,
+        "ms_per_batch": f["batch_cpu_s"] / max(f["batches"], 1) * 1e3,
+        "ms_per_window": f["window_cpu_s"] / max(len(f["lags_s"]), 1) * 1e3,
         "cpu_fraction": cpu_per_s,
         "ceiling": total_rate / cpu_per_s if cpu_per_s > 0 else None,
     }
@@ -171,9 +237,12 @@ def main() -> None:
     ap.add_argument("--agents", default="8,64,256", help="simulated agents per configuration")
     ap.add_argument("--groups", default="10,1000", help="endpoints x stages per configuration")
     ap.add_argument("--rates", default="5000,20000,40000", help="per-agent requests/s, raised step by step")
-    ap.add_argument("--seconds", type=int, default=4, help="flush intervals per step")
+    ap.add_argument("--seconds", type=int, default=4, help="seconds per step")
     ap.add_argument("--actors", type=int, default=4, help="Ray actors hosting the simulated agents")
     ap.add_argument("--lags", action="store_true", help="print how late each window closed (s), in order")
+    ap.add_argument("--flush-s", type=int, default=1, help="seconds between an agent's batches (flush_interval)")
+    ap.add_argument("--exact-alerts", action="store_true", help="alert rules re-merge 10 windows (the old way)")
+    ap.add_argument("--no-ack", action="store_true", help="leave out the per-batch lease ack the real fleet sends")
     args = ap.parse_args()
 
     from horde.cluster.connect import connect
@@ -183,8 +252,8 @@ def main() -> None:
 
     sim = ray.remote(num_cpus=0)(SimAgents)
     print(
-        "agents  endpoints x stages  rate (req/s)  coordinator CPU  us per M req  bytes/s per agent"
-        "  last window closed  on time  1-core ceiling (req/s)"
+        "agents  endpoints x stages  rate (req/s)  coordinator CPU  ms per M req  ms a batch  ms a window"
+        "  bytes/s per agent  last window closed  busy  on time  1-core ceiling (req/s)"
     )
     try:
         for n_agents in [int(x) for x in args.agents.split(",")]:
@@ -192,11 +261,23 @@ def main() -> None:
             actors = [sim.remote(list(range(i, n_agents, n_actors))) for i in range(n_actors)]
             for groups in [int(x) for x in args.groups.split(",")]:
                 for rate in [int(x) for x in args.rates.split(",")]:
-                    r = run_step(ray, actors, n_agents, groups, rate, args.seconds)
+                    r = run_step(
+                        ray,
+                        actors,
+                        n_agents,
+                        groups,
+                        rate,
+                        args.seconds,
+                        args.flush_s,
+                        args.exact_alerts,
+                        not args.no_ack,
+                    )
                     print(
                         f"{r['agents']:>6}  {r['groups']:>18}  {r['rate']:>12,}  {r['cpu_fraction']:>14.0%}"
-                        f"  {r['cpu_us_per_m']:>12,.0f}  {r['bytes_per_agent_s']:>17,.0f}"
-                        f"  {r['lag_max_s']:>16.3f} s  {'yes' if r['on_time'] else 'LATE':>7}"
+                        f"  {r['cpu_us_per_m'] / 1000:>12,.1f}  {r['ms_per_batch']:>10.2f}  {r['ms_per_window']:>11.1f}"
+                        f"  {r['bytes_per_agent_s']:>17,.0f}"
+                        f"  {r['lag_max_s']:>16.3f} s  {r['busy_share'] or 0:>4.0%}"
+                        f"  {'yes' if r['on_time'] else 'LATE':>7}"
                         f"  {r['ceiling']:>22,.0f}" + (f"   lags {r['lags_s']}" if args.lags else ""),
                         flush=True,
                     )

@@ -35,7 +35,7 @@ Semantics of ``AlertEngine.observe(t_s, metrics)``, per rule and endpoint:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,11 +118,16 @@ _EPSILON_S = 1e-9  # times are floats: 0.1 + 0.2 must count as having held for 0
 _STAT_QUANTILES = tuple(QUANTILES.items())
 
 
-def metrics_from_stats(stats: Any, endpoint: str | None = None, *, series: Iterable[str] = SERIES) -> dict[str, float]:
+def metrics_from_stats(
+    stats: Any, endpoint: str | None = None, *, series: Iterable[str] = SERIES, only: Collection[str] | None = None
+) -> dict[str, float]:
     """The keys rules read, from a horde.coordinator.measure.aggregate.Stats (or anything shaped like it:
     histograms of nanoseconds under `latency` / `service_time`, `requests`, `errors`, `rps`).
 
     A series without samples gives no keys (no data); error_rate needs at least one request.
+    `only`: the metric names (keys less the endpoint) wanted, as ``AlertEngine.reads`` gives
+    them; the others are left out and not computed (each quantile of each scope, every window,
+    was most of the alert rules' cost at many endpoints). The same values either way.
     """
     out: dict[str, float] = {}
     requests = int(getattr(stats, "requests", 0) or 0)
@@ -135,22 +140,33 @@ def metrics_from_stats(stats: Any, endpoint: str | None = None, *, series: Itera
     if rps is not None and duration_s:
         out[metric_key("rps", endpoint)] = float(rps)
     for name in series:
+        labels = None if only is None else {k[len(name) + 1 : -2] for k in only if k.startswith(f"{name}_")}
+        if labels == set():
+            continue
         hist = getattr(stats, name, None)
         if hist is None or not hist.count:
             continue
-        values = hist.quantiles([q for _, q in _STAT_QUANTILES])
-        for label, q in _STAT_QUANTILES:
+        quantiles = [(label, q) for label, q in _STAT_QUANTILES if labels is None or label in labels]
+        values = hist.quantiles([q for _, q in quantiles])
+        for label, q in quantiles:
             if values[q] is not None:
                 out[metric_key(f"{name}_{label}_s", endpoint)] = values[q] / 1e9
-        for label, v in (
-            ("mean", hist.mean_ns()),
-            ("stdev", hist.stdev_ns()),
-            ("min", hist.min_ns),
-            ("max", hist.max_ns),
-        ):
-            if v is not None:
-                out[metric_key(f"{name}_{label}_s", endpoint)] = float(v) / 1e9
+        for label, read in _STATISTICS:
+            if labels is None or label in labels:
+                v = read(hist)
+                if v is not None:
+                    out[metric_key(f"{name}_{label}_s", endpoint)] = float(v) / 1e9
+    if only is not None:
+        return {k: v for k, v in out.items() if split_key(k)[0] in only}
     return out
+
+
+_STATISTICS: tuple[tuple[str, Callable[[Any], float | int | None]], ...] = (
+    ("mean", lambda h: h.mean_ns()),
+    ("stdev", lambda h: h.stdev_ns()),
+    ("min", lambda h: h.min_ns),
+    ("max", lambda h: h.max_ns),
+)
 
 
 # --- the engine ---------------------------------------------------------------------------
@@ -192,9 +208,23 @@ class AlertEngine:
             raise ValueError(f"rule names must be unique: {names}")
         self.rules = tuple(rules)
         self.source = source
+        # What the rules read (observe() ignores every other key): metric names over all
+        # endpoints together, over each endpoint ("*"), and over named endpoints.
+        self.reads_total = frozenset(r.key for r in rules if r.endpoint is None)
+        self.reads_each = frozenset(r.key for r in rules if r.endpoint == EACH_ENDPOINT)
+        self._reads_named: dict[str, frozenset[str]] = {}
+        for r in rules:
+            if r.endpoint not in (None, EACH_ENDPOINT):
+                self._reads_named[r.endpoint] = self._reads_named.get(r.endpoint, frozenset()) | {r.key}
         self._states: dict[tuple[int, str | None], _State] = {}
         self._serial: dict[tuple[int, str | None], int] = {}
         self.fired_total = 0
+
+    def reads(self, endpoint: str | None) -> frozenset[str]:
+        """The metric names the rules read for `endpoint` (None: all endpoints together)."""
+        if endpoint is None:
+            return self.reads_total
+        return self.reads_each | self._reads_named.get(endpoint, frozenset())
 
     def observe(self, t_s: float, metrics: Mapping[str, float | None]) -> list[AlertEvent]:
         """Fold one snapshot of metrics taken at t_s; the events it caused, in rule order."""

@@ -17,7 +17,7 @@ agents' low watermark, ``close_all`` at the end of the run).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +35,14 @@ from horde.agents.samples import (
 )
 from horde.coordinator.measure.blocks import StatsBlock, select_groups
 from horde.coordinator.measure.histogram import Histogram, histograms_by_group
+from horde.coordinator.measure.sliding import SlidingSum
 from horde.coordinator.measure.stats import DEFAULT_QUANTILES, N_ERROR_CLASSES, Stats, quantile_key
 
 __all__ = ["DEFAULT_QUANTILES", "N_ERROR_CLASSES", "Aggregator", "Stats", "Window", "quantile_key"]
 
 
 _CHUNK = 1 << 18  # samples per vectorised pass (keeps int64 group sums exact)
+WINDOWS_PER_BLOCK = 4  # open windows that share one StatsBlock
 
 
 def _merged(parts: Iterable[Stats], duration_s: float) -> Stats:
@@ -84,6 +86,8 @@ class Window:
     by_endpoint: dict[str, Stats]  # endpoints with samples in this window
     total: Stats
     generator: dict[int, dict[str, Any]] = field(default_factory=dict)  # agent -> readings
+    # by_endpoint in Stats.to_sparse() form, as the aggregator stored it at close (None: not made)
+    sparse: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, Any]:
         return {
@@ -107,6 +111,8 @@ class Aggregator:
 
     ``keep_windows`` bounds how many closed windows stay stored (None: all of them);
     a late sample for a window already dropped still counts in the cumulative stats.
+    ``sliding``: the spans (in windows) ``recent`` is asked for on every window, such as the
+    alert rules' 10: each is kept as a running sum (measure/sliding.py) instead of re-merged.
     """
 
     def __init__(
@@ -117,6 +123,7 @@ class Aggregator:
         window_ns: int = 1_000_000_000,
         keep_windows: int | None = None,
         not_in_total: Sequence[str] = (),
+        sliding: Sequence[int] = (),
     ) -> None:
         """`not_in_total`: endpoints that are not HTTP requests of their own (a flow's whole-flow
         entry, whose steps are counted already): kept per endpoint, left out of totals."""
@@ -151,8 +158,10 @@ class Aggregator:
             [self._cum.histogram("latency_unqueued", e * n_s + s) for s in range(n_s)] for e in range(self._n_endpoints)
         ]
         self._generator_queued = np.zeros((len(self.endpoints), len(self.stage_names)), dtype=np.int64)
-        self._open: dict[int, dict[int, Stats]] = {}  # window index -> endpoint index -> Stats (its block's)
-        self._open_blocks: dict[int, StatsBlock] = {}  # window index -> its endpoints' block
+        # Open windows' endpoint stats: WINDOWS_PER_BLOCK consecutive windows share one block
+        # (window w, endpoint e at row (w % WINDOWS_PER_BLOCK) * endpoints + e), so an agent's
+        # batch, whose groups span a window or two, lands in one add per block, not one per window.
+        self._open_blocks: dict[int, StatsBlock] = {}  # w // WINDOWS_PER_BLOCK -> its block
         self._open_readings: dict[int, dict[int, dict[str, Any]]] = {}  # window -> agent -> readings
         self._closed: dict[int, _ClosedWindow] = {}
         self._next_close = 0  # every window below this index has been closed
@@ -160,6 +169,9 @@ class Aggregator:
         self._watermarks: dict[int, int] = {}
         self._final: set[int] = set()
         self.late_samples = 0
+        if keep_windows is not None and any(n > keep_windows for n in sliding):
+            raise ValueError("a sliding span longer than keep_windows: the window leaving it would be gone")
+        self._sliding = {n: SlidingSum(n, self._n_endpoints, self._in_total) for n in sorted(set(sliding))}
 
     # -- ingest ------------------------------------------------------------------------
 
@@ -256,7 +268,7 @@ class Aggregator:
         if w_idx > self._last_data_window:
             self._last_data_window = w_idx
         if w_idx >= self._next_close:
-            self._window_block(w_idx).stats(e_idx).merge(part)
+            self._window_block(w_idx).stats(self._window_row(w_idx, e_idx)).merge(part)
         else:
             self.late_samples += part.requests
             stored = self._closed.get(w_idx)
@@ -264,13 +276,22 @@ class Aggregator:
                 old = stored.stats.get(e_idx)
                 merged = Stats.from_sparse(old) if old is not None else Stats(self._window_s)
                 stored.stats[e_idx] = merged.merge(part).to_sparse()
+                if self._sliding:
+                    late = part.to_sparse()
+                    for n, sums in self._sliding.items():
+                        if w_idx >= self._next_close - n:  # still in that span
+                            sums.add(w_idx, e_idx, late)
 
     def _window_block(self, w_idx: int) -> StatsBlock:
-        block = self._open_blocks.get(w_idx)
+        key = w_idx // WINDOWS_PER_BLOCK
+        block = self._open_blocks.get(key)
         if block is None:
-            block = self._open_blocks[w_idx] = StatsBlock(self._n_endpoints, self._window_s)
-            self._open[w_idx] = block.stats_by_row
+            block = self._open_blocks[key] = StatsBlock(WINDOWS_PER_BLOCK * self._n_endpoints, self._window_s)
         return block
+
+    def _window_row(self, w_idx: Any, e_idx: Any) -> Any:
+        """The row of (window, endpoint) in its window block (ints or arrays)."""
+        return (w_idx % WINDOWS_PER_BLOCK) * self._n_endpoints + e_idx
 
     def _add_aggregate(self, agg: Aggregate, agent: int, seq: int) -> None:
         """An agent's aggregated batch: its groups' buckets are added with one np.add.at per
@@ -291,12 +312,19 @@ class Aggregator:
             agg, endpoints * self._n_stages + stages, extra={"latency_unqueued": "latency_unqueued"}
         )
         np.add.at(self._generator_queued, (endpoints, stages), groups["generator_queued"].astype(np.int64))
-        self._last_data_window = max(self._last_data_window, int(windows.max()))
+        w_lo, w_hi = int(windows.min()), int(windows.max())
+        self._last_data_window = max(self._last_data_window, w_hi)
+        if w_lo >= self._next_close and w_lo // WINDOWS_PER_BLOCK == w_hi // WINDOWS_PER_BLOCK:
+            # The usual batch: every group in open windows of one block, added at once.
+            self._window_block(w_lo).add_aggregate(agg, self._window_row(windows, endpoints))
+            return
         for w_idx in np.unique(windows).tolist():
             mask = windows == w_idx
             part = agg if bool(mask.all()) else select_groups(agg, mask)
             if w_idx >= self._next_close:
-                self._window_block(w_idx).add_aggregate(part, part.groups["endpoint"].astype(np.int64))
+                self._window_block(w_idx).add_aggregate(
+                    part, self._window_row(w_idx, part.groups["endpoint"].astype(np.int64))
+                )
             else:  # late: one endpoint's stats at a time into the stored window
                 for e_idx in np.unique(part.groups["endpoint"]).tolist():
                     late = StatsBlock(1, self._window_s)
@@ -313,15 +341,23 @@ class Aggregator:
         upto = watermark_ns // self.window_ns  # windows [.., upto) end at or before it
         closed: list[Window] = []
         for index in range(self._next_close, upto):
-            block = self._open_blocks.pop(index, None)
+            key, slot = divmod(index, WINDOWS_PER_BLOCK)
+            # A block's last window takes it: the closed windows' Stats keep its rows alive.
+            block = self._open_blocks.pop(key, None) if slot == WINDOWS_PER_BLOCK - 1 else self._open_blocks.get(key)
+            per_endpoint: dict[int, Stats] = {}
             if block is not None:
                 block.sync()
-            per_endpoint = self._open.pop(index, {})
+                base = slot * self._n_endpoints
+                per_endpoint = {
+                    row - base: st for row, st in block.stats_by_row.items() if base <= row < base + self._n_endpoints
+                }
             generator = self._open_readings.pop(index, {})
             window = self._make_window(index, per_endpoint, generator)
-            self._closed[index] = _ClosedWindow(
+            stored = self._closed[index] = _ClosedWindow(
                 stats={e: s.to_sparse() for e, s in per_endpoint.items()}, generator=generator
             )
+            window.sparse = {self.endpoints[e]: stored.stats[e] for e in sorted(stored.stats)}
+            self._slide(index, stored)
             closed.append(window)
         self._next_close = max(self._next_close, upto)
         if self.keep_windows is not None:
@@ -329,12 +365,33 @@ class Aggregator:
                 del self._closed[index]
         return closed
 
+    def _slide(self, index: int, stored: _ClosedWindow) -> None:
+        """Window `index` closed: it enters each running sum, the window n before it leaves."""
+        for n, sums in self._sliding.items():
+            leaving = self._closed.get(index - n)
+            if leaving is not None:
+                for e, d in leaving.stats.items():
+                    sums.remove(e, d)
+            sums.start_window(index)
+            for e, d in stored.stats.items():
+                sums.add(index, e, d)
+
     def close_all(self) -> list[Window]:
         """Close every window that holds samples or readings (end of run)."""
-        pending = list(self._open) + list(self._open_readings)
-        if not pending:
-            return []
-        return self.close_until((max(pending) + 1) * self.window_ns)
+        return self.close_until(self._end_of_data_ns())
+
+    def _end_of_data_ns(self) -> int:
+        pending = [w for w in [self._last_data_window, *self._open_readings] if w >= self._next_close]
+        return (max(pending) + 1) * self.window_ns if pending else 0
+
+    def close_each(self, watermark_ns: int | None = None) -> Iterator[Window]:
+        """close_until(watermark_ns) (None: close_all) one window at a time: each window is
+        closed only once the caller has taken the one before, so what the caller reads then
+        (``recent``, ``snapshot``) covers the windows up to that one, however many close at
+        once (an agent that flushes every 2 s lets two windows close together)."""
+        upto = (self._end_of_data_ns() if watermark_ns is None else watermark_ns) // self.window_ns
+        while self._next_close < upto:
+            yield from self.close_until((self._next_close + 1) * self.window_ns)
 
     def _make_window(self, index: int, per_endpoint: dict[int, Stats], generator: dict[int, dict[str, Any]]) -> Window:
         by_endpoint = {self.endpoints[e]: per_endpoint[e] for e in sorted(per_endpoint)}
@@ -401,13 +458,18 @@ class Aggregator:
                 out.merge(self._unqueued[e][s])
         return int(self._generator_queued[np.ix_(endpoints, stages)].sum()), out
 
-    def recent(self, n_windows: int, endpoint: str | None = None) -> Stats:
+    def recent(self, n_windows: int, endpoint: str | None = None, exact: bool = False) -> Stats:
         """Merged stats of the last ``n_windows`` closed windows (sliding evaluation);
-        duration_s covers those windows (fewer when fewer have closed)."""
+        duration_s covers those windows (fewer when fewer have closed). From the running sum
+        when ``n_windows`` is one of ``sliding``, unless `exact` asks for the re-merge."""
         if n_windows <= 0:
             raise ValueError("n_windows must be positive")
         first = max(0, self._next_close - n_windows)
         endpoints = self._endpoint_index(endpoint)
+        sums = None if exact else self._sliding.get(n_windows)
+        if sums is not None:
+            row = sums.total_row if endpoint is None else endpoints[0]
+            return sums.stats(row, (self._next_close - first) * self._window_s)
         parts: list[Stats] = []
         for index in range(first, self._next_close):
             stored = self._closed.get(index)

@@ -52,7 +52,7 @@ from horde.coordinator.run.summary import (
     threshold_dict,
 )
 from horde.coordinator.run.target import RunError, Target, start_target_in_background
-from horde.coordinator.run.windows import ALERT_WINDOWS, WindowRecorder
+from horde.coordinator.run.windows import ALERT_WINDOWS, WindowRecorder, sliding_spans, span_windows
 from horde.coordinator.scenario.load import LoadedScenario
 
 if TYPE_CHECKING:
@@ -179,6 +179,7 @@ class RunSession:
             plan.stage_names,
             not_in_total=[name for name, engine in plan.engines.items() if engine in ("flow", "python")],
             keep_windows=int(longest_window_s) + 60,
+            sliding=sliding_spans(scenario.thresholds),  # kept as running sums (measure/sliding.py)
         )
         self.live = LiveEvaluator([t.rule() for t in scenario.thresholds])
         self.totals: dict[str, AgentTotals] = {}
@@ -401,12 +402,12 @@ class RunSession:
     def close_ready_windows(self) -> None:
         """Close every window all live agents have reported past."""
         if self.watermarks:
-            self.on_windows(self.agg.close_until(min(self.watermarks.values())))
+            self.on_windows(self.agg.close_each(min(self.watermarks.values())))
 
     def on_stream_end(self) -> None:
         """The stream ended: close what is left, and end the alerts still firing."""
         self.cpu.mark("steady_end")
-        self.on_windows(self.agg.close_all())
+        self.on_windows(self.agg.close_each())
         self.windows.finish_alerts(self.closed_until_ns / 1e9)
 
     def on_windows(self, windows: Any) -> None:
@@ -437,7 +438,7 @@ class RunSession:
         if stage is not None and stage not in plan.stage_names:
             stage = plan.stage_names[self.scenario.stage_index(stage)]  # an index given as text
         if window_s:
-            n = max(1, round(window_s))
+            n = span_windows(window_s)
             newest = self.closed_until_ns // 1_000_000_000 - 1
             return ScopeView(self.agg.recent(n, endpoint=endpoint), self.resources, newest - n + 1, newest)
         s = self.agg.snapshot(endpoint=endpoint, stage=stage)

@@ -25,6 +25,20 @@ from horde.coordinator.run.summary import window_info
 
 ALERT_WINDOWS = 10  # alert rules look at the last 10 s
 SOAK_MIN_WINDOWS = 30  # leak and trend verdicts need at least this many windows
+# Sliding spans up to this many windows are kept as running sums; a longer one is re-merged when
+# read (its per-window minimum and maximum slots would cost span x endpoints x 48 bytes).
+MAX_SLIDING_SUM = 300
+
+
+def span_windows(window_s: float) -> int:
+    """How many windows a sliding span of `window_s` covers (what the session asks recent() for)."""
+    return max(1, round(window_s))
+
+
+def sliding_spans(thresholds: Any) -> list[int]:
+    """The spans recent() is asked for on every window: the alert rules' and the sliding thresholds'."""
+    spans = (span_windows(t.window) for t in thresholds if t.window)
+    return [ALERT_WINDOWS, *(n for n in spans if n <= MAX_SLIDING_SUM)]
 
 
 class WindowRecorder:
@@ -64,16 +78,20 @@ class WindowRecorder:
             self.spike_totals[w.index] = w.total.to_sparse()
         self._observe_alerts(w, wd)
         wd["nodes"] = self.node_series.window(w.index)
-        self.writer.append_window(
-            wd, {"index": w.index, "endpoints": {k: v.to_sparse() for k, v in w.by_endpoint.items()}}
-        )
+        sparse = w.sparse if w.sparse is not None else {k: v.to_sparse() for k, v in w.by_endpoint.items()}
+        self.writer.append_window(wd, {"index": w.index, "endpoints": sparse})
         return window_info(w, self.plan, self.profile, self.cumulative, self.agent_cpu, self.alert_engine, lost)
 
     def _observe_alerts(self, w: Any, wd: dict) -> None:
-        # The same warning / critical rules as `horde monitor`, over the last 10 windows.
-        m = metrics_from_stats(self.agg.recent(ALERT_WINDOWS))
+        # The same warning / critical rules as `horde monitor`, over the last 10 windows; only
+        # the scopes and metrics some rule reads are computed (observe() ignores the others).
+        engine = self.alert_engine
+        m: dict = {}
+        if engine.reads(None):
+            m.update(metrics_from_stats(self.agg.recent(ALERT_WINDOWS), only=engine.reads(None)))
         for e in self.plan.endpoints:
-            m.update(metrics_from_stats(self.agg.recent(ALERT_WINDOWS, endpoint=e), e))
+            if engine.reads(e):
+                m.update(metrics_from_stats(self.agg.recent(ALERT_WINDOWS, endpoint=e), e, only=engine.reads(e)))
         m.update(wd["target"])
         for ev in self.alert_engine.observe(float(w.index + 1), m):
             self._record_alert_event(ev)

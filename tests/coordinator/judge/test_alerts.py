@@ -460,3 +460,63 @@ def test_metrics_from_stats():
         ("response_time", "api", WARNING),
         ("error_rate", "api", CRITICAL),
     ]
+
+
+def _some_stats(seed: int) -> Stats:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    s = Stats(duration_s=10.0)
+    s.requests = 500
+    s.errors = int(rng.integers(0, 50))
+    s.latency.record_many(rng.lognormal(17, 1.0, 500).astype(np.int64))
+    s.service_time.record_many(rng.lognormal(16, 1.0, 500).astype(np.int64))
+    return s
+
+
+@pytest.mark.parametrize(
+    "only",
+    [
+        {"latency_p95_s"},
+        {"error_rate", "service_time_p99.9_s", "latency_stdev_s"},
+        {"latency_min_s", "latency_max_s", "rps", "requests"},
+        {"target_memory_bytes"},  # none of a Stats's: nothing
+        set(),
+    ],
+)
+def test_metrics_from_stats_for_only_some_names_are_those_of_the_whole_set(only):
+    s = _some_stats(7)
+    full = metrics_from_stats(s, "api")
+    assert metrics_from_stats(s, "api", only=only) == {k: v for k, v in full.items() if split_key(k)[0] in only}
+
+
+def test_the_engine_says_what_its_rules_read_per_scope():
+    rules = [
+        AlertRule(name="all", metric="p95(latency)", warning=1.0),
+        AlertRule(name="each", metric="error_rate", warning=0.1, endpoint="*"),
+        AlertRule(name="one", metric="p99(service_time)", warning=1.0, endpoint="api"),
+    ]
+    engine = AlertEngine(rules)
+    assert engine.reads(None) == {"latency_p95_s"}
+    assert engine.reads("api") == {"error_rate", "service_time_p99_s"}
+    assert engine.reads("health") == {"error_rate"}
+    assert AlertEngine([rules[0]]).reads("api") == frozenset()
+
+
+def test_observing_only_what_the_rules_read_gives_the_same_events():
+    """The recorder computes only engine.reads(scope) (run/windows.py): the same alerts."""
+    whole, lean = AlertEngine(DEFAULT_RULES), AlertEngine(DEFAULT_RULES)
+    seen = []
+    for t in range(30):
+        full, part = {}, {}
+        for i, e in enumerate(("api", "health")):
+            s = _some_stats(t * 2 + i)
+            full |= metrics_from_stats(s, e)
+            part |= metrics_from_stats(s, e, only=lean.reads(e))
+        full |= metrics_from_stats(_some_stats(100 + t))
+        part |= metrics_from_stats(_some_stats(100 + t), only=lean.reads(None))
+        assert len(part) < len(full)
+        a, b = whole.observe(float(t), full), lean.observe(float(t), part)
+        assert [x.to_dict() for x in a] == [x.to_dict() for x in b]
+        seen += a
+    assert seen  # the stats broke the default rules at least once

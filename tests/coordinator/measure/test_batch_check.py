@@ -288,3 +288,36 @@ def test_an_older_batch_format_is_refused_clearly() -> None:
     m["v"] = 1
     with pytest.raises(BatchFormatError, match="version 1 .this coordinator reads 2"):
         decode_batch(msgpack.packb(m, use_bin_type=True))
+
+
+def test_bucket_indices_may_fall_only_where_a_group_begins() -> None:
+    """Indices ascend within each group; between groups they may fall (and do here)."""
+    from horde.agents.aggregate import aggregate_records
+
+    rng = np.random.default_rng(3)
+    rows = np.zeros(400, SAMPLE_DTYPE)
+    rows["endpoint"] = rng.integers(0, 2, 400)
+    rows["intended_ns"] = rng.integers(1 * S, 2 * S, 400)
+    rows["sent_ns"] = rows["intended_ns"]
+    rows["end_ns"] = rows["sent_ns"] + rng.lognormal(np.log(5e6), 1.0, 400).astype(np.int64)
+    rows["status"] = 200
+    b = decode_batch(
+        encode_batch(
+            agent=0,
+            incarnation=0,
+            seq=0,
+            watermark_ns=3 * S,
+            agg=aggregate_records(rows, np.asarray([5 * S, 20 * S])),
+            readings=GeneratorReadings(),
+        )
+    )
+    h = b.agg.latency
+    falls = np.flatnonzero(h.idx[1:] <= h.idx[:-1]) + 1
+    assert len(falls) and set(falls.tolist()) <= set(h.offsets.tolist())  # falls, all at group starts
+    check_samples(b, AGG_BOUNDS, NOW_NS)
+    inside = int(h.offsets[1]) + 3  # a bucket inside the second group
+    swapped = h.idx.copy()
+    swapped[inside], swapped[inside + 1] = swapped[inside + 1], swapped[inside]
+    bad = dataclasses.replace(b, agg=dataclasses.replace(b.agg, latency=dataclasses.replace(h, idx=swapped)))
+    with pytest.raises(BatchFormatError, match=r"agg\.h\.latency'\.idx: a group's bucket indices not ascending"):
+        check_samples(bad, AGG_BOUNDS, NOW_NS)

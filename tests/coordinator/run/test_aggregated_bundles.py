@@ -63,8 +63,9 @@ SCENARIO = textwrap.dedent(f"""
 """)
 
 
-def _recorded_stream(seed: int = 16) -> dict[int, list[tuple[int, np.ndarray]]]:
-    """Per agent, its flushes: (watermark, the records that ended at or before it since the last)."""
+def _recorded_stream(seed: int = 16, flush_s: int = 1) -> dict[int, list[tuple[int, np.ndarray]]]:
+    """Per agent, its flushes every `flush_s` seconds: (watermark, the records that ended at or
+    before it since the last)."""
     rng = np.random.default_rng(seed)
     out: dict[int, list[tuple[int, np.ndarray]]] = {}
     for agent in range(AGENTS):
@@ -85,16 +86,17 @@ def _recorded_stream(seed: int = 16) -> dict[int, list[tuple[int, np.ndarray]]]:
         s["bytes"] = rng.integers(0, 5000, n)
         s = s[np.argsort(s["end_ns"], kind="stable")]  # records are written as requests end
         flushes = []
-        for k in range(1, DURATION_S + 2):
-            wm = k * S + 37 * MS * agent
+        for k in range(1, (DURATION_S + 1) // flush_s + 2):
+            wm = k * flush_s * S + 37 * MS * agent
             lo = flushes[-1][0] if flushes else -(2**62)
             flushes.append((wm, s[(s["end_ns"] > lo) & (s["end_ns"] <= wm)]))
         last = s[s["end_ns"] > flushes[-1][0]]
         flushes.append((int(s["end_ns"].max()) + 1 if len(last) else flushes[-1][0] + S, last))
-        if agent == 1:  # five records of window 0 reach the coordinator only with the fourth flush: late
+        if agent == 1:  # five records of window 0 reach the coordinator only with the flush at 4 s: late
             wm, rec = flushes[0]
-            flushes[0] = (wm, rec[:-5])
-            flushes[3] = (flushes[3][0], np.concatenate([flushes[3][1], rec[-5:]]))
+            flushes[0] = (wm, rec[5:])
+            k = next(i for i, (w, _) in enumerate(flushes) if w >= 4 * S)
+            flushes[k] = (flushes[k][0], np.concatenate([flushes[k][1], rec[:5]]))
         out[agent] = flushes
     return out
 
@@ -107,8 +109,8 @@ def _payload(agent: int, seq: int, wm: int, records: np.ndarray, final: bool, ag
     return encode_batch(records=records.tobytes(), **common)
 
 
-def _events(aggregated: bool, ends: np.ndarray) -> list:
-    stream = _recorded_stream()
+def _events(aggregated: bool, ends: np.ndarray, flush_s: int = 1) -> list:
+    stream = _recorded_stream(flush_s=flush_s)
     per_agent = {
         a: [
             BatchReceived(a, _payload(a, seq, wm, rec, seq == len(fl) - 1, aggregated, ends))
@@ -125,16 +127,23 @@ def _events(aggregated: bool, ends: np.ndarray) -> list:
     return order
 
 
-def _run(tmp_path: Path, aggregated: bool):
-    loaded = parse_scenario(SCENARIO)
+def _run(tmp_path: Path, aggregated: bool, flush_s: int = 1):
+    loaded = parse_scenario(SCENARIO.replace("flush_interval: 1s", f"flush_interval: {flush_s}s"))
     plan = build_plan(loaded.scenario, URL, 4.0, supports_fast=None)
     ends = stage_ends_ns(plan.agents[0].stages)
     assert ends.tolist() == list(plan.stage_ends_ns)  # the agent stages samples as the coordinator does
-    out = tmp_path / ("agg" if aggregated else "raw")
+    out = tmp_path / (("agg" if aggregated else "raw") + f"-{flush_s}s")
     options = RunOptions(out_dir=str(out), progress=lambda line: None, install_signal_handlers=False)
     shape = ClusterShape("in-process", "", (NodeShape("local", "host", 4.0),))
     result = asyncio.run(
-        run(loaded, plan, shape, CannedFleet(_events(aggregated, ends)), options, Target(url=URL, metrics_url=None))
+        run(
+            loaded,
+            plan,
+            shape,
+            CannedFleet(_events(aggregated, ends, flush_s)),
+            options,
+            Target(url=URL, metrics_url=None),
+        )
     )
     return result, read_bundle(result.bundle)
 
@@ -170,6 +179,30 @@ def test_aggregated_batches_give_the_same_bundle_as_raw_samples(tmp_path: Path) 
     assert _plain(agg.window_histograms()) == _plain(raw.window_histograms())
     assert _plain(agg.histograms()) == _plain(raw.histograms())
     assert [a.model_dump() for a in agg.alerts()] == [a.model_dump() for a in raw.alerts()]
+
+
+def test_flushes_every_2_s_give_the_same_figures_as_every_second(tmp_path: Path) -> None:
+    """`flush_interval: 2s` halves the batches the coordinator handles a second (its cost
+    follows batches: bench/coordinator_sim.py --flush-s 2); the same requests give the same
+    windows, histograms and summary figures. What differs is only what describes the
+    agents' flushes themselves: their readings land in every other window."""
+    _, every_1s = _run(tmp_path, aggregated=True, flush_s=1)
+    _, every_2s = _run(tmp_path, aggregated=True, flush_s=2)
+
+    def figures(bundle) -> tuple:
+        summary = bundle.summary.model_dump()
+        kept = {k: summary[k] for k in ("total", "endpoints", "stages", "thresholds", "late_samples", "alerts")}
+        windows = [{k: v for k, v in _figures(w).items() if k != "generator"} for w in bundle.windows()]
+        return kept, windows, _plain(bundle.window_histograms()), _plain(bundle.histograms())
+
+    one, two = figures(every_1s), figures(every_2s)
+    assert one[0]["total"]["requests"] == sum(len(r) for fl in _recorded_stream().values() for _, r in fl)
+    assert one[0]["late_samples"] > 0 and two[0]["late_samples"] > 0
+    assert len(one[1]) >= DURATION_S
+    for a, b in zip(one, two):  # part by part: a failure's diff stays readable
+        assert json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    alerts_1s = [a.model_dump() for a in every_1s.alerts()]
+    assert alerts_1s == [a.model_dump() for a in every_2s.alerts()]
 
 
 def test_an_aggregated_batch_is_far_smaller_than_its_records() -> None:
