@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,7 +84,9 @@ def stamped(template, window: int):
 class SimAgents:
     """Several simulated agents in one actor process."""
 
-    def __init__(self, indices: list[int]) -> None:
+    def __init__(self, indices: list[int], cpus: list[int] | None = None) -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # --pin: the producers keep off the coordinator's core
         self.indices = indices
         self.templates: list = []
 
@@ -243,7 +246,15 @@ def main() -> None:
     ap.add_argument("--flush-s", type=int, default=1, help="seconds between an agent's batches (flush_interval)")
     ap.add_argument("--exact-alerts", action="store_true", help="alert rules re-merge 10 windows (the old way)")
     ap.add_argument("--no-ack", action="store_true", help="leave out the per-batch lease ack the real fleet sends")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the coordinator to CPU 0 and the simulated agents to the other CPUs (one core each side)",
+    )
     args = ap.parse_args()
+    producer_cpus = sorted(os.sched_getaffinity(0) - {0}) if args.pin else None
+    if args.pin:
+        os.sched_setaffinity(0, {0})  # threads started from here on (Ray's driver threads) inherit it
 
     from horde.cluster.connect import connect
 
@@ -258,7 +269,7 @@ def main() -> None:
     try:
         for n_agents in [int(x) for x in args.agents.split(",")]:
             n_actors = min(args.actors, n_agents)
-            actors = [sim.remote(list(range(i, n_agents, n_actors))) for i in range(n_actors)]
+            actors = [sim.remote(list(range(i, n_agents, n_actors)), producer_cpus) for i in range(n_actors)]
             for groups in [int(x) for x in args.groups.split(",")]:
                 for rate in [int(x) for x in args.rates.split(",")]:
                     r = run_step(
