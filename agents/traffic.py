@@ -61,7 +61,7 @@ from horde.agents.samples import (
 )
 from horde.agents.spec import AgentSpec, FlowTemplate, UserTemplate
 from horde.agents.stages import Profile, level_to_users, users_for_agent
-from horde.agents.timers import TimerHandle, Timers, make_timers, sleep_until
+from horde.agents.timers import TimerHandle, Timers, hold_still, let_go, make_timers, sleep_until
 
 if TYPE_CHECKING:
     from horde.agents.users import UserRunner
@@ -266,6 +266,7 @@ class TrafficAgent:
             self._lease_until = self._lease.until_ns
         self._cpu0 = self._probe.read()[0]
         self._timers = timers = make_timers(asyncio.get_running_loop(), self._timer_kind)
+        hold_still()  # this thread's timer slack, and the garbage collector out of the way
         for e in self._engines.values():
             await e.open()
         if self._flow_runner is not None:
@@ -295,6 +296,7 @@ class TrafficAgent:
             if self._flow_runner is not None:
                 await self._flow_runner.close()
             timers.close()  # its timerfd: nothing waits on it once the drive has ended
+            let_go()
         if self._fenced:  # the host reports the agent lost (it stopped on its own)
             raise LeaseLapsed(
                 f"agent {self.spec.index}.{self.spec.incarnation}: no batch acknowledged for "
@@ -780,10 +782,11 @@ class TrafficAgent:
             if delay > 0:
                 await asyncio.sleep(delay / 1e9)
             # A send due in the next moment goes first: building the batch would hold it
-            # back (constant arrivals at 1/s, 2/s... fall on the flush instants).
+            # back (constant arrivals at 1/s, 2/s... fall on the flush instants). The batch
+            # is built right after it (the send timers), with the whole gap to the next.
             due = self._timer_at - self._now() if self._timer is not None else -1
             if 0 <= due < _FLUSH_YIELD_NS:
-                await asyncio.sleep(due / 1e9 + 0.001)
+                await sleep_until(self._timers, self._timer_at + self._mono_start + 1)  # type: ignore[arg-type]  # set by run()
             if self._now() >= self._lease_until:  # nothing sent or in flight after a lapse
                 self._lapse()
                 return
