@@ -265,12 +265,12 @@ class TrafficAgent:
             self._lease = Lease(self._lease_term_ns, self._now())
             self._lease_until = self._lease.until_ns
         self._cpu0 = self._probe.read()[0]
-        self._timers = timers = make_timers(asyncio.get_running_loop(), self._timer_kind)
-        hold_still()  # this thread's timer slack, and the garbage collector out of the way
         for e in self._engines.values():
             await e.open()
         if self._flow_runner is not None:
             await self._flow_runner.open()
+        self._timers = timers = make_timers(asyncio.get_running_loop(), self._timer_kind)
+        hold_still()  # this thread's timer slack, and the garbage collector out of the way
         try:
             wait_s = -self._now() / 1e9
             if wait_s > 0 and not self._stopping:
@@ -291,12 +291,12 @@ class TrafficAgent:
                 await asyncio.gather(monitor, flusher, return_exceptions=True)
             emit(self._batch(final=True))
         finally:
+            timers.close()  # its timerfd: nothing waits on it once the drive has ended
+            let_go()
             for e in self._engines.values():
                 await e.close()
             if self._flow_runner is not None:
                 await self._flow_runner.close()
-            timers.close()  # its timerfd: nothing waits on it once the drive has ended
-            let_go()
         if self._fenced:  # the host reports the agent lost (it stopped on its own)
             raise LeaseLapsed(
                 f"agent {self.spec.index}.{self.spec.incarnation}: no batch acknowledged for "

@@ -38,6 +38,7 @@ Asserts nothing.
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
 import gc
 import json
@@ -138,6 +139,7 @@ class Trace:
         self.wakes: list[tuple[int, int, bool]] = []  # (armed, entered, early wake)
         self._gc_t0 = 0
         self._saved: Any = None
+        self._saved_wake_at: Any = None
 
     def send(self, intended: int, sent: int) -> None:
         self.sends.append((intended, sent))
@@ -171,54 +173,67 @@ class Trace:
             on_readable(timers)
 
         cls._on_readable = traced  # type: ignore[method-assign]
+        self._saved_wake_at = wake_at = cls._wake_at
+
+        def arming(timers: Any, due_ns: int, now: int) -> None:
+            self.samples.append((time.monotonic_ns(), *_schedstat()))
+            wake_at(timers, due_ns, now)
+
+        cls._wake_at = arming  # type: ignore[method-assign]
 
     def uninstall(self) -> None:
         gc.callbacks.remove(self._gc)
         if self._saved is not None:
             timers_mod.TimerfdTimers._on_readable = self._saved  # type: ignore[method-assign]
+            timers_mod.TimerfdTimers._wake_at = self._saved_wake_at  # type: ignore[method-assign]
 
     def report(self, label: str, timers: Any) -> None:
-        """Print, over the sends later than LATE_NS, how their lateness splits."""
-        import bisect
-
+        """Print how the sends later than LATE_NS split their lateness, and the send lag
+        with the run-queue wait taken out (approximate: the wait between the samples
+        around a send, scaled to its lag)."""
         samples = sorted(self.samples)
         times = [t for t, _, _ in samples]
         wake_at = sorted(self.wakes, key=lambda w: w[1])
         wake_times = [w[1] for w in wake_at]
         split = dict.fromkeys(("gc", "flush", "runq", "wake", "busy", "other"), 0)
         count = dict.fromkeys(split, 0)
-        late = [(i, s) for i, s in self.sends if s - i > self.LATE_NS]
-        for intended, sent in late:
+        own = []
+        for intended, sent in self.sends:
             dt = sent - intended
-            parts = {"gc": _overlap(self.gcs, intended, sent), "flush": _overlap(self.flushes, intended, sent)}
             k0 = max(0, bisect.bisect_right(times, intended) - 1)
             k1 = min(len(samples) - 1, bisect.bisect_left(times, sent))
-            span = max(1, samples[k1][0] - samples[k0][0])
-            scale = min(1.0, dt / span)
-            parts["runq"] = int((samples[k1][2] - samples[k0][2]) * scale)
+            scale = min(1.0, dt / max(1, samples[k1][0] - samples[k0][0]))
+            runq = int((samples[k1][2] - samples[k0][2]) * scale)
+            own.append(max(0, dt - runq))
+            if dt <= self.LATE_NS:
+                continue
+            parts = {"gc": _overlap(self.gcs, intended, sent), "flush": _overlap(self.flushes, intended, sent)}
+            parts["runq"] = runq
             parts["busy"] = int((samples[k1][1] - samples[k0][1]) * scale)
             w = bisect.bisect_right(wake_times, sent) - 1
             if w >= 0 and intended - 5_000_000 < wake_at[w][0] <= intended < wake_at[w][1]:
                 parts["wake"] = wake_at[w][1] - intended  # the kernel woke us after the send was due
-            rest = dt - sum(parts.values())
-            parts["other"] = max(0, rest)
-            top = max(parts, key=lambda k: parts[k])
-            count[top] += 1
+            parts["other"] = max(0, dt - sum(parts.values()))
+            count[max(parts, key=lambda k: parts[k])] += 1
             for k, v in parts.items():
                 split[k] += v
-        wl = np.asarray([e - a for a, e, lead in self.wakes if not lead] or [0]) / 1000
-        wl_lead = np.asarray([e - a for a, e, lead in self.wakes if lead] or [0]) / 1000
+        late = sum(count.values())
+        q = np.percentile
+        o = np.asarray(own or [0]) / 1000
+        short = np.asarray([e - a for a, e, long in self.wakes if not long] or [0]) / 1000
+        long = np.asarray([e - a for a, e, long in self.wakes if long] or [0]) / 1000
         print(
-            f"  trace {label}: {len(late)} of {len(self.sends)} sends over {self.LATE_NS // 1000} us late; "
-            f"wake late p50/p99 us: plain {np.percentile(wl, 50):.0f}/{np.percentile(wl, 99):.0f} "
-            f"(n={len(wl)}), early {np.percentile(wl_lead, 50):.0f}/{np.percentile(wl_lead, 99):.0f} "
-            f"(n={len(wl_lead)}); gc passes {len(self.gcs)} (max {_longest(self.gcs)} us), "
-            f"flushes {len(self.flushes)} (max {_longest(self.flushes)} us); lead at the end us: long "
-            f"{getattr(timers, 'lead_ns', 0) // 1000}, short {getattr(timers, 'short_lead_ns', 0) // 1000}",
+            f"  trace {label}: {late} of {len(self.sends)} sends over {self.LATE_NS // 1000} us late; "
+            f"without the run-queue wait p50/p99 {q(o, 50):.1f}/{q(o, 99):.1f} us; "
+            f"timerfd wake-ups late p50/p99 us: short sleeps {q(short, 50):.0f}/{q(short, 99):.0f} (n={len(short)}), "
+            f"long {q(long, 50):.0f}/{q(long, 99):.0f} (n={len(long)}); gc passes {len(self.gcs)} "
+            f"(max {_longest(self.gcs)} us), flushes {len(self.flushes)} (max {_longest(self.flushes)} us); "
+            f"leads at the end: long {getattr(timers, 'lead_ns', 0) // 1000} us, "
+            f"short {getattr(timers, 'short_lead_ns', 0) // 1000} us",
             flush=True,
         )
         if late:
-            total = sum(s - i for i, s in late)
+            total = sum(s - i for i, s in self.sends if s - i > self.LATE_NS)
             shares = ", ".join(f"{k} {100 * v / total:.0f}% (top in {count[k]})" for k, v in split.items())
             print(f"    late time split: {shares}", flush=True)
 
