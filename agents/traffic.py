@@ -291,12 +291,12 @@ class TrafficAgent:
                 await asyncio.gather(monitor, flusher, return_exceptions=True)
             emit(self._batch(final=True))
         finally:
-            timers.close()  # its timerfd: nothing waits on it once the drive has ended
             let_go()
             for e in self._engines.values():
                 await e.close()
             if self._flow_runner is not None:
                 await self._flow_runner.close()
+            timers.close()  # its timerfd: nothing waits on it once the drive has ended
         if self._fenced:  # the host reports the agent lost (it stopped on its own)
             raise LeaseLapsed(
                 f"agent {self.spec.index}.{self.spec.incarnation}: no batch acknowledged for "
@@ -784,9 +784,13 @@ class TrafficAgent:
             # A send due in the next moment goes first: building the batch would hold it
             # back (constant arrivals at 1/s, 2/s... fall on the flush instants). The batch
             # is built right after it (the send timers), with the whole gap to the next.
-            due = self._timer_at - self._now() if self._timer is not None else -1
-            if 0 <= due < _FLUSH_YIELD_NS:
+            due = self._timer_at - self._now() if self._timer is not None else _FLUSH_YIELD_NS
+            if due < _FLUSH_YIELD_NS:
                 await sleep_until(self._timers, self._timer_at + self._mono_start + 1)  # type: ignore[arg-type]  # set by run()
+                for _ in range(3):  # overdue (the loop was held): its wake-up runs within a turn or two
+                    if self._timer is None or self._timer_at > self._now():
+                        break
+                    await asyncio.sleep(0)
             if self._now() >= self._lease_until:  # nothing sent or in flight after a lapse
                 self._lapse()
                 return

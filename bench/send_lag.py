@@ -23,7 +23,10 @@ from the agent's own slot state as each request goes to the engine (a thin wrapp
 around the engine's submit, the same cost for every kind), so it is exactly what the
 agent records. The process takes an agent's priority first (--nice, default
 HORDE_AGENT_NICE or -10, as agents/runner.py raise_priority; 0 leaves it; the target
-keeps the default). --slack-ns sets the agent thread's timer slack (prctl
+keeps the default). --fifo runs the agent's thread at real-time priority (SCHED_FIFO 1;
+needs CAP_SYS_NICE), so that on a loaded machine what other processes take is kept out
+and the timers' own lag shows; agents never run so (a spinning loop would starve the
+node). --slack-ns sets the agent thread's timer slack (prctl
 PR_SET_TIMERSLACK; the agent sets 1 ns itself, agents/timers.py hold_still).
 
 --trace (precise only) splits the lateness of every send over 250 us late: garbage
@@ -42,6 +45,7 @@ import bisect
 import dataclasses
 import gc
 import json
+import os
 import subprocess
 import sys
 import time
@@ -345,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--nice", type=int, default=AGENT_NICE, help=f"this process's nice, as an agent's (default {AGENT_NICE})"
     )
+    ap.add_argument("--fifo", action="store_true", help="real-time priority 1: the timers apart from the load")
     ap.add_argument("--no-closed", action="store_true")
     ap.add_argument("--trace", action="store_true", help="split late sends' lateness by cause (precise)")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
@@ -359,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     proc, url = _start_server()  # the target keeps the default priority
     got = raise_priority(whole_process=True, nice=args.nice) if args.nice else {"nice": 0}
     print(f"send_lag: nice {got['nice']}" + (f" ({got['error']})" if got.get("error") else ""), flush=True)
+    if args.fifo:
+        try:  # this thread only: the agent's loop runs here, the target is another process
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            print("send_lag: SCHED_FIFO 1 (the machine's load kept off the agent's thread)", flush=True)
+        except (OSError, AttributeError) as exc:
+            print(f"send_lag: no SCHED_FIFO here ({exc})", file=sys.stderr)
     rows: list[Row] = []
     try:
         head = ("load", "timers", "sent", "p50 us", "p99 us", "max us", "cpu us/req", "core %", "spin %")
