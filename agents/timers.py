@@ -35,6 +35,7 @@ import gc
 import heapq
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -421,7 +422,8 @@ def set_timer_slack_ns(slack_ns: int) -> bool:
         return False
 
 
-_gc_holds = 0
+_gc_holds = 0  # agents holding the collector frozen (hold_still)
+_gc_lock = threading.Lock()
 
 
 def hold_still() -> bool:
@@ -432,18 +434,20 @@ def hold_still() -> bool:
     holding back the sends due meanwhile). Undo with let_go(); returns whether the timer
     slack was set (False where the platform does not allow it)."""
     global _gc_holds
-    if _gc_holds == 0:
-        gc.freeze()
-    _gc_holds += 1
+    with _gc_lock:  # agents on several threads of one process (in-process runs)
+        if _gc_holds == 0:
+            gc.freeze()
+        _gc_holds += 1
     return set_timer_slack_ns(TIMER_SLACK_NS)
 
 
 def let_go() -> None:
     """After sending: the frozen objects go back to the collector (the last hold only)."""
     global _gc_holds
-    _gc_holds = max(0, _gc_holds - 1)
-    if _gc_holds == 0:
-        gc.unfreeze()
+    with _gc_lock:
+        _gc_holds = max(0, _gc_holds - 1)
+        if _gc_holds == 0:
+            gc.unfreeze()
 
 
 def timer_slack_ns() -> int:
