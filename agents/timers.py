@@ -11,10 +11,10 @@ Python 3.11 has no os.timerfd_create, so it is called through ctypes on libc.
 Three kinds (make_timers), all with call_at(due_ns, callback, *args) -> handle.cancel():
 - "precise": the timerfd. Costs one timerfd_settime when the earliest deadline moves
   earlier, and one read(8) per wake-up; an idle wait is a blocked epoll_wait (no CPU).
-  A deadline under NEAR_NS away is spun to on the loop's next turn instead, and one over
-  LEAD_AFTER_NS away wakes the loop early (LEAD_NS at first, then adapted to the kernel's
-  measured lateness, at most MAX_LEAD_NS) and spins the rest (both measured in
-  bench/send_lag.py; the figures are in docs/measurement.md).
+  A deadline under NEAR_NS away is spun to on the loop's next turn instead, and the others
+  wake the loop early by a lead learnt from how late recent wake-ups were (see LEAD_NS;
+  never over SPIN_SHARE of the sleep) and spin the rest (measured in bench/send_lag.py;
+  the figures are in docs/measurement.md).
 - "spin": the fallback where there is no timerfd (not Linux, or ctypes fails): a loop
   timer to about SPIN_NS before the deadline, then call_soon turns of the loop until it
   is due. Each wait burns a core for up to ~2 ms (the spin plus the loop timer's own
@@ -31,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import heapq
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -45,21 +47,32 @@ SPIN_NS = 1_000_000  # the spin fallback hands over from a loop timer this long 
 # spinning the rest. Arming a timer 30 us ahead cost 29 us of CPU here (a virtual
 # machine's timer reprogramming) against 1.8 us for a far one; a spin that short is cheaper.
 NEAR_NS = 30_000
-# A wake-up after a long sleep (an idle core, a cold cache) was 150-250 us late, after a
-# short one 30-70 us: a deadline over LEAD_AFTER_NS away wakes LEAD_NS early and spins
-# the rest. Each ends a sleep of over 4.85 ms, so at most ~200 a second: 3% of a core at worst.
+# A wake-up is late by the kernel's wake latency plus whatever the loop was busy with;
+# on the test machine (a 2-core virtual machine) 40-60 us at the median after a sleep of
+# 0.2-1 ms and 150-450 us after a long one (an idle core, a cold cache). So the timerfd
+# is armed `lead` early and the rest is spun, with a lead learnt from the recent wake-ups
+# of the same kind (a sleep over LEAD_AFTER_NS, "long", or not, "short"):
+# - long: their p95 plus LEAD_MARGIN_NS, at least LEAD_NS (a spin is cheap beside the sleep);
+# - short: only what keeps the send lag in bounds, the larger of p50 - AIM_P50_NS and
+#   p99 - AIM_P99_NS (0 when the wake-ups are prompt enough: no spin at all);
+# both at most MAX_LEAD_NS and SPIN_SHARE of the sleep, so the spinning never takes more
+# than SPIN_SHARE of a core whatever the rate (measured in bench/send_lag.py).
 LEAD_NS = 150_000
 LEAD_AFTER_NS = 5_000_000
-# The early wake adapts to how late the kernel's wake-ups after a long sleep actually are
-# (an idle virtual machine was ~300-450 us late at 1-10 sends a second): twice their
-# running mean plus 50 us, never under LEAD_NS, never over MAX_LEAD_NS (at most 1 ms of
-# spinning per sleep of over 5 ms: under 20% of a core at the densest, ~0.1% at 1/s).
+LEAD_MARGIN_NS = 50_000
+AIM_P50_NS = 20_000
+AIM_P99_NS = 150_000
 MAX_LEAD_NS = 1_000_000
+SPIN_SHARE = 0.1
+_WINDOW = {True: 32, False: 256}  # wake-ups remembered per kind (long: True)
+_REESTIMATE_EVERY = 32  # short wake-ups between two estimates of their lead
+TIMER_SLACK_NS = 1  # the agent thread's timer slack (prctl; Linux's default is 50 us)
 
 _mono = time.monotonic_ns
 _CLOCK_MONOTONIC = 1
 _TFD_TIMER_ABSTIME = 1
 _PR_SET_TIMERSLACK = 29
+_PR_GET_TIMERSLACK = 30
 
 
 class TimerHandle:
@@ -290,9 +303,13 @@ class TimerfdTimers(_HeapTimers):
         self._value = self._spec.it_value
         self._spec_ptr = ctypes.pointer(self._spec)
         self._armed_ns = 0  # when the kernel wakes us (0: not armed, or it fired)
-        self._lead = False  # it wakes us self.lead_ns early
-        self.lead_ns = LEAD_NS  # the early wake for a long sleep (adapted in _on_readable)
-        self._late_mean_ns = LEAD_NS // 2  # running mean of how late those wake-ups were
+        self._lead = False  # the sleep it ends is a long one (over LEAD_AFTER_NS)
+        self._armed_lead = 0  # how early it was armed (the spin it allows)
+        self.lead_ns = LEAD_NS  # the early wake for a long sleep (learnt in _on_readable)
+        self.short_lead_ns = 0  # and for a short one
+        self._lates: dict[bool, list[int]] = {True: [], False: []}  # recent lateness, by kind
+        self._late_pos = {True: 0, False: 0}
+        self.spun_ns = 0  # spinning to deadlines after an early wake, in all (bench/send_lag.py)
         try:
             loop.add_reader(fd, self._on_readable)
         except BaseException:
@@ -300,14 +317,17 @@ class TimerfdTimers(_HeapTimers):
             raise
 
     def _wake_at(self, due_ns: int, now: int) -> None:
-        # A long sleep ends slowly (an idle core, a cold cache): wake LEAD_NS early and spin.
-        lead = due_ns - now > LEAD_AFTER_NS
-        at = due_ns - self.lead_ns if lead else due_ns
+        # Wake `lead` early and spin the rest (see LEAD_NS): at most SPIN_SHARE of the sleep.
+        ahead = due_ns - now
+        lead = ahead > LEAD_AFTER_NS
+        early = min(self.lead_ns if lead else self.short_lead_ns, int(ahead * SPIN_SHARE))
+        at = due_ns - early
         armed = self._armed_ns
         if armed and armed <= at:
             return  # the kernel wakes us in time already
         self._armed_ns = at = max(at, 1)  # an it_value of 0 would disarm it
         self._lead = lead
+        self._armed_lead = early
         value = self._value
         value.tv_sec, value.tv_nsec = divmod(at, 1_000_000_000)
         if self._settime(self._fd, _TFD_TIMER_ABSTIME, self._spec_ptr, None) < 0:
@@ -319,11 +339,30 @@ class TimerfdTimers(_HeapTimers):
         except BlockingIOError:  # re-armed after it fired: nothing to read yet
             pass
         armed, self._armed_ns = self._armed_ns, 0
-        if self._lead:
-            late = _mono() - armed  # the kernel's lateness after a long sleep
-            self._late_mean_ns += (max(late, 0) - self._late_mean_ns) >> 3
-            self.lead_ns = min(MAX_LEAD_NS, max(LEAD_NS, 2 * self._late_mean_ns + 50_000))
-        self._run_due(NEAR_NS + self.lead_ns if self._lead else NEAR_NS)
+        if armed:
+            now = _mono()
+            self._learn(self._lead, max(now - armed, 0))
+            early = self._armed_lead
+            self._run_due(NEAR_NS + early)
+            if early:
+                self.spun_ns += min(max(armed + early - now, 0), early)  # bounded by the early wake
+        else:
+            self._run_due(NEAR_NS)
+
+    def _learn(self, long: bool, late_ns: int) -> None:
+        """Keep `late_ns` (how late the kernel woke us) and re-estimate that kind's lead."""
+        lates = self._lates[long]
+        size = _WINDOW[long]
+        pos = self._late_pos[long]
+        if len(lates) < size:
+            lates.append(late_ns)
+        else:
+            lates[pos % size] = late_ns
+        self._late_pos[long] = pos + 1
+        if long:
+            self.lead_ns = long_lead_ns(lates)
+        elif pos % _REESTIMATE_EVERY == _REESTIMATE_EVERY - 1:
+            self.short_lead_ns = short_lead_ns(lates)
 
     def close(self) -> None:
         if self._fd < 0:
@@ -335,6 +374,27 @@ class TimerfdTimers(_HeapTimers):
         finally:
             os.close(fd)
             super().close()
+
+
+def _quantile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def long_lead_ns(lates: list[int]) -> int:
+    """The early wake for a long sleep, from how late recent ones ended (see LEAD_NS)."""
+    if not lates:
+        return LEAD_NS
+    return min(MAX_LEAD_NS, max(LEAD_NS, _quantile(lates, 0.95) + LEAD_MARGIN_NS))
+
+
+def short_lead_ns(lates: list[int]) -> int:
+    """The early wake for a short sleep: the least that keeps the lag's p50 and p99 in
+    bounds (AIM_P50_NS, AIM_P99_NS), 0 while the wake-ups are prompt enough."""
+    if len(lates) < _REESTIMATE_EVERY:
+        return 0
+    need = max(_quantile(lates, 0.5) - AIM_P50_NS, _quantile(lates, 0.99) - AIM_P99_NS)
+    return min(MAX_LEAD_NS, max(0, need))
 
 
 def make_timers(loop: asyncio.AbstractEventLoop, kind: str | None = None) -> Timers:
@@ -360,6 +420,42 @@ def set_timer_slack_ns(slack_ns: int) -> bool:
         return _libc().prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(slack_ns), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+_gc_holds = 0  # agents holding the collector frozen (hold_still)
+_gc_lock = threading.Lock()
+
+
+def hold_still() -> bool:
+    """Before sending: make the calling thread (the agent's loop) keep time. Its timer slack
+    goes to TIMER_SLACK_NS (the kernel may otherwise run its sleeps' timeouts up to 50 us
+    late to batch wake-ups), and what the process holds now is frozen out of the garbage
+    collector (gc.freeze: a full pass over a Ray worker's heap paused the loop 10-40 ms,
+    holding back the sends due meanwhile). Undo with let_go(); returns whether the timer
+    slack was set (False where the platform does not allow it)."""
+    global _gc_holds
+    with _gc_lock:  # agents on several threads of one process (in-process runs)
+        if _gc_holds == 0:
+            gc.freeze()
+        _gc_holds += 1
+    return set_timer_slack_ns(TIMER_SLACK_NS)
+
+
+def let_go() -> None:
+    """After sending: the frozen objects go back to the collector (the last hold only)."""
+    global _gc_holds
+    with _gc_lock:
+        _gc_holds = max(0, _gc_holds - 1)
+        if _gc_holds == 0:
+            gc.unfreeze()
+
+
+def timer_slack_ns() -> int:
+    """The calling thread's timer slack (prctl PR_GET_TIMERSLACK), -1 where unsupported."""
+    try:
+        return int(_libc().prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0))
+    except (OSError, AttributeError):
+        return -1
 
 
 async def sleep_until(timers: Timers, due_ns: int) -> None:

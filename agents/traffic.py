@@ -61,7 +61,7 @@ from horde.agents.samples import (
 )
 from horde.agents.spec import AgentSpec, FlowTemplate, UserTemplate
 from horde.agents.stages import Profile, level_to_users, users_for_agent
-from horde.agents.timers import TimerHandle, Timers, make_timers, sleep_until
+from horde.agents.timers import TimerHandle, Timers, hold_still, let_go, make_timers, sleep_until
 
 if TYPE_CHECKING:
     from horde.agents.users import UserRunner
@@ -265,11 +265,12 @@ class TrafficAgent:
             self._lease = Lease(self._lease_term_ns, self._now())
             self._lease_until = self._lease.until_ns
         self._cpu0 = self._probe.read()[0]
-        self._timers = timers = make_timers(asyncio.get_running_loop(), self._timer_kind)
         for e in self._engines.values():
             await e.open()
         if self._flow_runner is not None:
             await self._flow_runner.open()
+        self._timers = timers = make_timers(asyncio.get_running_loop(), self._timer_kind)
+        hold_still()  # this thread's timer slack, and the garbage collector out of the way
         try:
             wait_s = -self._now() / 1e9
             if wait_s > 0 and not self._stopping:
@@ -290,6 +291,7 @@ class TrafficAgent:
                 await asyncio.gather(monitor, flusher, return_exceptions=True)
             emit(self._batch(final=True))
         finally:
+            let_go()
             for e in self._engines.values():
                 await e.close()
             if self._flow_runner is not None:
@@ -780,10 +782,15 @@ class TrafficAgent:
             if delay > 0:
                 await asyncio.sleep(delay / 1e9)
             # A send due in the next moment goes first: building the batch would hold it
-            # back (constant arrivals at 1/s, 2/s... fall on the flush instants).
-            due = self._timer_at - self._now() if self._timer is not None else -1
-            if 0 <= due < _FLUSH_YIELD_NS:
-                await asyncio.sleep(due / 1e9 + 0.001)
+            # back (constant arrivals at 1/s, 2/s... fall on the flush instants). The batch
+            # is built right after it (the send timers), with the whole gap to the next.
+            due = self._timer_at - self._now() if self._timer is not None else _FLUSH_YIELD_NS
+            if due < _FLUSH_YIELD_NS:
+                await sleep_until(self._timers, self._timer_at + self._mono_start + 1)  # type: ignore[arg-type]  # set by run()
+                for _ in range(3):  # overdue (the loop was held): its wake-up runs within a turn or two
+                    if self._timer is None or self._timer_at > self._now():
+                        break
+                    await asyncio.sleep(0)
             if self._now() >= self._lease_until:  # nothing sent or in flight after a lapse
                 self._lapse()
                 return

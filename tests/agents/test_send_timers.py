@@ -6,6 +6,7 @@ service). How late the sends leave is measured in bench/send_lag.py, not here.""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -17,7 +18,7 @@ from aiohttp import web
 from horde.agents.runner import new_event_loop
 from horde.agents.samples import ErrorClass, decode_batch
 from horde.agents.spec import AgentSpec, FlowStepTemplate, FlowTemplate, RequestTemplate, Stage
-from horde.agents.timers import KINDS
+from horde.agents.timers import KINDS, make_timers
 from horde.agents.traffic import TrafficAgent
 from horde.automaton.launch import start_automaton
 
@@ -182,3 +183,43 @@ def test_against_the_automaton_sends_never_leave_early() -> None:
     assert len(s) > 60
     assert (s["sent_ns"] >= s["intended_ns"]).all()
     assert left == 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("after_flush_ns", [2_500_000, -500_000])
+def test_a_flush_lets_the_send_due_with_it_go_first(kind: str, after_flush_ns: int) -> None:
+    """A send due within 3 ms of a flush instant (or overdue at it) leaves before the batch
+    is built: building it would hold the send back."""
+    loop = new_event_loop()
+    order: list[str] = []
+
+    async def main() -> None:
+        agent = TrafficAgent(_spec("http://127.0.0.1:9", flush_interval_s=0.05), timers=kind)
+        agent._timers = timers = make_timers(asyncio.get_running_loop(), kind)
+        agent._mono_start = time.monotonic_ns()
+        agent._batch = lambda *, final: order.append("batch") or b""  # type: ignore[method-assign]
+        due = 50_000_000 + after_flush_ns  # from the first flush instant, at 50 ms
+        agent._timer_at = due
+        if after_flush_ns < 0:  # overdue at the flush: the loop is held past both
+            asyncio.get_running_loop().call_at(asyncio.get_running_loop().time() + 0.045, time.sleep, 0.006)
+
+        def send() -> None:  # as the agent's _on_timer: the timer is spent
+            agent._timer = None
+            order.append("send")
+
+        agent._timer = timers.call_at(agent._mono_start + due, send)
+        flusher = asyncio.ensure_future(agent._flush_every_interval(lambda _b: None))
+        for _ in range(400):  # at most 2 s
+            if "batch" in order:
+                break
+            await asyncio.sleep(0.005)
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        timers.close()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert order[:2] == ["send", "batch"]

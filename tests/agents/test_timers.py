@@ -15,13 +15,23 @@ import pytest
 from horde.agents import timers as timers_mod
 from horde.agents.runner import new_event_loop
 from horde.agents.timers import (
+    AIM_P50_NS,
+    AIM_P99_NS,
     KINDS,
+    LEAD_MARGIN_NS,
     LEAD_NS,
     MAX_LEAD_NS,
+    SPIN_SHARE,
+    TIMER_SLACK_NS,
     SpinTimers,
     TimerfdTimers,
+    hold_still,
+    let_go,
+    long_lead_ns,
     make_timers,
+    short_lead_ns,
     sleep_until,
+    timer_slack_ns,
 )
 
 LINUX = sys.platform.startswith("linux")
@@ -237,24 +247,116 @@ def test_a_dense_schedule_lets_the_loop_turn_between_callbacks(loop) -> None:
     assert turned >= 20  # spinning from one callback to the next in one turn gives 0
 
 
+def _wake(t: TimerfdTimers, late_ns: int, times: int, long: bool) -> None:
+    """`times` wake-ups of the kind `long`, each `late_ns` after the timerfd was due."""
+    for _ in range(times):
+        t._lead = long
+        t._armed_ns = time.monotonic_ns() - late_ns  # the kernel woke us this late
+        t._on_readable()
+
+
 @pytest.mark.skipif(not LINUX, reason="timerfd is Linux only")
 def test_the_early_wake_adapts_to_how_late_the_kernel_wakes_within_its_bounds(loop) -> None:
     t = TimerfdTimers(loop)
     try:
-
-        def wake(late_ns: int, times: int) -> None:
-            for _ in range(times):
-                t._lead = True
-                t._armed_ns = time.monotonic_ns() - late_ns  # the kernel woke us this late
-                t._on_readable()
-
-        assert t.lead_ns == LEAD_NS
-        wake(400_000, 60)  # an idle machine: long sleeps end ~400 us late
-        assert 700_000 < t.lead_ns <= MAX_LEAD_NS
-        wake(5_000_000, 60)  # far later: the spin stays bounded
+        assert t.lead_ns == LEAD_NS and t.short_lead_ns == 0
+        _wake(t, 400_000, 60, long=True)  # an idle machine: long sleeps end ~400 us late
+        assert 400_000 < t.lead_ns <= 400_000 + 2 * LEAD_MARGIN_NS
+        _wake(t, 5_000_000, 60, long=True)  # far later: the spin stays bounded
         assert t.lead_ns == MAX_LEAD_NS
-        wake(0, 120)  # wake-ups on time again: back to the floor
+        _wake(t, 0, 120, long=True)  # wake-ups on time again: back to the floor
         assert t.lead_ns == LEAD_NS
+        assert t.short_lead_ns == 0  # the long ones say nothing about the short ones
+        _wake(t, 10_000, 256, long=False)  # short sleeps ending promptly: no spin at all
+        assert t.short_lead_ns == 0
+        _wake(t, 150_000, 256, long=False)  # a slow median: wake early by what it lacks
+        assert 150_000 - AIM_P50_NS - 10_000 < t.short_lead_ns <= 150_000 - AIM_P50_NS + 10_000
+        for _ in range(256 // 16):  # one in 16 very late: the p99 sets the lead
+            _wake(t, 10_000, 15, long=False)
+            _wake(t, 3_000_000, 1, long=False)
+        assert t.short_lead_ns == MAX_LEAD_NS
         assert t.call_at(time.monotonic_ns() + 10**9, lambda: None)  # still serves deadlines
     finally:
         t.close()
+
+
+def test_the_lead_estimates_stay_within_their_bounds() -> None:
+    assert long_lead_ns([]) == LEAD_NS
+    assert long_lead_ns([0] * 32) == LEAD_NS
+    assert long_lead_ns([10**9] * 32) == MAX_LEAD_NS
+    assert long_lead_ns([200_000] * 32) == 200_000 + LEAD_MARGIN_NS
+    assert short_lead_ns([10**9] * 8) == 0  # too few to judge: no spin
+    assert short_lead_ns([AIM_P50_NS] * 100) == 0
+    lates = [50_000] * 98 + [AIM_P99_NS + 70_000] * 2  # the p99 needs 70 us, the p50 30 us
+    assert short_lead_ns(lates) == 70_000
+    assert short_lead_ns([10**9] * 100) == MAX_LEAD_NS
+
+
+@pytest.mark.skipif(not LINUX, reason="timerfd is Linux only")
+def test_an_early_wake_never_runs_a_callback_early_and_spins_at_most_its_share(loop) -> None:
+    """With the largest lead learnt, deadlines 0.3-3 ms apart still run at or after their
+    time, and the timerfd is armed no earlier than SPIN_SHARE of the sleep before one."""
+
+    async def main() -> tuple[list[tuple[int, int]], list[tuple[int, int, int]], int]:
+        t = TimerfdTimers(asyncio.get_running_loop())
+        t.lead_ns = t.short_lead_ns = MAX_LEAD_NS
+        t._learn = lambda long, late: None  # type: ignore[method-assign]  # keep the lead as set
+        ran: list[tuple[int, int]] = []
+        armed: list[tuple[int, int, int]] = []  # (armed at, due, when)
+        done = asyncio.get_running_loop().create_future()
+        gaps = [300_000, 3_000_000, 1_000_000, 700_000, 6_000_000, 400_000] * 4
+
+        wake_at = t._wake_at
+
+        def arming(due_ns: int, now: int) -> None:
+            wake_at(due_ns, now)
+            armed.append((t._armed_ns, due_ns, now))
+
+        t._wake_at = arming  # type: ignore[method-assign]
+
+        def fire(k: int, due: int) -> None:
+            ran.append((due, time.monotonic_ns()))
+            if k == len(gaps):
+                done.set_result(None)
+                return
+            now = time.monotonic_ns()
+            t.call_at(now + gaps[k], fire, k + 1, now + gaps[k])
+
+        first = time.monotonic_ns() + 2_000_000
+        t.call_at(first, fire, 0, first)
+        await asyncio.wait_for(done, 5)
+        spun = t.spun_ns
+        t.close()
+        return ran, armed, spun
+
+    ran, armed, spun = loop.run_until_complete(main())
+    assert all(at >= due for due, at in ran)
+    assert len(armed) >= len(ran) - 1
+    assert all(due - (due - now) * SPIN_SHARE - 1 <= at < due for at, due, now in armed)
+    assert spun > 0  # it did wake early and spin
+
+
+@pytest.mark.skipif(not LINUX, reason="prctl is Linux only")
+def test_hold_still_sets_the_threads_timer_slack_and_freezes_the_collector_until_let_go() -> None:
+    import gc
+    import threading
+
+    seen: dict = {}
+
+    def agent_thread() -> None:
+        seen["before"] = timer_slack_ns()
+        seen["set"] = hold_still()
+        seen["during"] = timer_slack_ns()
+        seen["frozen"] = gc.get_freeze_count()
+        let_go()
+        seen["after"] = gc.get_freeze_count()
+
+    frozen_before = gc.get_freeze_count()
+    th = threading.Thread(target=agent_thread)
+    th.start()
+    th.join()
+    assert seen["set"] is True
+    assert seen["during"] == TIMER_SLACK_NS != seen["before"]
+    assert timer_slack_ns() != TIMER_SLACK_NS  # only the agent's thread
+    assert seen["frozen"] > 0
+    assert seen["after"] == frozen_before
