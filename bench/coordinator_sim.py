@@ -107,7 +107,7 @@ class SimAgents:
                 await asyncio.sleep(delay)
             for agent in self.indices:
                 tpl = self.templates[(agent + t) % len(self.templates)]
-                yield encode_batch(
+                payload = encode_batch(
                     agent=agent,
                     incarnation=0,
                     seq=t,
@@ -117,6 +117,8 @@ class SimAgents:
                     final=t == flushes - 1,
                     engine="fast",
                 )
+                # with the wall time it was produced at: how late the producers themselves were
+                yield t, time.time_ns(), payload
 
 
 async def coordinate(
@@ -139,6 +141,7 @@ async def coordinate(
     finals: set[int] = set()
     start_wall_ns = time.time_ns() + S // 2
     figures = {"requests": 0, "bytes": 0, "lags_s": [], "batch_cpu_s": 0.0, "batches": 0, "window_cpu_s": 0.0}
+    figures["made_s"] = {}  # flush -> how long after its due time its last batch was produced
     # (run time ns, the main thread's CPU so far) at each batch's start: how busy the
     # coordinator was between a window's end and its close (busy_s), against waiting for batches.
     marks_cpu: list[tuple[int, float]] = []
@@ -190,7 +193,10 @@ async def coordinate(
     async def consume(actor) -> None:
         seq = 0
         async for ref in actor.stream.remote(start_wall_ns, seconds // flush_s, flush_s):
-            payload = await ref
+            flush, made_ns, payload = await ref
+            due_ns = start_wall_ns + (flush + 1) * flush_s * S
+            made = figures["made_s"]
+            made[flush] = max(made.get(flush, -1.0), (made_ns - due_ns) / 1e9)
             if ack:  # as cluster/fanin.py does for the real fleet: fire and forget, before ingest
                 actor.ack.remote(0, seq)
                 seq += 1
@@ -224,6 +230,9 @@ def run_step(
         "bytes_per_agent_s": f["bytes"] / seconds / n_agents,
         "lag_max_s": max(lags) if lags else None,
         "lags_s": [round(x, 2) for x in f["lags_s"]],
+        # the producers' side: how long after its due time each flush's last batch was made
+        # (on a shared machine the simulated agents can be what is late, not the coordinator)
+        "made_s": [round(f["made_s"][k], 2) for k in sorted(f["made_s"])],
         "on_time": bool(lags) and max(lags) <= flush_s,
         # of the time between a window's end and its close, the share the coordinator's main
         # thread was working (the rest it waited for the last agent's batch to arrive)
@@ -289,7 +298,8 @@ def main() -> None:
                         f"  {r['bytes_per_agent_s']:>17,.0f}"
                         f"  {r['lag_max_s']:>16.3f} s  {r['busy_share'] or 0:>4.0%}"
                         f"  {'yes' if r['on_time'] else 'LATE':>7}"
-                        f"  {r['ceiling']:>22,.0f}" + (f"   lags {r['lags_s']}" if args.lags else ""),
+                        f"  {r['ceiling']:>22,.0f}"
+                        + (f"   lags {r['lags_s']}   last batch made {r['made_s']}" if args.lags else ""),
                         flush=True,
                     )
                     if not r["on_time"]:
