@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from horde.agents.aggregate_fast import aggregate_fast
 from horde.agents.histogram import CHUNK, GroupedHistogramBuilder, group_histograms
 from horde.agents.samples import (
     ERROR_MASK,
@@ -57,8 +58,22 @@ def stage_ends_ns(stages: Sequence[Stage]) -> np.ndarray:
 
 def aggregate_records(samples: np.ndarray, stage_ends: np.ndarray, window_ns: int = WINDOW_NS) -> Aggregate:
     """SAMPLE_DTYPE records -> their Aggregate. Raises OverflowError when a group's sum of
-    times does not fit in 64 bits (send that batch raw). Two passes of CHUNK records: the
-    group keys, then the histograms (temporaries that fit in cache are ~3x faster)."""
+    times does not fit in 64 bits (send that batch raw).
+
+    A flush of the usual size takes the short path (agents/aggregate_fast.py: one pass of a
+    few dozen numpy calls whatever the number of groups); a flush it does not cover (empty,
+    over FAST_MAX_RECORDS, a time beyond the histograms' range or sums that float64 would
+    not add exactly) takes the general path. Both give the same Aggregate, byte for byte.
+    """
+    if samples.dtype != SAMPLE_DTYPE:
+        raise TypeError(f"samples must have SAMPLE_DTYPE, got {samples.dtype}")
+    fast = aggregate_fast(samples, stage_ends, window_ns)
+    return fast if fast is not None else aggregate_general(samples, stage_ends, window_ns)
+
+
+def aggregate_general(samples: np.ndarray, stage_ends: np.ndarray, window_ns: int = WINDOW_NS) -> Aggregate:
+    """The general path: any records. Two passes of CHUNK records: the group keys, then the
+    histograms (temporaries that fit in cache are ~3x faster)."""
     if samples.dtype != SAMPLE_DTYPE:
         raise TypeError(f"samples must have SAMPLE_DTYPE, got {samples.dtype}")
     n = len(samples)
