@@ -64,10 +64,11 @@ def aggregate_fast(samples: np.ndarray, stage_ends: np.ndarray, window_ns: int) 
     any_queued = bool(queued.any())
     group, present, requests, w_min, n_e, n_s = _group_keys(samples, stage_ends, window_ns)
     q = queued if any_queued else None
-    if len(present) * COUNTS_LEN <= n:
-        # Many records into few groups: a dense counts array per kind is the cheaper count.
+    path = histogram_path(n, len(present))
+    hists: list[GroupedHistograms] | None
+    if path == "dense":
         hists = _histograms_dense(samples, q, group, len(present))
-    elif n <= SORTED_MAX_RECORDS:
+    elif path == "sorted":
         hists = _histograms_sorted(samples, q, group, len(present))
     else:
         hists = _histograms(samples, q, group, len(present), requests)
@@ -101,6 +102,15 @@ def aggregate_fast(samples: np.ndarray, stage_ends: np.ndarray, window_ns: int) 
         sends_first_bin=first_bin,
         sends=sends,
     )
+
+
+def histogram_path(n: int, n_groups: int) -> str:
+    """How the histograms of `n` records in `n_groups` groups are counted: "dense" (many
+    records into few groups: the general path's dense counts array per kind), "sorted" (a
+    small flush: one sort) or "compact" (bucket keys over the flush's range of buckets)."""
+    if n_groups * COUNTS_LEN <= n:
+        return "dense"
+    return "sorted" if n <= SORTED_MAX_RECORDS else "compact"
 
 
 def _group_keys(

@@ -112,8 +112,9 @@ def main() -> None:
     a = p.parse_args()
     sizes = [int(x) for x in a.sizes.split(",")]
     endpoints = [int(x) for x in a.endpoints.split(",")]
-    print("thread CPU us per flush (median / p90); probe = psutil read; build = probe + aggregate + encode")
-    print(f"{'records':>8} {'endp':>5} {'groups':>6} {'bytes':>7} {'probe':>13} {'aggregate':>15} {'encode':>13} {'build':>15}")
+    print("thread CPU us per flush (median / p90); probe = the process probe read; build = probe + aggregate + encode")
+    head = f"{'records':>8} {'endp':>5} {'groups':>6} {'bytes':>7} {'probe':>13} {'aggregate':>15}"
+    print(head + f" {'encode':>13} {'build':>15}")
     for n in sizes:
         for e in endpoints:
             rec = flush_records(n, e)
