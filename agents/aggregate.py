@@ -10,9 +10,11 @@ back by the agent's own slots (generator queueing), a fourth histogram holds the
 with that wait taken out (from the send instead of the intended time, for those requests):
 the summary compares its percentiles with the latency's.
 
-The work is a few numpy passes over the flush's record buffer (~0.1 us a request, measured
-by bench/cpu_per_request.py); the per-request hot path stays one ``struct.pack_into``.
-Pure: no clock, no I/O.
+The work runs on the agent's event loop at every flush, so it is kept short: a flush of the
+usual size takes agents/aggregate_fast.py's path, a fixed number of numpy calls (~0.15 ms
+at 200 records, ~5 ms at 40,000: bench/agent_batch.py); anything else takes the general path
+below, with the same result byte for byte. The per-request hot path stays one
+``struct.pack_into``. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from horde.agents.aggregate_fast import aggregate_fast
 from horde.agents.histogram import CHUNK, GroupedHistogramBuilder, group_histograms
 from horde.agents.samples import (
     ERROR_MASK,
@@ -57,8 +60,22 @@ def stage_ends_ns(stages: Sequence[Stage]) -> np.ndarray:
 
 def aggregate_records(samples: np.ndarray, stage_ends: np.ndarray, window_ns: int = WINDOW_NS) -> Aggregate:
     """SAMPLE_DTYPE records -> their Aggregate. Raises OverflowError when a group's sum of
-    times does not fit in 64 bits (send that batch raw). Two passes of CHUNK records: the
-    group keys, then the histograms (temporaries that fit in cache are ~3x faster)."""
+    times does not fit in 64 bits (send that batch raw).
+
+    A flush of the usual size takes the short path (agents/aggregate_fast.py: one pass of a
+    few dozen numpy calls whatever the number of groups); a flush it does not cover (empty,
+    over FAST_MAX_RECORDS, a time beyond the histograms' range or sums that float64 would
+    not add exactly) takes the general path. Both give the same Aggregate, byte for byte.
+    """
+    if samples.dtype != SAMPLE_DTYPE:
+        raise TypeError(f"samples must have SAMPLE_DTYPE, got {samples.dtype}")
+    fast = aggregate_fast(samples, stage_ends, window_ns)
+    return fast if fast is not None else aggregate_general(samples, stage_ends, window_ns)
+
+
+def aggregate_general(samples: np.ndarray, stage_ends: np.ndarray, window_ns: int = WINDOW_NS) -> Aggregate:
+    """The general path: any records. Two passes of CHUNK records: the group keys, then the
+    histograms (temporaries that fit in cache are ~3x faster)."""
     if samples.dtype != SAMPLE_DTYPE:
         raise TypeError(f"samples must have SAMPLE_DTYPE, got {samples.dtype}")
     n = len(samples)

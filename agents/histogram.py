@@ -69,10 +69,15 @@ def counts_index(values_ns: np.ndarray) -> np.ndarray:
     """
     v = np.asarray(values_ns, dtype=np.int64)
     # The biased float64 exponent of x >= 1 is floor(log2 x) + 1023, so bit length = it - 1022.
-    bit_length = ((v | SUB_BUCKET_MASK).astype(np.float64).view(np.int64) >> 52) - 1022
-    bucket = bit_length - (UNIT_MAGNITUDE + SUB_BUCKET_HALF_COUNT_MAGNITUDE + 1)
+    # In place where it can be: at a flush's sizes the temporaries are most of the cost.
+    bucket = (v | SUB_BUCKET_MASK).astype(np.float64).view(np.int64)
+    bucket >>= 52
+    bucket -= 1022 + UNIT_MAGNITUDE + SUB_BUCKET_HALF_COUNT_MAGNITUDE + 1
+    out = v >> (bucket + UNIT_MAGNITUDE) if UNIT_MAGNITUDE else v >> bucket
     # (bucket + 1) * half_count + (sub - half_count) == bucket * half_count + sub
-    return (bucket << SUB_BUCKET_HALF_COUNT_MAGNITUDE) + (v >> (bucket + UNIT_MAGNITUDE))
+    bucket <<= SUB_BUCKET_HALF_COUNT_MAGNITUDE
+    out += bucket
+    return out
 
 
 def _bucket_of_index(index: np.ndarray) -> np.ndarray:
