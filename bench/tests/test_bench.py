@@ -511,12 +511,14 @@ def test_coordinator_sim_batches_pass_the_coordinators_checks() -> None:
     from horde.coordinator.measure.batch_check import BatchChecker, RunBounds
 
     sim = SimAgents([0, 2])
-    assert sim.prepare(2000, 10) == 3
+    assert sim.prepare(2000, 10, 1) == 3
 
     async def collect():
-        return [p async for p in sim.stream(0, 3)]  # start in the past: no waiting
+        return [item async for item in sim.stream(0, 3, 1)]  # start in the past: no waiting
 
-    payloads = asyncio.run(collect())
+    items = asyncio.run(collect())
+    assert [flush for flush, _, _ in items] == [0, 0, 1, 1, 2, 2]  # each flush's batches, with when they were made
+    payloads = [payload for _, _, payload in items]
     agg = Aggregator([f"e{i}" for i in range(10)], [10**13], ["main"])
     checker = BatchChecker(RunBounds(endpoints=10, stages=1))
     for p in payloads:
