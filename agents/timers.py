@@ -424,6 +424,7 @@ def set_timer_slack_ns(slack_ns: int) -> bool:
 
 _gc_holds = 0  # agents holding the collector frozen (hold_still)
 _gc_lock = threading.Lock()
+_slack = threading.local()  # the calling thread's timer slack before hold_still, for let_go
 
 
 def hold_still() -> bool:
@@ -438,12 +439,21 @@ def hold_still() -> bool:
         if _gc_holds == 0:
             gc.freeze()
         _gc_holds += 1
+    before = timer_slack_ns()
+    if before > 0 and not hasattr(_slack, "before"):
+        _slack.before = before
     return set_timer_slack_ns(TIMER_SLACK_NS)
 
 
 def let_go() -> None:
-    """After sending: the frozen objects go back to the collector (the last hold only)."""
+    """After sending: the calling thread's timer slack is what it was before hold_still (an
+    agent run on a caller's thread leaves it as it found it), and the frozen objects go back
+    to the collector (the last hold only)."""
     global _gc_holds
+    before = getattr(_slack, "before", None)
+    if before is not None:
+        set_timer_slack_ns(before)
+        del _slack.before
     with _gc_lock:
         _gc_holds = max(0, _gc_holds - 1)
         if _gc_holds == 0:

@@ -9,6 +9,7 @@ import itertools
 import os
 import sys
 import time
+from unittest import mock
 
 import pytest
 
@@ -249,10 +250,14 @@ def test_a_dense_schedule_lets_the_loop_turn_between_callbacks(loop) -> None:
 
 def _wake(t: TimerfdTimers, late_ns: int, times: int, long: bool) -> None:
     """`times` wake-ups of the kind `long`, each `late_ns` after the timerfd was due."""
-    for _ in range(times):
-        t._lead = long
-        t._armed_ns = time.monotonic_ns() - late_ns  # the kernel woke us this late
-        t._on_readable()
+    now = time.monotonic_ns()
+    # The clock the timers read stands still, so the lateness they learn is exactly late_ns
+    # (on a loaded machine the test itself can be descheduled between arming and waking).
+    with mock.patch.object(timers_mod, "_mono", lambda: now):
+        for _ in range(times):
+            t._lead = long
+            t._armed_ns = now - late_ns  # the kernel woke us this late
+            t._on_readable()
 
 
 @pytest.mark.skipif(not LINUX, reason="timerfd is Linux only")
@@ -350,6 +355,7 @@ def test_hold_still_sets_the_threads_timer_slack_and_freezes_the_collector_until
         seen["frozen"] = gc.get_freeze_count()
         let_go()
         seen["after"] = gc.get_freeze_count()
+        seen["slack_after"] = timer_slack_ns()
 
     frozen_before = gc.get_freeze_count()
     th = threading.Thread(target=agent_thread)
@@ -360,3 +366,17 @@ def test_hold_still_sets_the_threads_timer_slack_and_freezes_the_collector_until
     assert timer_slack_ns() != TIMER_SLACK_NS  # only the agent's thread
     assert seen["frozen"] > 0
     assert seen["after"] == frozen_before
+    assert seen["slack_after"] == seen["before"]  # the thread's slack as it found it
+
+
+@pytest.mark.skipif(not LINUX, reason="prctl timer slack is Linux only")
+def test_let_go_gives_a_callers_thread_its_timer_slack_back() -> None:
+    # An agent run on the caller's own thread (in-process) must not leave that thread's
+    # timer slack at 1 ns: later threads it starts would inherit it.
+    before = timer_slack_ns()
+    assert hold_still() is True
+    try:
+        assert timer_slack_ns() == TIMER_SLACK_NS
+    finally:
+        let_go()
+    assert timer_slack_ns() == before
