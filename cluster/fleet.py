@@ -32,8 +32,10 @@ class TrafficAgentActor:
     def __init__(self, spec: AgentSpec) -> None:
         from horde.agents.probe import raise_fd_limit
         from horde.agents.runner import AgentRunner, raise_priority
+        from horde.cluster.allocator import tune_allocator
 
         raise_fd_limit()
+        tune_allocator()  # where the worker did not inherit it (a `ray start` cluster's node)
         # Every thread of this process above Ray's daemons and the coordinator on the node
         # (the agent's loop thread sets its own again); see agents/runner.py AGENT_NICE.
         self._priority = raise_priority(whole_process=True)
