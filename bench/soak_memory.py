@@ -71,16 +71,61 @@ def _at(ts: list[float], vs: list[float], t: float) -> float | None:
     return best
 
 
-def run_load(minutes: float, rate: float, out: str, progress: bool) -> Path:
+def driver_heap() -> dict[str, float] | None:
+    """This process's memory in MiB as the kernel and glibc see it: resident anonymous and
+    file-backed pages (/proc/self/smaps_rollup), and malloc's heaps (mallinfo2: bytes in use,
+    free bytes kept in the heaps, blocks mmapped on their own). None off Linux/glibc."""
+    import ctypes
+
+    try:
+        rollup = {}
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                rollup[parts[0].rstrip(":")] = int(parts[1]) / 1024
+        libc = ctypes.CDLL("libc.so.6")
+    except (OSError, ValueError):
+        return None
+    if not hasattr(libc, "mallinfo2"):
+        return None
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        ] + [("keepcost", ctypes.c_size_t)]
+
+    libc.mallinfo2.restype = MallInfo2
+    m = libc.mallinfo2()
+    return {
+        "anon_mib": rollup.get("Anonymous", 0.0),
+        "file_mib": rollup.get("Rss", 0.0) - rollup.get("Anonymous", 0.0),
+        "malloc_in_use_mib": m.uordblks / MIB,
+        "malloc_free_in_heaps_mib": m.fordblks / MIB,
+        "malloc_mmapped_mib": m.hblkhd / MIB,
+    }
+
+
+def run_load(
+    minutes: float, rate: float, out: str, progress: bool, heap: dict | None = None, mark_s: float = 0
+) -> Path:
+    """Run the soak scenario; `heap` (when given) gets the driver's driver_heap() at the first
+    window past `mark_s` ("mark") and at the last window ("end")."""
     from horde.coordinator.run.session import RunOptions, run_scenario
     from horde.coordinator.scenario.load import parse_scenario
 
     text = SCENARIO.format(rate=rate, hold_s=max(1.0, minutes * 60 - 10), out=out)
     loaded = parse_scenario(text, source="bench/soak_memory.py")
     last = [0.0]
+    first_window: list[float] = []
 
     def show(line: str) -> None:
         now = time.monotonic()
+        if heap is not None and line.startswith("["):
+            first_window[:] = first_window or [now]
+            if now - first_window[0] >= mark_s and "mark" not in heap:
+                heap["mark"] = driver_heap()
+            heap["end"] = driver_heap()
         if progress and (now - last[0] >= 30 or not line.startswith("[")):
             last[0] = now
             print(line, flush=True)
@@ -316,7 +361,15 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"minutes": args.minutes, "mark_minute": args.mark, "rate_per_s": args.rate}
 
     if args.run or args.bundle:
-        bundle = Path(args.bundle) if args.bundle else run_load(args.minutes, args.rate, args.out, not args.quiet)
+        heap: dict[str, Any] = {}
+        if args.bundle:
+            bundle = Path(args.bundle)
+        else:
+            # As `horde` does at its start (coordinator/cli.py): glibc's malloc set for a long run.
+            from horde.cluster.allocator import tune_allocator
+
+            tune_allocator()
+            bundle = run_load(args.minutes, args.rate, args.out, not args.quiet, heap, args.mark * 60)
         figures["bundle"] = str(bundle)
         figures["processes"] = procs = memory_figures(bundle, args.mark * 60, args.minutes * 60)
         print(
@@ -338,6 +391,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {p['leak_verdict']} ({p['leak_slope_mib_per_h']:+.2f} MiB/h, threshold"
                 f" {p['leak_threshold_mib_per_h']:.2f})"
             )
+        if heap.get("mark") and heap.get("end"):
+            figures["driver_heap"] = heap
+            print(f"\ncoordinator (driver) memory, MiB at minute {args.mark:g} -> the last window")
+            for key, label in (
+                ("anon_mib", "resident anonymous"),
+                ("file_mib", "resident file-backed"),
+                ("malloc_in_use_mib", "malloc: in use"),
+                ("malloc_free_in_heaps_mib", "malloc: free, kept in heaps"),
+                ("malloc_mmapped_mib", "malloc: mmapped blocks"),
+            ):
+                a, b = heap["mark"][key], heap["end"][key]
+                print(f"  {label:<28} {a:8.2f} -> {b:8.2f}  ({b - a:+.2f})")
 
     if args.state:
         n = args.state_windows

@@ -136,3 +136,37 @@ def test_an_attached_cluster_job_carries_the_settings_to_its_workers(clean_env):
     assert seen["runtime_env"]["env_vars"] == dict(ALLOCATOR_ENV)
     assert seen["runtime_env"]["py_modules"]
     assert {k: os.environ[k] for k in _NAMES} == dict(ALLOCATOR_ENV)  # the driver's own too
+
+
+_EMBEDDED = textwrap.dedent(
+    """
+    import json, os
+    import ray
+    from horde.cluster.connect import connect
+
+    conn = connect(None, num_cpus=1)
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def env(self):
+            return {k: os.environ.get(k) for k in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")}
+
+    print("ENV " + json.dumps(ray.get(Probe.remote().env.remote())), flush=True)
+    conn.close()
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_embedded_rays_workers_start_with_the_settings(tmp_path):
+    """An actor of the embedded Ray (as every traffic agent is) started under the settings:
+    glibc read them at the worker's start, before any of its threads."""
+    env = {k: v for k, v in os.environ.items() if k not in _NAMES and k != "RAY_ADDRESS"}
+    env.update(HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.run(
+        [sys.executable, "-c", _EMBEDDED], env=env, capture_output=True, text=True, timeout=150, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("ENV "))
+    assert json.loads(line[4:]) == dict(ALLOCATOR_ENV)
