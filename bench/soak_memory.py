@@ -6,7 +6,11 @@ window of the bundle carries the coordinator's resident memory and each traffic 
 (`windows.jsonl`: coordinator.rss_bytes, generator.<agent>.rss_bytes); this script reads
 them back and prints, for each process, the memory at minute `--mark` and at the end, the
 growth in between per minute, and the leak verdict (horde.coordinator.analysis.trends.leak_verdict) of
-the whole series.
+the whole series. For the coordinator it also prints what the kernel and glibc's malloc see
+(driver_heap: anonymous and file-backed pages; malloc's bytes in use, free in its heaps and
+mmapped) at the mark and at the end: a heap that keeps growing while the bytes in use do not
+is the allocator's, not horde's. Like `horde`, it sets glibc's malloc up for a long run first
+(horde.cluster.allocator).
 
     python bench/soak_memory.py [--minutes 10] [--mark 2] [--rate 200] [--json out.json]
 
