@@ -35,7 +35,7 @@ class TrafficAgentActor:
         from horde.cluster.allocator import tune_allocator
 
         raise_fd_limit()
-        tune_allocator()  # where the worker did not inherit it (a `ray start` cluster's node)
+        tune_allocator(coordinator=False)  # where the worker did not inherit it (a `ray start` node)
         # Every thread of this process above Ray's daemons and the coordinator on the node
         # (the agent's loop thread sets its own again); see agents/runner.py AGENT_NICE.
         self._priority = raise_priority(whole_process=True)

@@ -16,9 +16,9 @@ import textwrap
 import pytest
 
 from horde.cluster import allocator
-from horde.cluster.allocator import ALLOCATOR_ENV, allocator_env, tune_allocator
+from horde.cluster.allocator import ALLOCATOR_ENV, COORDINATOR_ONLY, allocator_env, tune_allocator
 
-_NAMES = tuple(ALLOCATOR_ENV)
+_NAMES = (*ALLOCATOR_ENV, *COORDINATOR_ONLY)
 
 
 class _FakeLibc:
@@ -38,13 +38,21 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def test_tune_allocator_applies_both_settings_and_exports_them(clean_env):
+def test_the_coordinator_gets_both_settings_and_exports_the_arena_limit(clean_env):
     libc = _FakeLibc()
     applied = tune_allocator(libc)  # type: ignore[arg-type]
     assert sorted(libc.calls) == [(-8, 2), (-3, 128 * 1024)]  # M_ARENA_MAX, M_MMAP_THRESHOLD
     assert applied == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
-    assert {k: os.environ[k] for k in _NAMES} == applied  # for the processes it starts
-    assert allocator_env() == applied
+    # For the processes it starts (Ray's, the agents): the arena limit only.
+    assert os.environ["MALLOC_ARENA_MAX"] == "2"
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    assert allocator_env() == {"MALLOC_ARENA_MAX": "2"}
+
+
+def test_an_agent_gets_the_arena_limit_only(clean_env):
+    libc = _FakeLibc()
+    assert tune_allocator(libc, coordinator=False) == {"MALLOC_ARENA_MAX": "2"}  # type: ignore[arg-type]
+    assert libc.calls == [(-8, 2)]
 
 
 def test_a_value_the_user_exported_is_kept(clean_env):
@@ -60,10 +68,9 @@ def test_a_value_the_user_exported_is_kept(clean_env):
 def test_without_glibc_the_settings_are_still_exported(clean_env):
     clean_env.setattr(allocator, "_libc", lambda: None)
     assert tune_allocator() == {}
-    assert {k: os.environ[k] for k in _NAMES} == dict(ALLOCATOR_ENV)
+    assert {k: os.environ.get(k) for k in _NAMES} == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": None}
     refused = _FakeLibc(answer=0)  # mallopt said no: not reported as applied
     clean_env.delenv("MALLOC_ARENA_MAX")
-    clean_env.delenv("MALLOC_MMAP_THRESHOLD_")
     assert tune_allocator(refused) == {}  # type: ignore[arg-type]
 
 
@@ -84,8 +91,8 @@ _MMAP_PROBE = textwrap.dedent(
     libc.mallinfo2.restype = MallInfo2
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
-    if sys.argv[1] == "tuned":
-        tune_allocator()
+    if sys.argv[1] != "default":
+        tune_allocator(coordinator=sys.argv[1] == "coordinator")
     big = libc.malloc(8 << 20)  # mmapped (over every threshold); freeing it raises glibc's
     libc.free(big)              # dynamic threshold to 8 MiB, unless the threshold is fixed
     before = libc.mallinfo2().hblkhd
@@ -112,7 +119,9 @@ def test_large_blocks_stay_mmapped_after_a_larger_one_was_freed():
         pytest.skip("no mallinfo2 (glibc older than 2.33, or not glibc)")
     # glibc's default: the 1 MiB block came from the heap (the threshold rose to 8 MiB).
     assert untuned == 0
-    assert _mapped_bytes("tuned") >= 1 << 20
+    assert _mapped_bytes("coordinator") >= 1 << 20
+    # An agent keeps glibc's dynamic threshold: a large buffer a request stays cheap.
+    assert _mapped_bytes("agent") == 0
 
 
 def test_an_attached_cluster_job_carries_the_settings_to_its_workers(clean_env):
@@ -135,7 +144,7 @@ def test_an_attached_cluster_job_carries_the_settings_to_its_workers(clean_env):
     assert conn.shape == "attached"
     assert seen["runtime_env"]["env_vars"] == dict(ALLOCATOR_ENV)
     assert seen["runtime_env"]["py_modules"]
-    assert {k: os.environ[k] for k in _NAMES} == dict(ALLOCATOR_ENV)  # the driver's own too
+    assert os.environ["MALLOC_ARENA_MAX"] == "2"  # tune_allocator ran in the driver
 
 
 _EMBEDDED = textwrap.dedent(
@@ -160,8 +169,9 @@ _EMBEDDED = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_embedded_rays_workers_start_with_the_settings(tmp_path):
-    """An actor of the embedded Ray (as every traffic agent is) started under the settings:
-    glibc read them at the worker's start, before any of its threads."""
+    """An actor of the embedded Ray (as every traffic agent is) started under the arena
+    limit (glibc read it at the worker's start, before any of its threads), and without the
+    coordinator's fixed mmap threshold."""
     env = {k: v for k, v in os.environ.items() if k not in _NAMES and k != "RAY_ADDRESS"}
     env.update(HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run(
@@ -169,4 +179,4 @@ def test_the_embedded_rays_workers_start_with_the_settings(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("ENV "))
-    assert json.loads(line[4:]) == dict(ALLOCATOR_ENV)
+    assert json.loads(line[4:]) == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": None}
