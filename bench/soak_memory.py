@@ -184,6 +184,40 @@ def memory_figures(bundle: Path, mark_s: float, end_s: float | None = None) -> d
     return out
 
 
+_ALLOC_COST = """
+import sys, time
+from horde.cluster.allocator import tune_allocator
+if sys.argv[1] != "default":
+    tune_allocator(coordinator=sys.argv[1] == "coordinator")
+size = int(sys.argv[2])
+b = bytearray(size * 4)
+del b  # a larger block freed first: glibc's dynamic threshold rises past `size`
+n = 5000
+t0 = time.process_time()
+for _ in range(n):
+    x = bytearray(size)
+    x[-1] = 1
+    del x
+print((time.process_time() - t0) / n * 1e6)
+"""
+
+
+def alloc_cost(sizes: tuple[int, ...] = (64 << 10, 256 << 10, 1 << 20)) -> dict[str, dict[int, float]]:
+    """CPU microseconds to allocate, touch and free one buffer of each size, in a fresh process
+    with glibc's defaults, with the coordinator's settings, and with an agent's."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out: dict[str, dict[int, float]] = {}
+    for mode in ("default", "coordinator", "agent"):
+        for size in sizes:
+            argv = [sys.executable, "-c", _ALLOC_COST, mode, str(size)]
+            run = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+            out.setdefault(mode, {})[size] = float(run.stdout.strip())
+    return out
+
+
 class _CannedFleet:
     """The fleet interface RunSession uses, with nothing behind it (batches are handed in)."""
 
@@ -359,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-windows", type=int, default=600, help="Windows of the three-endpoint size run.")
     ap.add_argument("--bundle", default=None, help="Read this bundle instead of running (give its --minutes too).")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument(
+        "--alloc-cost", action="store_true", help="Also time one large allocation under each allocator set-up."
+    )
     args = ap.parse_args(argv)
     if args.mark >= args.minutes:
         ap.error("--mark must be before the end (--minutes)")
@@ -444,6 +481,12 @@ def main(argv: list[str] | None = None) -> int:
                 f" {r['bytes']['summary.json'] / 1e3:7.1f}kB {r['format1_total_bytes'] / 1e6:8.2f}MB"
                 f" {r['format1_mb_per_hour']:7.2f} {r['format1_summary_json'] / 1e3:7.1f}kB  {files_}"
             )
+
+    if args.alloc_cost:
+        figures["alloc_cost_us"] = cost = alloc_cost()
+        print("\nCPU us to allocate, touch and free one buffer (after a larger one was freed; loaded machine)")
+        for mode, row in cost.items():
+            print(f"  {mode:<12} " + "  ".join(f"{size >> 10:5d} KiB {us:7.1f}" for size, us in row.items()))
 
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
