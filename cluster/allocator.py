@@ -10,15 +10,14 @@ and each thread that contends gets an arena of its own (up to 8 per core), each 
 holes. With the threshold fixed, large blocks go back to the system when freed and the free
 space in the heaps stays under 0.5 MiB; with two arenas, Ray's threads share them.
 
-`tune_allocator()` applies both to the coordinator (mallopt through ctypes) and exports the
-arena limit (`allocator_env()`) for the processes it starts, which glibc reads at their
+`tune_allocator()` applies them to this process (mallopt through ctypes) and exports the
+agents' values (`allocator_env()`) for the processes it starts, which glibc reads at their
 start: the embedded Ray's raylet, GCS and workers (so every agent actor), `ray start` of
-`horde up`. The fixed threshold stays in the coordinator: there a large block is a batch a
-second per agent, but an agent may allocate one a request (a large response body), and a
-fresh mmap costs page faults each time (measured: a 256 KiB buffer 88 us of CPU instead of
-5 us, a 1 MiB one 339 us instead of 21 us; docs/scale.md); the agents' own drift was the
-arenas' (flat with MALLOC_ARENA_MAX=2 alone). A value the user exported
-is kept. On a platform without glibc it does nothing.
+`horde up`. The coordinator's threshold is 128 KiB (glibc's starting value); an agent's is
+1 MiB, above the 256 KiB socket reads of asyncio and uvloop: a block over the threshold is a
+fresh mmap every time, and its page faults cost (a 256 KiB buffer 88 us of CPU instead of
+5 us; docs/scale.md), which an agent must not pay a request. A value the user exported
+before horde ran is kept. On a platform without glibc it does nothing.
 """
 
 from __future__ import annotations
@@ -28,19 +27,33 @@ import ctypes.util
 import os
 
 ARENA_MAX = 2
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value, fixed (no dynamic raise)
+COORDINATOR_MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, fixed (no dynamic raise)
+AGENT_MMAP_THRESHOLD = 1024 * 1024  # above the 256 KiB socket reads of asyncio and uvloop
 
 # The environment variables glibc reads at process start, and mallopt's parameter numbers
-# (malloc.h: M_MMAP_THRESHOLD -3, M_ARENA_MAX -8). ALLOCATOR_ENV is what horde's processes
-# export to the processes they start; COORDINATOR_ONLY is set in the coordinator alone.
-ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": str(ARENA_MAX)}
-COORDINATOR_ONLY = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES)}
-_MALLOPT = {"MALLOC_ARENA_MAX": -8, "MALLOC_MMAP_THRESHOLD_": -3}
+# (malloc.h: M_TRIM_THRESHOLD -1, M_MMAP_THRESHOLD -3, M_ARENA_MAX -8). ALLOCATOR_ENV is what
+# horde's processes export to the processes they start (the agents); the coordinator sets
+# COORDINATOR_ENV. The trim threshold is twice the mmap threshold, glibc's own rule (a fixed
+# mmap threshold would otherwise leave it at 128 KiB: the heap's top given back and faulted
+# in again for every block between the two).
+ALLOCATOR_ENV = {
+    "MALLOC_ARENA_MAX": str(ARENA_MAX),
+    "MALLOC_MMAP_THRESHOLD_": str(AGENT_MMAP_THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(2 * AGENT_MMAP_THRESHOLD),
+}
+COORDINATOR_ENV = {
+    "MALLOC_ARENA_MAX": str(ARENA_MAX),
+    "MALLOC_MMAP_THRESHOLD_": str(COORDINATOR_MMAP_THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(2 * COORDINATOR_MMAP_THRESHOLD),
+}
+_MALLOPT = {"MALLOC_ARENA_MAX": -8, "MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}
+# What the user exported before horde ran (glibc applied it at this process's start): kept.
+_USER_SET = frozenset(k for k in _MALLOPT if k in os.environ)
 
 
 def allocator_env() -> dict[str, str]:
     """The variables for a process horde starts (a user's exported value wins)."""
-    return {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}
+    return {k: os.environ[k] if k in _USER_SET else v for k, v in ALLOCATOR_ENV.items()}
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -52,19 +65,19 @@ def _libc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
 
 
-def tune_allocator(libc: ctypes.CDLL | None = None, *, coordinator: bool = True) -> dict[str, str]:
-    """Apply ALLOCATOR_ENV (and, in the coordinator, COORDINATOR_ONLY) to this process with
-    mallopt, for the values glibc did not read from the environment at its start, and export
-    ALLOCATOR_ENV for its children. Returns what it applied here ({} when there is no glibc,
-    or the user's environment already set everything)."""
+def tune_allocator(
+    libc: ctypes.CDLL | None = None, *, coordinator: bool = True, user_set: frozenset[str] | None = None
+) -> dict[str, str]:
+    """Apply COORDINATOR_ENV (an agent: ALLOCATOR_ENV) to this process with mallopt, and export
+    ALLOCATOR_ENV for its children; a variable the user exported is left as it is. Returns
+    what it applied here ({} when there is no glibc, or the user set everything)."""
     applied: dict[str, str] = {}
     lib = libc if libc is not None else _libc()
-    wanted = {**ALLOCATOR_ENV, **(COORDINATOR_ONLY if coordinator else {})}
-    for name, value in wanted.items():
-        if name in os.environ:
-            continue  # the user's value: glibc applied it at this process's start
+    kept = _USER_SET if user_set is None else user_set
+    for name, value in (COORDINATOR_ENV if coordinator else ALLOCATOR_ENV).items():
+        if name in kept:
+            continue
         if lib is not None and lib.mallopt(_MALLOPT[name], int(value)) == 1:
             applied[name] = value
-        if name in ALLOCATOR_ENV:
-            os.environ[name] = value
+        os.environ[name] = ALLOCATOR_ENV[name]
     return applied

@@ -16,9 +16,10 @@ import textwrap
 import pytest
 
 from horde.cluster import allocator
-from horde.cluster.allocator import ALLOCATOR_ENV, COORDINATOR_ONLY, allocator_env, tune_allocator
+from horde.cluster.allocator import ALLOCATOR_ENV, allocator_env, tune_allocator
 
-_NAMES = (*ALLOCATOR_ENV, *COORDINATOR_ONLY)
+_NAMES = tuple(ALLOCATOR_ENV)
+_NONE: frozenset[str] = frozenset()
 
 
 class _FakeLibc:
@@ -35,32 +36,37 @@ class _FakeLibc:
 def clean_env(monkeypatch):
     for name in _NAMES:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(allocator, "_USER_SET", _NONE)
     return monkeypatch
 
 
-def test_the_coordinator_gets_both_settings_and_exports_the_arena_limit(clean_env):
+def test_the_coordinator_gets_both_settings_and_exports_the_agents(clean_env):
     libc = _FakeLibc()
     applied = tune_allocator(libc)  # type: ignore[arg-type]
-    assert sorted(libc.calls) == [(-8, 2), (-3, 128 * 1024)]  # M_ARENA_MAX, M_MMAP_THRESHOLD
-    assert applied == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
-    # For the processes it starts (Ray's, the agents): the arena limit only.
-    assert os.environ["MALLOC_ARENA_MAX"] == "2"
-    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
-    assert allocator_env() == {"MALLOC_ARENA_MAX": "2"}
+    # M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    assert sorted(libc.calls) == [(-8, 2), (-3, 128 << 10), (-1, 256 << 10)]
+    assert applied == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "262144"}
+    # For the processes it starts (Ray's, the agents): their threshold is above a socket read.
+    expected = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(2 << 20)}
+    assert {k: os.environ[k] for k in _NAMES} == expected
+    assert allocator_env() == expected
+    assert tune_allocator(libc) == applied  # again (connect after the CLI): the same, not skipped
 
 
-def test_an_agent_gets_the_arena_limit_only(clean_env):
+def test_an_agent_gets_its_own_threshold(clean_env):
     libc = _FakeLibc()
-    assert tune_allocator(libc, coordinator=False) == {"MALLOC_ARENA_MAX": "2"}  # type: ignore[arg-type]
-    assert libc.calls == [(-8, 2)]
+    applied = tune_allocator(libc, coordinator=False)  # type: ignore[arg-type]
+    assert applied == dict(ALLOCATOR_ENV)
+    assert sorted(libc.calls) == [(-8, 2), (-3, 1 << 20), (-1, 2 << 20)]
 
 
 def test_a_value_the_user_exported_is_kept(clean_env):
     clean_env.setenv("MALLOC_ARENA_MAX", "4")
+    clean_env.setattr(allocator, "_USER_SET", frozenset({"MALLOC_ARENA_MAX"}))
     libc = _FakeLibc()
     applied = tune_allocator(libc)  # type: ignore[arg-type]
-    assert libc.calls == [(-3, 128 * 1024)]  # glibc read the user's arena limit at start
-    assert applied == {"MALLOC_MMAP_THRESHOLD_": "131072"}
+    assert sorted(libc.calls) == [(-3, 128 << 10), (-1, 256 << 10)]  # glibc read the user's arena limit
+    assert applied == {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "262144"}
     assert os.environ["MALLOC_ARENA_MAX"] == "4"
     assert allocator_env()["MALLOC_ARENA_MAX"] == "4"
 
@@ -68,9 +74,8 @@ def test_a_value_the_user_exported_is_kept(clean_env):
 def test_without_glibc_the_settings_are_still_exported(clean_env):
     clean_env.setattr(allocator, "_libc", lambda: None)
     assert tune_allocator() == {}
-    assert {k: os.environ.get(k) for k in _NAMES} == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": None}
+    assert {k: os.environ[k] for k in _NAMES} == dict(ALLOCATOR_ENV)
     refused = _FakeLibc(answer=0)  # mallopt said no: not reported as applied
-    clean_env.delenv("MALLOC_ARENA_MAX")
     assert tune_allocator(refused) == {}  # type: ignore[arg-type]
 
 
@@ -96,7 +101,7 @@ _MMAP_PROBE = textwrap.dedent(
     big = libc.malloc(8 << 20)  # mmapped (over every threshold); freeing it raises glibc's
     libc.free(big)              # dynamic threshold to 8 MiB, unless the threshold is fixed
     before = libc.mallinfo2().hblkhd
-    block = libc.malloc(1 << 20)
+    block = libc.malloc(int(sys.argv[2]))
     mapped = libc.mallinfo2().hblkhd - before
     libc.free(block)
     print(json.dumps(mapped))
@@ -104,24 +109,25 @@ _MMAP_PROBE = textwrap.dedent(
 )
 
 
-def _mapped_bytes(mode: str) -> int | None:
+def _mapped_bytes(mode: str, size: int) -> int | None:
     env = {k: v for k, v in os.environ.items() if k not in _NAMES}
-    out = subprocess.run(
-        [sys.executable, "-c", _MMAP_PROBE, mode], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
+    argv = [sys.executable, "-c", _MMAP_PROBE, mode, str(size)]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_large_blocks_stay_mmapped_after_a_larger_one_was_freed():
-    untuned = _mapped_bytes("default")
+    untuned = _mapped_bytes("default", 512 << 10)
     if untuned is None:
         pytest.skip("no mallinfo2 (glibc older than 2.33, or not glibc)")
-    # glibc's default: the 1 MiB block came from the heap (the threshold rose to 8 MiB).
+    # glibc's default: the block came from the heap (the threshold rose to 8 MiB).
     assert untuned == 0
-    assert _mapped_bytes("coordinator") >= 1 << 20
-    # An agent keeps glibc's dynamic threshold: a large buffer a request stays cheap.
-    assert _mapped_bytes("agent") == 0
+    assert _mapped_bytes("default", 2 << 20) == 0
+    assert _mapped_bytes("coordinator", 512 << 10) >= 512 << 10
+    # An agent: a 256 KiB socket read stays in the heap, a 2 MiB block does not.
+    assert _mapped_bytes("agent", 512 << 10) == 0
+    assert _mapped_bytes("agent", 2 << 20) >= 2 << 20
 
 
 def test_an_attached_cluster_job_carries_the_settings_to_its_workers(clean_env):
@@ -144,7 +150,7 @@ def test_an_attached_cluster_job_carries_the_settings_to_its_workers(clean_env):
     assert conn.shape == "attached"
     assert seen["runtime_env"]["env_vars"] == dict(ALLOCATOR_ENV)
     assert seen["runtime_env"]["py_modules"]
-    assert os.environ["MALLOC_ARENA_MAX"] == "2"  # tune_allocator ran in the driver
+    assert {k: os.environ[k] for k in _NAMES} == dict(ALLOCATOR_ENV)  # tune_allocator ran in the driver
 
 
 _EMBEDDED = textwrap.dedent(
@@ -169,9 +175,8 @@ _EMBEDDED = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_embedded_rays_workers_start_with_the_settings(tmp_path):
-    """An actor of the embedded Ray (as every traffic agent is) started under the arena
-    limit (glibc read it at the worker's start, before any of its threads), and without the
-    coordinator's fixed mmap threshold."""
+    """An actor of the embedded Ray (as every traffic agent is) started under the agents'
+    settings: glibc read them at the worker's start, before any of its threads."""
     env = {k: v for k, v in os.environ.items() if k not in _NAMES and k != "RAY_ADDRESS"}
     env.update(HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run(
@@ -179,4 +184,4 @@ def test_the_embedded_rays_workers_start_with_the_settings(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("ENV "))
-    assert json.loads(line[4:]) == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": None}
+    assert json.loads(line[4:]) == dict(ALLOCATOR_ENV)
