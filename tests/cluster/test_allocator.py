@@ -164,7 +164,7 @@ _EMBEDDED = textwrap.dedent(
     @ray.remote(num_cpus=0)
     class Probe:
         def env(self):
-            return {k: os.environ.get(k) for k in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")}
+            return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
 
     print("ENV " + json.dumps(ray.get(Probe.remote().env.remote())), flush=True)
     conn.close()
