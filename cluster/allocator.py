@@ -33,9 +33,9 @@ AGENT_MMAP_THRESHOLD = 1024 * 1024  # above the 256 KiB socket reads of asyncio 
 # The environment variables glibc reads at process start, and mallopt's parameter numbers
 # (malloc.h: M_TRIM_THRESHOLD -1, M_MMAP_THRESHOLD -3, M_ARENA_MAX -8). ALLOCATOR_ENV is what
 # horde's processes export to the processes they start (the agents); the coordinator sets
-# COORDINATOR_ENV. The trim threshold is twice the mmap threshold, glibc's own rule (a fixed
-# mmap threshold would otherwise leave it at 128 KiB: the heap's top given back and faulted
-# in again for every block between the two).
+# COORDINATOR_ENV. An agent's trim threshold is twice its mmap threshold, glibc's own rule
+# (else it stays at 128 KiB: the heap's top given back and faulted in again for every block
+# between the two); the coordinator's stays at glibc's 128 KiB, the set-up its runs measured.
 ALLOCATOR_ENV = {
     "MALLOC_ARENA_MAX": str(ARENA_MAX),
     "MALLOC_MMAP_THRESHOLD_": str(AGENT_MMAP_THRESHOLD),
@@ -44,7 +44,7 @@ ALLOCATOR_ENV = {
 COORDINATOR_ENV = {
     "MALLOC_ARENA_MAX": str(ARENA_MAX),
     "MALLOC_MMAP_THRESHOLD_": str(COORDINATOR_MMAP_THRESHOLD),
-    "MALLOC_TRIM_THRESHOLD_": str(2 * COORDINATOR_MMAP_THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(COORDINATOR_MMAP_THRESHOLD),  # glibc's default, as measured
 }
 _MALLOPT = {"MALLOC_ARENA_MAX": -8, "MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}
 # What the user exported before horde ran (glibc applied it at this process's start): kept.

@@ -44,8 +44,8 @@ def test_the_coordinator_gets_both_settings_and_exports_the_agents(clean_env):
     libc = _FakeLibc()
     applied = tune_allocator(libc)  # type: ignore[arg-type]
     # M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    assert sorted(libc.calls) == [(-8, 2), (-3, 128 << 10), (-1, 256 << 10)]
-    assert applied == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "262144"}
+    assert sorted(libc.calls) == [(-8, 2), (-3, 128 << 10), (-1, 128 << 10)]
+    assert applied == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     # For the processes it starts (Ray's, the agents): their threshold is above a socket read.
     expected = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(2 << 20)}
     assert {k: os.environ[k] for k in _NAMES} == expected
@@ -65,8 +65,8 @@ def test_a_value_the_user_exported_is_kept(clean_env):
     clean_env.setattr(allocator, "_USER_SET", frozenset({"MALLOC_ARENA_MAX"}))
     libc = _FakeLibc()
     applied = tune_allocator(libc)  # type: ignore[arg-type]
-    assert sorted(libc.calls) == [(-3, 128 << 10), (-1, 256 << 10)]  # glibc read the user's arena limit
-    assert applied == {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "262144"}
+    assert sorted(libc.calls) == [(-3, 128 << 10), (-1, 128 << 10)]  # glibc read the user's arena limit
+    assert applied == {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     assert os.environ["MALLOC_ARENA_MAX"] == "4"
     assert allocator_env()["MALLOC_ARENA_MAX"] == "4"
 
