@@ -6,7 +6,11 @@ window of the bundle carries the coordinator's resident memory and each traffic 
 (`windows.jsonl`: coordinator.rss_bytes, generator.<agent>.rss_bytes); this script reads
 them back and prints, for each process, the memory at minute `--mark` and at the end, the
 growth in between per minute, and the leak verdict (horde.coordinator.analysis.trends.leak_verdict) of
-the whole series.
+the whole series. For the coordinator it also prints what the kernel and glibc's malloc see
+(driver_heap: anonymous and file-backed pages; malloc's bytes in use, free in its heaps and
+mmapped) at the mark and at the end: a heap that keeps growing while the bytes in use do not
+is the allocator's, not horde's. Like `horde`, it sets glibc's malloc up for a long run first
+(horde.cluster.allocator).
 
     python bench/soak_memory.py [--minutes 10] [--mark 2] [--rate 200] [--json out.json]
 
@@ -71,16 +75,61 @@ def _at(ts: list[float], vs: list[float], t: float) -> float | None:
     return best
 
 
-def run_load(minutes: float, rate: float, out: str, progress: bool) -> Path:
+def driver_heap() -> dict[str, float] | None:
+    """This process's memory in MiB as the kernel and glibc see it: resident anonymous and
+    file-backed pages (/proc/self/smaps_rollup), and malloc's heaps (mallinfo2: bytes in use,
+    free bytes kept in the heaps, blocks mmapped on their own). None off Linux/glibc."""
+    import ctypes
+
+    try:
+        rollup = {}
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                rollup[parts[0].rstrip(":")] = int(parts[1]) / 1024
+        libc = ctypes.CDLL("libc.so.6")
+    except (OSError, ValueError):
+        return None
+    if not hasattr(libc, "mallinfo2"):
+        return None
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        ] + [("keepcost", ctypes.c_size_t)]
+
+    libc.mallinfo2.restype = MallInfo2
+    m = libc.mallinfo2()
+    return {
+        "anon_mib": rollup.get("Anonymous", 0.0),
+        "file_mib": rollup.get("Rss", 0.0) - rollup.get("Anonymous", 0.0),
+        "malloc_in_use_mib": m.uordblks / MIB,
+        "malloc_free_in_heaps_mib": m.fordblks / MIB,
+        "malloc_mmapped_mib": m.hblkhd / MIB,
+    }
+
+
+def run_load(
+    minutes: float, rate: float, out: str, progress: bool, heap: dict | None = None, mark_s: float = 0
+) -> Path:
+    """Run the soak scenario; `heap` (when given) gets the driver's driver_heap() at the first
+    window past `mark_s` ("mark") and at the last window ("end")."""
     from horde.coordinator.run.session import RunOptions, run_scenario
     from horde.coordinator.scenario.load import parse_scenario
 
     text = SCENARIO.format(rate=rate, hold_s=max(1.0, minutes * 60 - 10), out=out)
     loaded = parse_scenario(text, source="bench/soak_memory.py")
     last = [0.0]
+    first_window: list[float] = []
 
     def show(line: str) -> None:
         now = time.monotonic()
+        if heap is not None and line.startswith("["):
+            first_window[:] = first_window or [now]
+            if now - first_window[0] >= mark_s and "mark" not in heap:
+                heap["mark"] = driver_heap()
+            heap["end"] = driver_heap()
         if progress and (now - last[0] >= 30 or not line.startswith("[")):
             last[0] = now
             print(line, flush=True)
@@ -132,6 +181,40 @@ def memory_figures(bundle: Path, mark_s: float, end_s: float | None = None) -> d
             if verdict.threshold_bytes_per_hour is None
             else verdict.threshold_bytes_per_hour / MIB,
         }
+    return out
+
+
+_ALLOC_COST = """
+import sys, time
+from horde.cluster.allocator import tune_allocator
+if sys.argv[1] != "default":
+    tune_allocator(coordinator=sys.argv[1] == "coordinator")
+size = int(sys.argv[2])
+b = bytearray(size * 4)
+del b  # a larger block freed first: glibc's dynamic threshold rises past `size`
+n = 5000
+t0 = time.process_time()
+for _ in range(n):
+    x = bytearray(size)
+    x[-1] = 1
+    del x
+print((time.process_time() - t0) / n * 1e6)
+"""
+
+
+def alloc_cost(sizes: tuple[int, ...] = (64 << 10, 256 << 10, 1 << 20)) -> dict[str, dict[int, float]]:
+    """CPU microseconds to allocate, touch and free one buffer of each size, in a fresh process
+    with glibc's defaults, with the coordinator's settings, and with an agent's."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out: dict[str, dict[int, float]] = {}
+    for mode in ("default", "coordinator", "agent"):
+        for size in sizes:
+            argv = [sys.executable, "-c", _ALLOC_COST, mode, str(size)]
+            run = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+            out.setdefault(mode, {})[size] = float(run.stdout.strip())
     return out
 
 
@@ -310,13 +393,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-windows", type=int, default=600, help="Windows of the three-endpoint size run.")
     ap.add_argument("--bundle", default=None, help="Read this bundle instead of running (give its --minutes too).")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument(
+        "--alloc-cost", action="store_true", help="Also time one large allocation under each allocator set-up."
+    )
     args = ap.parse_args(argv)
     if args.mark >= args.minutes:
         ap.error("--mark must be before the end (--minutes)")
     figures: dict[str, Any] = {"minutes": args.minutes, "mark_minute": args.mark, "rate_per_s": args.rate}
 
     if args.run or args.bundle:
-        bundle = Path(args.bundle) if args.bundle else run_load(args.minutes, args.rate, args.out, not args.quiet)
+        heap: dict[str, Any] = {}
+        if args.bundle:
+            bundle = Path(args.bundle)
+        else:
+            # As `horde` does at its start (coordinator/cli.py): glibc's malloc set for a long run.
+            from horde.cluster.allocator import tune_allocator
+
+            tune_allocator()
+            bundle = run_load(args.minutes, args.rate, args.out, not args.quiet, heap, args.mark * 60)
         figures["bundle"] = str(bundle)
         figures["processes"] = procs = memory_figures(bundle, args.mark * 60, args.minutes * 60)
         print(
@@ -338,6 +432,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {p['leak_verdict']} ({p['leak_slope_mib_per_h']:+.2f} MiB/h, threshold"
                 f" {p['leak_threshold_mib_per_h']:.2f})"
             )
+        if heap.get("mark") and heap.get("end"):
+            figures["driver_heap"] = heap
+            print(f"\ncoordinator (driver) memory, MiB at minute {args.mark:g} -> the last window")
+            for key, label in (
+                ("anon_mib", "resident anonymous"),
+                ("file_mib", "resident file-backed"),
+                ("malloc_in_use_mib", "malloc: in use"),
+                ("malloc_free_in_heaps_mib", "malloc: free, kept in heaps"),
+                ("malloc_mmapped_mib", "malloc: mmapped blocks"),
+            ):
+                a, b = heap["mark"][key], heap["end"][key]
+                print(f"  {label:<28} {a:8.2f} -> {b:8.2f}  ({b - a:+.2f})")
 
     if args.state:
         n = args.state_windows
@@ -375,6 +481,12 @@ def main(argv: list[str] | None = None) -> int:
                 f" {r['bytes']['summary.json'] / 1e3:7.1f}kB {r['format1_total_bytes'] / 1e6:8.2f}MB"
                 f" {r['format1_mb_per_hour']:7.2f} {r['format1_summary_json'] / 1e3:7.1f}kB  {files_}"
             )
+
+    if args.alloc_cost:
+        figures["alloc_cost_us"] = cost = alloc_cost()
+        print("\nCPU us to allocate, touch and free one buffer (after a larger one was freed; loaded machine)")
+        for mode, row in cost.items():
+            print(f"  {mode:<12} " + "  ".join(f"{size >> 10:5d} KiB {us:7.1f}" for size, us in row.items()))
 
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from horde.cluster.allocator import allocator_env, tune_allocator
 from horde.cluster.events import ClusterShape, NodeShape
 from horde.cluster.shipping import JOB_ID_ENV, horde_py_module
 
@@ -62,6 +63,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, ship_hor
 
     if ray.is_initialized():
         return Connection(shape=cluster_shape("attached" if address else "embedded"), owned=False)
+    # Before Ray's threads start in this process, and exported for the processes it starts
+    # (the embedded Ray's raylet and workers): cluster/allocator.py.
+    tune_allocator()
     kwargs: dict = dict(
         include_dashboard=False,
         logging_level=logging.WARNING,
@@ -86,7 +90,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, ship_hor
                 horde_py_module() as horde_dir,
                 _loopback_node_ip() if _is_loopback(address) else contextlib.nullcontext(),
             ):  # nodes need not have horde installed
-                ray.init(address=address, runtime_env={"py_modules": [horde_dir]}, **kwargs)
+                # the job's workers (the agents) get the allocator settings with horde itself
+                runtime_env = {"py_modules": [horde_dir], "env_vars": allocator_env()}
+                ray.init(address=address, runtime_env=runtime_env, **kwargs)
             kind = "attached"
         else:
             # address="local": always a new instance, never a `ray start` cluster found on this machine

@@ -34,8 +34,10 @@ class TrafficAgentActor:
         """`spec` None: a pooled agent (cluster/pool.py), given its spec by configure()."""
         from horde.agents.probe import raise_fd_limit
         from horde.agents.runner import AgentRunner, raise_priority
+        from horde.cluster.allocator import tune_allocator
 
         raise_fd_limit()
+        tune_allocator(coordinator=False)  # where the worker did not inherit it (a `ray start` node)
         # Every thread of this process above Ray's daemons and the coordinator on the node
         # (the agent's loop thread sets its own again); see agents/runner.py AGENT_NICE.
         self._priority = raise_priority(whole_process=True)

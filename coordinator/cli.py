@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from horde.cluster.allocator import tune_allocator
 from horde.coordinator.bundle.outcome import EXIT_ERROR
 from horde.coordinator.commands import bundles, history, jobs, run, target, up, workflows
 from horde.coordinator.commands.common import err as _err
@@ -71,6 +72,9 @@ for _command in (
 
 
 def main() -> None:
+    # Process set-up, before any thread: glibc's malloc for a long run, here and in the
+    # processes horde starts (`ray start` of `horde up`, the embedded Ray): cluster/allocator.py.
+    tune_allocator()
     cli(prog_name="horde")
 
 
