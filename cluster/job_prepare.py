@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from horde.cluster.allocator import allocator_env
 from horde.cluster.job_exec import SCENARIO_ENV
 from horde.cluster.job_server import JobsError
 from horde.cluster.shipping import JOB_ID_ENV
@@ -85,6 +86,9 @@ def build_runtime_env(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     env_vars: dict[str, str] = {JOB_ID_ENV: job_id, "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}
+    # glibc's malloc as horde sets it up (cluster/allocator.py): the job's driver and agents
+    # would otherwise run with the defaults whose heaps crept over a soak
+    env_vars.update(allocator_env())
     if scenario_text is not None:
         env_vars[SCENARIO_ENV] = scenario_text
     runtime_env: dict[str, Any] = {"working_dir": str(working_dir), "excludes": list(DEFAULT_EXCLUDES)}

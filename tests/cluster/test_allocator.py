@@ -185,3 +185,22 @@ def test_the_embedded_rays_workers_start_with_the_settings(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("ENV "))
     assert json.loads(line[4:]) == dict(ALLOCATOR_ENV)
+
+
+@pytest.mark.parametrize("config", ["ray-config.yaml", "docs/ray-config.local.yaml"])
+def test_the_cluster_configs_start_ray_with_hordes_allocator_settings(config: str) -> None:
+    # A node started from the cluster config runs its agents with the settings the embedded
+    # Ray and submitted jobs get; a config edited apart from ALLOCATOR_ENV fails here.
+    import pathlib
+
+    import yaml
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    doc = yaml.safe_load((root / config).read_text())
+    starts = [
+        c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in doc[key] if "ray start" in c
+    ]
+    assert len(starts) == 2
+    for command in starts:
+        for name, value in ALLOCATOR_ENV.items():
+            assert f"{name}={value}" in command.split(), (config, name, command)

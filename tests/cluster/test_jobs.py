@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from horde.cluster import jobs
+from horde.cluster.allocator import allocator_env
 from horde.cluster.jobs import JobsError
 from horde.coordinator.bundle.store import read_bundle
 
@@ -76,7 +77,9 @@ def test_runtime_env_ships_the_repo_without_results_and_merges_extras(tmp_path):
         "RAY_JOB_STOP_WAIT_TIME_S": str(jobs.STOP_GRACE_S),
         "HORDE_SCENARIO_YAML": "name: x\n",
         "API_TOKEN": "t",
+        **allocator_env(),  # the job's processes get horde's malloc set-up
     }
+    assert {"MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} <= set(env["env_vars"])
     assert env["pip"] == ["x"]
 
 
