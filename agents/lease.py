@@ -31,6 +31,27 @@ class LeaseLapsed(RuntimeError):
     """The agent's lease lapsed: it stopped sending and ended (its host reports it lost)."""
 
 
+# Above this many batches a second across the fleet the coordinator acknowledges every
+# other batch of each agent: 256 ack calls a second beside 256 streamed batches made Ray's
+# driver fall behind (windows ever later) where 128 did not (bench/coordinator_sim.py
+# --pin, docs/scale.md). An ack names the newest batch and covers the older ones, and a lost
+# agent's lease is bounded by the last batch *received*, so skipping acks never lengthens a
+# lease; it halves the delay an ack may take before the lease lapses, from (LEASE_FLUSHES - 1)
+# to (LEASE_FLUSHES - 2) flush intervals.
+ACK_CALLS_PER_S = 128
+
+
+def ack_every(agents: int, flush_interval_s: float) -> int:
+    """Acknowledge every n-th batch of each agent: 1, or 2 for a fleet over ACK_CALLS_PER_S."""
+    return 2 if flush_interval_s > 0 and agents / flush_interval_s > ACK_CALLS_PER_S else 1
+
+
+def should_ack(seq: int, index: int, every: int) -> bool:
+    """Whether the coordinator acknowledges agent `index`'s batch `seq` (agents staggered, so
+    the acks of one flush spread over `every` flushes)."""
+    return every <= 1 or (seq + index) % every == every - 1
+
+
 def lease_term_s(flush_interval_s: float) -> float:
     """The lease term for agents that flush every `flush_interval_s`."""
     return max(LEASE_FLUSHES * flush_interval_s, MIN_TERM_S)

@@ -81,6 +81,9 @@ def stamped(template, window: int):
     return dataclasses.replace(template, groups=groups, sends_first_bin=template.sends_first_bin + 10 * window)
 
 
+ACK_EVERY = 0  # --ack-every: ack every k-th batch of each agent (0: agents/lease.py ack_every)
+
+
 class SimAgents:
     """Several simulated agents in one actor process."""
 
@@ -118,13 +121,14 @@ class SimAgents:
                     engine="fast",
                 )
                 # with the wall time it was produced at: how late the producers themselves were
-                yield t, time.time_ns(), payload
+                yield t, agent, time.time_ns(), payload
 
 
 async def coordinate(
     actors, n_agents: int, groups: int, seconds: int, flush_s: int, exact_alerts: bool, ack: bool = True
 ) -> dict:
     """The coordinator's side of one step; returns its figures."""
+    from horde.agents.lease import ack_every, should_ack
     from horde.agents.samples import decode_batch
     from horde.coordinator.judge.alerts import DEFAULT_RULES, AlertEngine, metrics_from_stats
     from horde.coordinator.measure.aggregate import Aggregator
@@ -141,6 +145,7 @@ async def coordinate(
     finals: set[int] = set()
     start_wall_ns = time.time_ns() + S // 2
     figures = {"requests": 0, "bytes": 0, "lags_s": [], "batch_cpu_s": 0.0, "batches": 0, "window_cpu_s": 0.0}
+    every = ACK_EVERY or ack_every(n_agents, flush_s)
     figures["made_s"] = {}  # flush -> how long after its due time its last batch was produced
     # (run time ns, the main thread's CPU so far) at each batch's start: how busy the
     # coordinator was between a window's end and its close (busy_s), against waiting for batches.
@@ -191,15 +196,15 @@ async def coordinate(
         figures["window_cpu_s"] += time.thread_time() - c1
 
     async def consume(actor) -> None:
-        seq = 0
         async for ref in actor.stream.remote(start_wall_ns, seconds // flush_s, flush_s):
-            flush, made_ns, payload = await ref
+            flush, agent, made_ns, payload = await ref
             due_ns = start_wall_ns + (flush + 1) * flush_s * S
             made = figures["made_s"]
             made[flush] = max(made.get(flush, -1.0), (made_ns - due_ns) / 1e9)
-            if ack:  # as cluster/fanin.py does for the real fleet: fire and forget, before ingest
-                actor.ack.remote(0, seq)
-                seq += 1
+            # as cluster/fleet.py does for the real fleet (fire and forget, before ingest):
+            # each agent's batches, or every other one in a large fleet (agents/lease.py)
+            if ack and should_ack(flush, agent, every):
+                actor.ack.remote(agent, flush)
             ingest(payload)
 
     c0 = time.process_time()
@@ -260,7 +265,12 @@ def main() -> None:
         action="store_true",
         help="pin the coordinator to CPU 0 and the simulated agents to the other CPUs (one core each side)",
     )
+    ap.add_argument(
+        "--ack-every", type=int, default=0, help="ack every k-th batch of each agent (default: as the fleet would)"
+    )
     args = ap.parse_args()
+    global ACK_EVERY
+    ACK_EVERY = max(0, args.ack_every)
     producer_cpus = sorted(os.sched_getaffinity(0) - {0}) if args.pin else None
     if args.pin:
         os.sched_setaffinity(0, {0})  # threads started from here on (Ray's driver threads) inherit it

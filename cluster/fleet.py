@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
-from horde.agents.lease import LeaseLapsed, lease_term_s
+from horde.agents.lease import LeaseLapsed, ack_every, lease_term_s, should_ack
 from horde.agents.spec import AgentSpec
 from horde.cluster.events import AgentInfo, FleetEvent
 from horde.cluster.fanin import FanIn, held
@@ -157,8 +157,11 @@ class RayFleet:
         self.agents: list[AgentInfo] = []
         self._start_wall_ns = 0
         self._monitors: NodeMonitors | None = None
+        self._ack_every = 1  # agents/lease.py ack_every: set for the fleet's size at start
 
     async def start(self, specs: Sequence[AgentSpec]) -> list[AgentInfo]:
+        if specs:
+            self._ack_every = ack_every(len(specs), specs[0].flush_interval_s)
         pooled = await self._lease_pooled(specs)
         fresh = [s for s in specs if s.index not in pooled]
         actors = {s.index: self._new_actor(s) for s in fresh}
@@ -237,8 +240,11 @@ class RayFleet:
             stream = actor.stream.options(_generator_backpressure_num_objects=16)
             return _refs_to_payloads(stream.remote(start, resume_ns))
 
+        every = self._ack_every
+
         def ack(seq: int) -> None:
-            actor.ack.remote(seq)  # fire and forget: a lost ack only shortens the lease
+            if should_ack(seq, index, every):  # every batch, or every other one in a large fleet
+                actor.ack.remote(seq)  # fire and forget: a lost ack only shortens the lease
 
         self._fanin.add(
             index, inc, held(factory, hold_until_s), grace_s=grace_s, probe=lambda: actor.ready.remote(), ack=ack

@@ -517,8 +517,9 @@ def test_coordinator_sim_batches_pass_the_coordinators_checks() -> None:
         return [item async for item in sim.stream(0, 3, 1)]  # start in the past: no waiting
 
     items = asyncio.run(collect())
-    assert [flush for flush, _, _ in items] == [0, 0, 1, 1, 2, 2]  # each flush's batches, with when they were made
-    payloads = [payload for _, _, payload in items]
+    # each flush's batches, with their agent and when they were made
+    assert [(flush, agent) for flush, agent, _, _ in items] == [(0, 0), (0, 2), (1, 0), (1, 2), (2, 0), (2, 2)]
+    payloads = [payload for _, _, _, payload in items]
     agg = Aggregator([f"e{i}" for i in range(10)], [10**13], ["main"])
     checker = BatchChecker(RunBounds(endpoints=10, stages=1))
     for p in payloads:
