@@ -1,6 +1,6 @@
 """CPU time per request of HTTP clients against nginx: wrk, a minimal floor, the engines.
 
-    python bench/engine_cpu.py [--requests 100000] [--connections 64]
+    python bench/engine_cpu.py [--requests 100000] [--connections 64] [--only agent,agent-null]
 
 nginx (bench/nginx.py) runs one worker pinned to CPU 0 and serves a small static file;
 each client runs in its own process pinned to CPU 1 with `connections` keep-alive
@@ -8,7 +8,9 @@ connections and is charged its process user and sys CPU time over exactly the me
 phase (wrk: its children rusage over a `-d5s` run). The clients: wrk; the floor
 (bench/floor.py: an asyncio Protocol per connection on uvloop, pre-built requests,
 httptools parsing, the next request written from on_message_complete); horde's lean and
-aiohttp engines; a bare aiohttp.ClientSession. Prints a table; asserts nothing.
+aiohttp engines; horde's agent over the lean engine, and over a null engine (no network:
+the agent's own Python per request, the steadier figure on a loaded machine); a bare
+aiohttp.ClientSession. Prints a table; asserts nothing.
 Needs /usr/sbin/nginx, wrk and taskset.
 """
 
@@ -121,15 +123,16 @@ async def _submitted(engine, requests: int, connections: int) -> int:
     return errors
 
 
-async def _run_agent(url: str, requests: int, connections: int) -> Measured:
+async def _run_agent(url: str, requests: int, connections: int, *, null: bool = False) -> Measured:
     """horde's traffic agent itself (no Ray): a closed model of `connections` users with
     no think time, for about as long as `requests` take at 30k/s; records, batches and
-    all. Charged over its whole run (connecting included); requests = samples recorded."""
+    all. Charged over its whole run (connecting included); requests = samples recorded.
+    `null`: over _NullEngine instead of the lean engine, for as long as they take at 200k/s."""
     from horde.agents.samples import decode_batch
     from horde.agents.spec import AgentSpec, RequestTemplate, Stage
     from horde.agents.traffic import TrafficAgent
 
-    seconds = max(2.0, requests / 30_000)
+    seconds = max(2.0, requests / (200_000 if null else 30_000))
     spec = AgentSpec(
         index=0,
         count=1,
@@ -145,7 +148,7 @@ async def _run_agent(url: str, requests: int, connections: int) -> Measured:
         max_in_flight=connections,
         max_connections=connections,
     )
-    agent = TrafficAgent(spec)
+    agent = TrafficAgent(spec, engine_factory=_NullEngine) if null else TrafficAgent(spec)
     batches: list[bytes] = []
     measured = await _measured_phase(_agent_phase, agent, batches)
     global _agent_samples
@@ -154,6 +157,44 @@ async def _run_agent(url: str, requests: int, connections: int) -> Measured:
 
 
 _agent_samples = 0
+
+
+class _NullEngine:
+    """A lean engine with no network: submit() answers 200 from the loop's next turn.
+
+    What the agent spends per request over it is its own Python (recording, the next
+    send, the callbacks), without the kernel's share, which dominates and varies on a
+    loaded machine: the steadier figure for a change to the agent's per-request path."""
+
+    name = "fast"
+    rx_ns = 0  # no kernel stamp: the agent reads its own clock, as over TLS
+
+    def __init__(self, *_args, **_kwargs) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending = 0
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    def submit(self, index: int, token: int, done) -> None:
+        self._pending += 1
+        self._loop.call_soon(self._answer, token, done)  # type: ignore[union-attr]  # after open()
+
+    def _answer(self, token: int, done) -> None:
+        self._pending -= 1
+        done(token, 200, len(BODY), 0)
+
+    async def request(self, index: int) -> tuple[int, int, int]:
+        return 200, len(BODY), 0
+
+    def in_flight(self) -> int:
+        return self._pending
+
+    def abort_all(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
 
 async def _agent_phase(agent, batches: list[bytes]) -> int:
@@ -199,10 +240,12 @@ def client_main(name: str, url: str, requests: int, connections: int) -> None:
         run = _run_floor(url, requests, connections)
     elif name == "agent":
         run = _run_agent(url, requests, connections)
+    elif name == "agent-null":
+        run = _run_agent(url, requests, connections, null=True)
     else:
         run = _run_engine(name, url, requests, connections)
     errors, user_s, sys_s, wall_s = uvloop.run(run)
-    if name == "agent":
+    if name in ("agent", "agent-null"):
         requests = _agent_samples
     print(requests, errors, f"{user_s:.6f}", f"{sys_s:.6f}", f"{wall_s:.6f}")
 
@@ -259,6 +302,7 @@ CLIENTS = (  # (label, --client name), in table order after wrk
     ("minimal Protocol + httptools (uvloop)", "floor"),
     ("fast engine (uvloop)", "fast"),
     ("horde agent, fast engine (no Ray)", "agent"),
+    ("horde agent, null engine (no network)", "agent-null"),
     ("aiohttp engine (uvloop)", "aiohttp"),
     ("aiohttp.ClientSession (uvloop)", "session"),
 )
@@ -286,6 +330,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100_000, help="per Python client")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--wrk-seconds", type=int, default=5)
+    names = ["wrk", *(name for _, name in CLIENTS)]
+    ap.add_argument("--only", default=",".join(names), help=f"comma-separated clients to run, from {','.join(names)}")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -293,14 +339,18 @@ def main() -> None:
         client_main(args.client, args.url, args.requests, args.connections)
         return
 
+    only = set(args.only.split(","))
+    if only - set(names):
+        sys.exit(f"--only: unknown client(s) {', '.join(sorted(only - set(names)))}; known: {', '.join(names)}")
     for tool in (NGINX_BIN, "wrk", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"needs {tool}")
     with Nginx(cpu=0, files={BODY_PATH.rsplit("/", 1)[1]: BODY}) as target:
         url = target.url_of(BODY_PATH)
-        rows = [("wrk -t1", run_wrk(url, args.connections, args.wrk_seconds))]
+        rows = [("wrk -t1", run_wrk(url, args.connections, args.wrk_seconds))] if "wrk" in only else []
         for label, name in CLIENTS:
-            rows.append((label, run_client(name, url, args.requests, args.connections)))
+            if name in only:
+                rows.append((label, run_client(name, url, args.requests, args.connections)))
 
     print(
         f"nginx 1 worker on CPU 0, client on CPU 1, {args.connections} keep-alive connections, "

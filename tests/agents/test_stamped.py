@@ -135,7 +135,7 @@ def test_failed_request_has_no_stamp() -> None:
 def test_stamped_connect_that_never_completes_is_a_timeout() -> None:
     """A listener whose accept queue is full drops the SYN: the raw-socket connect waits
     until connect_timeout_s and the request is a timeout (not a connect error, not a hang)."""
-    from horde.agents.fast_http import _TIMEOUT
+    from horde.agents.fast_conn import _TIMEOUT
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -178,7 +178,7 @@ def test_stamped_connect_that_never_completes_is_a_timeout() -> None:
 def test_stamped_connect_to_a_live_server_after_a_refusal() -> None:
     """A refused address, then a live one: the raw-socket connect reports the first as a
     connect error (errno's own OSError) and connects the second (an aiohttp app)."""
-    from horde.agents.fast_http import _CONNECT
+    from horde.agents.fast_conn import _CONNECT
     from horde.agents.stamped import open_stamped
 
     class _Sink:
