@@ -254,3 +254,22 @@ def test_an_agents_batches_say_its_timers_and_priority_and_it_leaves_the_callers
     for b in batches:
         totals.add(b.readings, b.watermark_ns, b.engine, b.timing)
     assert generator_verdict({"0": totals}, 100)["agents"]["0"]["timing"] == f"precise timers, {expected}"
+
+
+def test_a_batch_carries_the_timing_it_is_given_and_an_oversized_one_is_refused_by_name() -> None:
+    import msgpack
+
+    from horde.agents.records import GeneratorReadings
+    from horde.agents.samples import MAX_TIMING_CHARS, BatchFormatError, decode_batch, encode_batch
+
+    def batch(timing: str | None) -> bytes:
+        return encode_batch(
+            agent=0, incarnation=0, seq=0, watermark_ns=0, readings=GeneratorReadings(), records=b"", timing=timing
+        )
+
+    assert decode_batch(batch("precise timers, rr 1")).timing == "precise timers, rr 1"
+    assert decode_batch(batch(None)).timing == ""  # this thread is not sending: nothing to say
+    m = msgpack.unpackb(batch(""), raw=False)
+    m["timing"] = "x" * (MAX_TIMING_CHARS + 1)
+    with pytest.raises(BatchFormatError, match="'timing'"):
+        decode_batch(msgpack.packb(m, use_bin_type=True))
