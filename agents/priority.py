@@ -97,6 +97,7 @@ def raise_thread(mode: str | None = None, loop: asyncio.AbstractEventLoop | None
     held = getattr(_state, "held", None)
     if held is not None:
         return held.in_use()
+    problem = mode_problem() if mode is None else None  # named in the label: the summary shows it
     mode = mode or chosen_mode()
     if mode not in MODES:
         raise ValueError(f"priority mode {mode!r} is not one of {', '.join(MODES)}")
@@ -114,6 +115,8 @@ def raise_thread(mode: str | None = None, loop: asyncio.AbstractEventLoop | None
         held.guard = loop.call_later(GUARD_NS / 1e9, _check, held)
     elif mode != "default" and held.nice > NICE and _set_nice(held.tid, NICE):
         held.label = f"nice {NICE}"
+    if problem:
+        held.label += f" ({problem})"
     _state.held = held
     return held.in_use()
 

@@ -200,6 +200,13 @@ def test_the_mode_comes_from_the_environment_and_a_bad_one_is_named(monkeypatch:
     with pytest.raises(ValueError, match="turbo"):
         priority.raise_thread("turbo")
 
+    def body() -> str:  # the run goes on at the default, and what it had says why
+        label = priority.raise_thread(None, None)
+        priority.restore()
+        return label
+
+    assert "HORDE_AGENT_PRIORITY='turbo' is not one of" in _on_thread(body)
+
 
 @needs_rt
 def test_hold_still_raises_the_agent_thread_and_let_go_leaves_it_as_found(monkeypatch: pytest.MonkeyPatch) -> None:
