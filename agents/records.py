@@ -218,6 +218,7 @@ class Batch:
     readings: GeneratorReadings = field(default_factory=GeneratorReadings)
     final: bool = False
     engine: str = ""
+    timing: str = ""  # the agent thread's send timers and priority (agents/timers.py timing_in_use)
     # Python users (issue 15): iterations ended by an exception, by its type name, this batch.
     user_errors: dict[str, int] = field(default_factory=dict)
     # Data files (agents/data.py): name -> [rows handed out, requests refused for want of a row], this batch.

@@ -44,6 +44,7 @@ from horde.agents.records import (
     known_classes,
     send_bins,
 )
+from horde.agents.timers import timing_in_use
 
 __all__ = [
     "ERROR_LABELS",
@@ -99,10 +100,12 @@ def encode_batch(
     agg: Aggregate | None = None,
     final: bool = False,
     engine: str = "",
+    timing: str | None = None,
     user_errors: dict[str, int] | None = None,
     data_rows: dict[str, list[int]] | None = None,
 ) -> bytes:
-    """Exactly one of `records` (raw) and `agg` (aggregated)."""
+    """Exactly one of `records` (raw) and `agg` (aggregated). `timing` None: the calling
+    thread's send timers and priority (the agent's loop thread encodes its own batches)."""
     if (records is None) == (agg is None):
         raise ValueError("a batch carries either records or an aggregate")
     m: dict[str, Any] = {
@@ -113,6 +116,7 @@ def encode_batch(
         "wm": watermark_ns,
         "final": final,
         "engine": engine,
+        "timing": timing_in_use() if timing is None else timing,
         "gen": [getattr(readings, k) for k in _READING_KEYS],
     }
     if agg is not None:
@@ -147,6 +151,7 @@ class BatchFormatError(ValueError):
 MAX_BATCH_RECORDS = 1 << 22  # ~4.2 M samples (138 MB): 40 s of 100k requests/s from one agent
 MAX_PAYLOAD_BYTES = MAX_BATCH_RECORDS * RECORD.size + 65_536  # the records plus the header
 MAX_ENGINE_CHARS = 256
+MAX_TIMING_CHARS = 256
 MAX_USER_ERROR_TYPES = 33  # agents/user_client.py keeps 32 names and "other"
 MAX_USER_ERROR_NAME = 128
 MAX_DATA_FILES = 64  # a scenario names at most 64 (coordinator/scenario/models.py); the run checks its own count
@@ -260,6 +265,9 @@ def decode_batch(payload: bytes) -> Batch:
     engine = m.get("engine", "")
     if not isinstance(engine, str) or len(engine) > MAX_ENGINE_CHARS:
         raise BatchFormatError(f"batch field 'engine': expected a name of at most {MAX_ENGINE_CHARS} characters")
+    timing = m.get("timing", "")
+    if not isinstance(timing, str) or len(timing) > MAX_TIMING_CHARS:
+        raise BatchFormatError(f"batch field 'timing': expected text of at most {MAX_TIMING_CHARS} characters")
     return Batch(
         agent=_int_field(m, "agent", 0),
         incarnation=_int_field(m, "inc", 0),
@@ -269,6 +277,7 @@ def decode_batch(payload: bytes) -> Batch:
         readings=_readings(m.get("gen")),
         final=final,
         engine=engine,
+        timing=timing,
         user_errors=_user_errors(m.get("uerr", {})),
         data_rows=_data_rows(m.get("data", {})),
         agg=agg,

@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from horde.agents import priority
+
 KINDS = ("precise", "spin", "ms")
 ENV_KIND = "HORDE_SEND_TIMERS"  # for benchmarking: "ms" selects the old whole-ms timers
 SPIN_NS = 1_000_000  # the spin fallback hands over from a loop timer this long before a deadline
@@ -60,7 +62,7 @@ NEAR_NS = 30_000
 LEAD_NS = 150_000
 LEAD_AFTER_NS = 5_000_000
 LEAD_MARGIN_NS = 50_000
-AIM_P50_NS = 20_000
+AIM_P50_NS = 5_000  # 20 us before real-time priority: a prompt wake then left ~30 us late at p50 (bench/send_lag.py)
 AIM_P99_NS = 150_000
 MAX_LEAD_NS = 1_000_000
 SPIN_SHARE = 0.1
@@ -403,14 +405,15 @@ def make_timers(loop: asyncio.AbstractEventLoop, kind: str | None = None) -> Tim
     kind = kind or os.environ.get(ENV_KIND) or "precise"
     if kind not in KINDS:
         raise ValueError(f"{ENV_KIND}: {kind!r} is not one of {', '.join(KINDS)}")
-    if kind == "ms":
-        return MsTimers(loop)
+    timers: Timers | None = MsTimers(loop) if kind == "ms" else None
     if kind == "precise":
         try:
-            return TimerfdTimers(loop)
+            timers = TimerfdTimers(loop)
         except (OSError, AttributeError, NotImplementedError):  # no timerfd here: spin instead
             pass
-    return SpinTimers(loop)
+    timers = timers or SpinTimers(loop)
+    _here.kind = timers.kind  # for timing_in_use (batches report it)
+    return timers
 
 
 def set_timer_slack_ns(slack_ns: int) -> bool:
@@ -424,7 +427,7 @@ def set_timer_slack_ns(slack_ns: int) -> bool:
 
 _gc_holds = 0  # agents holding the collector frozen (hold_still)
 _gc_lock = threading.Lock()
-_slack = threading.local()  # the calling thread's timer slack before hold_still, for let_go
+_here = threading.local()  # the calling thread's timer slack before hold_still (for let_go), its timers' kind
 
 
 def hold_still() -> bool:
@@ -432,32 +435,47 @@ def hold_still() -> bool:
     goes to TIMER_SLACK_NS (the kernel may otherwise run its sleeps' timeouts up to 50 us
     late to batch wake-ups), and what the process holds now is frozen out of the garbage
     collector (gc.freeze: a full pass over a Ray worker's heap paused the loop 10-40 ms,
-    holding back the sends due meanwhile). Undo with let_go(); returns whether the timer
-    slack was set (False where the platform does not allow it)."""
+    holding back the sends due meanwhile), and the thread takes the agent's scheduling
+    priority (agents/priority.py: SCHED_RR 1 by default, given back if the loop gets
+    busy; priority.in_use() says what it got). Undo with let_go(); returns whether the
+    timer slack was set (False where the platform does not allow it)."""
     global _gc_holds
     with _gc_lock:  # agents on several threads of one process (in-process runs)
         if _gc_holds == 0:
             gc.freeze()
         _gc_holds += 1
+    try:  # a real-time priority needs the thread's loop: it runs the guard (agents/priority.py)
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    priority.raise_thread(loop=loop)
     before = timer_slack_ns()
-    if before > 0 and not hasattr(_slack, "before"):
-        _slack.before = before
+    if before > 0 and not hasattr(_here, "before"):
+        _here.before = before
     return set_timer_slack_ns(TIMER_SLACK_NS)
 
 
 def let_go() -> None:
-    """After sending: the calling thread's timer slack is what it was before hold_still (an
-    agent run on a caller's thread leaves it as it found it), and the frozen objects go back
+    """After sending: the calling thread's timer slack and scheduling priority are what they
+    were before hold_still (an agent run on a caller's thread leaves it as it found it), and the frozen objects go back
     to the collector (the last hold only)."""
     global _gc_holds
-    before = getattr(_slack, "before", None)
+    priority.restore()
+    before = getattr(_here, "before", None)
     if before is not None:
         set_timer_slack_ns(before)
-        del _slack.before
+        del _here.before
     with _gc_lock:
         _gc_holds = max(0, _gc_holds - 1)
         if _gc_holds == 0:
             gc.unfreeze()
+
+
+def timing_in_use() -> str:
+    """What the calling thread's sends wait on, between hold_still and let_go: its timers'
+    kind and its priority ("precise timers, fifo 1"; agents/priority.py), "" outside."""
+    prio = priority.in_use()
+    return f"{getattr(_here, 'kind', '?')} timers, {prio}" if prio else ""
 
 
 def timer_slack_ns() -> int:

@@ -1,7 +1,8 @@
 """horde's own send lag (sent - intended) and CPU, by timer kind, in one run.
 
     python bench/send_lag.py [--kinds ms,precise,spin] [--rates 1,10,100,1000,5000]
-                             [--seconds 3] [--slow-seconds 20] [--slack-ns N] [--nice N]
+                             [--priorities default,nice,fifo,rr] [--seconds 3]
+                             [--slow-seconds 20] [--slack-ns N] [--nice N]
                              [--trace] [--json rows.json]
 
 One TrafficAgent in this process (no Ray, no coordinator) on uvloop, the lean engine, 64
@@ -9,7 +10,9 @@ in flight, against a raw asyncio server in a subprocess on 127.0.0.1 that answer
 request at once ("ok"). Per rate of the open model (constant arrivals; 1/s runs
 --slow-seconds, the others --seconds) and then for a closed model (20 users, think time
 uniform 5-15 ms, --seconds), each timer kind of agents/timers.py runs in turn (kinds
-interleaved per row, so they share the machine's load):
+interleaved per row, so they share the machine's load), and for each kind each agent
+priority of --priorities (agents/priority.py, $HORDE_AGENT_PRIORITY; default: the
+agent's default alone):
 
 - ms: whole-millisecond loop timers, rounded up (horde before issue 14; HORDE_SEND_TIMERS=ms)
 - precise: one timerfd, the heap of deadlines (the default)
@@ -25,10 +28,12 @@ from the agent's own slot state as each request goes to the engine (a thin wrapp
 around the engine's submit, the same cost for every kind), so it is exactly what the
 agent records. The process takes an agent's priority first (--nice, default
 HORDE_AGENT_NICE or -10, as agents/runner.py raise_priority; 0 leaves it; the target
-keeps the default). --fifo runs the agent's thread at real-time priority (SCHED_FIFO 1;
-needs CAP_SYS_NICE), so that on a loaded machine what other processes take is kept out
-and the timers' own lag shows; agents never run so (a spinning loop would starve the
-node). --slack-ns sets the agent thread's timer slack (prctl
+keeps the default). --priorities: the agent's loop thread while it sends, per run
+(agents/priority.py): "default" (the nice above), "nice" (-20), "fifo" / "rr" (SCHED_FIFO
+/ SCHED_RR 1, given back if the loop is busy over half the time); each row prints the
+priority the run had ("prio", with the guard's demotion if it happened). --fifo puts
+the whole bench's thread at SCHED_FIFO 1 before anything (the agent then leaves it so).
+--slack-ns sets the agent thread's timer slack (prctl
 PR_SET_TIMERSLACK; the agent sets 1 ns itself, agents/timers.py hold_still).
 
 --trace (precise only) splits the lateness of every send over 250 us late: garbage
@@ -59,6 +64,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from horde.agents import priority
 from horde.agents import timers as timers_mod
 from horde.agents.http import make_engine
 from horde.agents.runner import AGENT_NICE, new_event_loop, raise_priority
@@ -263,6 +269,7 @@ class Row:
     cpu_us_per_request: float
     cpu_core_pct: float
     spin_core_pct: float
+    priority: str = ""
 
 
 def _spec(url: str, model: str, level: float, seconds: float) -> AgentSpec:
@@ -284,8 +291,11 @@ def _spec(url: str, model: str, level: float, seconds: float) -> AgentSpec:
     )
 
 
-def run_one(url: str, model: str, level: float, seconds: float, kind: str, trace: bool = False) -> Row:
+def run_one(
+    url: str, model: str, level: float, seconds: float, kind: str, trace: bool = False, prio: str | None = None
+) -> Row:
     lags: list[int] = []
+    used: list[str] = []  # the agent thread's priority at each batch (the last: after the guard, if it acted)
     taps: list[_Tap] = []
 
     def factory(name: str, requests: Any, **kw: Any) -> Any:
@@ -301,10 +311,12 @@ def run_one(url: str, model: str, level: float, seconds: float, kind: str, trace
     if tracer is not None:
         tracer.install(agent)
     loop = new_event_loop()
+    if prio:
+        os.environ[priority.ENV_MODE] = prio
     try:
         start_ns = time.time_ns() + 200_000_000
         t0, c0 = time.monotonic(), time.process_time()
-        loop.run_until_complete(agent.run(start_ns, lambda _b: None))
+        loop.run_until_complete(agent.run(start_ns, lambda _b: used.append(priority.in_use())))
         wall_s, cpu_s = time.monotonic() - t0, time.process_time() - c0
     finally:
         loop.close()
@@ -328,6 +340,7 @@ def run_one(url: str, model: str, level: float, seconds: float, kind: str, trace
         cpu_us_per_request=cpu_s / max(1, len(lags) + queued) * 1e6,
         cpu_core_pct=100.0 * cpu_s / wall_s,
         spin_core_pct=100.0 * getattr(agent._timers, "spun_ns", 0) / 1e9 / wall_s,
+        priority=used[-1] if used else "",
     )
 
 
@@ -344,7 +357,8 @@ def _print(row: Row) -> None:
     label = f"open {row.rate_per_s:g}/s" if row.model == "open" else f"closed {CLOSED_USERS} users"
     print(
         f"{label:<18} {row.kind:<8} {row.sent:>7} {row.queued:>6} {row.lag_p50_us:>9.1f} {row.lag_p99_us:>9.1f} "
-        f"{row.lag_max_us:>9.1f} {row.cpu_us_per_request:>10.1f} {row.cpu_core_pct:>7.1f} {row.spin_core_pct:>7.2f}",
+        f"{row.lag_max_us:>9.1f} {row.cpu_us_per_request:>10.1f} {row.cpu_core_pct:>7.1f} {row.spin_core_pct:>7.2f}  "
+        f"{row.priority}",
         flush=True,
     )
 
@@ -360,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         "--nice", type=int, default=AGENT_NICE, help=f"this process's nice, as an agent's (default {AGENT_NICE})"
     )
     ap.add_argument("--fifo", action="store_true", help="real-time priority 1: the timers apart from the load")
+    ap.add_argument("--priorities", default="", help=f"agent priorities to alternate, of {','.join(priority.MODES)}")
     ap.add_argument("--no-closed", action="store_true")
     ap.add_argument("--trace", action="store_true", help="split late sends' lateness by cause (precise)")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
@@ -369,11 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"--kinds: {', '.join(bad)} not one of {', '.join(KINDS)}")
     rates = [float(r) for r in args.rates.split(",") if r]
+    prios: list[str | None] = [p for p in args.priorities.split(",") if p] or [None]
+    if any(p not in priority.MODES for p in prios):
+        ap.error(f"--priorities: each one of {', '.join(priority.MODES)}")
     if args.slack_ns is not None and not set_timer_slack_ns(args.slack_ns):
         print("send_lag: could not set the timer slack", file=sys.stderr)
     proc, url = _start_server()  # the target keeps the default priority
     got = raise_priority(whole_process=True, nice=args.nice) if args.nice else {"nice": 0}
     print(f"send_lag: nice {got['nice']}" + (f" ({got['error']})" if got.get("error") else ""), flush=True)
+    print("send_lag: load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     if args.fifo:
         try:  # this thread only: the agent's loop runs here, the target is another process
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
@@ -383,18 +402,20 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     try:
         head = ("load", "timers", "sent", "queued", "p50 us", "p99 us", "max us", "cpu us/req", "core %", "spin %")
-        print("{:<18} {:<8} {:>7} {:>6} {:>9} {:>9} {:>9} {:>10} {:>7} {:>7}".format(*head))
+        print("{:<18} {:<8} {:>7} {:>6} {:>9} {:>9} {:>9} {:>10} {:>7} {:>7}  prio".format(*head))
         plan = [("open", r, args.slow_seconds if r <= 1 else args.seconds) for r in rates]
         if not args.no_closed:
             plan.append(("closed", float(CLOSED_USERS), args.seconds))
         for model, level, seconds in plan:
             for kind in kinds:
-                row = run_one(url, model, level, seconds, kind, args.trace)
-                rows.append(row)
-                _print(row)
+                for prio in prios:
+                    row = run_one(url, model, level, seconds, kind, args.trace, prio)
+                    rows.append(row)
+                    _print(row)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        print("send_lag: load average at the end {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     if args.json:
         args.json.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
     return 0

@@ -141,6 +141,7 @@ class GeneratorAgent(Record):
     interrupted: int = 0
     unsent: int = 0
     engines: list[str] = Field(default_factory=list)
+    timing: str = ""  # its send timers and scheduling priority ("precise timers, rr 1"; agents/priority.py)
 
 
 class GeneratorQueueingScope(Record):

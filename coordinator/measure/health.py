@@ -36,9 +36,10 @@ class AgentTotals:
     first_watermark_ns: int | None = None
     last_watermark_ns: int = 0
     engines: set[str] = field(default_factory=set)
+    timing: str = ""  # its send timers and priority, as of its last batch that said ("precise timers, fifo 1")
     began_ns: int = 0  # when this incarnation began, relative to the run start (replacements start late)
 
-    def add(self, readings, watermark_ns: int, engine: str) -> None:
+    def add(self, readings, watermark_ns: int, engine: str, timing: str = "") -> None:
         self.cpu_s = readings.cpu_s  # cumulative since the agent's run began
         self.peak_rss_bytes = max(self.peak_rss_bytes, readings.rss_bytes)
         self.loop_lag_max_ns = max(self.loop_lag_max_ns, readings.loop_lag_max_ns)
@@ -53,6 +54,8 @@ class AgentTotals:
         self.last_watermark_ns = max(self.last_watermark_ns, watermark_ns)
         if engine:
             self.engines.update(engine.split(","))
+        if timing:
+            self.timing = timing
 
 
 def generator_verdict(agents: dict[str, AgentTotals], requests: int) -> dict:
@@ -77,6 +80,7 @@ def generator_verdict(agents: dict[str, AgentTotals], requests: int) -> dict:
             "interrupted": a.interrupted,
             "unsent": a.unsent,
             "engines": sorted(a.engines),
+            "timing": a.timing,
         }
         if frac > CPU_SATURATED:
             reasons.append(f"agent {idx} used {frac:.0%} of a core")

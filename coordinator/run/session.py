@@ -338,7 +338,7 @@ class RunSession:
             return False  # declared faulty: nothing more of it counts
         self.agg.add(b)
         self.sends.add_counts(*b.send_bins())
-        self.totals[agent_label(b.agent, b.incarnation)].add(b.readings, b.watermark_ns, b.engine)
+        self.totals[agent_label(b.agent, b.incarnation)].add(b.readings, b.watermark_ns, b.engine, b.timing)
         self.ledger.batch(b.agent, b.requests, b.readings, b.watermark_ns, b.final)
         for name, n in b.user_errors.items():  # Python users' exception types (bounded per batch)
             if name in self.user_errors or len(self.user_errors) < MAX_USER_ERROR_TYPES:

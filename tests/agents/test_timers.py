@@ -272,7 +272,7 @@ def test_the_early_wake_adapts_to_how_late_the_kernel_wakes_within_its_bounds(lo
         _wake(t, 0, 120, long=True)  # wake-ups on time again: back to the floor
         assert t.lead_ns == LEAD_NS
         assert t.short_lead_ns == 0  # the long ones say nothing about the short ones
-        _wake(t, 10_000, 256, long=False)  # short sleeps ending promptly: no spin at all
+        _wake(t, AIM_P50_NS // 2, 256, long=False)  # short sleeps ending promptly: no spin at all
         assert t.short_lead_ns == 0
         _wake(t, 150_000, 256, long=False)  # a slow median: wake early by what it lacks
         assert 150_000 - AIM_P50_NS - 10_000 < t.short_lead_ns <= 150_000 - AIM_P50_NS + 10_000
@@ -292,7 +292,7 @@ def test_the_lead_estimates_stay_within_their_bounds() -> None:
     assert long_lead_ns([200_000] * 32) == 200_000 + LEAD_MARGIN_NS
     assert short_lead_ns([10**9] * 8) == 0  # too few to judge: no spin
     assert short_lead_ns([AIM_P50_NS] * 100) == 0
-    lates = [50_000] * 98 + [AIM_P99_NS + 70_000] * 2  # the p99 needs 70 us, the p50 30 us
+    lates = [50_000] * 98 + [AIM_P99_NS + 70_000] * 2  # the p99 needs 70 us, the p50 50 us - AIM_P50_NS
     assert short_lead_ns(lates) == 70_000
     assert short_lead_ns([10**9] * 100) == MAX_LEAD_NS
 

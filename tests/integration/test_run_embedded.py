@@ -58,6 +58,9 @@ def test_smoke_bundle_counts_match_what_the_automaton_served(ray_cluster, tmp_pa
     assert sum(e["requests"] for e in b.summary["endpoints"].values()) == 425
     assert sum(w["total"]["requests"] for w in b.windows()) == 425
     assert len(lines) >= 10  # a progress line per window
+    # Each agent's summary says what its sends waited on and at what priority (agents/priority.py).
+    timing = [a["timing"] for a in b.summary["generator"]["agents"].values()]
+    assert timing and all(t.startswith("precise timers, ") for t in timing), timing
     junit = (b.path / "junit.xml").read_text()
     assert junit.count("<testcase") == 3 and 'failures="0"' in junit
 

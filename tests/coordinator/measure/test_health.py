@@ -115,6 +115,7 @@ def test_totals_and_per_agent_figures() -> None:
         interrupted=2,
         unsent=4,
         engines={"fast", "aiohttp"},
+        timing="precise timers, rr 1, demoted (loop busy 95% of 50 ms)",
     )
     b = _agent(cpu_s=1.0, elapsed_s=8.0, generator_queued_sends=1, interrupted=1, unsent=1)
     v = generator_verdict({"0": a, "1": b}, 3000)
@@ -129,6 +130,7 @@ def test_totals_and_per_agent_figures() -> None:
         "interrupted": 2,
         "unsent": 4,
         "engines": ["aiohttp", "fast"],
+        "timing": "precise timers, rr 1, demoted (loop busy 95% of 50 ms)",
     }
     assert v["cpu_s"] == 3.0
     assert v["cpu_us_per_request"] == 1000.0  # 3 CPU seconds over 3000 requests
