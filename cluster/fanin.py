@@ -28,7 +28,6 @@ MAX_QUEUED_BATCHES = 256  # about 256 agent-seconds of samples waiting for the c
 StreamFactory = Callable[[], AsyncIterator[bytes]]
 Probe = Callable[[], Awaitable[object]]
 ErrorNamer = Callable[[BaseException], tuple[str, str]]
-Ack = Callable[[int], object]
 
 
 def held(stream: StreamFactory, until_s: float) -> StreamFactory:
@@ -73,7 +72,6 @@ class FanIn:
         self._backpressured: set[tuple[int, int]] = set()  # streams waiting for a slot
         self._tasks: dict[tuple[int, int], asyncio.Task] = {}
         self._last_seen: dict[tuple[int, int], float] = {}
-        self._acks: dict[tuple[int, int], Ack] = {}
         self._received_at: dict[tuple[int, int], float] = {}  # the last batch's arrival, kept after a loss
         self._open = 0
         self._watchdog: asyncio.Task | None = None
@@ -86,16 +84,13 @@ class FanIn:
         stream: StreamFactory,
         grace_s: float = 0.0,
         probe: Probe | None = None,
-        ack: Ack | None = None,
     ) -> None:
         """Consume one agent's stream; `grace_s` extends its first silence deadline (start lead).
-        `ack(seq)` is called for every batch as it arrives (the agent's lease, agents/lease.py):
-        the n-th batch of a stream is batch seq n, the stream keeps the agent's order."""
+        Asking a stream for its next batch is what acks the last one (the agent's lease,
+        agents/lease.py): it is asked only once the batch before is in the queue."""
         key = (index, incarnation)
         if probe is not None:
             self._probes[key] = probe
-        if ack is not None:
-            self._acks[key] = ack
         self._last_seen[key] = time.monotonic() + grace_s
         self._open += 1
         self._tasks[key] = asyncio.create_task(self._consume(key, stream), name=f"fanin-{index}.{incarnation}")
@@ -105,13 +100,8 @@ class FanIn:
     async def _consume(self, key: tuple[int, int], stream: StreamFactory) -> None:
         index, inc = key
         try:
-            ack = self._acks.get(key)
-            seq = 0
             async for payload in stream():
                 self._last_seen[key] = self._received_at[key] = time.monotonic()
-                if ack is not None:  # at once, before the batch waits for the coordinator
-                    ack(seq)
-                    seq += 1
                 if self._batch_slots.locked():
                     self._backpressured.add(key)
                     try:
