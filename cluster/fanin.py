@@ -13,6 +13,10 @@ full waits (and reads no more of its stream, so the agent's side backs up: Ray's
 generator backpressure, the in-process runner's queue) until the consumer of `events()`
 takes one. An agent waiting on us is not silent. Ends and losses are never held back
 (at most two per stream).
+
+Taking a stream's next batch is what acknowledges the last one to its agent (the lease,
+agents/lease.py; no call is made): a coordinator that stays behind by a full queue for
+the agents' lease term fences them.
 """
 
 from __future__ import annotations
