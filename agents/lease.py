@@ -1,11 +1,20 @@
-"""An agent's lease: it sends only while the coordinator keeps acknowledging its batches.
+"""An agent's lease: it sends only while the coordinator keeps taking its batches.
 
 Measured on the agent's own monotonic clock only, so no two hosts' clocks are ever
-compared. The agent notes when it emitted each batch (by sequence number); the
-coordinator acknowledges every batch it receives; an acknowledgement of batch `seq`
-extends the lease to `sent_at[seq] + term`. A late acknowledgement (one that waited out a
-partition) names an old batch, so it cannot extend the lease past that batch's send time
-plus the term: stale acknowledgements never revive a fenced agent.
+compared. The agent notes when it emitted each batch (by sequence number); an
+acknowledgement of batch `seq` extends the lease to `sent_at[seq] + term`. A late
+acknowledgement (one that waited out a partition) names an old batch, so it cannot extend
+the lease past that batch's send time plus the term: stale acknowledgements never revive a
+fenced agent.
+
+The acknowledgement is the coordinator's consumption of the agent's batch stream, not a
+call of its own (agents/runner.py AgentRunner.stream): the agent's host acks batch n once
+the consumer has asked for the batch after it; through Ray's streaming generator with a
+backpressure of one object, the agent's yield returns only once the coordinator took the
+next reference, which proves it received the batch before (cluster/fleet.py). A
+coordinator that stops consuming (frozen, busy, cut off, dead) acks nothing more, and the
+one thing that releases a waiting yield without consumption, the coordinator dropping the
+stream, it never does while the agent may live (the fleet holds every stream until close).
 
 The coordinator's side of the bargain: the lease of an agent it has lost ends at most
 `term` after that agent sent the last batch the coordinator received, so a replacement
@@ -16,10 +25,11 @@ Pure: plain integers in, plain integers out; the agent supplies the clock readin
 
 from __future__ import annotations
 
-# The term is this many flush intervals: a healthy agent's batch goes out every interval,
-# so an agent is fenced only when no batch of the last (LEASE_FLUSHES - 1) intervals or
-# more was acknowledged in time (see docs/measurement.md for the acknowledgement delays
-# measured on a loaded 2-core machine).
+# The term is this many flush intervals: a healthy agent's batch goes out every interval and
+# is acknowledged when the coordinator takes the next one, a flush later (on Ray), so an
+# agent is fenced only when one of its batches waited (LEASE_FLUSHES - 2) intervals or more
+# to be taken (see docs/measurement.md for the acknowledgement delays measured on a loaded
+# 2-core machine).
 LEASE_FLUSHES = 4
 MIN_TERM_S = 2.0  # short flush intervals (tests use 0.1 s) still tolerate a busy coordinator
 # What the coordinator adds to `term` before a replacement sends: the agent checks its
@@ -29,27 +39,6 @@ FENCE_MARGIN_S = 0.5
 
 class LeaseLapsed(RuntimeError):
     """The agent's lease lapsed: it stopped sending and ended (its host reports it lost)."""
-
-
-# Above this many batches a second across the fleet the coordinator acknowledges every
-# other batch of each agent: 256 ack calls a second beside 256 streamed batches made Ray's
-# driver fall behind (windows ever later) where 128 did not (bench/coordinator_sim.py
-# --pin, docs/scale.md). An ack names the newest batch and covers the older ones, and a lost
-# agent's lease is bounded by the last batch *received*, so skipping acks never lengthens a
-# lease; it halves the delay an ack may take before the lease lapses, from (LEASE_FLUSHES - 1)
-# to (LEASE_FLUSHES - 2) flush intervals.
-ACK_CALLS_PER_S = 128
-
-
-def ack_every(agents: int, flush_interval_s: float) -> int:
-    """Acknowledge every n-th batch of each agent: 1, or 2 for a fleet over ACK_CALLS_PER_S."""
-    return 2 if flush_interval_s > 0 and agents / flush_interval_s > ACK_CALLS_PER_S else 1
-
-
-def should_ack(seq: int, index: int, every: int) -> bool:
-    """Whether the coordinator acknowledges agent `index`'s batch `seq` (agents staggered, so
-    the acks of one flush spread over `every` flushes)."""
-    return every <= 1 or (seq + index) % every == every - 1
 
 
 def lease_term_s(flush_interval_s: float) -> float:

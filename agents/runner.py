@@ -103,7 +103,7 @@ def _settle(loop: asyncio.AbstractEventLoop) -> None:
 
 class AgentRunner:
     def __init__(self, spec: AgentSpec, *, lease_term_s: float | None = None) -> None:
-        """`lease_term_s`: fence the agent unless its host acks its batches (ack()); None: no lease."""
+        """`lease_term_s`: fence the agent unless its consumer takes its batches (stream()); None: no lease."""
         self.spec = spec
         self._agent = TrafficAgent(spec, lease_term_s=lease_term_s)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,7 +123,8 @@ class AgentRunner:
                 pass
 
     def ack(self, seq: int) -> None:
-        """The coordinator received batch `seq` (thread-safe; extends the agent's lease)."""
+        """The coordinator received batch `seq` (thread-safe; extends the agent's lease).
+        stream() calls it as its consumer takes the batches."""
         with self._lock:
             loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -136,9 +137,21 @@ class AgentRunner:
         """The agent's lease figures (agents/lease.py; a read of a few ints, any thread)."""
         return self._agent.lease_stats()
 
-    async def stream(self, start_wall_ns: int, resume_ns: int | None = None) -> AsyncIterator[bytes]:
+    async def stream(
+        self, start_wall_ns: int, resume_ns: int | None = None, *, acked_behind: int = 0
+    ) -> AsyncIterator[bytes]:
         """Run the agent from the common start instant; yield its encoded batches. A
-        replacement's schedule resumes at `resume_ns` of the run (None: at its own now)."""
+        replacement's schedule resumes at `resume_ns` of the run (None: at its own now).
+
+        The consumer's demand is the lease's acknowledgement (agents/lease.py): when the
+        consumer asks for the batch after batch n, it holds the batch `acked_behind` before
+        n, which is then acked. In process the consumer asks only once it has taken batch n
+        (0). Through a Ray stream with a backpressure of one object, the actor's yield of n
+        returns once the coordinator took n's reference, which it does only after it
+        received n - 1 (1; cluster/fleet.py). A consumer that stops asking, or is closed,
+        acks nothing more, so the agent's lease lapses within its term."""
+        if acked_behind < 0:
+            raise ValueError(f"acked_behind must be >= 0, got {acked_behind}")
         consumer = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | BaseException | _Done] = asyncio.Queue()
 
@@ -169,6 +182,7 @@ class AgentRunner:
 
         thread = threading.Thread(target=main, name=f"horde-agent-{self.spec.index}", daemon=True)
         thread.start()
+        seq = 0  # the n-th batch of a stream is the agent's batch seq n
         while True:
             item = await queue.get()
             if isinstance(item, _Done):
@@ -176,6 +190,9 @@ class AgentRunner:
             if isinstance(item, BaseException):
                 raise item
             yield item
+            if seq >= acked_behind:  # the consumer asked for more: it holds batch seq - acked_behind
+                self.ack(seq - acked_behind)
+            seq += 1
 
 
 # Threads that run an agent (AgentRunner.stream names them so), and the modules that Python

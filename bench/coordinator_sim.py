@@ -2,18 +2,26 @@
 
     python bench/coordinator_sim.py [--agents 8,64,256] [--groups 10,1000]
                                     [--rates 5000,20000,40000] [--seconds 4] [--actors 4]
-                                    [--flush-s 1] [--exact-alerts] [--no-ack] [--lags]
+                                    [--flush-s 1] [--exact-alerts] [--no-ack | --ack-calls K]
+                                    [--lags] [--pin] [--multiplex]
 
 Simulated agents are Ray actors replaying realistic aggregated batches (no HTTP): each
-actor hosts several simulated agents, each with its own agent index and batch stream
-(256 actor processes would not fit this machine). For each step an actor aggregates
+actor hosts several simulated agents, each with its own agent index and batch stream, a
+streaming generator task of its own as in the fleet (256 actor processes would not fit this
+machine; `--multiplex`: one stream per actor carrying its agents' batches in turn, as the
+simulation did before; with the lease's backpressure of one object that stream's batches
+wait for each other, which the fleet's do not). For each step an actor aggregates
 synthetic records at the step's per-agent rate (lognormal latencies, 1% errors, spread over
 `groups` endpoints in one stage, a few crossing into the next window) with the agents' own
 code (agents/aggregate.py); every flush interval (`--flush-s`, 1 s as scenarios default
 to; 2 s is `flush_interval: 2s`) it stamps each of its agents' batch with its windows,
-sequence and watermark and yields it from a Ray streaming generator, as the real fleet
-does, and the coordinator acks each batch as it arrives (the lease: one fire-and-forget
-actor call per batch, as cluster/fanin.py; `--no-ack` leaves it out). The coordinator (this
+sequence and watermark and yields it from a Ray streaming generator, and is acked as the
+real fleet acks (the lease, agents/lease.py): the stream has a backpressure of one object
+(cluster/fleet.py STREAM_BACKPRESSURE_OBJECTS), and when a yield returns (the coordinator
+took that batch's reference) the actor acks the batch before it, no call from the
+coordinator. `--no-ack` leaves the lease out (no backpressure, no acks); `--ack-calls K` is
+the old way, for comparison: the coordinator acks every K-th batch of each agent with a
+fire-and-forget actor call, staggered across agents. The coordinator (this
 process) runs the session's ingest path: decode_batch, BatchChecker.check, Aggregator.add,
 SendCounter.add_counts, close_each up to the agents' low watermark, and for every closed
 window the work WindowRecorder does with it
@@ -41,6 +49,7 @@ import asyncio
 import bisect
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,7 +90,8 @@ def stamped(template, window: int):
     return dataclasses.replace(template, groups=groups, sends_first_bin=template.sends_first_bin + 10 * window)
 
 
-ACK_EVERY = 0  # --ack-every: ack every k-th batch of each agent (0: agents/lease.py ack_every)
+ACK_CALLS = 0  # --ack-calls K: the coordinator acks every K-th batch of each agent by a call (0: never)
+MULTIPLEX = False  # --multiplex: one stream per actor carrying its agents' batches in turn
 
 
 class SimAgents:
@@ -92,23 +102,40 @@ class SimAgents:
             os.sched_setaffinity(0, cpus)  # --pin: the producers keep off the coordinator's core
         self.indices = indices
         self.templates: list = []
+        self.acks = 0  # batches acked, by the stream's consumption or by calls (--ack-calls)
+        self.lock = threading.Lock()
 
     def ack(self, agent: int, seq: int) -> None:
-        """The coordinator's per-batch lease ack (cluster/fleet.py sends one per batch received)."""
+        """A lease ack: the agent's runner takes it on its loop (agents/runner.py ack)."""
+        with self.lock:
+            self.acks += 1
+
+    def acked(self) -> int:
+        with self.lock:
+            n, self.acks = self.acks, 0
+        return n
 
     def prepare(self, rate: int, groups: int, flush_s: int) -> int:
         # A few distinct batch streams per actor, shared round-robin by its agents.
         self.templates = [make_template(rate, groups, self.indices[0] * 7 + k, flush_s) for k in range(3)]
         return len(self.templates)
 
-    async def stream(self, start_wall_ns: int, flushes: int, flush_s: int):
+    def stream(self, agents: list[int] | None, start_wall_ns: int, flushes: int, flush_s: int, self_ack: bool = True):
+        """The batches of `agents` (None: all of this actor's, in turn, in one stream). With
+        `self_ack` (and the fleet's backpressure of one object) each yield returns once the
+        coordinator took that batch's reference, after it received the batch before, which is
+        then acked (cluster/fleet.py TrafficAgentActor.stream). A thread of its own for each
+        stream (a threaded actor): while one yield waits for the coordinator the other
+        agents' batches go on, as each agent of the fleet has a process of its own (an async
+        generator's yields wait in turn, on one reporting thread of the actor)."""
         from horde.agents.samples import GeneratorReadings, encode_batch
 
+        before: tuple[int, int] | None = None
         for t in range(flushes):
             delay = (start_wall_ns + (t + 1) * flush_s * S - time.time_ns()) / 1e9
             if delay > 0:
-                await asyncio.sleep(delay)
-            for agent in self.indices:
+                time.sleep(delay)
+            for agent in self.indices if agents is None else agents:
                 tpl = self.templates[(agent + t) % len(self.templates)]
                 payload = encode_batch(
                     agent=agent,
@@ -122,14 +149,17 @@ class SimAgents:
                 )
                 # with the wall time it was produced at: how late the producers themselves were
                 yield t, agent, time.time_ns(), payload
+                if self_ack and before is not None:
+                    self.ack(*before)
+                before = (agent, t)
 
 
 async def coordinate(
     actors, n_agents: int, groups: int, seconds: int, flush_s: int, exact_alerts: bool, ack: bool = True
 ) -> dict:
     """The coordinator's side of one step; returns its figures."""
-    from horde.agents.lease import ack_every, should_ack
     from horde.agents.samples import decode_batch
+    from horde.cluster.fleet import STREAM_BACKPRESSURE_OBJECTS
     from horde.coordinator.judge.alerts import DEFAULT_RULES, AlertEngine, metrics_from_stats
     from horde.coordinator.measure.aggregate import Aggregator
     from horde.coordinator.measure.batch_check import BatchChecker, RunBounds
@@ -145,7 +175,8 @@ async def coordinate(
     finals: set[int] = set()
     start_wall_ns = time.time_ns() + S // 2
     figures = {"requests": 0, "bytes": 0, "lags_s": [], "batch_cpu_s": 0.0, "batches": 0, "window_cpu_s": 0.0}
-    every = ACK_EVERY or ack_every(n_agents, flush_s)
+    every = ACK_CALLS
+    self_ack = ack and not every  # the fleet's way: the stream's consumption acks
     figures["made_s"] = {}  # flush -> how long after its due time its last batch was produced
     # (run time ns, the main thread's CPU so far) at each batch's start: how busy the
     # coordinator was between a window's end and its close (busy_s), against waiting for batches.
@@ -195,21 +226,29 @@ async def coordinate(
             busy_s.append(time.thread_time() - t0 - cpu_at(w.end_ns))
         figures["window_cpu_s"] += time.thread_time() - c1
 
-    async def consume(actor) -> None:
-        async for ref in actor.stream.remote(start_wall_ns, seconds // flush_s, flush_s):
+    async def consume(actor, agents: list[int] | None) -> None:
+        call = (
+            actor.stream.options(_generator_backpressure_num_objects=STREAM_BACKPRESSURE_OBJECTS)
+            if self_ack
+            else actor.stream
+        )
+        async for ref in call.remote(agents, start_wall_ns, seconds // flush_s, flush_s, self_ack):
             flush, agent, made_ns, payload = await ref
             due_ns = start_wall_ns + (flush + 1) * flush_s * S
             made = figures["made_s"]
             made[flush] = max(made.get(flush, -1.0), (made_ns - due_ns) / 1e9)
-            # as cluster/fleet.py does for the real fleet (fire and forget, before ingest):
-            # each agent's batches, or every other one in a large fleet (agents/lease.py)
-            if ack and should_ack(flush, agent, every):
+            # --ack-calls: the old way (fire and forget, before ingest), staggered across agents
+            if ack and every and (flush + agent) % every == every - 1:
                 actor.ack.remote(agent, flush)
             ingest(payload)
 
     c0 = time.process_time()
     t0 = time.thread_time()
-    await asyncio.gather(*(consume(a) for a in actors))
+    if MULTIPLEX:  # one stream per actor, its agents' batches in turn
+        await asyncio.gather(*(consume(a, None) for a in actors))
+    else:  # a stream per agent, as the fleet (each agent an actor of its own there)
+        n_actors = len(actors)
+        await asyncio.gather(*(consume(actors[i % n_actors], [i]) for i in range(n_agents)))
     agg.close_all()
     figures["cpu_s"] = time.process_time() - c0
     figures["busy_s"] = busy_s
@@ -221,6 +260,7 @@ def run_step(
 ) -> dict:
     ray.get([a.prepare.remote(rate, groups, flush_s) for a in actors])
     f = asyncio.run(coordinate(actors, n_agents, groups, seconds, flush_s, exact, ack))
+    acks = sum(ray.get([a.acked.remote() for a in actors]))
     total_rate = n_agents * rate
     lags = f["lags_s"][flush_s:] or f["lags_s"]  # the first flush's windows wait for the step to start
     busy = f["busy_s"][flush_s:] or f["busy_s"]
@@ -245,6 +285,7 @@ def run_step(
         "ms_per_batch": f["batch_cpu_s"] / max(f["batches"], 1) * 1e3,
         "ms_per_window": f["window_cpu_s"] / max(len(f["lags_s"]), 1) * 1e3,
         "cpu_fraction": cpu_per_s,
+        "acks": acks,
         "ceiling": total_rate / cpu_per_s if cpu_per_s > 0 else None,
     }
 
@@ -259,18 +300,27 @@ def main() -> None:
     ap.add_argument("--lags", action="store_true", help="print how late each window closed (s), in order")
     ap.add_argument("--flush-s", type=int, default=1, help="seconds between an agent's batches (flush_interval)")
     ap.add_argument("--exact-alerts", action="store_true", help="alert rules re-merge 10 windows (the old way)")
-    ap.add_argument("--no-ack", action="store_true", help="leave out the per-batch lease ack the real fleet sends")
+    ap.add_argument("--no-ack", action="store_true", help="leave the lease out: no backpressure, no acks")
     ap.add_argument(
         "--pin",
         action="store_true",
         help="pin the coordinator to CPU 0 and the simulated agents to the other CPUs (one core each side)",
     )
     ap.add_argument(
-        "--ack-every", type=int, default=0, help="ack every k-th batch of each agent (default: as the fleet would)"
+        "--ack-calls",
+        type=int,
+        default=0,
+        help="the old acks: a call for every K-th batch of each agent (0: the fleet's way)",
+    )
+    ap.add_argument(
+        "--multiplex",
+        action="store_true",
+        help="one stream per actor for its agents in turn (before: a stream per agent, as the fleet)",
     )
     args = ap.parse_args()
-    global ACK_EVERY
-    ACK_EVERY = max(0, args.ack_every)
+    global ACK_CALLS, MULTIPLEX
+    ACK_CALLS = max(0, args.ack_calls)
+    MULTIPLEX = args.multiplex
     producer_cpus = sorted(os.sched_getaffinity(0) - {0}) if args.pin else None
     if args.pin:
         os.sched_setaffinity(0, {0})  # threads started from here on (Ray's driver threads) inherit it
@@ -288,7 +338,11 @@ def main() -> None:
     try:
         for n_agents in [int(x) for x in args.agents.split(",")]:
             n_actors = min(args.actors, n_agents)
-            actors = [sim.remote(list(range(i, n_agents, n_actors)), producer_cpus) for i in range(n_actors)]
+            per_actor = -(-n_agents // n_actors)  # a thread for each of its agents' streams, and the calls
+            actors = [
+                sim.options(max_concurrency=per_actor + 4).remote(list(range(i, n_agents, n_actors)), producer_cpus)
+                for i in range(n_actors)
+            ]
             for groups in [int(x) for x in args.groups.split(",")]:
                 for rate in [int(x) for x in args.rates.split(",")]:
                     r = run_step(
@@ -309,7 +363,11 @@ def main() -> None:
                         f"  {r['lag_max_s']:>16.3f} s  {r['busy_share'] or 0:>4.0%}"
                         f"  {'yes' if r['on_time'] else 'LATE':>7}"
                         f"  {r['ceiling']:>22,.0f}"
-                        + (f"   lags {r['lags_s']}   last batch made {r['made_s']}" if args.lags else ""),
+                        + (
+                            f"   lags {r['lags_s']}   last batch made {r['made_s']}   acks {r['acks']}"
+                            if args.lags
+                            else ""
+                        ),
                         flush=True,
                     )
                     if not r["on_time"]:

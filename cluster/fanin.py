@@ -13,6 +13,10 @@ full waits (and reads no more of its stream, so the agent's side backs up: Ray's
 generator backpressure, the in-process runner's queue) until the consumer of `events()`
 takes one. An agent waiting on us is not silent. Ends and losses are never held back
 (at most two per stream).
+
+Taking a stream's next batch is what acknowledges the last one to its agent (the lease,
+agents/lease.py; no call is made): a coordinator that stays behind by a full queue for
+the agents' lease term fences them.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ MAX_QUEUED_BATCHES = 256  # about 256 agent-seconds of samples waiting for the c
 StreamFactory = Callable[[], AsyncIterator[bytes]]
 Probe = Callable[[], Awaitable[object]]
 ErrorNamer = Callable[[BaseException], tuple[str, str]]
-Ack = Callable[[int], object]
 
 
 def held(stream: StreamFactory, until_s: float) -> StreamFactory:
@@ -73,7 +76,6 @@ class FanIn:
         self._backpressured: set[tuple[int, int]] = set()  # streams waiting for a slot
         self._tasks: dict[tuple[int, int], asyncio.Task] = {}
         self._last_seen: dict[tuple[int, int], float] = {}
-        self._acks: dict[tuple[int, int], Ack] = {}
         self._received_at: dict[tuple[int, int], float] = {}  # the last batch's arrival, kept after a loss
         self._open = 0
         self._watchdog: asyncio.Task | None = None
@@ -86,16 +88,13 @@ class FanIn:
         stream: StreamFactory,
         grace_s: float = 0.0,
         probe: Probe | None = None,
-        ack: Ack | None = None,
     ) -> None:
         """Consume one agent's stream; `grace_s` extends its first silence deadline (start lead).
-        `ack(seq)` is called for every batch as it arrives (the agent's lease, agents/lease.py):
-        the n-th batch of a stream is batch seq n, the stream keeps the agent's order."""
+        Asking a stream for its next batch is what acks the last one (the agent's lease,
+        agents/lease.py): it is asked only once the batch before is in the queue."""
         key = (index, incarnation)
         if probe is not None:
             self._probes[key] = probe
-        if ack is not None:
-            self._acks[key] = ack
         self._last_seen[key] = time.monotonic() + grace_s
         self._open += 1
         self._tasks[key] = asyncio.create_task(self._consume(key, stream), name=f"fanin-{index}.{incarnation}")
@@ -105,13 +104,8 @@ class FanIn:
     async def _consume(self, key: tuple[int, int], stream: StreamFactory) -> None:
         index, inc = key
         try:
-            ack = self._acks.get(key)
-            seq = 0
             async for payload in stream():
                 self._last_seen[key] = self._received_at[key] = time.monotonic()
-                if ack is not None:  # at once, before the batch waits for the coordinator
-                    ack(seq)
-                    seq += 1
                 if self._batch_slots.locked():
                     self._backpressured.add(key)
                     try:

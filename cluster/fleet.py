@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
-from horde.agents.lease import LeaseLapsed, ack_every, lease_term_s, should_ack
+from horde.agents.lease import LeaseLapsed, lease_term_s
 from horde.agents.spec import AgentSpec
 from horde.cluster.events import AgentInfo, FleetEvent
 from horde.cluster.fanin import FanIn, held
@@ -76,14 +76,13 @@ class TrafficAgentActor:
         }
 
     async def stream(self, start_wall_ns: int, resume_ns: int | None = None):
+        """The agent's batches. Called with a backpressure of one object (RayFleet), each
+        yield returns once the coordinator took this batch's reference, after it received
+        the batch before: the runner then acks that one (the lease, no call of its own)."""
         if self._runner is None:
             raise RuntimeError("this agent has no spec (a pooled agent not configured)")
-        async for payload in self._runner.stream(start_wall_ns, resume_ns):
+        async for payload in self._runner.stream(start_wall_ns, resume_ns, acked_behind=1):
             yield payload
-
-    async def ack(self, seq: int) -> None:
-        if self._runner is not None:
-            self._runner.ack(seq)
 
     async def lease_stats(self) -> dict:
         return self._runner.lease_stats() if self._runner is not None else {}
@@ -93,10 +92,20 @@ class TrafficAgentActor:
             self._runner.stop()
 
 
+# Ray's backpressure on an agent's stream: one batch not taken by the coordinator holds the
+# actor's yield, so its return proves the coordinator took it (TrafficAgentActor.stream).
+# Batches made meanwhile wait in the runner's queue, none lost. Ray releases a waiting
+# yield without consumption only when the caller drops the stream (measured with Ray 2.60:
+# a consumer that stops, a SIGSTOPped or SIGKILLed driver leave it waiting; a dropped
+# stream lets every later yield return at once), so the fleet never drops a stream while
+# its agent may live.
+STREAM_BACKPRESSURE_OBJECTS = 1
+
+
 def _new_runner(spec: AgentSpec):
     from horde.agents.runner import AgentRunner
 
-    # Fenced unless the coordinator acks its batches: a partitioned node's agent, or
+    # Fenced unless the coordinator takes its batches: a partitioned node's agent, or
     # every agent of a dead coordinator, stops within the term (agents/lease.py).
     return AgentRunner(spec, lease_term_s=lease_term_s(spec.flush_interval_s))
 
@@ -157,11 +166,11 @@ class RayFleet:
         self.agents: list[AgentInfo] = []
         self._start_wall_ns = 0
         self._monitors: NodeMonitors | None = None
-        self._ack_every = 1  # agents/lease.py ack_every: set for the fleet's size at start
+        # Every agent stream's ObjectRefGenerator, held until close(): dropping one would
+        # release its agent's waiting yield, and so ack a batch nobody took (STREAM_BACKPRESSURE_OBJECTS).
+        self._streams: list = []
 
     async def start(self, specs: Sequence[AgentSpec]) -> list[AgentInfo]:
-        if specs:
-            self._ack_every = ack_every(len(specs), specs[0].flush_interval_s)
         pooled = await self._lease_pooled(specs)
         fresh = [s for s in specs if s.index not in pooled]
         actors = {s.index: self._new_actor(s) for s in fresh}
@@ -237,18 +246,12 @@ class RayFleet:
         start = self._start_wall_ns
 
         def factory() -> AsyncIterator[bytes]:
-            stream = actor.stream.options(_generator_backpressure_num_objects=16)
-            return _refs_to_payloads(stream.remote(start, resume_ns))
+            stream = actor.stream.options(_generator_backpressure_num_objects=STREAM_BACKPRESSURE_OBJECTS)
+            gen = stream.remote(start, resume_ns)
+            self._streams.append(gen)  # never dropped while the agent may live (see _streams)
+            return _refs_to_payloads(gen)
 
-        every = self._ack_every
-
-        def ack(seq: int) -> None:
-            if should_ack(seq, index, every):  # every batch, or every other one in a large fleet
-                actor.ack.remote(seq)  # fire and forget: a lost ack only shortens the lease
-
-        self._fanin.add(
-            index, inc, held(factory, hold_until_s), grace_s=grace_s, probe=lambda: actor.ready.remote(), ack=ack
-        )
+        self._fanin.add(index, inc, held(factory, hold_until_s), grace_s=grace_s, probe=lambda: actor.ready.remote())
 
     def last_batch_at(self, index: int, incarnation: int) -> float | None:
         """time.monotonic() when this agent's last batch arrived (None: none did)."""
@@ -311,6 +314,7 @@ class RayFleet:
         if self._lease is not None:  # stopped by stop(); the keeper resets them before reuse
             await self._lease.give_back()
             self._lease = None
+        self._streams.clear()  # the agents are killed, or stopped and reset by the pool
 
 
 def _kill(actor) -> None:

@@ -22,7 +22,7 @@ def _name_error(exc: BaseException) -> tuple[str, str]:
 
 
 def _runner(spec: AgentSpec) -> AgentRunner:
-    # Leased as on Ray: the fan-in acks each batch by a direct call (agents/lease.py).
+    # Leased as on Ray: the fan-in's taking each batch from the stream acks it (agents/lease.py).
     return AgentRunner(spec, lease_term_s=lease_term_s(spec.flush_interval_s))
 
 
@@ -43,7 +43,7 @@ class LocalFleet:
         self._start_wall_ns = start_wall_ns
         for index, (inc, runner) in self._runners.items():
             stream = functools.partial(runner.stream, start_wall_ns)
-            self._fanin.add(index, inc, stream, grace_s=grace_s, ack=runner.ack)
+            self._fanin.add(index, inc, stream, grace_s=grace_s)
 
     async def replace(
         self, spec: AgentSpec, grace_s: float, hold_s: float = 0.0, resume_ns: int | None = None
@@ -59,7 +59,7 @@ class LocalFleet:
         self.agents.append(info)
         start = self._start_wall_ns
         stream = held(lambda: runner.stream(start, resume_ns), hold_until_s)
-        self._fanin.add(spec.index, spec.incarnation, stream, grace_s=grace_s + hold_s, ack=runner.ack)
+        self._fanin.add(spec.index, spec.incarnation, stream, grace_s=grace_s + hold_s)
         return info
 
     def last_batch_at(self, index: int, incarnation: int) -> float | None:

@@ -83,37 +83,3 @@ def test_ack_delay_is_measured_from_the_batch_send_time():
     lease.ack(1, now_ns=250)
     lease.ack(1, now_ns=9000)  # already acknowledged: not a delay
     assert lease.ack_delay_max_ns == 300
-
-
-def test_a_large_fleet_is_acknowledged_every_other_batch_staggered_and_a_small_one_every_batch() -> None:
-    from horde.agents.lease import ACK_CALLS_PER_S, LEASE_FLUSHES, ack_every, should_ack
-
-    assert ack_every(8, 1.0) == 1 and ack_every(ACK_CALLS_PER_S, 1.0) == 1
-    assert ack_every(ACK_CALLS_PER_S + 1, 1.0) == 2 and ack_every(256, 1.0) == 2
-    assert ack_every(13, 0.1) == 2  # 130 batches a second: the calls, not the agents, count
-    assert ack_every(0, 1.0) == 1 and ack_every(4, 0.0) == 1
-    assert LEASE_FLUSHES - 1 >= 2  # an agent acked every other batch still has a flush to spare
-    assert all(should_ack(seq, index, 1) for seq in range(5) for index in range(3))
-    for index in range(4):  # every other batch of each agent...
-        assert [seq for seq in range(8) if should_ack(seq, index, 2)] == list(range(1 - index % 2, 8, 2))
-    # ...and in each flush half the fleet: the acks spread over two flushes, not bunched in one
-    assert sum(should_ack(5, index, 2) for index in range(256)) == 128
-
-
-def test_acking_every_other_batch_keeps_a_healthy_agents_lease_and_never_lengthens_it() -> None:
-    from horde.agents.lease import Lease, should_ack
-
-    s = 1_000_000_000
-    every, term = 2, 4 * s
-    for index in (0, 1):
-        lease = Lease(term, granted_at_ns=0)
-        everyone = Lease(term, granted_at_ns=0)
-        for seq in range(20):  # a batch a second, acked 0.9 s after it was sent
-            lease.sent(seq, seq * s)
-            everyone.sent(seq, seq * s)
-            now = seq * s + 900_000_000
-            assert lease.holds(now)
-            if should_ack(seq, index, every):
-                lease.ack(seq, now)
-            everyone.ack(seq, now)
-            assert lease.until_ns <= everyone.until_ns  # skipping acks never lengthens it

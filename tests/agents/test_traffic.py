@@ -286,10 +286,12 @@ def test_readings_count_requests_in_flight():
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("model", ["open", "closed"])
-def test_an_agent_whose_acks_stop_sends_nothing_after_its_lease(model):
-    """Fencing: batches are acked for the first 0.5 s only; the lease (0.6 s from the send of
-    the last acked batch) lapses and the agent stops sending, emits a final batch and ends
-    with LeaseLapsed, long before its 3 s schedule ends."""
+def test_an_agent_whose_consumer_stops_taking_batches_sends_nothing_after_its_lease(model):
+    """Fencing: the consumer takes the batches for the first 0.5 s (each taking acks the one
+    before, agents/runner.py stream), then takes nothing for longer than the term: the lease
+    (0.6 s from the send of the last acked batch) lapses and the agent stops sending, emits a
+    final batch and ends with LeaseLapsed, long before its 3 s schedule ends. The consumer's
+    late taking of the batches made meanwhile acks them, stale: it revives nothing."""
     from horde.agents.lease import LeaseLapsed
 
     term_s = 0.6
@@ -311,26 +313,31 @@ def test_an_agent_whose_acks_stop_sends_nothing_after_its_lease(model):
         runner = AgentRunner(_spec(url, **kw), lease_term_s=term_s)
         batches, acked = [], []
         raised = None
+        paused_at_ns = None
         try:
             async for payload in runner.stream(time.time_ns() + 100_000_000):
+                if batches and paused_at_ns is None:  # asking for this one acked the batch before
+                    acked.append((batches[-1], time.monotonic_ns()))
                 b = decode_batch(payload)
                 batches.append(b)
-                if b.watermark_ns < 500_000_000:
-                    runner.ack(b.seq)
-                    acked.append((b, time.monotonic_ns()))
+                if b.watermark_ns >= 500_000_000 and paused_at_ns is None:
+                    paused_at_ns = time.monotonic_ns()
+                    await asyncio.sleep(term_s + 0.6)  # the coordinator takes nothing for a while
         except LeaseLapsed as exc:
             raised = exc
         finally:
             await srv.cleanup()
-        return batches, acked, arrivals, raised
+        return batches, acked, arrivals, raised, runner.lease_stats()
 
-    batches, acked, arrivals, raised = asyncio.run(main())
+    batches, acked, arrivals, raised, stats = asyncio.run(main())
     assert raised is not None and "no batch acknowledged" in str(raised)
     assert batches[-1].final
     last_acked, received_at_ns = acked[-1]
     # On the agent's own clock: its lease ended at most a term after the last acked batch
-    # was emitted (its watermark is read just after); no request left after that.
+    # was emitted (its watermark is read just after); no request left after that, and the
+    # stale acks taken after the pause did not move it.
     lease_end_ns = last_acked.watermark_ns + int(term_s * 1e9)
+    assert stats["until_ns"] <= lease_end_ns
     s = _samples(batches)
     assert len(s) > 10
     assert s["sent_ns"].max() < lease_end_ns

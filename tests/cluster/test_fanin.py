@@ -513,24 +513,33 @@ def test_a_full_queue_holds_the_stream_back_without_declaring_it_lost(clock: Clo
 # -- acks for the agents' leases (agents/lease.py) ---------------------------------------------
 
 
-def test_every_batch_is_acked_by_its_seq_and_its_arrival_time_is_kept(clock: Clock) -> None:
+def test_a_stream_is_asked_for_its_next_batch_only_once_the_last_is_queued_and_arrival_times_are_kept(
+    clock: Clock,
+) -> None:
+    """The fan-in's demand is the agents' ack (agents/runner.py stream): the stream resumes
+    after batch n only when n is in the queue, and a full queue asks for nothing more."""
+
     async def main() -> None:
-        fan = FanIn(SILENCE_S)
-        a = Agent()
-        acked: list[int] = []
-        fan.add(0, 1, a.stream, ack=acked.append)
-        events = await Events.reading(fan)
+        fan = FanIn(SILENCE_S, max_queued_batches=2)
+        asked: list[tuple[int, int]] = []  # (batch just resumed after, batches queued then)
+
+        async def stream():
+            for n in range(4):
+                clock.now = 5.0 + n
+                yield b"%d" % n
+                asked.append((n, fan._queue.qsize()))
+
+        fan.add(0, 1, stream)
         assert fan.last_batch_at(0, 1) is None
-        clock.now = 5.0
-        a.put(b"x")
-        a.put(b"y")
-        clock.now = 7.0
-        a.put(b"z")
-        a.end()
+        await _until(lambda: (0, 1) in fan._backpressured, "the queue to fill")
+        await asyncio.sleep(0.01)
+        # two batches queued; the third arrived and waits for a slot: only the first two were asked past
+        assert asked == [(0, 1), (1, 2)]
+        events = await Events.reading(fan)
         items = await events.finished()
-        assert acked == [0, 1, 2]  # the n-th batch of a stream is the agent's seq n
-        assert len([e for e in items if isinstance(e, BatchReceived)]) == 3
-        assert fan.last_batch_at(0, 1) == 7.0  # kept after the stream ended
+        assert [e.payload for e in items if isinstance(e, BatchReceived)] == [b"0", b"1", b"2", b"3"]
+        assert [n for n, _ in asked] == [0, 1, 2, 3] and all(q >= 0 for _, q in asked)
+        assert fan.last_batch_at(0, 1) == 8.0  # kept after the stream ended
         await fan.close()
 
     _run(main())
