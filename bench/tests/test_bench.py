@@ -513,10 +513,7 @@ def test_coordinator_sim_batches_pass_the_coordinators_checks() -> None:
     sim = SimAgents([0, 2])
     assert sim.prepare(2000, 10, 1) == 3
 
-    async def collect():
-        return [item async for item in sim.stream(0, 3, 1)]  # start in the past: no waiting
-
-    items = asyncio.run(collect())
+    items = list(sim.stream(None, 0, 3, 1))  # all its agents in turn; start in the past: no waiting
     # each flush's batches, with their agent and when they were made
     assert [(flush, agent) for flush, agent, _, _ in items] == [(0, 0), (0, 2), (1, 0), (1, 2), (2, 0), (2, 2)]
     payloads = [payload for _, _, _, payload in items]
