@@ -503,7 +503,6 @@ def test_open_rate_table_and_rates() -> None:
 def test_coordinator_sim_batches_pass_the_coordinators_checks() -> None:
     # What the simulated agents replay is what real agents send: it passes the checks and
     # lands in the aggregator, window by window (no Ray here: the actor class is plain).
-    import asyncio
 
     from bench.coordinator_sim import S, SimAgents
     from horde.agents.samples import decode_batch
