@@ -111,7 +111,13 @@ def driver_heap() -> dict[str, float] | None:
 
 
 def run_load(
-    minutes: float, rate: float, out: str, progress: bool, heap: dict | None = None, mark_s: float = 0
+    minutes: float,
+    rate: float,
+    out: str,
+    progress: bool,
+    heap: dict | None = None,
+    mark_s: float = 0,
+    in_process: bool = False,
 ) -> Path:
     """Run the soak scenario; `heap` (when given) gets the driver's driver_heap() at the first
     window past `mark_s` ("mark") and at the last window ("end")."""
@@ -134,7 +140,7 @@ def run_load(
             last[0] = now
             print(line, flush=True)
 
-    result = run_scenario(loaded, RunOptions(progress=show))
+    result = run_scenario(loaded, RunOptions(progress=show, in_process=in_process))
     print(
         f"run: {result.outcome.value}, {result.summary['total']['requests']} requests, "
         f"{result.summary['total']['rps']:.1f} req/s, bundle {result.bundle}"
@@ -394,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", default=None, help="Read this bundle instead of running (give its --minutes too).")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument(
+        "--in-process", action="store_true", help="The agent on a thread of this process, no Ray (a bisection)."
+    )
+    ap.add_argument(
         "--alloc-cost", action="store_true", help="Also time one large allocation under each allocator set-up."
     )
     args = ap.parse_args(argv)
@@ -410,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             from horde.cluster.allocator import tune_allocator
 
             tune_allocator()
-            bundle = run_load(args.minutes, args.rate, args.out, not args.quiet, heap, args.mark * 60)
+            bundle = run_load(args.minutes, args.rate, args.out, not args.quiet, heap, args.mark * 60, args.in_process)
         figures["bundle"] = str(bundle)
         figures["processes"] = procs = memory_figures(bundle, args.mark * 60, args.minutes * 60)
         print(
