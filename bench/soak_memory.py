@@ -31,6 +31,7 @@ for the same records (docs/bundle-format.md, docs/scale.md).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import sys
 import time
@@ -75,31 +76,36 @@ def _at(ts: list[float], vs: list[float], t: float) -> float | None:
     return best
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [  # what ctypes reads as the layout
+        (n, ctypes.c_size_t)
+        for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+_LIBC: list = []  # glibc, loaded once: a CDLL and a Structure class per reading are garbage the run counts
+
+
 def driver_heap() -> dict[str, float] | None:
     """This process's memory in MiB as the kernel and glibc see it: resident anonymous and
     file-backed pages (/proc/self/smaps_rollup), and malloc's heaps (mallinfo2: bytes in use,
     free bytes kept in the heaps, blocks mmapped on their own). None off Linux/glibc."""
-    import ctypes
-
     try:
         rollup = {}
         for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[2] == "kB":
                 rollup[parts[0].rstrip(":")] = int(parts[1]) / 1024
-        libc = ctypes.CDLL("libc.so.6")
+        if not _LIBC:
+            libc = ctypes.CDLL("libc.so.6")
+            if hasattr(libc, "mallinfo2"):
+                libc.mallinfo2.restype = _MallInfo2
+            _LIBC.append(libc)
     except (OSError, ValueError):
         return None
+    libc = _LIBC[0]
     if not hasattr(libc, "mallinfo2"):
         return None
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (n, ctypes.c_size_t)
-            for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-        ] + [("keepcost", ctypes.c_size_t)]
-
-    libc.mallinfo2.restype = MallInfo2
     m = libc.mallinfo2()
     return {
         "anon_mib": rollup.get("Anonymous", 0.0),
