@@ -444,8 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {name:<14} {f(p['first_mib'])} {f(p['at_mark_mib'], '10.1f')} {f(p['end_mib'])}"
                 f" {f(p['growth_after_mark_mib'], '+8.2f')} {f(p['slope_after_mark_mib_per_min'], '+8.3f')}"
-                f"  {p['leak_verdict']} ({p['leak_slope_mib_per_h']:+.2f} MiB/h, threshold"
-                f" {p['leak_threshold_mib_per_h']:.2f})"
+                f"  {p['leak_verdict']} ({f(p['leak_slope_mib_per_h'], '+.2f').strip()} MiB/h, threshold"
+                f" {f(p['leak_threshold_mib_per_h'], '.2f').strip()})"
             )
         if heap.get("mark") and heap.get("end"):
             figures["driver_heap"] = heap
