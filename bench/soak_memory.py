@@ -31,6 +31,7 @@ for the same records (docs/bundle-format.md, docs/scale.md).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import sys
 import time
@@ -75,31 +76,36 @@ def _at(ts: list[float], vs: list[float], t: float) -> float | None:
     return best
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [  # what ctypes reads as the layout
+        (n, ctypes.c_size_t)
+        for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+_LIBC: list = []  # glibc, loaded once: a CDLL and a Structure class per reading are garbage the run counts
+
+
 def driver_heap() -> dict[str, float] | None:
     """This process's memory in MiB as the kernel and glibc see it: resident anonymous and
     file-backed pages (/proc/self/smaps_rollup), and malloc's heaps (mallinfo2: bytes in use,
     free bytes kept in the heaps, blocks mmapped on their own). None off Linux/glibc."""
-    import ctypes
-
     try:
         rollup = {}
         for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[2] == "kB":
                 rollup[parts[0].rstrip(":")] = int(parts[1]) / 1024
-        libc = ctypes.CDLL("libc.so.6")
+        if not _LIBC:
+            libc = ctypes.CDLL("libc.so.6")
+            if hasattr(libc, "mallinfo2"):
+                libc.mallinfo2.restype = _MallInfo2
+            _LIBC.append(libc)
     except (OSError, ValueError):
         return None
+    libc = _LIBC[0]
     if not hasattr(libc, "mallinfo2"):
         return None
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (n, ctypes.c_size_t)
-            for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-        ] + [("keepcost", ctypes.c_size_t)]
-
-    libc.mallinfo2.restype = MallInfo2
     m = libc.mallinfo2()
     return {
         "anon_mib": rollup.get("Anonymous", 0.0),
@@ -111,7 +117,13 @@ def driver_heap() -> dict[str, float] | None:
 
 
 def run_load(
-    minutes: float, rate: float, out: str, progress: bool, heap: dict | None = None, mark_s: float = 0
+    minutes: float,
+    rate: float,
+    out: str,
+    progress: bool,
+    heap: dict | None = None,
+    mark_s: float = 0,
+    in_process: bool = False,
 ) -> Path:
     """Run the soak scenario; `heap` (when given) gets the driver's driver_heap() at the first
     window past `mark_s` ("mark") and at the last window ("end")."""
@@ -134,7 +146,7 @@ def run_load(
             last[0] = now
             print(line, flush=True)
 
-    result = run_scenario(loaded, RunOptions(progress=show))
+    result = run_scenario(loaded, RunOptions(progress=show, in_process=in_process))
     print(
         f"run: {result.outcome.value}, {result.summary['total']['requests']} requests, "
         f"{result.summary['total']['rps']:.1f} req/s, bundle {result.bundle}"
@@ -394,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", default=None, help="Read this bundle instead of running (give its --minutes too).")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument(
+        "--in-process", action="store_true", help="The agent on a thread of this process, no Ray (a bisection)."
+    )
+    ap.add_argument(
         "--alloc-cost", action="store_true", help="Also time one large allocation under each allocator set-up."
     )
     args = ap.parse_args(argv)
@@ -410,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             from horde.cluster.allocator import tune_allocator
 
             tune_allocator()
-            bundle = run_load(args.minutes, args.rate, args.out, not args.quiet, heap, args.mark * 60)
+            bundle = run_load(args.minutes, args.rate, args.out, not args.quiet, heap, args.mark * 60, args.in_process)
         figures["bundle"] = str(bundle)
         figures["processes"] = procs = memory_figures(bundle, args.mark * 60, args.minutes * 60)
         print(
@@ -429,8 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {name:<14} {f(p['first_mib'])} {f(p['at_mark_mib'], '10.1f')} {f(p['end_mib'])}"
                 f" {f(p['growth_after_mark_mib'], '+8.2f')} {f(p['slope_after_mark_mib_per_min'], '+8.3f')}"
-                f"  {p['leak_verdict']} ({p['leak_slope_mib_per_h']:+.2f} MiB/h, threshold"
-                f" {p['leak_threshold_mib_per_h']:.2f})"
+                f"  {p['leak_verdict']} ({f(p['leak_slope_mib_per_h'], '+.2f').strip()} MiB/h, threshold"
+                f" {f(p['leak_threshold_mib_per_h'], '.2f').strip()})"
             )
         if heap.get("mark") and heap.get("end"):
             figures["driver_heap"] = heap

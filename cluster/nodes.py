@@ -1,37 +1,63 @@
-"""One resource monitor per node: a zero-CPU actor pinned to each node, streaming readings."""
+"""One resource monitor per node: a zero-CPU actor pinned to each node, streaming readings.
+
+Ray's driver keeps the id of every item a streaming generator has yielded for as long as the
+stream lives (the owner's ObjectRefStream records each item it was told of, consumed or not:
+~37 bytes a slot of a hash set that doubles; docs/scale.md, "horde's own memory"). One
+reading a second for a 72-hour soak would hold 18.5 MiB in the coordinator per node. So a
+monitor's stream ends after `STREAM_SEGMENT` readings and the coordinator opens the next one
+on the same actor, which carries on from the same tick: the driver holds at most one
+segment's ids a node.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+if TYPE_CHECKING:
+    from horde.agents.probe import NodeProbe
+
+# Readings a stream yields before the next one takes over: an hour at one a second, so
+# Ray's per-stream record stays under 4,096 slots (0.15 MiB) a node however long the run.
+STREAM_SEGMENT = 3600
+
 
 @ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)
 class NodeMonitor:
-    async def stream(self, start_wall_ns: int, interval_s: float):
+    def __init__(self) -> None:
+        self._probe: NodeProbe | None = None
+        self._k = 1  # the next tick, kept from one stream segment to the next
+
+    async def stream(self, start_wall_ns: int, interval_s: float, count: int | None = None):
+        """Readings on the ticks of `interval_s` from `start_wall_ns`; at most `count` of them."""
         from horde.agents.probe import NodeProbe
 
-        probe = NodeProbe()
-        k = 1
-        while True:
-            delay = start_wall_ns / 1e9 + k * interval_s - time.time()
+        if self._probe is None:
+            self._probe = NodeProbe()
+        probe = self._probe
+        yielded = 0
+        while count is None or yielded < count:
+            delay = start_wall_ns / 1e9 + self._k * interval_s - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            k = max(k + 1, int((time.time() - start_wall_ns / 1e9) / interval_s) + 1)
+            self._k = max(self._k + 1, int((time.time() - start_wall_ns / 1e9) / interval_s) + 1)
             reading = probe.read()
             reading["t_s"] = time.time() - start_wall_ns / 1e9
+            yielded += 1
             yield reading
 
 
 class NodeMonitors:
     """Start a monitor on every alive node and feed readings to `on_reading(node_id, dict)`."""
 
-    def __init__(self, on_reading: Callable[[str, dict], None]) -> None:
+    def __init__(self, on_reading: Callable[[str, dict], None], segment: int = STREAM_SEGMENT) -> None:
         self._on_reading = on_reading
+        self._segment = segment
         self._tasks: list[asyncio.Task] = []
         self._actors: list = []
 
@@ -44,13 +70,17 @@ class NodeMonitors:
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
             ).remote()
             self._actors.append(actor)
-            gen = actor.stream.remote(start_wall_ns, interval_s)
-            self._tasks.append(asyncio.create_task(self._consume(node_id, gen)))
+            self._tasks.append(asyncio.create_task(self._consume(node_id, actor, start_wall_ns, interval_s)))
 
-    async def _consume(self, node_id: str, gen) -> None:
+    async def _consume(self, node_id: str, actor, start_wall_ns: int, interval_s: float) -> None:
         try:
-            async for ref in gen:
-                self._on_reading(node_id, await ref)
+            while True:  # one stream segment after another (STREAM_SEGMENT)
+                got = 0
+                async for ref in actor.stream.remote(start_wall_ns, interval_s, self._segment):
+                    self._on_reading(node_id, await ref)
+                    got += 1
+                if got < self._segment:
+                    return  # the monitor ended its stream itself
         except asyncio.CancelledError:
             raise
         except Exception:  # a lost node's monitor ends quietly; agent loss is handled by the fleet
