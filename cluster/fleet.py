@@ -20,6 +20,7 @@ from horde.agents.lease import LeaseLapsed, lease_term_s
 from horde.agents.spec import AgentSpec
 from horde.cluster.events import AgentInfo, FleetEvent
 from horde.cluster.fanin import FanIn, held
+from horde.cluster.nodes import STREAM_SEGMENT as NODE_STREAM_SEGMENT
 
 if TYPE_CHECKING:
     from horde.cluster.nodes import NodeMonitors
@@ -42,6 +43,7 @@ class TrafficAgentActor:
         # (the agent's loop thread sets its own again); see agents/runner.py AGENT_NICE.
         self._priority = raise_priority(whole_process=True)
         self._runner: AgentRunner | None = None
+        self._live: AsyncIterator[bytes] | None = None  # the run's stream, across segments
         self._code = ""
         if spec is not None:
             self._runner = _new_runner(spec)
@@ -58,6 +60,7 @@ class TrafficAgentActor:
         if not await self.reset():
             raise RuntimeError("this pooled agent's last run did not settle")
         self._runner = _new_runner(spec)
+        self._live = None
         return await self.ready()
 
     async def reset(self) -> bool:
@@ -65,6 +68,7 @@ class TrafficAgentActor:
         from horde.agents.runner import reset_for_reuse
 
         runner, self._runner = self._runner, None
+        self._live = None
         return await asyncio.to_thread(reset_for_reuse, runner)
 
     async def ready(self) -> dict:
@@ -75,13 +79,25 @@ class TrafficAgentActor:
             "priority": self._priority,
         }
 
-    async def stream(self, start_wall_ns: int, resume_ns: int | None = None):
-        """The agent's batches. Called with a backpressure of one object (RayFleet), each
-        yield returns once the coordinator took this batch's reference, after it received
-        the batch before: the runner then acks that one (the lease, no call of its own)."""
+    async def stream(self, start_wall_ns: int, resume_ns: int | None = None, count: int | None = None):
+        """The agent's batches, at most `count` of them (a segment: STREAM_SEGMENT). The first
+        call starts the agent; each later one goes on with the same run where the last segment
+        ended (its arguments but `count` are then unused), until the run's stream ends.
+        Called with a backpressure of one object (RayFleet), each yield returns once the
+        coordinator took this batch's reference, after it received the batch before: the
+        runner then acks that one (the lease, no call of its own)."""
         if self._runner is None:
             raise RuntimeError("this agent has no spec (a pooled agent not configured)")
-        async for payload in self._runner.stream(start_wall_ns, resume_ns, acked_behind=1):
+        if self._live is None:
+            self._live = aiter(self._runner.stream(start_wall_ns, resume_ns, acked_behind=1))
+        live = self._live
+        yielded = 0
+        while count is None or yielded < count:
+            try:
+                payload = await anext(live)
+            except StopAsyncIteration:
+                return
+            yielded += 1
             yield payload
 
     async def lease_stats(self) -> dict:
@@ -91,6 +107,12 @@ class TrafficAgentActor:
         if self._runner is not None:
             self._runner.stop()
 
+
+# Batches an agent's stream yields before the next one takes over: Ray's driver keeps a
+# record of every item of a live stream (~37 bytes a slot of a set that doubles; docs/scale.md,
+# "horde's own memory"), 18.5 MiB an agent after 72 hours at a batch a second. An hour's
+# worth at the default flush interval, as the node monitors' readings.
+STREAM_SEGMENT = NODE_STREAM_SEGMENT
 
 # Ray's backpressure on an agent's stream: one batch not taken by the coordinator holds the
 # actor's yield, so its return proves the coordinator took it (TrafficAgentActor.stream).
@@ -152,9 +174,11 @@ class RayFleet:
         silence_s: float = 1.5,
         probe_timeout_s: float = 0.5,
         pool_hold_s: float | None = None,
+        segment: int = STREAM_SEGMENT,
     ) -> None:
         """`pool_hold_s`: lease agents from the pool of `horde up` (cluster/pool.py) for at most
-        this long (the run's planned length and a margin); None: create every agent."""
+        this long (the run's planned length and a margin); None: create every agent. `segment`:
+        the batches an agent's stream yields before the next one takes over (STREAM_SEGMENT)."""
         self._cpus = cpus_per_agent
         self._pool_hold_s = pool_hold_s
         self._lease: PoolLease | None = None
@@ -166,9 +190,12 @@ class RayFleet:
         self.agents: list[AgentInfo] = []
         self._start_wall_ns = 0
         self._monitors: NodeMonitors | None = None
-        # Every agent stream's ObjectRefGenerator, held until close(): dropping one would
-        # release its agent's waiting yield, and so ack a batch nobody took (STREAM_BACKPRESSURE_OBJECTS).
-        self._streams: list = []
+        # Every agent's current stream segment (its ObjectRefGenerator), held until the segment
+        # ends or close(): dropping one would release its agent's waiting yield, and so ack a
+        # batch nobody took (STREAM_BACKPRESSURE_OBJECTS). An ended segment is let go, and with
+        # it the record of its items Ray's driver keeps while a stream lives (STREAM_SEGMENT).
+        self._streams: dict[tuple[int, int], object] = {}
+        self._segment = segment
 
     async def start(self, specs: Sequence[AgentSpec]) -> list[AgentInfo]:
         pooled = await self._lease_pooled(specs)
@@ -245,11 +272,17 @@ class RayFleet:
     ) -> None:
         start = self._start_wall_ns
 
-        def factory() -> AsyncIterator[bytes]:
+        async def factory() -> AsyncIterator[bytes]:
             stream = actor.stream.options(_generator_backpressure_num_objects=STREAM_BACKPRESSURE_OBJECTS)
-            gen = stream.remote(start, resume_ns)
-            self._streams.append(gen)  # never dropped while the agent may live (see _streams)
-            return _refs_to_payloads(gen)
+            while True:  # one segment after another, as the node monitors (cluster/nodes.py)
+                gen = stream.remote(start, resume_ns, self._segment)
+                self._streams[(index, inc)] = gen  # never dropped while one of its yields may wait
+                got = 0
+                async for payload in _refs_to_payloads(gen):
+                    got += 1
+                    yield payload
+                if got < self._segment:
+                    return  # the agent's run ended its stream
 
         self._fanin.add(index, inc, held(factory, hold_until_s), grace_s=grace_s, probe=lambda: actor.ready.remote())
 

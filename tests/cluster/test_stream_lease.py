@@ -119,10 +119,12 @@ def test_an_agent_whose_coordinator_stops_taking_its_batches_stops_sending_withi
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("segment", [None, 3], ids=["one stream", "segments of 3"])
 @pytest.mark.parametrize("target", ["plain aiohttp", "automaton"])
-def test_a_ray_fleet_run_ends_with_every_request_counted_and_no_ack_calls(ray_cluster, target):
+def test_a_ray_fleet_run_ends_with_every_request_counted_and_no_ack_calls(ray_cluster, target, segment):
     """Two agents through RayFleet: both end (not fenced: the fan-in's taking acks them) and
-    the batches count exactly what the target served."""
+    the batches count exactly what the target served. With segments of 3 batches each
+    agent's run goes on from one stream to the next (STREAM_SEGMENT), none lost or repeated."""
     from horde.cluster.events import AgentEnded, AgentLost, BatchReceived
     from horde.cluster.fleet import RayFleet, TrafficAgentActor
 
@@ -132,22 +134,26 @@ def test_a_ray_fleet_run_ends_with_every_request_counted_and_no_ack_calls(ray_cl
     with serve_in_thread(_counted(app, arrivals)) as url:
 
         async def main():
-            fleet = RayFleet(cpus_per_agent=0.01, silence_s=5.0)
+            fleet = RayFleet(cpus_per_agent=0.01, silence_s=5.0, **({} if segment is None else {"segment": segment}))
             specs = [_spec(url, path, index=i, count=2, seconds=3.0, flush_s=0.25) for i in range(2)]
             await fleet.start(specs)
             fleet.begin(time.time_ns() + 500_000_000, grace_s=3.0)
-            requests, ended, lost = 0, [], []
+            requests, ended, lost, seqs = 0, [], [], {0: [], 1: []}
             async for ev in fleet.events():
                 if isinstance(ev, BatchReceived):
-                    requests += decode_batch(ev.payload).requests
+                    b = decode_batch(ev.payload)
+                    requests += b.requests
+                    seqs[b.agent].append(b.seq)
                 elif isinstance(ev, AgentEnded):
                     ended.append(ev.index)
                 elif isinstance(ev, AgentLost):
                     lost.append((ev.index, ev.reason, ev.detail))
             await fleet.stop()
             await fleet.close()
-            return requests, ended, lost
+            return requests, ended, lost, seqs
 
-        requests, ended, lost = asyncio.run(main())
+        requests, ended, lost, seqs = asyncio.run(main())
     assert not lost and sorted(ended) == [0, 1]
+    for agent_seqs in seqs.values():  # one run per agent, in order, across the segments
+        assert agent_seqs == list(range(len(agent_seqs))) and len(agent_seqs) > 6
     assert requests == len(arrivals) == int(RATE * 2 * 3.0)
