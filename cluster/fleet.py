@@ -21,6 +21,7 @@ from horde.agents.spec import AgentSpec
 from horde.cluster.events import AgentInfo, FleetEvent
 from horde.cluster.fanin import FanIn, held
 from horde.cluster.nodes import STREAM_SEGMENT as NODE_STREAM_SEGMENT
+from horde.cluster.nodes import segmented
 
 if TYPE_CHECKING:
     from horde.cluster.nodes import NodeMonitors
@@ -274,15 +275,14 @@ class RayFleet:
 
         async def factory() -> AsyncIterator[bytes]:
             stream = actor.stream.options(_generator_backpressure_num_objects=STREAM_BACKPRESSURE_OBJECTS)
-            while True:  # one segment after another, as the node monitors (cluster/nodes.py)
+
+            def open_segment():
                 gen = stream.remote(start, resume_ns, self._segment)
                 self._streams[(index, inc)] = gen  # never dropped while one of its yields may wait
-                got = 0
-                async for payload in _refs_to_payloads(gen):
-                    got += 1
-                    yield payload
-                if got < self._segment:
-                    return  # the agent's run ended its stream
+                return gen
+
+            async for payload in segmented(open_segment, self._segment):  # as the node monitors'
+                yield payload
 
         self._fanin.add(index, inc, held(factory, hold_until_s), grace_s=grace_s, probe=lambda: actor.ready.remote())
 
@@ -359,8 +359,3 @@ def _kill(actor) -> None:
 
 async def _done(value):
     return value
-
-
-async def _refs_to_payloads(gen) -> AsyncIterator[bytes]:
-    async for ref in gen:
-        yield await ref

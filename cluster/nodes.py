@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -25,6 +25,20 @@ if TYPE_CHECKING:
 # Readings a stream yields before the next one takes over: an hour at one a second, so
 # Ray's per-stream record stays under 4,096 slots (0.15 MiB) a node however long the run.
 STREAM_SEGMENT = 3600
+
+
+async def segmented(open_segment: Callable[[], Any], size: int) -> AsyncIterator[Any]:
+    """The values of one stream carried in segments of `size` items (STREAM_SEGMENT):
+    `open_segment()` opens the next (a Ray ObjectRefGenerator) once the last ended full; a
+    segment shorter than `size` was the stream's last. Shared by the node monitors and the
+    agents' batch streams (cluster/fleet.py)."""
+    while True:
+        got = 0
+        async for ref in open_segment():
+            got += 1
+            yield await ref
+        if got < size:
+            return
 
 
 @ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)
@@ -74,13 +88,9 @@ class NodeMonitors:
 
     async def _consume(self, node_id: str, actor, start_wall_ns: int, interval_s: float) -> None:
         try:
-            while True:  # one stream segment after another (STREAM_SEGMENT)
-                got = 0
-                async for ref in actor.stream.remote(start_wall_ns, interval_s, self._segment):
-                    self._on_reading(node_id, await ref)
-                    got += 1
-                if got < self._segment:
-                    return  # the monitor ended its stream itself
+            segments = segmented(lambda: actor.stream.remote(start_wall_ns, interval_s, self._segment), self._segment)
+            async for reading in segments:
+                self._on_reading(node_id, reading)
         except asyncio.CancelledError:
             raise
         except Exception:  # a lost node's monitor ends quietly; agent loss is handled by the fleet
