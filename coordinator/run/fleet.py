@@ -102,6 +102,11 @@ class ClusterStarting:
         self._error: BaseException | None = None
         self._connected = threading.Event()
         self._closed = threading.Event()
+        # Loaded here, before the thread: `import ray` there and the run's modules here both
+        # import asyncio, and two threads importing one package at once can meet in Python's
+        # module locks (a _DeadlockError once in a full test suite: "the cluster did not start").
+        import asyncio  # noqa: F401
+
         self._thread = threading.Thread(target=self._connect, args=(options,), name="horde-cluster", daemon=True)
         self._thread.start()
 
