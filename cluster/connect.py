@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import ipaddress
 import logging
 import os
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,22 @@ from horde.cluster.shipping import JOB_ID_ENV, horde_py_module
 # without (p99 16-18 ms). horde reports its own figures and reads none of Ray's, so the
 # embedded Ray runs without them. A `ray start` cluster sets RAY_enable_metrics_collection=0
 # itself (ray-config.yaml).
-EMBEDDED_SYSTEM_CONFIG = {"enable_metrics_collection": False}
+#
+# The raylet connects to its own object store with a client that retries every
+# raylet_client_connect_timeout_milliseconds (Ray's default: 1000 ms, 10 attempts). On a
+# busy 2-core machine the store is sometimes not listening at the first attempt, and the
+# raylet then waits a whole second before it serves anyone: 1.0 s of the start in about
+# one embedded start in three here (docs/start.md). The same 10 s budget in 10 ms steps.
+EMBEDDED_SYSTEM_CONFIG = {
+    "enable_metrics_collection": False,
+    "raylet_client_connect_timeout_milliseconds": 10,
+    "raylet_client_num_connect_attempts": 1000,
+    # No worker prestarted for the first driver: Ray starts one per CPU as the driver
+    # registers, and the driver's own connect then waits 0.5-0.9 s on the 2 busy cores. The run
+    # creates its agents and node monitors at once instead (cluster/fleet.py), which starts
+    # the workers it uses, side by side, once the driver is connected (docs/start.md).
+    "prestart_worker_first_driver": False,
+}
 
 # The embedded Ray serves this machine only. Ray binds its gRPC servers (GCS, raylet node and
 # object managers, every worker) to 127.0.0.1 only when the node's IP address is 127.0.0.1,
@@ -166,6 +185,83 @@ def _free_agent_port(params_cls: type) -> type:
     return FreeAgentPortParams
 
 
+# The raylet's arguments that name the commands of its two Python agents.
+_AGENT_ARGS = {"--dashboard_agent_command=": "dashboard", "--runtime_env_agent_command=": "runtime_env"}
+_STANDIN = Path(__file__).with_name("standin_agent.py")
+# HORDE_RAY_AGENTS=ray: the embedded Ray starts Ray's own agents (to compare, or to debug Ray).
+AGENTS_ENV = "HORDE_RAY_AGENTS"
+
+
+def standin_agent_args(raylet_command: list[str]) -> list[str]:
+    """The raylet's command with cluster/standin_agent.py in place of Ray's two agents.
+
+    An agent whose command does not say its session directory and node id (another Ray's
+    arguments) keeps Ray's own command.
+    """
+    out = []
+    for arg in raylet_command:
+        prefix = next((p for p in _AGENT_ARGS if arg.startswith(p)), None)
+        if prefix is None:
+            out.append(arg)
+            continue
+        given = dict(a.split("=", 1) for a in shlex.split(arg[len(prefix) :]) if a.startswith("--") and "=" in a)
+        if not given.get("--session-dir") or not given.get("--node-id"):
+            out.append(arg)
+            continue
+        standin = [sys.executable, "-S", "-I", str(_STANDIN), f"--kind={_AGENT_ARGS[prefix]}"]
+        standin += [f"--session-dir={given['--session-dir']}", f"--node-id={given['--node-id']}"]
+        if given.get("--node-ip-address"):
+            standin.append(f"--node-ip-address={given['--node-ip-address']}")
+        out.append(prefix + subprocess.list2cmdline(standin))
+    return out
+
+
+def _with_standin_agents(start_ray_process):
+    """services.start_ray_process, starting the raylet with the stand-in agents."""
+
+    @functools.wraps(start_ray_process)
+    def start(command, process_type, *args, **kwargs):
+        if process_type == "raylet":
+            command = standin_agent_args(list(command))
+        return start_ray_process(command, process_type, *args, **kwargs)
+
+    return start
+
+
+# How often the start asks the GCS whether the raylet has registered (see _registered_soon).
+_REGISTER_POLL_S = 0.01
+_REGISTER_WAIT_S = 30.0
+
+
+def _registered_soon(get_node):
+    """services.get_node, asked only once the raylet has registered with the GCS.
+
+    ray.init sleeps 0.1 s after starting the raylet, then asks the GCS for the node; Ray's
+    accessor, finding it not yet registered, sleeps a whole second before it asks again. A
+    raylet that needs a little more than 0.1 s to register (often, on a busy 2-core machine)
+    so costs the start 1.0 s. This asks every 10 ms first, through a client of its own.
+    """
+
+    @functools.wraps(get_node)
+    def get(gcs_address, node_id, *args, **kwargs):
+        import time
+
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]  # a Cython module: no stubs
+
+        try:
+            client = GcsClient(address=gcs_address)
+            deadline = time.monotonic() + _REGISTER_WAIT_S
+            while time.monotonic() < deadline:
+                if any(n.hex() == node_id for n in client.get_all_node_info(timeout=_REGISTER_WAIT_S)):
+                    break
+                time.sleep(_REGISTER_POLL_S)
+        except Exception:  # Ray's own call below reports what is wrong
+            pass
+        return get_node(gcs_address, node_id, *args, **kwargs)
+
+    return get
+
+
 @contextlib.contextmanager
 def lean_head() -> Iterator[None]:
     """Start a head node that has what a horde run uses, and no more.
@@ -178,12 +274,15 @@ def lean_head() -> Iterator[None]:
     process (found instead of imported). The dashboard agent's HTTP port is picked free
     (0) instead of Ray's fixed 52365: when another Ray on the machine holds that port (a
     `horde up`, a second run), the agent retries its bind for 3.3 s and the raylet, waiting
-    for the agent, registers that much later (docs/start.md).
+    for the agent, registers that much later (docs/start.md). And the raylet starts
+    cluster/standin_agent.py in place of Ray's dashboard and runtime-env agents, which it
+    waits for before it registers (~1.5 s of CPU on the path; unless HORDE_RAY_AGENTS=ray).
     Each is a private name of Ray 2.60 (tests/cluster/test_lean_head.py checks they exist):
     where one is gone, the head starts as Ray starts it by default, only slower.
     """
     import ray._private.node as ray_node
     import ray._private.parameter as ray_parameter
+    import ray._private.services as ray_services
     import ray._private.utils as ray_utils
 
     patches = [
@@ -192,6 +291,10 @@ def lean_head() -> Iterator[None]:
         (ray_utils, "get_dashboard_dependency_error", _dashboard_deps_missing),
         (ray_parameter, "RayParams", _free_agent_port(ray_parameter.RayParams)),
     ]
+    if hasattr(ray_services, "get_node"):
+        patches.append((ray_services, "get_node", _registered_soon(ray_services.get_node)))
+    if os.environ.get(AGENTS_ENV, "").lower() != "ray" and hasattr(ray_services, "start_ray_process"):
+        patches.append((ray_services, "start_ray_process", _with_standin_agents(ray_services.start_ray_process)))
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches if hasattr(obj, name)]
     for obj, name, new in patches:
         if hasattr(obj, name):

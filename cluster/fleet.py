@@ -10,7 +10,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import ray
@@ -21,10 +21,9 @@ from horde.agents.spec import AgentSpec
 from horde.cluster.events import AgentInfo, FleetEvent
 from horde.cluster.fanin import FanIn, held
 from horde.cluster.nodes import STREAM_SEGMENT as NODE_STREAM_SEGMENT
-from horde.cluster.nodes import segmented
+from horde.cluster.nodes import NodeMonitors, segmented
 
 if TYPE_CHECKING:
-    from horde.cluster.nodes import NodeMonitors
     from horde.cluster.pool import PoolLease
 
 
@@ -191,6 +190,7 @@ class RayFleet:
         self.agents: list[AgentInfo] = []
         self._start_wall_ns = 0
         self._monitors: NodeMonitors | None = None
+        self._on_reading: Callable[[str, dict], None] = lambda node_id, reading: None
         # Every agent's current stream segment (its ObjectRefGenerator), held until the segment
         # ends or close(): dropping one would release its agent's waiting yield, and so ack a
         # batch nobody took (STREAM_BACKPRESSURE_OBJECTS). An ended segment is let go, and with
@@ -199,6 +199,7 @@ class RayFleet:
         self._segment = segment
 
     async def start(self, specs: Sequence[AgentSpec]) -> list[AgentInfo]:
+        self._create_monitors()
         pooled = await self._lease_pooled(specs)
         fresh = [s for s in specs if s.index not in pooled]
         actors = {s.index: self._new_actor(s) for s in fresh}
@@ -321,11 +322,21 @@ class RayFleet:
         if cur is not None and cur[0] == incarnation:
             self._drop_pooled(cur[1])
 
-    def monitor_nodes(self, on_reading) -> None:
-        """One resource monitor per node, streaming from the common start instant."""
+    def _create_monitors(self) -> None:
+        """The node monitors' actors, created with the agents: on the embedded Ray (which
+        prestarts no worker, cluster/connect.py) their workers then start side by side, before
+        the common start instant, not in the run's steady state."""
         from horde.cluster.nodes import NodeMonitors
 
-        self._monitors = NodeMonitors(on_reading)
+        if self._monitors is None:
+            self._monitors = NodeMonitors(lambda node_id, reading: self._on_reading(node_id, reading))
+            self._monitors.create()
+
+    def monitor_nodes(self, on_reading) -> None:
+        """One resource monitor per node, streaming from the common start instant."""
+        self._on_reading = on_reading
+        self._create_monitors()
+        assert self._monitors is not None
         self._monitors.start(self._start_wall_ns)
 
     def events(self) -> AsyncIterator[FleetEvent]:

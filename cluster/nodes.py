@@ -73,9 +73,12 @@ class NodeMonitors:
         self._on_reading = on_reading
         self._segment = segment
         self._tasks: list[asyncio.Task] = []
-        self._actors: list = []
+        self._actors: list[tuple[str, Any]] = []  # (node id, its NodeMonitor actor)
 
-    def start(self, start_wall_ns: int, interval_s: float = 1.0) -> None:
+    def create(self) -> None:
+        """Create the monitors (once): with the agents, so that their workers start side by side."""
+        if self._actors:
+            return
         for n in ray.nodes():
             if not n.get("Alive"):
                 continue
@@ -83,7 +86,11 @@ class NodeMonitors:
             actor = NodeMonitor.options(  # type: ignore[attr-defined]  # @ray.remote made it an ActorClass; mypy sees the plain class
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
             ).remote()
-            self._actors.append(actor)
+            self._actors.append((node_id, actor))
+
+    def start(self, start_wall_ns: int, interval_s: float = 1.0) -> None:
+        self.create()
+        for node_id, actor in self._actors:
             self._tasks.append(asyncio.create_task(self._consume(node_id, actor, start_wall_ns, interval_s)))
 
     async def _consume(self, node_id: str, actor, start_wall_ns: int, interval_s: float) -> None:
@@ -100,7 +107,7 @@ class NodeMonitors:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for a in self._actors:
+        for _, a in self._actors:
             try:
                 ray.kill(a, no_restart=True)
             except Exception:
