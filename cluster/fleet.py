@@ -110,7 +110,7 @@ class TrafficAgentActor:
 
 # Batches an agent's stream yields before the next one takes over: Ray's driver keeps a
 # record of every item of a live stream (~37 bytes a slot of a set that doubles; docs/scale.md,
-# "horde's own memory"), 18.5 MiB an agent after 72 hours at a batch a second. An hour's
+# "horde's own memory"), 18.5 MiB an agent after 72 hours at a batch a second. Two minutes'
 # worth at the default flush interval, as the node monitors' readings.
 STREAM_SEGMENT = NODE_STREAM_SEGMENT
 

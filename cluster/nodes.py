@@ -22,9 +22,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 if TYPE_CHECKING:
     from horde.agents.probe import NodeProbe
 
-# Readings a stream yields before the next one takes over: an hour at one a second, so
-# Ray's per-stream record stays under 4,096 slots (0.15 MiB) a node however long the run.
-STREAM_SEGMENT = 3600
+# Readings a stream yields before the next one takes over: two minutes at one a second, so
+# Ray's per-stream record stays under 128 slots (~5 kB) a node however long the run, and has
+# reached that size before minute 2, where a soak's leak verdict starts (with an hour's
+# segments it grew through the first hour, +57 kB in a 10-minute run: docs/scale.md). A new
+# segment is one more call to the actor every two minutes.
+STREAM_SEGMENT = 120
 
 
 async def segmented(open_segment: Callable[[], Any], size: int) -> AsyncIterator[Any]:

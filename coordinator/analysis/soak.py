@@ -36,21 +36,43 @@ def _dig(d: Any, path: tuple[str, ...]) -> float | None:
 
 
 MAX_POINTS = 2048  # per series; Theil-Sen compares every pair (2 M pairs, ~16 MB at the end, at most)
+# An agent's memory series keeps fewer: one a traffic agent, 256 agents would otherwise hold
+# 8 MiB of them. 512 points still give its leak verdict a point every 8.4 minutes at 72 hours.
+MAX_AGENT_POINTS = 512
+_AGENT_SERIES = "agent_rss:"
 
 
 @dataclass
 class SoakSeries:
-    """Per-window scalars of a run: one accumulator, add() per closed window. Stored as
-    array('d') (8 bytes a value) and bounded: once a series holds MAX_POINTS points, pairs
-    of neighbours are averaged into one and later windows are averaged `stride` at a time,
-    so a 72-hour soak keeps at most MAX_POINTS points a series (one every 2 minutes), not a
-    point a second. A long soak must not grow the coordinator it measures."""
+    """Per-window scalars of a run: one accumulator, add() per closed window. Bounded and
+    allocated once: each series takes its whole capacity (MAX_POINTS 8-byte times and values;
+    MAX_AGENT_POINTS for an agent's memory) when its first value comes, and once full, pairs
+    of neighbours are averaged into one in place and later windows are averaged `stride` at
+    a time. So a 72-hour soak keeps a point every 2 minutes, not a point a second, and the
+    coordinator's memory for them does not grow after a series' first window: a long soak
+    must not grow the coordinator it measures, nor make its leak verdict read its own series
+    filling up (docs/scale.md)."""
 
-    t_s: dict[str, array] = field(default_factory=dict)
-    values: dict[str, array] = field(default_factory=dict)
     max_points: int = MAX_POINTS
+    max_agent_points: int = MAX_AGENT_POINTS
+    _t: dict[str, array] = field(default_factory=dict)  # name -> times, the whole capacity
+    _v: dict[str, array] = field(default_factory=dict)  # name -> values, the whole capacity
+    _n: dict[str, int] = field(default_factory=dict)  # name -> points stored
     _pending: dict[str, list[float]] = field(default_factory=dict)  # name -> [sum t, sum v, windows]
     _stride: dict[str, int] = field(default_factory=dict)  # windows per stored point
+
+    @property
+    def t_s(self) -> dict[str, array]:
+        """Each series' times (copies of the points stored)."""
+        return {name: ts[: self._n[name]] for name, ts in self._t.items()}
+
+    @property
+    def values(self) -> dict[str, array]:
+        """Each series' values (copies of the points stored)."""
+        return {name: vs[: self._n[name]] for name, vs in self._v.items()}
+
+    def points(self, name: str) -> int:
+        return self._n.get(name, 0)
 
     def _put(self, name: str, t: float, v: float | None) -> None:
         if v is None:
@@ -62,13 +84,18 @@ class SoakSeries:
         stride = self._stride.get(name, 1)
         if acc[2] < stride:
             return
-        ts, vs = self.t_s.setdefault(name, array("d")), self.values.setdefault(name, array("d"))
-        ts.append(acc[0] / stride)
-        vs.append(acc[1] / stride)
+        if name not in self._t:
+            cap = max(2, self.max_agent_points if name.startswith(_AGENT_SERIES) else self.max_points)
+            self._t[name], self._v[name], self._n[name] = array("d", bytes(8 * cap)), array("d", bytes(8 * cap)), 0
+        ts, vs, n = self._t[name], self._v[name], self._n[name]
+        ts[n], vs[n] = acc[0] / stride, acc[1] / stride
         acc[:] = [0.0, 0.0, 0]
-        if len(ts) >= self.max_points:
-            self.t_s[name], self.values[name] = _halved(ts), _halved(vs)
+        n += 1
+        if n >= len(ts):
+            n = _halve(ts, n)
+            _halve(vs, len(vs))
             self._stride[name] = stride * 2
+        self._n[name] = n
 
     def add(self, window: dict) -> None:
         t = float(window.get("end_s", window.get("index", 0) + 1))
@@ -77,36 +104,41 @@ class SoakSeries:
         self._put("coordinator_rss", t, _dig(window, ("coordinator", "rss_bytes")))
         for agent, r in (window.get("generator") or {}).items():
             label = agent if not r.get("incarnation") else f"{agent}#{r['incarnation']}"
-            self._put(f"agent_rss:{label}", t, r.get("rss_bytes") or None)
+            self._put(f"{_AGENT_SERIES}{label}", t, r.get("rss_bytes") or None)
 
 
-def _halved(a: array) -> array:
-    """Neighbouring pairs averaged (an odd last point kept as it is)."""
-    out = array("d", ((a[i] + a[i + 1]) / 2 for i in range(0, len(a) - 1, 2)))
-    if len(a) % 2:
-        out.append(a[-1])
-    return out
+def _halve(a: array, n: int) -> int:
+    """The first `n` points of `a`, neighbouring pairs averaged, written back in place (an odd
+    last point kept as it is); returns how many there are now."""
+    half = n // 2
+    for i in range(half):
+        a[i] = (a[2 * i] + a[2 * i + 1]) / 2
+    if n % 2:
+        a[half] = a[n - 1]
+        half += 1
+    return half
 
 
 def analyse(series: SoakSeries, *, time_scale: float = 1.0) -> dict:
     """Leak verdicts (target, coordinator, each agent) and trends of every series."""
+    times, values = series.t_s, series.values  # copied once
     leaks: dict = {}
     for name in ("target_memory", "coordinator_rss"):
-        if name in series.values:
+        if name in values:
             leaks["target" if name == "target_memory" else "coordinator"] = leak_verdict(
-                list(series.t_s[name]), list(series.values[name]), time_scale=time_scale
+                list(times[name]), list(values[name]), time_scale=time_scale
             ).to_dict()
     agents = {
-        n.split(":", 1)[1]: leak_verdict(list(series.t_s[n]), list(series.values[n]), time_scale=time_scale).to_dict()
-        for n in series.values
-        if n.startswith("agent_rss:")
+        n[len(_AGENT_SERIES) :]: leak_verdict(list(times[n]), list(values[n]), time_scale=time_scale).to_dict()
+        for n in values
+        if n.startswith(_AGENT_SERIES)
     }
     if agents:
         leaks["agents"] = agents
     trends = {
-        name: trend(list(series.t_s[name]), list(series.values[name]), unit=unit, time_scale=time_scale).to_dict()
+        name: trend(list(times[name]), list(values[name]), unit=unit, time_scale=time_scale).to_dict()
         for name, (unit, _) in _TREND_SERIES.items()
-        if name in series.values
+        if name in values
     }
     # The verdict that fails a soak is the target's. horde's own processes are judged too and
     # reported (`self_leak`): in an uncompressed run of a few minutes their warm-up growth

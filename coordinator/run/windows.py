@@ -111,7 +111,7 @@ class WindowRecorder:
 
     def soak(self, compression: float) -> dict:
         """{"soak": the leak and trend verdicts} once the run is long enough for them, else {}."""
-        if len(self.soak_series.t_s.get("rps", [])) >= SOAK_MIN_WINDOWS:
+        if self.soak_series.points("rps") >= SOAK_MIN_WINDOWS:
             return {"soak": analyse_soak(self.soak_series, time_scale=compression)}
         return {}
 

@@ -80,6 +80,9 @@ def test_an_agent_whose_coordinator_stops_taking_its_batches_stops_sending_withi
         actor = TrafficAgentActor.options(num_cpus=0).remote(spec)  # type: ignore[attr-defined]
 
         async def main():
+            # up first (a run waits for its agents the same way): a new worker takes ~0.6 s,
+            # longer than the 0.2 s start lead below
+            await actor.ready.remote()
             stream = actor.stream.options(_generator_backpressure_num_objects=STREAM_BACKPRESSURE_OBJECTS)
             gen = stream.remote(time.time_ns() + 200_000_000)
             batches, raised, paused_at = [], None, None

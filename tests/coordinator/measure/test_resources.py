@@ -234,3 +234,20 @@ def test_node_summary() -> None:
         },
         "saturated": [],
     }
+
+
+def test_node_readings_take_the_same_room_however_long_the_run_and_sum_up_the_same() -> None:
+    n = NodeSeries()
+    cpu = [0.1 + (w % 10) / 20 for w in range(5000)]
+    for w, c in enumerate(cpu):
+        n.add("n1", {"t_s": w + 0.2, "cpu_fraction": c, "mem_used_bytes": 1e9 + w})
+        n.add("n1", {"t_s": w + 0.7, "cpu_fraction": c / 2})  # a window keeps its peak
+        if w == 100:
+            room = n._nodes["n1"]._vals.nbytes
+    assert n._nodes["n1"]._vals.nbytes == room  # 64 windows kept, at window 100 and at 5,000
+    assert n.window(4999) == {"n1": {"cpu_fraction": cpu[-1], "mem_used_bytes": 1e9 + 4999}}
+    assert n.window(10) == {}  # long let go: its figures live on in the totals
+    n.add("n1", {"t_s": 3.0, "cpu_fraction": 1.0})  # a reading older than every window kept
+    s = n.summary({})["nodes"]["n1"]
+    assert s["windows"] == 5000 and s["cpu_max"] == round(max(cpu), 3)
+    assert s["cpu_mean"] == round(sum(cpu) / len(cpu), 3) and s["mem_peak_mb"] == round((1e9 + 4999) / 1e6, 1)

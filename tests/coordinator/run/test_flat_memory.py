@@ -6,7 +6,7 @@ points of the run. Everything that grows with the run's length is bounded (sends
 handed to the bundle, soak series thinned, closed windows dropped after the alert and
 threshold look-back); the bounds are made small here so that a test of a few thousand
 windows reaches them (bench/soak_memory.py measures the real ones over 20,000 windows).
-The control run keeps every sends bin and every soak point: the same measurement sees it grow.
+The control run keeps every sends bin: the same measurement sees it grow.
 """
 
 from __future__ import annotations
@@ -114,9 +114,8 @@ def _retained_per_window(tmp_path: Path, first: int, last: int, *, bounded: bool
     if bounded:  # the bounds of a long run, scaled down to this test's length
         s.windows.soak_series.max_points = 64
         s.sends.RETAIN_BINS = 100
-    else:  # format 1's way: every bin and every soak point kept
+    else:  # format 1's way: every sends bin kept (the soak series take their room at once)
         s.sends._sink = None
-        s.windows.soak_series.max_points = 10**9
     rng = np.random.default_rng(0)
     tracemalloc.start(1)
     try:
@@ -137,8 +136,8 @@ def test_the_coordinator_retains_nothing_per_window_once_its_bounds_are_reached(
     per_window = _retained_per_window(tmp_path / "bounded", 300, 900, bounded=True)
     control = _retained_per_window(tmp_path / "control", 150, 450, bounded=False)
     print(f"retained per window: bounded {per_window:.1f} bytes, control {control:.1f} bytes")
-    # The control keeps ~10 sends bins and ~10 soak points a window (~250 bytes): seen.
-    assert control > 100, control
+    # The control keeps 10 sends bins a window (~80 bytes): seen.
+    assert control > 50, control
     # Bounded: what is left is allocator noise, under 5% of the control's growth
     # (at 5 bytes a window, a 72-hour run would grow 1.3 MB).
     assert per_window < control * 0.05, (per_window, control)
@@ -175,3 +174,18 @@ def test_a_soak_series_keeps_at_most_its_points_and_the_same_slope() -> None:
     assert 128 <= len(t) < 256 and len(t) == len(v)
     assert list(t) == sorted(t) and t[0] < 100 and t[-1] > 9_900
     assert theil_sen(list(t), list(v))[0] == pytest.approx(1000.0, rel=1e-3)
+
+
+def test_a_soak_series_takes_its_room_at_its_first_point_and_never_more() -> None:
+    s = SoakSeries(max_points=64, max_agent_points=16)
+    window = {"end_s": 1.0, "coordinator": {"rss_bytes": 1e8}, "generator": {"agent-0": {"rss_bytes": 5e7}}}
+    s.add(window)
+    rooms = {name: (id(a), a.buffer_info()[1]) for name, a in s._t.items()}
+    assert rooms["coordinator_rss"][1] == 64 and rooms["agent_rss:agent-0"][1] == 16
+    for w in range(2, 5000):
+        s.add({**window, "end_s": float(w)})
+    # the same buffers, the same length: filled, halved in place, filled again
+    assert {name: (id(a), a.buffer_info()[1]) for name, a in s._t.items()} == rooms
+    assert 32 <= s.points("coordinator_rss") <= 64 and 8 <= s.points("agent_rss:agent-0") <= 16
+    t = s.t_s["coordinator_rss"]
+    assert list(t) == sorted(t) and t[-1] > 4900
