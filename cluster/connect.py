@@ -99,7 +99,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, ship_hor
             # driver must take 127.0.0.1 as its node address too, or ray.init waits forever for
             # a raylet on the machine's routable address.
             kwargs["_node_ip_address"] = LOOPBACK
-        if address and (os.environ.get(JOB_ID_ENV) or not ship_horde):
+        if address and (os.environ.get(JOB_ID_ENV) or not ship_horde or _standin_head_at(address)):
             # a horde job (its runtime_env already ships horde), or the warm head of `horde up`
             with _loopback_node_ip() if _is_loopback(address) else contextlib.nullcontext():
                 ray.init(address=address, **kwargs)
@@ -123,6 +123,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, ship_hor
                     _system_config=EMBEDDED_SYSTEM_CONFIG,
                     **kwargs,
                 )
+            if standin_agents():
+                _mark_standin_head()
             kind = "embedded"
     except Exception as exc:  # Ray raises many types for a bad address or a failed start
         where = f"Ray cluster at {address}" if address else "an embedded Ray"
@@ -228,6 +230,37 @@ def _with_standin_agents(start_ray_process):
     return start
 
 
+# Written into the GCS of a head started with the stand-in agents: a run attaching to it
+# (`--address` of another horde's embedded Ray) cannot have a runtime_env prepared there, so
+# it ships nothing. Its workers import horde as this machine has it, as on the warm head.
+_STANDIN_KEY, _STANDIN_NS = b"standin-agents", b"horde"
+
+
+def standin_agents() -> bool:
+    """Whether the lean head starts the stand-in agents (HORDE_RAY_AGENTS=ray: Ray's own)."""
+    return os.environ.get(AGENTS_ENV, "").lower() != "ray"
+
+
+def _mark_standin_head() -> None:
+    import ray
+
+    with contextlib.suppress(Exception):  # a mark not written: attaching runs ship horde, and say why they fail
+        client = ray._private.worker.global_worker.gcs_client  # type: ignore[attr-defined]  # set by ray.init, not declared
+        client.internal_kv_put(_STANDIN_KEY, b"1", True, _STANDIN_NS, timeout=5)
+
+
+def _standin_head_at(address: str) -> bool:
+    """Whether the Ray at `address` (on this machine) was started with the stand-in agents."""
+    if not _is_loopback(address) or "://" in address:
+        return False
+    try:
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]  # a Cython module: no stubs
+
+        return GcsClient(address=address).internal_kv_get(_STANDIN_KEY, _STANDIN_NS, timeout=5) == b"1"
+    except Exception:  # not reachable, or not a Ray: ray.init says so below
+        return False
+
+
 # How often the start asks the GCS whether the raylet has registered (see _registered_soon).
 _REGISTER_POLL_S = 0.01
 _REGISTER_WAIT_S = 30.0
@@ -293,7 +326,7 @@ def lean_head() -> Iterator[None]:
     ]
     if hasattr(ray_services, "get_node"):
         patches.append((ray_services, "get_node", _registered_soon(ray_services.get_node)))
-    if os.environ.get(AGENTS_ENV, "").lower() != "ray" and hasattr(ray_services, "start_ray_process"):
+    if standin_agents() and hasattr(ray_services, "start_ray_process"):
         patches.append((ray_services, "start_ray_process", _with_standin_agents(ray_services.start_ray_process)))
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches if hasattr(obj, name)]
     for obj, name, new in patches:

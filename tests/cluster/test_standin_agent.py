@@ -164,3 +164,12 @@ def test_on_the_embedded_ray_the_agents_are_standins_and_a_runtime_env_fails_at_
         ray.get(env_var.options(runtime_env={"env_vars": {"HORDE_STANDIN_PROBE": "1"}}).remote(), timeout=60)
     assert time.monotonic() - start < 30  # refused, not retried until the raylet gives up
     assert ray.get(env_var.remote(), timeout=60) is None  # and the node still serves tasks
+
+
+def test_a_head_with_standins_says_so_to_runs_that_attach(ray_cluster):
+    from horde.cluster.connect import _standin_head_at
+
+    # the session's embedded Ray: a run attaching to it ships no runtime_env (none can be made there)
+    assert _standin_head_at(ray_cluster) is True
+    assert _standin_head_at("198.18.0.1:6379") is False  # not this machine: never asked
+    assert _standin_head_at("ray://127.0.0.1:10001") is False  # Ray client: its own server
