@@ -84,7 +84,11 @@ def test_added_latency_shifts_the_median_of_its_endpoint_only(lab: AutomatonProc
     slowed = statistics.median(t for _, t in fire(lab.url + "/health", 40))
     untouched = statistics.median(t for _, t in fire(lab.url + "/api/agents", 40))
     shift_s = slowed - untouched
-    assert 0.055 <= shift_s <= 0.13, (slowed, untouched)
+    # The injected sleep is a floor under the slowed median (load only adds to it); the
+    # difference of two medians also carries the machine's noise on both (a loaded CI read
+    # 0.091 - 0.036 = 0.055), so it is held only to clearly apart and not beyond the fault.
+    assert slowed >= 0.065, (slowed, untouched)
+    assert 0.035 <= shift_s <= 0.13, (slowed, untouched)
 
 
 def test_error_rate_gives_that_fraction_of_errors(lab: AutomatonProcess) -> None:
