@@ -35,9 +35,10 @@ def set_file_overrides(path: str | None) -> tuple[str, ...]:
         return ()
     import json
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            items = json.load(f)
+    from horde.coordinator.scenario.load import MAX_SCENARIO_BYTES, _read_bounded
+
+    try:  # bounded as the scenario is: /dev/zero or a FIFO is refused, not read without end
+        items = json.loads(_read_bounded(path, MAX_SCENARIO_BYTES).decode("utf-8"))
     except (OSError, ValueError) as exc:  # the JSON error names a line and column, never the content
         err(f"invalid --set-file {path}: {exc}")
         sys.exit(EXIT_INVALID_SCENARIO)

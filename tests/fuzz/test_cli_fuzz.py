@@ -125,3 +125,14 @@ def test_each_command_that_reads_a_scenario_exits_3_on_an_unreadable_one(path: s
         result = CliRunner().invoke(cli, argv)
         assert_clean_exit(result, {3}, argv)
         assert "invalid scenario" in result.output
+
+
+@pytest.mark.parametrize(
+    "path", ["/dev/zero", "/nonexistent", str(REPO / "README.md")], ids=["device", "missing", "not json"]
+)
+def test_an_unreadable_set_file_exits_3_without_reading_without_end(path: str) -> None:
+    # /dev/zero was read whole: the fuzzer's run grew to 24 GB and was killed
+    argv = ["run", "--set-file", path, "--", "/dev/null"]
+    result = CliRunner().invoke(cli, argv)
+    assert_clean_exit(result, {3}, argv)
+    assert "invalid --set-file" in result.output
