@@ -22,7 +22,6 @@ import numpy as np
 from horde.agents.aggregate import raw_samples_requested, stage_ends_ns
 from horde.agents.arrivals import ConstantArrivals, PoissonArrivals
 from horde.agents.data import DataFeeds
-from horde.agents.flows import FlowRunner
 from horde.agents.http import Engine, make_engine
 from horde.agents.lease import Lease
 from horde.agents.probe import ProcessProbe
@@ -32,6 +31,7 @@ from horde.agents.stages import Profile
 from horde.agents.timers import TimerHandle, Timers
 
 if TYPE_CHECKING:
+    from horde.agents.flows import FlowRunner
     from horde.agents.users import UserRunner
 
 # An engine's callback-driven send: submit(template index, token, done(token, status, bytes, error)).
@@ -176,8 +176,11 @@ class AgentState:
         # The statuses that count as OK, per endpoint: one set lookup per response.
         self._ok_status = [t.expect or _DEFAULT_OK for t in spec.requests]
         self._flows: list[FlowTemplate | None] = list(spec.flows) or [None] * len(spec.requests)
-        self._flow_runner = (
-            FlowRunner(
+        self._flow_runner: FlowRunner | None = None
+        if any(f is not None for f in self._flows):
+            from horde.agents.flows import FlowRunner  # on aiohttp: imported only for flows (agents/http.py)
+
+            self._flow_runner = FlowRunner(
                 max_connections=spec.max_connections,
                 timeout_s=spec.timeout_s,
                 connect_timeout_s=spec.connect_timeout_s,
@@ -186,9 +189,6 @@ class AgentState:
                 tls=spec.tls,
                 data=self.data,
             )
-            if any(f is not None for f in self._flows)
-            else None
-        )
 
     def _build_users(self, spec: AgentSpec) -> None:
         """Python users (agents/users.py): loaded here, before the start instant, so that a

@@ -134,7 +134,7 @@ class ClosedModel(AgentState):
         self._user_send(j, intended)
 
     def _user_leave(self, j: int) -> None:
-        for e in self._engines.values():  # its cookies go with it (agents/http.py)
+        for e in self._engines.values():  # its cookies go with it (agents/aiohttp_engine.py)
             end_user = getattr(e, "end_user", None)
             if end_user is not None:
                 end_user(j)

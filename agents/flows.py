@@ -28,8 +28,8 @@ from typing import Any
 
 import aiohttp
 
+from horde.agents.aiohttp_engine import classify_exception, new_connector, read_body, user_session
 from horde.agents.data import DataExhausted, DataFeeds
-from horde.agents.http import classify_exception, new_connector, read_body, user_session
 from horde.agents.samples import ErrorClass, classify_status
 from horde.agents.spec import DEFAULT_LIMITS, DEFAULT_TLS, FlowStepTemplate, FlowTemplate, Limits, TlsSpec
 

@@ -72,7 +72,7 @@ class SlowPath(AgentState):
                         return
                     self._in_flight += 1
                     try:
-                        # a closed-model user's cookie jar (agents/http.py); none in the open model
+                        # a closed-model user's cookie jar (agents/aiohttp_engine.py); none in the open model
                         if self.spec.model == "closed":
                             status, nbytes, err = await self._send[ep](ep, slot)  # type: ignore[call-arg]  # the aiohttp engine: request(index, user)
                         else:

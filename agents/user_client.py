@@ -28,8 +28,8 @@ from urllib.parse import urlencode
 import aiohttp
 from yarl import URL
 
+from horde.agents.aiohttp_engine import classify_exception, read_body
 from horde.agents.data import DataExhausted
-from horde.agents.http import classify_exception, read_body
 from horde.agents.samples import ERROR_LABELS, ErrorClass, classify_status
 
 Record = Callable[[int, int, int, int, int, int], None]  # (endpoint, intended, sent, status, nbytes, err)

@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from horde.agents.http import new_connector
+from horde.agents.aiohttp_engine import new_connector
 from horde.agents.samples import ErrorClass
 from horde.agents.spec import DEFAULT_TLS, Limits, TlsSpec, UserTemplate
 from horde.agents.tls import is_default, make_ssl_context
@@ -292,7 +292,7 @@ class UserRunner:
     def abort_all(self) -> None:
         """Fencing: no request leaves any more, and every connection is reset at once (as
         the engines do)."""
-        from horde.agents.http import AiohttpEngine
+        from horde.agents.aiohttp_engine import AiohttpEngine
 
         if self._io is not None:
             self._io.fenced = True

@@ -17,7 +17,7 @@ import aiohttp
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from horde.agents.http import read_body
+from horde.agents.aiohttp_engine import read_body
 from horde.coordinator.measure.resources import Reading
 
 MAX_SCRAPE_BYTES = 16 * 1024 * 1024  # a /metrics page; real ones are kilobytes

@@ -21,7 +21,8 @@ from typing import Any
 
 import aiohttp
 
-from horde.agents.http import make_engine, read_body
+from horde.agents.aiohttp_engine import read_body
+from horde.agents.http import make_engine
 from horde.agents.samples import ErrorClass, classify_status
 from horde.agents.spec import DEFAULT_LIMITS, RequestTemplate
 from horde.coordinator.analysis.monitor_window import (

@@ -9,9 +9,10 @@ import time
 import pytest
 from aiohttp import web
 
+from horde.agents.aiohttp_engine import AiohttpEngine
 from horde.agents.data import DataExhausted, DataFeeds, fill_data
 from horde.agents.flows import FlowRunner
-from horde.agents.http import AiohttpEngine, make_engine
+from horde.agents.http import make_engine
 from horde.agents.samples import ErrorClass
 from horde.agents.spec import DataFeed, FlowStepTemplate, FlowTemplate, RequestTemplate, TlsSpec
 from tests.agents.tls_certs import make_certs

@@ -20,9 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from horde.agents.aiohttp_engine import AiohttpEngine
 from horde.agents.fast_http import FastEngine
 from horde.agents.flows import FlowRunner
-from horde.agents.http import AiohttpEngine
 from horde.agents.samples import ErrorClass
 from horde.agents.spec import FlowStepTemplate, FlowTemplate, Limits, RequestTemplate
 

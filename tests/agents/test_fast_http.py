@@ -21,8 +21,8 @@ import pytest
 import uvloop
 from aiohttp import web
 
+from horde.agents.aiohttp_engine import AiohttpEngine
 from horde.agents.fast_http import FastEngine, encode_request, supports, unsupported_reason
-from horde.agents.http import AiohttpEngine
 from horde.agents.samples import ErrorClass
 from horde.agents.spec import RequestTemplate
 

@@ -20,8 +20,8 @@ from types import ModuleType
 import pytest
 import uvloop
 
+from horde.agents.aiohttp_engine import AiohttpEngine
 from horde.agents.fast_http import FastEngine
-from horde.agents.http import AiohttpEngine
 from horde.agents.samples import ErrorClass
 from horde.agents.spec import RequestTemplate
 
