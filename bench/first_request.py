@@ -2,7 +2,8 @@
 
 A local aiohttp target on a thread notes when its first request arrives; `horde run`
 starts as a subprocess (its own embedded Ray unless --address or --warm is given). Each run
-also prints the CPU its summary reports outside the steady state (summary.json `cpu`).
+also prints the CPU its summary reports outside the steady state (summary.json `cpu`), and
+the agents' worst send lag and late sends (a start lead too short would show there).
 
     python bench/first_request.py [--repeat 3] [--address ADDR]
     python bench/first_request.py --warm [--repeat 3]   # `horde up` first, `horde down` after
@@ -142,11 +143,17 @@ def _runs(args, scen: Path, tmp: Path, env: dict) -> list[float]:
             print(f"run {i + 1}: no request arrived (exit {r.returncode})\n{r.stderr[-2000:]}")
             continue
         results.append(target.first - t0)
-        cpu = _newest(tmp / "out", "summary.json").get("cpu") or {}
+        summary = _newest(tmp / "out", "summary.json")
+        cpu = summary.get("cpu") or {}
+        gen = summary.get("generator") or {}
         pool = (_newest(tmp / "out", "manifest.json").get("cluster") or {}).get("pool")
         figures = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "scope")
         first_s = target.first - t0
-        print(f"run {i + 1}: first request {first_s:.2f} s after `horde run` started; cpu: {figures}")
+        print(
+            f"run {i + 1}: first request {first_s:.2f} s after `horde run` started; send lag max "
+            f"{max((a.get('send_lag_max_ms', 0) for a in (gen.get('agents') or {}).values()), default=0):.3f} ms, "
+            f"late sends {gen.get('late_sends')}; cpu: {figures}"
+        )
         if pool:
             print(f"       agents: {pool}")
     return results

@@ -223,3 +223,32 @@ def test_a_flush_lets_the_send_due_with_it_go_first(kind: str, after_flush_ns: i
     finally:
         loop.close()
     assert order[:2] == ["send", "batch"]
+
+
+@pytest.mark.timeout(30)
+def test_a_start_instant_already_past_when_the_agent_begins_sends_every_planned_request_late() -> None:
+    """The common start instant is fixed a short lead ahead (coordinator/run/session.py
+    start_lead_s); where the call that begins an agent came after it, the sends that fell
+    due meanwhile leave at once, none dropped, and their lateness is in their latency."""
+    loop = new_event_loop()
+    payloads: list[bytes] = []
+    late_by_ns = 200_000_000
+
+    async def main() -> None:
+        srv, url = await _app_server()
+        try:
+            spec = _spec(url, arrivals="constant", start_level=100.0, stages=(Stage(0.6, 100.0, "hold"),))
+            await TrafficAgent(spec, timers="precise").run(time.time_ns() - late_by_ns, payloads.append)
+        finally:
+            await srv.cleanup()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    s = np.concatenate([decode_batch(p).samples for p in payloads])
+    assert 58 <= len(s) <= 62 and (s["error"] == ErrorClass.OK).all()  # 0.6 s at 100/s, none dropped
+    missed = s[s["intended_ns"] < late_by_ns - 20_000_000]  # due well before the agent began
+    assert len(missed) >= 15
+    assert (missed["sent_ns"] >= late_by_ns - 1_000_000).all()  # sent when it began, not at their time
+    assert (missed["end_ns"] - missed["intended_ns"] >= late_by_ns - missed["intended_ns"] - 1_000_000).all()

@@ -23,7 +23,7 @@ from horde.coordinator.bundle.outcome import Outcome
 from horde.coordinator.bundle.store import read_bundle
 from horde.coordinator.plan import build_plan
 from horde.coordinator.run import losses
-from horde.coordinator.run.session import RunOptions, RunSession, run
+from horde.coordinator.run.session import START_LEAD_S, RunOptions, RunSession, run, start_lead_s
 from horde.coordinator.run.target import Target
 from horde.coordinator.scenario.load import parse_scenario
 
@@ -537,3 +537,11 @@ def test_run_declares_a_suspect_between_events_and_reads_its_replacement(tmp_pat
     assert h.fleet.replaced == [(0, 1)]
     assert [loss["agent"] for loss in b.summary["lost_agents"]] == [0]
     assert b.summary["total"]["requests"] == 9
+
+
+def test_the_start_lead_is_short_on_this_machine_grows_with_the_agents_and_is_a_second_attached() -> None:
+    one = start_lead_s("embedded", 1)
+    assert one < 0.25  # the call that begins an agent reached it in 6 ms here (bench/first_request.py)
+    assert one < start_lead_s("embedded", 8) < start_lead_s("embedded", 40)  # the calls go one after another
+    assert start_lead_s("in-process", 10_000) == START_LEAD_S  # never past the attached lead
+    assert start_lead_s("attached", 1) == START_LEAD_S == 1.0
