@@ -3,7 +3,7 @@
     python bench/coordinator_sim.py [--agents 8,64,256] [--groups 10,1000]
                                     [--rates 5000,20000,40000] [--seconds 4] [--actors 4]
                                     [--flush-s 1] [--exact-alerts] [--no-ack | --ack-calls K]
-                                    [--lags] [--pin] [--multiplex]
+                                    [--lags] [--pin] [--multiplex] [--build-at-flush]
 
 Simulated agents are Ray actors replaying realistic aggregated batches (no HTTP): each
 actor hosts several simulated agents, each with its own agent index and batch stream, a
@@ -96,6 +96,7 @@ def stamped(template, window: int):
 
 ACK_CALLS = 0  # --ack-calls K: the coordinator acks every K-th batch of each agent by a call (0: never)
 MULTIPLEX = False  # --multiplex: one stream per actor carrying its agents' batches in turn
+PREBUILD = True  # each flush's batches built before its instant; --build-at-flush: at it (before)
 
 
 class SimAgents:
@@ -134,23 +135,31 @@ class SimAgents:
         generator's yields wait in turn, on one reporting thread of the actor)."""
         from horde.agents.samples import GeneratorReadings, encode_batch
 
+        def build(agent: int, t: int) -> bytes:
+            tpl = self.templates[(agent + t) % len(self.templates)]
+            return encode_batch(
+                agent=agent,
+                incarnation=0,
+                seq=t,
+                watermark_ns=(t + 1) * flush_s * S,
+                readings=GeneratorReadings(cpu_s=0.5 * (t + 1), rss_bytes=80_000_000, level=1.0),
+                agg=stamped(tpl, t * flush_s),
+                final=t == flushes - 1,
+                engine="fast",
+            )
+
+        mine = self.indices if agents is None else agents
         before: tuple[int, int] | None = None
         for t in range(flushes):
+            # PREBUILD: this flush's batches are built before its instant (a real agent builds
+            # its own on a core of its own in a few ms; here a whole actor's agents would build
+            # theirs at the same instant on one shared core, and the last came 0.2-0.35 s late)
+            ready = {agent: build(agent, t) for agent in mine} if PREBUILD else {}
             delay = (start_wall_ns + (t + 1) * flush_s * S - time.time_ns()) / 1e9
             if delay > 0:
                 time.sleep(delay)
-            for agent in self.indices if agents is None else agents:
-                tpl = self.templates[(agent + t) % len(self.templates)]
-                payload = encode_batch(
-                    agent=agent,
-                    incarnation=0,
-                    seq=t,
-                    watermark_ns=(t + 1) * flush_s * S,
-                    readings=GeneratorReadings(cpu_s=0.5 * (t + 1), rss_bytes=80_000_000, level=1.0),
-                    agg=stamped(tpl, t * flush_s),
-                    final=t == flushes - 1,
-                    engine="fast",
-                )
+            for agent in mine:
+                payload = ready.pop(agent) if PREBUILD else build(agent, t)
                 # with the wall time it was produced at: how late the producers themselves were
                 yield t, agent, time.time_ns(), payload
                 if self_ack and before is not None:
@@ -330,10 +339,17 @@ def main() -> None:
         action="store_true",
         help="one stream per actor for its agents in turn (before: a stream per agent, as the fleet)",
     )
+    ap.add_argument(
+        "--build-at-flush",
+        action="store_true",
+        help="the simulated agents build each batch at its flush instant, all at once on the shared "
+        "core (before: their own lateness then shows in the last window's close)",
+    )
     args = ap.parse_args()
-    global ACK_CALLS, MULTIPLEX
+    global ACK_CALLS, MULTIPLEX, PREBUILD
     ACK_CALLS = max(0, args.ack_calls)
     MULTIPLEX = args.multiplex
+    PREBUILD = not args.build_at_flush
     producer_cpus = sorted(os.sched_getaffinity(0) - {0}) if args.pin else None
     if args.pin:
         os.sched_setaffinity(0, {0})  # threads started from here on (Ray's driver threads) inherit it
