@@ -35,6 +35,7 @@ from horde.cluster.shipping import JOB_ID_ENV, horde_py_module
 # busy 2-core machine the store is sometimes not listening at the first attempt, and the
 # raylet then waits a whole second before it serves anyone: 1.0 s of the start in about
 # one embedded start in three here (docs/start.md). The same 10 s budget in 10 ms steps.
+STREAM_INLINE_BYTES = 1 << 20
 EMBEDDED_SYSTEM_CONFIG = {
     "enable_metrics_collection": False,
     "raylet_client_connect_timeout_milliseconds": 10,
@@ -44,6 +45,16 @@ EMBEDDED_SYSTEM_CONFIG = {
     # creates its agents and node monitors at once instead (cluster/fleet.py), which starts
     # the workers it uses, side by side, once the driver is connected (docs/start.md).
     "prestart_worker_first_driver": False,
+    # Streamed items up to this size travel inside the generator's report to the driver, not
+    # through the object store (Ray's default limit is 100 KiB). An aggregated batch is
+    # 65-150 kB at 10 endpoints x stages and 40 k requests/s an agent, ~300 kB at 1,000: over
+    # the default, every batch was put into the agent's store, then located, read and freed
+    # by the driver. Simulated, 256 agents x 40 k/s into one coordinator (docs/scale.md):
+    # windows on time in 8 runs of 8 (the last 0.76-0.98 s after its end), 54-72% of a core;
+    # at the default, late in 5 of 5 (1.35-3.1 s), 66-84%. The agents' side is what counts
+    # (the producer decides), so a cluster horde attaches to needs it in every node's
+    # environment: ray-config.yaml starts Ray with RAY_max_direct_call_object_size.
+    "max_direct_call_object_size": STREAM_INLINE_BYTES,
 }
 
 # The embedded Ray serves this machine only. Ray binds its gRPC servers (GCS, raylet node and

@@ -20,6 +20,8 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from horde.cluster.connect import STREAM_INLINE_BYTES
+
 REPO = Path(__file__).resolve().parents[2]
 AWS = REPO / "ray-config.yaml"
 LOCAL = REPO / "docs" / "ray-config.local.yaml"
@@ -120,6 +122,9 @@ def test_token_auth_and_no_ray_metrics_on_every_node_and_the_repo_installed(path
         assert start and all("RAY_AUTH_MODE=token" in c for c in start), key
         # Ray's own metrics stall traffic agents' loops (cluster/connect.py): off on load nodes.
         assert all("RAY_enable_metrics_collection=0" in c for c in start), key
+        # Batches up to STREAM_INLINE_BYTES inline in the stream, as on the embedded Ray.
+        inline = f"RAY_max_direct_call_object_size={STREAM_INLINE_BYTES}"
+        assert all(inline in c for c in start), key
     mounts = config["file_mounts"]
     assert any(remote.endswith("/.ray/auth_token") for remote in mounts)
     assert "." in mounts.values(), "the repository is shipped to every node"

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from horde.cluster.connect import STREAM_INLINE_BYTES
 from tests.integration.netns.net import netns_pids
 
 RAY_PORT = 6379
@@ -39,6 +40,7 @@ def node_env(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str
         HOME=str(home),
         RAY_USAGE_STATS_ENABLED="0",
         RAY_enable_metrics_collection="0",
+        RAY_max_direct_call_object_size=str(STREAM_INLINE_BYTES),  # as ray-config.yaml starts a node
         PYTHONUNBUFFERED="1",
     )
     return env
