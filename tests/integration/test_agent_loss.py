@@ -46,18 +46,19 @@ def _scenario(tmp_path: Path, target: str = "embedded") -> Path:
     return p
 
 
-def _agent_pid(out: Path, deadline_s: float = 60) -> int:
+def _agent_pid(out: Path, deadline_s: float = 60) -> tuple[int, int]:
+    """The agent's pid and the run's common start instant (wall ns), once the run recorded both."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         for mf in out.glob("*.incomplete/manifest.json"):
             try:
-                agents = json.loads(mf.read_text()).get("agents")
+                manifest = json.loads(mf.read_text())
             except json.JSONDecodeError:
                 continue
-            if agents:
-                return agents[0]["pid"]
-        time.sleep(0.2)
-    raise AssertionError("the run never recorded its agents")
+            if manifest.get("agents") and manifest.get("start_wall_ns"):
+                return manifest["agents"][0]["pid"], manifest["start_wall_ns"]
+        time.sleep(0.05)
+    raise AssertionError("the run never recorded its agents and start instant")
 
 
 def _run_and_hit(tmp_path: Path, hit, target: str = "embedded") -> tuple:
@@ -72,8 +73,8 @@ def _run_and_hit(tmp_path: Path, hit, target: str = "embedded") -> tuple:
 
     th = threading.Thread(target=target)
     th.start()
-    pid = _agent_pid(out)
-    time.sleep(4.0)  # ~3 s into the run (1 s start lead)
+    pid, start_wall_ns = _agent_pid(out)
+    time.sleep(max(0.0, (start_wall_ns - time.time_ns()) / 1e9 + 3.0))  # 3 s into the run
     hit(pid)
     th.join(timeout=120)
     assert not th.is_alive()
