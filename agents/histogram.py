@@ -101,6 +101,16 @@ def highest_equivalent_value(index: np.ndarray | int) -> np.ndarray:
     return value_from_index(i) + (np.int64(1) << (_bucket_of_index(i) + UNIT_MAGNITUDE)) - 1
 
 
+def highest_equivalent_int(index: int) -> int:
+    """highest_equivalent_value for one Python int (a quantile's bucket: no numpy call)."""
+    bucket = (index >> SUB_BUCKET_HALF_COUNT_MAGNITUDE) - 1
+    sub = (index & (SUB_BUCKET_HALF_COUNT - 1)) + SUB_BUCKET_HALF_COUNT
+    if bucket < 0:
+        sub -= SUB_BUCKET_HALF_COUNT
+        bucket = 0
+    return (sub << (bucket + UNIT_MAGNITUDE)) + (1 << (bucket + UNIT_MAGNITUDE)) - 1
+
+
 def index_of_value(value: int) -> int:
     """counts_index for one Python int (the scalar path of ``record``)."""
     bucket = (value | SUB_BUCKET_MASK).bit_length() - (UNIT_MAGNITUDE + SUB_BUCKET_HALF_COUNT_MAGNITUDE + 1)

@@ -18,7 +18,6 @@ agents' low watermark, ``close_all`` at the end of the run).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,80 +29,19 @@ from horde.agents.samples import (
     Aggregate,
     Batch,
     ErrorClass,
-    GeneratorReadings,
     known_classes,
 )
-from horde.coordinator.measure.blocks import StatsBlock, select_groups
+from horde.coordinator.measure.blocks import BlockPool, StatsBlock, select_groups
 from horde.coordinator.measure.histogram import Histogram, histograms_by_group
 from horde.coordinator.measure.sliding import SlidingSum
 from horde.coordinator.measure.stats import DEFAULT_QUANTILES, N_ERROR_CLASSES, Stats, quantile_key
+from horde.coordinator.measure.window import ClosedWindow, Window, fold_readings, merged_stats
 
 __all__ = ["DEFAULT_QUANTILES", "N_ERROR_CLASSES", "Aggregator", "Stats", "Window", "quantile_key"]
 
 
 _CHUNK = 1 << 18  # samples per vectorised pass (keeps int64 group sums exact)
 WINDOWS_PER_BLOCK = 4  # open windows that share one StatsBlock
-
-
-def _merged(parts: Iterable[Stats], duration_s: float) -> Stats:
-    out = Stats(duration_s)
-    for p in parts:
-        out.merge(p)
-    out.duration_s = duration_s
-    return out
-
-
-# Per-window generator readings: which fields combine how across the batches of a window.
-_READINGS_MAX = ("loop_lag_max_ns", "send_lag_max_ns")
-_READINGS_SUM = ("late_sends", "interrupted", "unsent", "generator_queued_sends")
-_READINGS_LAST = ("cpu_s", "rss_bytes", "loop_lag_mean_ns", "in_flight", "users", "level")
-
-
-def _fold_readings(old: dict[str, Any] | None, batch: Batch) -> dict[str, Any]:
-    r: GeneratorReadings = batch.readings
-    order = (batch.incarnation, batch.seq)
-    if old is None:
-        new = {k: getattr(r, k) for k in _READINGS_MAX + _READINGS_SUM + _READINGS_LAST}
-        new.update(batches=1, incarnation=batch.incarnation, seq=batch.seq)
-        return new
-    for k in _READINGS_MAX:
-        old[k] = max(old[k], getattr(r, k))
-    for k in _READINGS_SUM:
-        old[k] += getattr(r, k)
-    old["batches"] += 1
-    if order >= (old["incarnation"], old["seq"]):  # batches may arrive out of order
-        for k in _READINGS_LAST:
-            old[k] = getattr(r, k)
-        old["incarnation"], old["seq"] = order
-    return old
-
-
-@dataclass
-class Window:
-    index: int
-    start_ns: int
-    end_ns: int
-    by_endpoint: dict[str, Stats]  # endpoints with samples in this window
-    total: Stats
-    generator: dict[int, dict[str, Any]] = field(default_factory=dict)  # agent -> readings
-    # by_endpoint in Stats.to_sparse() form, as the aggregator stored it at close (None: not made)
-    sparse: dict[str, dict[str, Any]] | None = None
-
-    def to_dict(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "start_s": self.start_ns / 1e9,
-            "end_s": self.end_ns / 1e9,
-            "total": self.total.to_dict(quantiles),
-            "endpoints": {name: s.to_dict(quantiles) for name, s in self.by_endpoint.items()},
-            "generator": {str(agent): dict(r) for agent, r in sorted(self.generator.items())},
-        }
-
-
-@dataclass
-class _ClosedWindow:
-    stats: dict[int, dict[str, Any]]  # endpoint index -> Stats.to_sparse()
-    generator: dict[int, dict[str, Any]]
 
 
 class Aggregator:
@@ -162,8 +100,9 @@ class Aggregator:
         # (window w, endpoint e at row (w % WINDOWS_PER_BLOCK) * endpoints + e), so an agent's
         # batch, whose groups span a window or two, lands in one add per block, not one per window.
         self._open_blocks: dict[int, StatsBlock] = {}  # w // WINDOWS_PER_BLOCK -> its block
+        self._pool = BlockPool()  # blocks of closed windows, reused once no window reads them
         self._open_readings: dict[int, dict[int, dict[str, Any]]] = {}  # window -> agent -> readings
-        self._closed: dict[int, _ClosedWindow] = {}
+        self._closed: dict[int, ClosedWindow] = {}
         self._next_close = 0  # every window below this index has been closed
         self._last_data_window = -1  # highest window index with a sample
         self._watermarks: dict[int, int] = {}
@@ -201,10 +140,10 @@ class Aggregator:
         if index < self._next_close:
             stored = self._closed.get(index)
             if stored is not None:
-                stored.generator[batch.agent] = _fold_readings(stored.generator.get(batch.agent), batch)
+                stored.generator[batch.agent] = fold_readings(stored.generator.get(batch.agent), batch)
             return
         per_agent = self._open_readings.setdefault(index, {})
-        per_agent[batch.agent] = _fold_readings(per_agent.get(batch.agent), batch)
+        per_agent[batch.agent] = fold_readings(per_agent.get(batch.agent), batch)
 
     def _add_samples(self, samples: np.ndarray) -> None:
         if len(samples) == 0:
@@ -286,7 +225,7 @@ class Aggregator:
         key = w_idx // WINDOWS_PER_BLOCK
         block = self._open_blocks.get(key)
         if block is None:
-            block = self._open_blocks[key] = StatsBlock(WINDOWS_PER_BLOCK * self._n_endpoints, self._window_s)
+            block = self._open_blocks[key] = self._pool.take(WINDOWS_PER_BLOCK * self._n_endpoints, self._window_s)
         return block
 
     def _window_row(self, w_idx: Any, e_idx: Any) -> Any:
@@ -342,7 +281,7 @@ class Aggregator:
         closed: list[Window] = []
         for index in range(self._next_close, upto):
             key, slot = divmod(index, WINDOWS_PER_BLOCK)
-            # A block's last window takes it: the closed windows' Stats keep its rows alive.
+            # A block's last window takes it to the pool, for reuse once no closed window reads it.
             block = self._open_blocks.pop(key, None) if slot == WINDOWS_PER_BLOCK - 1 else self._open_blocks.get(key)
             per_endpoint: dict[int, Stats] = {}
             if block is not None:
@@ -353,10 +292,14 @@ class Aggregator:
                 }
             generator = self._open_readings.pop(index, {})
             window = self._make_window(index, per_endpoint, generator)
-            stored = self._closed[index] = _ClosedWindow(
+            stored = self._closed[index] = ClosedWindow(
                 stats={e: s.to_sparse() for e, s in per_endpoint.items()}, generator=generator
             )
             window.sparse = {self.endpoints[e]: stored.stats[e] for e in sorted(stored.stats)}
+            if block is not None:
+                block.finalize(slot * self._n_endpoints, stored.stats)
+                if slot == WINDOWS_PER_BLOCK - 1:
+                    self._pool.give(block)
             self._slide(index, stored)
             closed.append(window)
         self._next_close = max(self._next_close, upto)
@@ -365,16 +308,14 @@ class Aggregator:
                 del self._closed[index]
         return closed
 
-    def _slide(self, index: int, stored: _ClosedWindow) -> None:
+    def _slide(self, index: int, stored: ClosedWindow) -> None:
         """Window `index` closed: it enters each running sum, the window n before it leaves."""
         for n, sums in self._sliding.items():
             leaving = self._closed.get(index - n)
             if leaving is not None:
-                for e, d in leaving.stats.items():
-                    sums.remove(e, d)
+                sums.remove_window(leaving.stats)
             sums.start_window(index)
-            for e, d in stored.stats.items():
-                sums.add(index, e, d)
+            sums.add_window(index, stored.stats)
 
     def close_all(self) -> list[Window]:
         """Close every window that holds samples or readings (end of run)."""
@@ -400,7 +341,7 @@ class Aggregator:
             start_ns=index * self.window_ns,
             end_ns=(index + 1) * self.window_ns,
             by_endpoint=by_endpoint,
-            total=_merged((st for e, st in per_endpoint.items() if e in self._in_total_set), self._window_s),
+            total=merged_stats((st for e, st in per_endpoint.items() if e in self._in_total_set), self._window_s),
             generator=generator,
         )
 
@@ -444,7 +385,7 @@ class Aggregator:
             stages = [s]
             begin = int(self._stage_ends[s - 1]) if s else 0
             duration_s = (int(self._stage_ends[s]) - begin) / 1e9
-        return _merged((self._cumulative[e][s] for e in endpoints for s in stages), duration_s)
+        return merged_stats((self._cumulative[e][s] for e in endpoints for s in stages), duration_s)
 
     def generator_queueing(self, endpoint: str | None = None, stage: str | None = None) -> tuple[int, Histogram]:
         """(requests of the scope that waited for a free slot of their own agent, the scope's
@@ -476,7 +417,7 @@ class Aggregator:
             if stored is None:
                 continue
             parts.extend(Stats.from_sparse(stored.stats[e]) for e in endpoints if e in stored.stats)
-        return _merged(parts, (self._next_close - first) * self._window_s)
+        return merged_stats(parts, (self._next_close - first) * self._window_s)
 
     @property
     def agents_seen(self) -> frozenset[int]:

@@ -2,7 +2,7 @@
 
 The aggregator keeps its cumulative (endpoint, stage) stats in one block and each open
 window's endpoint stats in another. An agent's aggregated batch then lands with one
-``np.add.at`` per histogram kind for all of its groups (``add_aggregate``), instead of a
+scatter-add per histogram kind for all of its groups (``add_aggregate``), instead of a
 numpy call per group: the coordinator's cost per batch follows its groups' buckets, not
 numpy's per-call overhead. The ``Stats`` of a row is an ordinary ``Stats`` whose histogram
 counts and error classes are views of the block's rows, so every reader and ``merge`` work
@@ -12,6 +12,9 @@ Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +27,24 @@ KINDS = ("latency", "service_time", "send_lag")
 
 
 _SYNC_SUM_NS = 1 << 61  # pending sums are written out before they could pass int64
+_MAX_RUNS = 8  # more ascending runs than this: one ufunc.at is cheaper than a fancy update a run
+
+
+def scatter(op: np.ufunc, dst: np.ndarray, ix: np.ndarray, values: np.ndarray) -> None:
+    """``op.at(dst, ix, values)``, done as a plain fancy update per strictly ascending run
+    of `ix` (a run's indices are distinct, so the update is exact). A batch's groups come
+    ordered by (window, endpoint, stage), so its bucket indices into a block are one run
+    (a window block, one stage) or one run per window (the cumulative block): ``ufunc.at``
+    cost 1.4 ms for 50,000 buckets, the fancy update 0.19 ms."""
+    if len(ix) == 0:
+        return
+    cuts = (np.flatnonzero(ix[1:] <= ix[:-1]) + 1).tolist()
+    if len(cuts) >= _MAX_RUNS:
+        op.at(dst, ix, values)
+        return
+    for lo, hi in zip([0, *cuts], [*cuts, len(ix)]):
+        run = ix[lo:hi]
+        dst[run] = op(dst[run], values[lo:hi])
 
 
 class StatsBlock:
@@ -50,6 +71,8 @@ class StatsBlock:
         self._p_min = {k: np.full(rows, np.iinfo(np.int64).max, dtype=np.int64) for k in self._names}
         self._p_max = {k: np.full(rows, -1, dtype=np.int64) for k in self._names}
         self._pending_rows: set[int] = set()
+        self._final: dict[str, list[np.ndarray]] = {k: [] for k in self._names}  # reset() zeroes these
+        self._final_rows: list[int] = []
 
     def stats(self, row: int) -> Stats:
         s = self.stats_by_row.get(row)
@@ -94,6 +117,44 @@ class StatsBlock:
         self._p_scope[rows] = 0
         self._pending_rows.clear()
 
+    # -- reuse (docs/scale.md "Window blocks reused") ---------------------------------------
+
+    def finalize(self, base: int, sparse_by_offset: dict[int, dict[str, Any]]) -> None:
+        """Rows ``base + e`` are final (their window closed; nothing adds to them again) with
+        the non-zero buckets of ``sparse_by_offset[e]`` (``Stats.to_sparse()``): noted, so
+        that ``reset`` zeroes exactly those, not whole rows."""
+        for e, d in sparse_by_offset.items():
+            row = base + e
+            self._final_rows.append(row)
+            for kind in KINDS:
+                idx = np.frombuffer(d[kind]["idx"], dtype="<u4")
+                if len(idx):
+                    self._final[kind].append(idx.astype(np.int64) + row * COUNTS_LEN)
+
+    def retire(self) -> None:
+        """Its windows are closed: it forgets its rows' Stats (the windows handed out keep theirs)."""
+        self.sync()
+        self.stats_by_row = {}
+        self._extra = {k: {} for k in self._extra}
+
+    def reusable(self) -> bool:
+        """No view of its rows is alive any more: every Stats or histogram of a closed window
+        read from it is gone. (Each numpy view holds a reference to the array it views, so
+        the arrays' reference counts say it: none beyond this method's own.)"""
+        arrays = [*self._counts.values(), self._errors]
+        # held here by its dict (or attribute), this list, the loop variable, getrefcount's argument
+        return not self.stats_by_row and all(sys.getrefcount(a) <= 4 for a in arrays)
+
+    def reset(self) -> None:
+        """Zero what its closed windows wrote (``finalize``), for the next windows to reuse
+        its pages: a fresh block faults in a page per bucket range it is written at."""
+        for kind, parts in self._final.items():
+            if parts:
+                self._counts[kind].reshape(-1)[np.concatenate(parts)] = 0
+            parts.clear()
+        self._errors[self._final_rows] = 0
+        self._final_rows.clear()
+
     def add_aggregate(self, agg: Aggregate, group_rows: np.ndarray, extra: dict[str, str] | None = None) -> None:
         """Add the groups of `agg` (group g into row group_rows[g]; rows may repeat).
         `extra` maps an extra histogram of this block to the aggregate's kind it takes."""
@@ -112,11 +173,11 @@ class StatsBlock:
                 self._add_buckets(sources, group_rows, errors)
                 scope = np.stack([requests, requests - errors[:, 0], groups["bytes"].astype(np.int64)], axis=1)
                 self._pending_rows.update(group_rows.tolist())
-                np.add.at(self._p_scope, group_rows, scope)
+                scatter(np.add, self._p_scope, group_rows, scope)
                 return
         self._add_buckets(sources, group_rows, errors)
         scope = np.stack([requests, requests - errors[:, 0], groups["bytes"].astype(np.int64)], axis=1)
-        np.add.at(self._p_scope, group_rows, scope)
+        scatter(np.add, self._p_scope, group_rows, scope)
         for name, grouped in sources.items():
             sc = grouped.scalars
             figures = np.stack(
@@ -128,18 +189,18 @@ class StatsBlock:
                 ],
                 axis=1,
             )
-            np.add.at(self._p_hist[name], group_rows, figures)
-            np.minimum.at(self._p_min[name], group_rows, sc["min"])
-            np.maximum.at(self._p_max[name], group_rows, sc["max"])
+            scatter(np.add, self._p_hist[name], group_rows, figures)
+            scatter(np.minimum, self._p_min[name], group_rows, sc["min"])
+            scatter(np.maximum, self._p_max[name], group_rows, sc["max"])
         self._pending_rows.update(group_rows.tolist())
 
     def _add_buckets(self, sources: dict, group_rows: np.ndarray, errors: np.ndarray) -> None:
-        np.add.at(self._errors, group_rows, errors)
+        scatter(np.add, self._errors, group_rows, errors)
         for name, grouped in sources.items():
             if len(grouped.idx):
                 flat = self._counts[name].reshape(-1)
                 bucket_rows = np.repeat(group_rows, np.diff(grouped.offsets))
-                np.add.at(flat, bucket_rows * COUNTS_LEN + grouped.idx, grouped.cnt.astype(np.int64))
+                scatter(np.add, flat, bucket_rows * COUNTS_LEN + grouped.idx, grouped.cnt.astype(np.int64))
 
     def _add_figures_now(self, sources: dict, group_rows: np.ndarray) -> None:
         rows = group_rows.tolist()
@@ -172,3 +233,31 @@ def select_groups(agg: Aggregate, mask: np.ndarray) -> Aggregate:
         sends_first_bin=agg.sends_first_bin,
         sends=agg.sends,
     )
+
+
+class BlockPool:
+    """Window blocks of closed windows, kept to be reused once nothing reads them.
+
+    At 1,000 endpoints x stages a window's block is ~40 MB of dense rows per histogram kind,
+    written sparsely: a fresh one (mmap'd, as every allocation over 128 KiB in horde's
+    processes) cost the coordinator a page fault per bucket range each batch touched.
+    """
+
+    def __init__(self, keep: int = 1) -> None:
+        self.keep = keep
+        self._retired: list[StatsBlock] = []
+        self.reused = 0
+
+    def give(self, block: StatsBlock) -> None:
+        block.retire()
+        self._retired.append(block)
+        del self._retired[: max(0, len(self._retired) - self.keep)]
+
+    def take(self, rows: int, duration_s: float) -> StatsBlock:
+        for i, block in enumerate(self._retired):
+            if block.rows == rows and block.duration_s == duration_s and block.reusable():
+                del self._retired[i]
+                block.reset()
+                self.reused += 1
+                return block
+        return StatsBlock(rows, duration_s)

@@ -40,6 +40,7 @@ from horde.agents.histogram import (
     SUB_BUCKET_HALF_COUNT,
     GroupedHistograms,
     counts_index,
+    highest_equivalent_int,
     highest_equivalent_value,
     index_of_value,
     value_from_index,
@@ -66,6 +67,14 @@ _SUM_CHUNK = 1 << 18
 # Below this many values np.add.at beats a bincount over the whole counts array.
 _ADD_AT_MAX = 512
 _I64_MAX = np.iinfo(np.int64).max
+
+
+def _nonzero(counts: np.ndarray) -> np.ndarray:
+    """Indices of the non-zero counts: numpy finds a bool array's non-zeros several times
+    faster than an int64 array's (2 against 9 us for 4,992 counts)."""
+    return (counts != 0).nonzero()[0]
+
+
 # Shared by every histogram with no in-range count yet: an empty window or scope costs no
 # 40 KB array (fresh pages are what dominates when many histograms are alive at once).
 _NO_COUNTS = np.zeros(COUNTS_LEN, dtype=np.int64)
@@ -258,7 +267,7 @@ class Histogram:
         if not self.count:
             return None
         mean = self.sum_ns / self.count
-        nz = np.flatnonzero(self._counts)
+        nz = _nonzero(self._counts)
         lo = value_from_index(nz)
         mid = (lo + ((highest_equivalent_value(nz) - lo + 1) >> 1)).astype(np.float64)
         sq = float(np.dot(self._counts[nz].astype(np.float64), (mid - mean) ** 2))
@@ -269,44 +278,49 @@ class Histogram:
     def value_at_quantile(self, q: float) -> int | None:
         """HdrHistogram's quantile: highest equivalent value of the bucket holding rank
         ``max(1, ceil(q * count))``, clamped to [min_ns, max_ns]; None when empty."""
-        return self._quantiles_from((q,), None)[0]
+        return self._quantiles_from((q,))[0]
 
     def quantiles(self, qs: Iterable[float]) -> dict[float, int | None]:
         qs = tuple(qs)
-        cumulative = np.cumsum(self._counts) if self.count else None
-        return dict(zip(qs, self._quantiles_from(qs, cumulative)))
+        return dict(zip(qs, self._quantiles_from(qs)))
 
-    def _quantiles_from(self, qs: Sequence[float], cumulative: np.ndarray | None) -> list[int | None]:
+    def _quantiles_from(self, qs: Sequence[float]) -> list[int | None]:
+        """All of `qs` in one pass: the ranks are searched together in the cumulative
+        counts of the non-empty buckets only (a window's histogram has tens of them among
+        its 4,992), so a record's five quantiles cost a few numpy calls, not five scans."""
         for q in qs:
             if not 0.0 <= q <= 1.0:
                 raise ValueError(f"quantile {q!r} outside [0, 1]")
         if not self.count:
             return [None] * len(qs)
         assert self.min_ns is not None and self.max_ns is not None
+        lo, hi = self.min_ns, self.max_ns
         in_range = self.count - self.overflow
         out: list[int | None] = []
+        ranks: list[int] = []
+        where: list[int] = []
         for q in qs:
-            if q == 0.0:
-                out.append(self.min_ns)
-                continue
-            if q == 1.0:
-                out.append(self.max_ns)
-                continue
             rank = max(1, math.ceil(q * self.count))
-            if rank > in_range:
-                out.append(self.max_ns)
-                continue
-            if cumulative is None:
-                cumulative = np.cumsum(self._counts)
-            i = int(np.searchsorted(cumulative, rank, side="left"))
-            value = int(highest_equivalent_value(i))
-            out.append(min(max(value, self.min_ns), self.max_ns))
+            if q == 0.0:
+                out.append(lo)
+            elif q == 1.0 or rank > in_range:
+                out.append(hi)
+            else:
+                out.append(None)
+                ranks.append(rank)
+                where.append(len(out) - 1)
+        if ranks:
+            nz = _nonzero(self._counts)
+            cumulative = np.cumsum(self._counts[nz])
+            found = nz[np.searchsorted(cumulative, ranks, side="left")]
+            for j, i in zip(where, found.tolist()):
+                out[j] = min(max(highest_equivalent_int(i), lo), hi)
         return out
 
     def buckets(self) -> Iterator[tuple[int, int, int]]:
         """(value_lo, value_hi inclusive, count) per non-empty bucket, ascending; the
         overflow, if any, comes last as (HIGHEST_TRACKABLE_NS + 1, max_ns, overflow)."""
-        nz = np.flatnonzero(self._counts)
+        nz = _nonzero(self._counts)
         yield from zip(value_from_index(nz).tolist(), highest_equivalent_value(nz).tolist(), self._counts[nz].tolist())
         if self.overflow:
             assert self.max_ns is not None
@@ -316,7 +330,7 @@ class Histogram:
 
     def to_sparse(self) -> dict[str, Any]:
         """msgpack-friendly form: non-zero indices (uint32 LE) and counts (int64 LE)."""
-        nz = np.flatnonzero(self._counts)
+        nz = _nonzero(self._counts)
         return {
             "layout": dict(LAYOUT),
             "idx": nz.astype("<u4").tobytes(),

@@ -27,8 +27,10 @@ def _ms(ns: float | int | None) -> float | None:
     return None if ns is None else round(ns / 1e6, 3)
 
 
-def _histogram_ms(h: Histogram, quantiles: Sequence[float]) -> dict[str, Any]:
-    values = h.quantiles(quantiles)
+def _histogram_ms(
+    h: Histogram, quantiles: Sequence[float], values: dict[float, int | None] | None = None
+) -> dict[str, Any]:
+    values = h.quantiles(quantiles) if values is None else values
     out: dict[str, Any] = {quantile_key(q): _ms(values[q]) for q in quantiles}
     out["max"] = _ms(h.max_ns)
     out["min"] = _ms(h.min_ns)
@@ -116,9 +118,13 @@ class Stats:
     def __repr__(self) -> str:
         return f"Stats(requests={self.requests}, errors={self.errors}, duration_s={self.duration_s})"
 
-    def to_dict(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, Any]:
+    def to_dict(
+        self, quantiles: Sequence[float] = DEFAULT_QUANTILES, values: dict[str, dict[float, int | None]] | None = None
+    ) -> dict[str, Any]:
         """JSON-ready snapshot; the keys thresholds and reports read. Times in ms (3
-        decimals), None where there is no sample."""
+        decimals), None where there is no sample. `values`: each histogram's quantiles
+        (by kind), already found (measure/quantiles.py finds a window's all at once)."""
+        v = values or {}
         return {
             "requests": self.requests,
             "errors": self.errors,
@@ -127,9 +133,9 @@ class Stats:
             "duration_s": self.duration_s,
             "bytes": self.bytes,
             "errors_by_class": {ERROR_LABELS[i]: int(n) for i, n in enumerate(self.errors_by_class.tolist()) if n},
-            "latency_ms": _histogram_ms(self.latency, quantiles),
-            "service_time_ms": _histogram_ms(self.service_time, quantiles),
-            "send_lag_ms": _histogram_ms(self.send_lag, quantiles),
+            "latency_ms": _histogram_ms(self.latency, quantiles, v.get("latency")),
+            "service_time_ms": _histogram_ms(self.service_time, quantiles, v.get("service_time")),
+            "send_lag_ms": _histogram_ms(self.send_lag, quantiles, v.get("send_lag")),
         }
 
     def to_sparse(self) -> dict[str, Any]:
