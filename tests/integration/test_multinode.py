@@ -43,17 +43,19 @@ DRIVER = textwrap.dedent("""
 
     th = threading.Thread(target=run)
     th.start()
-    agents = None
+    agents, start_wall_ns = None, None
     for _ in range(300):
         for mf in out.glob("*.incomplete/manifest.json"):
             try:
-                agents = json.loads(mf.read_text()).get("agents")
+                manifest = json.loads(mf.read_text())
             except ValueError:
-                pass
-        if agents:
+                continue
+            agents, start_wall_ns = manifest.get("agents"), manifest.get("start_wall_ns")
+        if agents and start_wall_ns:
             break
         time.sleep(0.2)
-    time.sleep(4.0)
+    # the node goes 3 s into the run: from the run's start instant, not from when the agents appeared
+    time.sleep(max(0.0, (start_wall_ns - time.time_ns()) / 1e9 + 3.0))
     by_id = {w.node_id: w for w in workers}
     victim = next((a for a in agents if a["node"] in by_id), None)
     removed = None
