@@ -146,11 +146,15 @@ class StatsBlock:
 
     def reusable(self) -> bool:
         """No view of its rows is alive any more: every Stats or histogram of a closed window
-        read from it is gone. (Each numpy view holds a reference to the array it views, so
-        the arrays' reference counts say it: none beyond this method's own.)"""
-        arrays = [self._all, self._errors]
-        # held here by its dict (or attribute), this list, the loop variable, getrefcount's argument
-        return not self.stats_by_row and all(sys.getrefcount(a) <= 4 for a in arrays)
+        read from it is gone. Each numpy view holds a reference to the array it views, so the
+        arrays' reference counts say it, against a control array referenced once as each of
+        them is (by its attribute): counted the same way, so whatever the interpreter adds
+        for the counting itself cancels out."""
+        if self.stats_by_row:
+            return False
+        control = np.empty(0)
+        control_refs, *refs = [sys.getrefcount(a) for a in (control, self._all, self._errors)]
+        return all(n <= control_refs for n in refs)
 
     def reset(self) -> None:
         """Zero what its closed windows wrote (``finalize``), for the next windows to reuse
